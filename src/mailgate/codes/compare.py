@@ -1,0 +1,193 @@
+"""Two codes side by side, derived from their data: any pair works, none is hand-written."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from mailgate.codes import registry as reg
+from mailgate.codes.explain import Explanation, explain_code
+
+__all__ = ["Comparison", "compare"]
+
+
+@dataclass(frozen=True, slots=True)
+class Comparison:
+    """The comparison of two codes in one language."""
+
+    lang: str
+    a: Explanation
+    b: Explanation
+    headline: str
+    summary: tuple[str, str]
+    differences: tuple[str, ...]
+    when_to_use: tuple[str, str]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "lang": self.lang,
+            "headline": self.headline,
+            "summary": list(self.summary),
+            "a": self.a.to_json(),
+            "b": self.b.to_json(),
+            "differences": list(self.differences),
+            "when_to_use": list(self.when_to_use),
+        }
+
+
+def _t(lang: str, name: str, **kw: object) -> str:
+    return str(reg.ui(lang)["templates"][name]).format(**kw)
+
+
+def _class_label(e: Explanation) -> str:
+    if e.klass is None:
+        return e.class_name or "X"
+    return f"{e.klass}xx {e.class_name}" if e.kind == "basic" else f"{e.klass}.x.x {e.class_name}"
+
+
+def _summary(e: Explanation, lang: str) -> str:
+    if e.kind == "basic":
+        return _t(
+            lang, "summary_basic", code=e.code, klass=e.klass, class_name=e.class_name,
+            summary=e.summary,
+        )
+    return _t(
+        lang, "summary_enhanced", code=e.code, klass=e.klass if e.klass is not None else "X",
+        class_name=e.class_name or "-", subject=e.subject, summary=e.summary,
+    )
+
+
+def _join(items: list[str], lang: str) -> str:
+    if lang == "zh":
+        return "、".join(items)
+    if len(items) <= 2:
+        return " or ".join(items)
+    return ", ".join(items[:-1]) + " or " + items[-1]
+
+
+def _when_phrase(e: Explanation, lang: str) -> str:
+    """Where a code appears, as a phrase, from its phases (basic) or pairings (enhanced)."""
+    ui = reg.ui(lang)
+    if e.kind == "basic":
+        phrases = [ui["phases"][p] for p in e.phases if p in ui["phases"]]
+        return _join(phrases, lang) if phrases else _t(lang, "when_unknown")
+    basics = [c for c in e.associated if c.isdigit()]
+    if e.klass is not None:
+        basics = [c for c in basics if c[0] == str(e.klass)]
+    if basics:
+        return _t(lang, "when_enhanced", codes=", ".join(basics))
+    return _t(lang, "when_enhanced_any")
+
+
+def _client_action(e: Explanation, lang: str) -> str:
+    actions = reg.ui(lang)["basic_class_client_action"]
+    return str(actions[str(e.klass)]) if e.klass is not None else "-"
+
+
+def _fix_phrase(e: Explanation, lang: str) -> str:
+    if e.outcome == "success":
+        return _t(lang, "nothing_to_fix")
+    return f"{_t(lang, 'needs_action')} {_first_sentence(e.fix, lang)}"
+
+
+def _first_sentence(text: str, lang: str) -> str:
+    stops = "。" if lang == "zh" else ". "
+    for stop in stops.split("|"):
+        i = text.find(stop)
+        if i != -1:
+            return text[: i + len(stop.strip()) if stop != ". " else i + 1]
+    return text
+
+
+def _paired(a: Explanation, b: Explanation) -> tuple[Explanation, Explanation] | None:
+    """(basic, enhanced) when the registry lists the two together."""
+    if {a.kind, b.kind} != {"basic", "enhanced"}:
+        return None
+    basic, enh = (a, b) if a.kind == "basic" else (b, a)
+    if enh.klass is not None and basic.klass != enh.klass:
+        return None
+    if basic.code in enh.associated or enh.key in basic.associated:
+        return basic, enh
+    return None
+
+
+def compare(code_a: str, code_b: str, lang: str = "en") -> Comparison:
+    """Compare two codes (basic or enhanced); ReplyError names a malformed one."""
+    a = explain_code(code_a, lang)
+    b = explain_code(code_b, lang)
+    ui = reg.ui(lang)
+    labels = ui["labels"]
+    diffs: list[str] = []
+
+    if a.klass == b.klass and a.kind == b.kind == "basic":
+        diffs.append(
+            _t(lang, "diff_class_same", klass=a.klass, class_name=a.class_name,
+               meaning=a.class_meaning)
+        )
+    else:
+        outcomes = ui["outcome"]
+        diffs.append(
+            _t(lang, "diff_class", a=a.code, b=b.code, class_a=_class_label(a),
+               class_b=_class_label(b), outcome_a=outcomes.get(a.outcome, "-"),
+               outcome_b=outcomes.get(b.outcome, "-"))
+        )
+    if a.kind != b.kind:
+        diffs.append(
+            _t(lang, "diff_kind", a=a.code, b=b.code, kind_a=labels[f"kind_{a.kind}"],
+               kind_b=labels[f"kind_{b.kind}"])
+        )
+    diffs.append(_t(lang, "diff_meaning", a=a.code, b=b.code, title_a=a.title, title_b=b.title))
+    if a.kind == b.kind == "enhanced" and a.subject != b.subject:
+        diffs.append(
+            _t(lang, "diff_subject", a=a.code, b=b.code, subject_a=a.subject,
+               subject_b=b.subject)
+        )
+    diffs.append(
+        _t(lang, "diff_when", a=a.code, b=b.code, when_a=_when_phrase(a, lang),
+           when_b=_when_phrase(b, lang))
+    )
+    if a.kind == b.kind == "basic" and (a.closes or b.closes):
+        if a.closes and b.closes:
+            diffs.append(_t(lang, "diff_connection_both"))
+        else:
+            closing, other = (a, b) if a.closes else (b, a)
+            diffs.append(_t(lang, "diff_connection", closing=closing.code, open=other.code))
+    if a.klass != b.klass and a.klass is not None and b.klass is not None:
+        diffs.append(
+            _t(lang, "diff_client", a=a.code, b=b.code, action_a=_client_action(a, lang),
+               action_b=_client_action(b, lang))
+        )
+    diffs.append(
+        _t(lang, "diff_fix", a=a.code, b=b.code, fix_a=_fix_phrase(a, lang),
+           fix_b=_fix_phrase(b, lang))
+    )
+    pair = _paired(a, b)
+    if pair is not None:
+        diffs.append(_t(lang, "diff_pair", a=a.code, b=b.code, basic=pair[0].code,
+                        enhanced=pair[1].code))
+    if a.standard != b.standard and a.registered and b.registered:
+        nonstd, std = (a, b) if not a.standard else (b, a)
+        diffs.append(
+            _t(lang, "diff_standard", nonstd=nonstd.code, std=std.code,
+               see=", ".join(nonstd.see) or "?")
+        )
+
+    headline = _t(lang, "headline", a=a.code, b=b.code, title_a=a.title, title_b=b.title)
+    use = tuple(
+        _t(lang, "use_code", code=e.code, when=_lower_first(e.when, lang)) for e in (a, b)
+    )
+    return Comparison(
+        lang=lang, a=a, b=b, headline=headline,
+        summary=(_summary(a, lang), _summary(b, lang)),
+        differences=tuple(diffs), when_to_use=(use[0], use[1]),
+    )
+
+
+def _lower_first(text: str, lang: str) -> str:
+    if lang != "en" or not text:
+        return text
+    # "Sent in reply to QUIT" -> "sent in reply to QUIT"; leave acronyms alone.
+    first = text.split(" ", 1)[0]
+    if first.isupper() or any(c.isdigit() for c in first):
+        return text
+    return text[0].lower() + text[1:]
