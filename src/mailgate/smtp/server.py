@@ -1,0 +1,896 @@
+"""The server side of SMTP as a pure state machine (bytes in, events and bytes out).
+
+Usage, h11-style::
+
+    s = ServerSession(SessionConfig(hostname="mx.example.test"))
+    s.greet()
+    s.receive_data(data)                 # b"" means the client closed
+    while (ev := s.next_event()) is not NEED_DATA:
+        if ev.needs_decision:
+            s.respond(policy(ev))        # a Reply, or None for the protocol's default
+        ...
+    write(s.data_to_send())
+
+The session decides everything the protocol decides (framing, limits, sequence,
+syntax) and nothing that policy decides: for EHLO/HELO, MAIL, RCPT, AUTH and the end of
+a message it emits an event and waits for the shell's `respond()`. Replies to pipelined
+commands collect in the output buffer and leave together (RFC 2920).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import enum
+import re
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import ClassVar, Literal
+
+from mailgate.codes.reply import Reply
+from mailgate.smtp import replies as R
+from mailgate.smtp.address import Address, AddressError, parse_path
+from mailgate.smtp.framing import DataReader
+from mailgate.smtp.params import (
+    MailParams,
+    ParamError,
+    RcptParams,
+    parse_mail_params,
+    parse_rcpt_params,
+)
+
+__all__ = [
+    "NEED_DATA",
+    "AuthAttempt",
+    "ConnectionLost",
+    "Ehlo",
+    "Event",
+    "MailFrom",
+    "MessageAborted",
+    "MessageComplete",
+    "MessageData",
+    "MessageStart",
+    "ProtocolUsageError",
+    "Quit",
+    "RcptTo",
+    "Reset",
+    "ServerSession",
+    "SessionClosed",
+    "SessionConfig",
+    "StartTLS",
+]
+
+
+class ProtocolUsageError(RuntimeError):
+    """The shell used the session wrongly (e.g. read an event before answering one)."""
+
+
+@dataclass(frozen=True, slots=True)
+class SessionConfig:
+    """Protocol limits and offered extensions. Floors are RFC 5321's minimums."""
+
+    hostname: str = "localhost"
+    max_message_size: int = 25 * 1024 * 1024
+    max_recipients: int = 100  # RFC 5321 4.5.3.1.8: at least 100
+    max_errors: int = 20  # like Postfix's smtpd_hard_error_limit
+    command_line_limit: int = 512  # RFC 5321 4.5.3.1.4, CRLF included
+    extension_allowance: int = 1024  # room for MAIL/RCPT parameters (RFC 5321 4.5.3.1.4)
+    data_line_limit: int = 1000  # RFC 5321 4.5.3.1.6, CRLF included
+    auth_line_limit: int = 12288  # RFC 4954 4
+    bare_newlines: Literal["normalize", "reject"] = "normalize"
+    starttls: bool = False  # TLS can be offered (a certificate is configured)
+    auth: bool = False  # AUTH can be offered
+    auth_requires_tls: bool = True  # AUTH only over TLS (RFC 4954 4, RFC 8314)
+    auth_mechanisms: tuple[str, ...] = ("PLAIN", "LOGIN")
+    chunking: bool = True
+    smtputf8: bool = True
+    dsn: bool = True
+    banner: str = "ESMTP mailgate"
+
+    def __post_init__(self) -> None:
+        floors = {
+            "max_recipients": 100,
+            "command_line_limit": 512,
+            "data_line_limit": 1000,
+            "auth_line_limit": 12288,
+            "max_errors": 1,
+            "max_message_size": 1,
+        }
+        for name, floor in floors.items():
+            if getattr(self, name) < floor:
+                raise ValueError(
+                    f"{name} = {getattr(self, name)} is below the minimum of {floor} "
+                    "(RFC 5321 sets the floor)."
+                )
+        if self.bare_newlines not in ("normalize", "reject"):
+            raise ValueError(f"bare_newlines = {self.bare_newlines!r}: use normalize or reject.")
+        for m in self.auth_mechanisms:
+            if m not in ("PLAIN", "LOGIN"):
+                raise ValueError(f"auth mechanism {m!r} is not supported: use PLAIN or LOGIN.")
+
+
+# --- events -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    needs_decision: ClassVar[bool] = False
+
+
+@dataclass(frozen=True, slots=True)
+class Ehlo(Event):
+    """EHLO (extended) or HELO. Default decision: accept, listing extensions."""
+
+    needs_decision: ClassVar[bool] = True
+    domain: str
+    extended: bool
+
+
+@dataclass(frozen=True, slots=True)
+class MailFrom(Event):
+    """MAIL FROM. Default decision: `250 2.1.0`."""
+
+    needs_decision: ClassVar[bool] = True
+    sender: Address
+    params: MailParams
+
+
+@dataclass(frozen=True, slots=True)
+class RcptTo(Event):
+    """RCPT TO. Default decision: `250 2.1.5`."""
+
+    needs_decision: ClassVar[bool] = True
+    recipient: Address
+    params: RcptParams
+
+
+@dataclass(frozen=True, slots=True)
+class MessageStart(Event):
+    """Message data begins (after 354, or with the first BDAT chunk)."""
+
+    chunking: bool
+
+
+@dataclass(frozen=True, slots=True)
+class MessageData(Event):
+    """A piece of message content: unstuffed, CRLF line ends."""
+
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class MessageComplete(Event):
+    """The whole message arrived. The shell must answer (queued, or refused)."""
+
+    needs_decision: ClassVar[bool] = True
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class MessageAborted(Event):
+    """The session refused the message itself (size, line length, bare LF); discard it."""
+
+    reply: Reply
+
+
+@dataclass(frozen=True, slots=True)
+class Reset(Event):
+    """The mail transaction was abandoned (RSET, EHLO, STARTTLS)."""
+
+
+@dataclass(frozen=True, slots=True)
+class StartTLS(Event):
+    """220 was queued: flush, handshake, then call `tls_established()`."""
+
+
+@dataclass(frozen=True, slots=True)
+class AuthAttempt(Event):
+    """Credentials to check. Default decision: `235 2.7.0` (authenticated)."""
+
+    needs_decision: ClassVar[bool] = True
+    mechanism: str
+    authzid: str
+    username: str
+    password: str = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Quit(Event):
+    """221 was queued; the session is closed once the output is flushed."""
+
+
+@dataclass(frozen=True, slots=True)
+class SessionClosed(Event):
+    """The session closed itself with `reply` (421 on errors, shutdown, timeout)."""
+
+    reply: Reply
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionLost(Event):
+    """The client closed the connection (EOF)."""
+
+
+class _NeedData:
+    def __repr__(self) -> str:
+        return "NEED_DATA"
+
+
+NEED_DATA = _NeedData()
+
+
+class _Phase(enum.Enum):
+    START = "start"  # greeting not yet sent
+    COMMAND = "command"
+    DATA = "data"
+    BDAT = "bdat"
+    AUTH = "auth"
+    TLS = "tls"  # 220 sent for STARTTLS, waiting for the handshake
+    CLOSED = "closed"
+
+
+_UNIMPLEMENTED = frozenset({"TURN", "ETRN", "ATRN", "SEND", "SOML", "SAML", "XCLIENT", "XFORWARD"})
+_BDAT_RE = re.compile(r"([0-9]{1,20})(?: +(LAST))? *\Z", re.IGNORECASE)
+_HELO_RE = re.compile(r"[\x21-\x7e\u0080-\U0010ffff]+\Z")
+
+
+class ServerSession:
+    """One SMTP server conversation. See the module docstring for the calling pattern."""
+
+    def __init__(self, config: SessionConfig | None = None, *, tls_active: bool = False) -> None:
+        self.config = config or SessionConfig()
+        self.tls_active = tls_active  # implicit TLS (RFC 8314) starts with it on
+        self._phase = _Phase.START
+        self._in = bytearray()
+        self._out = bytearray()
+        self._events: deque[Event] = deque()
+        self._pending: Event | None = None
+        self._eof = False
+        self._discarding = False  # skipping the rest of an over-long command line
+        self._errors = 0
+        self._refusing: Reply | None = None  # greeting refused (554): only QUIT works
+        self._shutting_down = False
+        self.helo: str | None = None
+        self.esmtp = False
+        self.authenticated: str | None = None
+        self._mail: MailFrom | None = None
+        self.recipients = 0
+        self._bdat_used = False
+        self._bdat_left = 0
+        self._bdat_last = False
+        self._bdat_size = 0
+        self._bdat_discard = False
+        self._bdat_oversize = False
+        self._reader: DataReader | None = None
+        self._auth_mech = ""
+        self._auth_user: str | None = None
+        self._wire: dict[tuple[Reply, bool], bytes] = {}
+
+    # --- the shell's side ---------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        return self._phase is _Phase.CLOSED
+
+    @property
+    def in_transaction(self) -> bool:
+        return self._mail is not None
+
+    @property
+    def in_data(self) -> bool:
+        """True while message content is being received (the shell's data timeout)."""
+        return self._phase in (_Phase.DATA, _Phase.BDAT)
+
+    @property
+    def buffered(self) -> int:
+        """Unparsed input held, in octets (the shell may pause reading when large)."""
+        return len(self._in)
+
+    def greet(self, reply: Reply | None = None) -> None:
+        """Queue the greeting: 220 by default; 554 refuses service, 521 closes."""
+        if self._phase is not _Phase.START:
+            raise ProtocolUsageError("greet() is called once, first.")
+        reply = reply or Reply.make(220, None, f"{self.config.hostname} {self.config.banner}")
+        self._send(reply)
+        if reply.code == 521:
+            self._phase = _Phase.CLOSED
+            return
+        if reply.code == 554:
+            self._refusing = reply
+        self._phase = _Phase.COMMAND
+
+    def receive_data(self, data: bytes) -> None:
+        """Bytes from the client; `b""` when it closed the connection."""
+        if not data:
+            self._eof = True
+            return
+        if self._phase in (_Phase.CLOSED, _Phase.TLS):
+            return  # nothing more is read; pipelined bytes after STARTTLS are discarded
+        self._in += data
+
+    def data_to_send(self) -> bytes:
+        out = bytes(self._out)
+        self._out.clear()
+        return out
+
+    def next_event(self) -> Event | _NeedData:
+        if self._pending is not None:
+            raise ProtocolUsageError(f"answer {self._pending!r} with respond() first.")
+        while True:
+            if self._events:
+                ev = self._events.popleft()
+                if ev.needs_decision:
+                    self._pending = ev
+                return ev
+            if self._phase is _Phase.CLOSED or self._phase is _Phase.TLS:
+                if self._eof and self._phase is _Phase.TLS:
+                    self._phase = _Phase.CLOSED
+                    return ConnectionLost()
+                return NEED_DATA
+            if not self._step():
+                if self._eof:
+                    self._phase = _Phase.CLOSED
+                    if self._mail is not None or self._reader is not None:
+                        self._events.append(Reset())
+                    self._events.append(ConnectionLost())
+                    continue
+                return NEED_DATA
+
+    def respond(self, reply: Reply | None = None) -> None:
+        """Answer the event that needs a decision; None takes the protocol's default."""
+        ev = self._pending
+        if ev is None:
+            raise ProtocolUsageError("no event is waiting for a decision.")
+        self._pending = None
+        if isinstance(ev, Ehlo):
+            self._decide_ehlo(ev, reply)
+        elif isinstance(ev, MailFrom):
+            reply = reply or R.SENDER_OK
+            if reply.code // 100 == 2:
+                self._mail = ev
+            self._send(reply)
+        elif isinstance(ev, RcptTo):
+            reply = reply or R.RECIPIENT_OK
+            if reply.code // 100 == 2:
+                self.recipients += 1
+            self._send(reply)
+        elif isinstance(ev, MessageComplete):
+            self._send(reply or R.OK)
+            self._end_transaction()
+        elif isinstance(ev, AuthAttempt):
+            reply = reply or R.AUTH_OK
+            if reply.code == 235:
+                self.authenticated = ev.username
+            self._send(reply)
+            self._phase = _Phase.COMMAND
+
+    def tls_established(self) -> None:
+        """The handshake after STARTTLS succeeded: start over, as RFC 3207 4.2 says."""
+        if self._phase is not _Phase.TLS:
+            raise ProtocolUsageError("tls_established() follows a StartTLS event.")
+        self.tls_active = True
+        self._in.clear()
+        self.helo = None
+        self.esmtp = False
+        self.authenticated = None
+        self._phase = _Phase.COMMAND
+
+    def shutdown(self) -> None:
+        """Stop: 421 4.3.2 now when idle, else after the message in flight is answered."""
+        self._shutting_down = True
+        if self._phase is _Phase.COMMAND and self._pending is None and not self._in:
+            self._close(R.SHUTDOWN)
+
+    def timeout(self) -> None:
+        """The client was idle too long: 421 4.4.2 and close."""
+        if self._phase is not _Phase.CLOSED:
+            self._close(R.TIMEOUT)
+
+    # --- output -------------------------------------------------------------------
+
+    def _send(self, reply: Reply) -> None:
+        key = (reply, self.esmtp)
+        wire = self._wire.get(key)
+        if wire is None:
+            wire = reply.to_bytes(enhanced=self.esmtp)
+            if len(self._wire) < 64:
+                self._wire[key] = wire
+        self._out += wire
+        if reply.code >= 400 and reply.code not in (421, 452):
+            self._errors += 1
+            if self._errors >= self.config.max_errors and self._phase is not _Phase.CLOSED:
+                self._close(R.TOO_MANY_ERRORS)
+
+    def _close(self, reply: Reply) -> None:
+        self._phase = _Phase.CLOSED
+        self._out += reply.to_bytes(enhanced=self.esmtp)
+        self._in.clear()
+        self._events.append(SessionClosed(reply))
+
+    # --- input --------------------------------------------------------------------
+
+    def _step(self) -> bool:
+        """Parse one unit of input; False when more bytes are needed."""
+        phase = self._phase
+        if phase is _Phase.COMMAND or phase is _Phase.AUTH:
+            return self._step_line()
+        if phase is _Phase.DATA:
+            return self._step_data()
+        if phase is _Phase.BDAT:
+            return self._step_bdat()
+        return False
+
+    def _line_limit(self) -> int:
+        if self._phase is _Phase.AUTH:
+            return self.config.auth_line_limit
+        return self.config.command_line_limit + self.config.extension_allowance
+
+    def _step_line(self) -> bool:
+        buf = self._in
+        nl = buf.find(b"\n")
+        limit = self._line_limit()
+        if nl == -1:
+            if len(buf) > limit:
+                # Over-long line: answer once, then skip to its end without buffering it.
+                if not self._discarding:
+                    self._discarding = True
+                    self._line_error(too_long=True)
+                del buf[:]
+            return False
+        raw = bytes(buf[:nl])
+        del buf[: nl + 1]
+        if self._discarding:
+            self._discarding = False
+            return True
+        if len(raw) + 1 > limit:
+            self._line_error(too_long=True)
+            return True
+        if raw.endswith(b"\r"):
+            raw = raw[:-1]
+        elif self.config.bare_newlines == "reject":
+            self._send(R.BARE_LF_COMMAND)
+            return True
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            self._send(R.BAD_UTF8_COMMAND)
+            return True
+        if self._phase is _Phase.AUTH:
+            self._auth_line(line)
+        else:
+            self._command(line)
+        return True
+
+    def _line_error(self, too_long: bool) -> None:
+        if self._phase is _Phase.AUTH:
+            self._phase = _Phase.COMMAND
+            self._send(R.AUTH_LINE_TOO_LONG)
+        else:
+            self._send(R.LINE_TOO_LONG)
+
+    # --- commands -----------------------------------------------------------------
+
+    def _command(self, line: str) -> None:
+        verb, _, arg = line.partition(" ")
+        verb = verb.upper()
+        if self._shutting_down:
+            self._close(R.SHUTDOWN)
+            return
+        if self._refusing is not None and verb != "QUIT":
+            self._send(Reply.make(503, "5.5.1", "Service refused; only QUIT is accepted"))
+            return
+        handler = _HANDLERS.get(verb)
+        if handler is None:
+            self._send(R.NOT_IMPLEMENTED if verb in _UNIMPLEMENTED else R.UNKNOWN_COMMAND)
+            return
+        handler(self, arg)
+
+    def _no_args(self, arg: str) -> bool:
+        if arg.strip():
+            self._send(R.NO_ARGS_ALLOWED)
+            return False
+        return True
+
+    def _cmd_ehlo(self, arg: str, extended: bool = True) -> None:
+        domain = arg.strip()
+        if not domain or not _HELO_RE.match(domain):
+            verb = "EHLO" if extended else "HELO"
+            self._send(Reply.make(501, "5.5.4", f"Syntax: {verb} hostname"))
+            return
+        self._events.append(Ehlo(domain, extended))
+
+    def _cmd_helo(self, arg: str) -> None:
+        self._cmd_ehlo(arg, extended=False)
+
+    def _decide_ehlo(self, ev: Ehlo, reply: Reply | None) -> None:
+        if reply is not None and reply.code // 100 != 2:
+            self._send(reply)
+            return
+        if self._mail is not None:
+            self._events.append(Reset())
+        self._reset_transaction()
+        self.helo = ev.domain
+        self.esmtp = ev.extended
+        if reply is not None:
+            self._send(reply)
+            return
+        first = f"{self.config.hostname} Hello {ev.domain}"
+        if not ev.extended:
+            self._send(Reply.make(250, None, first))
+            return
+        self._send(Reply(250, None, (first, *self.extensions())))
+
+    def extensions(self) -> list[str]:
+        """The EHLO keywords offered now (they change with TLS and AUTH)."""
+        c = self.config
+        ext = ["PIPELINING", f"SIZE {c.max_message_size}", "8BITMIME", "ENHANCEDSTATUSCODES"]
+        if c.smtputf8:
+            ext.append("SMTPUTF8")
+        if c.dsn:
+            ext.append("DSN")
+        if c.chunking:
+            ext.append("CHUNKING")
+        if c.starttls and not self.tls_active:
+            ext.append("STARTTLS")
+        if self._auth_offered():
+            ext.append("AUTH " + " ".join(c.auth_mechanisms))
+        return ext
+
+    def _auth_offered(self) -> bool:
+        c = self.config
+        return c.auth and (self.tls_active or not c.auth_requires_tls) and not self.authenticated
+
+    def _split_path(self, arg: str, prefix: str) -> tuple[str, list[str]] | None:
+        """`FROM:<path> params` -> (path, params), tolerating a space after the colon."""
+        if arg[: len(prefix)].upper() != prefix:
+            return None
+        rest = arg[len(prefix) :].lstrip(" ")
+        if not rest.startswith("<"):
+            path, _, tail = rest.partition(" ")
+            return path, tail.split()
+        i, quoted = 1, False
+        while i < len(rest):
+            ch = rest[i]
+            if ch == "\\" and quoted:
+                i += 2
+                continue
+            if ch == '"':
+                quoted = not quoted
+            elif ch == ">" and not quoted:
+                break
+            i += 1
+        path, tail = rest[: i + 1], rest[i + 1 :]
+        if tail and not tail.startswith(" "):
+            return path + tail, []
+        return path, tail.split()
+
+    def _cmd_mail(self, arg: str) -> None:
+        if self.helo is None:
+            self._send(R.NEED_HELO)
+            return
+        if self._mail is not None:
+            self._send(R.NESTED_MAIL)
+            return
+        split = self._split_path(arg, "FROM:")
+        if split is None:
+            self._send(Reply.make(501, "5.5.4", "Syntax: MAIL FROM:<address>"))
+            return
+        path, params = split
+        if params and not self.esmtp:
+            self._send(Reply.make(555, "5.5.4", "Parameters need EHLO"))
+            return
+        try:
+            mp = parse_mail_params(
+                params, smtputf8=self.config.smtputf8, dsn=self.config.dsn,
+                auth=self._auth_offered() or self.authenticated is not None,
+            )
+        except ParamError as exc:
+            self._send(exc.reply)
+            return
+        if mp.size is not None and mp.size > self.config.max_message_size:
+            self._send(R.SIZE_EXCEEDED)
+            return
+        try:
+            sender = parse_path(path, utf8=mp.smtputf8, allow_null=True)
+        except AddressError as exc:
+            self._send(_address_reply(exc, 501, "5.1.7", "sender"))
+            return
+        self._events.append(MailFrom(sender, mp))
+
+    def _cmd_rcpt(self, arg: str) -> None:
+        if self._mail is None:
+            self._send(R.NEED_MAIL if self.helo is not None else R.NEED_HELO)
+            return
+        split = self._split_path(arg, "TO:")
+        if split is None:
+            self._send(Reply.make(501, "5.5.4", "Syntax: RCPT TO:<address>"))
+            return
+        path, params = split
+        if params and not self.esmtp:
+            self._send(Reply.make(555, "5.5.4", "Parameters need EHLO"))
+            return
+        utf8 = self._mail.params.smtputf8
+        try:
+            rp = parse_rcpt_params(params, dsn=self.config.dsn, utf8=utf8)
+        except ParamError as exc:
+            self._send(exc.reply)
+            return
+        try:
+            rcpt = parse_path(path, utf8=utf8, allow_postmaster=True)
+        except AddressError as exc:
+            self._send(_address_reply(exc, 501, "5.1.3", "recipient"))
+            return
+        if self.recipients >= self.config.max_recipients:
+            self._send(R.TOO_MANY_RECIPIENTS)
+            return
+        self._events.append(RcptTo(rcpt, rp))
+
+    def _cmd_data(self, arg: str) -> None:
+        if not self._no_args(arg):
+            return
+        if self._mail is None:
+            self._send(R.NEED_MAIL if self.helo is not None else R.NEED_HELO)
+            return
+        if self._bdat_used:
+            self._send(R.DATA_AFTER_BDAT)
+            return
+        if self.recipients == 0:
+            self._send(R.NO_VALID_RECIPIENTS)
+            return
+        self._send(R.START_DATA)
+        self._reader = DataReader(
+            self.config.max_message_size, self.config.data_line_limit, self.config.bare_newlines
+        )
+        self._phase = _Phase.DATA
+        self._events.append(MessageStart(chunking=False))
+
+    def _cmd_bdat(self, arg: str) -> None:
+        if not (self.config.chunking and self.esmtp):
+            self._send(R.UNKNOWN_COMMAND)
+            return
+        m = _BDAT_RE.match(arg.strip())
+        if m is None:
+            self._send(Reply.make(501, "5.5.4", "Syntax: BDAT size [LAST]"))
+            return
+        size, last = int(m.group(1)), m.group(2) is not None
+        self._bdat_left, self._bdat_last = size, last
+        self._phase = _Phase.BDAT
+        if self._mail is None or self.recipients == 0:
+            self._bdat_discard = True  # RFC 3030 2: read the chunk, then refuse it
+            return
+        self._bdat_discard = False
+        if not self._bdat_used:
+            self._bdat_used = True
+            self._bdat_size = 0
+            self._events.append(MessageStart(chunking=True))
+
+    def _cmd_rset(self, arg: str) -> None:
+        if not self._no_args(arg):
+            return
+        if self._mail is not None:
+            self._events.append(Reset())
+        self._reset_transaction()
+        self._send(R.RESET_OK)
+
+    def _cmd_noop(self, arg: str) -> None:
+        self._send(R.NOOP_OK)
+
+    def _cmd_quit(self, arg: str) -> None:
+        if not self._no_args(arg):
+            return
+        self._send(R.CLOSING)
+        self._phase = _Phase.CLOSED
+        self._in.clear()
+        if self._mail is not None:
+            self._events.append(Reset())
+        self._events.append(Quit())
+
+    def _cmd_vrfy(self, arg: str) -> None:
+        if not arg.strip():
+            self._send(Reply.make(501, "5.5.4", "Syntax: VRFY address"))
+            return
+        self._send(R.VRFY_CANNOT)
+
+    def _cmd_expn(self, arg: str) -> None:
+        self._send(R.NOT_IMPLEMENTED)
+
+    def _cmd_help(self, arg: str) -> None:
+        self._send(R.HELP)
+
+    def _cmd_starttls(self, arg: str) -> None:
+        if not self._no_args(arg):
+            return
+        if self.tls_active:
+            self._send(R.TLS_ALREADY)
+            return
+        if not self.config.starttls:
+            self._send(R.TLS_NOT_AVAILABLE)
+            return
+        if self.helo is None:
+            self._send(R.NEED_HELO)
+            return
+        if self._mail is not None:
+            self._send(Reply.make(503, "5.5.1", "STARTTLS not allowed during a mail transaction"))
+            return
+        self._send(R.READY_TLS)
+        # Whatever the client pipelined after STARTTLS was sent in plaintext: drop it,
+        # never run it after the handshake (CVE-2011-0411).
+        self._in.clear()
+        self._phase = _Phase.TLS
+        self._events.append(StartTLS())
+
+    def _cmd_auth(self, arg: str) -> None:
+        c = self.config
+        if not c.auth:
+            self._send(R.AUTH_NOT_ENABLED)
+            return
+        if self.helo is None or not self.esmtp:
+            self._send(R.NEED_HELO)
+            return
+        if self.authenticated:
+            self._send(R.AUTH_ALREADY)
+            return
+        if self._mail is not None:
+            self._send(R.AUTH_IN_TRANSACTION)
+            return
+        parts = arg.split()
+        if not parts or len(parts) > 2:
+            self._send(Reply.make(501, "5.5.4", "Syntax: AUTH mechanism [initial-response]"))
+            return
+        mech = parts[0].upper()
+        if mech not in c.auth_mechanisms:
+            self._send(R.AUTH_UNKNOWN_MECHANISM)
+            return
+        if c.auth_requires_tls and not self.tls_active:
+            self._send(R.AUTH_NEEDS_TLS)
+            return
+        self._auth_mech = mech
+        self._auth_user = None
+        self._phase = _Phase.AUTH
+        if len(parts) == 2:
+            self._auth_line(parts[1], initial=True)
+        elif mech == "PLAIN":
+            self._out += b"334 \r\n"
+        else:
+            self._out += b"334 VXNlcm5hbWU6\r\n"  # "Username:"
+
+    def _auth_line(self, line: str, initial: bool = False) -> None:
+        if line == "*":
+            self._phase = _Phase.COMMAND
+            self._send(R.AUTH_CANCELLED)
+            return
+        if initial and line == "=":
+            decoded = b""
+        else:
+            try:
+                decoded = base64.b64decode(line.encode("ascii"), validate=True)
+            except (binascii.Error, UnicodeEncodeError, ValueError):
+                self._phase = _Phase.COMMAND
+                self._send(R.AUTH_BAD_BASE64)
+                return
+        if self._auth_mech == "PLAIN":
+            parts = decoded.split(b"\0")
+            if len(parts) != 3 or not parts[1]:
+                self._phase = _Phase.COMMAND
+                self._send(R.AUTH_MALFORMED)
+                return
+            self._auth_done(parts[0], parts[1], parts[2])
+            return
+        # LOGIN: username, then password
+        if self._auth_user is None:
+            try:
+                self._auth_user = decoded.decode("utf-8")
+            except UnicodeDecodeError:
+                self._phase = _Phase.COMMAND
+                self._send(R.AUTH_MALFORMED)
+                return
+            self._out += b"334 UGFzc3dvcmQ6\r\n"  # "Password:"
+            return
+        self._auth_done(b"", self._auth_user.encode("utf-8"), decoded)
+
+    def _auth_done(self, authzid: bytes, user: bytes, password: bytes) -> None:
+        try:
+            ev = AuthAttempt(
+                self._auth_mech, authzid.decode("utf-8"), user.decode("utf-8"),
+                password.decode("utf-8"),
+            )
+        except UnicodeDecodeError:
+            self._phase = _Phase.COMMAND
+            self._send(R.AUTH_MALFORMED)
+            return
+        self._events.append(ev)
+
+    # --- message content ------------------------------------------------------------
+
+    def _step_data(self) -> bool:
+        if not self._in:
+            return False
+        reader = self._reader
+        assert reader is not None
+        chunk = bytes(self._in)
+        self._in.clear()
+        content, rest = reader.feed(chunk)
+        if content:
+            self._events.append(MessageData(content))
+        if rest is None:
+            return True
+        self._in += rest
+        self._phase = _Phase.COMMAND
+        self._reader = None
+        if reader.error is not None:
+            self._events.append(MessageAborted(reader.error))
+            self._send(reader.error)
+            self._end_transaction()
+        else:
+            self._events.append(MessageComplete(reader.size))
+        return True
+
+    def _step_bdat(self) -> bool:
+        if self._bdat_left:
+            if not self._in:
+                return False
+            take = min(self._bdat_left, len(self._in))
+            piece = bytes(self._in[:take])
+            del self._in[:take]
+            self._bdat_left -= take
+            if not self._bdat_discard:
+                self._bdat_size += take
+                if self._bdat_size > self.config.max_message_size:
+                    self._bdat_discard = self._bdat_oversize = True
+                    self._events.append(MessageAborted(R.SIZE_EXCEEDED))
+                else:
+                    self._events.append(MessageData(piece))
+            if self._bdat_left:
+                return True
+        # chunk complete
+        self._phase = _Phase.COMMAND
+        if self._bdat_discard:
+            if self._bdat_oversize:
+                self._bdat_oversize = False
+                self._send(R.SIZE_EXCEEDED)
+                self._end_transaction()
+            else:
+                self._send(R.BDAT_NO_RECIPIENTS)
+            return True
+        if self._bdat_last:
+            self._events.append(MessageComplete(self._bdat_size))
+        else:
+            self._send(Reply.make(250, "2.0.0", f"{self._bdat_size} octets received"))
+        return True
+
+    def _reset_transaction(self) -> None:
+        self._mail = None
+        self.recipients = 0
+        self._reader = None
+        self._bdat_used = False
+        self._bdat_size = 0
+
+    def _end_transaction(self) -> None:
+        self._reset_transaction()
+        if self._shutting_down and self._phase is _Phase.COMMAND:
+            self._close(R.SHUTDOWN)
+
+
+_HANDLERS: dict[str, Callable[[ServerSession, str], None]] = {
+    "EHLO": ServerSession._cmd_ehlo,
+    "HELO": ServerSession._cmd_helo,
+    "MAIL": ServerSession._cmd_mail,
+    "RCPT": ServerSession._cmd_rcpt,
+    "DATA": ServerSession._cmd_data,
+    "BDAT": ServerSession._cmd_bdat,
+    "RSET": ServerSession._cmd_rset,
+    "NOOP": ServerSession._cmd_noop,
+    "QUIT": ServerSession._cmd_quit,
+    "VRFY": ServerSession._cmd_vrfy,
+    "EXPN": ServerSession._cmd_expn,
+    "HELP": ServerSession._cmd_help,
+    "STARTTLS": ServerSession._cmd_starttls,
+    "AUTH": ServerSession._cmd_auth,
+}
+
+
+def _address_reply(exc: AddressError, code: int, enhanced: str, who: str) -> Reply:
+    if exc.utf8:
+        return Reply.make(553, "5.6.7", f"Non-ASCII {who} address needs SMTPUTF8")
+    return Reply.make(code, enhanced, f"Bad {who} address syntax: {exc}")
