@@ -59,7 +59,7 @@ def _summary(e: Explanation, lang: str) -> str:
 
 def _join(items: list[str], lang: str) -> str:
     if lang == "zh":
-        return "、".join(items)
+        return "或".join(items)
     if len(items) <= 2:
         return " or ".join(items)
     return ", ".join(items[:-1]) + " or " + items[-1]
@@ -87,16 +87,13 @@ def _client_action(e: Explanation, lang: str) -> str:
 def _fix_phrase(e: Explanation, lang: str) -> str:
     if e.outcome == "success":
         return _t(lang, "nothing_to_fix")
-    return f"{_t(lang, 'needs_action')} {_first_sentence(e.fix, lang)}"
+    sep = "" if lang == "zh" else " "
+    return f"{_t(lang, 'needs_action')}{sep}{_first_sentence(e.fix, lang)}"
 
 
 def _first_sentence(text: str, lang: str) -> str:
-    stops = "。" if lang == "zh" else ". "
-    for stop in stops.split("|"):
-        i = text.find(stop)
-        if i != -1:
-            return text[: i + len(stop.strip()) if stop != ". " else i + 1]
-    return text
+    i = text.find("。" if lang == "zh" else ". ")
+    return text if i == -1 else text[: i + 1]
 
 
 def _paired(a: Explanation, b: Explanation) -> tuple[Explanation, Explanation] | None:

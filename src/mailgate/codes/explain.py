@@ -223,6 +223,8 @@ def explain_code(code: str, lang: str = "en") -> Explanation:
     if "." in s:
         e = parse_enhanced_code(s)
         return _enhanced(e.klass, e.subject, e.detail, lang)
+    if s in reg.registry():  # known codes outside the grammar too (471, 571)
+        return _basic(int(s), lang)
     return _basic(parse_basic_code(s), lang)
 
 

@@ -8,6 +8,9 @@ code is in the data files (see docs/codes-data.md).
 from __future__ import annotations
 
 import functools
+import marshal
+import os
+import sys
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,9 +62,38 @@ class Prose:
     fix: str
 
 
+def _cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "mailgate"
+
+
 def _load_toml(path: Path) -> dict[str, Any]:
+    """Parse a data file, through a marshal cache keyed by the file's size and mtime.
+
+    TOML parsing is pure Python and costs most of a short CLI call's time; the cache
+    makes the second call fast. A cache that cannot be read or written is ignored.
+    """
+    st = path.stat()
+    tag = sys.implementation.cache_tag
+    cache = _cache_dir() / f"{path.parent.name}-{path.stem}-{st.st_size}-{st.st_mtime_ns}.{tag}"
+    try:
+        with cache.open("rb") as f:
+            data = marshal.load(f)
+        if isinstance(data, dict):
+            return data
+    except (OSError, EOFError, ValueError, TypeError):
+        pass
     with path.open("rb") as f:
-        return tomllib.load(f)
+        data = tomllib.load(f)
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_suffix(f".{os.getpid()}.tmp")
+        with tmp.open("wb") as f:
+            marshal.dump(data, f)
+        os.replace(tmp, cache)
+    except (OSError, ValueError):
+        pass
+    return data
 
 
 @functools.cache

@@ -117,7 +117,7 @@ def comparison_doc(c: Comparison) -> Doc:
     lab = _labels(c.lang)
     doc = Doc(title=c.headline, lang=c.lang)
     doc.heading(c.headline, 1)
-    doc.para(" ".join(c.summary))
+    doc.para(("" if c.lang == "zh" else " ").join(c.summary))
     for e in (c.a, c.b):
         _code_section(doc, e, 2)
     doc.heading(lab["key_differences"], 2)
@@ -195,9 +195,10 @@ def to_text(doc: Doc, color: bool | None = None, width: int | None = None) -> st
         elif b.kind == "para":
             console.print(Text(b.text))
         elif b.kind == "fields":
+            colon = "：" if doc.lang == "zh" else ": "
             for k, v in b.pairs:
                 t = Text()
-                t.append(f"{k}: ", style="bold")
+                t.append(f"{k}{colon}", style="bold")
                 t.append(v)
                 console.print(t)
         elif b.kind == "numbered":

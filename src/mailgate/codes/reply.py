@@ -68,8 +68,11 @@ class Subject(enum.IntEnum):
         return self.name.lower().replace("_", "-")
 
 
-# RFC 5321 section 4.2: Reply-code = %x32-35 %x30-35 %x30-39
+# RFC 5321 section 4.2: Reply-code = %x32-35 %x30-35 %x30-39. Codes with a second digit
+# of 6 to 9 (471, 571) break that grammar but are seen in the wild; a received reply
+# carrying one is still a reply, so only `strict` parsing refuses them.
 _BASIC_RE = re.compile(r"[2-5][0-5][0-9]\Z")
+_LOOSE_BASIC_RE = re.compile(r"[2-5][0-9][0-9]\Z")
 # RFC 3463 / RFC 2034: class "." 1*3digit "." 1*3digit
 _ENHANCED_RE = re.compile(r"([245])\.([0-9]{1,3})\.([0-9]{1,3})\Z")
 _ENHANCED_PREFIX_RE = re.compile(r"([245])\.([0-9]{1,3})\.([0-9]{1,3})(?: |\Z)")
@@ -100,14 +103,17 @@ class EnhancedCode:
             return None
 
 
-def parse_basic_code(text: str) -> int:
-    """Parse a three-digit reply code, naming what is wrong when it is not one."""
+def parse_basic_code(text: str, strict: bool = True) -> int:
+    """Parse a three-digit reply code, naming what is wrong when it is not one.
+
+    `strict=False` also takes a second digit of 6 to 9, as receivers must.
+    """
     s = text.strip()
     if not s.isascii() or not s.isdigit():
         raise ReplyError(f"{text!r} is not an SMTP reply code: a reply code is three digits.")
     if len(s) != 3:
         raise ReplyError(f"{s} is not an SMTP reply code: a reply code has exactly three digits.")
-    if not _BASIC_RE.match(s):
+    if not (_BASIC_RE if strict else _LOOSE_BASIC_RE).match(s):
         if s[0] not in "2345":
             raise ReplyError(
                 f"{s} is not an SMTP reply code: the first digit must be 2, 3, 4 or 5."
@@ -146,7 +152,7 @@ class Reply:
     lines: tuple[str, ...]
 
     def __post_init__(self) -> None:
-        if not _BASIC_RE.match(str(self.code)):
+        if not _LOOSE_BASIC_RE.match(str(self.code)):
             raise ReplyError(f"{self.code} is not an SMTP reply code.")
         if self.enhanced is not None:
             e = parse_enhanced_code(self.enhanced)
@@ -238,7 +244,7 @@ def parse_reply_line(line: str) -> tuple[int, bool, str]:
         raise ReplyError(
             f"reply line {line!r} is too short: it must start with a three-digit code."
         )
-    code = parse_basic_code(line[:3]) if line[:3].isdigit() else None
+    code = parse_basic_code(line[:3], strict=False) if line[:3].isdigit() else None
     if code is None:
         raise ReplyError(f"reply line {line!r} does not start with a three-digit reply code.")
     if len(line) == 3:
