@@ -86,7 +86,12 @@ _ATEXT = r"A-Za-z0-9!#$%&'*+/=?^_`{|}~\-"
 _DOT_STRING_RE = re.compile(rf"[{_ATEXT}]+(?:\.[{_ATEXT}]+)*")
 _UTEXT = _ATEXT + "\u0080-\U0010ffff"
 _DOT_STRING_UTF8_RE = re.compile(rf"[{_UTEXT}]+(?:\.[{_UTEXT}]+)*")
-_LABEL_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\Z")
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_LABEL_RE = re.compile(_LABEL + r"\Z")
+# The common case in one regex: <dot-string@ascii.domain>, no quotes, literals or routes.
+_SIMPLE_PATH_RE = re.compile(
+    rf"<([{_ATEXT}]+(?:\.[{_ATEXT}]+)*)@({_LABEL}(?:\.{_LABEL})*)>\Z"
+)
 _ULABEL_RE = re.compile(r"[^\x00-\x2c\x2e\x2f\x3a-\x40\x5b-\x60\x7b-\x7f]+\Z")
 _GENERAL_LIT_RE = re.compile(r"[A-Za-z0-9-]*[A-Za-z0-9]:[\x21-\x5a\x5e-\x7e]+\Z")
 
@@ -216,8 +221,11 @@ def _strip_source_route(inner: str) -> str:
 def parse_path(s: str, utf8: bool = False, allow_null: bool = False,
                allow_postmaster: bool = False) -> Address:
     """Parse `<...>` as MAIL FROM (allow_null) or RCPT TO (allow_postmaster) take it."""
-    if len(s.encode("utf-8")) > MAX_PATH:
+    if len(s) > MAX_PATH // 4 and len(s.encode("utf-8")) > MAX_PATH:
         raise AddressError(f"the path is longer than {MAX_PATH} octets (RFC 5321 4.5.3.1.3).")
+    m = _SIMPLE_PATH_RE.match(s)
+    if m is not None and len(m.group(1)) <= MAX_LOCAL and len(m.group(2)) <= MAX_DOMAIN:
+        return Address(m.group(1), m.group(2).lower())
     if len(s) < 2 or s[0] != "<" or s[-1] != ">":
         raise AddressError("the address must be enclosed in angle brackets: <user@example.org>.")
     inner = s[1:-1]

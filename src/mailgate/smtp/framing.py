@@ -20,6 +20,7 @@ __all__ = ["DataReader", "dot_stuff"]
 
 _END = b"\r\n.\r\n"
 _ANY_NEWLINE = re.compile(rb"\r\n|\r|\n")
+_NOT_NEWLINE = bytes(b for b in range(256) if b not in (10, 13))
 
 
 class DataReader:
@@ -38,58 +39,76 @@ class DataReader:
         self.max_line = max_line  # octets including CRLF
         self.bare_newlines = bare_newlines
         # The CRLF that ended the DATA command line: the first line starts after it.
-        self._buf = bytearray(b"\r\n")
+        self._buf = b"\r\n"
         self._first = True
         self.size = 0
         self.error: Reply | None = None
 
     def feed(self, data: bytes) -> tuple[bytes, bytes | None]:
-        buf = self._buf
-        start = max(0, len(buf) - 4)
-        buf += data
-        end = buf.find(_END, start)
-        if end != -1:
-            was_first = self._first
-            content = self._take(end)
-            # The CRLF before the final dot ends the last line, unless there was none.
-            if self.error is None and not (was_first and end == 0):
-                content += b"\r\n"
-                self._count(2)
-            rest = bytes(buf[end + 5 :])
-            self._buf = bytearray()
-            return (b"" if self.error is not None else content), rest
+        old = self._buf
+        buf = old + data if old else data
+        # One pass over every "<CRLF>." finds both the terminator and the lines to
+        # unstuff; what is left over from the last call is at most one line, so it is
+        # searched again rather than tracked.
+        dots: list[int] = []
+        find = buf.find
+        n = len(buf)
+        i = find(b"\r\n.")
+        while i != -1 and i + 5 <= n:
+            if buf[i + 3] == 13 and buf[i + 4] == 10:  # "\r\n.\r\n": the end
+                was_first = self._first
+                content = self._take(buf, i, dots)
+                # The CRLF before the final dot ends the last line, unless there was none.
+                if self.error is None and not (was_first and i == 0):
+                    content += b"\r\n"
+                    self._count(2)
+                self._buf = b""
+                return (b"" if self.error is not None else content), buf[i + 5 :]
+            dots.append(i + 2)
+            i = find(b"\r\n.", i + 3)
         cut = buf.rfind(b"\r\n")
         content = b""
         if cut > 0:
-            content = self._take(cut)
-            del buf[:cut]
+            content = self._take(buf, cut, dots)
+            buf = buf[cut:]
         if len(buf) > self.max_line + 1:
             # A line longer than the limit, its end not yet seen: refuse the message and
             # keep only the bytes that could begin the terminator, so memory stays bounded.
             self._fail(replies.DATA_LINE_TOO_LONG)
-            del buf[: len(buf) - 4]
+            buf = buf[-4:]
+        self._buf = buf
         return content, None
 
-    def _take(self, upto: int) -> bytes:
-        """Content of the buffer before `upto`; the buffer starts with a line's CRLF."""
+    def _take(self, buf: bytes, upto: int, dots: list[int]) -> bytes:
+        """Content of `buf[:upto]` without the dots at `dots`; `buf` starts with a CRLF.
+
+        Checks work on ranges of `buf` with C-level scans (translate, count, rfind), so
+        the content is copied once.
+        """
         if self.error is not None:
             return b""
-        seg = bytes(self._buf[:upto])
-        if len(seg) >= self.max_line and _longest_line(seg) > self.max_line - 1:
+        if upto >= self.max_line - 1 and _has_long_line(buf, upto, self.max_line):
             self._fail(replies.DATA_LINE_TOO_LONG)
             return b""
-        # Unstuff first, so that only lines ended by a real CRLF lose their leading dot;
-        # a bare-LF line "." stays content.
-        seg = seg.replace(b"\r\n.", b"\r\n")
-        crlf = seg.count(b"\r\n")
-        if seg.count(b"\r") != crlf or seg.count(b"\n") != crlf:
+        start = 2 if self._first else 0
+        self._first = False
+        parts = []
+        p = start
+        for d in dots:
+            if d >= upto:
+                break
+            parts.append(buf[p:d])
+            p = d + 1
+        parts.append(buf[p:upto])
+        seg = b"".join(parts) if len(parts) > 1 else parts[0]
+        newlines = len(seg.translate(None, _NOT_NEWLINE))
+        if newlines != 2 * seg.count(b"\r\n"):
             if self.bare_newlines == "reject":
                 self._fail(replies.DATA_BARE_LF)
                 return b""
+            # Only lines ended by a real CRLF were unstuffed (a bare-LF line "." stays
+            # content); now every line end becomes CRLF.
             seg = _ANY_NEWLINE.sub(b"\r\n", seg)
-        if self._first:
-            seg = seg[2:]
-            self._first = False
         self._count(len(seg))
         return b"" if self.error is not None else seg
 
@@ -103,20 +122,21 @@ class DataReader:
             self.error = reply
 
 
-def _longest_line(seg: bytes) -> int:
-    """Longest line in `seg`, counting one octet of line end (the CR, or a bare LF).
+def _has_long_line(buf: bytes, n: int, limit: int) -> bool:
+    """Does `buf[:n]` (followed by a CRLF) hold a line longer than `limit` with its CRLF?
 
-    `seg` is followed by a CRLF, so its last run counts one octet for that CR.
+    Jumps from line end to the last line end within reach: one `rfind` in C per
+    `limit` octets, instead of one Python step per line.
     """
-    longest = 0
+    run = limit - 1  # octets before the LF (CR included) that already break the limit
     pos = 0
-    find = seg.find
-    while True:
-        nxt = find(b"\n", pos)
-        if nxt == -1:
-            return max(longest, len(seg) - pos + 1)
-        longest = max(longest, nxt - pos)
-        pos = nxt + 1
+    rfind = buf.rfind
+    while n - pos + 1 > run:  # the rest, with the CR that follows it, may be too long
+        nl = rfind(b"\n", pos, min(pos + run + 1, n))
+        if nl == -1:
+            return True
+        pos = nl + 1
+    return False
 
 
 def dot_stuff(content: bytes) -> bytes:

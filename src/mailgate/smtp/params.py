@@ -61,6 +61,10 @@ class RcptParams:
     orcpt: tuple[str, str] | None = None  # (addr-type, decoded address)
 
 
+_NO_MAIL_PARAMS = MailParams()
+_NO_RCPT_PARAMS = RcptParams()
+
+
 def _split(params: list[str]) -> list[tuple[str, str | None]]:
     out: list[tuple[str, str | None]] = []
     seen: set[str] = set()
@@ -80,6 +84,8 @@ def parse_mail_params(
     params: list[str], *, size_ext: bool = True, eightbit: bool = True, smtputf8: bool = True,
     dsn: bool = True, auth: bool = False,
 ) -> MailParams:
+    if not params:
+        return _NO_MAIL_PARAMS
     size = body = ret = envid = auth_value = None
     utf8 = False
     for key, value in _split(params):
@@ -118,6 +124,8 @@ _NOTIFY = ("SUCCESS", "FAILURE", "DELAY")
 
 
 def parse_rcpt_params(params: list[str], *, dsn: bool = True, utf8: bool = False) -> RcptParams:
+    if not params:
+        return _NO_RCPT_PARAMS
     notify: tuple[str, ...] | None = None
     orcpt: tuple[str, str] | None = None
     for key, value in _split(params):

@@ -26,7 +26,7 @@ import re
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import ClassVar, Literal
+from typing import ClassVar, Final, Literal
 
 from mailgate.codes.reply import Reply
 from mailgate.smtp import replies as R
@@ -212,12 +212,16 @@ class ConnectionLost(Event):
     """The client closed the connection (EOF)."""
 
 
-class _NeedData:
+class _NeedData(enum.Enum):
+    """A one-member enum, so that `ev is not NEED_DATA` narrows the type for mypy."""
+
+    NEED_DATA = "NEED_DATA"
+
     def __repr__(self) -> str:
         return "NEED_DATA"
 
 
-NEED_DATA = _NeedData()
+NEED_DATA: Final = _NeedData.NEED_DATA
 
 
 class _Phase(enum.Enum):
@@ -256,6 +260,7 @@ class ServerSession:
         self.authenticated: str | None = None
         self._mail: MailFrom | None = None
         self.recipients = 0
+        self._rcpt_tried = False  # a RCPT was given in this transaction (DATA: 503 or 554)
         self._bdat_used = False
         self._bdat_left = 0
         self._bdat_last = False
@@ -362,8 +367,10 @@ class ServerSession:
             reply = reply or R.AUTH_OK
             if reply.code == 235:
                 self.authenticated = ev.username
-            self._send(reply)
+            # Back to commands before sending: a failure that reaches max_errors closes
+            # the session in _send(), and that must stick.
             self._phase = _Phase.COMMAND
+            self._send(reply)
 
     def tls_established(self) -> None:
         """The handshake after STARTTLS succeeded: start over, as RFC 3207 4.2 says."""
@@ -602,6 +609,7 @@ class ServerSession:
         if self._mail is None:
             self._send(R.NEED_MAIL if self.helo is not None else R.NEED_HELO)
             return
+        self._rcpt_tried = True
         split = self._split_path(arg, "TO:")
         if split is None:
             self._send(Reply.make(501, "5.5.4", "Syntax: RCPT TO:<address>"))
@@ -636,7 +644,9 @@ class ServerSession:
             self._send(R.DATA_AFTER_BDAT)
             return
         if self.recipients == 0:
-            self._send(R.NO_VALID_RECIPIENTS)
+            # RFC 5321 3.3: no RCPT at all is a bad sequence (503); RCPTs that were all
+            # refused leave no valid recipients (554).
+            self._send(R.NO_VALID_RECIPIENTS if self._rcpt_tried else R.NEED_RCPT)
             return
         self._send(R.START_DATA)
         self._reader = DataReader(
@@ -862,6 +872,7 @@ class ServerSession:
     def _reset_transaction(self) -> None:
         self._mail = None
         self.recipients = 0
+        self._rcpt_tried = False
         self._reader = None
         self._bdat_used = False
         self._bdat_size = 0

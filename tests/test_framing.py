@@ -1,0 +1,132 @@
+"""DATA framing: terminator, unstuffing, bare CR/LF, limits, and smuggling immunity."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mailgate.smtp import replies
+from mailgate.smtp.framing import DataReader, dot_stuff
+
+
+def feed_all(reader: DataReader, chunks: list[bytes]) -> tuple[bytes, bytes | None]:
+    """Feed chunks until the end of data; return content and everything after the end."""
+    out = []
+    for i, c in enumerate(chunks):
+        content, rest = reader.feed(c)
+        out.append(content)
+        if rest is not None:
+            return b"".join(out), rest + b"".join(chunks[i + 1 :])
+    return b"".join(out), None
+
+
+def test_simple_message_and_pipelined_rest() -> None:
+    content, rest = feed_all(DataReader(1000), [b"Subject: x\r\n\r\nhello\r\n.\r\nQUIT\r\n"])
+    assert content == b"Subject: x\r\n\r\nhello\r\n"
+    assert rest == b"QUIT\r\n"
+
+
+def test_empty_message() -> None:
+    assert feed_all(DataReader(1000), [b".\r\n"]) == (b"", b"")
+
+
+def test_message_of_one_empty_line() -> None:
+    assert feed_all(DataReader(1000), [b"\r\n.\r\n"]) == (b"\r\n", b"")
+
+
+def test_dot_unstuffing_including_first_line() -> None:
+    content, _ = feed_all(DataReader(1000), [b"..first\r\nmid\r\n...\r\n.\r\n"])
+    assert content == b".first\r\nmid\r\n..\r\n"
+
+
+def test_terminator_split_across_every_boundary() -> None:
+    wire = b"line one\r\n.dotted\r\nlast\r\n.\r\nNOOP\r\n"
+    for cut in range(len(wire) + 1):
+        content, rest = feed_all(DataReader(1000), [wire[:cut], wire[cut:]])
+        assert content == b"line one\r\ndotted\r\nlast\r\n", cut
+        assert rest == b"NOOP\r\n", cut
+
+
+SMUGGLING = [b"\n.\n", b"\n.\r\n", b"\r.\r", b"\r\n.\n", b"\r.\n", b"\r\n.\r"]
+
+
+@pytest.mark.parametrize("fake_end", SMUGGLING, ids=repr)
+def test_smuggled_terminators_never_end_data(fake_end: bytes) -> None:
+    wire = b"Subject: a\r\n\r\nbody" + fake_end + b"MAIL FROM:<evil@x.test>\r\n"
+    reader = DataReader(10_000)
+    content, rest = feed_all(reader, [wire])
+    assert rest is None  # still in DATA
+    content2, rest = feed_all(reader, [b".\r\n"])
+    assert rest == b""
+    assert b"MAIL FROM:<evil@x.test>" in content + content2
+    assert reader.error is None
+
+
+@pytest.mark.parametrize("fake_end", SMUGGLING, ids=repr)
+def test_smuggled_terminators_rejected_in_reject_mode(fake_end: bytes) -> None:
+    reader = DataReader(10_000, bare_newlines="reject")
+    content, rest = feed_all(reader, [b"body" + fake_end + b"MAIL FROM:<e@x.test>\r\n.\r\n"])
+    assert rest == b"" and content == b""
+    assert reader.error == replies.DATA_BARE_LF
+
+
+def test_normalize_turns_bare_newlines_into_crlf() -> None:
+    content, _ = feed_all(DataReader(1000), [b"a\nb\rc\r\n.\r\n"])
+    assert content == b"a\r\nb\r\nc\r\n"
+
+
+def test_size_limit() -> None:
+    reader = DataReader(10)
+    _, rest = feed_all(reader, [b"0123456789abc\r\n.\r\nNOOP\r\n"])
+    assert reader.error == replies.SIZE_EXCEEDED and content == b"" and rest == b"NOOP\r\n"
+
+
+def test_line_limit_counts_crlf() -> None:
+    ok = b"x" * 998 + b"\r\n.\r\n"
+    reader = DataReader(10_000)
+    assert feed_all(reader, [ok])[0] == b"x" * 998 + b"\r\n" and reader.error is None
+    reader = DataReader(10_000)
+    feed_all(reader, [b"x" * 999 + b"\r\n.\r\n"])
+    assert reader.error == replies.DATA_LINE_TOO_LONG
+
+
+def test_endless_line_is_bounded_and_refused() -> None:
+    reader = DataReader(10**9)
+    for _ in range(100):
+        reader.feed(b"y" * 65536)
+        assert len(reader._buf) <= reader.max_line + 2
+    _, rest = reader.feed(b"\r\n.\r\n")
+    assert rest == b"" and reader.error == replies.DATA_LINE_TOO_LONG
+
+
+lines = st.lists(
+    st.one_of(
+        st.binary(max_size=80).map(lambda b: b.replace(b"\r", b"").replace(b"\n", b"")),
+        st.sampled_from([b".", b"..", b".x", b"", b"." * 5]),
+    ),
+    max_size=30,
+)
+
+
+@settings(max_examples=200)
+@given(lines, st.integers(1, 50))
+def test_dot_stuff_then_read_round_trips(body_lines: list[bytes], chunk: int) -> None:
+    body = b"".join(line + b"\r\n" for line in body_lines)
+    wire = dot_stuff(body) + b"RSET\r\n"
+    chunks = [wire[i : i + chunk] for i in range(0, len(wire), chunk)]
+    content, rest = feed_all(DataReader(10**6), chunks)
+    assert content == body
+    assert rest is not None
+
+
+@settings(max_examples=300)
+@given(st.lists(st.binary(max_size=200), max_size=20), st.sampled_from(["normalize", "reject"]))
+def test_arbitrary_input_never_raises_and_stays_bounded(chunks: list[bytes], mode: str) -> None:
+    reader = DataReader(5000, max_line=1000, bare_newlines=mode)
+    for c in chunks:
+        content, rest = reader.feed(c)
+        assert len(reader._buf) <= 1000 + 2 + len(c)
+        if rest is not None:
+            assert b"\r\n.\r\n" in b"\r\n" + b"".join(chunks)
+            break

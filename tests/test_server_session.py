@@ -1,0 +1,171 @@
+"""Properties of the sans-I/O server session: any input, well-formed output, bounded memory.
+
+Behaviour command by command is covered by the dialogue files (tests/dialogs/); these
+tests throw generated input at the session and check what must hold for every input.
+"""
+
+from __future__ import annotations
+
+import re
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mailgate.smtp.server import (
+    NEED_DATA,
+    MessageComplete,
+    ServerSession,
+    SessionConfig,
+    StartTLS,
+)
+
+REPLY_LINE = re.compile(rb"[2-5][0-9][0-9][ -][^\r\n]*\Z|[2-5][0-9][0-9]\Z")
+CONFIG = SessionConfig(hostname="mx.test", starttls=True, auth=True, auth_requires_tls=False,
+                       max_message_size=2000, max_errors=1000)
+
+
+def drive(s: ServerSession, data: bytes) -> bytes:
+    s.receive_data(data)
+    while (ev := s.next_event()) is not NEED_DATA:
+        if ev.needs_decision:
+            s.respond(None)
+        elif isinstance(ev, StartTLS):
+            s.tls_established()
+    return s.data_to_send()
+
+
+def assert_well_formed(out: bytes) -> None:
+    assert out == b"" or out.endswith(b"\r\n")
+    for line in out.split(b"\r\n")[:-1]:
+        assert REPLY_LINE.match(line), line
+
+
+commands = st.sampled_from([
+    b"EHLO c.test", b"HELO c.test", b"MAIL FROM:<a@b.test>", b"MAIL FROM:<>", b"RCPT TO:<x@y.test>",
+    b"RCPT TO:<postmaster>", b"DATA", b"RSET", b"NOOP", b"VRFY x", b"EXPN x", b"HELP", b"QUIT",
+    b"STARTTLS", b"AUTH PLAIN AGFsaWNlAHNlY3JldA==", b"AUTH LOGIN", b"BDAT 5", b"BDAT 3 LAST",
+    b"hello", b".", b"", b"MAIL FROM:<a@b.test> SIZE=10 BODY=8BITMIME",
+    b"RCPT TO:<x@y.test> NOTIFY=NEVER",
+])
+endings = st.sampled_from([b"\r\n", b"\n", b"\r", b""])
+
+
+@settings(max_examples=300)
+@given(st.lists(st.one_of(st.tuples(commands, endings).map(lambda t: t[0] + t[1]),
+                          st.binary(max_size=40)), max_size=30),
+       st.integers(1, 64))
+def test_any_input_gives_well_formed_replies_and_no_exception(parts: list[bytes],
+                                                             chunk: int) -> None:
+    s = ServerSession(CONFIG)
+    s.greet()
+    data = b"".join(parts)
+    out = s.data_to_send()
+    for i in range(0, len(data), chunk):
+        out += drive(s, data[i : i + chunk])
+    out += drive(s, b"")
+    assert_well_formed(out)
+
+
+simple = st.sampled_from([b"NOOP", b"RSET", b"HELP", b"VRFY someone", b"EXPN list", b"FOO",
+                          b"MAIL FROM:<a@b.test>", b"RCPT TO:<c@d.test>", b"MAIL x", b"EHLO",
+                          b"RCPT TO:<bad", b"STARTTLS now", b"AUTH X"])
+
+
+@settings(max_examples=200)
+@given(st.lists(simple, min_size=1, max_size=40))
+def test_every_command_line_gets_exactly_one_reply(lines: list[bytes]) -> None:
+    s = ServerSession(CONFIG)
+    s.greet()
+    s.data_to_send()
+    drive(s, b"EHLO c.test\r\n")
+    out = drive(s, b"".join(line + b"\r\n" for line in lines))
+    finals = [ln for ln in out.split(b"\r\n")[:-1] if ln[3:4] != b"-"]
+    assert len(finals) == len(lines)
+
+
+@settings(max_examples=100)
+@given(st.lists(st.binary(min_size=1, max_size=5000), max_size=40))
+def test_memory_held_stays_within_limits(chunks: list[bytes]) -> None:
+    s = ServerSession(CONFIG)
+    s.greet()
+    limit = CONFIG.command_line_limit + CONFIG.extension_allowance
+    for c in chunks:
+        drive(s, c)
+        assert s.buffered <= limit
+        reader = s._reader
+        if reader is not None:
+            assert len(reader._buf) <= CONFIG.data_line_limit + 2
+
+
+def test_megabytes_without_line_end_are_answered_and_cut_off() -> None:
+    s = ServerSession(SessionConfig(hostname="mx.test", max_errors=3))
+    s.greet()
+    s.data_to_send()
+    out = b""
+    for _ in range(200):
+        out += drive(s, b"A" * 65536)
+        assert s.buffered <= 2048
+        if s.closed:
+            break
+    assert out.startswith((b"500 5.5.2", b"500 Line too long"))
+    out += drive(s, b"\r\nNOOP\r\n")
+    assert b"250" in out
+
+
+def test_pipelined_transaction_replies_in_order() -> None:
+    s = ServerSession(CONFIG)
+    s.greet()
+    s.data_to_send()
+    out = drive(s, b"EHLO c.test\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<c@d.test>\r\nDATA\r\n"
+                   b"Subject: t\r\n\r\nbody\r\n.\r\nQUIT\r\n")
+    codes = [ln[:3] for ln in out.split(b"\r\n")[:-1] if ln[3:4] != b"-"]
+    assert codes == [b"250", b"250", b"250", b"354", b"250", b"221"]
+    assert s.closed
+
+
+def test_decision_events_block_until_answered() -> None:
+    s = ServerSession(CONFIG)
+    s.greet()
+    s.receive_data(b"EHLO c.test\r\nNOOP\r\n")
+    ev = s.next_event()
+    assert ev.needs_decision  # type: ignore[union-attr]
+    try:
+        s.next_event()
+    except RuntimeError as exc:
+        assert "respond" in str(exc)
+    else:
+        raise AssertionError("next_event() before respond() must fail")
+    s.respond(None)
+    assert s.next_event() is NEED_DATA
+
+
+def test_shutdown_finishes_the_message_in_flight() -> None:
+    s = ServerSession(CONFIG)
+    s.greet()
+    drive(s, b"EHLO c.test\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<c@d.test>\r\nDATA\r\npart")
+    s.data_to_send()
+    s.shutdown()
+    assert not s.closed
+    s.receive_data(b"ial\r\n.\r\n")
+    events = []
+    while (ev := s.next_event()) is not NEED_DATA:
+        events.append(ev)
+        if ev.needs_decision:
+            s.respond(None)
+    assert any(isinstance(e, MessageComplete) for e in events)
+    out = s.data_to_send()
+    assert out.startswith(b"250 2.0.0") and b"421 4.3.2" in out
+    assert s.closed
+
+
+def test_timeout_and_idle_shutdown() -> None:
+    s = ServerSession(CONFIG)
+    s.greet()
+    s.data_to_send()
+    s.timeout()
+    assert s.data_to_send() == b"421 Timeout exceeded, closing connection\r\n" and s.closed
+    s = ServerSession(CONFIG)
+    s.greet()
+    drive(s, b"EHLO c.test\r\n")
+    s.shutdown()
+    assert s.data_to_send().endswith(b"421 4.3.2 Service shutting down, closing connection\r\n")
