@@ -78,7 +78,7 @@ def test_normalize_turns_bare_newlines_into_crlf() -> None:
 
 def test_size_limit() -> None:
     reader = DataReader(10)
-    _, rest = feed_all(reader, [b"0123456789abc\r\n.\r\nNOOP\r\n"])
+    content, rest = feed_all(reader, [b"0123456789abc\r\n.\r\nNOOP\r\n"])
     assert reader.error == replies.SIZE_EXCEEDED and content == b"" and rest == b"NOOP\r\n"
 
 
@@ -125,7 +125,7 @@ def test_dot_stuff_then_read_round_trips(body_lines: list[bytes], chunk: int) ->
 def test_arbitrary_input_never_raises_and_stays_bounded(chunks: list[bytes], mode: str) -> None:
     reader = DataReader(5000, max_line=1000, bare_newlines=mode)
     for c in chunks:
-        content, rest = reader.feed(c)
+        _, rest = reader.feed(c)
         assert len(reader._buf) <= 1000 + 2 + len(c)
         if rest is not None:
             assert b"\r\n.\r\n" in b"\r\n" + b"".join(chunks)
