@@ -69,7 +69,9 @@ class Address:
         if self.is_null:
             return ""
         local = self.local
-        if not _DOT_STRING_RE.fullmatch(local):
+        # RFC 6531 3.3 adds UTF-8 to atext: a non-ASCII dot-string needs no quotes.
+        pattern = _DOT_STRING_RE if local.isascii() else _DOT_STRING_UTF8_RE
+        if not pattern.fullmatch(local):
             local = '"' + local.replace("\\", "\\\\").replace('"', '\\"') + '"'
         return f"{local}@{self.domain}" if self.domain else local
 

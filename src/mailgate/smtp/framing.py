@@ -71,7 +71,9 @@ class DataReader:
         if cut > 0:
             content = self._take(buf, cut, dots)
             buf = buf[cut:]
-        if len(buf) > self.max_line + 1:
+        # The buffer is the CRLF before the unfinished line, then the line; a dot doubled
+        # for transparency does not count toward the limit (RFC 5321 4.5.3.1.6).
+        if len(buf) > self.max_line + 1 + (buf[2:3] == b"."):
             # A line longer than the limit, its end not yet seen: refuse the message and
             # keep only the bytes that could begin the terminator, so memory stays bounded.
             self._fail(replies.DATA_LINE_TOO_LONG)
@@ -132,7 +134,12 @@ def _has_long_line(buf: bytes, n: int, limit: int) -> bool:
     pos = 0
     rfind = buf.rfind
     while n - pos + 1 > run:  # the rest, with the CR that follows it, may be too long
-        nl = rfind(b"\n", pos, min(pos + run + 1, n))
+        # A line after a CRLF that starts with a dot was dot-stuffed: RFC 5321 4.5.3.1.6
+        # does not count the doubled dot, so such a line may be one octet longer.
+        extra = 1 if pos >= 2 and buf[pos] == 46 and buf[pos - 2 : pos] == b"\r\n" else 0
+        if n - pos + 1 <= run + extra:
+            return False
+        nl = rfind(b"\n", pos, min(pos + run + 1 + extra, n))
         if nl == -1:
             return True
         pos = nl + 1

@@ -404,16 +404,22 @@ class ServerSession:
             if len(self._wire) < 64:
                 self._wire[key] = wire
         self._out += wire
-        if reply.code >= 400 and reply.code not in (421, 452):
+        if reply.code == 421:
+            # 421 always closes the channel (RFC 5321 3.8), whoever chose to send it.
+            if self._phase is not _Phase.CLOSED:
+                self._phase = _Phase.CLOSED
+                self._in.clear()
+                self._events.append(SessionClosed(reply))
+            return
+        if reply.code >= 400 and reply.code != 452:
             self._errors += 1
             if self._errors >= self.config.max_errors and self._phase is not _Phase.CLOSED:
                 self._close(R.TOO_MANY_ERRORS)
 
     def _close(self, reply: Reply) -> None:
-        self._phase = _Phase.CLOSED
-        self._out += reply.to_bytes(enhanced=self.esmtp)
-        self._in.clear()
-        self._events.append(SessionClosed(reply))
+        if reply.code != 421:
+            raise ProtocolUsageError("a session closes itself only with a 421 reply.")
+        self._send(reply)
 
     # --- input --------------------------------------------------------------------
 
@@ -638,7 +644,7 @@ class ServerSession:
         if not self._no_args(arg):
             return
         if self._mail is None:
-            self._send(R.NEED_MAIL if self.helo is not None else R.NEED_HELO)
+            self._send(R.NEED_MAIL_FOR_DATA if self.helo is not None else R.NEED_HELO)
             return
         if self._bdat_used:
             self._send(R.DATA_AFTER_BDAT)

@@ -1,0 +1,1073 @@
+"""The client side of SMTP as a pure state machine (bytes in, events and bytes out).
+
+The mirror of `server.ServerSession`, for delivery. Usage, h11-style::
+
+    c = ClientSession(ClientConfig(helo_name="relay.example.test"))
+    h = c.send(envelope, content)        # queue messages (any time before quit())
+    c.quit()                             # QUIT once the queue is empty
+    while not closed:
+        c.receive_data(read())           # b"" when the server closed the connection
+        write(c.data_to_send())
+        while (ev := c.next_event()) is not NEED_DATA:
+            if isinstance(ev, StartTLS):   # flush, handshake, then:
+                c.tls_established()        # (or c.tls_failed("why"))
+            elif isinstance(ev, MessageResult): record(ev)
+            elif isinstance(ev, Idle): c.send(...) or c.quit()
+            elif isinstance(ev, Closed): closed = True
+        write(c.data_to_send())
+
+The session decides everything about the protocol: what to send and when (EHLO or HELO,
+STARTTLS, AUTH, pipelined batches, DATA or BDAT, RSET, QUIT), and what every reply means
+for every recipient. The shell only moves bytes, does the TLS handshake when told, keeps
+the clock (`awaiting` names the step whose timeout applies; `abort()` ends the session on
+a timeout) and maps outcomes to the queue.
+
+Every message given to `send()` ends in exactly one `MessageResult`, with one `Outcome` per
+recipient, whatever the server does: a misbehaving server is an outcome, never an
+exception. An outcome's `remote` flag says whether the server really sent the reply (a bounce
+then says `smtp; 550 5.1.1 ...`) or mailgate made it up (`Reply.make` with a code from the
+registry) because the server said nothing usable. Local replies:
+
+- connection lost (EOF)           451 4.4.2  X.4.2 "Bad connection"
+- not an SMTP reply, reply line   451 4.5.0  X.5.0 "Other or undefined protocol status":
+  too long, reply out of turn                 the server broke the protocol, which is neither
+                                              a statement about the message nor about the
+                                              server's availability. 451 is what RFC 5321
+                                              uses for "local error, try again" at any step;
+                                              421 would claim the server announced closing,
+                                              which it did not. Transient, because another
+                                              attempt (or another MX) may well succeed.
+- TLS required, not offered or    451 4.7.4  X.7.4 "Security features not supported"
+  refused                                     (what Postfix says too); transient because a
+                                              stripped STARTTLS is often an attack or a fault
+                                              that passes
+- TLS handshake failed            451 4.7.5  X.7.5 "Cryptographic failure"
+- credentials given, AUTH not     451 4.7.0  a configuration problem: keep the mail queued
+  possible
+- message larger than SIZE        552 5.3.4  RFC 1870 6.1: do not send it
+- non-ASCII address, no SMTPUTF8  553 5.6.7  RFC 6531 3.2 (no downgrade is attempted)
+- UTF-8 headers, no SMTPUTF8      550 5.6.9  RFC 6531 3.2
+- 8-bit content, no 8BITMIME      554 5.6.3  RFC 6152 3: "conversion required but not
+                                              supported" (mailgate does not convert)
+
+Memory is bounded: the input buffer holds at most one reply line (`max_reply_line`), a
+reply at most `max_reply_lines` lines, and replies are consumed as they arrive; a reply
+nobody asked for ends the session. Only output (the messages the shell queued) grows
+with what the shell gives.
+"""
+
+from __future__ import annotations
+
+import base64
+import enum
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Literal
+
+from mailgate.codes.reply import Reply, ReplyError, parse_reply, parse_reply_line
+from mailgate.smtp.address import NULL_PATH, Address, AddressError, parse_path
+from mailgate.smtp.framing import dot_stuff
+from mailgate.smtp.server import NEED_DATA, ProtocolUsageError, _NeedData
+
+__all__ = [
+    "AUTH_IMPOSSIBLE",
+    "CONNECTION_LOST",
+    "EIGHTBIT_UNSUPPORTED",
+    "NEED_DATA",
+    "PROTOCOL_ERROR",
+    "REPLY_TOO_LONG",
+    "SIZE_TOO_BIG",
+    "TIMED_OUT",
+    "TLS_FAILED",
+    "TLS_NOT_OFFERED",
+    "UTF8_ADDRESS_UNSUPPORTED",
+    "UTF8_HEADERS_UNSUPPORTED",
+    "Capabilities",
+    "ClientConfig",
+    "ClientSession",
+    "Closed",
+    "Credentials",
+    "Envelope",
+    "Established",
+    "Event",
+    "Idle",
+    "MessageResult",
+    "Outcome",
+    "ProtocolUsageError",
+    "Recipient",
+    "RecipientResult",
+    "Stage",
+    "StartTLS",
+    "encode_xtext",
+]
+
+# --- local replies (see the module docstring for why each code) ----------------------
+
+CONNECTION_LOST = Reply.make(451, "4.4.2", "Connection lost")
+TIMED_OUT = Reply.make(451, "4.4.2", "Timed out waiting for the server")
+PROTOCOL_ERROR = Reply.make(451, "4.5.0", "The server sent something that is not an SMTP reply")
+REPLY_TOO_LONG = Reply.make(451, "4.5.0", "The server sent a reply line that is too long")
+TLS_NOT_OFFERED = Reply.make(451, "4.7.4", "TLS is required, but was not offered by the server")
+TLS_FAILED = Reply.make(451, "4.7.5", "TLS handshake failed")
+AUTH_IMPOSSIBLE = Reply.make(
+    451, "4.7.0", "Credentials are configured, but the server offers no usable AUTH"
+)
+SIZE_TOO_BIG = Reply.make(552, "5.3.4", "Message is larger than the server's SIZE limit")
+UTF8_ADDRESS_UNSUPPORTED = Reply.make(
+    553, "5.6.7", "Non-ASCII address, but the server does not offer SMTPUTF8"
+)
+UTF8_HEADERS_UNSUPPORTED = Reply.make(
+    550, "5.6.9", "Message needs SMTPUTF8, but the server does not offer it"
+)
+EIGHTBIT_UNSUPPORTED = Reply.make(
+    554, "5.6.3", "8-bit message content, but the server does not offer 8BITMIME"
+)
+
+Stage = Literal[
+    "connection", "greeting", "ehlo", "helo", "starttls", "tls", "auth", "rset", "mail",
+    "rcpt", "data", "end-of-data", "bdat", "quit",
+]
+"""Where in the conversation an outcome was decided (or the shell is waiting)."""
+
+_NOTIFY = frozenset({"SUCCESS", "FAILURE", "DELAY"})
+
+
+# --- values ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    """Username and password for AUTH PLAIN / LOGIN (RFC 4954)."""
+
+    username: str
+    password: str = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class ClientConfig:
+    """How the client behaves; defaults suit MX delivery on port 25."""
+
+    helo_name: str = "localhost"
+    # "never", "may" (opportunistic: STARTTLS when offered), "require" (fail without TLS)
+    tls: Literal["never", "may", "require"] = "may"
+    credentials: Credentials | None = None
+    auth_mechanisms: tuple[str, ...] = ("PLAIN", "LOGIN")  # in order of preference
+    # Never send a password in the clear, unless told to (a trusted loopback relay).
+    auth_without_tls: bool = False
+    pipelining: bool = True  # use PIPELINING when offered (RFC 2920)
+    # Use BDAT when CHUNKING is offered (RFC 3030): the content goes raw, with its exact
+    # octet count, no dot-stuffing and no line-end repair. Off by default: DATA is what
+    # every server handles best.
+    prefer_bdat: bool = False
+    bdat_chunk_size: int = 1024 * 1024
+    # RFC 5321 4.5.3.1.5 says 512 octets; real servers overshoot, so allow a generous cap.
+    max_reply_line: int = 4096
+    max_reply_lines: int = 128
+
+    def __post_init__(self) -> None:
+        if self.tls not in ("never", "may", "require"):
+            raise ValueError(f"tls = {self.tls!r}: use never, may or require.")
+        for m in self.auth_mechanisms:
+            if m not in ("PLAIN", "LOGIN"):
+                raise ValueError(f"auth mechanism {m!r} is not supported: use PLAIN or LOGIN.")
+        if self.bdat_chunk_size < 1:
+            raise ValueError("bdat_chunk_size must be at least 1 octet.")
+        if self.max_reply_line < 512:
+            raise ValueError("max_reply_line must be at least 512 (RFC 5321 4.5.3.1.5).")
+        if self.max_reply_lines < 1:
+            raise ValueError("max_reply_lines must be at least 1.")
+        if not self.helo_name or any(c in self.helo_name for c in " \r\n\t"):
+            raise ValueError(f"helo_name {self.helo_name!r} must be one word (a host name).")
+
+
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    """What the server's EHLO reply offers. A HELO session offers nothing."""
+
+    esmtp: bool = False
+    keywords: tuple[tuple[str, str], ...] = ()  # (KEYWORD, parameters) as advertised
+    pipelining: bool = False
+    size: bool = False
+    size_limit: int | None = None  # None: SIZE without a (non-zero) limit, or no SIZE
+    eightbitmime: bool = False
+    smtputf8: bool = False
+    dsn: bool = False
+    chunking: bool = False
+    starttls: bool = False
+    auth: frozenset[str] = frozenset()
+    enhanced_status_codes: bool = False
+
+    @classmethod
+    def from_ehlo(cls, reply: Reply) -> Capabilities:
+        """Parse the keyword lines of a 250 EHLO reply (RFC 5321 4.1.1.1).
+
+        Lenient where servers differ harmlessly: keywords in any case, the old
+        `AUTH=LOGIN PLAIN` spelling, SIZE without a number.
+        """
+        keywords: list[tuple[str, str]] = []
+        auth: set[str] = set()
+        size = False
+        size_limit: int | None = None
+        for line in reply.lines[1:]:
+            word, _, params = line.strip().partition(" ")
+            key = word.upper()
+            if not key:
+                continue
+            if key.startswith("AUTH="):  # pre-RFC 4954 servers
+                auth.update(p.upper() for p in [key[5:], *params.split()] if p)
+                continue
+            keywords.append((key, params.strip()))
+            if key == "AUTH":
+                auth.update(p.upper() for p in params.split())
+            elif key == "SIZE":
+                size = True
+                value = params.strip()
+                if value.isascii() and value.isdigit() and len(value) <= 20 and int(value) > 0:
+                    size_limit = int(value)
+        keys = {k for k, _ in keywords}
+        return cls(
+            esmtp=True,
+            keywords=tuple(keywords),
+            pipelining="PIPELINING" in keys,
+            size=size,
+            size_limit=size_limit,
+            eightbitmime="8BITMIME" in keys,
+            smtputf8="SMTPUTF8" in keys,
+            dsn="DSN" in keys,
+            chunking="CHUNKING" in keys,
+            starttls="STARTTLS" in keys,
+            auth=frozenset(auth),
+            enhanced_status_codes="ENHANCEDSTATUSCODES" in keys,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Recipient:
+    """A forward path with its DSN parameters (RFC 3461): NOTIFY and ORCPT."""
+
+    address: Address
+    notify: tuple[str, ...] | None = None  # ("NEVER",) or some of SUCCESS FAILURE DELAY
+    orcpt: tuple[str, str] | None = None  # (addr-type, address), e.g. ("rfc822", "a@b")
+
+    def __post_init__(self) -> None:
+        if self.address.is_null:
+            raise ValueError("a recipient cannot be the null address <>.")
+        if self.notify is not None:
+            n = tuple(v.upper() for v in self.notify)
+            if n != ("NEVER",) and not (n and len(set(n)) == len(n) and set(n) <= _NOTIFY):
+                raise ValueError("NOTIFY is NEVER alone, or a list of SUCCESS, FAILURE, DELAY.")
+        if self.orcpt is not None:
+            kind, addr = self.orcpt
+            if not kind or not kind.isascii() or not kind.replace("-", "").isalnum() or not addr:
+                raise ValueError("ORCPT is (addr-type, address), e.g. ('rfc822', 'a@b.example').")
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """Reverse path, recipients and the message's DSN parameters (RET, ENVID)."""
+
+    sender: Address
+    recipients: tuple[Recipient, ...]
+    ret: Literal["FULL", "HDRS"] | None = None
+    envid: str | None = None
+    smtputf8: bool = False  # the message needs SMTPUTF8 even if its addresses are ASCII
+
+    def __post_init__(self) -> None:
+        if not self.recipients:
+            raise ValueError("an envelope needs at least one recipient.")
+        if self.ret not in (None, "FULL", "HDRS"):
+            raise ValueError("RET is FULL or HDRS.")
+        if self.envid is not None and (
+            not self.envid or len(self.envid) > 100 or not all(" " <= c <= "~" for c in self.envid)
+        ):
+            raise ValueError("ENVID is 1 to 100 printable ASCII characters (RFC 3461 4.4).")
+
+    @classmethod
+    def make(cls, sender: str, recipients: list[str] | tuple[str, ...]) -> Envelope:
+        """An envelope from plain addresses (`""` is the null sender); ValueError if bad."""
+        try:
+            s = parse_path(f"<{sender}>", utf8=True, allow_null=True)
+            rs = tuple(
+                Recipient(parse_path(f"<{r}>", utf8=True, allow_postmaster=True))
+                for r in recipients
+            )
+        except AddressError as exc:
+            raise ValueError(str(exc)) from exc
+        return cls(s, rs)
+
+    @property
+    def needs_smtputf8(self) -> bool:
+        return (
+            self.smtputf8
+            or self.sender.is_utf8
+            or any(r.address.is_utf8 for r in self.recipients)
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """The reply that decided a recipient; `remote` is False when mailgate made it up."""
+
+    reply: Reply
+    remote: bool
+    stage: Stage
+
+    @property
+    def is_success(self) -> bool:
+        return self.reply.is_success
+
+    @property
+    def is_transient(self) -> bool:
+        return self.reply.is_transient
+
+    @property
+    def is_permanent(self) -> bool:
+        return self.reply.is_permanent
+
+
+@dataclass(frozen=True, slots=True)
+class RecipientResult:
+    recipient: Recipient
+    outcome: Outcome
+
+
+# --- events ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """Something the shell should know about or act on."""
+
+
+@dataclass(frozen=True, slots=True)
+class StartTLS(Event):
+    """The server said 220 to STARTTLS: flush output, handshake, then `tls_established()`.
+
+    Bytes the server sent after its 220 were discarded (RFC 3207 5, CVE-2011-0411's
+    client side): nothing read before the handshake is trusted after it.
+    """
+
+
+@dataclass(frozen=True, slots=True)
+class Established(Event):
+    """The session is ready for mail: final capabilities, TLS and AUTH state."""
+
+    capabilities: Capabilities
+    tls: bool
+    authenticated: bool
+
+
+@dataclass(frozen=True, slots=True)
+class MessageResult(Event):
+    """A message given to `send()` is finished: one outcome per recipient, in order."""
+
+    handle: int
+    envelope: Envelope
+    results: tuple[RecipientResult, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Idle(Event):
+    """Nothing is queued: `send()` another message, or `quit()`."""
+
+
+@dataclass(frozen=True, slots=True)
+class Closed(Event):
+    """The session is over: flush `data_to_send()`, then close the connection.
+
+    `reason` is None after a normal QUIT, else the outcome that ended the session.
+    """
+
+    reason: Outcome | None
+
+
+# --- internals --------------------------------------------------------------------------
+
+
+class _Phase(enum.Enum):
+    GREETING = "greeting"
+    HELLO = "hello"  # EHLO / HELO sent
+    STARTTLS = "starttls"  # STARTTLS sent
+    TLS = "tls"  # handshake in the shell's hands
+    AUTH = "auth"
+    READY = "ready"  # transactions
+    QUIT = "quit"
+    CLOSED = "closed"
+
+
+class _Exp(enum.Enum):
+    """What a pending reply answers."""
+
+    GREETING = "greeting"
+    EHLO = "ehlo"
+    HELO = "helo"
+    STARTTLS = "starttls"
+    AUTH = "auth"
+    RSET = "rset"
+    MAIL = "mail"
+    RCPT = "rcpt"
+    DATA = "data"
+    DATA_END = "end-of-data"
+    BDAT = "bdat"
+    QUIT = "quit"
+
+
+@dataclass(slots=True)
+class _Message:
+    handle: int
+    envelope: Envelope
+    content: bytes
+
+
+@dataclass(slots=True)
+class _Txn:
+    """One mail transaction in flight."""
+
+    msg: _Message
+    use_bdat: bool
+    payload: bytes  # dot-stuffed DATA content, or the raw content for BDAT
+    mail_cmd: str
+    results: list[Outcome | None]
+    mail_ok: bool = False
+    accepted: list[int] = field(default_factory=list)
+    data_decided: bool = False  # accepted recipients have their final reply
+    completed: bool = False  # the server ended the transaction itself
+    next_chunk: int = 0  # offset of the next BDAT chunk to send
+
+
+def encode_xtext(value: str) -> str:
+    """RFC 3461 xtext: octets outside `!`..`~`, and `+` and `=`, as `+XX` (of UTF-8)."""
+    out: list[str] = []
+    for b in value.encode("utf-8"):
+        if 33 <= b <= 126 and b not in (43, 61):
+            out.append(chr(b))
+        else:
+            out.append(f"+{b:02X}")
+    return "".join(out)
+
+
+def _stuffed_size(wire: bytes) -> int:
+    """Octets of the message as the server counts them (unstuffed, terminator excluded)."""
+    body = wire[:-3]
+    return len(body) - body.count(b"\r\n.") - (1 if body.startswith(b".") else 0)
+
+
+class ClientSession:
+    """One SMTP client conversation. See the module docstring for the calling pattern."""
+
+    def __init__(self, config: ClientConfig | None = None, *, tls_active: bool = False) -> None:
+        self.config = config or ClientConfig()
+        self.tls_active = tls_active  # implicit TLS (RFC 8314): no STARTTLS
+        self.capabilities = Capabilities()
+        self.authenticated = False
+        self._phase = _Phase.GREETING
+        self._in = bytearray()
+        self._lines: list[str] = []  # lines of the multi-line reply being read
+        self._out = bytearray()
+        self._events: deque[Event] = deque()
+        self._pending: deque[tuple[_Exp, int]] = deque([(_Exp.GREETING, 0)])
+        self._queue: deque[_Message] = deque()
+        self._txn: _Txn | None = None
+        self._next_handle = 1
+        self._quitting = False
+        self._idle_announced = False
+        self._needs_rset = False
+        self._tls_declined = False  # STARTTLS refused under "may": go on in the clear
+        self._auth_mech = ""
+        self._auth_step = 0
+        self._end_reason: Outcome | None = None
+
+    # --- the shell's side -----------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        return self._phase is _Phase.CLOSED
+
+    @property
+    def awaiting(self) -> Stage | None:
+        """The step whose reply is awaited (for the shell's timeouts), or None."""
+        if self._phase is _Phase.TLS:
+            return "tls"
+        if not self._pending:
+            return None
+        return _STAGES[self._pending[0][0]]
+
+    @property
+    def buffered(self) -> int:
+        """Unparsed input held, in octets (at most `max_reply_line`)."""
+        return len(self._in)
+
+    def send(self, envelope: Envelope, content: bytes) -> int:
+        """Queue a message; return its handle, repeated in its `MessageResult`.
+
+        `content` is the message as stored (RFC 5322, CRLF line ends); dot-stuffing and
+        the terminator are the session's business.
+        """
+        ended = self._end_reason
+        if (self._quitting or self._phase is _Phase.CLOSED) and ended is None:
+            raise ProtocolUsageError("send() after quit() or after the session closed.")
+        handle = self._next_handle
+        self._next_handle += 1
+        if ended is not None:
+            # The session failed before the shell saw it: the message shares the fate of
+            # the others, so that every send() still ends in one MessageResult.
+            self._events.append(MessageResult(
+                handle, envelope, tuple(RecipientResult(r, ended) for r in envelope.recipients)
+            ))
+            return handle
+        self._queue.append(_Message(handle, envelope, bytes(content)))
+        self._idle_announced = False
+        if self._phase is _Phase.READY and self._txn is None and not self._pending:
+            self._advance()
+        return handle
+
+    def quit(self) -> None:
+        """Say QUIT once every queued message is done."""
+        if self._phase is _Phase.CLOSED or self._quitting:
+            return
+        self._quitting = True
+        if self._phase is _Phase.READY and self._txn is None and not self._pending:
+            self._advance()
+
+    def receive_data(self, data: bytes) -> None:
+        """Bytes from the server; `b""` when it closed the connection."""
+        if self._phase is _Phase.CLOSED:
+            return
+        if not data:
+            self._eof()
+            return
+        if self._phase is _Phase.TLS:
+            return  # after 220 to STARTTLS nothing is read until the handshake is done
+        self._in += data
+        self._parse()
+
+    def data_to_send(self) -> bytes:
+        out = bytes(self._out)
+        self._out.clear()
+        return out
+
+    def next_event(self) -> Event | _NeedData:
+        """The next event, or NEED_DATA when the session waits for the server (or idles)."""
+        if self._events:
+            return self._events.popleft()
+        return NEED_DATA
+
+    def tls_established(self) -> None:
+        """The handshake after STARTTLS succeeded: start over with EHLO (RFC 3207 4.2)."""
+        if self._phase is not _Phase.TLS:
+            raise ProtocolUsageError("tls_established() follows a StartTLS event.")
+        self.tls_active = True
+        self.capabilities = Capabilities()
+        self._in.clear()
+        self._lines.clear()
+        self._hello(extended=True)
+
+    def tls_failed(self, reason: str = "") -> None:
+        """The handshake failed: every undecided recipient gets 451 4.7.5; close."""
+        if self._phase is not _Phase.TLS:
+            raise ProtocolUsageError("tls_failed() follows a StartTLS event.")
+        text = TLS_FAILED.text + (f": {reason}" if reason else "")
+        self._fail(Outcome(Reply.make(451, "4.7.5", text), False, "tls"), quit=False)
+
+    def abort(self, reply: Reply = TIMED_OUT) -> None:
+        """The shell gives up (a timeout): undecided recipients get `reply`, locally."""
+        if self._phase is _Phase.CLOSED:
+            return
+        if self._phase is _Phase.QUIT:  # every message is decided; 221 does not matter
+            self._close(self._end_reason)
+            return
+        stage = self.awaiting or "connection"
+        self._fail(Outcome(reply, False, stage), quit=False)
+
+    # --- output ---------------------------------------------------------------------
+
+    def _command(self, line: str, exp: _Exp, arg: int = 0) -> None:
+        self._out += line.encode("utf-8") + b"\r\n"
+        self._pending.append((exp, arg))
+
+    # --- input ----------------------------------------------------------------------
+
+    def _parse(self) -> None:
+        """Consume whole reply lines; hold at most one partial line."""
+        buf = self._in
+        limit = self.config.max_reply_line
+        pos = 0
+        while self._phase not in (_Phase.CLOSED, _Phase.TLS):
+            nl = buf.find(b"\n", pos)
+            if nl == -1:
+                if len(buf) - pos > limit:
+                    self._protocol_error(REPLY_TOO_LONG, f"longer than {limit} octets")
+                    return
+                break
+            raw = bytes(buf[pos:nl])
+            pos = nl + 1
+            if len(raw) + 1 > limit:
+                self._protocol_error(REPLY_TOO_LONG, f"longer than {limit} octets")
+                return
+            if raw.endswith(b"\r"):
+                raw = raw[:-1]
+            # Text is for people: a stray non-UTF-8 octet must not cost a delivery.
+            line = raw.decode("utf-8", errors="replace")
+            try:
+                _, last, _ = parse_reply_line(line)
+            except ReplyError as exc:
+                self._protocol_error(PROTOCOL_ERROR, str(exc), line)
+                return
+            self._lines.append(line)
+            if not last:
+                if len(self._lines) >= self.config.max_reply_lines:
+                    self._protocol_error(
+                        PROTOCOL_ERROR, f"a reply of more than {len(self._lines)} lines"
+                    )
+                    return
+                continue
+            text = "\n".join(self._lines)
+            self._lines.clear()
+            try:
+                reply = parse_reply(text)
+            except ReplyError as exc:
+                self._protocol_error(PROTOCOL_ERROR, str(exc), text)
+                return
+            self._reply(reply)
+        if self._phase is _Phase.TLS or self._phase is _Phase.CLOSED:
+            buf.clear()  # RFC 3207 5: nothing sent before the handshake is kept
+        else:
+            del buf[:pos]
+
+    def _eof(self) -> None:
+        if self._phase is _Phase.QUIT:
+            self._close(self._end_reason)  # closing without 221 is fine
+            return
+        stage = self.awaiting or "connection"
+        self._fail(Outcome(CONNECTION_LOST, False, stage), quit=False)
+
+    def _protocol_error(
+        self, base: Reply, why: str, seen: str = "", stage: Stage | None = None
+    ) -> None:
+        """The server broke the protocol: fail locally and close (QUIT could be misread)."""
+        text = f"{base.text} ({why})"
+        if seen:
+            text += f": {seen[:200]!r}"
+        reply = Reply.make(base.code, base.enhanced, text)
+        self._fail(Outcome(reply, False, stage or self.awaiting or "connection"), quit=False)
+
+    # --- replies --------------------------------------------------------------------
+
+    def _reply(self, reply: Reply) -> None:
+        if not self._pending:
+            if reply.code == 421:  # the usual "closing idle connection" notice
+                self._fail(Outcome(reply, True, "connection"), quit=False)
+            else:
+                self._protocol_error(PROTOCOL_ERROR, "a reply to no command", str(reply))
+            return
+        exp, arg = self._pending.popleft()
+        stage = _STAGES[exp]
+        if exp is _Exp.QUIT:
+            self._close(self._end_reason)
+            return
+        if reply.code == 421:
+            # RFC 5321 3.8: the server is closing; whatever it said next is moot.
+            self._fail(Outcome(reply, True, stage), quit=False)
+            return
+        handler = _HANDLERS[exp]
+        handler(self, reply, arg)
+
+    def _on_greeting(self, reply: Reply, _: int) -> None:
+        if reply.code == 220:
+            self._hello(extended=True)
+            return
+        if reply.code < 400:
+            self._protocol_error(PROTOCOL_ERROR, "a greeting that is neither 220 nor a refusal",
+                                 str(reply), "greeting")
+            return
+        # 554 (RFC 5321 3.1): the client should QUIT and wait; 521 (RFC 7504) closes.
+        self._fail(Outcome(reply, True, "greeting"), quit=reply.code != 521)
+
+    def _hello(self, extended: bool) -> None:
+        self._phase = _Phase.HELLO
+        verb, exp = ("EHLO", _Exp.EHLO) if extended else ("HELO", _Exp.HELO)
+        self._command(f"{verb} {self.config.helo_name}", exp)
+
+    def _on_ehlo(self, reply: Reply, _: int) -> None:
+        if reply.is_success:
+            self.capabilities = Capabilities.from_ehlo(reply)
+            self._after_hello()
+        elif reply.code in (500, 502):  # RFC 5321 4.1.4: an old server, try HELO
+            self._hello(extended=False)
+        else:
+            self._fail(Outcome(reply, True, "ehlo"), quit=True)
+
+    def _on_helo(self, reply: Reply, _: int) -> None:
+        if reply.is_success:
+            self.capabilities = Capabilities()
+            self._after_hello()
+        else:
+            self._fail(Outcome(reply, True, "helo"), quit=True)
+
+    def _after_hello(self) -> None:
+        c = self.config
+        caps = self.capabilities
+        if not self.tls_active and c.tls != "never":
+            if caps.starttls and not self._tls_declined:
+                self._phase = _Phase.STARTTLS
+                self._command("STARTTLS", _Exp.STARTTLS)
+                return
+            if c.tls == "require":
+                self._fail(Outcome(TLS_NOT_OFFERED, False, "starttls"), quit=True)
+                return
+        if c.credentials is not None and not self.authenticated:
+            mech = next((m for m in c.auth_mechanisms if m in caps.auth), None)
+            if mech is None or not (self.tls_active or c.auth_without_tls):
+                why = (
+                    "it offers none of " + ", ".join(c.auth_mechanisms)
+                    if mech is None
+                    else "not over an unencrypted connection"
+                )
+                r = Reply.make(451, "4.7.0", f"{AUTH_IMPOSSIBLE.text} ({why})")
+                self._fail(Outcome(r, False, "auth"), quit=True)
+                return
+            self._start_auth(mech, c.credentials)
+            return
+        self._phase = _Phase.READY
+        self._events.append(Established(caps, self.tls_active, self.authenticated))
+        self._advance()
+
+    def _on_starttls(self, reply: Reply, _: int) -> None:
+        if reply.code == 220:
+            self._phase = _Phase.TLS
+            self._events.append(StartTLS())
+            return
+        if self.config.tls == "require":
+            r = Reply.make(
+                451, "4.7.4", f"TLS is required, but the server refused STARTTLS: {reply}"
+            )
+            self._fail(Outcome(r, False, "starttls"), quit=True)
+            return
+        self._tls_declined = True  # opportunistic: carry on in the clear
+        self._after_hello()
+
+    def _start_auth(self, mech: str, cred: Credentials) -> None:
+        self._phase = _Phase.AUTH
+        self._auth_mech = mech
+        self._auth_step = 0
+        if mech == "PLAIN":
+            # RFC 4954 4: the initial response saves a round trip; authzid left empty.
+            self._command(f"AUTH PLAIN {_b64(chr(0) + cred.username + chr(0) + cred.password)}",
+                          _Exp.AUTH)
+        else:
+            self._command("AUTH LOGIN", _Exp.AUTH)
+
+    def _on_auth(self, reply: Reply, _: int) -> None:
+        cred = self.config.credentials
+        assert cred is not None
+        if reply.code == 235:
+            self.authenticated = True
+            self._after_hello()
+            return
+        if reply.code == 334:
+            self._auth_step += 1
+            if self._auth_mech == "LOGIN" and self._auth_step <= 2:
+                secret = cred.username if self._auth_step == 1 else cred.password
+                # The line is a SASL response, never logged: no command echo exists here.
+                self._command(_b64(secret), _Exp.AUTH)
+                return
+            # A challenge the mechanism has no answer for: the exchange cannot finish,
+            # and QUIT would be read as a SASL response, so just close.
+            self._protocol_error(PROTOCOL_ERROR, f"an unexpected AUTH {self._auth_mech} "
+                                 "challenge", str(reply), "auth")
+            return
+        self._fail(Outcome(reply, True, "auth"), quit=True)
+
+    # --- transactions -----------------------------------------------------------------
+
+    def _advance(self) -> None:
+        """In READY with nothing pending: start the next message, QUIT, or go idle."""
+        while self._queue:
+            msg = self._queue.popleft()
+            if self._needs_rset:
+                self._queue.appendleft(msg)
+                self._needs_rset = False
+                self._command("RSET", _Exp.RSET)
+                return
+            txn = self._prepare(msg)
+            if txn is None:
+                continue  # refused locally; its MessageResult is out
+            self._txn = txn
+            self._begin(txn)
+            return
+        if self._quitting:
+            self._phase = _Phase.QUIT
+            self._command("QUIT", _Exp.QUIT)
+            return
+        if not self._idle_announced:
+            self._idle_announced = True
+            self._events.append(Idle())
+
+    def _prepare(self, msg: _Message) -> _Txn | None:
+        """Choose DATA or BDAT, check what the server can take, build MAIL FROM."""
+        caps = self.capabilities
+        env = msg.envelope
+        use_bdat = self.config.prefer_bdat and caps.chunking
+        if use_bdat:
+            payload = msg.content
+            size = len(payload)
+        else:
+            payload = dot_stuff(msg.content)
+            size = _stuffed_size(payload)
+        refusal: Reply | None = None
+        utf8 = env.needs_smtputf8
+        eightbit = not msg.content.isascii()
+        if caps.size_limit is not None and size > caps.size_limit:
+            refusal = Reply.make(
+                552, "5.3.4",
+                f"{SIZE_TOO_BIG.text} ({size} > {caps.size_limit} octets; RFC 1870)",
+            )
+        elif utf8 and not caps.smtputf8:
+            addr_utf8 = env.sender.is_utf8 or any(r.address.is_utf8 for r in env.recipients)
+            refusal = UTF8_ADDRESS_UNSUPPORTED if addr_utf8 else UTF8_HEADERS_UNSUPPORTED
+        elif eightbit and not caps.eightbitmime and not (utf8 and caps.smtputf8):
+            refusal = EIGHTBIT_UNSUPPORTED
+        if refusal is not None:
+            out = Outcome(refusal, False, "mail")
+            self._events.append(MessageResult(
+                msg.handle, env, tuple(RecipientResult(r, out) for r in env.recipients)
+            ))
+            return None
+        params: list[str] = []
+        if caps.size:
+            params.append(f"SIZE={size}")
+        if eightbit and caps.eightbitmime:
+            params.append("BODY=8BITMIME")
+        if utf8:
+            params.append("SMTPUTF8")
+        if caps.dsn:
+            if env.ret is not None:
+                params.append(f"RET={env.ret}")
+            if env.envid is not None:
+                params.append(f"ENVID={encode_xtext(env.envid)}")
+        mail = " ".join([f"MAIL FROM:{_path(env.sender)}", *params])
+        return _Txn(msg, use_bdat, payload, mail, [None] * len(env.recipients))
+
+    def _rcpt_cmd(self, txn: _Txn, i: int) -> str:
+        r = txn.msg.envelope.recipients[i]
+        parts = [f"RCPT TO:{_path(r.address)}"]
+        if self.capabilities.dsn:
+            if r.notify is not None:
+                parts.append("NOTIFY=" + ",".join(v.upper() for v in r.notify))
+            if r.orcpt is not None:
+                parts.append(f"ORCPT={r.orcpt[0]};{encode_xtext(r.orcpt[1])}")
+        return " ".join(parts)
+
+    @property
+    def _pipelined(self) -> bool:
+        return self.config.pipelining and self.capabilities.pipelining
+
+    def _begin(self, txn: _Txn) -> None:
+        self._command(txn.mail_cmd, _Exp.MAIL)
+        if not self._pipelined:
+            return
+        # RFC 2920: MAIL, every RCPT and DATA in one group, DATA last. BDAT chunks could
+        # join the group (RFC 3030 4.2), but a server that refused everyone would answer
+        # each with 503 and count them as errors until it hangs up (Postfix's
+        # hard_error_limit, mailgate's max_errors), and the content would cross the wire
+        # for nobody. So the chunks wait for the RCPT replies: the same two round trips
+        # as DATA's MAIL..DATA / content.
+        for i in range(len(txn.results)):
+            self._command(self._rcpt_cmd(txn, i), _Exp.RCPT, i)
+        if not txn.use_bdat:
+            self._command("DATA", _Exp.DATA)
+
+    def _send_chunks(self, txn: _Txn, all_of_them: bool) -> None:
+        data = txn.payload
+        size = self.config.bdat_chunk_size
+        while True:
+            start = txn.next_chunk
+            end = min(start + size, len(data))
+            last = end == len(data)
+            head = f"BDAT {end - start}{' LAST' if last else ''}"
+            self._out += head.encode("ascii") + b"\r\n"
+            self._out += data[start:end]
+            self._pending.append((_Exp.BDAT, int(last)))
+            txn.next_chunk = end
+            if last or not all_of_them:
+                return
+
+    def _decide(self, txn: _Txn, indices: list[int], out: Outcome) -> None:
+        for i in indices:
+            if txn.results[i] is None:
+                txn.results[i] = out
+
+    def _on_rset(self, reply: Reply, _: int) -> None:
+        if reply.is_success:
+            self._advance()
+            return
+        r = Reply.make(451, "4.5.0", f"The server refused RSET: {reply}")
+        self._fail(Outcome(r, False, "rset"), quit=True)
+
+    def _on_mail(self, reply: Reply, _: int) -> None:
+        txn = self._txn
+        assert txn is not None
+        if reply.is_success:
+            txn.mail_ok = True
+            if not self._pipelined:
+                self._command(self._rcpt_cmd(txn, 0), _Exp.RCPT, 0)
+            return
+        # A refused MAIL decides every recipient; pipelined replies still to come are moot.
+        self._decide(txn, list(range(len(txn.results))), Outcome(reply, True, "mail"))
+        txn.data_decided = True
+        self._txn_step(txn)
+
+    def _on_rcpt(self, reply: Reply, i: int) -> None:
+        txn = self._txn
+        assert txn is not None
+        if not txn.mail_ok:  # pipelined after a refused MAIL: already decided
+            self._txn_step(txn)
+            return
+        if reply.is_success:
+            txn.accepted.append(i)
+        else:
+            self._decide(txn, [i], Outcome(reply, True, "rcpt"))
+        pipelined = self._pipelined
+        if i < len(txn.results) - 1:
+            if not pipelined:
+                self._command(self._rcpt_cmd(txn, i + 1), _Exp.RCPT, i + 1)
+            return
+        # The last RCPT is answered.
+        if not txn.accepted:
+            txn.data_decided = True  # every RCPT refused: a pipelined DATA's reply is moot
+        elif txn.use_bdat:
+            self._send_chunks(txn, all_of_them=pipelined)
+        elif not pipelined:
+            self._command("DATA", _Exp.DATA)
+        self._txn_step(txn)
+
+    def _on_data(self, reply: Reply, _: int) -> None:
+        txn = self._txn
+        assert txn is not None
+        if reply.code == 354:
+            if txn.accepted and not txn.data_decided:
+                self._out += txn.payload
+            else:
+                # A server that says 354 with nobody to deliver to: end the (empty)
+                # message at once, there is no other way out of DATA.
+                self._out += b".\r\n"
+            self._pending.append((_Exp.DATA_END, 0))
+            return
+        if not txn.data_decided:
+            self._decide(txn, txn.accepted, Outcome(reply, True, "data"))
+            txn.data_decided = True
+        self._txn_step(txn)
+
+    def _on_data_end(self, reply: Reply, _: int) -> None:
+        txn = self._txn
+        assert txn is not None
+        if not txn.data_decided:
+            self._decide(txn, txn.accepted, Outcome(reply, True, "end-of-data"))
+            txn.data_decided = True
+        txn.completed = True  # after the end-of-data reply the server has reset
+        self._txn_step(txn)
+
+    def _on_bdat(self, reply: Reply, last: int) -> None:
+        txn = self._txn
+        assert txn is not None
+        if not txn.data_decided:
+            if not reply.is_success or last:
+                self._decide(txn, txn.accepted, Outcome(reply, True, "bdat"))
+                txn.data_decided = True
+                txn.completed = bool(last) and reply.is_success
+            elif not self._pipelined:
+                self._send_chunks(txn, all_of_them=False)
+                return
+        self._txn_step(txn)
+
+    def _txn_step(self, txn: _Txn) -> None:
+        """Finish the transaction once no reply of its batch is outstanding."""
+        if self._pending:
+            return
+        for i, r in enumerate(txn.results):
+            if r is None:  # defensive: every path above decides; never lose a recipient
+                txn.results[i] = Outcome(
+                    Reply.make(451, "4.5.0", "No final reply for this recipient"), False, "data"
+                )
+        self._emit_result(txn)
+        self._needs_rset = not txn.completed
+        self._txn = None
+        self._advance()
+
+    def _emit_result(self, txn: _Txn) -> None:
+        env = txn.msg.envelope
+        self._events.append(MessageResult(
+            txn.msg.handle, env,
+            tuple(RecipientResult(r, o) for r, o in zip(env.recipients, txn.results, strict=True)
+                  if o is not None),
+        ))
+
+    # --- ending -----------------------------------------------------------------------
+
+    def _fail(self, out: Outcome, quit: bool) -> None:
+        """End the session: every undecided recipient (queued ones too) gets `out`."""
+        txn = self._txn
+        if txn is not None:
+            self._txn = None
+            self._decide(txn, list(range(len(txn.results))), out)
+            self._emit_result(txn)
+        while self._queue:
+            msg = self._queue.popleft()
+            env = msg.envelope
+            self._events.append(MessageResult(
+                msg.handle, env, tuple(RecipientResult(r, out) for r in env.recipients)
+            ))
+        self._end_reason = out
+        self._pending.clear()
+        self._lines.clear()
+        if quit:
+            self._quitting = True
+            self._phase = _Phase.QUIT
+            self._command("QUIT", _Exp.QUIT)
+        else:
+            self._close(out)
+
+    def _close(self, reason: Outcome | None) -> None:
+        self._phase = _Phase.CLOSED
+        self._pending.clear()
+        self._in.clear()
+        self._quitting = True
+        self._events.append(Closed(reason))
+
+
+def _b64(text: str) -> str:
+    return base64.b64encode(text.encode("utf-8")).decode("ascii")
+
+
+def _path(addr: Address) -> str:
+    return "<>" if addr == NULL_PATH else addr.path
+
+
+_STAGES: dict[_Exp, Stage] = {
+    _Exp.GREETING: "greeting",
+    _Exp.EHLO: "ehlo",
+    _Exp.HELO: "helo",
+    _Exp.STARTTLS: "starttls",
+    _Exp.AUTH: "auth",
+    _Exp.RSET: "rset",
+    _Exp.MAIL: "mail",
+    _Exp.RCPT: "rcpt",
+    _Exp.DATA: "data",
+    _Exp.DATA_END: "end-of-data",
+    _Exp.BDAT: "bdat",
+    _Exp.QUIT: "quit",
+}
+
+_HANDLERS = {
+    _Exp.GREETING: ClientSession._on_greeting,
+    _Exp.EHLO: ClientSession._on_ehlo,
+    _Exp.HELO: ClientSession._on_helo,
+    _Exp.STARTTLS: ClientSession._on_starttls,
+    _Exp.AUTH: ClientSession._on_auth,
+    _Exp.RSET: ClientSession._on_rset,
+    _Exp.MAIL: ClientSession._on_mail,
+    _Exp.RCPT: ClientSession._on_rcpt,
+    _Exp.DATA: ClientSession._on_data,
+    _Exp.DATA_END: ClientSession._on_data_end,
+    _Exp.BDAT: ClientSession._on_bdat,
+}
