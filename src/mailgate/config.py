@@ -1,0 +1,987 @@
+"""mailgate's settings: one TOML file -> typed, validated, frozen values.
+
+`load_config(path)` reads the file (or, given None, returns the zero-config defaults);
+`parse_config(text, source)` does the same from text. Every problem found is reported
+at once in a `ConfigError`, one line each, naming the file, the key as a dotted path
+(`limits.recipients`, `listen[0].role`, `routes."example.org"`), the value given and
+what is allowed, so that a bad file stops startup with a message a person can act on.
+
+The keys, their types and defaults are documented in docs/configuration.md.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import math
+import re
+import tomllib
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import date, datetime, time
+from fractions import Fraction
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
+from pathlib import Path
+from types import MappingProxyType
+from typing import Literal, TypeVar, cast
+
+__all__ = [
+    "DEFAULT_LISTENERS",
+    "Config",
+    "ConfigError",
+    "DNSConfig",
+    "Delivery",
+    "Domains",
+    "Limits",
+    "Listener",
+    "LogConfig",
+    "Policy",
+    "Relay",
+    "Relayhost",
+    "Route",
+    "ServerConfig",
+    "TLSConfig",
+    "Timeouts",
+    "WebConfig",
+    "load_config",
+    "parse_config",
+    "parse_duration",
+    "parse_size",
+]
+
+Role = Literal["mx", "submission", "smtps"]
+BareNewlines = Literal["normalize", "reject"]
+LogLevel = Literal["debug", "info", "warning", "error"]
+Network = IPv4Network | IPv6Network
+
+ROLES: tuple[Role, ...] = ("mx", "submission", "smtps")
+BARE_NEWLINES: tuple[BareNewlines, ...] = ("normalize", "reject")
+LOG_LEVELS: tuple[LogLevel, ...] = ("debug", "info", "warning", "error")
+
+KiB = 1024
+MiB = 1024 * KiB
+# RFC 5321 4.5.3.1.7: a server must accept messages of at least 64K octets.
+MIN_MESSAGE_SIZE = 64 * KiB
+# RFC 5321 4.5.3.1.8: a server must accept at least 100 recipients per message.
+MIN_RECIPIENTS = 100
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; `problems` holds one sentence per problem."""
+
+    def __init__(self, problems: Sequence[str]) -> None:
+        self.problems = tuple(problems)
+        super().__init__("\n".join(self.problems))
+
+
+# --- the settings -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Listener:
+    """One listening socket: `role` decides the policy, `host` is an IP address."""
+
+    role: Role
+    host: str
+    port: int
+
+    @property
+    def address(self) -> str:
+        """`127.0.0.1:2525` or `[::1]:2525`, as it is written in the file."""
+        return _join_hostport(self.host, self.port)
+
+
+DEFAULT_LISTENERS: tuple[Listener, ...] = (
+    Listener("mx", "127.0.0.1", 2525),
+    Listener("submission", "127.0.0.1", 2587),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class TLSConfig:
+    """Certificate and key (PEM, absolute paths); None -> self-signed in data_dir."""
+
+    cert: Path | None = None
+    key: Path | None = None  # equals cert when the key is inside the certificate file
+
+    @property
+    def self_signed(self) -> bool:
+        return self.cert is None
+
+
+@dataclass(frozen=True, slots=True)
+class Domains:
+    """Local domains (delivered to Maildirs) and who in them exists."""
+
+    local: tuple[str, ...] = ("localhost",)  # lower-case A-labels
+    catch_all: bool = True
+    mailboxes: frozenset[str] = frozenset()  # "user@domain", lower case
+
+    def is_local(self, domain: str) -> bool:
+        """Whether mail for `domain` is delivered here (any case, U- or A-label)."""
+        name = _lookup_domain(domain)
+        return name is not None and name in self.local
+
+    def has_mailbox(self, local_part: str, domain: str) -> bool:
+        """Whether the address is listed in `mailboxes`, or is a local postmaster.
+
+        Case does not matter. With `catch_all` off, a recipient is accepted when this
+        is true or the AUTH user database knows the address; that check is the server's.
+        """
+        name = _lookup_domain(domain)
+        if name is None or name not in self.local:
+            return False
+        local_part = local_part.lower()
+        return local_part == "postmaster" or f"{local_part}@{name}" in self.mailboxes
+
+
+@dataclass(frozen=True, slots=True)
+class Relay:
+    """Networks whose clients may relay without AUTH."""
+
+    networks: tuple[Network, ...] = (ip_network("127.0.0.0/8"), ip_network("::1/128"))
+
+    def allows(self, ip: str | IPv4Address | IPv6Address) -> bool:
+        """Whether a client at `ip` may relay; an unparsable address may not."""
+        try:
+            addr = ip_address(ip) if isinstance(ip, str) else ip
+        except ValueError:
+            return False
+        if isinstance(addr, IPv6Address) and addr.ipv4_mapped is not None:
+            # A dual-stack socket reports IPv4 clients as ::ffff:a.b.c.d.
+            addr = addr.ipv4_mapped
+        return any(addr in net for net in self.networks)
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    message_size: int = 25 * MiB  # bytes; advertised as SIZE (RFC 1870)
+    recipients: int = 100  # per message
+    connections: int = 1000  # concurrent, all clients
+    connections_per_ip: int = 50  # concurrent, one client address
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    """Server-side timeouts in seconds (RFC 5321 4.5.3.2)."""
+
+    command: float = 300.0  # waiting for the next command
+    data_block: float = 180.0  # waiting for the next chunk of DATA
+
+
+@dataclass(frozen=True, slots=True)
+class DNSConfig:
+    """Nameservers as (IP address, port); empty -> the system resolver."""
+
+    nameservers: tuple[tuple[str, int], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    sender_null_mx_check: bool = True  # MAIL FROM a null-MX domain -> 550 5.7.27 (MX role)
+    recipient_null_mx_check: bool = True  # RCPT TO a null-MX domain -> 556 5.1.10 (relay)
+    bare_newlines: BareNewlines = "normalize"  # bare CR or LF in DATA: fix to CRLF, or 5xx
+
+
+@dataclass(frozen=True, slots=True)
+class Relayhost:
+    """The smarthost all non-local mail goes to; `mx_lookup` False for `[host]`."""
+
+    host: str
+    port: int
+    mx_lookup: bool
+
+    @property
+    def address(self) -> str:
+        return _join_hostport(self.host, self.port, brackets=not self.mx_lookup)
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """A per-domain override: mail for `domain` goes to `host`:`port`.
+
+    As in Postfix's transport map, `[host]` (and an IP address) is connected to as it
+    is; a bare host name is resolved like a mail domain (MX, then A/AAAA).
+    """
+
+    domain: str
+    host: str
+    port: int
+    mx_lookup: bool
+
+    @property
+    def nexthop(self) -> str:
+        """`smtp:[host]:port` or `smtp:host:port`, as it is written in the file."""
+        return "smtp:" + _join_hostport(self.host, self.port, brackets=not self.mx_lookup)
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    smtp_port: int = 25  # port of remote MX hosts
+    retry_schedule: tuple[float, ...] = (300.0, 600.0, 1200.0, 2400.0, 4800.0, 7200.0)
+    max_queue_lifetime: float = 5 * 86400.0  # seconds; then the message bounces
+    concurrency: int = 100  # outbound connections in all
+    concurrency_per_destination: int = 20
+    relayhost: Relayhost | None = None
+    delay_warning: float = 4 * 3600.0  # seconds; 0 = no delay notices
+
+    def retry_delay(self, failures: int) -> float:
+        """Seconds to wait after the `failures`-th failed attempt; the last step repeats."""
+        index = min(max(failures, 1), len(self.retry_schedule)) - 1
+        return self.retry_schedule[index]
+
+
+@dataclass(frozen=True, slots=True)
+class WebConfig:
+    """The web page and JSON API; `enabled` False when the address is ""."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = 8025
+
+    @property
+    def address(self) -> str:
+        return _join_hostport(self.host, self.port) if self.enabled else ""
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    workers: int = 1  # processes sharing the listening sockets (SO_REUSEPORT)
+
+
+@dataclass(frozen=True, slots=True)
+class LogConfig:
+    level: LogLevel = "info"
+
+
+def _default_data_dir() -> Path:
+    return Path.cwd() / "mailgate-data"
+
+
+def _no_routes() -> Mapping[str, Route]:
+    return MappingProxyType({})
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """All settings. `source` is the file read, None for the zero-config defaults."""
+
+    hostname: str = "localhost"
+    data_dir: Path = field(default_factory=_default_data_dir)  # absolute
+    listen: tuple[Listener, ...] = DEFAULT_LISTENERS
+    tls: TLSConfig = TLSConfig()
+    domains: Domains = Domains()
+    relay: Relay = Relay()
+    limits: Limits = Limits()
+    timeouts: Timeouts = Timeouts()
+    dns: DNSConfig = DNSConfig()
+    policy: Policy = Policy()
+    delivery: Delivery = Delivery()
+    routes: Mapping[str, Route] = field(default_factory=_no_routes)  # domain -> Route
+    web: WebConfig = WebConfig()
+    server: ServerConfig = ServerConfig()
+    log: LogConfig = LogConfig()
+    source: str | None = None
+
+    def route_for(self, domain: str) -> Route | None:
+        """The [routes] override for `domain` (any case, U- or A-label), if any."""
+        name = _lookup_domain(domain)
+        return None if name is None else self.routes.get(name)
+
+
+# --- entry points -------------------------------------------------------------------
+
+
+def load_config(path: Path | None) -> Config:
+    """Read and validate the TOML file at `path`; None gives the zero-config defaults.
+
+    Relative paths in the file resolve against the file's directory; the default
+    data_dir against the current directory.
+    """
+    if path is None:
+        return _build({}, _Reader("(defaults)", Path.cwd()), None)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise ConfigError([f"{path}: cannot read the configuration file: {reason}"]) from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError([
+            f"{path}: not UTF-8 text (byte {exc.start}); TOML files must be UTF-8"
+        ]) from None
+    return parse_config(text, str(path), base_dir=path.absolute().parent)
+
+
+def parse_config(text: str, source: str, base_dir: Path | None = None) -> Config:
+    """Validate TOML `text`; `source` names it in messages, `base_dir` (default: the
+    current directory) is where relative paths resolve."""
+    text = text.removeprefix("\ufeff")  # a BOM some editors write; TOML has no use for it
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([_syntax_problem(source, text, exc)]) from None
+    base = (base_dir if base_dir is not None else Path.cwd()).expanduser().absolute()
+    return _build(doc, _Reader(source, base), source)
+
+
+def _syntax_problem(source: str, text: str, exc: tomllib.TOMLDecodeError) -> str:
+    message = str(exc)
+    lines = text.splitlines()
+    at = re.search(r"\s*\(at line (\d+), column (\d+)\)\Z", message)
+    if at:
+        line, column = int(at.group(1)), int(at.group(2))
+        where = f"line {line}, column {column}"
+        message = message[: at.start()]
+    else:
+        message = message.removesuffix(" (at end of document)")
+        line = len(lines)
+        where = f"line {line} (end of file)"
+    shown = lines[line - 1] if 0 < line <= len(lines) else ""
+    return f"{source}, {where}: not valid TOML: {message}\n    {line} | {shown}"
+
+
+# --- value syntaxes -----------------------------------------------------------------
+
+
+class _Bad(ValueError):
+    """One value is wrong; the text says why and what is allowed."""
+
+
+_SIZE_UNITS = {
+    "": 1, "b": 1,
+    "kb": 1000, "mb": 1000**2, "gb": 1000**3, "tb": 1000**4,
+    "kib": 1024, "mib": 1024**2, "gib": 1024**3, "tib": 1024**4,
+}  # fmt: skip
+_SIZE_RE = re.compile(r"(\d+(?:\.\d+)?)\s*([kmgt]i?b|b)?", re.IGNORECASE)
+_SIZE_HELP = 'a number of bytes, or a string like "25MiB", "10MB", "512KiB"'
+
+
+def parse_size(value: str | int) -> int:
+    """Bytes from `1000`, `"1000"`, `"10MB"` (powers of 1000) or `"25MiB"` (of 1024).
+
+    Raises ValueError saying what is wrong.
+    """
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise _Bad(f"must be a size: {_SIZE_HELP}")
+    if isinstance(value, int):
+        if value < 0:
+            raise _Bad("must not be negative")
+        return value
+    match = _SIZE_RE.fullmatch(value.strip())
+    if not match:
+        raise _Bad(f"is not a size; write {_SIZE_HELP} (KB, MB, GB are powers of 1000, "
+                   "KiB, MiB, GiB of 1024)")
+    amount = Fraction(match.group(1)) * _SIZE_UNITS[(match.group(2) or "").lower()]
+    if amount.denominator != 1:
+        raise _Bad("is not a whole number of bytes")
+    return int(amount)
+
+
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
+_DURATION_PART = r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)"
+_DURATION_RE = re.compile(rf"(?:{_DURATION_PART}\s*)+")
+_DURATION_HELP = 'a number of seconds, or a string like "5m", "90s", "1h20m", "5d", "250ms"'
+
+
+def parse_duration(value: str | int | float) -> float:
+    """Seconds from `90`, `1.5`, `"90"`, `"90s"`, `"5m"`, `"1h20m"`, `"5d"`, `"250ms"`.
+
+    Units: ms, s, m (minutes), h, d, w. Raises ValueError saying what is wrong.
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise _Bad(f"must be a duration: {_DURATION_HELP}")
+    if isinstance(value, str):
+        text = value.strip()
+        if re.fullmatch(r"\d+(?:\.\d+)?", text):
+            seconds = float(text)
+        elif _DURATION_RE.fullmatch(text):
+            seconds = sum(float(n) * _DURATION_UNITS[unit]
+                          for n, unit in re.findall(_DURATION_PART, text))
+        else:
+            raise _Bad(f"is not a duration; write {_DURATION_HELP} "
+                       "(units ms, s, m, h, d, w)")
+    else:
+        seconds = float(value)
+    if not math.isfinite(seconds):
+        raise _Bad("must be a finite duration")
+    if seconds < 0:
+        raise _Bad("must not be negative")
+    return seconds
+
+
+_LABEL_RE = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\Z")
+
+
+def _domain(text: str) -> str:
+    """A domain name as a lower-case A-label string, without a trailing dot."""
+    name = text.lower().removesuffix(".")
+    if not name.isascii():
+        try:
+            name = name.encode("idna").decode("ascii")
+        except UnicodeError:
+            raise _Bad("is not a valid internationalized domain name") from None
+    labels = name.split(".")
+    if (len(name) > 253 or not all(_LABEL_RE.match(label) for label in labels)
+            or labels[-1].isdigit()):
+        raise _Bad("is not a domain name (letters, digits, hyphens and dots, "
+                   "like mx.example.org)")
+    return name
+
+
+def _lookup_domain(domain: str) -> str | None:
+    try:
+        return _domain(domain)
+    except _Bad:
+        return None
+
+
+def _join_hostport(host: str, port: int, brackets: bool = False) -> str:
+    return f"[{host}]:{port}" if brackets or ":" in host else f"{host}:{port}"
+
+
+def _split_hostport(text: str, default_port: int | None, example: str
+                    ) -> tuple[str, int, bool]:
+    """`host:port` or `[host]:port` -> (host, port, bracketed)."""
+    if text.startswith("["):
+        end = text.find("]")
+        if end < 0:
+            raise _Bad(f'has "[" without "]"; write it like "{example}"')
+        host, rest, bracketed = text[1:end], text[end + 1 :], True
+    else:
+        if text.count(":") > 1:
+            raise _Bad('an IPv6 address needs brackets, like "[::1]:2525"')
+        host, colon, after = text.partition(":")
+        rest, bracketed = colon + after, False
+    if not host:
+        raise _Bad(f'the host is missing; write it like "{example}"')
+    if not rest:
+        if default_port is None:
+            raise _Bad(f'the port is missing; write it like "{example}"')
+        return host, default_port, bracketed
+    if not rest.startswith(":") or not re.fullmatch(r"\d{1,5}", rest[1:]):
+        raise _Bad(f'is not host:port; write it like "{example}"')
+    port = int(rest[1:])
+    if not 1 <= port <= 65535:
+        raise _Bad("the port must be from 1 to 65535")
+    return host, port, bracketed
+
+
+def _ip_hostport(text: str, default_port: int | None, example: str) -> tuple[str, int]:
+    """An address to bind or to query: the host must be an IP address."""
+    host, port, bracketed = _split_hostport(text, default_port, example)
+    try:
+        addr = ip_address(host)
+    except ValueError:
+        raise _Bad(f'the host must be an IP address (0.0.0.0 or [::] for all), not "{host}"'
+                   ) from None
+    if bracketed and addr.version == 4:
+        raise _Bad(f'brackets are for IPv6 addresses only; write "{host}:{port}"')
+    return str(addr), port
+
+
+def _nexthop(text: str, default_port: int, example: str) -> tuple[str, int, bool]:
+    """A delivery target -> (host, port, mx_lookup); `[host]` and IPs skip MX lookup."""
+    host, port, bracketed = _split_hostport(text, default_port, example)
+    literal = host[5:] if host.lower().startswith("ipv6:") else host  # Postfix's [ipv6:...]
+    try:
+        return str(ip_address(literal)), port, False
+    except ValueError:
+        return _domain(host), port, not bracketed
+
+
+# --- reading the document -----------------------------------------------------------
+
+_T = TypeVar("_T")
+
+_SECTIONS: dict[str, tuple[str, ...]] = {
+    "listen": ("role", "address"),
+    "tls": ("cert", "key"),
+    "domains": ("local", "catch_all", "mailboxes"),
+    "relay": ("networks",),
+    "limits": ("message_size", "recipients", "connections", "connections_per_ip"),
+    "timeouts": ("command", "data_block"),
+    "dns": ("nameservers",),
+    "policy": ("sender_null_mx_check", "recipient_null_mx_check", "bare_newlines"),
+    "delivery": ("smtp_port", "retry_schedule", "max_queue_lifetime", "concurrency",
+                 "concurrency_per_destination", "relayhost", "delay_warning"),
+    "routes": (),  # keys are domains
+    "web": ("address",),
+    "server": ("workers",),
+    "log": ("level",),
+}
+_ROOT_KEYS = ("hostname", "data_dir", *_SECTIONS)
+_BARE_KEY_RE = re.compile(r"[A-Za-z0-9_-]+\Z")
+
+
+def _key(*parts: str | int) -> str:
+    """A dotted TOML key path: limits.recipients, listen[0].role, routes."a.example"."""
+    out = ""
+    for part in parts:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            shown = part if _BARE_KEY_RE.match(part) else json.dumps(part, ensure_ascii=False)
+            out += f".{shown}" if out else shown
+    return out
+
+
+def _toml(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, float) and not math.isfinite(value):
+        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, datetime | date | time):
+        return value.isoformat()
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml(item) for item in value) + "]"
+    if isinstance(value, dict):
+        if not value:
+            return "{}"
+        return "{ " + ", ".join(f"{_key(str(k))} = {_toml(v)}" for k, v in value.items()) + " }"
+    return repr(value)
+
+
+def _show(value: object) -> str:
+    text = _toml(value)
+    return text if len(text) <= 72 else text[:69] + "..."
+
+
+def _one_of(options: Iterable[str], given: str) -> str:
+    options = list(options)
+    text = "must be one of " + ", ".join(options)
+    close = difflib.get_close_matches(given.lower(), options, n=1)
+    return f'{text}; did you mean "{close[0]}"?' if close else text
+
+
+class _Reader:
+    """Collects every problem in the document, each named by its key path."""
+
+    def __init__(self, source: str, base: Path) -> None:
+        self.source = source
+        self.base = base
+        self.problems: list[str] = []
+        self.bad: set[str] = set()  # key paths with problems, to skip cross-checks
+
+    def report(self, key: str, value: object, why: str) -> None:
+        self.bad.add(key)
+        self.problems.append(f"{self.source}: {key} = {_show(value)}: {why}")
+
+    def report_key(self, key: str, why: str) -> None:
+        self.bad.add(key)
+        self.problems.append(f"{self.source}: {key}: {why}")
+
+    def ok(self, *keys: str) -> bool:
+        return not self.bad.intersection(keys)
+
+    def check_keys(self, table: Mapping[str, object], path: tuple[str | int, ...],
+                   allowed: Sequence[str]) -> None:
+        for name, value in table.items():
+            if name in allowed:
+                continue
+            key = _key(*path, name)
+            hint = self._suggest(name, path, allowed)
+            if not path and isinstance(value, dict):
+                self.report_key(key, f"unknown section [{name}]; {hint}")
+            elif not path and isinstance(value, list) and value and all(
+                    isinstance(item, dict) for item in value):
+                self.report_key(key, f"unknown section [[{name}]]; {hint}")
+            else:
+                self.report(key, value, f"unknown key; {hint}")
+
+    @staticmethod
+    def _suggest(name: str, path: tuple[str | int, ...], allowed: Sequence[str]) -> str:
+        section = str(path[0]) if path else ""
+        close = difflib.get_close_matches(name, allowed, n=1)
+        if close and not path and close[0] in _SECTIONS:
+            header = f"[[{close[0]}]]" if close[0] == "listen" else f"[{close[0]}]"
+            return f"did you mean {header}?"
+        if close:
+            return f"did you mean {_key(*path, close[0])}?"
+        for other, keys in _SECTIONS.items():
+            if name in keys and other != section:
+                header = f"[[{other}]]" if other == "listen" else f"[{other}]"
+                return f"did you mean {other}.{name} (under {header})?"
+        where = f"[{section}]" if section else "the top level"
+        return f"{where} takes {', '.join(allowed)}"
+
+    def section(self, doc: Mapping[str, object], name: str) -> dict[str, object]:
+        value = doc.get(name, {})
+        if not isinstance(value, dict):
+            self.report(name, value, f"must be a table: put its keys under a [{name}] header")
+            return {}
+        if name != "routes":
+            self.check_keys(value, (name,), _SECTIONS[name])
+        return value
+
+    def get(self, table: Mapping[str, object], path: tuple[str | int, ...], name: str,
+            convert: Callable[[object], _T], default: _T) -> _T:
+        if name not in table:
+            return default
+        value = table[name]
+        try:
+            return convert(value)
+        except _Bad as exc:
+            self.report(_key(*path, name), value, str(exc))
+            return default
+
+    def get_list(self, table: Mapping[str, object], path: tuple[str | int, ...], name: str,
+                 convert: Callable[[object], _T], default: tuple[_T, ...], *,
+                 example: str) -> tuple[_T, ...]:
+        if name not in table:
+            return default
+        value = table[name]
+        key = _key(*path, name)
+        if not isinstance(value, list):
+            self.report(key, value, f"must be a list, like {example}")
+            return default
+        items: list[_T] = []
+        for index, item in enumerate(value):
+            try:
+                items.append(convert(item))
+            except _Bad as exc:
+                self.report(_key(*path, name, index), item, str(exc))
+                self.bad.add(key)
+        return default if key in self.bad else tuple(items)
+
+    def path(self, value: object) -> Path:
+        text = _string(value)
+        if not text:
+            raise _Bad("must not be empty")
+        return self.base / Path(text).expanduser()
+
+    def file(self, value: object) -> Path:
+        path = self.path(value)
+        if not path.is_file():
+            raise _Bad(f"no such file: {path}")
+        return path
+
+
+# --- converters: value -> typed value, or _Bad ----------------------------------------
+
+
+def _string(value: object) -> str:
+    if not isinstance(value, str):
+        raise _Bad("must be a string (in double quotes)")
+    return value
+
+
+def _boolean(value: object) -> bool:
+    if not isinstance(value, bool):
+        raise _Bad("must be true or false (without quotes)")
+    return value
+
+
+def _integer(minimum: int, why: str = "", maximum: int | None = None
+             ) -> Callable[[object], int]:
+    def convert(value: object) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            hint = ""
+            if isinstance(value, str) and value.strip().isdigit():
+                hint = f" (write it without quotes: {value.strip()})"
+            raise _Bad("must be a whole number" + hint)
+        if value < minimum:
+            raise _Bad(f"must be at least {minimum}{why}")
+        if maximum is not None and value > maximum:
+            raise _Bad(f"must be at most {maximum}{why}")
+        return value
+    return convert
+
+
+_port = _integer(1, " (a TCP port: 1 to 65535)", 65535)
+
+
+def _size(minimum: int, minimum_text: str, why: str) -> Callable[[object], int]:
+    def convert(value: object) -> int:
+        if not isinstance(value, int | str):
+            raise _Bad(f"must be a size: {_SIZE_HELP}")
+        size = parse_size(value)
+        if size < minimum:
+            raise _Bad(f"must be at least {minimum_text} = {minimum} bytes{why}")
+        return size
+    return convert
+
+
+def _duration(allow_zero: bool) -> Callable[[object], float]:
+    def convert(value: object) -> float:
+        if not isinstance(value, int | float | str):
+            raise _Bad(f"must be a duration: {_DURATION_HELP}")
+        seconds = parse_duration(value)
+        if seconds == 0 and not allow_zero:
+            raise _Bad("must be longer than 0 seconds")
+        return seconds
+    return convert
+
+
+def _choice(options: Sequence[str]) -> Callable[[object], str]:
+    def convert(value: object) -> str:
+        text = _string(value)
+        if text not in options:
+            raise _Bad(_one_of(options, text))
+        return text
+    return convert
+
+
+def _domain_value(value: object) -> str:
+    return _domain(_string(value))
+
+
+def _mailbox(value: object) -> str:
+    text = _string(value)
+    local, at, domain = text.rpartition("@")
+    if not at or not local or not domain:
+        raise _Bad('must be an address like "user@example.org"')
+    if any(c.isspace() or c in '<>"' or not c.isprintable() for c in local):
+        raise _Bad("has a space, quote, angle bracket or control character before the @")
+    return f"{local.lower()}@{_domain(domain)}"
+
+
+def _network(value: object) -> Network:
+    text = _string(value)
+    try:
+        return ip_network(text)
+    except ValueError:
+        pass
+    try:
+        network = ip_network(text, strict=False)
+    except ValueError:
+        raise _Bad('is not an IP network; write one like "192.0.2.0/24", "2001:db8::/32" '
+                   'or a single address') from None
+    raise _Bad(f'has bits set after the prefix length; did you mean "{network}"?')
+
+
+def _nameserver(value: object) -> tuple[str, int]:
+    return _ip_hostport(_string(value), 53, "127.0.0.1:5353")
+
+
+def _listen_address(value: object) -> tuple[str, int]:
+    return _ip_hostport(_string(value), None, "127.0.0.1:2525")
+
+
+def _web_address(value: object) -> tuple[str, int] | None:
+    text = _string(value)
+    return _ip_hostport(text, None, "127.0.0.1:8025") if text else None
+
+
+def _route(default_port: int) -> Callable[[object], tuple[str, int, bool]]:
+    def convert(value: object) -> tuple[str, int, bool]:
+        text = _string(value)
+        transport, colon, target = text.partition(":")
+        if transport != "smtp" or not colon:
+            raise _Bad('must look like "smtp:[host]:port" or "smtp:host:port" '
+                       '(brackets: connect to host as is; none: look up its MX)')
+        return _nexthop(target, default_port, "smtp:[127.0.0.2]:2526")
+    return convert
+
+
+def _relayhost(default_port: int) -> Callable[[object], Relayhost | None]:
+    def convert(value: object) -> Relayhost | None:
+        text = _string(value).removeprefix("smtp:")
+        if not text:
+            return None
+        return Relayhost(*_nexthop(text, default_port, "smtp.provider.example:587"))
+    return convert
+
+
+# --- assembling the Config ----------------------------------------------------------
+
+
+def _build(doc: Mapping[str, object], r: _Reader, source: str | None) -> Config:
+    r.check_keys(doc, (), _ROOT_KEYS)
+    hostname = r.get(doc, (), "hostname", _domain_value, "localhost")
+    data_dir = r.get(doc, (), "data_dir", r.path, r.base / "mailgate-data")
+    listeners = _listeners(doc, r)
+    tls = _tls(r.section(doc, "tls"), r)
+    domains = _domains(r.section(doc, "domains"), r)
+
+    relay_table = r.section(doc, "relay")
+    relay = Relay(r.get_list(relay_table, ("relay",), "networks", _network,
+                             Relay().networks, example='["127.0.0.0/8", "::1/128"]'))
+
+    limits = _limits(r.section(doc, "limits"), r)
+
+    t = r.section(doc, "timeouts")
+    timeouts = Timeouts(
+        command=r.get(t, ("timeouts",), "command", _duration(False), Timeouts().command),
+        data_block=r.get(t, ("timeouts",), "data_block", _duration(False),
+                         Timeouts().data_block),
+    )
+
+    dns_table = r.section(doc, "dns")
+    dns = DNSConfig(r.get_list(dns_table, ("dns",), "nameservers", _nameserver, (),
+                               example='["127.0.0.1:5353"]'))
+
+    p = r.section(doc, "policy")
+    policy = Policy(
+        sender_null_mx_check=r.get(p, ("policy",), "sender_null_mx_check", _boolean, True),
+        recipient_null_mx_check=r.get(p, ("policy",), "recipient_null_mx_check", _boolean,
+                                      True),
+        bare_newlines=cast(BareNewlines, r.get(p, ("policy",), "bare_newlines",
+                                               _choice(BARE_NEWLINES), "normalize")),
+    )
+
+    delivery = _delivery(r.section(doc, "delivery"), r)
+    routes = _routes(r.section(doc, "routes"), r, delivery.smtp_port)
+
+    w = r.section(doc, "web")
+    default_web: tuple[str, int] | None = ("127.0.0.1", 8025)
+    web_address = r.get(w, ("web",), "address", _web_address, default_web)
+    web = WebConfig(False, "", 0) if web_address is None else WebConfig(True, *web_address)
+
+    s = r.section(doc, "server")
+    server = ServerConfig(r.get(s, ("server",), "workers", _integer(1), 1))
+
+    lg = r.section(doc, "log")
+    log = LogConfig(cast(LogLevel, r.get(lg, ("log",), "level", _choice(LOG_LEVELS), "info")))
+
+    if r.problems:
+        raise ConfigError(r.problems)
+    return Config(hostname=hostname, data_dir=data_dir, listen=listeners, tls=tls,
+                  domains=domains, relay=relay, limits=limits, timeouts=timeouts, dns=dns,
+                  policy=policy, delivery=delivery, routes=routes, web=web, server=server,
+                  log=log, source=source)
+
+
+def _listeners(doc: Mapping[str, object], r: _Reader) -> tuple[Listener, ...]:
+    if "listen" not in doc:
+        return DEFAULT_LISTENERS
+    value = doc["listen"]
+    if isinstance(value, dict):
+        r.report_key("listen", "must be written [[listen]] (double brackets), one table per "
+                     "listener, each with role and address")
+        return DEFAULT_LISTENERS
+    if not isinstance(value, list) or not value:
+        r.report("listen", value, "must be one or more [[listen]] tables, each with role "
+                 "and address")
+        return DEFAULT_LISTENERS
+    listeners: list[Listener] = []
+    seen: dict[tuple[str, int], int] = {}
+    for index, table in enumerate(value):
+        path: tuple[str | int, ...] = ("listen", index)
+        if not isinstance(table, dict):
+            r.report(_key(*path), table, "must be a table with role and address")
+            continue
+        r.check_keys(table, path, _SECTIONS["listen"])
+        for name in ("role", "address"):
+            if name not in table:
+                r.report_key(_key(*path, name), "missing; each [[listen]] needs role "
+                             f"({', '.join(ROLES)}) and address (like \"127.0.0.1:2525\")")
+        role = r.get(table, path, "role", _choice(ROLES), None)
+        address = r.get(table, path, "address", _listen_address, None)
+        if address is not None and address in seen:
+            r.report(_key(*path, "address"), table["address"],
+                     f"already used by {_key('listen', seen[address])}")
+        elif address is not None:
+            seen[address] = index
+        if role is not None and address is not None:
+            listeners.append(Listener(cast(Role, role), *address))
+    return tuple(listeners)
+
+
+def _tls(t: Mapping[str, object], r: _Reader) -> TLSConfig:
+    cert = r.get(t, ("tls",), "cert", r.file, None)
+    key = r.get(t, ("tls",), "key", r.file, None)
+    if "key" in t and "cert" not in t:
+        r.report_key("tls.key", "is set but tls.cert is not; give the certificate too, or "
+                     "neither for a self-signed certificate")
+    return TLSConfig(cert, key if key is not None else cert)
+
+
+def _domains(d: Mapping[str, object], r: _Reader) -> Domains:
+    path = ("domains",)
+    local = r.get_list(d, path, "local", _domain_value, Domains().local,
+                       example='["example.org"]')
+    mailboxes = r.get_list(d, path, "mailboxes", _mailbox, (),
+                           example='["user@example.org"]')
+    if r.ok("domains.local", "domains.mailboxes"):
+        written = d.get("mailboxes")
+        for index, mailbox in enumerate(mailboxes):
+            domain = mailbox.rpartition("@")[2]
+            if domain not in local:
+                shown = written[index] if isinstance(written, list) else mailbox
+                r.report(_key("domains", "mailboxes", index), shown,
+                         f"{domain} is not one of domains.local ({', '.join(local)})")
+    return Domains(
+        local=tuple(dict.fromkeys(local)),
+        catch_all=r.get(d, path, "catch_all", _boolean, True),
+        mailboxes=frozenset(mailboxes),
+    )
+
+
+def _limits(t: Mapping[str, object], r: _Reader) -> Limits:
+    path = ("limits",)
+    d = Limits()
+    limits = Limits(
+        message_size=r.get(t, path, "message_size",
+                           _size(MIN_MESSAGE_SIZE, "64KiB", " (RFC 5321 4.5.3.1.7)"),
+                           d.message_size),
+        recipients=r.get(t, path, "recipients",
+                         _integer(MIN_RECIPIENTS, " (RFC 5321 4.5.3.1.8)"), d.recipients),
+        connections=r.get(t, path, "connections", _integer(1), d.connections),
+        connections_per_ip=r.get(t, path, "connections_per_ip", _integer(1),
+                                 d.connections_per_ip),
+    )
+    if limits.connections_per_ip > limits.connections:
+        if "connections_per_ip" not in t:
+            # Only the total was lowered: the per-IP default follows it down.
+            return replace(limits, connections_per_ip=limits.connections)
+        if r.ok("limits.connections", "limits.connections_per_ip"):
+            r.report("limits.connections_per_ip", limits.connections_per_ip,
+                     f"must not exceed limits.connections ({limits.connections})")
+    return limits
+
+
+def _delivery(t: Mapping[str, object], r: _Reader) -> Delivery:
+    path = ("delivery",)
+    d = Delivery()
+    smtp_port = r.get(t, path, "smtp_port", _port, d.smtp_port)
+    schedule = r.get_list(t, path, "retry_schedule", _duration(False), d.retry_schedule,
+                          example='["5m", "10m", "20m", "40m", "80m", "2h"]')
+    if not schedule:
+        r.report("delivery.retry_schedule", t["retry_schedule"],
+                 "must have at least one step; the last step repeats")
+        schedule = d.retry_schedule
+    delivery = Delivery(
+        smtp_port=smtp_port,
+        retry_schedule=schedule,
+        max_queue_lifetime=r.get(t, path, "max_queue_lifetime", _duration(False),
+                                 d.max_queue_lifetime),
+        concurrency=r.get(t, path, "concurrency", _integer(1), d.concurrency),
+        concurrency_per_destination=r.get(t, path, "concurrency_per_destination",
+                                          _integer(1), d.concurrency_per_destination),
+        relayhost=r.get(t, path, "relayhost", _relayhost(smtp_port), None),
+        delay_warning=r.get(t, path, "delay_warning", _duration(True), d.delay_warning),
+    )
+    if delivery.concurrency_per_destination > delivery.concurrency:
+        if "concurrency_per_destination" not in t:
+            return replace(delivery, concurrency_per_destination=delivery.concurrency)
+        if r.ok("delivery.concurrency", "delivery.concurrency_per_destination"):
+            r.report("delivery.concurrency_per_destination",
+                     delivery.concurrency_per_destination,
+                     f"must not exceed delivery.concurrency ({delivery.concurrency})")
+    return delivery
+
+
+def _routes(t: Mapping[str, object], r: _Reader, default_port: int) -> Mapping[str, Route]:
+    routes: dict[str, Route] = {}
+    written: dict[str, str] = {}
+    for name, value in t.items():
+        key = _key("routes", name)
+        try:
+            domain = _domain(name)
+        except _Bad as exc:
+            r.report(key, value, f"the key {exc}; [routes] keys are mail domains")
+            continue
+        hop = r.get(t, ("routes",), name, _route(default_port), None)
+        if domain in written:
+            r.report(key, value, f"repeats the route for {_key('routes', written[domain])}")
+            continue
+        written[domain] = name
+        if hop is not None:
+            routes[domain] = Route(domain, *hop)
+    return MappingProxyType(routes)
