@@ -8,9 +8,15 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import NoReturn
+from pathlib import Path
+from typing import TYPE_CHECKING, BinaryIO, NoReturn
 
 import click
+
+if TYPE_CHECKING:
+    from mailgate.config import Config
+    from mailgate.queue import Queue
+    from mailgate.server.users import UserDB
 
 EXIT_USAGE = 2
 
@@ -111,6 +117,256 @@ def compare(code_a: str, code_b: str, lang: str | None, fmt: str) -> None:
     except ReplyError as exc:
         fail(str(exc))
     _print(result, fmt)
+
+
+# --- the server ----------------------------------------------------------------------
+
+_config_option = click.option(
+    "--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+    help="The TOML configuration file (default: zero-config: ./mailgate-data, loopback ports).",
+)
+
+
+def _load_config(path: Path | None) -> Config:
+    from mailgate.config import ConfigError, load_config
+
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        fail(str(exc))
+    except OSError as exc:
+        fail(f"cannot read the configuration file {path}: {exc.strerror}.")
+
+
+@main.command()
+@_config_option
+def serve(config_path: Path | None) -> None:
+    """Run the mail server (with no options: zero-config on loopback ports)."""
+    from mailgate.server.app import run
+
+    config = _load_config(config_path)
+    try:
+        status = run(config)
+    except OSError as exc:
+        fail(f"cannot start: {exc.strerror or exc} (is another server on the same port?)")
+    except ValueError as exc:
+        fail(f"cannot start: {exc}")
+    sys.exit(status)
+
+
+# --- send ------------------------------------------------------------------------------
+
+
+def _hostport(text: str, default_port: int) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or "]" in port:
+        host, port = text, str(default_port)
+    host = host.strip("[]")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        fail(f"--server {text!r}: expected HOST or HOST:PORT, e.g. 127.0.0.1:2587.")
+    return host, int(port)
+
+
+@main.command()
+@click.option("--server", "server", default="127.0.0.1:2587", show_default=True,
+              help="Where to submit: HOST:PORT.")
+@click.option("--from", "sender", default=None, help="Envelope sender (default: From:).")
+@click.option("--to", "recipients", multiple=True,
+              help="Envelope recipient; repeat. Default: To, Cc and Bcc of the message.")
+@click.option("--starttls", is_flag=True, help="Require STARTTLS (default: use it if offered).")
+@click.option("--ssl", "implicit_tls", is_flag=True, help="Implicit TLS (port 465 style).")
+@click.option("--auth", "user", default=None,
+              help="AUTH as USER; the password comes from $MAILGATE_PASSWORD or a prompt.")
+@click.option("--helo", default="localhost", show_default=True, help="Name to give in EHLO.")
+@click.option("--timeout", default=60.0, show_default=True, help="Seconds to wait per step.")
+@click.argument("file", type=click.File("rb"), default="-")
+def send(server: str, sender: str | None, recipients: tuple[str, ...], starttls: bool,
+         implicit_tls: bool, user: str | None, helo: str, timeout: float,
+         file: BinaryIO) -> None:
+    """Submit a message (from FILE or standard input), like sendmail -t.
+
+    Prints the server's answer; on a refusal, each reply with what it means.
+    Exit status: 0 accepted, 1 refused, 75 temporary failure (try again), 2 bad input.
+    """
+    import asyncio
+    import os
+
+    from mailgate.delivery.submit import SubmitError, submit
+
+    host, port = _hostport(server, 2587)
+    raw = file.read()
+    password = None
+    if user:
+        password = os.environ.get("MAILGATE_PASSWORD")
+        if password is None:
+            password = click.prompt(f"Password for {user}", hide_input=True, err=True)
+    try:
+        outcome = asyncio.run(submit(
+            host, port, raw, sender=sender, recipients=list(recipients),
+            require_tls=starttls, implicit_tls=implicit_tls, user=user, password=password,
+            helo=helo, timeout=timeout,
+        ))
+    except SubmitError as exc:
+        fail(str(exc))
+    click.echo(outcome.report(default_lang()), nl=False)
+    sys.exit(outcome.exit_status)
+
+
+# --- queue -----------------------------------------------------------------------------
+
+
+@main.group()
+def queue() -> None:
+    """Look at and act on the mail queue."""
+
+
+def _open_queue(config_path: Path | None) -> tuple[Config, Queue]:
+    from mailgate.queue.sqlite import SQLiteQueue
+
+    config = _load_config(config_path)
+    db = config.data_dir / "queue.db"
+    if not db.exists():
+        fail(f"there is no queue at {db}: start `mailgate serve` first, or pass --config.")
+    return config, SQLiteQueue(db)
+
+
+_qformat = click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text",
+                        show_default=True)
+
+
+@queue.command("list")
+@_config_option
+@_qformat
+@click.option("--state", type=click.Choice(["queued", "deferred", "held", "delivered", "failed"]),
+              default=None, help="Only messages with a recipient in this state.")
+@click.option("--limit", default=100, show_default=True)
+def queue_list(config_path: Path | None, fmt: str, state: str | None, limit: int) -> None:
+    """Messages in the queue, newest first."""
+    from mailgate.queue import RecipientState
+    from mailgate.queue.report import list_json, list_text
+
+    _, q = _open_queue(config_path)
+    try:
+        msgs = q.list(state=RecipientState(state) if state else None, limit=limit)
+        click.echo(list_json(msgs, q.counts()) if fmt == "json" else list_text(msgs, q.counts()),
+                   nl=False)
+    finally:
+        q.close()
+
+
+@queue.command("show")
+@click.argument("message_id")
+@_config_option
+@_qformat
+def queue_show(message_id: str, config_path: Path | None, fmt: str) -> None:
+    """One message: envelope, headers, recipients and every delivery attempt."""
+    from mailgate.queue import QueueError
+    from mailgate.queue.report import show_json, show_text
+
+    _, q = _open_queue(config_path)
+    try:
+        msg = q.show(message_id, content=True)
+    except QueueError as exc:
+        fail(str(exc))
+    finally:
+        q.close()
+    click.echo(show_json(msg) if fmt == "json" else show_text(msg, default_lang()), nl=False)
+
+
+def _queue_action(name: str, help_text: str) -> None:
+    @queue.command(name, help=help_text)
+    @click.argument("message_id", required=name != "retry")
+    @click.option("--all", "everything", is_flag=True, hidden=name != "retry",
+                  help="Every deferred message.")
+    @_config_option
+    def action(message_id: str | None, everything: bool, config_path: Path | None) -> None:
+        import time
+
+        from mailgate.queue import QueueError
+
+        if name == "retry" and not message_id and not everything:
+            fail("give a message id, or --all.")
+        _, q = _open_queue(config_path)
+        try:
+            if name == "delete":
+                assert message_id is not None
+                q.delete(message_id)
+                click.echo(f"{message_id}: deleted")
+            elif name == "hold":
+                assert message_id is not None
+                click.echo(f"{message_id}: {q.hold(message_id)} recipient(s) held")
+            elif name == "release":
+                assert message_id is not None
+                click.echo(f"{message_id}: {q.release_hold(message_id)} recipient(s) released")
+            else:
+                n = q.retry(None if everything else message_id, time.time())
+                click.echo(f"{message_id or 'all'}: {n} recipient(s) due now")
+        except QueueError as exc:
+            fail(str(exc))
+        finally:
+            q.close()
+
+
+_queue_action("delete", "Delete a message and all its recipients.")
+_queue_action("hold", "Hold a message: no delivery until released.")
+_queue_action("release", "Release a held message: due now.")
+_queue_action("retry", "Make deferred recipients due now (one message, or --all).")
+
+
+# --- users -----------------------------------------------------------------------------
+
+
+@main.group()
+def user() -> None:
+    """AUTH users (stored as scrypt hashes in the data directory)."""
+
+
+def _users(config_path: Path | None) -> UserDB:
+    from mailgate.server.users import UserDB
+
+    config = _load_config(config_path)
+    return UserDB(config.data_dir / "users.json")
+
+
+@user.command("add")
+@click.argument("name")
+@_config_option
+@click.option("--password-stdin", is_flag=True, help="Read the password from standard input.")
+def user_add(name: str, config_path: Path | None, password_stdin: bool) -> None:
+    """Add a user, or set a user's password."""
+    from mailgate.server.users import UserError
+
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = click.prompt("Password", hide_input=True, confirmation_prompt=True, err=True)
+    try:
+        _users(config_path).set_password(name, password)
+    except UserError as exc:
+        fail(str(exc))
+    click.echo(f"user {name}: password set")
+
+
+@user.command("del")
+@click.argument("name")
+@_config_option
+def user_del(name: str, config_path: Path | None) -> None:
+    """Delete a user."""
+    from mailgate.server.users import UserError
+
+    try:
+        _users(config_path).delete(name)
+    except UserError as exc:
+        fail(str(exc))
+    click.echo(f"user {name}: deleted")
+
+
+@user.command("list")
+@_config_option
+def user_list(config_path: Path | None) -> None:
+    """List user names."""
+    for name in _users(config_path).names():
+        click.echo(name)
 
 
 if __name__ == "__main__":  # pragma: no cover

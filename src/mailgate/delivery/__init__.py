@@ -1,0 +1,1 @@
+"""Delivery: local Maildirs now; the outbound SMTP engine, retries and bounces next."""

@@ -1,0 +1,164 @@
+"""The asyncio shell around the sans-I/O ClientSession: one SMTP client connection.
+
+It moves bytes, does the TLS handshake when the session says so, and keeps the clock
+with RFC 5321's per-step timeouts; every protocol decision stays in the session. Used by
+`mailgate send`, `mailgate probe` and the delivery engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from mailgate.smtp.client import (
+    ClientSession,
+    Closed,
+    Envelope,
+    Established,
+    Event,
+    Idle,
+    MessageResult,
+    StartTLS,
+)
+from mailgate.smtp.server import NEED_DATA
+
+__all__ = ["STAGE_TIMEOUTS", "ClientRun", "ConnectError", "run_client"]
+
+# RFC 5321 4.5.3.2: the minimum time a client waits for each reply.
+STAGE_TIMEOUTS: dict[str, float] = {
+    "connection": 30.0,
+    "greeting": 300.0,
+    "ehlo": 300.0,
+    "helo": 300.0,
+    "starttls": 120.0,
+    "tls": 60.0,
+    "auth": 120.0,
+    "rset": 120.0,
+    "mail": 300.0,
+    "rcpt": 300.0,
+    "data": 120.0,
+    "bdat": 600.0,
+    "end-of-data": 600.0,
+    "quit": 60.0,
+}
+
+
+class ConnectError(OSError):
+    """No SMTP conversation could start: refused, unreachable, timed out, TLS failed."""
+
+
+@dataclass
+class ClientRun:
+    """What happened on one connection."""
+
+    established: Established | None = None
+    results: list[MessageResult] = field(default_factory=list)
+    closed: Closed | None = None
+    tls: str | None = None  # "TLSv1.3 TLS_AES_256_GCM_SHA384"
+    peer: str = ""
+
+
+def _tls_name(writer: asyncio.StreamWriter) -> str | None:
+    obj = writer.get_extra_info("ssl_object")
+    if obj is None:
+        return None
+    cipher = obj.cipher()
+    return f"{obj.version()} {cipher[0] if cipher else ''}".strip()
+
+
+async def run_client(
+    host: str,
+    port: int,
+    session: ClientSession,
+    messages: Sequence[tuple[Envelope, bytes]],
+    *,
+    tls_context: ssl.SSLContext | None = None,
+    server_hostname: str | None = None,
+    implicit_tls: bool = False,
+    timeouts: dict[str, float] | None = None,
+    local_address: str | None = None,
+    on_event: Callable[[Event], None] | None = None,
+) -> ClientRun:
+    """Connect, hand the session every message, run it to the end, close.
+
+    Raises ConnectError only when the TCP (or implicit TLS) connection cannot be made;
+    anything after that is an outcome in the returned ClientRun.
+    """
+    limits = {**STAGE_TIMEOUTS, **(timeouts or {})}
+    ctx = tls_context or _opportunistic_context()
+    try:
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(
+                host, port, ssl=ctx if implicit_tls else None,
+                server_hostname=(server_hostname or host) if implicit_tls else None,
+                local_addr=(local_address, 0) if local_address else None,
+                limit=1 << 20,
+            ),
+            limits["connection"],
+        )
+    except (OSError, TimeoutError, ssl.SSLError) as exc:
+        raise ConnectError(f"cannot connect to {host} port {port}: {exc or 'timed out'}") from exc
+    run = ClientRun(peer=f"{host}:{port}", tls=_tls_name(writer) if implicit_tls else None)
+    for env, content in messages:
+        session.send(env, content)
+    try:
+        while True:
+            while (ev := session.next_event()) is not NEED_DATA:
+                if on_event is not None:
+                    on_event(ev)
+                if isinstance(ev, StartTLS):
+                    await _flush(writer, session)
+                    try:
+                        await asyncio.wait_for(
+                            writer.start_tls(ctx, server_hostname=server_hostname or host),
+                            limits["tls"],
+                        )
+                    except (OSError, ssl.SSLError, TimeoutError) as exc:
+                        session.tls_failed(str(exc) or "timed out")
+                    else:
+                        run.tls = _tls_name(writer)
+                        session.tls_established()
+                elif isinstance(ev, Established):
+                    run.established = ev
+                elif isinstance(ev, MessageResult):
+                    run.results.append(ev)
+                elif isinstance(ev, Idle):
+                    session.quit()
+                elif isinstance(ev, Closed):
+                    run.closed = ev
+            await _flush(writer, session)
+            if session.closed:
+                break
+            stage = session.awaiting or "quit"
+            try:
+                data = await asyncio.wait_for(reader.read(65536), limits.get(stage, 300.0))
+            except TimeoutError:
+                session.abort()
+                continue
+            except (OSError, ssl.SSLError):
+                data = b""
+            session.receive_data(data)
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError, ssl.SSLError, TimeoutError):
+            await asyncio.wait_for(writer.wait_closed(), 5.0)
+    return run
+
+
+async def _flush(writer: asyncio.StreamWriter, session: ClientSession) -> None:
+    out = session.data_to_send()
+    if out:
+        writer.write(out)
+        with contextlib.suppress(OSError, ssl.SSLError):
+            await writer.drain()
+
+
+def _opportunistic_context() -> ssl.SSLContext:
+    """Opportunistic TLS, like Postfix's `may`: encrypt, but do not verify the peer."""
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx

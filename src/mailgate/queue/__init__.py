@@ -1,0 +1,218 @@
+"""The durable queue: messages and per-recipient state.
+
+The interface is backend-neutral; `queue/sqlite.py` is the default backend (one file,
+WAL, `synchronous=FULL`, group commit) and a PostgreSQL backend for clusters will
+implement the same `Queue` protocol. Nothing outside `queue/` knows which one it has.
+
+A message is accepted (`250`) only after `enqueue()` has returned: by then the message
+and its envelope are on stable storage. Delivery is at-least-once: a crash may repeat a
+delivery (a claim expires and the work becomes due again), never lose one.
+"""
+
+from __future__ import annotations
+
+import enum
+import secrets
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+__all__ = [
+    "Attempt",
+    "NewMessage",
+    "NewRecipient",
+    "NotFound",
+    "Queue",
+    "QueueError",
+    "QueueFull",
+    "QueuedMessage",
+    "Recipient",
+    "RecipientState",
+    "WorkItem",
+    "new_queue_id",
+]
+
+
+class QueueError(RuntimeError):
+    """The queue could not do what was asked (storage error, unknown id, ...)."""
+
+
+class QueueFull(QueueError):
+    """Storage is full or failed while writing: answer 452 4.3.1, keep what is stored."""
+
+
+class NotFound(QueueError):
+    """The id names no message (or recipient) in the queue: it may have been delivered
+    and removed, or deleted by an administrator. The web page answers 404, the CLI says so."""
+
+
+class RecipientState(enum.StrEnum):
+    QUEUED = "queued"  # due for (another) attempt at next_attempt
+    DEFERRED = "deferred"  # a temporary failure; due again at next_attempt
+    HELD = "held"  # an administrator put it on hold; never due until released
+    DELIVERED = "delivered"
+    FAILED = "failed"  # permanent failure (a bounce is owed unless NOTIFY says otherwise)
+
+
+FINAL_STATES = frozenset({RecipientState.DELIVERED, RecipientState.FAILED})
+
+
+@dataclass(frozen=True, slots=True)
+class NewRecipient:
+    address: str  # as the envelope has it: "user@example.org" (no angle brackets)
+    orcpt: str | None = None  # DSN ORCPT "rfc822;user@example.org"
+    notify: tuple[str, ...] | None = None  # DSN NOTIFY
+
+
+@dataclass(frozen=True, slots=True)
+class NewMessage:
+    """What the server hands the queue at the end of DATA."""
+
+    sender: str  # reverse-path without brackets; "" for the null sender <>
+    recipients: Sequence[NewRecipient]
+    content: bytes  # the message as it will be delivered (trace headers included)
+    received_at: float  # unix time
+    client_address: str = ""  # "192.0.2.1" or "[::1]" style is not required: plain IP
+    client_helo: str = ""
+    protocol: str = "ESMTP"  # ESMTP, ESMTPS, ESMTPSA, SMTP, ...
+    authenticated_as: str | None = None
+    envid: str | None = None  # DSN ENVID
+    ret: str | None = None  # DSN RET: FULL | HDRS
+    smtputf8: bool = False
+    body_8bit: bool = False
+    id: str | None = None  # chosen by the caller (it is in the Received header), or by enqueue
+
+
+def new_queue_id(now: float | None = None) -> str:
+    """A queue id: 12 hex digits of Unix milliseconds, then 6 random hex digits.
+
+    Time first so ids sort roughly by arrival (handy in logs and file names); the random
+    part keeps ids from different processes apart without coordination, and the backend's
+    UNIQUE constraint catches the one-in-sixteen-million clash within one millisecond."""
+    ms = int((time.time() if now is None else now) * 1000)
+    return f"{ms:012x}{secrets.token_hex(3)}"
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """One delivery attempt for one recipient."""
+
+    at: float
+    host: str  # "mx1.example.org[192.0.2.1]:25", "maildir", "" when nothing was contacted
+    code: int
+    enhanced: str | None
+    text: str
+    outcome: str  # delivered | deferred | failed
+    remote: bool = True  # a reply the remote server sent (False: decided locally)
+    tls: str | None = None  # "TLSv1.3 TLS_AES_256_GCM_SHA384" when used
+
+
+@dataclass(frozen=True, slots=True)
+class Recipient:
+    id: int
+    message_id: str
+    address: str
+    state: RecipientState
+    attempts: int
+    next_attempt: float | None
+    orcpt: str | None = None
+    notify: tuple[str, ...] | None = None
+    last_code: int | None = None
+    last_enhanced: str | None = None
+    last_text: str | None = None
+    updated_at: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class QueuedMessage:
+    """A message as `list`/`show` return it; `content` only when asked for."""
+
+    id: str
+    sender: str
+    received_at: float
+    size: int
+    recipients: tuple[Recipient, ...]
+    client_address: str = ""
+    client_helo: str = ""
+    protocol: str = ""
+    authenticated_as: str | None = None
+    envid: str | None = None
+    ret: str | None = None
+    smtputf8: bool = False
+    body_8bit: bool = False
+    content: bytes | None = None
+    attempts: tuple[tuple[int, Attempt], ...] = field(default=())  # (recipient id, attempt)
+
+
+@dataclass(frozen=True, slots=True)
+class WorkItem:
+    """Claimed work: one message and those of its recipients that are due."""
+
+    message: QueuedMessage  # content included
+    recipients: tuple[Recipient, ...]
+    claim_token: str
+
+
+class Queue(Protocol):
+    """What every backend provides. All methods are blocking; the server calls them from a
+    thread (`asyncio.to_thread`) or through the backend's own async wrapper."""
+
+    def enqueue(self, message: NewMessage) -> str:
+        """Store durably; return the queue id. Raises QueueFull on storage errors."""
+        ...
+
+    async def enqueue_async(self, message: NewMessage) -> str:
+        """`enqueue` for the asyncio server: waits for the durable commit without blocking
+        the event loop (and without holding a thread of the default executor per session,
+        which would cap concurrent DATA completions at the executor's size)."""
+        ...
+
+    def claim(self, now: float, limit: int, lease: float, domains: Sequence[str] | None = None,
+              exclude_domains: Sequence[str] | None = None) -> list[WorkItem]:
+        """Take up to `limit` messages with due recipients (queued/deferred with
+        next_attempt <= now), optionally only recipients in / not in the given domains;
+        the claim lasts `lease` seconds, after which the work is due again (crash safety)."""
+        ...
+
+    def record(self, recipient_id: int, attempt: Attempt, next_attempt: float | None = None,
+               claim_token: str | None = None) -> None:
+        """Store an attempt and move the recipient to delivered / deferred (with
+        next_attempt) / failed according to attempt.outcome; releases the claim."""
+        ...
+
+    def release(self, claim_token: str) -> None:
+        """Give claimed work back unchanged (graceful shutdown)."""
+        ...
+
+    def list(self, state: RecipientState | None = None, limit: int = 100, offset: int = 0,
+             sender: str | None = None, recipient_domain: str | None = None
+             ) -> list[QueuedMessage]:
+        """Messages, newest first, with their recipients (no content)."""
+        ...
+
+    def show(self, message_id: str, content: bool = False) -> QueuedMessage:
+        """One message with recipients and every attempt; NotFound if unknown."""
+        ...
+
+    def delete(self, message_id: str) -> None:
+        """Remove the message, its recipients and their attempts; NotFound if unknown."""
+        ...
+
+    def hold(self, message_id: str) -> int:
+        """Hold every undelivered recipient; return how many."""
+        ...
+
+    def release_hold(self, message_id: str) -> int:
+        """Release held recipients, due now; return how many."""
+        ...
+
+    def retry(self, message_id: str | None, now: float) -> int:
+        """Make deferred/queued recipients of one message (None: all) due now."""
+        ...
+
+    def counts(self) -> dict[str, int]:
+        """Recipients per state."""
+        ...
+
+    def close(self) -> None: ...

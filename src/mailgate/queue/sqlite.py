@@ -1,0 +1,969 @@
+"""The default queue backend: one SQLite file (data_dir/queue.db) with group commit.
+
+Durability comes from WAL mode with `synchronous=FULL`: a transaction is on stable
+storage when COMMIT returns. An fsync costs milliseconds, so paying one per message would
+cap a server at a few hundred messages a second whatever its CPU. Instead one writer
+thread owns the write connection, takes every request that is waiting (up to a cap),
+runs them in ONE transaction, commits once, and only then answers each caller. The more
+sessions finish DATA at the same moment, the more messages share each fsync.
+
+Several processes may open the same file (workers behind SO_REUSEPORT): each has its own
+writer thread, and every transaction starts with BEGIN IMMEDIATE, so SQLite's file lock
+serialises the writers and `busy_timeout` makes a writer wait for the lock instead of
+failing. Reads use a small pool of separate connections; in WAL mode they never block the
+writer and always see a consistent snapshot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import os
+import queue as stdqueue
+import secrets
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future
+from contextlib import suppress
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Generic, Self, TypeVar
+
+from mailgate.queue import (
+    FINAL_STATES,
+    Attempt,
+    NewMessage,
+    NotFound,
+    QueuedMessage,
+    QueueError,
+    QueueFull,
+    Recipient,
+    RecipientState,
+    WorkItem,
+    new_queue_id,
+)
+
+__all__ = ["SCHEMA_VERSION", "SQLiteQueue", "new_queue_id"]
+
+T = TypeVar("T")
+
+SCHEMA_VERSION = 1
+
+# Messages live in `messages` (envelope and metadata, small rows) and their bodies in
+# `contents`: list and show scan many message rows, and with bodies inline each row would
+# fill a page or more, so the scans would read the whole spool.
+#
+# `seq` (the rowid) is the join key and "newest first" order: integers index smaller than
+# the 18-character queue ids, and rowids grow in commit order across processes.
+#
+# recipients.due_at is the one column claim() looks at: next_attempt while the recipient is
+# queued/deferred and unclaimed, the claim's expiry while claimed, NULL when it is never
+# due (held, delivered, failed). Claimed work thus stays out of the way of claim() scans
+# and comes back by itself when a crashed worker's lease runs out.
+_SCHEMA = (
+    """CREATE TABLE messages (
+        seq INTEGER PRIMARY KEY,
+        id TEXT NOT NULL UNIQUE,
+        sender TEXT NOT NULL,
+        received_at REAL NOT NULL,
+        queued_at REAL NOT NULL,
+        size INTEGER NOT NULL,
+        client_address TEXT NOT NULL,
+        client_helo TEXT NOT NULL,
+        protocol TEXT NOT NULL,
+        authenticated_as TEXT,
+        envid TEXT,
+        ret TEXT,
+        smtputf8 INTEGER NOT NULL,
+        body_8bit INTEGER NOT NULL
+    )""",
+    "CREATE INDEX messages_sender ON messages (sender COLLATE NOCASE, seq)",
+    """CREATE TABLE contents (
+        seq INTEGER PRIMARY KEY REFERENCES messages (seq) ON DELETE CASCADE,
+        content BLOB NOT NULL
+    )""",
+    """CREATE TABLE recipients (
+        id INTEGER PRIMARY KEY,
+        msg_seq INTEGER NOT NULL REFERENCES messages (seq) ON DELETE CASCADE,
+        address TEXT NOT NULL,
+        domain TEXT NOT NULL,
+        orcpt TEXT,
+        notify TEXT,
+        state TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt REAL,
+        due_at REAL,
+        last_code INTEGER,
+        last_enhanced TEXT,
+        last_text TEXT,
+        claim_token TEXT,
+        claim_until REAL,
+        updated_at REAL NOT NULL
+    )""",
+    "CREATE INDEX recipients_due ON recipients (due_at) WHERE due_at IS NOT NULL",
+    "CREATE INDEX recipients_message ON recipients (msg_seq)",
+    "CREATE INDEX recipients_state ON recipients (state, msg_seq)",
+    "CREATE INDEX recipients_domain ON recipients (domain, msg_seq)",
+    "CREATE INDEX recipients_domain_due ON recipients (domain, due_at) WHERE due_at IS NOT NULL",
+    "CREATE INDEX recipients_claim ON recipients (claim_token) WHERE claim_token IS NOT NULL",
+    """CREATE TABLE attempts (
+        id INTEGER PRIMARY KEY,
+        recipient_id INTEGER NOT NULL REFERENCES recipients (id) ON DELETE CASCADE,
+        at REAL NOT NULL,
+        host TEXT NOT NULL,
+        code INTEGER NOT NULL,
+        enhanced TEXT,
+        text TEXT NOT NULL,
+        outcome TEXT NOT NULL,
+        remote INTEGER NOT NULL,
+        tls TEXT
+    )""",
+    "CREATE INDEX attempts_recipient ON attempts (recipient_id)",
+)
+
+_MESSAGE_COLUMNS = (
+    "seq, id, sender, received_at, size, client_address, client_helo, protocol, "
+    "authenticated_as, envid, ret, smtputf8, body_8bit"
+)
+_RECIPIENT_COLUMNS = (
+    "id, msg_seq, address, state, attempts, next_attempt, orcpt, notify, "
+    "last_code, last_enhanced, last_text, updated_at"
+)
+_ACTIVE = "('queued', 'deferred')"  # the states claim() may take
+# When work becomes due again after a change of schedule: at `now`, unless a live claim
+# still covers it (the claimant's record() or release() sets the real value).
+_DUE_NOW = "CASE WHEN claim_until > :now THEN claim_until ELSE :now END"
+_OUTCOMES = frozenset(
+    {RecipientState.DELIVERED, RecipientState.DEFERRED, RecipientState.FAILED}
+)
+_MAX_VARIABLES = 500  # per IN (...) list: far below SQLite's limit, and plans stay cheap
+_STORAGE_ERRORS = frozenset({sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR, sqlite3.SQLITE_NOMEM})
+_LOCK_ERRORS = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED})
+_IDLE_READERS = 8
+
+
+@dataclass(slots=True, eq=False)
+class _Request(Generic[T]):
+    """One unit of work for the writer thread; its effects commit together with the batch."""
+
+    op: Callable[[sqlite3.Connection], T]
+    future: Future[T]
+    doing: str  # "queue the message": completes the error sentences
+    weight: int  # bytes it writes, so one batch does not grow without bound
+
+
+_STOP = object()
+
+
+class SQLiteQueue:
+    """The `Queue` protocol on one SQLite file; see the module docstring for the design.
+
+    `max_page_count` caps the database size (in pages) for this process, so tests can
+    make storage "full" for real. `busy_timeout` is how long to wait for another process
+    holding the write lock before giving up with QueueError. A batch holds at most
+    `batch_limit` requests and stops growing past `batch_bytes` of message content.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        max_page_count: int | None = None,
+        busy_timeout: float = 30.0,
+        batch_limit: int = 512,
+        batch_bytes: int = 64 * 1024 * 1024,
+    ) -> None:
+        self.path = Path(path)
+        self._busy_timeout = busy_timeout
+        self._batch_limit = max(1, batch_limit)
+        self._batch_bytes = batch_bytes
+        self._lock = threading.Lock()
+        self._closed = False
+        self._idle: list[sqlite3.Connection] = []
+        self._requests: stdqueue.SimpleQueue[_Request[Any] | object] = stdqueue.SimpleQueue()
+        self._commits = 0
+        self._committed_requests = 0
+        self._wconn = self._open_writer(max_page_count)
+        self._writer = threading.Thread(
+            target=self._run_writer, name=f"queue-writer {self.path.name}", daemon=True
+        )
+        self._writer.start()
+
+    # ------------------------------------------------------------------ setup
+
+    def _connect(self) -> sqlite3.Connection:
+        # isolation_level=None: we issue BEGIN IMMEDIATE ourselves; the sqlite3 module's
+        # implicit BEGIN (DEFERRED) would take the write lock only at the first write and
+        # could then fail with SQLITE_BUSY mid-transaction, where busy_timeout cannot help.
+        conn = sqlite3.connect(
+            self.path,
+            timeout=self._busy_timeout,
+            isolation_level=None,
+            check_same_thread=False,
+            cached_statements=256,
+        )
+        conn.row_factory = sqlite3.Row
+        conn.execute("PRAGMA foreign_keys = ON")
+        conn.execute("PRAGMA synchronous = FULL")
+        return conn
+
+    def _open_writer(self, max_page_count: int | None) -> sqlite3.Connection:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            conn = self._connect()
+        except sqlite3.Error as exc:
+            raise self._translate(exc, "open the queue") from exc
+        try:
+            mode = self._retry_busy(lambda: conn.execute("PRAGMA journal_mode = WAL").fetchone()[0])
+            if str(mode).lower() != "wal":
+                raise QueueError(
+                    f"{self.path}: SQLite could not switch the queue to WAL mode (it stayed "
+                    f"{mode!r}); put data_dir on a local file system that supports it"
+                )
+            # A burst can grow the WAL to gigabytes; without a limit the file keeps that
+            # size after the checkpoint until the last connection closes.
+            conn.execute("PRAGMA journal_size_limit = 67108864")
+            if max_page_count is not None:
+                conn.execute(f"PRAGMA max_page_count = {int(max_page_count)}")
+            self._retry_busy(lambda: self._create_schema(conn))
+        except sqlite3.Error as exc:
+            conn.close()
+            raise self._translate(exc, "open the queue") from exc
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _create_schema(self, conn: sqlite3.Connection) -> None:
+        # BEGIN IMMEDIATE: two processes starting together must not both see version 0
+        # and both create tables.
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version == 0:
+                for statement in _SCHEMA:
+                    conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            elif version != SCHEMA_VERSION:
+                raise QueueError(
+                    f"{self.path} has queue schema version {version}, but this mailgate "
+                    f"knows only version {SCHEMA_VERSION}; run the mailgate that wrote it"
+                )
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        if version == 0:
+            # SQLite syncs the directory when it creates the WAL but not when it creates
+            # the database file; without this a crash could lose the new file, and with
+            # it everything checkpointed into it.
+            fd = os.open(self.path.parent, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+    def _retry_busy(self, fn: Callable[[], T]) -> T:
+        """Run `fn` again while SQLite says the file is locked, up to busy_timeout.
+
+        The busy handler covers the common case, but SQLite returns SQLITE_BUSY at once in
+        a few others, such as switching to WAL while another process opens the file or
+        a reader meeting another process's WAL recovery. These pass within milliseconds."""
+        deadline = time.monotonic() + self._busy_timeout
+        delay = 0.001
+        while True:
+            try:
+                return fn()
+            except sqlite3.OperationalError as exc:
+                if _primary_code(exc) not in _LOCK_ERRORS or time.monotonic() >= deadline:
+                    raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.05)
+
+    def _translate(self, exc: sqlite3.Error, doing: str) -> QueueError:
+        """An SQLite error as a sentence that says what failed and what to do."""
+        primary = _primary_code(exc)
+        if primary in _STORAGE_ERRORS:
+            return QueueFull(
+                f"could not {doing}: the queue's storage failed ({exc}); free space or "
+                f"repair the disk holding {self.path}; nothing already queued was lost"
+            )
+        if primary in _LOCK_ERRORS:
+            return QueueError(
+                f"could not {doing}: another process kept the queue database locked for "
+                f"more than {self._busy_timeout:g} s ({exc}); try again"
+            )
+        return QueueError(f"could not {doing}: {exc} ({self.path})")
+
+    # ------------------------------------------------------------------ writer thread
+
+    @property
+    def commit_count(self) -> int:
+        """Transactions this process has committed: with group commit, far fewer than
+        the writes it has answered (see `committed_requests`)."""
+        return self._commits
+
+    @property
+    def committed_requests(self) -> int:
+        """Writes (enqueue, claim, record, ...) answered after a successful commit."""
+        return self._committed_requests
+
+    def _submit(
+        self, op: Callable[[sqlite3.Connection], T], doing: str, weight: int = 0
+    ) -> Future[T]:
+        future: Future[T] = Future()
+        with self._lock:
+            # Under the lock so no request can slip in behind the stop marker and wait
+            # forever for a writer that has gone.
+            if self._closed:
+                raise QueueError(f"could not {doing}: the queue is closed")
+            self._requests.put(_Request(op, future, doing, weight))
+        return future
+
+    def _call(self, op: Callable[[sqlite3.Connection], T], doing: str, weight: int = 0) -> T:
+        return self._submit(op, doing, weight).result()
+
+    def _run_writer(self) -> None:
+        stop = False
+        while not stop:
+            first = self._requests.get()
+            if first is _STOP:
+                break
+            assert isinstance(first, _Request)
+            batch: list[_Request[Any]] = [first]
+            size = first.weight
+            while len(batch) < self._batch_limit and size < self._batch_bytes:
+                try:
+                    more = self._requests.get_nowait()
+                except stdqueue.Empty:
+                    break
+                if more is _STOP:
+                    stop = True
+                    break
+                assert isinstance(more, _Request)
+                batch.append(more)
+                size += more.weight
+            # A caller cancelled before we started (an asyncio task that went away) gets
+            # nothing written: it never told its client the message was queued.
+            batch = [r for r in batch if r.future.set_running_or_notify_cancel()]
+            if batch:
+                self._execute_guarded(batch)
+        with suppress(sqlite3.Error):
+            self._wconn.close()
+
+    def _execute_guarded(self, batch: list[_Request[Any]]) -> None:
+        try:
+            self._execute(batch)
+        except Exception as exc:  # a bug must fail the callers, not kill the writer
+            self._rollback()
+            for request in batch:
+                if not request.future.done():
+                    request.future.set_exception(exc)
+
+    def _rollback(self) -> None:
+        if self._wconn.in_transaction:
+            with suppress(sqlite3.Error):
+                self._wconn.execute("ROLLBACK")
+
+    def _fail(self, request: _Request[Any], exc: BaseException) -> None:
+        if isinstance(exc, sqlite3.Error):
+            exc = self._translate(exc, request.doing)
+        request.future.set_exception(exc)
+
+    def _execute(self, batch: list[_Request[Any]]) -> None:
+        """Run the batch in one transaction, each request in its own savepoint so that one
+        failing (a message too big for the disk left) does not fail the others."""
+        conn = self._wconn
+        pending = batch
+        while pending:
+            done: list[tuple[_Request[Any], Any, BaseException | None]] = []
+            lost: tuple[_Request[Any], BaseException] | None = None
+            try:
+                self._retry_busy(lambda: conn.execute("BEGIN IMMEDIATE"))
+                for request in pending:
+                    conn.execute("SAVEPOINT request")
+                    try:
+                        value = request.op(conn)
+                    except Exception as exc:
+                        if not conn.in_transaction:
+                            # On SQLITE_FULL or an I/O error SQLite may roll back the whole
+                            # transaction, taking the earlier requests' work with it.
+                            lost = (request, exc)
+                            break
+                        conn.execute("ROLLBACK TO request")
+                        conn.execute("RELEASE request")
+                        done.append((request, None, exc))
+                    else:
+                        conn.execute("RELEASE request")
+                        done.append((request, value, None))
+                if lost is None:
+                    conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                self._rollback()
+                for request in pending:
+                    self._fail(request, exc)
+                return
+            if lost is not None:
+                # Run the others again without the one that broke the transaction.
+                self._fail(*lost)
+                pending = [r for r in pending if r is not lost[0]]
+                continue
+            self._commits += 1
+            for request, value, error in done:
+                if error is None:
+                    self._committed_requests += 1
+                    request.future.set_result(value)
+                else:
+                    self._fail(request, error)
+            return
+
+    # ------------------------------------------------------------------ readers
+
+    def _read(self, doing: str, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `fn` on a pooled read connection inside one read transaction: all its
+        queries see the same snapshot, so a message and its recipients always match."""
+        with self._lock:
+            if self._closed:
+                raise QueueError(f"could not {doing}: the queue is closed")
+            conn = self._idle.pop() if self._idle else None
+        try:
+            if conn is None:
+                conn = self._connect()
+                conn.execute("PRAGMA query_only = ON")
+            reader = conn
+
+            def attempt() -> T:
+                reader.execute("BEGIN")
+                try:
+                    return fn(reader)
+                finally:
+                    # Ending the read transaction at once lets checkpoints reach the end
+                    # of the WAL; a reader left open would make it grow without bound.
+                    reader.execute("ROLLBACK")
+
+            return self._retry_busy(attempt)
+        except sqlite3.Error as exc:
+            raise self._translate(exc, doing) from exc
+        finally:
+            if conn is not None:
+                with self._lock:
+                    keep = not self._closed and len(self._idle) < _IDLE_READERS
+                    if keep:
+                        self._idle.append(conn)
+                if not keep:
+                    conn.close()
+
+    # ------------------------------------------------------------------ enqueue
+
+    def _enqueue_op(self, message: NewMessage) -> Callable[[sqlite3.Connection], str]:
+        if not message.recipients:
+            raise QueueError("could not queue the message: it has no recipients")
+        content = bytes(message.content)
+        recipients = [
+            (
+                r.address,
+                r.address.rpartition("@")[2].lower() if "@" in r.address else "",
+                r.orcpt,
+                None if r.notify is None else ",".join(r.notify),
+            )
+            for r in message.recipients
+        ]
+
+        def op(conn: sqlite3.Connection) -> str:
+            now = time.time()
+            while True:
+                queue_id = message.id or new_queue_id(now)
+                row = conn.execute(
+                    "INSERT INTO messages (id, sender, received_at, queued_at, size, "
+                    "client_address, client_helo, protocol, authenticated_as, envid, ret, "
+                    "smtputf8, body_8bit) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                    "ON CONFLICT (id) DO NOTHING RETURNING seq",
+                    (
+                        queue_id,
+                        message.sender,
+                        message.received_at,
+                        now,
+                        len(content),
+                        message.client_address,
+                        message.client_helo,
+                        message.protocol,
+                        message.authenticated_as,
+                        message.envid,
+                        message.ret,
+                        message.smtputf8,
+                        message.body_8bit,
+                    ),
+                ).fetchone()
+                if row is not None:
+                    break
+                if message.id:  # the caller's id (already in its Received header) is taken
+                    raise QueueError(f"could not queue the message: id {message.id} exists")
+            seq = row[0]
+            conn.execute("INSERT INTO contents (seq, content) VALUES (?, ?)", (seq, content))
+            conn.executemany(
+                "INSERT INTO recipients (msg_seq, address, domain, orcpt, notify, state, "
+                "next_attempt, due_at, updated_at) VALUES (?, ?, ?, ?, ?, 'queued', ?, ?, ?)",
+                [(seq, a, d, o, n, now, now, now) for a, d, o, n in recipients],
+            )
+            return queue_id
+
+        return op
+
+    def enqueue(self, message: NewMessage) -> str:
+        """Store durably; return the queue id once the commit holding it has been fsync'd.
+
+        Blocks the calling thread; many threads calling at once share commits."""
+        return self._call(self._enqueue_op(message), "queue the message", len(message.content))
+
+    async def enqueue_async(self, message: NewMessage) -> str:
+        """`enqueue` without blocking the event loop: the writer thread completes an
+        asyncio future (through call_soon_threadsafe) after the commit.
+
+        If the awaiting task is cancelled before the writer takes the request, nothing is
+        stored; once the writer has it, the message is stored even though this caller
+        never learns its id (the client was not told 250, so at worst it sends again)."""
+        future = self._submit(
+            self._enqueue_op(message), "queue the message", len(message.content)
+        )
+        return await asyncio.wrap_future(future)
+
+    # ------------------------------------------------------------------ delivery side
+
+    def claim(
+        self,
+        now: float,
+        limit: int,
+        lease: float,
+        domains: Sequence[str] | None = None,
+        exclude_domains: Sequence[str] | None = None,
+    ) -> list[WorkItem]:
+        """Take up to `limit` messages with due recipients, each under its own claim token
+        that lasts until now + lease; see `Queue.claim`."""
+        if limit <= 0 or (domains is not None and not domains):
+            return []
+        where, params = _domain_filter(domains, exclude_domains)
+        until = now + lease
+        # INDEXED BY: without statistics the planner may prefer recipients_state and sort
+        # every queued recipient. The due index yields recipients in order; a worker for
+        # a few domains reads only theirs (and sorts just those when there are several),
+        # instead of walking past every other domain's due work.
+        index = "recipients_due" if domains is None else "recipients_domain_due"
+
+        def op(conn: sqlite3.Connection) -> list[WorkItem]:
+            cursor = conn.execute(
+                f"SELECT msg_seq FROM recipients INDEXED BY {index} "
+                f"WHERE due_at <= ? AND state IN {_ACTIVE}{where} ORDER BY due_at, id",
+                (now, *params),
+            )
+            # Recipients come in due order, several per message: keep each message once,
+            # in the order its first due recipient appears.
+            seqs: dict[int, None] = {}
+            for (seq,) in cursor:
+                seqs[seq] = None
+                if len(seqs) >= limit:
+                    break
+            cursor.close()
+            claimed: dict[int, tuple[str, set[int]]] = {}
+            for seq in seqs:
+                token = secrets.token_hex(8)
+                # INDEXED BY: a message has a few recipients, but a domain may have
+                # thousands, and the planner cannot tell which index narrows more.
+                rows = conn.execute(
+                    "UPDATE recipients INDEXED BY recipients_message "
+                    "SET claim_token = ?, claim_until = ?, due_at = ? "
+                    f"WHERE msg_seq = ? AND due_at <= ? AND state IN {_ACTIVE}{where} "
+                    "RETURNING id",
+                    (token, until, until, seq, now, *params),
+                ).fetchall()
+                claimed[seq] = (token, {r[0] for r in rows})
+            messages = _load_messages(conn, list(seqs), content=True)
+            return [
+                WorkItem(
+                    message=m,
+                    recipients=tuple(r for r in m.recipients if r.id in claimed[seq][1]),
+                    claim_token=claimed[seq][0],
+                )
+                for seq, m in zip(seqs, messages, strict=True)
+            ]
+
+        return self._call(op, "claim work")
+
+    def record(
+        self,
+        recipient_id: int,
+        attempt: Attempt,
+        next_attempt: float | None = None,
+        claim_token: str | None = None,
+    ) -> None:
+        """Store an attempt and move the recipient on; see `Queue.record`.
+
+        A recipient already delivered or failed stays so (a late report from a worker
+        whose lease ran out must not send it back to the queue), and a held one stays
+        held after a deferral. A claim is cleared when `claim_token` is None or its own,
+        but not when another worker has since claimed the recipient and is still on it.
+        """
+        try:
+            outcome = RecipientState(attempt.outcome)
+        except ValueError:
+            outcome = None
+        if outcome not in _OUTCOMES:
+            raise QueueError(
+                f"could not record the attempt: outcome {attempt.outcome!r} is not one of "
+                "delivered, deferred, failed"
+            )
+        if outcome is RecipientState.DEFERRED and next_attempt is None:
+            raise QueueError("could not record the attempt: a deferral needs next_attempt")
+
+        def op(conn: sqlite3.Connection) -> None:
+            now = time.time()
+            row = conn.execute(
+                "SELECT state, claim_token, claim_until FROM recipients WHERE id = ?",
+                (recipient_id,),
+            ).fetchone()
+            if row is None:
+                raise NotFound(f"recipient {recipient_id} is not in the queue")
+            conn.execute(
+                "INSERT INTO attempts (recipient_id, at, host, code, enhanced, text, outcome, "
+                "remote, tls) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    recipient_id,
+                    attempt.at,
+                    attempt.host,
+                    attempt.code,
+                    attempt.enhanced,
+                    attempt.text,
+                    outcome.value,
+                    attempt.remote,
+                    attempt.tls,
+                ),
+            )
+            state = RecipientState(row["state"])
+            new_next: float | None = None
+            if state in FINAL_STATES:
+                new_state = state
+            elif outcome is not RecipientState.DEFERRED:
+                new_state = outcome
+            elif state is RecipientState.HELD:
+                new_state = state
+            else:
+                new_state, new_next = RecipientState.DEFERRED, next_attempt
+            theirs = (
+                claim_token is not None
+                and row["claim_token"] not in (None, claim_token)
+                and row["claim_until"] is not None
+                and row["claim_until"] > now
+            )
+            if theirs:
+                token, until = row["claim_token"], row["claim_until"]
+                due = until if new_next is not None else None
+            else:
+                token, until, due = None, None, new_next
+            conn.execute(
+                "UPDATE recipients SET state = ?, attempts = attempts + 1, next_attempt = ?, "
+                "due_at = ?, last_code = ?, last_enhanced = ?, last_text = ?, "
+                "claim_token = ?, claim_until = ?, updated_at = ? WHERE id = ?",
+                (
+                    new_state.value,
+                    new_next,
+                    due,
+                    attempt.code,
+                    attempt.enhanced,
+                    attempt.text,
+                    token,
+                    until,
+                    now,
+                    recipient_id,
+                ),
+            )
+
+        self._call(op, "record the attempt")
+
+    def release(self, claim_token: str) -> None:
+        """Give claimed work back unchanged: due again at its own next_attempt."""
+
+        def op(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "UPDATE recipients SET claim_token = NULL, claim_until = NULL, "
+                f"due_at = CASE WHEN state IN {_ACTIVE} THEN next_attempt END "
+                "WHERE claim_token = ?",
+                (claim_token,),
+            )
+
+        self._call(op, "release the claim")
+
+    # ------------------------------------------------------------------ administration
+
+    def list(
+        self,
+        state: RecipientState | None = None,
+        limit: int = 100,
+        offset: int = 0,
+        sender: str | None = None,
+        recipient_domain: str | None = None,
+    ) -> list[QueuedMessage]:
+        """Messages, most recently queued first, with their recipients (no content).
+
+        `state` and `recipient_domain` keep messages with at least one recipient that
+        matches both; `sender` and the domain compare without regard to ASCII case."""
+        conditions: list[str] = []
+        params: list[object] = []
+        if state is not None:
+            conditions.append("r.state = ?")
+            params.append(RecipientState(state).value)
+        if recipient_domain is not None:
+            conditions.append("r.domain = ?")
+            params.append(recipient_domain.lower())
+        if conditions:
+            # Driven by recipients_state / recipients_domain, walked backwards: the page
+            # comes out in order without sorting every match.
+            join = ""
+            if sender is not None:
+                join = " JOIN messages m ON m.seq = r.msg_seq"
+                conditions.append("m.sender = ? COLLATE NOCASE")
+                params.append(sender)
+            sql = (
+                f"SELECT DISTINCT r.msg_seq FROM recipients r{join} "
+                f"WHERE {' AND '.join(conditions)} ORDER BY r.msg_seq DESC LIMIT ? OFFSET ?"
+            )
+        elif sender is not None:
+            sql = (
+                "SELECT seq FROM messages WHERE sender = ? COLLATE NOCASE "
+                "ORDER BY seq DESC LIMIT ? OFFSET ?"
+            )
+            params.append(sender)
+        else:
+            sql = "SELECT seq FROM messages ORDER BY seq DESC LIMIT ? OFFSET ?"
+        params += [max(0, limit), max(0, offset)]
+
+        def read(conn: sqlite3.Connection) -> builtins.list[QueuedMessage]:
+            seqs = [row[0] for row in conn.execute(sql, params)]
+            return _load_messages(conn, seqs, content=False)
+
+        return self._read("list the queue", read)
+
+    def show(self, message_id: str, content: bool = False) -> QueuedMessage:
+        """One message with its recipients and every attempt; NotFound if unknown."""
+
+        def read(conn: sqlite3.Connection) -> QueuedMessage:
+            seq = _message_seq(conn, message_id)
+            (message,) = _load_messages(conn, [seq], content=content)
+            attempts = tuple(
+                (
+                    a["recipient_id"],
+                    Attempt(
+                        at=a["at"],
+                        host=a["host"],
+                        code=a["code"],
+                        enhanced=a["enhanced"],
+                        text=a["text"],
+                        outcome=a["outcome"],
+                        remote=bool(a["remote"]),
+                        tls=a["tls"],
+                    ),
+                )
+                for a in conn.execute(
+                    "SELECT a.* FROM attempts a JOIN recipients r ON r.id = a.recipient_id "
+                    "WHERE r.msg_seq = ? ORDER BY a.at, a.id",
+                    (seq,),
+                )
+            )
+            return replace(message, attempts=attempts)
+
+        return self._read("show the message", read)
+
+    def delete(self, message_id: str) -> None:
+        """Remove the message, its recipients and their attempts; NotFound if unknown."""
+
+        def op(conn: sqlite3.Connection) -> None:
+            # The foreign keys cascade to contents, recipients and attempts.
+            if conn.execute("DELETE FROM messages WHERE id = ?", (message_id,)).rowcount == 0:
+                raise NotFound(f"message {message_id} is not in the queue")
+
+        self._call(op, "delete the message")
+
+    def hold(self, message_id: str) -> int:
+        """Hold every queued or deferred recipient; return how many."""
+
+        def op(conn: sqlite3.Connection) -> int:
+            seq = _message_seq(conn, message_id)
+            return conn.execute(
+                "UPDATE recipients SET state = 'held', next_attempt = NULL, due_at = NULL, "
+                f"updated_at = ? WHERE msg_seq = ? AND state IN {_ACTIVE}",
+                (time.time(), seq),
+            ).rowcount
+
+        return self._call(op, "hold the message")
+
+    def release_hold(self, message_id: str) -> int:
+        """Release held recipients, due now; return how many."""
+
+        def op(conn: sqlite3.Connection) -> int:
+            seq = _message_seq(conn, message_id)
+            return conn.execute(
+                "UPDATE recipients SET state = 'queued', next_attempt = :now, "
+                f"due_at = {_DUE_NOW}, updated_at = :now "
+                "WHERE msg_seq = :seq AND state = 'held'",
+                {"now": time.time(), "seq": seq},
+            ).rowcount
+
+        return self._call(op, "release the hold")
+
+    def retry(self, message_id: str | None, now: float) -> int:
+        """Make queued/deferred recipients of one message (None: all) due now; return how
+        many. Recipients a worker has claimed stay with it until it reports."""
+
+        def op(conn: sqlite3.Connection) -> int:
+            params: dict[str, object] = {"now": now}
+            which = ""
+            if message_id is not None:
+                params["seq"] = _message_seq(conn, message_id)
+                which = " AND msg_seq = :seq"
+            return conn.execute(
+                f"UPDATE recipients SET next_attempt = :now, due_at = {_DUE_NOW} "
+                f"WHERE state IN {_ACTIVE}{which}",
+                params,
+            ).rowcount
+
+        return self._call(op, "retry")
+
+    def counts(self) -> dict[str, int]:
+        """Recipients per state, every state present (zero when none)."""
+
+        def read(conn: sqlite3.Connection) -> dict[str, int]:
+            result = {s.value: 0 for s in RecipientState}
+            for state, n in conn.execute("SELECT state, count(*) FROM recipients GROUP BY state"):
+                result[state] = n
+            return result
+
+        return self._read("count the queue", read)
+
+    def integrity_check(self) -> builtins.list[str]:  # `list` here is the method above
+        """SQLite's PRAGMA integrity_check: ["ok"] when the file is sound."""
+        return self._read(
+            "check the queue",
+            lambda conn: [str(row[0]) for row in conn.execute("PRAGMA integrity_check")],
+        )
+
+    def close(self) -> None:
+        """Finish every write already asked for, then close all connections. Idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._requests.put(_STOP)
+            idle, self._idle = self._idle, []
+        self._writer.join()
+        for conn in idle:
+            conn.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def _domain_filter(
+    domains: Sequence[str] | None, exclude_domains: Sequence[str] | None
+) -> tuple[str, list[str]]:
+    where = ""
+    params: list[str] = []
+    if domains is not None:
+        wanted = sorted({d.lower() for d in domains})
+        where += f" AND domain IN ({', '.join('?' * len(wanted))})"
+        params += wanted
+    if exclude_domains:
+        unwanted = sorted({d.lower() for d in exclude_domains})
+        where += f" AND domain NOT IN ({', '.join('?' * len(unwanted))})"
+        params += unwanted
+    return where, params
+
+
+def _primary_code(exc: sqlite3.Error) -> int | None:
+    code = getattr(exc, "sqlite_errorcode", None)
+    return code & 0xFF if isinstance(code, int) else None
+
+
+def _message_seq(conn: sqlite3.Connection, message_id: str) -> int:
+    row = conn.execute("SELECT seq FROM messages WHERE id = ?", (message_id,)).fetchone()
+    if row is None:
+        raise NotFound(f"message {message_id} is not in the queue")
+    return int(row[0])
+
+
+def _chunks(seqs: Sequence[int]) -> Iterable[Sequence[int]]:
+    for i in range(0, len(seqs), _MAX_VARIABLES):
+        yield seqs[i : i + _MAX_VARIABLES]
+
+
+def _recipient(row: sqlite3.Row, message_id: str) -> Recipient:
+    notify = row["notify"]
+    return Recipient(
+        id=row["id"],
+        message_id=message_id,
+        address=row["address"],
+        state=RecipientState(row["state"]),
+        attempts=row["attempts"],
+        next_attempt=row["next_attempt"],
+        orcpt=row["orcpt"],
+        notify=None if notify is None else tuple(n for n in notify.split(",") if n),
+        last_code=row["last_code"],
+        last_enhanced=row["last_enhanced"],
+        last_text=row["last_text"],
+        updated_at=row["updated_at"],
+    )
+
+
+def _load_messages(
+    conn: sqlite3.Connection, seqs: Sequence[int], *, content: bool
+) -> list[QueuedMessage]:
+    """The messages with these seqs, in the order given, with all their recipients."""
+    rows: dict[int, sqlite3.Row] = {}
+    recipients: dict[int, list[sqlite3.Row]] = {seq: [] for seq in seqs}
+    bodies: dict[int, bytes] = {}
+    for chunk in _chunks(seqs):
+        marks = ", ".join("?" * len(chunk))
+        for row in conn.execute(
+            f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE seq IN ({marks})", chunk
+        ):
+            rows[row["seq"]] = row
+        for row in conn.execute(
+            f"SELECT {_RECIPIENT_COLUMNS} FROM recipients WHERE msg_seq IN ({marks}) "
+            "ORDER BY msg_seq, id",
+            chunk,
+        ):
+            recipients[row["msg_seq"]].append(row)
+        if content:
+            for seq, body in conn.execute(
+                f"SELECT seq, content FROM contents WHERE seq IN ({marks})", chunk
+            ):
+                bodies[seq] = body
+    result = []
+    for seq in seqs:
+        m = rows[seq]
+        result.append(
+            QueuedMessage(
+                id=m["id"],
+                sender=m["sender"],
+                received_at=m["received_at"],
+                size=m["size"],
+                recipients=tuple(_recipient(r, m["id"]) for r in recipients[seq]),
+                client_address=m["client_address"],
+                client_helo=m["client_helo"],
+                protocol=m["protocol"],
+                authenticated_as=m["authenticated_as"],
+                envid=m["envid"],
+                ret=m["ret"],
+                smtputf8=bool(m["smtputf8"]),
+                body_8bit=bool(m["body_8bit"]),
+                content=bodies.get(seq) if content else None,
+            )
+        )
+    return result
+

@@ -1,0 +1,1 @@
+"""The asyncio server: listeners, TLS, AUTH users, and the policy behind every reply."""

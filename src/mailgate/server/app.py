@@ -1,0 +1,155 @@
+"""`mailgate serve`: put the queue, the listeners and local delivery together and run.
+
+With `[server] workers = N > 1` the listening sockets are shared by N processes
+(SO_REUSEPORT), each with its own event loop and its own group-committing writer to the
+one SQLite queue: that is how a Python MTA uses more than one core.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from mailgate.config import Config
+from mailgate.delivery.local import LocalDelivery
+from mailgate.dns import Resolver
+from mailgate.queue.sqlite import SQLiteQueue
+from mailgate.server.listener import SMTPServer
+from mailgate.server.policy import Policy
+from mailgate.server.tls import ensure_self_signed, server_context
+from mailgate.server.users import UserDB
+
+__all__ = ["configure_logging", "run", "serve"]
+
+log = logging.getLogger("mailgate")
+
+
+def configure_logging(level: str) -> None:
+    """One line per decision, Postfix style: `time mailgate[pid]: component: message`."""
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s mailgate[%(process)d]: %(name)s: %(message)s",
+        datefmt="%b %d %H:%M:%S",
+        stream=sys.stderr,
+    )
+
+
+def _tls(config: Config) -> tuple[object, Path, Path]:
+    if config.tls.cert is not None:
+        cert = config.tls.cert
+        key = config.tls.key or cert
+    else:
+        cert, key = ensure_self_signed(config.data_dir, config.hostname)
+    return server_context(cert, key), cert, key
+
+
+def banner(config: Config, server: SMTPServer, cert: Path, workers: int) -> str:
+    lines = [f"mailgate serving as {config.hostname} (pid {os.getpid()}, {workers} worker"
+             f"{'s' if workers != 1 else ''})"]
+    for role, host, port in server.sockets():
+        shown = f"[{host}]" if ":" in host else host
+        what = {"mx": "MX (port 25 role)", "submission": "submission (STARTTLS, AUTH)",
+                "smtps": "submission over implicit TLS"}[role]
+        lines.append(f"  listening  {shown}:{port}  {what}")
+    d = config.data_dir
+    lines += [
+        f"  data       {d}",
+        f"  queue      {d / 'queue.db'} (SQLite, WAL, synchronous=FULL)",
+        f"  maildirs   {d / 'maildir'}/<domain>/<user>/",
+        f"  TLS        {cert}" + (" (self-signed)" if config.tls.cert is None else ""),
+        f"  local      {', '.join(config.domains.local)}"
+        + ("" if config.domains.catch_all else " (known mailboxes only)"),
+        f"  relay from {', '.join(str(n) for n in config.relay.networks) or 'nobody'}"
+        " (others must AUTH on submission)",
+        "  DNS        " + (", ".join(f"{h}:{p}" for h, p in config.dns.nameservers)
+                           or "system resolver"),
+        f"  users      {d / 'users.json'} (add with: mailgate user add NAME)",
+    ]
+    return "\n".join(lines)
+
+
+async def serve(config: Config, *, reuse_port: bool = False, workers: int = 1,
+                ready: Callable[[SMTPServer], None] | None = None,
+                stop: asyncio.Event | None = None) -> None:
+    """Run until SIGTERM/SIGINT (or `stop` is set), then shut down gracefully."""
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    queue = SQLiteQueue(config.data_dir / "queue.db")
+    users = UserDB(config.data_dir / "users.json")
+    resolver = Resolver(nameservers=list(config.dns.nameservers))
+    tls_ctx, cert, _ = _tls(config)
+    policy = Policy(config, resolver, users)
+    local = LocalDelivery(config, queue)
+    local_domains = {d.lower() for d in config.domains.local}
+
+    def on_queued(qid: str, rcpts: list[str]) -> None:
+        if any(r.rpartition("@")[2].lower() in local_domains for r in rcpts):
+            local.wake()
+
+    server = SMTPServer(config, policy, queue.enqueue_async, tls_ctx,  # type: ignore[arg-type]
+                        on_queued=on_queued)
+    await server.start(reuse_port=reuse_port)
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    local_task = loop.create_task(local.run())
+    if ready is not None:
+        ready(server)
+    else:
+        print(banner(config, server, cert, workers), file=sys.stderr, flush=True)
+    await stop.wait()
+    log.info("shutting down: no new connections; finishing messages in flight")
+    await server.shutdown(grace=30.0)
+    local.stop()
+    with contextlib.suppress(asyncio.CancelledError):
+        await asyncio.wait_for(local_task, 30.0)
+    queue.close()
+    log.info("stopped")
+
+
+def _event_loop_policy() -> None:
+    try:
+        import uvloop
+    except ImportError:
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+def run(config: Config) -> int:
+    """Serve with `config.server.workers` processes; return the exit status."""
+    configure_logging(config.log.level)
+    _event_loop_policy()
+    workers = max(1, config.server.workers)
+    if workers == 1:
+        asyncio.run(serve(config))
+        return 0
+    children: list[int] = []
+    for i in range(workers):
+        pid = os.fork()
+        if pid == 0:  # child
+            try:
+                asyncio.run(serve(config, reuse_port=True, workers=workers,
+                                  ready=(lambda s: None) if i else None))
+            finally:
+                os._exit(0)
+        children.append(pid)
+
+    def forward(signum: int, _frame: object) -> None:
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    status = 0
+    for pid in children:
+        _, st = os.waitpid(pid, 0)
+        status = status or os.waitstatus_to_exitcode(st)
+    return status

@@ -1,0 +1,155 @@
+"""The policy: every reply the protocol leaves to the server is decided here, and only here.
+
+The session (mailgate.smtp.server) decides syntax, sequence and limits; this module
+decides who may send what to whom: local domains, relaying, AUTH, null MX (RFC 7505 /
+RFC 7504). Each method returns a Reply to refuse, or None to take the protocol's default
+acceptance. Decisions that need DNS are coroutines; the rest are plain functions so the
+hot path never creates a task.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict, deque
+from dataclasses import dataclass
+
+from mailgate.codes.reply import Reply
+from mailgate.config import Config
+from mailgate.dns import Resolver
+from mailgate.server.users import UserDB
+from mailgate.smtp.address import Address
+from mailgate.smtp.server import AuthAttempt, MailFrom, RcptTo
+
+__all__ = ["ConnectionInfo", "Policy"]
+
+R = Reply.make
+
+RELAY_DENIED = R(554, "5.7.1", "Relay access denied")
+AUTH_REQUIRED = R(530, "5.7.0", "Authentication required")
+SENDER_NULL_MX = R(550, "5.7.27", "Sender address has null MX: its domain accepts no mail, "
+                                  "so no reply or bounce could reach it (RFC 7505)")
+SENDER_DNS_TEMPFAIL = R(451, "4.4.3", "Cannot check the sender domain in DNS now; try again later")
+RECIPIENT_NULL_MX = R(556, "5.1.10", "Recipient address has null MX: its domain accepts no mail "
+                                     "(RFC 7505)")
+UNKNOWN_USER = R(550, "5.1.1", "No such user here")
+AUTH_TOO_MANY = R(421, "4.7.0", "Too many failed authentication attempts, closing connection")
+
+
+@dataclass(slots=True)
+class ConnectionInfo:
+    """What policy knows about one client connection."""
+
+    role: str  # mx | submission | smtps
+    ip: str
+    port: int
+    tls: bool = False
+    helo: str = ""
+    esmtp: bool = False
+    authenticated: str | None = None
+    auth_failures: int = 0
+    tls_version: str = ""
+    tls_cipher: str = ""
+
+    @property
+    def protocol(self) -> str:
+        """The `with` keyword of the Received header (RFC 3848): SMTP, ESMTP[S][A]."""
+        if not self.esmtp:
+            return "SMTP"
+        return "ESMTP" + ("S" if self.tls else "") + ("A" if self.authenticated else "")
+
+
+class Policy:
+    """Decisions for one server (shared by every connection)."""
+
+    # failed AUTH attempts: per connection before 421, per IP within the window
+    AUTH_FAILS_PER_CONNECTION = 3
+    AUTH_FAILS_PER_IP = 10
+    AUTH_FAIL_WINDOW = 600.0
+
+    def __init__(self, config: Config, resolver: Resolver | None, users: UserDB) -> None:
+        self.config = config
+        self.resolver = resolver
+        self.users = users
+        self._auth_fails: dict[str, deque[float]] = defaultdict(deque)
+
+    # --- helpers ------------------------------------------------------------------
+
+    def is_local(self, domain: str) -> bool:
+        return self.config.domains.is_local(domain)
+
+    def may_relay(self, conn: ConnectionInfo) -> bool:
+        return conn.authenticated is not None or self.config.relay.allows(conn.ip)
+
+    def auth_offered(self, role: str) -> bool:
+        """AUTH is for submission; an MX does not take credentials."""
+        return role in ("submission", "smtps")
+
+    # --- decisions ----------------------------------------------------------------
+
+    def mail_from_sync(self, conn: ConnectionInfo, ev: MailFrom) -> Reply | bool | None:
+        """A reply or None when decided at once; True when `mail_from` (DNS) must decide."""
+        if conn.role in ("submission", "smtps") and not self.may_relay(conn):
+            return AUTH_REQUIRED
+        sender = ev.sender
+        if (conn.role == "mx" and self.config.policy.sender_null_mx_check
+                and self.resolver is not None and not sender.is_null
+                and not sender.is_literal and not self.is_local(sender.domain)):
+            return True
+        return None
+
+    async def mail_from(self, conn: ConnectionInfo, ev: MailFrom) -> Reply | None:
+        """The sender null-MX check (RFC 7505 4.2): 550 5.7.27, or 451 4.4.3 on DNS trouble."""
+        assert self.resolver is not None
+        null = await self.resolver.is_null_mx(ev.sender.ascii_domain)
+        if null is None:
+            return SENDER_DNS_TEMPFAIL
+        return SENDER_NULL_MX if null else None
+
+    def rcpt_to_sync(self, conn: ConnectionInfo, ev: RcptTo) -> Reply | bool | None:
+        rcpt = ev.recipient
+        if rcpt.is_postmaster:
+            return None  # RFC 5321 4.5.1: postmaster is always accepted
+        if not rcpt.is_literal and self.is_local(rcpt.domain):
+            return None if self._known_local(rcpt) else UNKNOWN_USER
+        if not self.may_relay(conn):
+            return RELAY_DENIED
+        if (self.config.policy.recipient_null_mx_check and self.resolver is not None
+                and not rcpt.is_literal):
+            return True
+        return None
+
+    async def rcpt_to(self, conn: ConnectionInfo, ev: RcptTo) -> Reply | None:
+        """RFC 7504 / 7505: a relay refuses a null-MX recipient at once with 556 5.1.10.
+
+        A DNS failure is no refusal: the recipient is accepted and delivery decides.
+        """
+        assert self.resolver is not None
+        null = await self.resolver.is_null_mx(ev.recipient.ascii_domain)
+        return RECIPIENT_NULL_MX if null else None
+
+    def _known_local(self, rcpt: Address) -> bool:
+        domains = self.config.domains
+        return (domains.catch_all or domains.has_mailbox(rcpt.local, rcpt.domain)
+                or rcpt.local in self.users)
+
+    def auth_blocked(self, conn: ConnectionInfo, now: float | None = None) -> bool:
+        """Too many recent failures from this IP: refuse before checking the password."""
+        now = time.monotonic() if now is None else now
+        fails = self._auth_fails[conn.ip]
+        while fails and fails[0] < now - self.AUTH_FAIL_WINDOW:
+            fails.popleft()
+        return len(fails) >= self.AUTH_FAILS_PER_IP
+
+    def auth_failed(self, conn: ConnectionInfo, now: float | None = None) -> Reply | None:
+        """Count a failure; a reply that closes the connection when over the limits."""
+        conn.auth_failures += 1
+        self._auth_fails[conn.ip].append(time.monotonic() if now is None else now)
+        if conn.auth_failures >= self.AUTH_FAILS_PER_CONNECTION or self.auth_blocked(conn):
+            return AUTH_TOO_MANY
+        return None
+
+    def check_password(self, ev: AuthAttempt) -> bool:
+        """Blocking (scrypt): run it in a thread."""
+        if ev.authzid and ev.authzid.lower() != ev.username.lower():
+            return False  # no proxy authorization
+        return self.users.verify(ev.username, ev.password)

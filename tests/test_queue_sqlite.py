@@ -1,0 +1,597 @@
+"""The SQLite queue: durability, group commit, full disks, claims and leases, many processes."""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import os
+import re
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mailgate.queue import (
+    Attempt,
+    NewMessage,
+    NewRecipient,
+    NotFound,
+    QueueError,
+    QueueFull,
+    RecipientState,
+)
+from mailgate.queue.sqlite import SCHEMA_VERSION, SQLiteQueue, new_queue_id
+
+QUEUED = RecipientState.QUEUED
+DEFERRED = RecipientState.DEFERRED
+HELD = RecipientState.HELD
+DELIVERED = RecipientState.DELIVERED
+FAILED = RecipientState.FAILED
+
+
+def message(
+    *recipients: str,
+    sender: str = "alice@example.org",
+    content: bytes = b"Subject: hi\r\n\r\nhello\r\n",
+) -> NewMessage:
+    return NewMessage(
+        sender=sender,
+        recipients=[NewRecipient(r) for r in recipients or ("bob@example.net",)],
+        content=content,
+        received_at=1_700_000_000.0,
+        client_address="192.0.2.1",
+        client_helo="client.example.org",
+    )
+
+
+def attempt(outcome: str, code: int = 250, text: str = "ok") -> Attempt:
+    return Attempt(
+        at=time.time(), host="mx.example.net[192.0.2.9]:25", code=code, enhanced="2.0.0",
+        text=text, outcome=outcome,
+    )
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Path:
+    return tmp_path / "queue.db"
+
+
+@pytest.fixture
+def q(db: Path) -> Iterator[SQLiteQueue]:
+    queue = SQLiteQueue(db)
+    yield queue
+    queue.close()
+
+
+def raw_count(db: Path, table: str) -> int:
+    with sqlite3.connect(db) as conn:
+        return int(conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
+
+
+def blocked_writer(queue: SQLiteQueue) -> threading.Event:
+    """Park the writer thread inside a batch until the event is set, so that everything
+    submitted meanwhile lands together in the next batch."""
+    gate = threading.Event()
+    entered = threading.Event()
+
+    def op(conn: sqlite3.Connection) -> None:
+        entered.set()
+        gate.wait(10)
+
+    queue._submit(op, "wait")
+    assert entered.wait(10)
+    return gate
+
+
+# ---------------------------------------------------------------------- ids and storage
+
+
+def test_ids_are_short_file_safe_time_ordered_and_unique() -> None:
+    ids = [new_queue_id(1_700_000_000.0 + i / 1000) for i in range(1000)]
+    assert all(re.fullmatch(r"[0-9a-f]{18}", i) for i in ids)
+    assert len(set(ids)) == 1000
+    assert [i[:12] for i in ids] == sorted(i[:12] for i in ids)
+
+
+def test_enqueue_then_show_returns_everything(q: SQLiteQueue) -> None:
+    msg = NewMessage(
+        sender="alice@example.org",
+        recipients=[
+            NewRecipient("bob@Example.NET", orcpt="rfc822;bob@example.net",
+                         notify=("SUCCESS", "FAILURE")),
+            NewRecipient("carol@example.com", notify=("NEVER",)),
+            NewRecipient("postmaster"),
+        ],
+        content=b"Subject: x\r\n\r\n\xe2\x82\xac\r\n",
+        received_at=1_700_000_123.5,
+        client_address="2001:db8::1",
+        client_helo="mail.example.org",
+        protocol="ESMTPSA",
+        authenticated_as="alice",
+        envid="env-1",
+        ret="HDRS",
+        smtputf8=True,
+        body_8bit=True,
+    )
+    qid = q.enqueue(msg)
+    shown = q.show(qid, content=True)
+    assert shown.id == qid
+    assert (shown.sender, shown.received_at, shown.size) == (msg.sender, msg.received_at, 19)
+    assert (shown.client_address, shown.client_helo, shown.protocol) == (
+        "2001:db8::1", "mail.example.org", "ESMTPSA")
+    assert (shown.authenticated_as, shown.envid, shown.ret) == ("alice", "env-1", "HDRS")
+    assert shown.smtputf8 and shown.body_8bit
+    assert shown.content == msg.content
+    assert [(r.address, r.orcpt, r.notify, r.state, r.attempts) for r in shown.recipients] == [
+        ("bob@Example.NET", "rfc822;bob@example.net", ("SUCCESS", "FAILURE"), QUEUED, 0),
+        ("carol@example.com", None, ("NEVER",), QUEUED, 0),
+        ("postmaster", None, None, QUEUED, 0),
+    ]
+    assert all(r.message_id == qid and r.next_attempt is not None for r in shown.recipients)
+    assert q.show(qid).content is None
+
+
+def test_message_without_recipients_is_refused(q: SQLiteQueue) -> None:
+    with pytest.raises(QueueError, match="no recipients"):
+        q.enqueue(NewMessage(sender="", recipients=[], content=b"x", received_at=0.0))
+
+
+def test_durable_across_reopen(db: Path) -> None:
+    with SQLiteQueue(db) as first:
+        ids = [first.enqueue(message(f"u{i}@example.net")) for i in range(5)]
+    with SQLiteQueue(db) as second:
+        assert [m.id for m in second.list()] == ids[::-1]
+        assert second.show(ids[2], content=True).content == message().content
+        assert second.integrity_check() == ["ok"]
+
+
+def test_pragmas_and_schema_version(q: SQLiteQueue, db: Path) -> None:
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+
+
+def test_newer_schema_is_refused(db: Path) -> None:
+    SQLiteQueue(db).close()
+    with sqlite3.connect(db) as conn:
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    with pytest.raises(QueueError, match="schema version"):
+        SQLiteQueue(db)
+
+
+def test_closed_queue_refuses_work_and_close_is_idempotent(db: Path) -> None:
+    queue = SQLiteQueue(db)
+    queue.close()
+    queue.close()
+    with pytest.raises(QueueError, match="closed"):
+        queue.enqueue(message())
+    with pytest.raises(QueueError, match="closed"):
+        queue.list()
+
+
+def test_close_finishes_writes_already_asked_for(db: Path) -> None:
+    queue = SQLiteQueue(db)
+    gate = blocked_writer(queue)
+    futures = [queue._submit(queue._enqueue_op(message()), "queue") for _ in range(10)]
+    threading.Timer(0.05, gate.set).start()
+    queue.close()
+    ids = [f.result(0) for f in futures]
+    with SQLiteQueue(db) as again:
+        assert {m.id for m in again.list()} == set(ids)
+
+
+# ---------------------------------------------------------------------- crash safety
+
+CHILD = textwrap.dedent(
+    """
+    import sys, threading
+    from mailgate.queue import NewMessage, NewRecipient
+    from mailgate.queue.sqlite import SQLiteQueue
+
+    queue = SQLiteQueue(sys.argv[1])
+    lock = threading.Lock()
+
+    def loop(n):
+        i = 0
+        while True:
+            i += 1
+            qid = queue.enqueue(NewMessage(
+                sender="a@example.org", recipients=[NewRecipient(f"t{n}-{i}@example.net")],
+                content=b"x" * 3000, received_at=0.0))
+            with lock:
+                print(qid, flush=True)
+
+    for n in range(4):
+        threading.Thread(target=loop, args=(n,), daemon=True).start()
+    threading.Event().wait()
+    """
+)
+
+
+def test_sigkill_mid_enqueue_loses_nothing_acknowledged(db: Path) -> None:
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD, str(db)], stdout=subprocess.PIPE, text=True
+    )
+    assert child.stdout is not None
+    printed = []
+    for line in child.stdout:
+        printed.append(line.strip())
+        if len(printed) == 300:
+            break
+    os.kill(child.pid, signal.SIGKILL)
+    printed += [line.strip() for line in child.stdout]  # acknowledged before the kill
+    child.wait()
+    assert child.returncode == -signal.SIGKILL
+    with SQLiteQueue(db) as queue:
+        assert queue.integrity_check() == ["ok"]
+        stored = {m.id for m in queue.list(limit=1_000_000)}
+        assert set(printed) <= stored
+        # Every stored message is whole: recipients and content went in with it.
+        assert raw_count(db, "contents") == raw_count(db, "messages") == len(stored)
+        assert raw_count(db, "recipients") == len(stored)
+
+
+# ---------------------------------------------------------------------- group commit
+
+
+def test_concurrent_async_enqueues_share_commits(q: SQLiteQueue) -> None:
+    before = q.commit_count
+
+    async def main() -> list[str]:
+        return await asyncio.gather(
+            *(q.enqueue_async(message(f"u{i}@example.net")) for i in range(50))
+        )
+
+    ids = asyncio.run(main())
+    assert len(set(ids)) == 50
+    commits = q.commit_count - before
+    assert 1 <= commits <= 10
+    assert q.committed_requests >= 50
+    assert {m.id for m in q.list()} == set(ids)
+
+
+def test_concurrent_thread_enqueues_share_commits(q: SQLiteQueue) -> None:
+    gate = blocked_writer(q)
+    before = q.commit_count
+    with ThreadPoolExecutor(40) as pool:
+        futures = [pool.submit(q.enqueue, message()) for _ in range(40)]
+        deadline = time.monotonic() + 10
+        while q._requests.qsize() < 40 and time.monotonic() < deadline:
+            time.sleep(0.001)
+        gate.set()
+        ids = [f.result() for f in futures]
+    assert len(set(ids)) == 40
+    assert q.commit_count - before == 2  # the parked batch, then one for all 40
+
+
+def test_cancelled_async_enqueue_stores_nothing(q: SQLiteQueue) -> None:
+    async def main() -> None:
+        gate = blocked_writer(q)
+        task = asyncio.create_task(q.enqueue_async(message()))
+        await asyncio.sleep(0)  # the request is now waiting behind the parked batch
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        gate.set()
+        await q.enqueue_async(message("after@example.net"))
+
+    asyncio.run(main())
+    assert [r.address for m in q.list() for r in m.recipients] == ["after@example.net"]
+
+
+# ---------------------------------------------------------------------- full storage
+
+
+def test_full_database_raises_queuefull_and_recovers(db: Path) -> None:
+    big = b"y" * 20_000
+    with SQLiteQueue(db, max_page_count=120) as queue:
+        stored: list[str] = []
+        with pytest.raises(QueueFull, match="database or disk is full"):
+            for _ in range(1000):
+                stored.append(queue.enqueue(message(content=big)))
+        assert len(stored) > 3
+        assert queue.integrity_check() == ["ok"]
+        assert {m.id for m in queue.list(limit=1000)} == set(stored)
+        assert all(queue.show(i, content=True).content == big for i in stored)
+        # A small message may still fit; a big one does not, and it harms nothing.
+        with pytest.raises(QueueFull):
+            queue.enqueue(message(content=big * 3))
+        for qid in stored[:3]:
+            queue.delete(qid)
+        again = queue.enqueue(message(content=big))
+        assert queue.show(again, content=True).content == big
+        assert queue.integrity_check() == ["ok"]
+
+
+def test_one_message_too_big_fails_alone_in_its_batch(db: Path) -> None:
+    with SQLiteQueue(db, max_page_count=60) as queue:
+        gate = blocked_writer(queue)
+        small1 = queue._submit(queue._enqueue_op(message("one@example.net")), "queue")
+        huge = queue._submit(queue._enqueue_op(message(content=b"z" * 1_000_000)), "queue")
+        small2 = queue._submit(queue._enqueue_op(message("two@example.net")), "queue")
+        commits = queue.commit_count
+        gate.set()
+        ids = [small1.result(10), small2.result(10)]
+        with pytest.raises(QueueFull):
+            huge.result(10)
+        assert queue.commit_count == commits + 2  # the parked batch, then the three
+        assert {m.id for m in queue.list()} == set(ids)
+        assert queue.integrity_check() == ["ok"]
+
+
+# ---------------------------------------------------------------------- claims
+
+
+def test_claim_record_and_schedule(q: SQLiteQueue) -> None:
+    qid = q.enqueue(message("a@example.net", "b@example.net", "c@example.com"))
+    now = time.time()
+    (item,) = q.claim(now, limit=10, lease=60)
+    assert item.message.id == qid and item.message.content == message().content
+    assert [r.address for r in item.recipients] == ["a@example.net", "b@example.net",
+                                                    "c@example.com"]
+    assert q.claim(now, limit=10, lease=60) == []  # claimed work is not due
+    a, b, c = item.recipients
+    q.record(a.id, attempt("delivered"), claim_token=item.claim_token)
+    q.record(b.id, attempt("deferred", 451, "try later"), next_attempt=now + 100,
+             claim_token=item.claim_token)
+    q.record(c.id, attempt("failed", 550, "no such user"), claim_token=item.claim_token)
+    shown = q.show(qid)
+    assert [(r.state, r.attempts, r.last_code) for r in shown.recipients] == [
+        (DELIVERED, 1, 250), (DEFERRED, 1, 451), (FAILED, 1, 550)]
+    assert shown.recipients[1].next_attempt == now + 100
+    assert shown.recipients[1].last_text == "try later"
+    assert [(rid, at.outcome) for rid, at in shown.attempts] == [
+        (a.id, "delivered"), (b.id, "deferred"), (c.id, "failed")]
+    assert q.claim(now + 50, limit=10, lease=60) == []
+    (again,) = q.claim(now + 101, limit=10, lease=60)
+    assert [r.id for r in again.recipients] == [b.id]
+    assert len(again.message.recipients) == 3  # the whole message, for DSNs
+    assert q.counts() == {"queued": 0, "deferred": 1, "held": 0, "delivered": 1, "failed": 1}
+
+
+def test_expired_lease_makes_work_due_again(q: SQLiteQueue) -> None:
+    q.enqueue(message())
+    now = time.time()
+    (first,) = q.claim(now, limit=1, lease=10)
+    assert q.claim(now + 9, limit=1, lease=10) == []
+    (second,) = q.claim(now + 11, limit=1, lease=10)  # the first worker "crashed"
+    assert second.claim_token != first.claim_token
+    rid = second.recipients[0].id
+    # The first worker turns out to be alive and defers; the second still holds its claim.
+    q.record(rid, attempt("deferred", 421), next_attempt=now + 12, claim_token=first.claim_token)
+    assert q.claim(now + 15, limit=1, lease=10) == []
+    q.record(rid, attempt("delivered"), claim_token=second.claim_token)
+    assert q.claim(now + 1000, limit=1, lease=10) == []
+    assert q.show(second.message.id).recipients[0].attempts == 2
+
+
+def test_final_state_is_not_undone_by_a_late_report(q: SQLiteQueue) -> None:
+    q.enqueue(message())
+    (item,) = q.claim(time.time(), limit=1, lease=60)
+    rid = item.recipients[0].id
+    q.record(rid, attempt("delivered"))
+    q.record(rid, attempt("deferred", 421), next_attempt=time.time())
+    assert q.show(item.message.id).recipients[0].state is DELIVERED
+    assert q.claim(time.time() + 10, limit=1, lease=60) == []
+
+
+def test_release_gives_work_back(q: SQLiteQueue) -> None:
+    q.enqueue(message())
+    now = time.time()
+    (item,) = q.claim(now, limit=1, lease=600)
+    q.release(item.claim_token)
+    (again,) = q.claim(now, limit=1, lease=600)
+    assert again.recipients[0].attempts == 0
+
+
+def test_claim_takes_oldest_due_messages_up_to_limit(q: SQLiteQueue) -> None:
+    ids = [q.enqueue(message(f"u{i}@example.net")) for i in range(5)]
+    now = time.time()
+    items = q.claim(now, limit=2, lease=60)
+    assert [i.message.id for i in items] == ids[:2]
+    assert len({i.claim_token for i in items}) == 2
+    assert [i.message.id for i in q.claim(now, limit=10, lease=60)] == ids[2:]
+    assert q.claim(now, limit=0, lease=60) == []
+
+
+def test_claim_domain_filters(q: SQLiteQueue) -> None:
+    qid = q.enqueue(message("a@Example.NET", "b@example.com", "c@example.org"))
+    now = time.time()
+    assert q.claim(now, limit=10, lease=60, domains=[]) == []
+    (item,) = q.claim(now, limit=10, lease=60, domains=["EXAMPLE.net"])
+    assert [r.address for r in item.recipients] == ["a@Example.NET"]
+    (item,) = q.claim(now, limit=10, lease=60, exclude_domains=["example.ORG"])
+    assert [r.address for r in item.recipients] == ["b@example.com"]
+    (item,) = q.claim(now, limit=10, lease=60)
+    assert item.message.id == qid and [r.address for r in item.recipients] == ["c@example.org"]
+
+
+def test_record_checks_its_arguments(q: SQLiteQueue) -> None:
+    with pytest.raises(QueueError, match="outcome"):
+        q.record(1, attempt("bounced"))
+    with pytest.raises(QueueError, match="next_attempt"):
+        q.record(1, attempt("deferred"))
+    with pytest.raises(NotFound):
+        q.record(12345, attempt("delivered"))
+
+
+# ---------------------------------------------------------------------- administration
+
+
+def test_hold_release_hold_and_retry(q: SQLiteQueue) -> None:
+    qid = q.enqueue(message("a@example.net", "b@example.net"))
+    other = q.enqueue(message("c@example.net"))
+    now = time.time()
+    assert q.hold(qid) == 2
+    assert q.counts()["held"] == 2
+    (item,) = q.claim(now, limit=10, lease=60)
+    assert item.message.id == other
+    q.record(item.recipients[0].id, attempt("deferred"), next_attempt=now + 3600,
+             claim_token=item.claim_token)
+    assert q.claim(time.time(), limit=10, lease=60) == []
+    assert q.release_hold(qid) == 2
+    assert q.release_hold(qid) == 0
+    assert q.retry(None, time.time()) == 3
+    items = q.claim(time.time(), limit=10, lease=60)
+    assert {i.message.id for i in items} == {qid, other}
+    # A deferral reported for a recipient held meanwhile leaves it held.
+    held = next(i for i in items if i.message.id == qid)
+    assert q.hold(qid) == 2
+    q.record(held.recipients[0].id, attempt("deferred"), next_attempt=now,
+             claim_token=held.claim_token)
+    assert q.show(qid).recipients[0].state is HELD
+    for unknown in (q.hold, q.release_hold, q.delete, q.show):
+        with pytest.raises(NotFound):
+            unknown("000000000000ffffff")
+    with pytest.raises(NotFound):
+        q.retry("000000000000ffffff", now)
+
+
+def test_delete_removes_message_recipients_and_attempts(q: SQLiteQueue, db: Path) -> None:
+    keep = q.enqueue(message())
+    qid = q.enqueue(message("a@example.net", "b@example.net"))
+    for item in q.claim(time.time(), limit=10, lease=60):
+        for r in item.recipients:
+            q.record(r.id, attempt("deferred"), next_attempt=time.time() + 60)
+    q.delete(qid)
+    with pytest.raises(NotFound):
+        q.show(qid)
+    assert [m.id for m in q.list()] == [keep]
+    assert (raw_count(db, "messages"), raw_count(db, "contents"),
+            raw_count(db, "recipients"), raw_count(db, "attempts")) == (1, 1, 1, 1)
+
+
+def test_list_filters_and_pagination(q: SQLiteQueue) -> None:
+    ids = []
+    for i in range(12):
+        sender = "Bob@Example.org" if i % 3 == 0 else "alice@example.org"
+        domain = "example.com" if i % 2 else "example.net"
+        ids.append(q.enqueue(message(f"u{i}@{domain}", sender=sender)))
+    q.hold(ids[4])
+    newest_first = ids[::-1]
+    assert [m.id for m in q.list()] == newest_first
+    assert [m.id for m in q.list(limit=5, offset=5)] == newest_first[5:10]
+    assert [m.id for m in q.list(limit=5, offset=10)] == newest_first[10:]
+    assert all(m.content is None and len(m.recipients) == 1 for m in q.list())
+    by_sender = [m.id for m in q.list(sender="bob@example.ORG")]
+    assert by_sender == [ids[i] for i in (9, 6, 3, 0)]
+    assert [m.id for m in q.list(recipient_domain="EXAMPLE.com", limit=2, offset=1)] == [
+        ids[9], ids[7]]
+    assert [m.id for m in q.list(state=HELD)] == [ids[4]]
+    assert [m.id for m in q.list(state=QUEUED, recipient_domain="example.net",
+                                 sender="bob@example.org")] == [ids[6], ids[0]]
+    assert q.list(state=DELIVERED) == []
+
+
+def test_list_and_claim_queries_use_indexes(
+    q: SQLiteQueue, db: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No query of claim, list, show or record scans a whole table or sorts its matches:
+    both stay fast with 100,000 messages queued."""
+    statements: list[str] = []
+    connect = SQLiteQueue._connect
+
+    def traced(self: SQLiteQueue) -> sqlite3.Connection:
+        conn = connect(self)
+        conn.set_trace_callback(statements.append)
+        return conn
+
+    monkeypatch.setattr(SQLiteQueue, "_connect", traced)
+    with SQLiteQueue(db) as queue:
+        qid = queue.enqueue(message("a@example.net", "b@example.com"))
+        now = time.time()
+        for item in queue.claim(now, limit=5, lease=60, domains=["example.net"],
+                                exclude_domains=["example.org"]):
+            queue.record(item.recipients[0].id, attempt("deferred"), next_attempt=now,
+                         claim_token=item.claim_token)
+        queue.claim(now, limit=5, lease=60)
+        queue.show(qid)
+        queue.list(limit=10, offset=10)
+        queue.list(state=DEFERRED)
+        queue.list(recipient_domain="example.net")
+        queue.list(sender="alice@example.org")
+        queue.list(state=QUEUED, recipient_domain="example.net", sender="alice@example.org")
+        queue.hold(qid)
+        queue.release_hold(qid)
+        queue.retry(qid, now)
+        queue.release("token")
+        queue.delete(qid)
+    checked = 0
+    with sqlite3.connect(db) as conn:
+        for sql in statements:
+            if not re.match(r"\s*(SELECT|UPDATE|DELETE)\b", sql) or "count(*)" in sql:
+                continue
+            plan = [row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + sql)]
+            # show() sorts the attempts of one message: a handful of rows, not the queue.
+            one_message = sql.startswith("SELECT a.* FROM attempts")
+            for step in plan:
+                assert one_message or "TEMP B-TREE" not in step, (sql, plan)
+                assert not re.fullmatch(r"SCAN (recipients|attempts|contents|r|a)", step), (
+                    sql, plan)
+            checked += 1
+    assert checked >= 20
+
+
+# ---------------------------------------------------------------------- many processes
+
+
+def _enqueue_in_process(
+    path: str, tag: str, count: int, start: Any, results: Any, open_first: bool
+) -> None:
+    """Child process: open the queue, wait for the others, enqueue from 8 threads."""
+    if not open_first:
+        start.wait(30)  # race to open (and create) the queue too
+    with SQLiteQueue(path, busy_timeout=30) as queue, ThreadPoolExecutor(8) as pool:
+        if open_first:
+            start.wait(30)
+        futures: list[Future[str]] = [
+            pool.submit(queue.enqueue, message(f"{tag}-{i}@example.net")) for i in range(count)
+        ]
+        results.put([f.result() for f in futures])
+
+
+def run_processes(db: Path, count: int, processes: int, open_first: bool) -> list[str]:
+    ctx = multiprocessing.get_context("spawn")  # no fork: this process runs threads
+    start = ctx.Barrier(processes)
+    results = ctx.Queue()
+    children = [
+        ctx.Process(
+            target=_enqueue_in_process,
+            args=(str(db), f"p{n}", count, start, results, open_first),
+        )
+        for n in range(processes)
+    ]
+    for child in children:
+        child.start()
+    ids = [i for _ in children for i in results.get(timeout=30)]
+    for child in children:
+        child.join(30)
+        assert child.exitcode == 0
+    return ids
+
+
+def test_two_processes_enqueue_at_once(db: Path) -> None:
+    ids = run_processes(db, 300, 2, open_first=True)
+    assert len(ids) == len(set(ids)) == 600
+    with sqlite3.connect(db) as conn:
+        stored = [row[0] for row in conn.execute("SELECT id FROM messages")]
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        addresses = [row[0] for row in conn.execute("SELECT address FROM recipients")]
+    assert sorted(stored) == sorted(ids)
+    assert sorted(addresses) == sorted(f"p{p}-{i}@example.net" for p in (0, 1) for i in range(300))
+
+
+def test_processes_racing_to_create_the_schema(db: Path) -> None:
+    ids = run_processes(db, 5, 3, open_first=False)
+    with SQLiteQueue(db) as queue:
+        assert sorted(m.id for m in queue.list()) == sorted(ids)
+        assert queue.integrity_check() == ["ok"]
