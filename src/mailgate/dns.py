@@ -283,6 +283,26 @@ class Resolver:
             return None
         return answer.status == "data" and _has_null_mx(answer.mx)
 
+    async def host_route(self, host: str) -> Route:
+        """A next hop named directly (a [routes] entry or relayhost in brackets): its own
+        addresses, no MX lookup (like Postfix's `[host]`). An IP address needs no DNS."""
+        host = host.strip().strip("[]")
+        try:
+            ipaddress.ip_address(host.removeprefix("IPv6:"))
+        except ValueError:
+            pass
+        else:
+            return ImplicitMX(host, (host.removeprefix("IPv6:"),))
+        name = _ascii_name(host)
+        if name is None:
+            return PermFail(host, f"{host!r} is not a valid host name", "5.1.3")
+        addresses, failure = await self._addresses(name)
+        if addresses:
+            return ImplicitMX(host, addresses)
+        if failure:
+            return TempFail(host, failure)
+        return PermFail(host, f"the host {name} has no address", "5.4.4")
+
     def clear_cache(self) -> None:
         self._cache.clear()
 

@@ -598,7 +598,29 @@ class SQLiteQueue:
         next_attempt: float | None = None,
         claim_token: str | None = None,
     ) -> None:
-        """Store an attempt and move the recipient on; see `Queue.record`.
+        """Store an attempt and move the recipient on; see `Queue.record`."""
+        self._call(self._record_op(recipient_id, attempt, next_attempt, claim_token),
+                   "record the attempt")
+
+    async def record_async(
+        self,
+        recipient_id: int,
+        attempt: Attempt,
+        next_attempt: float | None = None,
+        claim_token: str | None = None,
+    ) -> None:
+        """`record` without blocking the event loop; concurrent calls share one commit."""
+        op = self._record_op(recipient_id, attempt, next_attempt, claim_token)
+        await asyncio.wrap_future(self._submit(op, "record the attempt"))
+
+    def _record_op(
+        self,
+        recipient_id: int,
+        attempt: Attempt,
+        next_attempt: float | None,
+        claim_token: str | None,
+    ) -> Callable[[sqlite3.Connection], None]:
+        """The write behind `record`.
 
         A recipient already delivered or failed stays so (a late report from a worker
         whose lease ran out must not send it back to the queue), and a held one stays
@@ -679,7 +701,7 @@ class SQLiteQueue:
                 ),
             )
 
-        self._call(op, "record the attempt")
+        return op
 
     def release(self, claim_token: str) -> None:
         """Give claimed work back unchanged: due again at its own next_attempt."""

@@ -12,13 +12,16 @@ import contextlib
 import logging
 import os
 import signal
+import ssl
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
 from mailgate.config import Config
+from mailgate.delivery.engine import DeliveryEngine
 from mailgate.delivery.local import LocalDelivery
 from mailgate.dns import Resolver
+from mailgate.queue import NewMessage
 from mailgate.queue.sqlite import SQLiteQueue
 from mailgate.server.listener import SMTPServer
 from mailgate.server.policy import Policy
@@ -40,7 +43,7 @@ def configure_logging(level: str) -> None:
     )
 
 
-def _tls(config: Config) -> tuple[object, Path, Path]:
+def _tls(config: Config) -> tuple[ssl.SSLContext, Path, Path]:
     if config.tls.cert is not None:
         cert = config.tls.cert
         key = config.tls.key or cert
@@ -85,14 +88,22 @@ async def serve(config: Config, *, reuse_port: bool = False, workers: int = 1,
     tls_ctx, cert, _ = _tls(config)
     policy = Policy(config, resolver, users)
     local = LocalDelivery(config, queue)
-    local_domains = {d.lower() for d in config.domains.local}
 
     def on_queued(qid: str, rcpts: list[str]) -> None:
-        if any(r.rpartition("@")[2].lower() in local_domains for r in rcpts):
+        domains = {r.rpartition("@")[2] for r in rcpts}
+        if any(config.domains.is_local(d) for d in domains):
             local.wake()
+        if any(not config.domains.is_local(d) for d in domains):
+            outbound.wake()
 
-    server = SMTPServer(config, policy, queue.enqueue_async, tls_ctx,  # type: ignore[arg-type]
-                        on_queued=on_queued)
+    async def enqueue(message: NewMessage) -> str:
+        """Queue a message mailgate wrote itself (a bounce) and wake whoever delivers it."""
+        qid = await queue.enqueue_async(message)
+        on_queued(qid, [r.address for r in message.recipients])
+        return qid
+
+    outbound = DeliveryEngine(config, queue, resolver, enqueue)
+    server = SMTPServer(config, policy, queue.enqueue_async, tls_ctx, on_queued=on_queued)
     await server.start(reuse_port=reuse_port)
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -100,6 +111,7 @@ async def serve(config: Config, *, reuse_port: bool = False, workers: int = 1,
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
     local_task = loop.create_task(local.run())
+    outbound_task = loop.create_task(outbound.run())
     if ready is not None:
         ready(server)
     else:
@@ -108,8 +120,12 @@ async def serve(config: Config, *, reuse_port: bool = False, workers: int = 1,
     log.info("shutting down: no new connections; finishing messages in flight")
     await server.shutdown(grace=30.0)
     local.stop()
-    with contextlib.suppress(asyncio.CancelledError):
-        await asyncio.wait_for(local_task, 30.0)
+    outbound.stop()
+    # Work claimed but not finished stays claimed until its lease ends, then is due
+    # again: a restart resumes it (at-least-once), nothing is lost.
+    for task in (local_task, outbound_task):
+        with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+            await asyncio.wait_for(task, 30.0)
     queue.close()
     log.info("stopped")
 
@@ -127,6 +143,7 @@ def run(config: Config) -> int:
     configure_logging(config.log.level)
     _event_loop_policy()
     workers = max(1, config.server.workers)
+    _tls(config)  # make the self-signed certificate once, before any worker needs it
     if workers == 1:
         asyncio.run(serve(config))
         return 0

@@ -1,0 +1,369 @@
+"""The outbound engine: due recipients in other domains go out by SMTP.
+
+Workers claim due work from the queue, group it by destination (domain, or the
+[routes] entry / relayhost that overrides it), resolve where it goes, and hand whole
+batches of messages to one connection (RSET between them is the client session's
+business). Each recipient's outcome is recorded as an attempt: 2xx delivered, 4xx or
+connection trouble deferred on the retry schedule, 5xx failed — and failed recipients
+owe their sender a bounce (RFC 3464), unless the message was itself a bounce.
+
+Null MX (RFC 7505): a recipient whose domain publishes `MX 0 .` is never connected to;
+it fails at once with 556 5.1.10, decided here, and the sender is told.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+import time
+from collections import defaultdict
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+from mailgate.codes.reply import Reply
+from mailgate.config import Config
+from mailgate.delivery.transport import ClientRun, ConnectError, run_client
+from mailgate.dns import MXHost, NullMX, PermFail, Resolver, Route, TempFail
+from mailgate.queue import Attempt, NewMessage, NewRecipient, Queue, Recipient, WorkItem
+from mailgate.smtp.address import Address, parse_path
+from mailgate.smtp.client import (
+    ClientConfig,
+    ClientSession,
+    Envelope,
+    MessageResult,
+)
+from mailgate.smtp.client import Recipient as ClientRecipient
+
+__all__ = ["NULL_MX_REPLY", "DeliveryEngine"]
+
+_RET: dict[str, Literal["FULL", "HDRS"]] = {"FULL": "FULL", "HDRS": "HDRS"}
+# A transient failure before any transaction began: RFC 5321 5.1, try the next MX host.
+_EARLY_STAGES = frozenset({"connection", "greeting", "ehlo", "helo", "starttls", "tls"})
+
+log = logging.getLogger("mailgate.delivery")
+
+NULL_MX_REPLY = Reply.make(556, "5.1.10", "Recipient address has null MX")
+NO_ANSWER = Reply.make(451, "4.4.1", "No answer from any mail host")
+EXPIRED = Reply.make(554, "5.4.7", "Delivery time expired: gave up retrying")
+
+
+@dataclass
+class _Unit:
+    """One message's recipients in one destination."""
+
+    item: WorkItem
+    recipients: list[Recipient]
+
+
+@dataclass
+class _Destination:
+    key: str  # domain, or "route:host:port"
+    domain: str
+    units: list[_Unit] = field(default_factory=list)
+
+
+@dataclass
+class EngineStats:
+    delivered: int = 0
+    deferred: int = 0
+    failed: int = 0
+    bounces: int = 0
+    connections: int = 0
+    messages_per_connection: list[int] = field(default_factory=list)
+
+
+Enqueue = Callable[[NewMessage], Awaitable[str]]
+
+
+class DeliveryEngine:
+    """One asyncio task that keeps the outbound queue moving."""
+
+    LEASE = 900.0
+    BATCH = 500
+    POLL = 5.0  # seconds between looks when nothing woke it (retries come due)
+    MESSAGES_PER_CONNECTION = 100
+
+    def __init__(self, config: Config, queue: Queue, resolver: Resolver,
+                 enqueue: Enqueue | None = None, *, clock: Callable[[], float] = time.time,
+                 tls_context: ssl.SSLContext | None = None) -> None:
+        self.config = config
+        self.queue = queue
+        self.resolver = resolver
+        self.enqueue = enqueue
+        self.clock = clock
+        self.tls_context = tls_context
+        self.local_domains = tuple(config.domains.local)
+        d = config.delivery
+        self._all = asyncio.Semaphore(d.concurrency)
+        self._per_dest: dict[str, asyncio.Semaphore] = defaultdict(
+            lambda: asyncio.Semaphore(d.concurrency_per_destination))
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.stats = EngineStats()
+
+    # --- the loop ---------------------------------------------------------------------
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stopping = True
+        self._wake.set()
+
+    async def run(self) -> None:
+        while not self._stopping:
+            self._wake.clear()
+            items = await asyncio.to_thread(
+                self.queue.claim, self.clock(), self.BATCH, self.LEASE, None,
+                self.local_domains)
+            if items:
+                await self.deliver(items)
+                continue  # more may be due
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.POLL)
+        for task in list(self._tasks):
+            task.cancel()
+
+    async def run_once(self) -> int:
+        """Claim and deliver what is due now; return how many messages were claimed."""
+        items = await asyncio.to_thread(self.queue.claim, self.clock(), self.BATCH, self.LEASE,
+                                        None, self.local_domains)
+        if items:
+            await self.deliver(items)
+        return len(items)
+
+    async def deliver(self, items: Sequence[WorkItem]) -> None:
+        """Deliver claimed work: group by destination, one task per destination."""
+        dests: dict[str, _Destination] = {}
+        for item in items:
+            by_domain: dict[str, list[Recipient]] = defaultdict(list)
+            for r in item.recipients:
+                by_domain[r.address.rpartition("@")[2].lower()].append(r)
+            for domain, rcpts in by_domain.items():
+                key = self._destination_key(domain)
+                dest = dests.setdefault(key, _Destination(key, domain))
+                dest.units.append(_Unit(item, rcpts))
+        await asyncio.gather(*(self._deliver_destination(d) for d in dests.values()))
+
+    def _destination_key(self, domain: str) -> str:
+        route = self.config.route_for(domain)
+        if route is not None:
+            return f"route:{route.host}:{route.port}:{route.mx_lookup}"
+        relay = self.config.delivery.relayhost
+        if relay is not None:
+            return f"relay:{relay.host}:{relay.port}:{relay.mx_lookup}"
+        return domain
+
+    # --- one destination --------------------------------------------------------------
+
+    async def _resolve(self, dest: _Destination) -> tuple[Route, int]:
+        d = self.config.delivery
+        route = self.config.route_for(dest.domain)
+        if route is not None:
+            host, port, mx = route.host, route.port, route.mx_lookup
+        elif d.relayhost is not None:
+            host, port, mx = d.relayhost.host, d.relayhost.port, d.relayhost.mx_lookup
+        else:
+            return await self.resolver.resolve(dest.domain), d.smtp_port
+        if mx:
+            return await self.resolver.resolve(host), port
+        return await self.resolver.host_route(host), port
+
+    async def _deliver_destination(self, dest: _Destination) -> None:
+        route, port = await self._resolve(dest)
+        if isinstance(route, NullMX):
+            # RFC 7505 3: the domain accepts no mail; never connect, fail at once.
+            text = (f"Recipient address has null MX: {route.domain} publishes MX 0 . "
+                    "and accepts no mail (RFC 7505); no connection was attempted")
+            await self._decide_all(dest, Reply.make(556, "5.1.10", text), host="")
+            return
+        if isinstance(route, TempFail | PermFail):
+            reply = route.reply()
+            assert reply is not None
+            await self._decide_all(dest, Reply.make(reply.code, reply.enhanced,
+                                                    f"{reply.text} ({route.reason})"), host="")
+            return
+        hosts: tuple[MXHost, ...] = route.hosts
+        sem = self._per_dest[dest.key]
+        batches = [dest.units[i : i + self.MESSAGES_PER_CONNECTION]
+                   for i in range(0, len(dest.units), self.MESSAGES_PER_CONNECTION)]
+
+        async def one(batch: list[_Unit]) -> None:
+            async with sem, self._all:
+                await self._deliver_batch(dest, hosts, port, batch)
+
+        await asyncio.gather(*(one(b) for b in batches))
+
+    async def _deliver_batch(self, dest: _Destination, hosts: tuple[MXHost, ...], port: int,
+                             units: list[_Unit]) -> None:
+        """Try each MX host (each address) in order until one takes the conversation."""
+        last: Reply = NO_ANSWER
+        last_host = ""
+        pending = units
+        for mx in hosts:
+            for address in mx.addresses:
+                if not pending:
+                    return
+                where = f"{mx.name}[{address}]:{port}"
+                try:
+                    run = await self._converse(mx.name, address, port, pending)
+                except ConnectError as exc:
+                    log.info("connect to %s: %s", where, exc)
+                    last = Reply.make(451, "4.4.1", f"No answer from {where}: {exc}")
+                    last_host = where
+                    continue
+                pending = await self._record_run(run, where, pending)
+                if pending:
+                    # Not a single recipient got past the greeting/EHLO (4xx there, or the
+                    # connection died early): RFC 5321 5.1 says try the next host.
+                    last = _session_failure(run) or NO_ANSWER
+                    last_host = where
+        if pending:
+            await self._decide_units(pending, last, host=last_host, remote=False)
+
+    async def _converse(self, name: str, address: str, port: int,
+                        units: list[_Unit]) -> ClientRun:
+        session = ClientSession(ClientConfig(helo_name=self.config.hostname, tls="may"))
+        messages = []
+        for unit in units:
+            msg = unit.item.message
+            assert msg.content is not None
+            env = Envelope(
+                sender=_path(msg.sender, allow_null=True),
+                recipients=tuple(
+                    ClientRecipient(_path(r.address), notify=r.notify, orcpt=_orcpt(r.orcpt))
+                    for r in unit.recipients),
+                ret=_RET.get(msg.ret or ""), envid=msg.envid, smtputf8=msg.smtputf8,
+            )
+            messages.append((env, msg.content))
+        self.stats.connections += 1
+        run = await run_client(address, port, session, messages,
+                               tls_context=self.tls_context, server_hostname=name)
+        self.stats.messages_per_connection.append(len(run.results))
+        return run
+
+    async def _record_run(self, run: ClientRun, where: str, units: list[_Unit]) -> list[_Unit]:
+        """Record what the conversation decided; return units to try on the next host."""
+        # run_client hands the messages over in order: handles are 1, 2, ...
+        by_handle: dict[int, MessageResult] = {r.handle: r for r in run.results}
+        retry: list[_Unit] = []
+        writes = []
+        for i, unit in enumerate(units):
+            res = by_handle.get(i + 1)
+            if res is None:
+                retry.append(unit)
+                continue
+            early = all(rr.outcome.stage in _EARLY_STAGES and rr.outcome.is_transient
+                        for rr in res.results)
+            if early:
+                retry.append(unit)
+                continue
+            for rcpt, rr in zip(unit.recipients, res.results, strict=True):
+                writes.append(self._decide(unit, rcpt, rr.outcome.reply, where,
+                                           rr.outcome.remote, run.tls))
+        decided = await asyncio.gather(*writes)
+        if "failed" in decided:
+            await self._bounce_units([u for u in units if u not in retry])
+        return retry
+
+    # --- outcomes ---------------------------------------------------------------------
+
+    async def _decide_all(self, dest: _Destination, reply: Reply, host: str) -> None:
+        await self._decide_units(dest.units, reply, host=host, remote=False)
+
+    async def _decide_units(self, units: list[_Unit], reply: Reply, host: str,
+                            remote: bool) -> None:
+        outcomes = await asyncio.gather(*(self._decide(u, r, reply, host, remote, None)
+                                          for u in units for r in u.recipients))
+        if "failed" in outcomes:
+            await self._bounce_units(units)
+
+    async def _decide(self, unit: _Unit, rcpt: Recipient, reply: Reply, host: str,
+                      remote: bool, tls: str | None) -> str:
+        """Record one recipient's attempt; return the outcome (delivered/deferred/failed)."""
+        now = self.clock()
+        msg = unit.item.message
+        next_attempt = None
+        if reply.is_success:
+            outcome = "delivered"
+            self.stats.delivered += 1
+        elif reply.is_permanent:
+            outcome = "failed"
+            self.stats.failed += 1
+        elif now - msg.received_at >= self.config.delivery.max_queue_lifetime:
+            outcome = "failed"  # RFC 5321 4.5.4.1: give up after the queue lifetime
+            reply = Reply.make(EXPIRED.code, EXPIRED.enhanced,
+                               f"{EXPIRED.text}; last: {reply}")
+            self.stats.failed += 1
+        else:
+            outcome = "deferred"
+            next_attempt = now + self.config.delivery.retry_delay(rcpt.attempts + 1)
+            self.stats.deferred += 1
+        log.info("%s: to=<%s>, relay=%s, delay=%.1f, status=%s (%s)", msg.id, rcpt.address,
+                 host or "none", now - msg.received_at,
+                 {"delivered": "sent"}.get(outcome, outcome), reply)
+        attempt = Attempt(at=now, host=host, code=reply.code, enhanced=reply.enhanced,
+                          text=reply.text.replace("\n", " "), outcome=outcome, remote=remote,
+                          tls=tls)
+        record_async = getattr(self.queue, "record_async", None)
+        if record_async is not None:
+            await record_async(rcpt.id, attempt, next_attempt, unit.item.claim_token)
+        else:
+            await asyncio.to_thread(self.queue.record, rcpt.id, attempt, next_attempt,
+                                    unit.item.claim_token)
+        return outcome
+
+    async def _bounce_units(self, units: list[_Unit]) -> None:
+        """One DSN per message for its recipients that failed in this round."""
+        if self.enqueue is None:
+            return
+        from mailgate.delivery.bounce import make_dsn, recipient_from_attempt
+
+        for unit in units:
+            msg = unit.item.message
+            if not msg.sender:
+                for r in unit.recipients:
+                    log.info("%s: a bounce (from <>) failed for <%s>: dropped, never bounced",
+                             msg.id, r.address)
+                continue
+            shown = await asyncio.to_thread(self.queue.show, msg.id, True)
+            failed_ids = {r.id for r in unit.recipients}
+            failed = [r for r in shown.recipients
+                      if r.id in failed_ids and str(r.state) == "failed"]
+            if not failed:
+                continue
+            attempts = dict(shown.attempts)
+            dsn_rcpts = [recipient_from_attempt(r, attempts.get(r.id)) for r in failed]
+            dsn = make_dsn(shown, dsn_rcpts, reporting_mta=self.config.hostname,
+                           kind="failure", now=self.clock())
+            if dsn is None:
+                continue
+            qid = await self.enqueue(NewMessage(
+                sender="", recipients=[NewRecipient(msg.sender)], content=dsn,
+                received_at=self.clock(), client_address="", client_helo=self.config.hostname,
+                protocol="local", smtputf8=msg.smtputf8, body_8bit=msg.body_8bit,
+            ))
+            self.stats.bounces += 1
+            log.info("%s: sender non-delivery notification: %s", msg.id, qid)
+
+
+def _session_failure(run: ClientRun) -> Reply | None:
+    if run.closed is not None and run.closed.reason is not None:
+        return run.closed.reason.reply
+    return None
+
+
+def _path(addr: str, allow_null: bool = False) -> Address:
+    return parse_path(f"<{addr}>", utf8=True, allow_null=allow_null, allow_postmaster=True)
+
+
+def _orcpt(value: str | None) -> tuple[str, str] | None:
+    """The queue keeps ORCPT as `type;address`; the client wants the pair."""
+    if not value or ";" not in value:
+        return None
+    kind, _, addr = value.partition(";")
+    return kind, addr
