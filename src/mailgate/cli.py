@@ -369,5 +369,141 @@ def user_list(config_path: Path | None) -> None:
         click.echo(name)
 
 
+# --- diagnostics: check and probe --------------------------------------------------------
+
+
+def _diag_nameservers(values: tuple[str, ...]) -> list[tuple[str, int]]:
+    """`--nameserver 127.0.0.1:5353` (or `[::1]:53`, or an address alone for port 53)."""
+    import ipaddress
+
+    servers: list[tuple[str, int]] = []
+    for text in values:
+        host, port = text, "53"
+        if text.startswith("["):
+            host, _, rest = text[1:].partition("]")
+            if rest:
+                port = rest.removeprefix(":") if rest.startswith(":") else "x"
+        elif text.count(":") == 1:
+            host, _, port = text.partition(":")
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            fail(f"--nameserver {text!r}: expected an IP address with a port, "
+                 "e.g. 127.0.0.1:5353 or [::1]:53.")
+        if not port.isdigit() or not 0 < int(port) < 65536:
+            fail(f"--nameserver {text!r}: the port must be a number from 1 to 65535.")
+        servers.append((host, int(port)))
+    return servers
+
+
+def _diag_seconds(option: str, text: str) -> float:
+    """A positive number of seconds for `option`, or one line naming the problem (exit 2)."""
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        fail(f"{option} {text!r}: expected a positive number of seconds.")
+    return value
+
+
+_diag_format = click.option("--format", "fmt", type=click.Choice(["text", "json"]),
+                            default="text", show_default=True,
+                            help="Output format; json is described in docs/cli.md.")
+_diag_nameserver = click.option(
+    "--nameserver", "nameservers", multiple=True, metavar="HOST:PORT",
+    help="DNS server to ask (repeatable); default: [dns] nameservers, else the system's.",
+)
+
+
+@main.command()
+@click.argument("domain")
+@_diag_nameserver
+@_config_option
+@click.option("--timeout", "timeout_text", default="5", show_default=True,
+              help="Seconds per DNS lookup.")
+@_diag_format
+@_lang_option
+def check(domain: str, nameservers: tuple[str, ...], config_path: Path | None,
+          timeout_text: str, fmt: str, lang: str | None) -> None:
+    """Where mail for DOMAIN would go, and what that means for delivery.
+
+    Shows the MX hosts with preferences and addresses, an implicit MX, a null MX
+    (RFC 7505), or the DNS failure, each explained; with --config also local domains,
+    [routes] entries and the relayhost.
+    Exit status: 0 deliverable, 1 null MX or permanent failure, 75 temporary failure,
+    2 bad input.
+    """
+    import asyncio
+
+    from mailgate.delivery.diagnose import check as do_check
+    from mailgate.dns import Resolver
+
+    timeout = _diag_seconds("--timeout", timeout_text)
+    config = _load_config(config_path) if config_path is not None else None
+    servers = _diag_nameservers(nameservers)
+    if not servers and config is not None:
+        servers = list(config.dns.nameservers)
+    try:
+        resolver = Resolver(servers, timeout=timeout)
+        report = asyncio.run(do_check(domain, resolver, config))
+    except ValueError as exc:
+        fail(str(exc))
+    sys.stdout.write(report.render(fmt, lang or default_lang()))
+    sys.exit(report.exit_status)
+
+
+@main.command()
+@click.argument("target")
+@click.option("--port", "port_text", default="25", show_default=True,
+              help="Port of the MX hosts (a HOST:PORT target gives its own).")
+@click.option("--from", "mail_from", default=None, metavar="ADDR",
+              help="MAIL FROM address (needs --rcpt; default with --rcpt: <>).")
+@click.option("--rcpt", default=None, metavar="ADDR", help="RCPT TO address to try.")
+@click.option("--starttls/--no-starttls", "starttls", default=None,
+              help="Require STARTTLS / never use it (default: use it when offered).")
+@_diag_nameserver
+@click.option("--helo", default="localhost", show_default=True, help="Name to give in EHLO.")
+@click.option("--timeout", "timeout_text", default="30", show_default=True,
+              help="Seconds to wait for the connection and for each reply.")
+@_diag_format
+@_lang_option
+def probe(target: str, port_text: str, mail_from: str | None, rcpt: str | None,
+          starttls: bool | None, nameservers: tuple[str, ...], helo: str, timeout_text: str,
+          fmt: str, lang: str | None) -> None:
+    """Talk to the mail server of TARGET as a delivery would, without sending a message.
+
+    TARGET is a DOMAIN (its MX hosts are tried in order until one answers), or a host
+    to connect to directly: HOST:PORT, IP, [IP]:PORT. Runs EHLO, STARTTLS, optionally
+    MAIL FROM and RCPT TO, then RSET and QUIT; never DATA. Prints every reply with its
+    explanation and a verdict. A null-MX domain is reported without connecting.
+    Exit status: 0 accepted, 1 refused, 75 temporary failure or no answer, 2 bad input.
+    """
+    import asyncio
+
+    from mailgate.delivery.diagnose import StartTLSPolicy
+    from mailgate.delivery.diagnose import probe as do_probe
+    from mailgate.dns import Resolver
+
+    if not (port_text.isdigit() and 0 < int(port_text) < 65536):
+        fail(f"--port {port_text!r}: the port must be a number from 1 to 65535.")
+    port = int(port_text)
+    timeout = _diag_seconds("--timeout", timeout_text)
+    policy: StartTLSPolicy = "may" if starttls is None else "require" if starttls else "never"
+    servers = _diag_nameservers(nameservers)
+    try:
+        resolver = Resolver(servers, timeout=min(timeout, 5.0))
+        report = asyncio.run(do_probe(
+            target, resolver=resolver, port=port, helo=helo, mail_from=mail_from, rcpt=rcpt,
+            starttls=policy, timeout=timeout,
+        ))
+    except ValueError as exc:
+        fail(str(exc))
+    sys.stdout.write(report.render(fmt, lang or default_lang()))
+    sys.exit(report.exit_status)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -2,7 +2,8 @@
 
 It moves bytes, does the TLS handshake when the session says so, and keeps the clock
 with RFC 5321's per-step timeouts; every protocol decision stays in the session. Used by
-`mailgate send`, `mailgate probe` and the delivery engine.
+`mailgate send` and the delivery engine (`mailgate probe` keeps its own loop, because it
+shows every command and reply).
 """
 
 from __future__ import annotations

@@ -160,6 +160,10 @@ class ClientConfig:
     # every server handles best.
     prefer_bdat: bool = False
     bdat_chunk_size: int = 1024 * 1024
+    # Verify only (`mailgate probe`): every transaction stops after its RCPT replies and is
+    # reset with RSET. No DATA or BDAT is ever sent and the content given to send() is
+    # ignored (no SIZE, no BODY); an accepted recipient's outcome is its RCPT reply.
+    verify_only: bool = False
     # RFC 5321 4.5.3.1.5 says 512 octets; real servers overshoot, so allow a generous cap.
     max_reply_line: int = 4096
     max_reply_lines: int = 128
@@ -807,16 +811,18 @@ class ClientSession:
         """Choose DATA or BDAT, check what the server can take, build MAIL FROM."""
         caps = self.capabilities
         env = msg.envelope
-        use_bdat = self.config.prefer_bdat and caps.chunking
+        verify = self.config.verify_only
+        content = b"" if verify else msg.content
+        use_bdat = self.config.prefer_bdat and caps.chunking and not verify
         if use_bdat:
-            payload = msg.content
+            payload = content
             size = len(payload)
         else:
-            payload = dot_stuff(msg.content)
+            payload = dot_stuff(content)
             size = _stuffed_size(payload)
         refusal: Reply | None = None
         utf8 = env.needs_smtputf8
-        eightbit = not msg.content.isascii()
+        eightbit = not content.isascii()
         if caps.size_limit is not None and size > caps.size_limit:
             refusal = Reply.make(
                 552, "5.3.4",
@@ -834,7 +840,7 @@ class ClientSession:
             ))
             return None
         params: list[str] = []
-        if caps.size:
+        if caps.size and not verify:
             params.append(f"SIZE={size}")
         if eightbit and caps.eightbitmime:
             params.append("BODY=8BITMIME")
@@ -874,7 +880,7 @@ class ClientSession:
         # as DATA's MAIL..DATA / content.
         for i in range(len(txn.results)):
             self._command(self._rcpt_cmd(txn, i), _Exp.RCPT, i)
-        if not txn.use_bdat:
+        if not txn.use_bdat and not self.config.verify_only:
             self._command("DATA", _Exp.DATA)
 
     def _send_chunks(self, txn: _Txn, all_of_them: bool) -> None:
@@ -925,6 +931,8 @@ class ClientSession:
             return
         if reply.is_success:
             txn.accepted.append(i)
+            if self.config.verify_only:  # the RCPT reply is all there will be
+                self._decide(txn, [i], Outcome(reply, True, "rcpt"))
         else:
             self._decide(txn, [i], Outcome(reply, True, "rcpt"))
         pipelined = self._pipelined
@@ -933,8 +941,9 @@ class ClientSession:
                 self._command(self._rcpt_cmd(txn, i + 1), _Exp.RCPT, i + 1)
             return
         # The last RCPT is answered.
-        if not txn.accepted:
-            txn.data_decided = True  # every RCPT refused: a pipelined DATA's reply is moot
+        if not txn.accepted or self.config.verify_only:
+            # Every RCPT refused (a pipelined DATA's reply is moot), or verifying only.
+            txn.data_decided = True
         elif txn.use_bdat:
             self._send_chunks(txn, all_of_them=pipelined)
         elif not pipelined:
@@ -990,8 +999,13 @@ class ClientSession:
                     Reply.make(451, "4.5.0", "No final reply for this recipient"), False, "data"
                 )
         self._emit_result(txn)
-        self._needs_rset = not txn.completed
         self._txn = None
+        if self.config.verify_only:
+            # Verifying leaves no transaction open on the server, whatever comes next.
+            self._needs_rset = False
+            self._command("RSET", _Exp.RSET)
+            return
+        self._needs_rset = not txn.completed
         self._advance()
 
     def _emit_result(self, txn: _Txn) -> None:
