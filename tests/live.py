@@ -31,9 +31,9 @@ def live_config(data_dir: Path, **changes: Any) -> Config:
         listen=(Listener("mx", "127.0.0.1", 0), Listener("submission", "127.0.0.1", 0),
                 Listener("smtps", "127.0.0.1", 0)),
     )
-    policy = dataclasses.replace(base.policy, sender_null_mx_check=False,
-                                 recipient_null_mx_check=False)
-    return dataclasses.replace(base, policy=policy, **changes)
+    changes.setdefault("policy", dataclasses.replace(
+        base.policy, sender_null_mx_check=False, recipient_null_mx_check=False))
+    return dataclasses.replace(base, **changes)
 
 
 class LiveServer:

@@ -34,6 +34,7 @@ from mailgate.smtp.client import (
     ClientSession,
     Envelope,
     MessageResult,
+    Outcome,
 )
 from mailgate.smtp.client import Recipient as ClientRecipient
 
@@ -202,6 +203,7 @@ class DeliveryEngine:
                              units: list[_Unit]) -> None:
         """Try each MX host (each address) in order until one takes the conversation."""
         last: Reply = NO_ANSWER
+        last_remote = False  # whether a server really sent `last` (a 421 greeting did)
         last_host = ""
         pending = units
         for mx in hosts:
@@ -214,16 +216,19 @@ class DeliveryEngine:
                 except ConnectError as exc:
                     log.info("connect to %s: %s", where, exc)
                     last = Reply.make(451, "4.4.1", f"No answer from {where}: {exc}")
+                    last_remote = False
                     last_host = where
                     continue
                 pending = await self._record_run(run, where, pending)
                 if pending:
                     # Not a single recipient got past the greeting/EHLO (4xx there, or the
                     # connection died early): RFC 5321 5.1 says try the next host.
-                    last = _session_failure(run) or NO_ANSWER
+                    failure = _session_failure(run)
+                    last = failure.reply if failure else NO_ANSWER
+                    last_remote = failure.remote if failure else False
                     last_host = where
         if pending:
-            await self._decide_units(pending, last, host=last_host, remote=False)
+            await self._decide_units(pending, last, host=last_host, remote=last_remote)
 
     async def _converse(self, name: str, address: str, port: int,
                         units: list[_Unit]) -> ClientRun:
@@ -351,9 +356,9 @@ class DeliveryEngine:
             log.info("%s: sender non-delivery notification: %s", msg.id, qid)
 
 
-def _session_failure(run: ClientRun) -> Reply | None:
+def _session_failure(run: ClientRun) -> Outcome | None:
     if run.closed is not None and run.closed.reason is not None:
-        return run.closed.reason.reply
+        return run.closed.reason
     return None
 
 

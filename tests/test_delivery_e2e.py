@@ -1,0 +1,522 @@
+"""Delivery end to end through `mailgate serve` (tests/live.py): a relay client hands
+mailgate a message over SMTP, mailgate routes it with real DNS (tests/dnsserver.py) to
+real receiving MTAs on 127.0.0.2 / 127.0.0.3 (aiosmtpd, tests/fakemx.py; and Debian's
+Postfix in one test), and bounces come back into the local sender's Maildir.
+
+Every wait polls with a deadline. The engine looks at the queue every
+`DeliveryEngine.POLL` seconds when nothing woke it; the tests shorten that (a retry
+made due by `mailgate queue retry` from another process wakes nobody), and shorten the
+retry schedule where a test waits for a retry to come due.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import pwd
+import shutil
+import smtplib
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+from mailgate.config import Delivery, DNSConfig
+from mailgate.delivery.engine import DeliveryEngine
+from mailgate.queue import QueuedMessage, Recipient, RecipientState
+from mailgate.queue.sqlite import SQLiteQueue
+from tests.fakemx import DSN, MX1, MX2, FakeMX, FakeMXs, free_port_pair, parse_dsn, wait_until
+from tests.live import LiveServer, live_config
+
+if TYPE_CHECKING:
+    from tests.dnsserver import DNSServer
+
+pytest_plugins = ["tests.dnsserver"]
+
+POSTFIX = Path("/usr/sbin/postfix")
+SENDER = "alice@localhost"
+CONTENT = (b"From: Alice <alice@localhost>\r\nTo: Bob <bob@example.test>\r\n"
+           b"Subject: end to end\r\nDate: Sat, 01 Mar 2025 12:00:00 +0000\r\n"
+           b"Message-ID: <e2e@localhost>\r\n\r\nHello, Bob.\r\n.leading dot\r\n"
+           b"Caf\xc3\xa9 in UTF-8 body.\r\n")
+
+DELIVERED = RecipientState.DELIVERED
+DEFERRED = RecipientState.DEFERRED
+FAILED = RecipientState.FAILED
+
+
+class Mailgate:
+    """A running `mailgate serve` and what a test does with it."""
+
+    def __init__(self, live: LiveServer, tmp_path: Path) -> None:
+        self.live = live
+        self.queue = SQLiteQueue(live.config.data_dir / "queue.db")
+        self.config_file = tmp_path / "mailgate.toml"
+        self.config_file.write_text(f'data_dir = "{live.config.data_dir}"\n')
+
+    def send(self, recipients: list[str], sender: str = SENDER, content: bytes = CONTENT,
+             client: smtplib.SMTP | None = None) -> str:
+        """One message over SMTP (the MX port, from 127.0.0.1: a relay client); its
+        queue id."""
+        if client is None:
+            with smtplib.SMTP("127.0.0.1", self.live.port("mx"), timeout=10) as c:
+                return self.send(recipients, sender, content, c)
+        client.ehlo_or_helo_if_needed()
+        code, text = client.mail(sender)
+        assert code == 250, (code, text)
+        for rcpt in recipients:
+            code, text = client.rcpt(rcpt)
+            assert code == 250, (rcpt, code, text)
+        code, text = client.data(content)
+        assert code == 250 and text.startswith(b"2.0.0 Ok: queued as "), (code, text)
+        return text.split()[-1].decode()
+
+    def recipient(self, qid: str, address: str) -> Recipient:
+        return next(r for r in self.queue.show(qid).recipients if r.address == address)
+
+    def wait(self, qid: str, address: str, state: RecipientState, timeout: float = 10.0
+             ) -> Recipient:
+        def check() -> Recipient | None:
+            r = self.recipient(qid, address)
+            return r if r.state == state else None
+
+        return wait_until(check, timeout, f"<{address}> of {qid} to be {state}")
+
+    def maildir_files(self, user: str = "alice") -> list[Path]:
+        new = self.live.maildir / "localhost" / user / "new"
+        return sorted(new.iterdir()) if new.is_dir() else []
+
+    def wait_dsns(self, n: int, timeout: float = 10.0) -> list[DSN]:
+        """The DSNs in alice's Maildir, once there are `n`; each checked for the trace
+        local delivery adds: a DSN's reverse-path is <> (RFC 3464, RFC 5321 4.5.5)."""
+        def enough() -> list[Path] | None:
+            files = self.maildir_files()
+            return files if len(files) >= n else None
+
+        files = wait_until(enough, timeout, f"{n} DSN(s) in alice's Maildir")
+        assert len(files) == n, files
+        out = []
+        for f in files:
+            data = f.read_bytes()
+            assert data.startswith(b"Return-Path: <>\r\n"), data[:200]
+            out.append(parse_dsn(data))
+        return out
+
+    def messages(self) -> list[QueuedMessage]:
+        return self.queue.list(limit=1000)
+
+    def cli(self, *args: str) -> str:
+        """`mailgate ARGS --config FILE` in its own process, as an administrator runs it."""
+        p = subprocess.run([sys.executable, "-m", "mailgate.cli", *args,
+                            "--config", str(self.config_file)],
+                           capture_output=True, text=True, timeout=60, check=False)
+        assert p.returncode == 0, (p.stdout, p.stderr)
+        return p.stdout
+
+
+@pytest.fixture(scope="module")
+def mx_port() -> int:
+    """The port of every MX host in this module: mailgate's [delivery] smtp_port."""
+    return free_port_pair()
+
+
+@pytest.fixture
+def fake_mx(mx_port: int) -> Iterator[Callable[..., FakeMX]]:
+    with FakeMXs(mx_port) as start:
+        yield start
+
+
+@pytest.fixture
+def mailgate(tmp_path: Path, dns_server: DNSServer, mx_port: int,
+             monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Mailgate]]:
+    """`start(null_check=False, retry=(1.0,))` -> a running `mailgate serve` that asks the
+    test DNS server and delivers to port `mx_port`."""
+    monkeypatch.setattr(DeliveryEngine, "POLL", 0.1)
+    running: list[Mailgate] = []
+
+    def start(null_check: bool = False, retry: tuple[float, ...] = (1.0,)) -> Mailgate:
+        config = live_config(
+            tmp_path / "data",
+            dns=DNSConfig((dns_server.nameserver,)),
+            delivery=Delivery(smtp_port=mx_port, retry_schedule=retry),
+        )
+        config = dataclasses.replace(config, policy=dataclasses.replace(
+            config.policy, recipient_null_mx_check=null_check))
+        live = LiveServer(config).__enter__()
+        running.append(Mailgate(live, tmp_path))
+        return running[-1]
+
+    yield start
+    for m in running:
+        m.live.stop()
+        m.queue.close()
+
+
+def assert_null_mx_dsn(dsn: DSN, address: str, domain: str) -> None:
+    [rcpt] = dsn.recipients
+    assert rcpt["final-recipient"].lower() == f"rfc822; {address}"
+    assert (rcpt["action"], rcpt["status"]) == ("failed", "5.1.10")
+    kind, _, diagnostic = rcpt["diagnostic-code"].partition(";")
+    # A failure mailgate decided itself: its own diagnostic type, not smtp (RFC 3464
+    # 2.3.6), since no remote server sent this reply.
+    assert kind.strip() and kind.strip().lower() != "smtp", rcpt["diagnostic-code"]
+    assert diagnostic.strip().startswith("556 5.1.10 ")
+    assert "null MX" in diagnostic and domain in diagnostic
+    assert "remote-mta" not in rcpt
+
+
+# --- null MX -------------------------------------------------------------------------
+
+
+def test_rcpt_to_a_null_mx_domain_is_refused_556_on_the_spot(
+        mailgate: Callable[..., Mailgate], fake_mx: Callable[..., FakeMX]) -> None:
+    mx1 = fake_mx(MX1)
+    mg = mailgate(null_check=True)
+    with smtplib.SMTP("127.0.0.1", mg.live.port("mx"), timeout=10) as c:
+        c.ehlo("client.test")
+        assert c.mail(SENDER)[0] == 250
+        for refused in ("bob@null.test", "bob@mixed.test", "bob@alias-null.test"):
+            code, text = c.rcpt(refused)
+            assert (code, text[:7]) == (556, b"5.1.10 "), (refused, code, text)
+        assert c.rcpt("carol@one.test")[0] == 250
+        code, text = c.data(CONTENT)
+        assert code == 250, text
+    qid = text.split()[-1].decode()
+    # Only the accepted recipient was queued; it is delivered, and no DSN is owed: the
+    # client was told at once.
+    assert [r.address for r in mg.queue.show(qid).recipients] == ["carol@one.test"]
+    mg.wait(qid, "carol@one.test", DELIVERED)
+    assert mx1.all_rcpts() == ["carol@one.test"]
+    assert mg.maildir_files() == []
+
+
+def test_queued_mail_to_a_null_mx_domain_fails_without_connecting_and_bounces(
+        mailgate: Callable[..., Mailgate], fake_mx: Callable[..., FakeMX],
+        dns_server: DNSServer) -> None:
+    mxs = fake_mx(MX1), fake_mx(MX2)
+    mg = mailgate(null_check=False)  # accepted at RCPT: delivery must decide
+    qid = mg.send(["bob@null.test"])
+    r = mg.wait(qid, "bob@null.test", FAILED)
+    assert (r.last_code, r.last_enhanced) == (556, "5.1.10")
+    [dsn] = mg.wait_dsns(1)
+    assert_null_mx_dsn(dsn, "bob@null.test", "null.test")
+    assert [mx.connections for mx in mxs] == [0, 0]
+    assert dsn.returned is not None and dsn.returned["Message-ID"] == "<e2e@localhost>"
+
+
+def test_null_mx_published_after_acceptance(
+        mailgate: Callable[..., Mailgate], fake_mx: Callable[..., FakeMX],
+        dns_server: DNSServer) -> None:
+    mxs = fake_mx(MX1), fake_mx(MX2)
+    dns_server.servfail.add("later.test")
+    mg = mailgate(null_check=True, retry=(0.3,))  # DNS trouble at RCPT: no refusal
+    qid = mg.send(["bob@later.test"])
+    r = mg.wait(qid, "bob@later.test", DEFERRED)
+    assert (r.last_code, r.last_enhanced) == (451, "4.4.3")
+    # The owner publishes a null MX while the message waits (data first, so no retry
+    # in between can see the name without records).
+    dns_server.add("later.test. MX 0 .")
+    dns_server.servfail.discard("later.test")
+    r = mg.wait(qid, "bob@later.test", FAILED)
+    assert (r.last_code, r.last_enhanced) == (556, "5.1.10") and r.attempts >= 2
+    [dsn] = mg.wait_dsns(1)
+    assert_null_mx_dsn(dsn, "bob@later.test", "later.test")
+    assert [mx.connections for mx in mxs] == [0, 0]
+
+
+# --- MX hosts, retries, bounces ------------------------------------------------------
+
+
+def test_first_mx_down_delivers_to_the_second(
+        mailgate: Callable[..., Mailgate], fake_mx: Callable[..., FakeMX], mx_port: int
+        ) -> None:
+    mx2 = fake_mx(MX2)  # pref.test: MX 10 mx1.test (nothing listens), MX 20 mx2.test
+    mg = mailgate()
+    qid = mg.send(["bob@pref.test"])
+    mg.wait(qid, "bob@pref.test", DELIVERED)
+    [got] = mx2.received
+    assert got.rcpt_tos == ("bob@pref.test",) and got.mail_from == SENDER
+    assert got.content.endswith(CONTENT)  # after mailgate's Received header
+    [(_, attempt)] = mg.queue.show(qid).attempts
+    assert attempt.host == f"mx2.test[{MX2}]:{mx_port}"
+
+
+def test_450_is_deferred_then_delivered_after_queue_retry(
+        mailgate: Callable[..., Mailgate], fake_mx: Callable[..., FakeMX]) -> None:
+    mx1 = fake_mx(MX1)
+    mx1.once("bob@one.test", "450 4.2.1 Mailbox busy, try again later")
+    mg = mailgate(retry=(3600.0,))  # only `queue retry` brings it back today
+    qid = mg.send(["bob@one.test"])
+    r = mg.wait(qid, "bob@one.test", DEFERRED)
+    assert (r.last_code, r.last_enhanced, r.attempts) == (450, "4.2.1", 1)
+    assert r.next_attempt is not None and r.next_attempt > time.time() + 3000
+    assert "1 recipient(s) due now" in mg.cli("queue", "retry", qid)
+    r = mg.wait(qid, "bob@one.test", DELIVERED)
+    assert r.attempts == 2 and mx1.all_rcpts() == ["bob@one.test"]
+    assert mg.maildir_files() == []
+
+
+def test_421_is_deferred_then_delivered_when_the_retry_comes_due(
+        mailgate: Callable[..., Mailgate], fake_mx: Callable[..., FakeMX]) -> None:
+    mx1 = fake_mx(MX1)
+    mx1.once("bob@one.test", "421 4.3.2 Going down for maintenance")
+    mg = mailgate(retry=(0.3,))
+    qid = mg.send(["bob@one.test"])
+    r = mg.wait(qid, "bob@one.test", DEFERRED)
+    assert (r.last_code, r.last_enhanced) == (421, "4.3.2")
+    r = mg.wait(qid, "bob@one.test", DELIVERED, timeout=5.0)
+    assert r.attempts == 2 and mx1.connections == 2
+
+
+def test_550_for_one_of_two_recipients_bounces_only_that_one_in_one_dsn(
+        mailgate: Callable[..., Mailgate], fake_mx: Callable[..., FakeMX]) -> None:
+    mx1 = fake_mx(MX1)
+    mg = mailgate()
+    qid = mg.send(["bob@one.test", "refuse-550@one.test"])
+    mg.wait(qid, "bob@one.test", DELIVERED)
+    mg.wait(qid, "refuse-550@one.test", FAILED)
+    assert mx1.all_rcpts() == ["bob@one.test"]
+    [dsn] = mg.wait_dsns(1)
+    [rcpt] = dsn.recipients
+    assert rcpt["final-recipient"].lower() == "rfc822; refuse-550@one.test"
+    assert (rcpt["action"], rcpt["status"]) == ("failed", "5.1.1")
+    assert rcpt["remote-mta"].lower() == "dns; mx1.test"
+    assert rcpt["diagnostic-code"] == "smtp; 550 5.1.1 No such user here"
+    assert dsn.per_message["reporting-mta"].lower() == "dns; localhost"
+    # One DSN, queued when the message's round ended: the queue holds it and the
+    # original, nothing else.
+    assert sorted(m.id == qid for m in mg.messages()) == [False, True]
+
+
+def test_local_and_remote_recipients_of_one_message(
+        mailgate: Callable[..., Mailgate], fake_mx: Callable[..., FakeMX]) -> None:
+    mx1 = fake_mx(MX1)
+    mg = mailgate()
+    qid = mg.send(["bob@localhost", "carol@one.test", "refuse-550@one.test"])
+    for address, state in (("bob@localhost", DELIVERED), ("carol@one.test", DELIVERED),
+                           ("refuse-550@one.test", FAILED)):
+        mg.wait(qid, address, state)
+    [copy] = mg.maildir_files("bob")
+    assert copy.read_bytes().endswith(CONTENT)
+    assert mx1.all_rcpts() == ["carol@one.test"]
+    [dsn] = mg.wait_dsns(1)
+    assert [r["final-recipient"] for r in dsn.recipients] == ["rfc822; refuse-550@one.test"]
+
+
+def test_a_failing_message_from_the_null_sender_is_not_bounced(
+        mailgate: Callable[..., Mailgate], fake_mx: Callable[..., FakeMX]) -> None:
+    fake_mx(MX1)
+    mg = mailgate()
+    null = mg.send(["refuse-550@one.test"], sender="")
+    mg.wait(null, "refuse-550@one.test", FAILED)
+    # A failing message from alice, after it: its DSN arriving shows the engine is past
+    # the first message, and anything that message owed would be queued by now.
+    other = mg.send(["refuse-552@one.test"])
+    mg.wait(other, "refuse-552@one.test", FAILED)
+    [dsn] = mg.wait_dsns(1)
+    assert dsn.recipients[0]["final-recipient"].lower() == "rfc822; refuse-552@one.test"
+    messages = {m.id: m for m in mg.messages()}
+    bounces = [m for i, m in messages.items() if i not in (null, other)]
+    assert len(messages) == 3 and len(bounces) == 1, messages
+    assert bounces[0].sender == "" and [r.address for r in bounces[0].recipients] == [SENDER]
+
+
+def test_twenty_messages_to_one_destination_go_over_few_connections(
+        mailgate: Callable[..., Mailgate], fake_mx: Callable[..., FakeMX]) -> None:
+    # A slow server: the first connection waits at EHLO until all 20 messages are
+    # queued, so whatever the first claim missed is due at once for the next.
+    gate = threading.Event()
+    mx1 = fake_mx(MX1, ehlo_gate=gate)
+    mg = mailgate()
+    with smtplib.SMTP("127.0.0.1", mg.live.port("mx"), timeout=10) as c:
+        ids = [mg.send([f"user{i}@one.test"], client=c) for i in range(20)]
+    gate.set()
+    for i, qid in enumerate(ids):
+        mg.wait(qid, f"user{i}@one.test", DELIVERED)
+    assert len(mx1.received) == 20
+    assert mx1.connections in (1, 2), mx1.connections  # not one per message
+    per_connection = [sum(1 for m in mx1.received if m.connection == n)
+                      for n in range(1, mx1.connections + 1)]
+    assert sum(per_connection) == 20 and min(per_connection) >= 1, per_connection
+
+
+# --- Postfix as the receiving MX -----------------------------------------------------
+
+
+MASTER_CF = """\
+{address} inet n - n - - smtpd
+pickup    unix  n - n 60 1 pickup
+cleanup   unix  n - n -  0 cleanup
+qmgr      unix  n - n 300 1 qmgr
+rewrite   unix  - - n -  - trivial-rewrite
+bounce    unix  - - n -  0 bounce
+defer     unix  - - n -  0 bounce
+trace     unix  - - n -  0 bounce
+verify    unix  - - n -  1 verify
+flush     unix  n - n 1000? 0 flush
+proxymap  unix  - - n -  - proxymap
+smtp      unix  - - n -  - smtp
+relay     unix  - - n -  - smtp
+showq     unix  n - n -  - showq
+error     unix  - - n -  - error
+retry     unix  - - n -  - error
+discard   unix  - - n -  - discard
+local     unix  - n n -  - local
+virtual   unix  - n n -  - virtual
+anvil     unix  - - n -  1 anvil
+scache    unix  - - n -  1 scache
+postlog   unix-dgram n - n - 1 postlogd
+"""
+
+MAIN_CF = """\
+compatibility_level = 3.6
+queue_directory = {root}/spool
+data_directory = {root}/data
+mail_owner = postfix
+setgid_group = postdrop
+myhostname = postfix.test
+mydomain = postfix.test
+myorigin = postfix.test
+mydestination =
+inet_interfaces = loopback-only
+inet_protocols = ipv4
+mynetworks = 127.0.0.0/8
+relay_domains =
+local_recipient_maps =
+alias_maps =
+alias_database =
+local_header_rewrite_clients =
+smtpd_peername_lookup = no
+virtual_mailbox_domains = pf.test
+virtual_mailbox_base = {root}/mail
+virtual_mailbox_maps = texthash:{root}/etc/vmailbox
+virtual_minimum_uid = 1
+virtual_uid_maps = static:{uid}
+virtual_gid_maps = static:{gid}
+maillog_file_prefixes = {root}
+maillog_file = {root}/maillog
+smtputf8_enable = no
+biff = no
+"""
+
+
+class Postfix:
+    """A private Postfix instance: `postfix -c DIR start`, its smtpd on one address.
+
+    Postfix's daemons run as the `postfix` user and must reach the queue and data
+    directories, which pytest's tmp_path (mode 0700, root's) does not allow: the instance
+    lives in a directory of its own under the system temp directory, removed on stop.
+    Mail for `pf.test` goes into a Maildir, `<root>/mail/pf.test/<user>/`, by virtual(8)
+    (which refuses uid 0: it delivers as the postfix user).
+    """
+
+    def __init__(self, address: str, port: int, users: tuple[str, ...]) -> None:
+        self.address = f"{address}:{port}"
+        self.users = users
+        self.root = Path(tempfile.mkdtemp(prefix="mailgate-postfix-"))
+        self.etc = self.root / "etc"
+
+    def _run(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(POSTFIX), "-c", str(self.etc), *args], capture_output=True,
+                              text=True, timeout=60, check=False)
+
+    def log(self) -> str:
+        path = self.root / "maillog"
+        return path.read_text(errors="replace") if path.exists() else "(no maillog)"
+
+    def start(self) -> Postfix:
+        if not POSTFIX.exists():
+            pytest.fail(f"Postfix is not installed ({POSTFIX} is missing): install the Debian "
+                        "package `postfix` (.ci/run does)")
+        if os.geteuid() != 0:
+            pytest.fail("a private Postfix instance needs root (its master runs as root and "
+                        "its daemons as the postfix user); run the tests as root")
+        try:
+            owner = pwd.getpwnam("postfix")
+        except KeyError:
+            pytest.fail("there is no `postfix` user: the Debian package `postfix` creates it")
+        self.root.chmod(0o755)
+        closed = [d for d in self.root.parents if not d.stat().st_mode & 0o001]
+        if closed:
+            pytest.fail(f"Postfix's daemons (user postfix) cannot reach {self.root}: "
+                        f"{closed[0]} is not searchable by others; set TMPDIR to a directory "
+                        "they can reach, such as /tmp")
+        for sub in ("etc", "spool", "data", "mail"):
+            (self.root / sub).mkdir()
+        for sub in ("data", "mail"):
+            os.chown(self.root / sub, owner.pw_uid, owner.pw_gid)
+        (self.etc / "main.cf").write_text(MAIN_CF.format(
+            root=self.root, uid=owner.pw_uid, gid=owner.pw_gid))
+        (self.etc / "master.cf").write_text(MASTER_CF.format(address=self.address))
+        (self.etc / "vmailbox").write_text(
+            "".join(f"{u}@pf.test pf.test/{u}/\n" for u in self.users))
+        p = self._run("start")
+        if p.returncode != 0:
+            pytest.fail(f"Postfix did not start (exit {p.returncode}): {p.stdout}{p.stderr}\n"
+                        f"{self.log()}")
+        host, port = self.address.rsplit(":", 1)
+
+        def listening() -> bool:
+            try:
+                with smtplib.SMTP(host, int(port), timeout=2) as c:
+                    return c.noop()[0] == 250
+            except OSError:
+                return False
+
+        try:
+            wait_until(listening, 10, f"Postfix's smtpd on {self.address}")
+        except AssertionError as exc:
+            pytest.fail(f"{exc}\n{self.log()}")
+        return self
+
+    def maildir(self, user: str) -> Path:
+        return self.root / "mail" / "pf.test" / user / "new"
+
+    def stop(self) -> None:
+        self._run("stop")
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+@pytest.fixture
+def postfix(mx_port: int) -> Iterator[Postfix]:
+    """Postfix on 127.0.0.3 (mx2.test) at the MX port, taking mail for bob@pf.test."""
+    pf = Postfix(MX2, mx_port, ("bob",)).start()
+    yield pf
+    pf.stop()
+
+
+def test_postfix_receives_the_message_byte_for_byte(
+        mailgate: Callable[..., Mailgate], postfix: Postfix, dns_server: DNSServer,
+        mx_port: int) -> None:
+    dns_server.add("pf.test. MX 10 mx2.test.")
+    mg = mailgate()
+    qid = mg.send(["bob@pf.test"])
+    queued = mg.queue.show(qid, content=True).content
+    assert queued is not None and queued.endswith(CONTENT)
+    r = mg.wait(qid, "bob@pf.test", DELIVERED)
+    assert r.last_code == 250 and r.last_enhanced == "2.0.0", r
+    assert r.last_text is not None and "queued as" in r.last_text
+    [(_, attempt)] = mg.queue.show(qid).attempts
+    assert attempt.host == f"mx2.test[{MX2}]:{mx_port}" and attempt.remote
+    try:
+        [box] = wait_until(lambda: list(postfix.maildir("bob").glob("*")), 10,
+                           "the message in Postfix's Maildir")
+    except AssertionError as exc:
+        pytest.fail(f"{exc}\n{postfix.log()}")
+    data = box.read_bytes()
+    # A Maildir file has LF line ends; Postfix puts its own headers first (Return-Path,
+    # X-Original-To, Delivered-To, its Received); everything after is mailgate's
+    # message as queued (mailgate's Received header, then what the client sent).
+    expected = queued.replace(b"\r\n", b"\n")
+    assert data.endswith(expected), (data, expected)
+    added = data[: len(data) - len(expected)].decode()
+    names = [line.split(":", 1)[0] for line in added.splitlines() if not line[:1].isspace()]
+    assert names == ["Return-Path", "X-Original-To", "Delivered-To", "Received"], added
+    assert added.startswith(f"Return-Path: <{SENDER}>\n")
+    assert "by postfix.test (Postfix)" in added
