@@ -40,6 +40,7 @@ import dns.rdatatype
 import dns.resolver
 from dns.rdtypes.ANY.MX import MX
 
+from mailgate import metrics
 from mailgate.codes.reply import Reply
 
 __all__ = [
@@ -398,6 +399,7 @@ class Resolver:
     async def _lookup(self, name: str, rdtype: dns.rdatatype.RdataType) -> _Answer:
         self.queries += 1
         answer = await self._ask(name, rdtype)
+        metrics.dns_lookup(answer.status)
         ttl = self._tempfail_ttl if answer.status == "error" else answer.ttl
         if ttl > 0:
             if len(self._cache) >= self._cache_size:

@@ -23,6 +23,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
+from mailgate import metrics
 from mailgate.codes.reply import Reply
 from mailgate.config import Config
 from mailgate.delivery.transport import ClientRun, ConnectError, run_client
@@ -311,6 +312,7 @@ class DeliveryEngine:
         log.info("%s: to=<%s>, relay=%s, delay=%.1f, status=%s (%s)", msg.id, rcpt.address,
                  host or "none", now - msg.received_at,
                  {"delivered": "sent"}.get(outcome, outcome), reply)
+        metrics.delivery(outcome, reply.code, now - msg.received_at)
         attempt = Attempt(at=now, host=host, code=reply.code, enhanced=reply.enhanced,
                           text=reply.text.replace("\n", " "), outcome=outcome, remote=remote,
                           tls=tls)

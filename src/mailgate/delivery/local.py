@@ -13,6 +13,7 @@ import logging
 import time
 from pathlib import Path
 
+from mailgate import metrics
 from mailgate.config import Config
 from mailgate.delivery.maildir import MaildirError, deliver
 from mailgate.queue import Attempt, Queue, WorkItem
@@ -76,6 +77,7 @@ class LocalDelivery:
                 delay = self.config.delivery.retry_delay(failures)
                 log.error("%s: to=<%s>, relay=local, status=deferred (%s)", msg.id,
                           rcpt.address, exc)
+                metrics.delivery("deferred", 451)
                 self.queue.record(
                     rcpt.id,
                     Attempt(at=now, host="maildir", code=451, enhanced="4.3.0",
@@ -92,5 +94,6 @@ class LocalDelivery:
                 claim_token=item.claim_token,
             )
             self.delivered += 1
+            metrics.delivery("delivered", 250, now - msg.received_at)
             log.info("%s: to=<%s>, relay=local, delay=%.2f, status=sent (delivered to maildir)",
                      msg.id, rcpt.address, now - msg.received_at)

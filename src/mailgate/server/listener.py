@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import cast
 
+from mailgate import metrics
 from mailgate.codes.reply import Reply
 from mailgate.config import Config, Listener
 from mailgate.queue import NewMessage, NewRecipient, QueueFull, new_queue_id
@@ -54,6 +55,21 @@ QUEUE_ERROR = Reply.make(451, "4.3.0", "Local error in processing, try again lat
 TLS_FAILED = Reply.make(454, "4.7.0", "TLS not available due to temporary reason")
 
 Enqueue = Callable[[NewMessage], Awaitable[str]]
+
+
+class _MetricsObserver:
+    """Feeds every session's commands and replies to the process's metrics."""
+
+    __slots__ = ()
+
+    def command(self, verb: str) -> None:
+        metrics.command(verb)
+
+    def reply(self, code: int) -> None:
+        metrics.reply_sent(code)
+
+
+_OBSERVER = _MetricsObserver()
 
 
 @dataclass
@@ -153,7 +169,8 @@ class SMTPConnection(asyncio.Protocol):
         self.server = server
         self.role = role
         self.transport: asyncio.Transport | None = None
-        self.session = ServerSession(server._session_configs[role], tls_active=role == "smtps")
+        self.session = ServerSession(server._session_configs[role], tls_active=role == "smtps",
+                                     observer=_OBSERVER)
         self.info = ConnectionInfo(role=role, ip="", port=0, tls=role == "smtps")
         self._waiting = False
         self._paused = False
@@ -164,6 +181,10 @@ class SMTPConnection(asyncio.Protocol):
         self._pending_rcpt: RcptTo | None = None
         self._last_activity = 0.0
         self._timer: asyncio.TimerHandle | None = None
+        # While start_tls() runs, data_received is fed by the TLS layer: it may hand over
+        # the client's first encrypted command (sent with its Finished, as GnuTLS does)
+        # before start_tls() returns. Kept here and given to the session after the reset.
+        self._tls_early: bytearray | None = None
 
     # --- asyncio.Protocol ---------------------------------------------------------
 
@@ -181,6 +202,7 @@ class SMTPConnection(asyncio.Protocol):
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         srv.stats.connections_total += 1
+        metrics.connection_opened()
         limits = srv.config.limits
         refusal = None
         if srv.closing:
@@ -194,6 +216,7 @@ class SMTPConnection(asyncio.Protocol):
             transport.write(refusal.to_bytes(enhanced=False))
             self._closed = True
             transport.close()
+            metrics.connection_closed()
             return
         srv.connections.add(self)
         srv.per_ip[self.info.ip] = srv.per_ip.get(self.info.ip, 0) + 1
@@ -204,6 +227,9 @@ class SMTPConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self._last_activity = time.monotonic()
+        if self._tls_early is not None:
+            self._tls_early += data
+            return
         self.session.receive_data(data)
         if not self._waiting:
             self._pump()
@@ -222,6 +248,7 @@ class SMTPConnection(asyncio.Protocol):
             self._timer.cancel()
         srv = self.server
         if self in srv.connections:
+            metrics.connection_closed()
             srv.connections.discard(self)
             n = srv.per_ip.get(self.info.ip, 1) - 1
             if n:
@@ -343,6 +370,7 @@ class SMTPConnection(asyncio.Protocol):
             elif t is Reset or t is MessageAborted:
                 if isinstance(ev, MessageAborted):
                     self.server.stats.refused += 1
+                    metrics.message_refused()
                     log.info("message refused for %s[%s]: %s", self.info.helo, self.info.ip,
                              ev.reply)
                 self._reset_envelope()
@@ -446,8 +474,10 @@ class SMTPConnection(asyncio.Protocol):
         except QueueFull as exc:
             log.error("queue full, refusing message from [%s]: %s", self.info.ip, exc)
             srv.stats.refused += 1
+            metrics.message_refused()
             return QUEUE_FULL
         srv.stats.accepted += 1
+        metrics.message_accepted()
         rcpts = [r.address for r in msg.recipients]
         log.info("%s: from=<%s>, size=%d, nrcpt=%d, client=%s[%s], proto=%s%s", qid,
                  msg.sender, len(content), len(rcpts), self.info.helo, self.info.ip,
@@ -480,6 +510,9 @@ class SMTPConnection(asyncio.Protocol):
 
         async def handshake() -> None:
             loop = asyncio.get_running_loop()
+            # Plaintext pipelined after STARTTLS reached the session before this point and
+            # was discarded; from here on only the TLS layer calls data_received.
+            self._tls_early = bytearray()
             try:
                 new = await loop.start_tls(transport, self, ctx, server_side=True,
                                            ssl_handshake_timeout=30.0)
@@ -488,12 +521,16 @@ class SMTPConnection(asyncio.Protocol):
                 self._closed = True
                 transport.abort()
                 return
+            finally:
+                early, self._tls_early = self._tls_early, None
             if new is None or self._closed:
                 return
             self.transport = new
             self.info.tls = True
             self._note_tls(new)
             self.session.tls_established()
+            if early:
+                self.session.receive_data(bytes(early))
             self._waiting = False
             self._pump()
 

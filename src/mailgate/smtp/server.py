@@ -26,7 +26,7 @@ import re
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import ClassVar, Final, Literal
+from typing import ClassVar, Final, Literal, Protocol
 
 from mailgate.codes.reply import Reply
 from mailgate.smtp import replies as R
@@ -58,8 +58,17 @@ __all__ = [
     "ServerSession",
     "SessionClosed",
     "SessionConfig",
+    "SessionObserver",
     "StartTLS",
 ]
+
+
+class SessionObserver(Protocol):
+    """Counts what a session does (metrics); called synchronously, so keep it cheap."""
+
+    def command(self, verb: str) -> None: ...
+
+    def reply(self, code: int) -> None: ...
 
 
 class ProtocolUsageError(RuntimeError):
@@ -242,8 +251,10 @@ _HELO_RE = re.compile(r"[\x21-\x7e\u0080-\U0010ffff]+\Z")
 class ServerSession:
     """One SMTP server conversation. See the module docstring for the calling pattern."""
 
-    def __init__(self, config: SessionConfig | None = None, *, tls_active: bool = False) -> None:
+    def __init__(self, config: SessionConfig | None = None, *, tls_active: bool = False,
+                 observer: SessionObserver | None = None) -> None:
         self.config = config or SessionConfig()
+        self._observer = observer
         self.tls_active = tls_active  # implicit TLS (RFC 8314) starts with it on
         self._phase = _Phase.START
         self._in = bytearray()
@@ -404,6 +415,8 @@ class ServerSession:
             if len(self._wire) < 64:
                 self._wire[key] = wire
         self._out += wire
+        if self._observer is not None:
+            self._observer.reply(reply.code)
         if reply.code == 421:
             # 421 always closes the channel (RFC 5321 3.8), whoever chose to send it.
             if self._phase is not _Phase.CLOSED:
@@ -487,6 +500,8 @@ class ServerSession:
     def _command(self, line: str) -> None:
         verb, _, arg = line.partition(" ")
         verb = verb.upper()
+        if self._observer is not None:
+            self._observer.command(verb)
         if self._shutting_down:
             self._close(R.SHUTDOWN)
             return

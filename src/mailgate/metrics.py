@@ -1,0 +1,179 @@
+"""Prometheus metrics: what the server, delivery and DNS count (`/metrics` is web/metrics.py).
+
+The metrics live in a `CollectorRegistry` of this module (one per process), not in
+prometheus-client's global default registry, so nothing else that registers there
+(a library, a test) shows up in or collides with mailgate's metrics.
+
+The server, the delivery engine and the resolver call these helpers; each is a
+dictionary look-up of a pre-bound child and an increment, cheap enough for the hot
+path (no label dictionaries built, no string formatting per call for known labels):
+
+    connection_opened()                 # a client connected: open +1, total +1
+    connection_closed()                 # it went away: open -1
+    command(verb)                       # one SMTP command received ("EHLO", "MAIL", ...)
+    reply_sent(code)                    # one reply sent, by basic code (250, 550, ...)
+    message_accepted()                  # a message queued (250 after DATA/BDAT)
+    message_refused()                   # a message refused at the end of DATA/BDAT
+    delivery(outcome, code, latency)    # one recipient's delivery attempt ended:
+                                        #   outcome "delivered" | "deferred" | "failed",
+                                        #   code the reply code (None: no reply),
+                                        #   latency seconds from arrival, for "delivered"
+    dns_lookup(result)                  # one DNS query: "data" | "nodata" | "nxdomain" | "error"
+
+Queue sizes by state are not pushed: `/metrics` asks the queue (`queue.counts()`) when
+scraped. `exposition()` gives the text; the web app serves it at `/metrics`. This module
+imports nothing of the web stack, so the server, the engine and the resolver can use it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
+
+from mailgate.queue import RecipientState
+
+__all__ = [
+    "REGISTRY",
+    "command",
+    "connection_closed",
+    "connection_opened",
+    "delivery",
+    "dns_lookup",
+    "exposition",
+    "message_accepted",
+    "message_refused",
+    "reply_sent",
+    "set_queue_counts",
+]
+
+# `*_created` series (one per labelled child) double the output and no dashboard of ours
+# reads them.
+disable_created_metrics()  # type: ignore[no-untyped-call]
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+CONNECTIONS_OPEN = Gauge(
+    "mailgate_connections_open", "SMTP connections open now.", registry=REGISTRY)
+CONNECTIONS = Counter(
+    "mailgate_connections_total", "SMTP connections accepted.", registry=REGISTRY)
+COMMANDS = Counter(
+    "mailgate_commands_total", "SMTP commands received, by verb (unknown verbs: other).",
+    ["command"], registry=REGISTRY)
+REPLIES = Counter(
+    "mailgate_replies_total", "SMTP replies sent, by basic reply code.", ["code"],
+    registry=REGISTRY)
+ACCEPTED = Counter(
+    "mailgate_messages_accepted_total", "Messages accepted into the queue.", registry=REGISTRY)
+REFUSED = Counter(
+    "mailgate_messages_refused_total", "Messages refused at the end of DATA or BDAT.",
+    registry=REGISTRY)
+DELIVERIES = Counter(
+    "mailgate_deliveries_total",
+    "Delivery attempts per recipient, by outcome and reply code (none: no reply).",
+    ["outcome", "code"], registry=REGISTRY)
+QUEUE = Gauge(
+    "mailgate_queue_recipients", "Recipients in the queue, by state (read when scraped).",
+    ["state"], registry=REGISTRY)
+LATENCY = Histogram(
+    "mailgate_delivery_latency_seconds",
+    "Time from a message's arrival to its delivery, per delivered recipient.",
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 4 * 3600,
+             24 * 3600, 5 * 24 * 3600),
+    registry=REGISTRY)
+DNS = Counter(
+    "mailgate_dns_lookups_total", "DNS queries sent, by result.", ["result"],
+    registry=REGISTRY)
+
+VERBS = ("HELO", "EHLO", "LHLO", "MAIL", "RCPT", "DATA", "BDAT", "RSET", "NOOP", "QUIT",
+         "VRFY", "EXPN", "HELP", "STARTTLS", "AUTH", "ETRN", "ATRN", "other")
+DNS_RESULTS = ("data", "nodata", "nxdomain", "error", "other")
+OUTCOMES = ("delivered", "deferred", "failed")
+
+# Pre-bound children: the hot path only looks them up.
+_connections_open_inc = CONNECTIONS_OPEN.inc
+_connections_open_dec = CONNECTIONS_OPEN.dec
+_connections_inc = CONNECTIONS.inc
+_accepted_inc = ACCEPTED.inc
+_refused_inc = REFUSED.inc
+_command = {v: COMMANDS.labels(v) for v in VERBS}
+_command_other = _command["other"]
+_reply: dict[int, Counter] = {}
+_delivery: dict[tuple[str, int | None], Counter] = {}
+_dns = {r: DNS.labels(r) for r in DNS_RESULTS}
+_dns_other = _dns["other"]
+_queue = {s.value: QUEUE.labels(s.value) for s in RecipientState}
+_latency_observe = LATENCY.observe
+
+# The codes mailgate itself says most, bound at import so their series exist from the
+# start (a rate over a series that appears late misses its first increments).
+for _code in (220, 221, 250, 354, 421, 450, 451, 452, 500, 501, 502, 503, 550, 554, 556):
+    _reply[_code] = REPLIES.labels(str(_code))
+
+
+def connection_opened() -> None:
+    _connections_inc()
+    _connections_open_inc()
+
+
+def connection_closed() -> None:
+    _connections_open_dec()
+
+
+def command(verb: str) -> None:
+    """One command received; `verb` as the client sent it (any case)."""
+    child = _command.get(verb)
+    if child is None:
+        child = _command.get(verb.upper(), _command_other)
+    child.inc()
+
+
+def reply_sent(code: int) -> None:
+    child = _reply.get(code)
+    if child is None:
+        # Only three-digit codes make series, so a bug cannot explode the label set.
+        child = _reply[code] = REPLIES.labels(str(code) if 200 <= code <= 599 else "other")
+    child.inc()
+
+
+def message_accepted() -> None:
+    _accepted_inc()
+
+
+def message_refused() -> None:
+    _refused_inc()
+
+
+def delivery(outcome: str, code: int | None, latency: float | None = None) -> None:
+    """One recipient's attempt ended; `latency` (seconds since arrival) when delivered."""
+    key = (outcome, code)
+    child = _delivery.get(key)
+    if child is None:
+        label = "none" if code is None else str(code) if 200 <= code <= 599 else "other"
+        child = _delivery[key] = DELIVERIES.labels(
+            outcome if outcome in OUTCOMES else "other", label)
+    child.inc()
+    if latency is not None and outcome == "delivered":
+        _latency_observe(latency)
+
+
+def dns_lookup(result: str) -> None:
+    """One DNS query answered (or not): data, nodata, nxdomain or error."""
+    _dns.get(result, _dns_other).inc()
+
+
+def set_queue_counts(counts: Mapping[str, int]) -> None:
+    """Set the queue gauge from `queue.counts()`; states it does not name are 0."""
+    for state, child in _queue.items():
+        child.set(counts.get(state, 0))
+
+
+def exposition() -> bytes:
+    return generate_latest(REGISTRY)
