@@ -11,6 +11,7 @@ delivery (a claim expires and the work becomes due again), never lose one.
 
 from __future__ import annotations
 
+import builtins
 import enum
 import secrets
 import time
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 __all__ = [
+    "ActivityBucket",
     "Attempt",
     "NewMessage",
     "NewRecipient",
@@ -146,6 +148,23 @@ class QueuedMessage:
 
 
 @dataclass(frozen=True, slots=True)
+class ActivityBucket:
+    """What happened in one interval [start, start + seconds) (the admin's dashboard).
+
+    `accepted` counts messages queued (bounces included), `bounced` those of them with
+    the null sender (delivery status notifications); `delivered`, `deferred` and `failed`
+    count delivery attempts by outcome, one per recipient and attempt."""
+
+    start: float
+    seconds: float
+    accepted: int = 0
+    bounced: int = 0
+    delivered: int = 0
+    deferred: int = 0
+    failed: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class WorkItem:
     """Claimed work: one message and those of its recipients that are due."""
 
@@ -186,9 +205,16 @@ class Queue(Protocol):
         ...
 
     def list(self, state: RecipientState | None = None, limit: int = 100, offset: int = 0,
-             sender: str | None = None, recipient_domain: str | None = None
-             ) -> list[QueuedMessage]:
-        """Messages, newest first, with their recipients (no content)."""
+             sender: str | None = None, recipient_domain: str | None = None, *,
+             queued_before: float | None = None, before: str | None = None,
+             after: str | None = None) -> list[QueuedMessage]:
+        """Messages, newest first, with their recipients (no content).
+
+        `queued_before` keeps messages queued before that Unix time (the age filter).
+        `before` / `after` page by key: only messages queued before / after the message
+        with that id (NotFound if it is gone); with `after`, the `limit` messages just
+        newer than it, still newest first (both: the messages between the two). Keyed
+        pages cost the same at any depth, where a large `offset` walks every row it skips."""
         ...
 
     def show(self, message_id: str, content: bool = False) -> QueuedMessage:
@@ -213,6 +239,12 @@ class Queue(Protocol):
 
     def counts(self) -> dict[str, int]:
         """Recipients per state."""
+        ...
+
+    def activity(self, since: float, bucket_seconds: float, until: float | None = None
+                 ) -> builtins.list[ActivityBucket]:
+        """Messages queued and delivery attempts by outcome in consecutive buckets of
+        `bucket_seconds` from `since` up to `until` (default: now), oldest first."""
         ...
 
     def close(self) -> None: ...

@@ -14,8 +14,9 @@ import os
 import signal
 import ssl
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 from mailgate.config import Config
 from mailgate.delivery.engine import DeliveryEngine
@@ -105,6 +106,8 @@ async def serve(config: Config, *, reuse_port: bool = False, workers: int = 1,
     outbound = DeliveryEngine(config, queue, resolver, enqueue)
     server = SMTPServer(config, policy, queue.enqueue_async, tls_ctx, on_queued=on_queued)
     await server.start(reuse_port=reuse_port)
+    web_server, web_task, web_note = await _start_web(config, queue, server, outbound,
+                                                      local, first=ready is None)
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -115,10 +118,14 @@ async def serve(config: Config, *, reuse_port: bool = False, workers: int = 1,
     if ready is not None:
         ready(server)
     else:
-        print(banner(config, server, cert, workers), file=sys.stderr, flush=True)
+        print(banner(config, server, cert, workers) + web_note, file=sys.stderr, flush=True)
     await stop.wait()
     log.info("shutting down: no new connections; finishing messages in flight")
     await server.shutdown(grace=30.0)
+    if web_server is not None and web_task is not None:
+        web_server.should_exit = True
+        with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+            await asyncio.wait_for(web_task, 10.0)
     local.stop()
     outbound.stop()
     # Work claimed but not finished stays claimed until its lease ends, then is due
@@ -128,6 +135,50 @@ async def serve(config: Config, *, reuse_port: bool = False, workers: int = 1,
             await asyncio.wait_for(task, 30.0)
     queue.close()
     log.info("stopped")
+
+
+async def _start_web(config: Config, queue: SQLiteQueue, server: SMTPServer,
+                     outbound: DeliveryEngine, local: LocalDelivery, first: bool,
+                     ) -> tuple[Any, asyncio.Task[None] | None, str]:
+    """The web page in this process's event loop (uvicorn); only the first worker runs it."""
+    if not config.web.enabled or not first:
+        return None, None, ""
+    import uvicorn
+
+    from mailgate.web.app import WebContext, create_app
+    from mailgate.web.auth import AdminAuth
+
+    auth = AdminAuth(config.data_dir)
+    password = auth.ensure_password()
+
+    def stats() -> dict[str, Any]:
+        st = server.stats
+        return {"connections_open": st.connections_open,
+                "connections_total": st.connections_total, "accepted": st.accepted,
+                "refused": st.refused}
+
+    def on_due() -> None:
+        local.wake()
+        outbound.wake()
+
+    ctx = WebContext(config=config, queue=queue, auth=auth, server_stats=stats, on_due=on_due)
+    class Quiet(uvicorn.Server):
+        """mailgate's own signal handlers stop everything; uvicorn must not take them."""
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            yield
+
+    uv = Quiet(uvicorn.Config(
+        create_app(ctx), host=config.web.host, port=config.web.port, log_level="warning",
+        access_log=False, lifespan="off", loop="none", http="auto",
+    ))
+    task = asyncio.get_running_loop().create_task(uv.serve())
+    note = f"\n  web        http://{config.web.address}/ (codes, admin, /api, /metrics)"
+    if password is not None:
+        note += (f"\n  admin      password generated for this first start: {password}"
+                 "\n             (change it with: mailgate admin set-password)")
+    return uv, task, note
 
 
 def _event_loop_policy() -> None:
