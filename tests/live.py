@@ -11,15 +11,18 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from mailgate.config import Config, Listener
+from mailgate.dns import Resolver
 from mailgate.server.app import serve
 from mailgate.server.listener import SMTPServer
+from mailgate.server.policy import Policy
+from mailgate.server.users import UserDB
 
 __all__ = ["LiveServer", "live_config", "live_server"]
 
@@ -37,10 +40,15 @@ def live_config(data_dir: Path, **changes: Any) -> Config:
 
 
 class LiveServer:
-    """Start on enter, stop (gracefully) on exit; `port(role)` gives the bound port."""
+    """Start on enter, stop (gracefully) on exit; `port(role)` gives the bound port.
 
-    def __init__(self, config: Config) -> None:
+    `policy` makes the server's policy from (config, resolver, users): a Policy
+    subclass with decisions of its own, for tests that need them."""
+
+    def __init__(self, config: Config,
+                 policy: Callable[[Config, Resolver, UserDB], Policy] = Policy) -> None:
         self.config = config
+        self.policy = policy
         self.server: SMTPServer | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
@@ -57,7 +65,8 @@ class LiveServer:
                 self.server = server
                 self._ready.set()
 
-            await serve(self.config, ready=ready, stop=self._stop)
+            await serve(self.config, ready=ready, stop=self._stop,
+                        policy_factory=self.policy)
 
         try:
             asyncio.run(main())

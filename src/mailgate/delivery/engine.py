@@ -28,7 +28,15 @@ from mailgate.codes.reply import Reply
 from mailgate.config import Config
 from mailgate.delivery.transport import ClientRun, ConnectError, run_client
 from mailgate.dns import MXHost, NullMX, PermFail, Resolver, Route, TempFail
-from mailgate.queue import Attempt, NewMessage, NewRecipient, Queue, Recipient, WorkItem
+from mailgate.queue import (
+    Attempt,
+    NewMessage,
+    NewRecipient,
+    Queue,
+    QueueError,
+    Recipient,
+    WorkItem,
+)
 from mailgate.smtp.address import Address, parse_path
 from mailgate.smtp.client import (
     ClientConfig,
@@ -87,6 +95,7 @@ class DeliveryEngine:
     BATCH = 500
     POLL = 5.0  # seconds between looks when nothing woke it (retries come due)
     MESSAGES_PER_CONNECTION = 100
+    STORAGE_RETRY = 1.0  # seconds between tries while the queue cannot be written
 
     def __init__(self, config: Config, queue: Queue, resolver: Resolver,
                  enqueue: Enqueue | None = None, *, clock: Callable[[], float] = time.time,
@@ -119,11 +128,26 @@ class DeliveryEngine:
     async def run(self) -> None:
         while not self._stopping:
             self._wake.clear()
-            items = await asyncio.to_thread(
-                self.queue.claim, self.clock(), self.BATCH, self.LEASE, None,
-                self.local_domains)
+            try:
+                items = await asyncio.to_thread(
+                    self.queue.claim, self.clock(), self.BATCH, self.LEASE, None,
+                    self.local_domains)
+            except QueueError as exc:
+                # The queue cannot be written now (disk full): pause, never die; claimed
+                # work that could not be recorded comes back when its lease ends.
+                log.error("outbound delivery paused: %s", exc)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self.STORAGE_RETRY)
+                continue
             if items:
-                await self.deliver(items)
+                try:
+                    await self.deliver(items)
+                except QueueError as exc:
+                    # An outcome could not be stored: the claim's lease brings the work
+                    # back, so at worst a delivery repeats (at-least-once).
+                    log.error("outbound delivery paused: %s", exc)
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), self.STORAGE_RETRY)
                 continue  # more may be due
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.POLL)

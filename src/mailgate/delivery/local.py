@@ -16,7 +16,7 @@ from pathlib import Path
 from mailgate import metrics
 from mailgate.config import Config
 from mailgate.delivery.maildir import MaildirError, deliver
-from mailgate.queue import Attempt, Queue, WorkItem
+from mailgate.queue import Attempt, NotFound, Queue, QueueError, WorkItem
 
 __all__ = ["LocalDelivery"]
 
@@ -29,6 +29,7 @@ class LocalDelivery:
     LEASE = 300.0
     BATCH = 64
     POLL = 30.0  # seconds between looks when nothing woke the worker (retries, restarts)
+    STORAGE_RETRY = 1.0  # seconds between tries while the queue cannot be written
 
     def __init__(self, config: Config, queue: Queue) -> None:
         self.config = config
@@ -38,6 +39,9 @@ class LocalDelivery:
         self._wake = asyncio.Event()
         self._stopping = False
         self.delivered = 0
+        # Outcomes the queue could not store (its disk was full): stored first when the
+        # worker comes round again, so a Maildir already written is not written twice.
+        self._unrecorded: list[tuple[int, Attempt, float | None, str]] = []
 
     def wake(self) -> None:
         """New local mail was queued."""
@@ -46,17 +50,50 @@ class LocalDelivery:
     async def run(self) -> None:
         while not self._stopping:
             self._wake.clear()
-            items = await asyncio.to_thread(self.queue.claim, time.time(), self.BATCH,
-                                            self.LEASE, self.domains)
+            try:
+                await asyncio.to_thread(self._record_pending)
+                items = await asyncio.to_thread(self.queue.claim, time.time(), self.BATCH,
+                                                self.LEASE, self.domains)
+            except QueueError as exc:
+                # The queue cannot be written (disk full): a storage error must not end
+                # local delivery for good. Claimed work stays claimed (its lease brings
+                # it back); try again soon.
+                log.error("local delivery paused: %s", exc)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self.STORAGE_RETRY)
+                continue
             for item in items:
                 if self._stopping:
-                    await asyncio.to_thread(self.queue.release, item.claim_token)
+                    with contextlib.suppress(QueueError):
+                        await asyncio.to_thread(self.queue.release, item.claim_token)
                     continue
                 await asyncio.to_thread(self._deliver_item, item)
-            if items and len(items) == self.BATCH:
-                continue  # more may be due at once
+            if self._unrecorded or (items and len(items) == self.BATCH):
+                continue  # more may be due at once, or outcomes wait to be stored
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.POLL)
+        with contextlib.suppress(QueueError):  # else the leases bring the work back
+            await asyncio.to_thread(self._record_pending)
+
+    def _record(self, recipient_id: int, attempt: Attempt, next_attempt: float | None,
+                claim_token: str) -> None:
+        try:
+            self.queue.record(recipient_id, attempt, next_attempt=next_attempt,
+                              claim_token=claim_token)
+        except NotFound:
+            pass  # deleted meanwhile by an administrator
+        except QueueError as exc:
+            log.error("cannot record the outcome for recipient %d yet: %s", recipient_id, exc)
+            self._unrecorded.append((recipient_id, attempt, next_attempt, claim_token))
+
+    def _record_pending(self) -> None:
+        """Store the outcomes that could not be stored before; QueueError if still not."""
+        while self._unrecorded:
+            recipient_id, attempt, next_attempt, token = self._unrecorded[0]
+            with contextlib.suppress(NotFound):
+                self.queue.record(recipient_id, attempt, next_attempt=next_attempt,
+                                  claim_token=token)
+            self._unrecorded.pop(0)
 
     def stop(self) -> None:
         self._stopping = True
@@ -78,20 +115,20 @@ class LocalDelivery:
                 log.error("%s: to=<%s>, relay=local, status=deferred (%s)", msg.id,
                           rcpt.address, exc)
                 metrics.delivery("deferred", 451)
-                self.queue.record(
+                self._record(
                     rcpt.id,
                     Attempt(at=now, host="maildir", code=451, enhanced="4.3.0",
                             text=f"Cannot write to the mailbox: {exc.strerror}",
                             outcome="deferred", remote=False),
-                    next_attempt=now + delay, claim_token=item.claim_token,
+                    now + delay, item.claim_token,
                 )
                 continue
-            self.queue.record(
+            self._record(
                 rcpt.id,
                 Attempt(at=now, host="maildir", code=250, enhanced="2.0.0",
                         text=f"Delivered to maildir as {path.name}", outcome="delivered",
                         remote=False),
-                claim_token=item.claim_token,
+                None, item.claim_token,
             )
             self.delivered += 1
             metrics.delivery("delivered", 250, now - msg.received_at)

@@ -8,6 +8,7 @@ fsync have returned: that is when the queue may mark the recipient delivered.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import re
@@ -67,10 +68,12 @@ def deliver(root: Path, address: str, content: bytes, hostname: str | None = Non
     now = time.time()
     name = f"{int(now)}.M{int((now % 1) * 1e6)}P{os.getpid()}Q{next(_counter)}.{host}"
     name += f",S={len(content)}"
+    tmp = box / "tmp" / name
+    created = False
     try:
         _ensure(box)
-        tmp = box / "tmp" / name
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        created = True
         try:
             view = memoryview(content)
             while view:
@@ -81,7 +84,13 @@ def deliver(root: Path, address: str, content: bytes, hostname: str | None = Non
             os.close(fd)
         final = box / "new" / name
         os.rename(tmp, final)
+        created = False
         _fsync_dir(box / "new")
     except OSError as exc:
+        if created:
+            # A partial file would hold on to the space a full disk needs back, and each
+            # retry would leave another one.
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
         raise MaildirError(exc.errno or 0, f"cannot deliver to {box}: {exc.strerror}") from exc
     return final

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import ssl
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -157,8 +158,13 @@ async def _flush(writer: asyncio.StreamWriter, session: ClientSession) -> None:
             await writer.drain()
 
 
+@functools.cache
 def _opportunistic_context() -> ssl.SSLContext:
-    """Opportunistic TLS, like Postfix's `may`: encrypt, but do not verify the peer."""
+    """Opportunistic TLS, like Postfix's `may`: encrypt, but do not verify the peer.
+
+    Made once and shared by every connection (an SSLContext is meant to be shared):
+    create_default_context() loads the system's CA store, some 25 ms of CPU, which per
+    connection cost more than the SMTP conversation itself."""
     ctx = ssl.create_default_context()
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE

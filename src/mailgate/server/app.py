@@ -80,14 +80,19 @@ def banner(config: Config, server: SMTPServer, cert: Path, workers: int) -> str:
 
 async def serve(config: Config, *, reuse_port: bool = False, workers: int = 1,
                 ready: Callable[[SMTPServer], None] | None = None,
-                stop: asyncio.Event | None = None) -> None:
-    """Run until SIGTERM/SIGINT (or `stop` is set), then shut down gracefully."""
+                stop: asyncio.Event | None = None,
+                policy_factory: Callable[[Config, Resolver, UserDB], Policy] = Policy,
+                ) -> None:
+    """Run until SIGTERM/SIGINT (or `stop` is set), then shut down gracefully.
+
+    `policy_factory` makes the policy (tests pass a subclass with decisions of their own).
+    """
     config.data_dir.mkdir(parents=True, exist_ok=True)
     queue = SQLiteQueue(config.data_dir / "queue.db")
     users = UserDB(config.data_dir / "users.json")
     resolver = Resolver(nameservers=list(config.dns.nameservers))
     tls_ctx, cert, _ = _tls(config)
-    policy = Policy(config, resolver, users)
+    policy = policy_factory(config, resolver, users)
     local = LocalDelivery(config, queue)
 
     def on_queued(qid: str, rcpts: list[str]) -> None:
