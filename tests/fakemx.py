@@ -31,10 +31,11 @@ import socket
 import socketserver
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
@@ -301,3 +302,18 @@ class FakeMXs:
     def __exit__(self, *exc: object) -> None:
         for mx in self.started:
             mx.stop()
+
+
+# --- fixtures (use with `pytest_plugins = ["tests.fakemx"]`) ---------------------------
+
+
+@pytest.fixture(scope="module")
+def mx_port() -> int:
+    """The port every fake MX host listens on (mailgate's [delivery] smtp_port)."""
+    return free_port_pair()
+
+
+@pytest.fixture
+def fake_mx(mx_port: int) -> Iterator[Callable[..., FakeMX]]:
+    with FakeMXs(mx_port) as start:
+        yield start

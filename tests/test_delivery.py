@@ -23,12 +23,12 @@ from mailgate.delivery.engine import DeliveryEngine
 from mailgate.dns import Resolver
 from mailgate.queue import Attempt, NewMessage, NewRecipient, Recipient, RecipientState
 from mailgate.queue.sqlite import SQLiteQueue
-from tests.fakemx import DSN, MX1, MX2, FakeMX, FakeMXs, free_port_pair, parse_dsn
+from tests.fakemx import DSN, MX1, MX2, FakeMX, parse_dsn
 
 if TYPE_CHECKING:
     from tests.dnsserver import DNSServer
 
-pytest_plugins = ["tests.dnsserver"]
+pytest_plugins = ["tests.dnsserver", "tests.fakemx"]
 
 DNS_TIMEOUT = 0.5  # seconds: "no answer" costs this much
 RETRY = (60.0, 120.0)
@@ -100,18 +100,6 @@ class Outbound:
         assert bounce.sender == ""  # RFC 3464 / RFC 5321 4.5.5: a DSN is sent from <>
         assert [r.address for r in bounce.recipients] == ["alice@localhost"]
         return parse_dsn(bounce.content)
-
-
-@pytest.fixture(scope="module")
-def mx_port() -> int:
-    """The port every fake MX host listens on (mailgate's [delivery] smtp_port)."""
-    return free_port_pair()
-
-
-@pytest.fixture
-def fake_mx(mx_port: int) -> Iterator[Callable[..., FakeMX]]:
-    with FakeMXs(mx_port) as start:
-        yield start
 
 
 @pytest.fixture

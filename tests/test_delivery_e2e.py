@@ -31,13 +31,13 @@ from mailgate.config import Delivery, DNSConfig
 from mailgate.delivery.engine import DeliveryEngine
 from mailgate.queue import QueuedMessage, Recipient, RecipientState
 from mailgate.queue.sqlite import SQLiteQueue
-from tests.fakemx import DSN, MX1, MX2, FakeMX, FakeMXs, free_port_pair, parse_dsn, wait_until
+from tests.fakemx import DSN, MX1, MX2, FakeMX, parse_dsn, wait_until
 from tests.live import LiveServer, live_config
 
 if TYPE_CHECKING:
     from tests.dnsserver import DNSServer
 
-pytest_plugins = ["tests.dnsserver"]
+pytest_plugins = ["tests.dnsserver", "tests.fakemx"]
 
 POSTFIX = Path("/usr/sbin/postfix")
 SENDER = "alice@localhost"
@@ -118,18 +118,6 @@ class Mailgate:
                            capture_output=True, text=True, timeout=60, check=False)
         assert p.returncode == 0, (p.stdout, p.stderr)
         return p.stdout
-
-
-@pytest.fixture(scope="module")
-def mx_port() -> int:
-    """The port of every MX host in this module: mailgate's [delivery] smtp_port."""
-    return free_port_pair()
-
-
-@pytest.fixture
-def fake_mx(mx_port: int) -> Iterator[Callable[..., FakeMX]]:
-    with FakeMXs(mx_port) as start:
-        yield start
 
 
 @pytest.fixture
