@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import email.utils
 import logging
-import socket
 import ssl
 import time
 from collections.abc import Awaitable, Callable
@@ -55,6 +54,17 @@ QUEUE_ERROR = Reply.make(451, "4.3.0", "Local error in processing, try again lat
 TLS_FAILED = Reply.make(454, "4.7.0", "TLS not available due to temporary reason")
 
 Enqueue = Callable[[NewMessage], Awaitable[str]]
+
+_date_cache: tuple[int, str] = (0, "")
+
+
+def _date_now() -> str:
+    """The RFC 5322 date of the Received header, formatted once per second."""
+    global _date_cache  # noqa: PLW0603 - a one-entry cache
+    now = int(time.time())
+    if _date_cache[0] != now:
+        _date_cache = (now, email.utils.formatdate(now, localtime=True))
+    return _date_cache[1]
 
 
 class _MetricsObserver:
@@ -197,10 +207,7 @@ class SMTPConnection(asyncio.Protocol):
         self.info.ip, self.info.port = str(peer[0]), int(peer[1])
         if self.info.tls:
             self._note_tls(transport)
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        # No TCP_NODELAY here: asyncio and uvloop set it on every TCP transport already.
         srv.stats.connections_total += 1
         metrics.connection_opened()
         limits = srv.config.limits
@@ -494,7 +501,7 @@ class SMTPConnection(asyncio.Protocol):
         literal = f"IPv6:{ip}" if ":" in ip else ip
         tls = f"\r\n\t(using {info.tls_version} with cipher {info.tls_cipher})" if info.tls else ""
         rcpt = f"\r\n\tfor <{self._rcpts[0].recipient}>" if len(self._rcpts) == 1 else ""
-        date = email.utils.format_datetime(email.utils.localtime())
+        date = _date_now()
         hdr = (f"Received: from {info.helo or 'unknown'} ([{literal}]){tls}\r\n"
                f"\tby {self.server.config.hostname} (mailgate) with {info.protocol} "
                f"id {qid}{rcpt};\r\n\t{date}\r\n")

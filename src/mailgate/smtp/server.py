@@ -22,6 +22,7 @@ from __future__ import annotations
 import base64
 import binascii
 import enum
+import functools
 import re
 from collections import deque
 from collections.abc import Callable
@@ -244,6 +245,11 @@ class _Phase(enum.Enum):
 
 
 _UNIMPLEMENTED = frozenset({"TURN", "ETRN", "ATRN", "SEND", "SOML", "SAML", "XCLIENT", "XFORWARD"})
+# Replies as sent, shared by every session of the process: the greeting, 250 OK, 354 and
+# the rest go to every client alike, and formatting them anew was a noticeable part of a
+# short session's cost. Replies made once (a queue id) fill it up; it then starts over.
+_WIRE: dict[tuple[Reply, bool], bytes] = {}
+_WIRE_MAX = 256
 _BDAT_RE = re.compile(r"([0-9]{1,20})(?: +(LAST))? *\Z", re.IGNORECASE)
 _HELO_RE = re.compile(r"[\x21-\x7e\u0080-\U0010ffff]+\Z")
 
@@ -281,7 +287,6 @@ class ServerSession:
         self._reader: DataReader | None = None
         self._auth_mech = ""
         self._auth_user: str | None = None
-        self._wire: dict[tuple[Reply, bool], bytes] = {}
 
     # --- the shell's side ---------------------------------------------------------
 
@@ -307,7 +312,7 @@ class ServerSession:
         """Queue the greeting: 220 by default; 554 refuses service, 521 closes."""
         if self._phase is not _Phase.START:
             raise ProtocolUsageError("greet() is called once, first.")
-        reply = reply or Reply.make(220, None, f"{self.config.hostname} {self.config.banner}")
+        reply = reply or _greeting(self.config.hostname, self.config.banner)
         self._send(reply)
         if reply.code == 521:
             self._phase = _Phase.CLOSED
@@ -409,11 +414,12 @@ class ServerSession:
 
     def _send(self, reply: Reply) -> None:
         key = (reply, self.esmtp)
-        wire = self._wire.get(key)
+        wire = _WIRE.get(key)
         if wire is None:
             wire = reply.to_bytes(enhanced=self.esmtp)
-            if len(self._wire) < 64:
-                self._wire[key] = wire
+            if len(_WIRE) >= _WIRE_MAX:
+                _WIRE.clear()
+            _WIRE[key] = wire
         self._out += wire
         if self._observer is not None:
             self._observer.reply(reply.code)
@@ -547,23 +553,12 @@ class ServerSession:
         if not ev.extended:
             self._send(Reply.make(250, None, first))
             return
-        self._send(Reply(250, None, (first, *self.extensions())))
+        self._send(Reply(250, None, (first, *_extensions(self.config, self.tls_active,
+                                                          self._auth_offered()))))
 
     def extensions(self) -> list[str]:
         """The EHLO keywords offered now (they change with TLS and AUTH)."""
-        c = self.config
-        ext = ["PIPELINING", f"SIZE {c.max_message_size}", "8BITMIME", "ENHANCEDSTATUSCODES"]
-        if c.smtputf8:
-            ext.append("SMTPUTF8")
-        if c.dsn:
-            ext.append("DSN")
-        if c.chunking:
-            ext.append("CHUNKING")
-        if c.starttls and not self.tls_active:
-            ext.append("STARTTLS")
-        if self._auth_offered():
-            ext.append("AUTH " + " ".join(c.auth_mechanisms))
-        return ext
+        return list(_extensions(self.config, self.tls_active, self._auth_offered()))
 
     def _auth_offered(self) -> bool:
         c = self.config
@@ -902,6 +897,28 @@ class ServerSession:
         self._reset_transaction()
         if self._shutting_down and self._phase is _Phase.COMMAND:
             self._close(R.SHUTDOWN)
+
+
+@functools.lru_cache(maxsize=64)
+def _greeting(hostname: str, banner: str) -> Reply:
+    return Reply.make(220, None, f"{hostname} {banner}")
+
+
+@functools.lru_cache(maxsize=64)
+def _extensions(c: SessionConfig, tls_active: bool, auth_offered: bool) -> tuple[str, ...]:
+    """The EHLO keywords for a configuration and the session's TLS and AUTH state."""
+    ext = ["PIPELINING", f"SIZE {c.max_message_size}", "8BITMIME", "ENHANCEDSTATUSCODES"]
+    if c.smtputf8:
+        ext.append("SMTPUTF8")
+    if c.dsn:
+        ext.append("DSN")
+    if c.chunking:
+        ext.append("CHUNKING")
+    if c.starttls and not tls_active:
+        ext.append("STARTTLS")
+    if auth_offered:
+        ext.append("AUTH " + " ".join(c.auth_mechanisms))
+    return tuple(ext)
 
 
 _HANDLERS: dict[str, Callable[[ServerSession, str], None]] = {
