@@ -81,6 +81,7 @@ from server import (
     fs_type,
     machine,
     wait_quiet,
+    write_report,
 )
 
 import mailgate
@@ -657,12 +658,7 @@ def main() -> int:
         return 130
     finally:
         runner.cleanup()
-    out = args.out or REPO / "bench" / "results" / f"delivery-{started:%Y%m%d}.md"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
-    print()
-    print(text)
-    print(f"(written to {out})", file=sys.stderr)
+    write_report(text, args.out or REPO / "bench" / "results" / f"delivery-{started:%Y%m%d}.md")
     return 0
 
 

@@ -49,6 +49,7 @@ itself failed (targets are reported, not asserted).
 
 from __future__ import annotations
 
+import abc
 import argparse
 import asyncio
 import contextlib
@@ -263,7 +264,7 @@ class Runner:
             shutil.rmtree(self.root, ignore_errors=True)
 
 
-class Server:
+class Server(abc.ABC):
     """One server under test; subclasses start it in `start()`."""
 
     name = ""
@@ -281,14 +282,14 @@ class Server:
             self.dir = runner.root / f"{self.name}.{n}"
         self.dir.mkdir()
 
-    def start(self) -> None:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def start(self) -> None: ...
 
-    def stop(self) -> None:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def stop(self) -> None: ...
 
-    def pids(self) -> list[int]:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def pids(self) -> list[int]: ...
 
     def settle(self, timeout: float) -> str | None:
         """Wait for background work a cell left behind (relaying, delivery)."""
@@ -1436,13 +1437,17 @@ def main() -> int:
         return 130
     finally:
         runner.cleanup()
-    out = args.out or REPO / "bench" / "results" / f"server-{started:%Y%m%d}.md"
+    write_report(text, args.out or REPO / "bench" / "results" / f"server-{started:%Y%m%d}.md")
+    return 0
+
+
+def write_report(text: str, out: Path) -> None:
+    """Print the report and keep it in bench/results (or where --out says)."""
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
     print()
     print(text)
     print(f"(written to {out})", file=sys.stderr)
-    return 0
 
 
 if __name__ == "__main__":
