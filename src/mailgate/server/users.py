@@ -11,10 +11,11 @@ import base64
 import hashlib
 import hmac
 import json
-import os
 import re
 import secrets
 from pathlib import Path
+
+from mailgate.secretfile import write_private_json
 
 __all__ = ["UserDB", "UserError"]
 
@@ -53,14 +54,7 @@ class UserDB:
         self._mtime = st.st_mtime
 
     def _save(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump({"users": self._users}, f, indent=1, sort_keys=True)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
+        write_private_json(self.path, {"users": self._users})
         self._mtime = self.path.stat().st_mtime
 
     def names(self) -> list[str]:

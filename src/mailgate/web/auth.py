@@ -9,10 +9,10 @@ once, and changing the password changes it too, so every open session ends.
 from __future__ import annotations
 
 import json
-import os
 import secrets
 from pathlib import Path
 
+from mailgate.secretfile import write_private_json
 from mailgate.server.users import UserDB
 
 __all__ = ["AdminAuth"]
@@ -36,14 +36,7 @@ class AdminAuth:
 
     def _new_secret(self) -> str:
         secret = secrets.token_urlsafe(32)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump({"session_secret": secret}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
+        write_private_json(self.path, {"session_secret": secret})
         return secret
 
     @property

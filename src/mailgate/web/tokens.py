@@ -12,13 +12,14 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import os
 import re
 import secrets
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from mailgate.secretfile import write_private_json
 
 __all__ = ["TokenInfo", "TokenStore"]
 
@@ -61,14 +62,7 @@ class TokenStore:
         self._stamp = stamp
 
     def _save(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump({"tokens": self._tokens}, f, indent=1, sort_keys=True)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
+        write_private_json(self.path, {"tokens": self._tokens})
         self._stamp = None
 
     def create(self, name: str = "") -> tuple[TokenInfo, str]:
