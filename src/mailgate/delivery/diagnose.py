@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from mailgate.codes.reply import Reply, ReplyError, parse_reply, parse_reply_line
+from mailgate.delivery.transport import close, opportunistic_context, tls_failure
 from mailgate.dns import (
     ImplicitMX,
     MXHost,
@@ -823,14 +824,6 @@ def _tls_info(writer: asyncio.StreamWriter) -> TLSInfo | None:
                    cipher[2] if cipher else None)
 
 
-def _opportunistic_context() -> ssl.SSLContext:
-    """Like delivery's `may`: encrypt, but do not verify the peer."""
-    ctx = ssl.create_default_context()
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    return ctx
-
-
 async def _converse(attempt: Attempt, config: ClientConfig, envelope: Envelope | None,
                     timeout: float) -> None:
     """Connect to the attempt's address and run the verify-only session to its end."""
@@ -862,6 +855,7 @@ async def _converse(attempt: Attempt, config: ClientConfig, envelope: Envelope |
             with contextlib.suppress(OSError, ssl.SSLError):
                 await writer.drain()
 
+    tls_broken = False
     try:
         while True:
             while (ev := session.next_event()) is not NEED_DATA:
@@ -869,11 +863,12 @@ async def _converse(attempt: Attempt, config: ClientConfig, envelope: Envelope |
                     await flush()
                     try:
                         await asyncio.wait_for(
-                            writer.start_tls(_opportunistic_context(), server_hostname=sni),
+                            writer.start_tls(opportunistic_context(), server_hostname=sni),
                             timeout,
                         )
                     except (OSError, ssl.SSLError, TimeoutError) as exc:
-                        session.tls_failed(str(exc) or "timed out")
+                        tls_broken = True
+                        session.tls_failed(tls_failure(exc))
                     else:
                         attempt.tls = _tls_info(writer)
                         rec.note("tls", str(attempt.tls or ""))
@@ -900,9 +895,7 @@ async def _converse(attempt: Attempt, config: ClientConfig, envelope: Envelope |
                 rec.received(data)
             session.receive_data(data)
     finally:
-        writer.close()
-        with contextlib.suppress(OSError, ssl.SSLError, TimeoutError):
-            await asyncio.wait_for(writer.wait_closed(), 2.0)
+        await close(writer, tls_broken, 2.0)
     if attempt.capabilities is None and session.capabilities.esmtp:
         attempt.capabilities = session.capabilities
 

@@ -27,7 +27,8 @@ from mailgate.smtp.client import (
 )
 from mailgate.smtp.server import NEED_DATA
 
-__all__ = ["STAGE_TIMEOUTS", "ClientRun", "ConnectError", "run_client"]
+__all__ = ["STAGE_TIMEOUTS", "ClientRun", "ConnectError", "close", "opportunistic_context",
+           "run_client", "tls_failure"]
 
 # RFC 5321 4.5.3.2: the minimum time a client waits for each reply.
 STAGE_TIMEOUTS: dict[str, float] = {
@@ -90,7 +91,7 @@ async def run_client(
     anything after that is an outcome in the returned ClientRun.
     """
     limits = {**STAGE_TIMEOUTS, **(timeouts or {})}
-    ctx = tls_context or _opportunistic_context()
+    ctx = tls_context or opportunistic_context()
     try:
         reader, writer = await asyncio.wait_for(
             asyncio.open_connection(
@@ -106,6 +107,7 @@ async def run_client(
     run = ClientRun(peer=f"{host}:{port}", tls=_tls_name(writer) if implicit_tls else None)
     for env, content in messages:
         session.send(env, content)
+    tls_broken = False
     try:
         while True:
             while (ev := session.next_event()) is not NEED_DATA:
@@ -119,7 +121,8 @@ async def run_client(
                             limits["tls"],
                         )
                     except (OSError, ssl.SSLError, TimeoutError) as exc:
-                        session.tls_failed(str(exc) or "timed out")
+                        tls_broken = True
+                        session.tls_failed(tls_failure(exc))
                     else:
                         run.tls = _tls_name(writer)
                         session.tls_established()
@@ -144,10 +147,28 @@ async def run_client(
                 data = b""
             session.receive_data(data)
     finally:
-        writer.close()
-        with contextlib.suppress(OSError, ssl.SSLError, TimeoutError):
-            await asyncio.wait_for(writer.wait_closed(), 5.0)
+        await close(writer, tls_broken, 5.0)
     return run
+
+
+def tls_failure(exc: BaseException) -> str:
+    """Why a TLS handshake failed, in words (some errors carry no message at all)."""
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    return str(exc) or type(exc).__name__
+
+
+async def close(writer: asyncio.StreamWriter, tls_broken: bool, grace: float) -> None:
+    """Close a client connection, waiting at most `grace` seconds for it to go.
+
+    After a failed start_tls the stream's own protocol is no longer attached, so
+    wait_closed() would never finish: such a connection is dropped outright."""
+    if tls_broken:
+        writer.transport.abort()
+        return
+    writer.close()
+    with contextlib.suppress(OSError, ssl.SSLError, TimeoutError):
+        await asyncio.wait_for(writer.wait_closed(), grace)
 
 
 async def _flush(writer: asyncio.StreamWriter, session: ClientSession) -> None:
@@ -159,7 +180,7 @@ async def _flush(writer: asyncio.StreamWriter, session: ClientSession) -> None:
 
 
 @functools.cache
-def _opportunistic_context() -> ssl.SSLContext:
+def opportunistic_context() -> ssl.SSLContext:
     """Opportunistic TLS, like Postfix's `may`: encrypt, but do not verify the peer.
 
     Made once and shared by every connection (an SSLContext is meant to be shared):
