@@ -17,6 +17,9 @@ and `FakeMX.script[address]` holds one-shot actions taken before those rules, in
 ("450 4.2.1 ...", "421 ...", "drop"), e.g. a recipient deferred once, then accepted.
 `greeting="421"` makes a host that answers every connection with 421 and hangs up;
 `ehlo_gate` (a threading.Event) one that answers no EHLO until the event is set.
+`tls_context` makes it offer STARTTLS with that server context; `auth` (user -> password)
+makes it a smarthost that wants AUTH (over TLS only) before MAIL, and `auth_logins` lists
+every login tried, with "ok" or "bad".
 
 A plain module (no fixtures, so importing its names shadows nothing): a test file makes
 its `mx_port` fixture with `free_port_pair()` and its `fake_mx` fixture with `FakeMXs`.
@@ -29,6 +32,7 @@ import email
 import email.message
 import socket
 import socketserver
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -37,7 +41,7 @@ from typing import Any, TypeVar
 
 import pytest
 from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import SMTP, Envelope, Session
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
 _T = TypeVar("_T")
 
@@ -131,6 +135,8 @@ class Received:
     rcpt_tos: tuple[str, ...]
     content: bytes
     connection: int  # which connection (1, 2, ...) carried it
+    tls: bool = False  # whether it came over TLS (STARTTLS)
+    authenticated: str | None = None  # the AUTH login, when there was one
 
 
 class _Handler:
@@ -192,8 +198,11 @@ class _Handler:
             return "250 2.0.0 never sent"
         content = envelope.original_content or envelope.content or b""
         assert isinstance(content, bytes)
-        self.mx.received.append(Received(envelope.mail_from or "", tuple(envelope.rcpt_tos),
-                                         content, getattr(server, "connection_number", 0)))
+        login = session.auth_data if session.authenticated else None
+        self.mx.received.append(Received(
+            envelope.mail_from or "", tuple(envelope.rcpt_tos), content,
+            getattr(server, "connection_number", 0), tls=session.ssl is not None,
+            authenticated=login.decode() if isinstance(login, bytes) else None))
         return f"250 2.0.0 Ok: queued at {self.mx.host}"
 
 
@@ -204,10 +213,21 @@ class _CountingController(Controller):
 
     def factory(self) -> SMTP:
         self.mx.connections += 1  # one SMTP instance per connection
-        smtp = SMTP(self.handler, hostname=self.mx.name, decode_data=False,
-                    enable_SMTPUTF8=True)
+        mx = self.mx
+        auth = mx.auth is not None
+        smtp = SMTP(self.handler, hostname=mx.name, decode_data=False, enable_SMTPUTF8=True,
+                    tls_context=mx.tls_context, auth_required=auth, auth_require_tls=True,
+                    authenticator=self._authenticate if auth else None)
         smtp.connection_number = self.mx.connections  # type: ignore[attr-defined]
         return smtp
+
+    def _authenticate(self, server: SMTP, session: Session, envelope: Envelope,
+                      mechanism: str, data: Any) -> AuthResult:
+        assert self.mx.auth is not None and isinstance(data, LoginPassword)
+        user, password = data.login.decode(), data.password.decode()
+        ok = self.mx.auth.get(user) == password
+        self.mx.auth_logins.append(f"{user} {mechanism} {'ok' if ok else 'bad'}")
+        return AuthResult(success=ok, handled=False, auth_data=data.login if ok else None)
 
 
 class _Greeting421(socketserver.ThreadingTCPServer):
@@ -219,8 +239,13 @@ class FakeMX:
     """One fake receiving MTA on `host`:`port`; see the module docstring."""
 
     def __init__(self, host: str, port: int, *, greeting: str = "220",
-                 name: str | None = None, ehlo_gate: threading.Event | None = None) -> None:
+                 name: str | None = None, ehlo_gate: threading.Event | None = None,
+                 tls_context: ssl.SSLContext | None = None,
+                 auth: dict[str, str] | None = None) -> None:
         self.host = host
+        self.tls_context = tls_context
+        self.auth = auth
+        self.auth_logins: list[str] = []
         self.ehlo_gate = ehlo_gate
         self.port = port
         self.greeting = greeting

@@ -36,6 +36,7 @@ from mailgate.config import (
     parse_size,
 )
 from tests.conftest import ROOT
+from tests.tlscerts import TestCA
 
 DOC = ROOT / "docs" / "configuration.md"
 
@@ -801,11 +802,15 @@ def test_the_documented_example_loads(tmp_path: Path) -> None:
     (tmp_path / "tls").mkdir()
     (tmp_path / "tls" / "fullchain.pem").write_text("cert")
     (tmp_path / "tls" / "privkey.pem").write_text("key")
+    ca = TestCA.create(tmp_path / "ca")
+    (tmp_path / "tls" / "ca.pem").write_bytes(ca.ca_file.read_bytes())
+    (tmp_path / "relay-password").write_text("secret\n")
     path = tmp_path / "mailgate.toml"
     path.write_text(example, encoding="utf-8")
     c = load_config(path)
     assert c.hostname == "mx.example.test"
     assert c.tls.cert == tmp_path / "tls" / "fullchain.pem"
+    assert c.delivery.relayhost is not None and c.delivery.relayhost.password == "secret"
     assert {listener.role for listener in c.listen} == {"mx", "submission", "smtps"}
 
 
@@ -815,7 +820,7 @@ def test_the_documented_example_has_every_key() -> None:
     for section, keys in _SECTIONS.items():
         tables = doc[section] if section == "listen" else [doc[section]]
         for table in tables:
-            if section != "routes":
+            if section not in ("routes", "tls_policy"):  # keys are domains there
                 assert set(table) == set(keys), section
 
 
@@ -859,3 +864,91 @@ def test_documented_defaults_match_the_code() -> None:
     assert tuple(ip_network(n) for n in networks) == built.relay.networks
     assert rows["address"].strip() in ("—", '`"127.0.0.1:8025"`')
     assert built.listen == DEFAULT_LISTENERS
+
+
+# --- outbound TLS levels and relayhost credentials -------------------------------------
+
+
+def test_tls_policy_keys_and_the_level_that_applies(tmp_path: Path) -> None:
+    (tmp_path / "pw").write_text("secret\n", encoding="utf-8")
+    c = parse_config(
+        '[delivery]\ntls_security_level = "encrypt"\nrelayhost = "smtp.provider.test:587"\n'
+        '[routes]\n"routed.test" = "smtp:[127.0.0.2]:2526"\n"weak.test" = "smtp:mx.weak.test"\n'
+        '[tls_policy]\n"Bücher.test" = "verify"\n"[127.0.0.2]:2526" = "none"\n'
+        '"routed.test" = "may"\n"smtp.provider.test:587" = "verify"\n'
+        '"mx.weak.test" = "none"\n', "t.toml", tmp_path)
+    assert dict(c.tls_policy) == {
+        "xn--bcher-kva.test": "verify", "[127.0.0.2]:2526": "none", "routed.test": "may",
+        "smtp.provider.test:587": "verify", "mx.weak.test": "none"}
+    assert c.tls_level_for("BÜCHER.test") == "verify"  # the relayhost's verify is as strong
+    assert c.tls_level_for("routed.test") == "may"  # the stronger of may and none
+    assert c.tls_level_for("weak.test") == "none"  # its next hop's host, by a plain name
+    assert c.tls_level_for("other.test") == "verify"  # the relayhost's entry
+    assert parse_config("", "t.toml").tls_level_for("other.test") == "may"  # the default
+
+
+def test_relayhost_credentials(tmp_path: Path) -> None:
+    (tmp_path / "pw").write_text("correct horse\nignored second line\n", encoding="utf-8")
+    c = parse_config('[delivery]\nrelayhost = "[smtp.provider.test]:587"\n'
+                     'relayhost_username = "me@example.test"\n'
+                     'relayhost_password_file = "pw"\n', "t.toml", tmp_path)
+    relay = c.delivery.relayhost
+    assert relay == Relayhost("smtp.provider.test", 587, False, "me@example.test",
+                              "correct horse", tmp_path / "pw")
+    assert "correct horse" not in repr(c)
+    assert c.tls_level_for("example.org") == "encrypt"  # never AUTH in the clear
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('[delivery]\nrelayhost_username = "me"\nrelayhost_password_file = "pw"\n',
+         "delivery.relayhost_username: is set but delivery.relayhost is not; AUTH is only "
+         "used with a relayhost"),
+        ('[delivery]\nrelayhost = "r.test:587"\nrelayhost_username = "me"\n',
+         "delivery.relayhost_password_file: missing; relayhost_username needs the file "
+         "that holds its password"),
+        ('[delivery]\nrelayhost = "r.test:587"\nrelayhost_password_file = "pw"\n',
+         "delivery.relayhost_username: missing; relayhost_password_file is set, so give "
+         "the user name it belongs to"),
+        ('[delivery]\nrelayhost = "r.test:587"\nrelayhost_username = ""\n'
+         'relayhost_password_file = "pw"\n',
+         'delivery.relayhost_username = "": must not be empty; leave it out for a '
+         "relayhost without AUTH"),
+        ('[delivery]\nrelayhost = "r.test:587"\nrelayhost_username = "me"\n'
+         'relayhost_password_file = "empty"\n',
+         'delivery.relayhost_password_file = "empty": is empty; its first line is the '
+         "password"),
+        ('[delivery]\nrelayhost = "r.test:587"\nrelayhost_username = "me"\n'
+         'relayhost_password_file = "missing"\n',
+         'delivery.relayhost_password_file = "missing": no such file: {dir}/missing'),
+        ('[delivery]\nrelayhost = "r.test:587"\nrelayhost_username = "me"\n'
+         'relayhost_password_file = "pw"\n[tls_policy]\n"r.test:587" = "may"\n',
+         'tls_policy."r.test:587" = "may": the relayhost is given a password '
+         '(relayhost_username), which must never travel in the clear: use "encrypt" or '
+         '"verify"'),
+        ('[delivery]\ntls_security_level = "secure"\n',
+         'delivery.tls_security_level = "secure": must be one of none, may, encrypt, '
+         "verify"),
+        ('[delivery]\ntls_ca_file = "pw"\n',
+         'delivery.tls_ca_file = "pw": is not a PEM file of CA certificates: '),
+        ('[tls_policy]\n"example.org" = "verfy"\n',
+         'tls_policy."example.org" = "verfy": must be one of none, may, encrypt, verify; '
+         'did you mean "verify"?'),
+        ('[tls_policy]\n"not a domain" = "verify"\n',
+         'tls_policy."not a domain" = "verify": the key is not a domain name (letters, '
+         "digits, hyphens and dots, like mx.example.org); [tls_policy] keys are mail "
+         'domains or next hops like "[mx.example.org]:25"'),
+        ('[tls_policy]\n"example.org" = "verify"\n"EXAMPLE.ORG." = "may"\n',
+         'tls_policy."EXAMPLE.ORG." = "may": repeats the entry tls_policy."example.org"'),
+        ("tls_policy = 1\n", "tls_policy = 1: must be a table: put its keys under a "
+         "[tls_policy] header"),
+    ],
+)
+def test_bad_tls_and_relayhost_settings(tmp_path: Path, text: str, message: str) -> None:
+    (tmp_path / "pw").write_text("secret\n", encoding="utf-8")
+    (tmp_path / "empty").write_text("\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, "mailgate.toml", tmp_path)
+    [found] = info.value.problems
+    assert found.startswith("mailgate.toml: " + message.format(dir=tmp_path)), found

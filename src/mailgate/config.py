@@ -27,6 +27,7 @@ from typing import Literal, TypeVar, cast
 
 __all__ = [
     "DEFAULT_LISTENERS",
+    "TLS_LEVELS",
     "Config",
     "ConfigError",
     "DNSConfig",
@@ -41,6 +42,7 @@ __all__ = [
     "Route",
     "ServerConfig",
     "TLSConfig",
+    "TLSLevel",
     "Timeouts",
     "WebConfig",
     "load_config",
@@ -52,11 +54,16 @@ __all__ = [
 Role = Literal["mx", "submission", "smtps"]
 BareNewlines = Literal["normalize", "reject"]
 LogLevel = Literal["debug", "info", "warning", "error"]
+# Outbound TLS, as Postfix's smtp_tls_security_level: none (never STARTTLS), may
+# (opportunistic, unverified), encrypt (TLS required, unverified), verify (TLS required,
+# the certificate must chain to a trusted CA and name the host connected to).
+TLSLevel = Literal["none", "may", "encrypt", "verify"]
 Network = IPv4Network | IPv6Network
 
 ROLES: tuple[Role, ...] = ("mx", "submission", "smtps")
 BARE_NEWLINES: tuple[BareNewlines, ...] = ("normalize", "reject")
 LOG_LEVELS: tuple[LogLevel, ...] = ("debug", "info", "warning", "error")
+TLS_LEVELS: tuple[TLSLevel, ...] = ("none", "may", "encrypt", "verify")  # weakest first
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -190,6 +197,11 @@ class Relayhost:
     host: str
     port: int
     mx_lookup: bool
+    # AUTH (RFC 4954) at the smarthost: the password is read from `password_file` when
+    # the configuration is loaded, and only ever sent over TLS.
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    password_file: Path | None = None
 
     @property
     def address(self) -> str:
@@ -224,6 +236,8 @@ class Delivery:
     concurrency_per_destination: int = 20
     relayhost: Relayhost | None = None
     delay_warning: float = 4 * 3600.0  # seconds; 0 = no delay notices
+    tls_security_level: TLSLevel = "may"  # for destinations [tls_policy] does not name
+    tls_ca_file: Path | None = None  # trusted CAs for "verify"; None: the system's store
 
     def retry_delay(self, failures: int) -> float:
         """Seconds to wait after the `failures`-th failed attempt; the last step repeats."""
@@ -262,6 +276,10 @@ def _no_routes() -> Mapping[str, Route]:
     return MappingProxyType({})
 
 
+def _no_tls_policy() -> Mapping[str, TLSLevel]:
+    return MappingProxyType({})
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     """All settings. `source` is the file read, None for the zero-config defaults."""
@@ -278,6 +296,8 @@ class Config:
     policy: Policy = Policy()
     delivery: Delivery = Delivery()
     routes: Mapping[str, Route] = field(default_factory=_no_routes)  # domain -> Route
+    # A mail domain (A-label) or a next hop ("[host]:port", "host:port") -> TLS level
+    tls_policy: Mapping[str, TLSLevel] = field(default_factory=_no_tls_policy)
     web: WebConfig = WebConfig()
     server: ServerConfig = ServerConfig()
     log: LogConfig = LogConfig()
@@ -287,6 +307,29 @@ class Config:
         """The [routes] override for `domain` (any case, U- or A-label), if any."""
         name = _lookup_domain(domain)
         return None if name is None else self.routes.get(name)
+
+    def tls_level_for(self, domain: str) -> TLSLevel:
+        """The outbound TLS level for mail to `domain`, wherever it is sent.
+
+        The stronger of the [tls_policy] entries for the domain and for its next hop (the
+        [routes] target or the relayhost, written as in those settings); with neither,
+        `delivery.tls_security_level`. A relayhost that is given a password gets at least
+        "encrypt": credentials never travel in the clear.
+        """
+        name = _lookup_domain(domain)
+        keys = [name]
+        route = None if name is None else self.routes.get(name)
+        relay = self.delivery.relayhost
+        hop = route or relay
+        if hop is not None:
+            keys.append(_join_hostport(hop.host, hop.port, brackets=not hop.mx_lookup))
+            keys.append(hop.host.lower())  # a plain name also matches a next hop's host
+        found = [self.tls_policy[k] for k in keys if k is not None and k in self.tls_policy]
+        level = max(found, key=TLS_LEVELS.index) if found else \
+            self.delivery.tls_security_level
+        if route is None and relay is not None and relay.username is not None:
+            level = max(level, "encrypt", key=TLS_LEVELS.index)
+        return level
 
 
 # --- entry points -------------------------------------------------------------------
@@ -505,8 +548,11 @@ _SECTIONS: dict[str, tuple[str, ...]] = {
     "dns": ("nameservers",),
     "policy": ("sender_null_mx_check", "recipient_null_mx_check", "bare_newlines"),
     "delivery": ("smtp_port", "retry_schedule", "max_queue_lifetime", "concurrency",
-                 "concurrency_per_destination", "relayhost", "delay_warning"),
+                 "concurrency_per_destination", "relayhost", "relayhost_username",
+                 "relayhost_password_file", "delay_warning", "tls_security_level",
+                 "tls_ca_file"),
     "routes": (),  # keys are domains
+    "tls_policy": (),  # keys are domains or next hops
     "web": ("address",),
     "server": ("workers",),
     "log": ("level",),
@@ -615,7 +661,7 @@ class _Reader:
         if not isinstance(value, dict):
             self.report(name, value, f"must be a table: put its keys under a [{name}] header")
             return {}
-        if name != "routes":
+        if name not in ("routes", "tls_policy"):
             self.check_keys(value, (name,), _SECTIONS[name])
         return value
 
@@ -827,6 +873,7 @@ def _build(doc: Mapping[str, object], r: _Reader, source: str | None) -> Config:
 
     delivery = _delivery(r.section(doc, "delivery"), r)
     routes = _routes(r.section(doc, "routes"), r, delivery.smtp_port)
+    tls_policy = _tls_policy(r.section(doc, "tls_policy"), r, delivery)
 
     w = r.section(doc, "web")
     default_web: tuple[str, int] | None = ("127.0.0.1", 8025)
@@ -843,8 +890,8 @@ def _build(doc: Mapping[str, object], r: _Reader, source: str | None) -> Config:
         raise ConfigError(r.problems)
     return Config(hostname=hostname, data_dir=data_dir, listen=listeners, tls=tls,
                   domains=domains, relay=relay, limits=limits, timeouts=timeouts, dns=dns,
-                  policy=policy, delivery=delivery, routes=routes, web=web, server=server,
-                  log=log, source=source)
+                  policy=policy, delivery=delivery, routes=routes, tls_policy=tls_policy,
+                  web=web, server=server, log=log, source=source)
 
 
 def _listeners(doc: Mapping[str, object], r: _Reader) -> tuple[Listener, ...]:
@@ -954,8 +1001,12 @@ def _delivery(t: Mapping[str, object], r: _Reader) -> Delivery:
         concurrency=r.get(t, path, "concurrency", _integer(1), d.concurrency),
         concurrency_per_destination=r.get(t, path, "concurrency_per_destination",
                                           _integer(1), d.concurrency_per_destination),
-        relayhost=r.get(t, path, "relayhost", _relayhost(smtp_port), None),
+        relayhost=_relayhost_auth(
+            t, r, r.get(t, path, "relayhost", _relayhost(smtp_port), None)),
         delay_warning=r.get(t, path, "delay_warning", _duration(True), d.delay_warning),
+        tls_security_level=cast(TLSLevel, r.get(t, path, "tls_security_level",
+                                                _choice(TLS_LEVELS), "may")),
+        tls_ca_file=r.get(t, path, "tls_ca_file", _ca_file(r), None),
     )
     if delivery.concurrency_per_destination > delivery.concurrency:
         if "concurrency_per_destination" not in t:
@@ -965,6 +1016,100 @@ def _delivery(t: Mapping[str, object], r: _Reader) -> Delivery:
                      delivery.concurrency_per_destination,
                      f"must not exceed delivery.concurrency ({delivery.concurrency})")
     return delivery
+
+
+def _ca_file(r: _Reader) -> Callable[[object], Path]:
+    def convert(value: object) -> Path:
+        import ssl  # here: the CLI's start-up time does not pay for it
+
+        path = r.file(value)
+        try:
+            ssl.create_default_context(cafile=str(path))
+        except (OSError, ssl.SSLError) as exc:
+            raise _Bad(f"is not a PEM file of CA certificates: {exc}") from None
+        return path
+    return convert
+
+
+def _relayhost_auth(t: Mapping[str, object], r: _Reader, relay: Relayhost | None
+                    ) -> Relayhost | None:
+    """relayhost_username and relayhost_password_file: both or neither, with relayhost."""
+    path = ("delivery",)
+    username = r.get(t, path, "relayhost_username", _string, "")
+    password_file = r.get(t, path, "relayhost_password_file", r.file, None)
+    if "relayhost_username" in t and not username:
+        r.report("delivery.relayhost_username", "", "must not be empty; leave it out for "
+                 "a relayhost without AUTH")
+    if not r.ok("delivery.relayhost_username", "delivery.relayhost_password_file"):
+        return relay
+    if not username and password_file is None:
+        return relay
+    if username and password_file is None:
+        r.report_key("delivery.relayhost_password_file", "missing; relayhost_username "
+                     "needs the file that holds its password")
+        return relay
+    if password_file is not None and not username:
+        r.report_key("delivery.relayhost_username", "missing; relayhost_password_file "
+                     "is set, so give the user name it belongs to")
+        return relay
+    assert password_file is not None
+    if relay is None:
+        if r.ok("delivery.relayhost"):
+            r.report_key("delivery.relayhost_username", "is set but delivery.relayhost "
+                         "is not; AUTH is only used with a relayhost")
+        return None
+    try:
+        text = password_file.read_text(encoding="utf-8")
+    except (OSError, UnicodeError) as exc:
+        r.report("delivery.relayhost_password_file", t["relayhost_password_file"],
+                 f"cannot be read: {exc}")
+        return relay
+    password = text.splitlines()[0] if text.strip() else ""
+    if not password:
+        r.report("delivery.relayhost_password_file", t["relayhost_password_file"],
+                 "is empty; its first line is the password")
+        return relay
+    if any(c in username + password for c in "\0\r\n"):
+        r.report_key("delivery.relayhost_username", "the user name and password must not "
+                     "contain NUL or line breaks (RFC 4616)")
+        return relay
+    return replace(relay, username=username, password=password, password_file=password_file)
+
+
+def _tls_policy(t: Mapping[str, object], r: _Reader, delivery: Delivery
+                ) -> Mapping[str, TLSLevel]:
+    """[tls_policy]: a mail domain or a next hop (as written in [routes] / relayhost,
+    without "smtp:") -> none | may | encrypt | verify. A plain name (no port, no
+    brackets) matches a recipient domain and any next hop on that host."""
+    policy: dict[str, TLSLevel] = {}
+    written: dict[str, str] = {}
+    relay = delivery.relayhost
+    for name, value in t.items():
+        key = _key("tls_policy", name)
+        try:
+            if ":" in name or name.startswith("["):
+                host, port, mx = _nexthop(name, delivery.smtp_port, "[mx.example.org]:25")
+                target = _join_hostport(host, port, brackets=not mx)
+            else:
+                target = _domain(name)
+        except _Bad as exc:
+            r.report(key, value, f"the key {exc}; [tls_policy] keys are mail domains or "
+                     'next hops like "[mx.example.org]:25"')
+            continue
+        level = r.get(t, ("tls_policy",), name, _choice(TLS_LEVELS), None)
+        if target in written:
+            r.report(key, value, f"repeats the entry {_key('tls_policy', written[target])}")
+            continue
+        written[target] = name
+        if level is None:
+            continue
+        if (relay is not None and relay.username is not None and target == relay.address
+                and TLS_LEVELS.index(level) < TLS_LEVELS.index("encrypt")):
+            r.report(key, value, "the relayhost is given a password (relayhost_username), "
+                     'which must never travel in the clear: use "encrypt" or "verify"')
+            continue
+        policy[target] = cast(TLSLevel, level)
+    return MappingProxyType(policy)
 
 
 def _routes(t: Mapping[str, object], r: _Reader, default_port: int) -> Mapping[str, Route]:

@@ -9,6 +9,15 @@ owe their sender a bounce (RFC 3464), unless the message was itself a bounce.
 
 Null MX (RFC 7505): a recipient whose domain publishes `MX 0 .` is never connected to;
 it fails at once with 556 5.1.10, decided here, and the sender is told.
+
+TLS follows the destination's level (`Config.tls_level_for`, like Postfix's
+smtp_tls_security_level): `none` never sends STARTTLS; `may` uses it when offered,
+unverified, and when the handshake itself fails reconnects to the same host in the clear
+(a broken TLS stack must not stop mail that was never promised encryption); `encrypt`
+requires TLS, unverified; `verify` requires TLS with a certificate that chains to a
+trusted CA and names the host connected to (the MX host name, or the [routes] /
+relayhost host). A required TLS that fails defers with 4.7.x and the next MX host is
+tried. The relayhost's AUTH credentials go only over TLS.
 """
 
 from __future__ import annotations
@@ -25,7 +34,7 @@ from typing import Literal
 
 from mailgate import metrics
 from mailgate.codes.reply import Reply
-from mailgate.config import Config
+from mailgate.config import Config, TLSLevel
 from mailgate.delivery.transport import ClientRun, ConnectError, run_client
 from mailgate.dns import MXHost, NullMX, PermFail, Resolver, Route, TempFail
 from mailgate.queue import (
@@ -41,6 +50,7 @@ from mailgate.smtp.address import Address, parse_path
 from mailgate.smtp.client import (
     ClientConfig,
     ClientSession,
+    Credentials,
     Envelope,
     MessageResult,
     Outcome,
@@ -52,6 +62,9 @@ __all__ = ["NULL_MX_REPLY", "DeliveryEngine"]
 _RET: dict[str, Literal["FULL", "HDRS"]] = {"FULL": "FULL", "HDRS": "HDRS"}
 # A transient failure before any transaction began: RFC 5321 5.1, try the next MX host.
 _EARLY_STAGES = frozenset({"connection", "greeting", "ehlo", "helo", "starttls", "tls"})
+# What the client session does at each TLS level.
+_CLIENT_TLS: dict[TLSLevel, Literal["never", "may", "require"]] = {
+    "none": "never", "may": "may", "encrypt": "require", "verify": "require"}
 
 log = logging.getLogger("mailgate.delivery")
 
@@ -70,8 +83,10 @@ class _Unit:
 
 @dataclass
 class _Destination:
-    key: str  # domain, or "route:host:port"
+    key: str  # domain, "route:host:port:mx" or "relay:host:port:mx"; then "|tls-level"
     domain: str
+    tls: TLSLevel = "may"
+    credentials: Credentials | None = None  # AUTH at the relayhost
     units: list[_Unit] = field(default_factory=list)
 
 
@@ -114,6 +129,8 @@ class DeliveryEngine:
         self._wake = asyncio.Event()
         self._stopping = False
         self._tasks: set[asyncio.Task[None]] = set()
+        self._claimed: set[str] = set()  # claim tokens of work being delivered now
+        self._verifying: ssl.SSLContext | None = None
         self.stats = EngineStats()
 
     # --- the loop ---------------------------------------------------------------------
@@ -122,6 +139,9 @@ class DeliveryEngine:
         self._wake.set()
 
     def stop(self) -> None:
+        """Claim nothing more; conversations under way may finish. Work still claimed
+        when `run` ends (finished or cancelled) is released, due again at once for the
+        next start instead of after its lease."""
         self._stopping = True
         self._wake.set()
 
@@ -140,6 +160,8 @@ class DeliveryEngine:
                     await asyncio.wait_for(self._wake.wait(), self.STORAGE_RETRY)
                 continue
             if items:
+                tokens = {item.claim_token for item in items}
+                self._claimed |= tokens
                 try:
                     await self.deliver(items)
                 except QueueError as exc:
@@ -148,11 +170,30 @@ class DeliveryEngine:
                     log.error("outbound delivery paused: %s", exc)
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._wake.wait(), self.STORAGE_RETRY)
+                finally:
+                    if self._stopping:
+                        self._release_claims()
+                    self._claimed -= tokens
                 continue  # more may be due
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.POLL)
         for task in list(self._tasks):
             task.cancel()
+
+    def _release_claims(self) -> None:
+        """Give back what this engine claimed and has not recorded (shutting down).
+
+        Synchronous on purpose: it runs when the task may be cancelled, where an await
+        could be cut short. Recipients already recorded are not touched (their claim is
+        cleared), so this only ever makes unfinished work due again; a message cut off
+        mid-DATA may then be delivered twice, never lost."""
+        for token in sorted(self._claimed):
+            try:
+                self.queue.release(token)
+            except QueueError as exc:
+                log.warning("could not release claimed work (%s); it is due again when "
+                            "its lease ends", exc)
+        self._claimed.clear()
 
     async def run_once(self) -> int:
         """Claim and deliver what is due now; return how many messages were claimed."""
@@ -163,26 +204,41 @@ class DeliveryEngine:
         return len(items)
 
     async def deliver(self, items: Sequence[WorkItem]) -> None:
-        """Deliver claimed work: group by destination, one task per destination."""
+        """Deliver claimed work: group by destination, one task per destination.
+
+        A message's recipients that share a destination share one transaction: those of
+        one domain, or of every domain that goes to the same relayhost or route."""
         dests: dict[str, _Destination] = {}
+        by_domain: dict[str, _Destination] = {}
         for item in items:
-            by_domain: dict[str, list[Recipient]] = defaultdict(list)
+            by_key: dict[str, list[Recipient]] = defaultdict(list)
             for r in item.recipients:
-                by_domain[r.address.rpartition("@")[2].lower()].append(r)
-            for domain, rcpts in by_domain.items():
-                key = self._destination_key(domain)
-                dest = dests.setdefault(key, _Destination(key, domain))
-                dest.units.append(_Unit(item, rcpts))
+                domain = r.address.rpartition("@")[2].lower()
+                dest = by_domain.get(domain)
+                if dest is None:
+                    dest = by_domain[domain] = self._destination(domain)
+                    dest = dests.setdefault(dest.key, dest)
+                by_key[dest.key].append(r)
+            for key, rcpts in by_key.items():
+                dests[key].units.append(_Unit(item, rcpts))
         await asyncio.gather(*(self._deliver_destination(d) for d in dests.values()))
 
-    def _destination_key(self, domain: str) -> str:
+    def _destination(self, domain: str) -> _Destination:
+        """Where mail for `domain` goes, and how: domains that share a next hop and a TLS
+        level share connections."""
+        tls = self.config.tls_level_for(domain)
         route = self.config.route_for(domain)
-        if route is not None:
-            return f"route:{route.host}:{route.port}:{route.mx_lookup}"
         relay = self.config.delivery.relayhost
-        if relay is not None:
-            return f"relay:{relay.host}:{relay.port}:{relay.mx_lookup}"
-        return domain
+        credentials = None
+        if route is not None:
+            key = f"route:{route.host}:{route.port}:{route.mx_lookup}"
+        elif relay is not None:
+            key = f"relay:{relay.host}:{relay.port}:{relay.mx_lookup}"
+            if relay.username is not None and relay.password is not None:
+                credentials = Credentials(relay.username, relay.password)
+        else:
+            key = domain
+        return _Destination(f"{key}|{tls}", domain, tls, credentials)
 
     # --- one destination --------------------------------------------------------------
 
@@ -237,7 +293,16 @@ class DeliveryEngine:
                     return
                 where = f"{mx.name}[{address}]:{port}"
                 try:
-                    run = await self._converse(mx.name, address, port, pending)
+                    run = await self._converse(dest, mx.name, address, port, pending)
+                    failure = _session_failure(run)
+                    if (dest.tls == "may" and failure is not None
+                            and failure.stage == "tls"):
+                        # Opportunistic TLS whose handshake failed: the same host again,
+                        # in the clear (Postfix does the same for `may`).
+                        log.info("TLS handshake with %s failed (%s); retrying without TLS",
+                                 where, failure.reply.text)
+                        run = await self._converse(dest, mx.name, address, port, pending,
+                                                   tls="none")
                 except ConnectError as exc:
                     log.info("connect to %s: %s", where, exc)
                     last = Reply.make(451, "4.4.1", f"No answer from {where}: {exc}")
@@ -255,9 +320,12 @@ class DeliveryEngine:
         if pending:
             await self._decide_units(pending, last, host=last_host, remote=last_remote)
 
-    async def _converse(self, name: str, address: str, port: int,
-                        units: list[_Unit]) -> ClientRun:
-        session = ClientSession(ClientConfig(helo_name=self.config.hostname, tls="may"))
+    async def _converse(self, dest: _Destination, name: str, address: str, port: int,
+                        units: list[_Unit], tls: TLSLevel | None = None) -> ClientRun:
+        level = tls or dest.tls
+        session = ClientSession(ClientConfig(
+            helo_name=self.config.hostname, tls=_CLIENT_TLS[level],
+            credentials=dest.credentials))
         messages = []
         for unit in units:
             msg = unit.item.message
@@ -271,10 +339,21 @@ class DeliveryEngine:
             )
             messages.append((env, msg.content))
         self.stats.connections += 1
+        context = self._verifying_context() if level == "verify" else self.tls_context
         run = await run_client(address, port, session, messages,
-                               tls_context=self.tls_context, server_hostname=name)
+                               tls_context=context, server_hostname=name)
         self.stats.messages_per_connection.append(len(run.results))
         return run
+
+    def _verifying_context(self) -> ssl.SSLContext:
+        """For `verify`: the peer's chain must lead to a trusted CA (`tls_ca_file`, or the
+        system's store) and its certificate must name the host; made once, shared."""
+        if self._verifying is None:
+            ca = self.config.delivery.tls_ca_file
+            ctx = ssl.create_default_context(cafile=str(ca) if ca is not None else None)
+            ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+            self._verifying = ctx
+        return self._verifying
 
     async def _record_run(self, run: ClientRun, where: str, units: list[_Unit]) -> list[_Unit]:
         """Record what the conversation decided; return units to try on the next host."""
@@ -293,8 +372,10 @@ class DeliveryEngine:
                 retry.append(unit)
                 continue
             for rcpt, rr in zip(unit.recipients, res.results, strict=True):
-                writes.append(self._decide(unit, rcpt, rr.outcome.reply, where,
-                                           rr.outcome.remote, run.tls))
+                reply, remote = rr.outcome.reply, rr.outcome.remote
+                if rr.outcome.stage == "auth" and reply.is_permanent:
+                    reply, remote = _auth_soft_bounce(reply), False
+                writes.append(self._decide(unit, rcpt, reply, where, remote, run.tls))
         decided = await asyncio.gather(*writes)
         if "failed" in decided:
             await self._bounce_units([u for u in units if u not in retry])
@@ -380,6 +461,15 @@ class DeliveryEngine:
             ))
             self.stats.bounces += 1
             log.info("%s: sender non-delivery notification: %s", msg.id, qid)
+
+
+def _auth_soft_bounce(reply: Reply) -> Reply:
+    """A relayhost refusing mailgate's credentials (535 5.7.8) says nothing about the
+    message: defer, so the mail waits while someone fixes the password, as Postfix's
+    smtp_sasl_auth_soft_bounce does. The server's reply stays in the text."""
+    enhanced = "4" + reply.enhanced[1:] if reply.enhanced else "4.7.0"
+    return Reply.make(451, enhanced, f"Authentication at the relayhost failed, so the "
+                      f"message stays queued; the relayhost said: {reply}")
 
 
 def _session_failure(run: ClientRun) -> Outcome | None:

@@ -133,8 +133,10 @@ async def serve(config: Config, *, reuse_port: bool = False, workers: int = 1,
             await asyncio.wait_for(web_task, 10.0)
     local.stop()
     outbound.stop()
-    # Work claimed but not finished stays claimed until its lease ends, then is due
-    # again: a restart resumes it (at-least-once), nothing is lost.
+    # Conversations under way get 30 s to finish; the outbound engine then gives back
+    # what it claimed and did not record, so a restart resumes it at once (at-least-once:
+    # a message cut off mid-DATA may go twice, none is lost). Local delivery gives back
+    # the messages of its batch it has not started.
     for task in (local_task, outbound_task):
         with contextlib.suppress(asyncio.CancelledError, TimeoutError):
             await asyncio.wait_for(task, 30.0)
