@@ -23,16 +23,18 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from mailgate.config import Delivery, DNSConfig
+from mailgate.config import Delivery, DNSConfig, Domains, Relayhost
 from mailgate.delivery.engine import DeliveryEngine
 from mailgate.queue import QueuedMessage, Recipient, RecipientState
 from mailgate.queue.sqlite import SQLiteQueue
+from mailgate.server.users import UserDB
 from tests.fakemx import DSN, MX1, MX2, FakeMX, parse_dsn, wait_until
 from tests.live import LiveServer, live_config
+from tests.tlscerts import TestCA
 
 if TYPE_CHECKING:
     from tests.dnsserver import DNSServer
@@ -128,11 +130,13 @@ def mailgate(tmp_path: Path, dns_server: DNSServer, mx_port: int,
     monkeypatch.setattr(DeliveryEngine, "POLL", 0.1)
     running: list[Mailgate] = []
 
-    def start(null_check: bool = False, retry: tuple[float, ...] = (1.0,)) -> Mailgate:
+    def start(null_check: bool = False, retry: tuple[float, ...] = (1.0,),
+              tls_policy: dict[str, str] | None = None, **delivery: Any) -> Mailgate:
         config = live_config(
             tmp_path / "data",
             dns=DNSConfig((dns_server.nameserver,)),
-            delivery=Delivery(smtp_port=mx_port, retry_schedule=retry),
+            delivery=Delivery(smtp_port=mx_port, retry_schedule=retry, **delivery),
+            tls_policy=tls_policy or {},
         )
         config = dataclasses.replace(config, policy=dataclasses.replace(
             config.policy, recipient_null_mx_check=null_check))
@@ -358,6 +362,7 @@ discard   unix  - - n -  - discard
 local     unix  - n n -  - local
 virtual   unix  - n n -  - virtual
 anvil     unix  - - n -  1 anvil
+tlsmgr    unix  - - n 1000? 1 tlsmgr
 scache    unix  - - n -  1 scache
 postlog   unix-dgram n - n - 1 postlogd
 """
@@ -404,9 +409,11 @@ class Postfix:
     (which refuses uid 0: it delivers as the postfix user).
     """
 
-    def __init__(self, address: str, port: int, users: tuple[str, ...]) -> None:
+    def __init__(self, address: str, port: int, users: tuple[str, ...],
+                 tls: tuple[Path, Path] | None = None) -> None:
         self.address = f"{address}:{port}"
         self.users = users
+        self.tls = tls  # (certificate, key) for STARTTLS, or none offered
         self.root = Path(tempfile.mkdtemp(prefix="mailgate-postfix-"))
         self.etc = self.root / "etc"
 
@@ -439,8 +446,13 @@ class Postfix:
             (self.root / sub).mkdir()
         for sub in ("data", "mail"):
             os.chown(self.root / sub, owner.pw_uid, owner.pw_gid)
-        (self.etc / "main.cf").write_text(MAIN_CF.format(
-            root=self.root, uid=owner.pw_uid, gid=owner.pw_gid))
+        main_cf = MAIN_CF.format(root=self.root, uid=owner.pw_uid, gid=owner.pw_gid)
+        if self.tls is not None:
+            # smtpd reads its key as root, before it drops privileges: etc/ will do.
+            cert, key = (shutil.copy(f, self.etc / f.name) for f in self.tls)
+            main_cf += (f"smtpd_tls_cert_file = {cert}\nsmtpd_tls_key_file = {key}\n"
+                        "smtpd_tls_security_level = may\nsmtpd_tls_received_header = yes\n")
+        (self.etc / "main.cf").write_text(main_cf)
         (self.etc / "master.cf").write_text(MASTER_CF.format(address=self.address))
         (self.etc / "vmailbox").write_text(
             "".join(f"{u}@pf.test pf.test/{u}/\n" for u in self.users))
@@ -479,6 +491,15 @@ def postfix(mx_port: int) -> Iterator[Postfix]:
     pf.stop()
 
 
+def postfix_maildir(postfix: Postfix, user: str) -> bytes:
+    try:
+        [box] = wait_until(lambda: list(postfix.maildir(user).glob("*")), 10,
+                           "the message in Postfix's Maildir")
+    except AssertionError as exc:
+        pytest.fail(f"{exc}\n{postfix.log()}")
+    return box.read_bytes()
+
+
 def test_postfix_receives_the_message_byte_for_byte(
         mailgate: Callable[..., Mailgate], postfix: Postfix, dns_server: DNSServer,
         mx_port: int) -> None:
@@ -508,3 +529,84 @@ def test_postfix_receives_the_message_byte_for_byte(
     assert names == ["Return-Path", "X-Original-To", "Delivered-To", "Received"], added
     assert added.startswith(f"Return-Path: <{SENDER}>\n")
     assert "by postfix.test (Postfix)" in added
+
+
+def test_verify_against_postfix_with_a_ca_signed_certificate(
+        mailgate: Callable[..., Mailgate], dns_server: DNSServer, mx_port: int,
+        tmp_path: Path) -> None:
+    """TLS level `verify` with a real Postfix: its certificate, signed by a CA mailgate is
+    told to trust, names mx2.test, the MX host name; the attempt records the cipher and
+    Postfix's Received header says the message came over TLS."""
+    ca = TestCA.create(tmp_path / "ca")
+    pf = Postfix(MX2, mx_port, ("bob",), tls=ca.issue("mx2.test")).start()
+    try:
+        dns_server.add("pf.test. MX 10 mx2.test.")
+        mg = mailgate(tls_policy={"pf.test": "verify"}, tls_ca_file=ca.ca_file)
+        qid = mg.send(["bob@pf.test"])
+        mg.wait(qid, "bob@pf.test", DELIVERED)
+        [(_, attempt)] = mg.queue.show(qid).attempts
+        assert attempt.tls is not None and attempt.tls.startswith("TLSv1.3 "), attempt
+        data = postfix_maildir(pf, "bob").decode(errors="replace")
+        assert f"(using {attempt.tls.split()[0]} with cipher {attempt.tls.split()[1]}" in data
+    finally:
+        pf.stop()
+
+
+def test_verify_refuses_postfix_with_an_untrusted_certificate(
+        mailgate: Callable[..., Mailgate], dns_server: DNSServer, mx_port: int,
+        tmp_path: Path) -> None:
+    ca = TestCA.create(tmp_path / "ca")
+    pf = Postfix(MX2, mx_port, ("bob",), tls=ca.issue("mx2.test", self_signed=True)).start()
+    try:
+        dns_server.add("pf.test. MX 10 mx2.test.")
+        mg = mailgate(tls_policy={"pf.test": "verify"}, tls_ca_file=ca.ca_file)
+        qid = mg.send(["bob@pf.test"])
+        r = mg.wait(qid, "bob@pf.test", DEFERRED)
+        assert (r.last_code, r.last_enhanced) == (451, "4.7.5"), r
+        assert r.last_text is not None and "certificate verify failed" in r.last_text
+        assert not pf.maildir("bob").exists() or not list(pf.maildir("bob").iterdir())
+    finally:
+        pf.stop()
+
+
+# --- a relayhost that wants AUTH: a second mailgate's submission port ------------------
+
+
+def test_relayhost_auth_at_a_second_mailgate(
+        mailgate: Callable[..., Mailgate], tmp_path: Path) -> None:
+    """mailgate A sends everything to mailgate B's submission port (STARTTLS, AUTH PLAIN,
+    B's self-signed certificate: the relayhost's level is `encrypt`); B takes mail for
+    b.test into its Maildir. Both ends are the production code."""
+    b_config = live_config(tmp_path / "b", domains=Domains(local=("b.test",)))
+    UserDB(b_config.data_dir / "users.json").set_password("a-node", "relay secret")
+    with LiveServer(b_config) as b:
+        relay = Relayhost("127.0.0.1", b.port("submission"), False, username="a-node",
+                          password="relay secret")
+        a = mailgate(relayhost=relay)
+        qid = a.send(["carol@b.test"])
+        a.wait(qid, "carol@b.test", DELIVERED)
+        [(_, attempt)] = a.queue.show(qid).attempts
+        assert attempt.tls is not None and attempt.remote
+        box = b.maildir / "b.test" / "carol" / "new"
+        [file] = wait_until(lambda: list(box.iterdir()) if box.is_dir() else None, 10,
+                            "the message in B's Maildir")
+        data = file.read_bytes()
+        assert data.endswith(CONTENT)
+        # B's trace header: submitted over TLS, authenticated (RFC 3848 ESMTPSA).
+        received = data.split(b"\r\n\r\n", 1)[0].split(b"Received:")[1]
+        assert b"with ESMTPSA" in received, received
+
+
+def test_relayhost_refusing_the_password_keeps_the_mail(
+        mailgate: Callable[..., Mailgate], tmp_path: Path) -> None:
+    b_config = live_config(tmp_path / "b", domains=Domains(local=("b.test",)))
+    UserDB(b_config.data_dir / "users.json").set_password("a-node", "relay secret")
+    with LiveServer(b_config) as b:
+        relay = Relayhost("127.0.0.1", b.port("submission"), False, username="a-node",
+                          password="wrong")
+        a = mailgate(relayhost=relay)
+        qid = a.send(["carol@b.test"])
+        r = a.wait(qid, "carol@b.test", DEFERRED)
+        assert (r.last_code, r.last_enhanced) == (451, "4.7.8"), r
+        assert r.last_text is not None and "535 5.7.8" in r.last_text
+        assert a.maildir_files() == []  # no bounce: the fault is the password
