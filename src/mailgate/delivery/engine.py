@@ -19,19 +19,18 @@ import logging
 import ssl
 import time
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
 from mailgate import metrics
 from mailgate.codes.reply import Reply
 from mailgate.config import Config
+from mailgate.delivery.notices import Enqueue, send_notice
 from mailgate.delivery.transport import ClientRun, ConnectError, run_client
 from mailgate.dns import MXHost, NullMX, PermFail, Resolver, Route, TempFail
 from mailgate.queue import (
     Attempt,
-    NewMessage,
-    NewRecipient,
     Queue,
     QueueError,
     Recipient,
@@ -83,9 +82,6 @@ class EngineStats:
     bounces: int = 0
     connections: int = 0
     messages_per_connection: list[int] = field(default_factory=list)
-
-
-Enqueue = Callable[[NewMessage], Awaitable[str]]
 
 
 class DeliveryEngine:
@@ -352,7 +348,7 @@ class DeliveryEngine:
         """One DSN per message for its recipients that failed in this round."""
         if self.enqueue is None:
             return
-        from mailgate.delivery.bounce import make_dsn, recipient_from_attempt
+        from mailgate.delivery.bounce import recipient_from_attempt
 
         for unit in units:
             msg = unit.item.message
@@ -369,15 +365,10 @@ class DeliveryEngine:
                 continue
             attempts = dict(shown.attempts)
             dsn_rcpts = [recipient_from_attempt(r, attempts.get(r.id)) for r in failed]
-            dsn = make_dsn(shown, dsn_rcpts, reporting_mta=self.config.hostname,
-                           kind="failure", now=self.clock())
-            if dsn is None:
+            qid = await send_notice(self.enqueue, shown, dsn_rcpts, kind="failure",
+                                    reporting_mta=self.config.hostname, now=self.clock())
+            if qid is None:
                 continue
-            qid = await self.enqueue(NewMessage(
-                sender="", recipients=[NewRecipient(msg.sender)], content=dsn,
-                received_at=self.clock(), client_address="", client_helo=self.config.hostname,
-                protocol="local", smtputf8=msg.smtputf8, body_8bit=msg.body_8bit,
-            ))
             self.stats.bounces += 1
             log.info("%s: sender non-delivery notification: %s", msg.id, qid)
 
