@@ -29,6 +29,7 @@ import pytest
 
 from mailgate.config import Delivery, DNSConfig, Domains, Relayhost
 from mailgate.delivery.engine import DeliveryEngine
+from mailgate.delivery.local import LocalDelivery
 from mailgate.queue import QueuedMessage, Recipient, RecipientState
 from mailgate.queue.sqlite import SQLiteQueue
 from mailgate.server.users import UserDB
@@ -125,8 +126,8 @@ class Mailgate:
 @pytest.fixture
 def mailgate(tmp_path: Path, dns_server: DNSServer, mx_port: int,
              monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Mailgate]]:
-    """`start(null_check=False, retry=(1.0,))` -> a running `mailgate serve` that asks the
-    test DNS server and delivers to port `mx_port`."""
+    """`start(null_check=False, retry=(1.0,), delay_warning=4h)` -> a running `mailgate
+    serve` that asks the test DNS server and delivers to port `mx_port`."""
     monkeypatch.setattr(DeliveryEngine, "POLL", 0.1)
     running: list[Mailgate] = []
 
@@ -317,6 +318,44 @@ def test_a_failing_message_from_the_null_sender_is_not_bounced(
     bounces = [m for i, m in messages.items() if i not in (null, other)]
     assert len(messages) == 3 and len(bounces) == 1, messages
     assert bounces[0].sender == "" and [r.address for r in bounces[0].recipients] == [SENDER]
+
+
+def test_a_deferred_message_gets_one_delay_notice_in_the_senders_maildir(
+        mailgate: Callable[..., Mailgate], fake_mx: Callable[..., FakeMX]) -> None:
+    mx1 = fake_mx(MX1)
+    mg = mailgate(retry=(0.2,), delay_warning=0.5)
+    qid = mg.send(["defer-450@one.test"])
+    [dsn] = mg.wait_dsns(1)
+    [rcpt] = dsn.recipients
+    assert (rcpt["action"], rcpt["status"]) == ("delayed", "4.2.1")
+    assert "will-retry-until" in rcpt
+    # The original's headers only, not its body.
+    assert dsn.returned is not None
+    assert dsn.returned.get_content_type() == "text/rfc822-headers"
+    headers = dsn.returned.get_payload()
+    assert isinstance(headers, str)
+    assert "Message-ID: <e2e@localhost>" in headers and "Hello, Bob." not in headers
+    # Retried on, never warned about again.
+    attempts = mg.recipient(qid, "defer-450@one.test").attempts
+    wait_until(lambda: mg.recipient(qid, "defer-450@one.test").attempts >= attempts + 3,
+               10, "three more attempts")
+    assert len(mg.maildir_files()) == 1 and len(mx1.rcpts) >= 4
+
+
+def test_a_mailbox_that_cannot_be_written_gets_a_delay_notice(
+        mailgate: Callable[..., Mailgate], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(LocalDelivery, "POLL", 0.1)
+    mg = mailgate(retry=(0.2,), delay_warning=0.5)
+    box = mg.live.maildir / "localhost" / "bob"
+    box.parent.mkdir(parents=True, exist_ok=True)
+    box.write_bytes(b"")  # a file where bob's Maildir should be: every delivery fails
+    qid = mg.send(["bob@localhost"])
+    [dsn] = mg.wait_dsns(1)
+    [rcpt] = dsn.recipients
+    assert rcpt["final-recipient"] == "rfc822; bob@localhost"
+    assert (rcpt["action"], rcpt["status"]) == ("delayed", "4.3.0")
+    r = mg.recipient(qid, "bob@localhost")
+    assert r.state == DEFERRED and r.delay_notified
 
 
 def test_twenty_messages_to_one_destination_go_over_few_connections(

@@ -168,6 +168,158 @@ def test_newer_schema_is_refused(db: Path) -> None:
         SQLiteQueue(db)
 
 
+# The schema of version 1, as the release before delay notices created it: a file it wrote
+# must open in this one with all its mail.
+SCHEMA_V1 = (
+    """CREATE TABLE messages (
+        seq INTEGER PRIMARY KEY,
+        id TEXT NOT NULL UNIQUE,
+        sender TEXT NOT NULL,
+        received_at REAL NOT NULL,
+        queued_at REAL NOT NULL,
+        size INTEGER NOT NULL,
+        client_address TEXT NOT NULL,
+        client_helo TEXT NOT NULL,
+        protocol TEXT NOT NULL,
+        authenticated_as TEXT,
+        envid TEXT,
+        ret TEXT,
+        smtputf8 INTEGER NOT NULL,
+        body_8bit INTEGER NOT NULL
+    )""",
+    "CREATE INDEX messages_sender ON messages (sender COLLATE NOCASE, seq)",
+    """CREATE TABLE contents (
+        seq INTEGER PRIMARY KEY REFERENCES messages (seq) ON DELETE CASCADE,
+        content BLOB NOT NULL
+    )""",
+    """CREATE TABLE recipients (
+        id INTEGER PRIMARY KEY,
+        msg_seq INTEGER NOT NULL REFERENCES messages (seq) ON DELETE CASCADE,
+        address TEXT NOT NULL,
+        domain TEXT NOT NULL,
+        orcpt TEXT,
+        notify TEXT,
+        state TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt REAL,
+        due_at REAL,
+        last_code INTEGER,
+        last_enhanced TEXT,
+        last_text TEXT,
+        claim_token TEXT,
+        claim_until REAL,
+        updated_at REAL NOT NULL
+    )""",
+    "CREATE INDEX recipients_due ON recipients (due_at) WHERE due_at IS NOT NULL",
+    "CREATE INDEX recipients_message ON recipients (msg_seq)",
+    "CREATE INDEX recipients_state ON recipients (state, msg_seq)",
+    "CREATE INDEX recipients_domain ON recipients (domain, msg_seq)",
+    "CREATE INDEX recipients_domain_due ON recipients (domain, due_at) WHERE due_at IS NOT NULL",
+    "CREATE INDEX recipients_claim ON recipients (claim_token) WHERE claim_token IS NOT NULL",
+    """CREATE TABLE attempts (
+        id INTEGER PRIMARY KEY,
+        recipient_id INTEGER NOT NULL REFERENCES recipients (id) ON DELETE CASCADE,
+        at REAL NOT NULL,
+        host TEXT NOT NULL,
+        code INTEGER NOT NULL,
+        enhanced TEXT,
+        text TEXT NOT NULL,
+        outcome TEXT NOT NULL,
+        remote INTEGER NOT NULL,
+        tls TEXT
+    )""",
+    "CREATE INDEX attempts_recipient ON attempts (recipient_id)",
+)
+
+
+def write_v1_queue(db: Path, now: float) -> None:
+    """A queue file as version 1 left it: one message from alice, to bob (deferred after
+    one attempt, due at `now`) and carol (queued), rows written as that release wrote them."""
+    with sqlite3.connect(db) as conn:
+        conn.execute("PRAGMA journal_mode = WAL")
+        for statement in SCHEMA_V1:
+            conn.execute(statement)
+        conn.execute(
+            "INSERT INTO messages (seq, id, sender, received_at, queued_at, size, "
+            "client_address, client_helo, protocol, authenticated_as, envid, ret, smtputf8, "
+            "body_8bit) VALUES (1, '018f0000000aabbcc', 'alice@example.org', ?, ?, 24, "
+            "'192.0.2.1', 'client.example.org', 'ESMTPS', 'alice', 'env-1', 'HDRS', 0, 0)",
+            (now - 7200, now - 7200))
+        conn.execute("INSERT INTO contents (seq, content) VALUES "
+                     "(1, CAST('Subject: hi\r\n\r\nhello\r\n' AS BLOB))")
+        conn.execute(
+            "INSERT INTO recipients (id, msg_seq, address, domain, orcpt, notify, state, "
+            "attempts, next_attempt, due_at, last_code, last_enhanced, last_text, "
+            "updated_at) VALUES (1, 1, 'bob@example.net', 'example.net', "
+            "'rfc822;bob@example.net', 'FAILURE,DELAY', 'deferred', 1, ?, ?, 450, '4.2.1', "
+            "'Mailbox busy', ?)", (now, now, now - 3600))
+        conn.execute(
+            "INSERT INTO recipients (id, msg_seq, address, domain, state, next_attempt, "
+            "due_at, updated_at) VALUES (2, 1, 'carol@example.com', 'example.com', "
+            "'queued', ?, ?, ?)", (now, now, now - 7200))
+        conn.execute(
+            "INSERT INTO attempts (recipient_id, at, host, code, enhanced, text, outcome, "
+            "remote, tls) VALUES (1, ?, 'mx.example.net[192.0.2.9]:25', 450, '4.2.1', "
+            "'Mailbox busy', 'deferred', 1, NULL)", (now - 3600,))
+        conn.execute("PRAGMA user_version = 1")
+
+
+def test_a_version_1_queue_is_migrated_and_keeps_its_mail(db: Path) -> None:
+    now = time.time()
+    write_v1_queue(db, now)
+    with SQLiteQueue(db) as queue:
+        m = queue.show("018f0000000aabbcc", content=True)
+        assert (m.sender, m.received_at, m.size, m.protocol, m.authenticated_as) == (
+            "alice@example.org", now - 7200, 24, "ESMTPS", "alice")
+        assert (m.envid, m.ret, m.content) == ("env-1", "HDRS", b"Subject: hi\r\n\r\nhello\r\n")
+        bob, carol = m.recipients
+        assert (bob.address, bob.state, bob.attempts, bob.orcpt, bob.notify) == (
+            "bob@example.net", DEFERRED, 1, "rfc822;bob@example.net", ("FAILURE", "DELAY"))
+        assert (bob.last_code, bob.last_enhanced, bob.last_text) == (450, "4.2.1", "Mailbox busy")
+        assert (carol.address, carol.state, carol.attempts) == ("carol@example.com", QUEUED, 0)
+        assert bob.delay_notified is False and carol.delay_notified is False
+        [(rid, old)] = m.attempts
+        assert (rid, old.code, old.outcome, old.remote) == (bob.id, 450, "deferred", True)
+        # The old rows work as new ones do: claimed, recorded, marked.
+        (item,) = queue.claim(now, limit=10, lease=60)
+        assert [r.id for r in item.recipients] == [bob.id, carol.id]
+        assert not any(r.delay_notified for r in item.recipients)
+        assert queue.mark_delay_notified([bob.id]) == [bob.id]
+        queue.record(carol.id, attempt("delivered"), claim_token=item.claim_token)
+        assert [(r.state, r.delay_notified) for r in queue.show(m.id).recipients] == [
+            (DEFERRED, True), (DELIVERED, False)]
+        assert queue.integrity_check() == ["ok"]
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+
+
+def test_a_migrated_file_has_the_tables_of_a_new_one(tmp_path: Path) -> None:
+    write_v1_queue(tmp_path / "old.db", time.time())
+    for name in ("old.db", "new.db"):
+        SQLiteQueue(tmp_path / name).close()
+
+    def columns(name: str) -> list[tuple[Any, ...]]:
+        with sqlite3.connect(tmp_path / name) as conn:
+            return [tuple(row) for table in ("messages", "contents", "recipients", "attempts")
+                    for row in conn.execute(f"PRAGMA table_info({table})")]
+
+    assert columns("old.db") == columns("new.db")
+
+
+def test_mark_delay_notified_sets_the_flag_once(q: SQLiteQueue) -> None:
+    qid = q.enqueue(message("a@example.net", "b@example.net", "c@example.net"))
+    a, b, c = q.show(qid).recipients
+    assert not any(r.delay_notified for r in (a, b, c))
+    assert q.mark_delay_notified([]) == []
+    assert q.mark_delay_notified([b.id, a.id, 99999]) == [a.id, b.id]  # unknown ids: left out
+    # Whoever marks second gets nothing back: it must not send a second notice.
+    assert q.mark_delay_notified([a.id, b.id]) == []
+    assert asyncio.run(q.mark_delay_notified_async([b.id, c.id])) == [c.id]
+    assert [r.delay_notified for r in q.show(qid).recipients] == [True, True, True]
+    (item,) = q.claim(time.time(), limit=1, lease=60)
+    assert all(r.delay_notified for r in item.recipients)
+
+
 def test_closed_queue_refuses_work_and_close_is_idempotent(db: Path) -> None:
     queue = SQLiteQueue(db)
     queue.close()

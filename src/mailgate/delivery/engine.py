@@ -5,7 +5,9 @@ Workers claim due work from the queue, group it by destination (domain, or the
 batches of messages to one connection (RSET between them is the client session's
 business). Each recipient's outcome is recorded as an attempt: 2xx delivered, 4xx or
 connection trouble deferred on the retry schedule, 5xx failed — and failed recipients
-owe their sender a bounce (RFC 3464), unless the message was itself a bounce.
+owe their sender a bounce (RFC 3464), unless the message was itself a bounce. A message
+still undelivered after `delivery.delay_warning` gets one delay notice for its deferred
+recipients (`delivery/notices.py`).
 
 Null MX (RFC 7505): a recipient whose domain publishes `MX 0 .` is never connected to;
 it fails at once with 556 5.1.10, decided here, and the sender is told.
@@ -28,19 +30,18 @@ import logging
 import ssl
 import time
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
 from mailgate import metrics
 from mailgate.codes.reply import Reply
 from mailgate.config import Config, TLSLevel
+from mailgate.delivery.notices import Enqueue, send_notice, warn_delayed
 from mailgate.delivery.transport import ClientRun, ConnectError, run_client
 from mailgate.dns import MXHost, NullMX, PermFail, Resolver, Route, TempFail
 from mailgate.queue import (
     Attempt,
-    NewMessage,
-    NewRecipient,
     Queue,
     QueueError,
     Recipient,
@@ -96,11 +97,9 @@ class EngineStats:
     deferred: int = 0
     failed: int = 0
     bounces: int = 0
+    delay_notices: int = 0
     connections: int = 0
     messages_per_connection: list[int] = field(default_factory=list)
-
-
-Enqueue = Callable[[NewMessage], Awaitable[str]]
 
 
 class DeliveryEngine:
@@ -377,8 +376,7 @@ class DeliveryEngine:
                     reply, remote = _auth_soft_bounce(reply), False
                 writes.append(self._decide(unit, rcpt, reply, where, remote, run.tls))
         decided = await asyncio.gather(*writes)
-        if "failed" in decided:
-            await self._bounce_units([u for u in units if u not in retry])
+        await self._notify([u for u in units if u not in retry], decided)
         return retry
 
     # --- outcomes ---------------------------------------------------------------------
@@ -390,8 +388,29 @@ class DeliveryEngine:
                             remote: bool) -> None:
         outcomes = await asyncio.gather(*(self._decide(u, r, reply, host, remote, None)
                                           for u in units for r in u.recipients))
+        await self._notify(units, outcomes)
+
+    async def _notify(self, units: list[_Unit], outcomes: Sequence[str]) -> None:
+        """What the senders of `units` are owed now that the round decided them: a
+        failure notice at once, a delay notice once a message has waited long enough.
+
+        The delay check runs whatever these units' outcomes: a message split over
+        destinations is warned about by whichever of them finishes last, and that one
+        may have delivered everything it carried."""
         if "failed" in outcomes:
             await self._bounce_units(units)
+        await self._warn_units(units)
+
+    async def _warn_units(self, units: list[_Unit]) -> None:
+        """One delay notice per message whose deferred recipients are owed one."""
+        if self.enqueue is None or self.config.delivery.delay_warning <= 0:
+            return
+        items = {u.item.claim_token: u.item for u in units}  # a message once
+        for item in items.values():
+            qid = await warn_delayed(self.queue, self.enqueue, self.config, item,
+                                     self.clock())
+            if qid is not None:
+                self.stats.delay_notices += 1
 
     async def _decide(self, unit: _Unit, rcpt: Recipient, reply: Reply, host: str,
                       remote: bool, tls: str | None) -> str:
@@ -433,7 +452,7 @@ class DeliveryEngine:
         """One DSN per message for its recipients that failed in this round."""
         if self.enqueue is None:
             return
-        from mailgate.delivery.bounce import make_dsn, recipient_from_attempt
+        from mailgate.delivery.bounce import recipient_from_attempt
 
         for unit in units:
             msg = unit.item.message
@@ -450,15 +469,10 @@ class DeliveryEngine:
                 continue
             attempts = dict(shown.attempts)
             dsn_rcpts = [recipient_from_attempt(r, attempts.get(r.id)) for r in failed]
-            dsn = make_dsn(shown, dsn_rcpts, reporting_mta=self.config.hostname,
-                           kind="failure", now=self.clock())
-            if dsn is None:
+            qid = await send_notice(self.enqueue, shown, dsn_rcpts, kind="failure",
+                                    reporting_mta=self.config.hostname, now=self.clock())
+            if qid is None:
                 continue
-            qid = await self.enqueue(NewMessage(
-                sender="", recipients=[NewRecipient(msg.sender)], content=dsn,
-                received_at=self.clock(), client_address="", client_helo=self.config.hostname,
-                protocol="local", smtputf8=msg.smtputf8, body_8bit=msg.body_8bit,
-            ))
             self.stats.bounces += 1
             log.info("%s: sender non-delivery notification: %s", msg.id, qid)
 

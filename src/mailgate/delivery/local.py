@@ -3,6 +3,10 @@
 The worker claims due local recipients, writes each message into the recipient's
 Maildir (durably), and only then records the recipient delivered. A crash between the
 two repeats the delivery after the claim's lease runs out: at-least-once, never lost.
+
+A Maildir that cannot be written (a full disk, a broken mailbox) defers the recipient;
+past `delivery.delay_warning` the sender gets a delay notice, by the same rule as for
+outbound mail (`delivery/notices.py`).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from pathlib import Path
 from mailgate import metrics
 from mailgate.config import Config
 from mailgate.delivery.maildir import MaildirError, deliver
+from mailgate.delivery.notices import Enqueue, warn_delayed
 from mailgate.queue import Attempt, NotFound, Queue, QueueError, WorkItem
 
 __all__ = ["LocalDelivery"]
@@ -31,9 +36,10 @@ class LocalDelivery:
     POLL = 30.0  # seconds between looks when nothing woke the worker (retries, restarts)
     STORAGE_RETRY = 1.0  # seconds between tries while the queue cannot be written
 
-    def __init__(self, config: Config, queue: Queue) -> None:
+    def __init__(self, config: Config, queue: Queue, enqueue: Enqueue | None = None) -> None:
         self.config = config
         self.queue = queue
+        self.enqueue = enqueue  # queues the notices it owes senders; None: sends none
         self.root: Path = config.data_dir / "maildir"
         self.domains = tuple(config.domains.local)
         self._wake = asyncio.Event()
@@ -67,13 +73,27 @@ class LocalDelivery:
                     with contextlib.suppress(QueueError):
                         await asyncio.to_thread(self.queue.release, item.claim_token)
                     continue
-                await asyncio.to_thread(self._deliver_item, item)
+                await self._deliver(item)
             if self._unrecorded or (items and len(items) == self.BATCH):
                 continue  # more may be due at once, or outcomes wait to be stored
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.POLL)
         with contextlib.suppress(QueueError):  # else the leases bring the work back
             await asyncio.to_thread(self._record_pending)
+
+    async def run_once(self) -> int:
+        """Claim and deliver what is due now; return how many messages were claimed."""
+        items = await asyncio.to_thread(self.queue.claim, time.time(), self.BATCH, self.LEASE,
+                                        self.domains)
+        for item in items:
+            await self._deliver(item)
+        return len(items)
+
+    async def _deliver(self, item: WorkItem) -> None:
+        """Deliver the claimed message, then send the delay notice it may now owe."""
+        await asyncio.to_thread(self._deliver_item, item)
+        if self.enqueue is not None:
+            await warn_delayed(self.queue, self.enqueue, self.config, item, time.time())
 
     def _record(self, recipient_id: int, attempt: Attempt, next_attempt: float | None,
                 claim_token: str) -> None:

@@ -124,6 +124,9 @@ class Recipient:
     last_enhanced: str | None = None
     last_text: str | None = None
     updated_at: float = 0.0
+    # The sender was sent a delay notice for this recipient (or was owed none: NOTIFY),
+    # so no second one goes out however long the recipient stays deferred.
+    delay_notified: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,6 +205,13 @@ class Queue(Protocol):
 
     def release(self, claim_token: str) -> None:
         """Give claimed work back unchanged (graceful shutdown)."""
+        ...
+
+    def mark_delay_notified(self, recipient_ids: Sequence[int]) -> builtins.list[int]:
+        """Set `delay_notified` on these recipients; return those it was not set on before
+        (ids unknown to the queue are left out). Whoever gets an id back owns that
+        recipient's delay notice: two workers marking the same recipient at once cannot
+        both send one."""
         ...
 
     def list(self, state: RecipientState | None = None, limit: int = 100, offset: int = 0,

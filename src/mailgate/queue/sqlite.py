@@ -63,7 +63,7 @@ __all__ = ["SCHEMA_VERSION", "SQLiteQueue", "new_queue_id"]
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 # Messages live in `messages` (envelope and metadata, small rows) and their bodies in
 # `contents`: list and show scan many message rows, and with bodies inline each row would
@@ -114,7 +114,8 @@ _SCHEMA = (
         last_text TEXT,
         claim_token TEXT,
         claim_until REAL,
-        updated_at REAL NOT NULL
+        updated_at REAL NOT NULL,
+        delay_notified INTEGER NOT NULL DEFAULT 0
     )""",
     "CREATE INDEX recipients_due ON recipients (due_at) WHERE due_at IS NOT NULL",
     "CREATE INDEX recipients_message ON recipients (msg_seq)",
@@ -136,6 +137,14 @@ _SCHEMA = (
     )""",
     "CREATE INDEX attempts_recipient ON attempts (recipient_id)",
 )
+# What takes a file from the version before to each version, run by _create_schema in the
+# transaction that opens the file, oldest step first. A step only adds (a column with a
+# default, for instance): rows written by the older mailgate stay as they are, and a new
+# file made from _SCHEMA ends up with the same tables as a migrated one.
+_MIGRATIONS: dict[int, tuple[str, ...]] = {
+    # 2: the delay notice is sent at most once per recipient (delivery/notices.py).
+    2: ("ALTER TABLE recipients ADD COLUMN delay_notified INTEGER NOT NULL DEFAULT 0",),
+}
 # Indexes added after version 1 first shipped: made on every open when missing (a file
 # written by an older mailgate gets them then; older code ignores them). They cover the
 # dashboard's activity() and the age filter of list(): each count reads one index range,
@@ -152,7 +161,7 @@ _MESSAGE_COLUMNS = (
 )
 _RECIPIENT_COLUMNS = (
     "id, msg_seq, address, state, attempts, next_attempt, orcpt, notify, "
-    "last_code, last_enhanced, last_text, updated_at"
+    "last_code, last_enhanced, last_text, updated_at, delay_notified"
 )
 _ACTIVE = "('queued', 'deferred')"  # the states claim() may take
 # When work becomes due again after a change of schedule: at `now`, unless a live claim
@@ -390,11 +399,20 @@ class SQLiteQueue:
                 for statement in _SCHEMA:
                     conn.execute(statement)
                 conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-            elif version != SCHEMA_VERSION:
+            elif not 1 <= version <= SCHEMA_VERSION:
                 raise QueueError(
                     f"{self.path} has queue schema version {version}, but this mailgate "
-                    f"knows only version {SCHEMA_VERSION}; run the mailgate that wrote it"
+                    f"knows only versions 1 to {SCHEMA_VERSION}; run the mailgate that "
+                    "wrote it"
                 )
+            elif version < SCHEMA_VERSION:
+                # A file from an older mailgate: brought up to date in this transaction,
+                # so other processes opening it meanwhile wait and then see the new
+                # version; a failure leaves the file as it was.
+                for step in range(version + 1, SCHEMA_VERSION + 1):
+                    for statement in _MIGRATIONS[step]:
+                        conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             for statement in _ADDED_INDEXES:
                 conn.execute(statement)
             conn.execute("COMMIT")
@@ -940,6 +958,41 @@ class SQLiteQueue:
 
         self._call(op, "release the claim")
 
+    def mark_delay_notified(self, recipient_ids: Sequence[int]) -> builtins.list[int]:
+        """Set `delay_notified`; the ids it was not set on before. See
+        `Queue.mark_delay_notified`."""
+        if not recipient_ids:
+            return []
+        return self._call(self._mark_delay_notified_op(recipient_ids), "note the delay notice")
+
+    async def mark_delay_notified_async(self, recipient_ids: Sequence[int]
+                                        ) -> builtins.list[int]:
+        """`mark_delay_notified` without blocking the event loop."""
+        if not recipient_ids:
+            return []
+        op = self._mark_delay_notified_op(recipient_ids)
+        return await asyncio.wrap_future(self._submit(op, "note the delay notice"))
+
+    def _mark_delay_notified_op(
+        self, recipient_ids: Sequence[int]
+    ) -> Callable[[sqlite3.Connection], builtins.list[int]]:
+        ids = sorted(set(recipient_ids))
+
+        def op(conn: sqlite3.Connection) -> builtins.list[int]:
+            # Test and set in one statement: the ids come back only from the one caller
+            # that changed them.
+            marked: builtins.list[int] = []
+            for chunk in _chunks(ids):
+                marks = ", ".join("?" * len(chunk))
+                marked += [row[0] for row in conn.execute(
+                    "UPDATE recipients SET delay_notified = 1 "
+                    f"WHERE id IN ({marks}) AND delay_notified = 0 RETURNING id",
+                    chunk,
+                )]
+            return sorted(marked)
+
+        return op
+
     # ------------------------------------------------------------------ administration
 
     def list(
@@ -1237,6 +1290,7 @@ def _recipient(row: sqlite3.Row, message_id: str) -> Recipient:
         last_enhanced=row["last_enhanced"],
         last_text=row["last_text"],
         updated_at=row["updated_at"],
+        delay_notified=bool(row["delay_notified"]),
     )
 
 

@@ -93,7 +93,6 @@ async def serve(config: Config, *, reuse_port: bool = False, workers: int = 1,
     resolver = Resolver(nameservers=list(config.dns.nameservers))
     tls_ctx, cert, _ = _tls(config)
     policy = policy_factory(config, resolver, users)
-    local = LocalDelivery(config, queue)
 
     def on_queued(qid: str, rcpts: list[str]) -> None:
         domains = {r.rpartition("@")[2] for r in rcpts}
@@ -108,6 +107,7 @@ async def serve(config: Config, *, reuse_port: bool = False, workers: int = 1,
         on_queued(qid, [r.address for r in message.recipients])
         return qid
 
+    local = LocalDelivery(config, queue, enqueue)
     outbound = DeliveryEngine(config, queue, resolver, enqueue)
     server = SMTPServer(config, policy, queue.enqueue_async, tls_ctx, on_queued=on_queued)
     await server.start(reuse_port=reuse_port)
