@@ -533,6 +533,24 @@ def test_one_of_two_refused_gives_one_dsn_for_the_failed_one(
     assert "bob@one.test" not in dsn.message.as_string().split("message/rfc822")[0]
 
 
+def test_failures_at_three_destinations_give_one_dsn_naming_them_all(
+        outbound: Callable[..., Outbound], mxs: tuple[FakeMX, FakeMX]) -> None:
+    # Three destinations (two MX domains and a null MX), decided by three separate
+    # tasks at different moments: the sender still gets one notice for the message.
+    out = outbound()
+    qid = out.submit("refuse-550@one.test", "bob@one.test", "refuse-552@pref.test",
+                     "carol@null.test")
+    out.run()
+    states = {a: r.state for a, r in out.recipients(qid).items()}
+    assert states == {"refuse-550@one.test": FAILED, "bob@one.test": DELIVERED,
+                      "refuse-552@pref.test": FAILED, "carol@null.test": FAILED}
+    dsn = out.dsn()  # exactly one
+    got = {r["final-recipient"].lower(): r["status"] for r in dsn.recipients}
+    assert got == {"rfc822; refuse-550@one.test": "5.1.1",
+                   "rfc822; refuse-552@pref.test": "5.2.2",
+                   "rfc822; carol@null.test": "5.1.10"}
+
+
 def test_a_failed_bounce_is_not_bounced(
         outbound: Callable[..., Outbound], mxs: tuple[FakeMX, FakeMX]) -> None:
     out = outbound()

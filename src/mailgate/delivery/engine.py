@@ -129,6 +129,10 @@ class DeliveryEngine:
         self._stopping = False
         self._tasks: set[asyncio.Task[None]] = set()
         self._claimed: set[str] = set()  # claim tokens of work being delivered now
+        # Per claimed message (claim token): its units not decided yet in this round, and
+        # whether one of its recipients failed, so it gets one failure notice in all.
+        self._units_left: dict[str, int] = {}
+        self._failures: set[str] = set()
         self._verifying: ssl.SSLContext | None = None
         self.stats = EngineStats()
 
@@ -220,7 +224,13 @@ class DeliveryEngine:
                 by_key[dest.key].append(r)
             for key, rcpts in by_key.items():
                 dests[key].units.append(_Unit(item, rcpts))
-        await asyncio.gather(*(self._deliver_destination(d) for d in dests.values()))
+            self._units_left[item.claim_token] = len(by_key)
+        try:
+            await asyncio.gather(*(self._deliver_destination(d) for d in dests.values()))
+        finally:
+            for item in items:
+                self._units_left.pop(item.claim_token, None)
+                self._failures.discard(item.claim_token)
 
     def _destination(self, domain: str) -> _Destination:
         """Where mail for `domain` goes, and how: domains that share a next hop and a TLS
@@ -392,13 +402,26 @@ class DeliveryEngine:
 
     async def _notify(self, units: list[_Unit], outcomes: Sequence[str]) -> None:
         """What the senders of `units` are owed now that the round decided them: a
-        failure notice at once, a delay notice once a message has waited long enough.
+        failure notice once every destination of the message has its outcome, a delay
+        notice once a message has waited long enough.
 
-        The delay check runs whatever these units' outcomes: a message split over
-        destinations is warned about by whichever of them finishes last, and that one
-        may have delivered everything it carried."""
-        if "failed" in outcomes:
-            await self._bounce_units(units)
+        Both wait for the last of a message's destinations, so a message whose
+        recipients failed at two of them gets one failure notice naming both; the delay
+        check runs whatever these units' outcomes, as that last one may have delivered
+        everything it carried."""
+        finished: list[WorkItem] = []
+        for unit in units:
+            token = unit.item.claim_token
+            left = self._units_left.get(token, 1) - 1
+            if left > 0:
+                self._units_left[token] = left
+                continue
+            self._units_left.pop(token, None)
+            if token in self._failures:
+                self._failures.discard(token)
+                finished.append(unit.item)
+        if finished:
+            await self._bounce_items(finished)
         await self._warn_units(units)
 
     async def _warn_units(self, units: list[_Unit]) -> None:
@@ -424,8 +447,10 @@ class DeliveryEngine:
         elif reply.is_permanent:
             outcome = "failed"
             self.stats.failed += 1
+            self._failures.add(unit.item.claim_token)
         elif now - msg.received_at >= self.config.delivery.max_queue_lifetime:
             outcome = "failed"  # RFC 5321 4.5.4.1: give up after the queue lifetime
+            self._failures.add(unit.item.claim_token)
             reply = Reply.make(EXPIRED.code, EXPIRED.enhanced,
                                f"{EXPIRED.text}; last: {reply}")
             self.stats.failed += 1
@@ -448,21 +473,20 @@ class DeliveryEngine:
                                     unit.item.claim_token)
         return outcome
 
-    async def _bounce_units(self, units: list[_Unit]) -> None:
-        """One DSN per message for its recipients that failed in this round."""
+    async def _bounce_items(self, items: list[WorkItem]) -> None:
+        """One DSN per message for its recipients that failed in this round (the
+        claimed ones now failed: a claim holds only recipients still to be tried)."""
         if self.enqueue is None:
             return
         from mailgate.delivery.bounce import recipient_from_attempt
 
-        for unit in units:
-            msg = unit.item.message
+        for item in items:
+            msg = item.message
             if not msg.sender:
-                for r in unit.recipients:
-                    log.info("%s: a bounce (from <>) failed for <%s>: dropped, never bounced",
-                             msg.id, r.address)
+                log.info("%s: a bounce (from <>) failed: dropped, never bounced", msg.id)
                 continue
             shown = await asyncio.to_thread(self.queue.show, msg.id, True)
-            failed_ids = {r.id for r in unit.recipients}
+            failed_ids = {r.id for r in item.recipients}
             failed = [r for r in shown.recipients
                       if r.id in failed_ids and str(r.state) == "failed"]
             if not failed:
