@@ -20,6 +20,7 @@ import pytest
 from mailgate.delivery.engine import DeliveryEngine
 from mailgate.delivery.local import LocalDelivery
 from mailgate.queue import NewMessage, NewRecipient, RecipientState
+from mailgate.queue.report import message_json, show_text
 from mailgate.queue.sqlite import SQLiteQueue
 from tests import test_delivery
 from tests.fakemx import DSN, FakeMX, parse_dsn
@@ -117,6 +118,10 @@ def test_a_deferred_message_past_delay_warning_gets_one_delay_notice(
     assert "Message-ID: <delivery-test@localhost>" in returned
     assert "Subject: delivery test" in returned and "Hello." not in returned
     assert out.engine.stats.delay_notices == 1 and out.engine.stats.bounces == 0
+    # The administrator sees it too: `mailgate queue show` and the JSON API.
+    shown = out.queue.show(qid)
+    assert "sender told of the delay" in show_text(shown)
+    assert message_json(shown)["recipients"][0]["delay_notified"] is True
 
 
 def test_no_second_notice_for_a_recipient_deferred_again(

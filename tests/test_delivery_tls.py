@@ -17,6 +17,7 @@ import pytest
 
 from mailgate.config import Relayhost, parse_config
 from mailgate.queue import RecipientState
+from mailgate.queue.report import show_text
 from tests.fakemx import MX1, MX2, FakeMX
 from tests.test_delivery import Outbound, host
 from tests.tlscerts import TestCA, server_context
@@ -80,6 +81,7 @@ def test_verify_delivers_over_tls_to_a_certificate_naming_the_mx_host(
     [attempt] = out.attempts(qid, "bob@one.test")
     assert attempt.tls is not None and attempt.tls.startswith("TLSv1.")
     assert attempt.host == host("mx1.test", MX1, mx_port)
+    assert f"[delivered, {attempt.tls}]" in show_text(out.queue.show(qid))
 
 
 @pytest.mark.parametrize(("names", "self_signed", "why"), [

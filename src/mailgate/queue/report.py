@@ -26,6 +26,7 @@ def _rcpt_json(r: Recipient) -> dict[str, Any]:
         "state": str(r.state),
         "attempts": r.attempts,
         "next_attempt": r.next_attempt,
+        "delay_notified": r.delay_notified,
         "last_reply": None if r.last_code is None else {
             "code": r.last_code, "enhanced": r.last_enhanced, "text": r.last_text,
         },
@@ -99,12 +100,14 @@ def show_text(m: QueuedMessage, lang: str = "en") -> str:
         lines.append(f"dsn       envid={m.envid or '-'} ret={m.ret or '-'}")
     for r in m.recipients:
         lines.append(f"to        <{r.address}>  {r.state}, {r.attempts} attempt(s), next "
-                     f"{_when(r.next_attempt)}")
+                     f"{_when(r.next_attempt)}"
+                     + (", sender told of the delay" if r.delay_notified else ""))
         for rid, a in m.attempts:
             if rid != r.id:
                 continue
             lines.append(f"  {_when(a.at)}  {a.host or '(no connection)'}  {a.code} "
-                         f"{a.enhanced or ''} {a.text}  [{a.outcome}]")
+                         f"{a.enhanced or ''} {a.text}  [{a.outcome}"
+                         + (f", {a.tls}]" if a.tls else "]"))
             if a.code >= 400:
                 try:
                     e = explain_code(a.enhanced or str(a.code), lang)

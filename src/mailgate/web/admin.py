@@ -1057,6 +1057,10 @@ OPENAPI_COMPONENTS: dict[str, Any] = {
                                          "enum": [s.value for s in RecipientState]},
                                "attempts": {"type": "integer"},
                                "next_attempt": {"type": ["number", "null"]},
+                               "delay_notified": {
+                                   "type": "boolean",
+                                   "description": "the sender got a delay notice about "
+                                                  "this recipient"},
                                "last_reply": _REPLY}},
         "QueueAttempt": {"type": "object", "properties": {
             "recipient_id": {"type": "integer"}, "at": {"type": "number"},
