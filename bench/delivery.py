@@ -537,7 +537,8 @@ def report(rows: dict[str, list[Run]], args: argparse.Namespace,
         f"- queues on {fs_type(root)} ({root.parent}); everything on 127.0.0.1",
         f"- load: {args.messages:,} queued messages, one recipient each, all for one "
         f"destination ({DOMAIN} -> one smtp-sink); {PAYLOAD:,}-byte payload plus headers",
-        f"- mailgate from {Path(mailgate.__file__).parent.parent}: DeliveryEngine in-process"
+        f"- mailgate from {_where(Path(mailgate.__file__).parent.parent)}: DeliveryEngine "
+        "in-process"
         f" ({loop}), SQLite WAL synchronous=FULL, "
         f"`[log] level = {args.log_level}` to a file; MESSAGES_PER_CONNECTION = "
         f"{DeliveryEngine.MESSAGES_PER_CONNECTION}, BATCH = {DeliveryEngine.BATCH}",
@@ -672,3 +673,13 @@ def _show(run: Run) -> None:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def _where(src: Path) -> str:
+    """Where mailgate was imported from, without this machine's paths: the checkout's
+    `src/`, or "an installed copy"."""
+    here = Path(__file__).resolve().parent.parent
+    try:
+        return str(src.resolve().relative_to(here)) + "/ of this checkout"
+    except ValueError:
+        return "an installed copy"
