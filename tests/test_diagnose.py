@@ -263,6 +263,17 @@ def test_check_with_config_local_route_and_relayhost(resolver: Resolver) -> None
     assert via.result == "deliverable" and via.to_json()["nexthop"]["via"] == "relayhost"
 
 
+def test_check_with_config_names_the_tls_level(resolver: Resolver) -> None:
+    config = parse_config('[tls_policy]\n"pref.test" = "verify"\n', "test.toml")
+    strict = do_check(resolver, "pref.test", config)
+    assert strict.to_json()["tls_level"] == "verify"
+    assert "outbound TLS level verify" in strict.render()
+    assert "外发 TLS 级别 verify" in strict.render("text", "zh")
+    default = do_check(resolver, "one.test", config)
+    assert default.to_json()["tls_level"] == "may"
+    assert do_check(resolver, "one.test").to_json()["tls_level"] is None  # no config
+
+
 def test_check_chinese_headings(resolver: Resolver) -> None:
     text = do_check(resolver, "null.test").render("text", "zh")
     for heading in ("域名：", "路由：", "含义：", "投递：", "代码说明：", "结论："):

@@ -156,6 +156,20 @@ _TEXT: dict[str, dict[str, str]] = {
         "cfg.relayhost": (
             "[delivery] relayhost sends all non-local mail, {domain}'s included, to {nexthop}"
         ),
+        "cfg.tls.none": "outbound TLS level none: mailgate never asks for STARTTLS here",
+        "cfg.tls.may": (
+            "outbound TLS level may: STARTTLS when the server offers it, certificate not "
+            "checked; without TLS the mail still goes"
+        ),
+        "cfg.tls.encrypt": (
+            "outbound TLS level encrypt: TLS is required (certificate not checked); a "
+            "server without it gets no mail, which is deferred with 451 4.7.4"
+        ),
+        "cfg.tls.verify": (
+            "outbound TLS level verify: TLS is required and the certificate must chain to "
+            "a trusted CA and name the host connected to; otherwise the mail is deferred "
+            "with 451 4.7.5"
+        ),
         "check.local": "delivered locally (Maildir)",
         "check.deliverable": "deliverable: mailgate has a route for mail to {domain}",
         "check.null_mx": "not deliverable: {domain} accepts no mail (null MX)",
@@ -256,6 +270,18 @@ _TEXT: dict[str, dict[str, str]] = {
         ),
         "cfg.route": "[routes] 将 {domain} 的邮件发往 {nexthop}，不论其 DNS 如何",
         "cfg.relayhost": "[delivery] relayhost 将所有非本地邮件（包括 {domain}）发往 {nexthop}",
+        "cfg.tls.none": "外发 TLS 级别 none：mailgate 在此从不发送 STARTTLS",
+        "cfg.tls.may": (
+            "外发 TLS 级别 may：服务器提供 STARTTLS 时使用，不校验证书；没有 TLS 邮件照常发送"
+        ),
+        "cfg.tls.encrypt": (
+            "外发 TLS 级别 encrypt：必须使用 TLS（不校验证书）；不支持 TLS 的服务器收不到邮件，"
+            "邮件以 451 4.7.4 推迟"
+        ),
+        "cfg.tls.verify": (
+            "外发 TLS 级别 verify：必须使用 TLS，且证书须由受信任的 CA 签发并包含所连接的主机名；"
+            "否则邮件以 451 4.7.5 推迟"
+        ),
         "check.local": "本地投递（Maildir）",
         "check.deliverable": "可投递：mailgate 有发往 {domain} 的路由",
         "check.null_mx": "不可投递：{domain} 不接收任何邮件（null MX）",
@@ -419,6 +445,7 @@ class CheckReport:
     nexthop: str = ""  # as the configuration writes it: smtp:[127.0.0.2]:2526
     nexthop_route: Route | None = None  # where that next hop resolves to
     nexthop_direct: bool = False  # [host]: its addresses, no MX lookup
+    tls: str = ""  # the outbound TLS level (Config.tls_level_for), with a configuration
 
     @property
     def effective(self) -> Route | None:
@@ -451,9 +478,12 @@ class CheckReport:
     def notes(self, lang: str = "en") -> list[str]:
         if self.local:
             return [_t(lang, "cfg.local", domain=self.domain)]
+        notes = []
         if self.via:
-            return [_t(lang, f"cfg.{self.via}", domain=self.domain, nexthop=self.nexthop)]
-        return []
+            notes.append(_t(lang, f"cfg.{self.via}", domain=self.domain, nexthop=self.nexthop))
+        if self.tls:
+            notes.append(_t(lang, f"cfg.tls.{self.tls}"))
+        return notes
 
     def to_json(self, lang: str = "en") -> dict[str, Any]:
         nexthop: dict[str, Any] | None = None
@@ -469,6 +499,7 @@ class CheckReport:
             "route": _route_json(self.route, lang, self.port),
             "local": self.local,
             "nexthop": nexthop,
+            "tls_level": self.tls or None,
             "notes": self.notes(lang),
             "verdict": {"result": self.result, "text": self.verdict(lang)},
             "exit_status": self.exit_status,
@@ -507,6 +538,7 @@ async def check(domain: str, resolver: Resolver, config: Config | None = None) -
     if config.domains.is_local(domain):
         report.local = True
         return report
+    report.tls = config.tls_level_for(domain)
     override = config.route_for(domain)
     relay = config.delivery.relayhost
     if override is not None:
