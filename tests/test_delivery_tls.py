@@ -9,23 +9,23 @@ import asyncio
 import ssl
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import pytest
 
 from mailgate.config import Relayhost, parse_config
 from mailgate.queue import RecipientState
 from mailgate.queue.report import show_text
+from tests import test_delivery
 from tests.fakemx import MX1, MX2, FakeMX
 from tests.test_delivery import Outbound, host
 from tests.tlscerts import TestCA, server_context
 
-if TYPE_CHECKING:
-    from tests.dnsserver import DNSServer
-
 pytest_plugins = ["tests.dnsserver", "tests.fakemx"]
+
+# The engine harness of tests/test_delivery.py: a real SQLite queue, the test DNS server.
+outbound = test_delivery.outbound
 
 DELIVERED = RecipientState.DELIVERED
 DEFERRED = RecipientState.DEFERRED
@@ -34,21 +34,6 @@ DEFERRED = RecipientState.DEFERRED
 @pytest.fixture(scope="module")
 def ca(tmp_path_factory: pytest.TempPathFactory) -> TestCA:
     return TestCA.create(tmp_path_factory.mktemp("ca"))
-
-
-@pytest.fixture
-def outbound(tmp_path: Path, dns_server: DNSServer, mx_port: int
-             ) -> Iterator[Callable[..., Outbound]]:
-    made: list[Outbound] = []
-
-    def make(**changes: object) -> Outbound:
-        out = Outbound(tmp_path / f"q{len(made)}", dns_server, mx_port, **changes)
-        made.append(out)
-        return out
-
-    yield make
-    for out in made:
-        out.queue.close()
 
 
 def tls_mx(fake_mx: Callable[..., FakeMX], ca: TestCA, address: str, *names: str,
