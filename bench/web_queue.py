@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import httpx
+import httpx2 as httpx  # the test extras install it (starlette.testclient uses it)
 
 from mailgate.config import Config
 from mailgate.queue import Attempt, NewMessage, NewRecipient
