@@ -36,6 +36,8 @@ from mailgate.delivery.diagnose import (
 )
 from mailgate.dns import Resolver
 from mailgate.server.tls import ensure_self_signed, server_context
+from tests.tlscerts import TestCA
+from tests.tlscerts import server_context as ca_server_context
 
 if TYPE_CHECKING:
     from tests.dnsserver import DNSServer
@@ -403,6 +405,69 @@ def test_probe_starttls(resolver: Resolver, tls_mta: MTA) -> None:
     assert "STARTTLS" not in [x.sent for x in plain.attempts[0].transcript]
 
 
+@pytest.fixture(scope="module")
+def ca(tmp_path_factory: pytest.TempPathFactory) -> TestCA:
+    return TestCA.create(tmp_path_factory.mktemp("ca"))
+
+
+def test_probe_shows_the_certificate_unchecked_by_default(
+        resolver: Resolver, ca: TestCA) -> None:
+    cert, key = ca.issue("mx1.test", "127.0.0.2")
+    mta = start_mta(MX1, free_port(MX1), tls_context=ca_server_context(cert, key))
+    try:
+        report = do_probe(resolver, "one.test", port=mta.port)
+    finally:
+        mta.controller.stop()
+    tls = report.attempts[0].tls
+    assert tls is not None and tls.certificate is not None and not tls.verified
+    assert tls.certificate.subject == "CN=mx1.test"
+    assert tls.certificate.names == ("mx1.test", "127.0.0.2")
+    assert tls.certificate.issuer == "CN=mailgate test CA"
+    text = report.render()
+    assert "Certificate: CN=mx1.test; names mx1.test, 127.0.0.2; issued by CN=mailgate " \
+        "test CA; valid until " in text
+    assert "not checked (--verify" in text
+    assert "证书：CN=mx1.test" in report.render("text", "zh")
+    assert report.to_json()["tls"]["certificate"]["names"] == ["mx1.test", "127.0.0.2"]
+
+
+def test_probe_verify_passes_a_certificate_from_a_trusted_ca(
+        resolver: Resolver, ca: TestCA) -> None:
+    cert, key = ca.issue("mx1.test")
+    mta = start_mta(MX1, free_port(MX1), tls_context=ca_server_context(cert, key))
+    try:
+        report = do_probe(resolver, "one.test", port=mta.port, rcpt="good@one.test",
+                          verify=True, ca_file=ca.ca_file)
+    finally:
+        mta.controller.stop()
+    assert report.result == "accepted", report.render()
+    tls = report.attempts[0].tls
+    assert tls is not None and tls.verified
+    assert report.to_json()["tls"]["verified"] is True
+    assert "verified: it chains to a trusted CA and names mx1.test" in report.render()
+
+
+@pytest.mark.parametrize(("names", "self_signed", "why"), [
+    (("mx9.test",), False, "Hostname mismatch"),
+    (("mx1.test",), True, "certificate verify failed"),
+])
+def test_probe_verify_refuses_a_certificate_that_does_not_check_out(
+        resolver: Resolver, ca: TestCA, names: tuple[str, ...], self_signed: bool,
+        why: str) -> None:
+    cert, key = ca.issue(*names, self_signed=self_signed)
+    mta = start_mta(MX1, free_port(MX1), tls_context=ca_server_context(cert, key))
+    try:
+        report = do_probe(resolver, "one.test", port=mta.port, rcpt="good@one.test",
+                          verify=True, ca_file=ca.ca_file)
+    finally:
+        mta.controller.stop()
+    assert report.result == "temporary" and report.exit_status == EX_TEMPFAIL
+    assert report.stage == "tls"
+    assert report.reply is not None and report.reply.enhanced == "4.7.5"
+    assert why in str(report.reply)
+    assert not any(c.startswith(("MAIL", "RCPT")) for c in mta.handler.commands)
+
+
 def test_probe_require_tls_without_starttls_is_temporary(resolver: Resolver,
                                                          mx2_only: MTA) -> None:
     report = do_probe(resolver, f"{MX2}:{mx2_only.port}", starttls="require")
@@ -570,6 +635,10 @@ def test_cli_probe_exit_codes(dns_server: DNSServer, mx2_only: MTA) -> None:
         (["probe", "x.test:99999"], "port"),
         (["probe", "x.test", "--rcpt", "nobody"], "--rcpt"),
         (["probe", "x.test", "--timeout", "-1"], "--timeout"),
+        (["probe", "x.test", "--ca-file", "ca.pem"], "--ca-file is what --verify trusts"),
+        (["probe", "x.test", "--verify", "--no-starttls"], "cannot go with --no-starttls"),
+        (["probe", "x.test", "--verify", "--ca-file", "/nonexistent/ca.pem"],
+         "--ca-file /nonexistent/ca.pem: not a PEM file"),
     ],
 )
 def test_cli_bad_input_one_line_exit_2(args: list[str], message: str) -> None:

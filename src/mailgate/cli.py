@@ -464,6 +464,10 @@ def check(domain: str, nameservers: tuple[str, ...], config_path: Path | None,
 @click.option("--rcpt", default=None, metavar="ADDR", help="RCPT TO address to try.")
 @click.option("--starttls/--no-starttls", "starttls", default=None,
               help="Require STARTTLS / never use it (default: use it when offered).")
+@click.option("--verify", is_flag=True,
+              help="Require TLS and check the certificate as the TLS level verify does.")
+@click.option("--ca-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="PEM file of the CAs --verify trusts (default: the system's).")
 @_diag_nameserver
 @click.option("--helo", default="localhost", show_default=True, help="Name to give in EHLO.")
 @click.option("--timeout", "timeout_text", default="30", show_default=True,
@@ -471,14 +475,16 @@ def check(domain: str, nameservers: tuple[str, ...], config_path: Path | None,
 @_diag_format
 @_lang_option
 def probe(target: str, port_text: str, mail_from: str | None, rcpt: str | None,
-          starttls: bool | None, nameservers: tuple[str, ...], helo: str, timeout_text: str,
-          fmt: str, lang: str | None) -> None:
+          starttls: bool | None, verify: bool, ca_file: Path | None,
+          nameservers: tuple[str, ...], helo: str, timeout_text: str, fmt: str,
+          lang: str | None) -> None:
     """Talk to the mail server of TARGET as a delivery would, without sending a message.
 
     TARGET is a DOMAIN (its MX hosts are tried in order until one answers), or a host
     to connect to directly: HOST:PORT, IP, [IP]:PORT. Runs EHLO, STARTTLS, optionally
     MAIL FROM and RCPT TO, then RSET and QUIT; never DATA. Prints every reply with its
-    explanation and a verdict. A null-MX domain is reported without connecting.
+    explanation, the TLS certificate, and a verdict. A null-MX domain is reported
+    without connecting.
     Exit status: 0 accepted, 1 refused, 75 temporary failure or no answer, 2 bad input.
     """
     import asyncio
@@ -497,7 +503,7 @@ def probe(target: str, port_text: str, mail_from: str | None, rcpt: str | None,
         resolver = Resolver(servers, timeout=min(timeout, 5.0))
         report = asyncio.run(do_probe(
             target, resolver=resolver, port=port, helo=helo, mail_from=mail_from, rcpt=rcpt,
-            starttls=policy, timeout=timeout,
+            starttls=policy, timeout=timeout, verify=verify, ca_file=ca_file,
         ))
     except ValueError as exc:
         fail(str(exc))

@@ -31,6 +31,7 @@ import re
 import ssl
 from collections import deque
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from mailgate.codes.reply import Reply, ReplyError, parse_reply, parse_reply_line
@@ -96,6 +97,10 @@ _TEXT: dict[str, dict[str, str]] = {
         "target": "Target",
         "attempt": "Attempt",
         "tls": "TLS",
+        "certificate": "Certificate",
+        "cert_line": "{subject}; names {names}; issued by {issuer}; valid until {until}",
+        "cert_verified": "verified: it chains to a trusted CA and names {host}",
+        "cert_unverified": "not checked (--verify checks it as the TLS level verify does)",
         "capabilities": "Capabilities",
         "preference": "preference",
         "no_address": "(no address)",
@@ -215,6 +220,10 @@ _TEXT: dict[str, dict[str, str]] = {
         "target": "目标",
         "attempt": "连接尝试",
         "tls": "TLS",
+        "certificate": "证书",
+        "cert_line": "{subject}；名称 {names}；签发者 {issuer}；有效期至 {until}",
+        "cert_verified": "已验证：证书链至受信任的 CA，且包含主机名 {host}",
+        "cert_unverified": "未校验（--verify 会像 TLS 级别 verify 那样校验）",
         "capabilities": "服务器能力",
         "preference": "优先级",
         "no_address": "（无地址）",
@@ -663,17 +672,55 @@ def parse_target(text: str, default_port: int = 25) -> Target:
 
 
 @dataclass(frozen=True, slots=True)
+class CertInfo:
+    """The server's certificate, as far as a reader needs it to see why it is (not)
+    trusted: whom it is for, the names it covers, who signed it, until when."""
+
+    subject: str  # RFC 4514: "CN=mx1.example.org"
+    names: tuple[str, ...]  # subjectAltName DNS names and IP addresses
+    issuer: str  # RFC 4514
+    not_after: str  # ISO 8601, UTC
+
+    @classmethod
+    def from_der(cls, der: bytes) -> CertInfo | None:
+        from cryptography import x509
+
+        try:
+            cert = x509.load_der_x509_certificate(der)
+        except ValueError:
+            return None
+        names: list[str] = []
+        try:
+            san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        except (x509.ExtensionNotFound, ValueError):
+            pass
+        else:
+            names += san.get_values_for_type(x509.DNSName)
+            names += [str(ip) for ip in san.get_values_for_type(x509.IPAddress)]
+        return cls(cert.subject.rfc4514_string(), tuple(names), cert.issuer.rfc4514_string(),
+                   cert.not_valid_after_utc.strftime("%Y-%m-%dT%H:%M:%SZ"))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"subject": self.subject, "names": list(self.names), "issuer": self.issuer,
+                "not_after": self.not_after}
+
+
+@dataclass(frozen=True, slots=True)
 class TLSInfo:
     version: str  # "TLSv1.3"
     cipher: str  # "TLS_AES_256_GCM_SHA384"
     bits: int | None
+    certificate: CertInfo | None = None
+    verified: bool = False  # the handshake checked the chain and the host name (--verify)
 
     def __str__(self) -> str:
         bits = f" ({self.bits} bits)" if self.bits else ""
         return f"{self.version} {self.cipher}{bits}"
 
     def to_json(self) -> dict[str, Any]:
-        return {"version": self.version, "cipher": self.cipher, "bits": self.bits}
+        return {"version": self.version, "cipher": self.cipher, "bits": self.bits,
+                "verified": self.verified,
+                "certificate": self.certificate.to_json() if self.certificate else None}
 
 
 @dataclass(frozen=True, slots=True)
@@ -847,17 +894,32 @@ class _Recorder:
             self.exchanges.append(Exchange(stage, command, None))
 
 
-def _tls_info(writer: asyncio.StreamWriter) -> TLSInfo | None:
+def _tls_info(writer: asyncio.StreamWriter, verified: bool) -> TLSInfo | None:
     obj = writer.get_extra_info("ssl_object")
     if obj is None:
         return None
     cipher = obj.cipher()
+    der = obj.getpeercert(binary_form=True)
     return TLSInfo(obj.version() or "", cipher[0] if cipher else "",
-                   cipher[2] if cipher else None)
+                   cipher[2] if cipher else None,
+                   CertInfo.from_der(der) if der else None, verified)
+
+
+def _verifying_context(ca_file: Path | None) -> ssl.SSLContext:
+    """As delivery's `verify`: a chain to a trusted CA (`ca_file`, else the system's
+    store) and a certificate naming the host."""
+    try:
+        ctx = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
+    except (OSError, ssl.SSLError) as exc:
+        raise ValueError(
+            f"--ca-file {ca_file}: not a PEM file of CA certificates ({exc})."
+        ) from None
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    return ctx
 
 
 async def _converse(attempt: Attempt, config: ClientConfig, envelope: Envelope | None,
-                    timeout: float) -> None:
+                    timeout: float, verifying: ssl.SSLContext | None = None) -> None:
     """Connect to the attempt's address and run the verify-only session to its end."""
     try:
         reader, writer = await asyncio.wait_for(
@@ -878,6 +940,8 @@ async def _converse(attempt: Attempt, config: ClientConfig, envelope: Envelope |
         session.send(envelope, b"")
     session.quit()
     sni = None if attempt.host.strip("[]") == attempt.address else attempt.host
+    if verifying is not None:
+        sni = attempt.host.strip("[]")  # an IP address is checked against the IP SANs
 
     async def flush() -> None:
         out = session.data_to_send()
@@ -895,14 +959,15 @@ async def _converse(attempt: Attempt, config: ClientConfig, envelope: Envelope |
                     await flush()
                     try:
                         await asyncio.wait_for(
-                            writer.start_tls(opportunistic_context(), server_hostname=sni),
+                            writer.start_tls(verifying or opportunistic_context(),
+                                             server_hostname=sni),
                             timeout,
                         )
                     except (OSError, ssl.SSLError, TimeoutError) as exc:
                         tls_broken = True
                         session.tls_failed(tls_failure(exc))
                     else:
-                        attempt.tls = _tls_info(writer)
+                        attempt.tls = _tls_info(writer, verifying is not None)
                         rec.note("tls", str(attempt.tls or ""))
                         session.tls_established()
                 elif isinstance(ev, Established):
@@ -1071,6 +1136,16 @@ class ProbeReport:
         if final is not None:
             tls = str(final.tls) if final.tls else _t(lang, "not_used")
             lines.append(f"{_label(lang, 'tls')}{tls}")
+            cert = final.tls.certificate if final.tls else None
+            if cert is not None:
+                lines.append(f"{_label(lang, 'certificate')}" + _t(
+                    lang, "cert_line", subject=cert.subject or "-",
+                    names=", ".join(cert.names) or "-", issuer=cert.issuer or "-",
+                    until=cert.not_after))
+                assert final.tls is not None
+                check = (_t(lang, "cert_verified", host=final.host.strip("[]"))
+                         if final.tls.verified else _t(lang, "cert_unverified"))
+                lines.append(f"  {check}")
             caps = final.capabilities
             words = ", ".join(f"{k} {p}".strip() for k, p in caps.keywords) if caps else ""
             lines.append(f"{_label(lang, 'capabilities')}{words or _t(lang, 'none')}")
@@ -1109,15 +1184,28 @@ async def probe(
     rcpt: str | None = None,
     starttls: StartTLSPolicy = "may",
     timeout: float = 30.0,
+    verify: bool = False,
+    ca_file: Path | None = None,
 ) -> ProbeReport:
     """Probe a domain's mail hosts (or one host) as a delivery would, without DATA.
 
+    `verify` requires TLS and checks the certificate as the TLS level `verify` does
+    (against `ca_file`, or the system's CAs): a certificate that does not check out ends
+    the attempt with 451 4.7.5 and OpenSSL's reason, and the next host is tried.
     ValueError names bad input: the target, the addresses, the HELO name, the timeout.
     `mail_from` needs `rcpt` (MAIL alone proves little and the session pairs them);
     `rcpt` without `mail_from` uses the null sender `<>`, as a bounce would.
     """
     if timeout <= 0:
         raise ValueError(f"the timeout must be positive, not {timeout:g} seconds.")
+    if verify and starttls == "never":
+        raise ValueError("--verify checks the certificate TLS shows: it cannot go with "
+                         "--no-starttls.")
+    if ca_file is not None and not verify:
+        raise ValueError("--ca-file is what --verify trusts: give --verify too.")
+    verifying = _verifying_context(ca_file) if verify else None
+    if verify:
+        starttls = "require"
     t = parse_target(target, port)
     if mail_from is not None and rcpt is None:
         raise ValueError("--from needs --rcpt: the probe sends MAIL FROM only with a RCPT TO.")
@@ -1143,7 +1231,7 @@ async def probe(
         for address in host.addresses:
             attempt = Attempt(host.name, host.preference if mx else None, address, t.port)
             report.attempts.append(attempt)
-            await _converse(attempt, config, envelope, timeout)
+            await _converse(attempt, config, envelope, timeout, verifying)
             if attempt.answered:
                 return report
     return report
