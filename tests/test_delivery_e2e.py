@@ -4,9 +4,9 @@ real receiving MTAs on 127.0.0.2 / 127.0.0.3 (aiosmtpd, tests/fakemx.py; and Deb
 Postfix in one test), and bounces come back into the local sender's Maildir.
 
 Every wait polls with a deadline. The engine looks at the queue every
-`DeliveryEngine.POLL` seconds when nothing woke it; the tests shorten that (a retry
-made due by `mailgate queue retry` from another process wakes nobody), and shorten the
-retry schedule where a test waits for a retry to come due.
+`DeliveryEngine.POLL` seconds (1 s) when nothing woke it; the tests shorten that (a
+retry made due by `mailgate queue retry` from another process wakes nobody), and shorten
+the retry schedule where a test waits for a retry to come due.
 """
 
 from __future__ import annotations

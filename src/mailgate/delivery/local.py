@@ -33,7 +33,7 @@ class LocalDelivery:
 
     LEASE = 300.0
     BATCH = 64
-    POLL = 30.0  # seconds between looks when nothing woke the worker (retries, restarts)
+    POLL = 1.0  # seconds between looks when nothing woke it; see DeliveryEngine.POLL
     STORAGE_RETRY = 1.0  # seconds between tries while the queue cannot be written
 
     def __init__(self, config: Config, queue: Queue, enqueue: Enqueue | None = None) -> None:
