@@ -388,8 +388,8 @@ class DeliveryEngine:
                 if rr.outcome.stage == "auth" and reply.is_permanent:
                     reply, remote = _auth_soft_bounce(reply), False
                 writes.append(self._decide(unit, rcpt, reply, where, remote, run.tls))
-        decided = await asyncio.gather(*writes)
-        await self._notify([u for u in units if u not in retry], decided)
+        await asyncio.gather(*writes)
+        await self._notify([u for u in units if u not in retry])
         return retry
 
     # --- outcomes ---------------------------------------------------------------------
@@ -399,11 +399,11 @@ class DeliveryEngine:
 
     async def _decide_units(self, units: list[_Unit], reply: Reply, host: str,
                             remote: bool) -> None:
-        outcomes = await asyncio.gather(*(self._decide(u, r, reply, host, remote, None)
-                                          for u in units for r in u.recipients))
-        await self._notify(units, outcomes)
+        await asyncio.gather(*(self._decide(u, r, reply, host, remote, None)
+                               for u in units for r in u.recipients))
+        await self._notify(units)
 
-    async def _notify(self, units: list[_Unit], outcomes: Sequence[str]) -> None:
+    async def _notify(self, units: list[_Unit]) -> None:
         """What the senders of `units` are owed now that the round decided them: a
         failure notice once every destination of the message has its outcome, a delay
         notice once a message has waited long enough.
