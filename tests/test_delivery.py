@@ -489,6 +489,29 @@ def test_orcpt_comes_back_in_the_dsn_but_is_not_sent_without_dsn_support(
     assert rcpt["final-recipient"] == "rfc822; refuse-550@one.test"
 
 
+def test_notify_success_to_a_next_hop_without_dsn_gets_a_relayed_notice(
+        outbound: Callable[..., Outbound], mxs: tuple[FakeMX, FakeMX]) -> None:
+    # RFC 3461 5.2.2: aiosmtpd offers no DSN, so NOTIFY cannot travel on and mailgate
+    # reports the hand-over itself; a recipient that did not ask gets nothing.
+    out = outbound()
+    qid = out.queue.enqueue(NewMessage(
+        sender="alice@localhost", content=CONTENT, received_at=out.clock(),
+        recipients=[NewRecipient("bob@one.test", notify=("SUCCESS", "FAILURE")),
+                    NewRecipient("carol@one.test"),
+                    NewRecipient("dave@one.test", notify=("FAILURE",))]))
+    out.run()
+    assert {r.state for r in out.recipients(qid).values()} == {DELIVERED}
+    dsn = out.dsn()
+    assert dsn.message["Subject"] == "Successful Mail Delivery Report"
+    [rcpt] = dsn.recipients
+    assert rcpt["final-recipient"] == "rfc822; bob@one.test"
+    assert (rcpt["action"], rcpt["status"]) == ("relayed", "2.0.0")
+    assert rcpt["remote-mta"] == "dns; mx1.test"
+    assert dsn.returned is not None
+    assert dsn.returned.get_content_type() == "text/rfc822-headers"  # no body back
+    assert out.engine.stats.success_notices == 1
+
+
 def test_second_deferral_waits_for_the_second_step(
         outbound: Callable[..., Outbound], mxs: tuple[FakeMX, FakeMX]) -> None:
     out = outbound()

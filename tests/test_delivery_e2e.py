@@ -16,6 +16,7 @@ import os
 import pwd
 import shutil
 import smtplib
+import socket
 import subprocess
 import sys
 import tempfile
@@ -27,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from mailgate.config import Delivery, DNSConfig, Domains, Relayhost
+from mailgate.config import Delivery, DNSConfig, Domains, Listener, Relayhost, Route
 from mailgate.delivery.engine import DeliveryEngine
 from mailgate.delivery.local import LocalDelivery
 from mailgate.queue import QueuedMessage, Recipient, RecipientState
@@ -132,13 +133,18 @@ def mailgate(tmp_path: Path, dns_server: DNSServer, mx_port: int,
     running: list[Mailgate] = []
 
     def start(null_check: bool = False, retry: tuple[float, ...] = (1.0,),
-              tls_policy: dict[str, str] | None = None, **delivery: Any) -> Mailgate:
+              tls_policy: dict[str, str] | None = None, routes: dict[str, Route] | None = None,
+              mx_listener: int = 0, **delivery: Any) -> Mailgate:
         config = live_config(
             tmp_path / "data",
             dns=DNSConfig((dns_server.nameserver,)),
             delivery=Delivery(smtp_port=mx_port, retry_schedule=retry, **delivery),
             tls_policy=tls_policy or {},
+            routes=routes or {},
         )
+        if mx_listener:
+            config = dataclasses.replace(config, listen=(
+                Listener("mx", "127.0.0.1", mx_listener), *config.listen[1:]))
         config = dataclasses.replace(config, policy=dataclasses.replace(
             config.policy, recipient_null_mx_check=null_check))
         live = LiveServer(config).__enter__()
@@ -649,3 +655,42 @@ def test_relayhost_refusing_the_password_keeps_the_mail(
         assert (r.last_code, r.last_enhanced) == (451, "4.7.8"), r
         assert r.last_text is not None and "535 5.7.8" in r.last_text
         assert a.maildir_files() == []  # no bounce: the fault is the password
+
+
+# --- NOTIFY=SUCCESS across two mailgates -------------------------------------------------
+
+
+def test_notify_success_is_reported_by_the_mta_that_delivers(
+        mailgate: Callable[..., Mailgate], tmp_path: Path) -> None:
+    """RFC 3461 5.2.1 and 5.3: A hands the message to B, which offers DSN, so A passes
+    NOTIFY=SUCCESS on and reports nothing itself; B delivers into its Maildir and sends
+    the `delivered` notice, which comes back through A to the sender's Maildir."""
+    a_port = free_port()
+    b_config = live_config(tmp_path / "b", hostname="mx.b.test",
+                           domains=Domains(local=("b.test",)),
+                           routes={"localhost": Route("localhost", "127.0.0.1", a_port, False)})
+    with LiveServer(b_config) as b:
+        a = mailgate(mx_listener=a_port,
+                     routes={"b.test": Route("b.test", "127.0.0.1", b.port("mx"), False)})
+        with smtplib.SMTP("127.0.0.1", a_port, timeout=10) as c:
+            c.ehlo()
+            code, _ = c.mail(SENDER, ["RET=HDRS", "ENVID=e2e-success"])
+            assert code == 250
+            code, _ = c.rcpt("carol@b.test", ["NOTIFY=SUCCESS", "ORCPT=rfc822;carol@b.test"])
+            assert code == 250
+            code, text = c.data(CONTENT)
+            assert code == 250, text
+            qid = text.split()[-1].decode()
+        a.wait(qid, "carol@b.test", DELIVERED)
+        [dsn] = a.wait_dsns(1)
+    assert dsn.per_message["reporting-mta"] == "dns; mx.b.test"  # B, not A
+    assert dsn.per_message["original-envelope-id"] == "e2e-success"
+    [rcpt] = dsn.recipients
+    assert (rcpt["action"], rcpt["status"]) == ("delivered", "2.0.0")
+    assert rcpt["original-recipient"] == "rfc822; carol@b.test"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

@@ -37,7 +37,13 @@ from typing import Literal
 from mailgate import metrics
 from mailgate.codes.reply import Reply
 from mailgate.config import Config, TLSLevel
-from mailgate.delivery.notices import Enqueue, send_notice, warn_delayed
+from mailgate.delivery.notices import (
+    Enqueue,
+    notify_success,
+    send_notice,
+    wants_success,
+    warn_delayed,
+)
 from mailgate.delivery.transport import ClientRun, ConnectError, run_client
 from mailgate.dns import MXHost, NullMX, PermFail, Resolver, Route, TempFail
 from mailgate.queue import (
@@ -98,6 +104,7 @@ class EngineStats:
     failed: int = 0
     bounces: int = 0
     delay_notices: int = 0
+    success_notices: int = 0
     connections: int = 0
     messages_per_connection: list[int] = field(default_factory=list)
 
@@ -136,6 +143,9 @@ class DeliveryEngine:
         # whether one of its recipients failed, so it gets one failure notice in all.
         self._units_left: dict[str, int] = {}
         self._failures: set[str] = set()
+        # Recipients delivered to a next hop without DSN whose NOTIFY asks for SUCCESS:
+        # they are owed a "relayed" notice (RFC 3461 5.2.2), per claim token.
+        self._relayed: dict[str, set[int]] = {}
         self._verifying: ssl.SSLContext | None = None
         self.stats = EngineStats()
 
@@ -234,6 +244,7 @@ class DeliveryEngine:
             for item in items:
                 self._units_left.pop(item.claim_token, None)
                 self._failures.discard(item.claim_token)
+                self._relayed.pop(item.claim_token, None)
 
     def _destination(self, domain: str) -> _Destination:
         """Where mail for `domain` goes, and how: domains that share a next hop and a TLS
@@ -371,6 +382,8 @@ class DeliveryEngine:
         """Record what the conversation decided; return units to try on the next host."""
         # run_client hands the messages over in order: handles are 1, 2, ...
         by_handle: dict[int, MessageResult] = {r.handle: r for r in run.results}
+        # A next hop that offers DSN was handed NOTIFY and reports successes itself.
+        next_hop_dsn = run.established is not None and run.established.capabilities.dsn
         retry: list[_Unit] = []
         writes = []
         for i, unit in enumerate(units):
@@ -388,6 +401,8 @@ class DeliveryEngine:
                 if rr.outcome.stage == "auth" and reply.is_permanent:
                     reply, remote = _auth_soft_bounce(reply), False
                 writes.append(self._decide(unit, rcpt, reply, where, remote, run.tls))
+                if reply.is_success and not next_hop_dsn and wants_success(rcpt.notify):
+                    self._relayed.setdefault(unit.item.claim_token, set()).add(rcpt.id)
         await asyncio.gather(*writes)
         await self._notify([u for u in units if u not in retry])
         return retry
@@ -412,7 +427,8 @@ class DeliveryEngine:
         recipients failed at two of them gets one failure notice naming both; the delay
         check runs whatever these units' outcomes, as that last one may have delivered
         everything it carried."""
-        finished: list[WorkItem] = []
+        failed: list[WorkItem] = []
+        relayed: list[tuple[WorkItem, set[int]]] = []
         for unit in units:
             token = unit.item.claim_token
             left = self._units_left.get(token, 1) - 1
@@ -422,9 +438,16 @@ class DeliveryEngine:
             self._units_left.pop(token, None)
             if token in self._failures:
                 self._failures.discard(token)
-                finished.append(unit.item)
-        if finished:
-            await self._bounce_items(finished)
+                failed.append(unit.item)
+            if token in self._relayed:
+                relayed.append((unit.item, self._relayed.pop(token)))
+        if failed:
+            await self._bounce_items(failed)
+        for item, ids in relayed:
+            if self.enqueue is not None and await notify_success(
+                    self.queue, self.enqueue, self.config, item, "relayed", ids,
+                    self.clock()) is not None:
+                self.stats.success_notices += 1
         await self._warn_units(units)
 
     async def _warn_units(self, units: list[_Unit]) -> None:

@@ -20,7 +20,7 @@ from pathlib import Path
 from mailgate import metrics
 from mailgate.config import Config
 from mailgate.delivery.maildir import MaildirError, deliver
-from mailgate.delivery.notices import Enqueue, warn_delayed
+from mailgate.delivery.notices import Enqueue, notify_success, warn_delayed
 from mailgate.queue import Attempt, NotFound, Queue, QueueError, WorkItem
 
 __all__ = ["LocalDelivery"]
@@ -90,9 +90,13 @@ class LocalDelivery:
         return len(items)
 
     async def _deliver(self, item: WorkItem) -> None:
-        """Deliver the claimed message, then send the delay notice it may now owe."""
+        """Deliver the claimed message, then send the notices it may now owe: success
+        (`Action: delivered`, RFC 3461 5.3) for recipients whose NOTIFY asks for it, and
+        a delay notice."""
         await asyncio.to_thread(self._deliver_item, item)
         if self.enqueue is not None:
+            await notify_success(self.queue, self.enqueue, self.config, item, "delivered",
+                                 {r.id for r in item.recipients}, time.time())
             await warn_delayed(self.queue, self.enqueue, self.config, item, time.time())
 
     def _record(self, recipient_id: int, attempt: Attempt, next_attempt: float | None,

@@ -7,15 +7,19 @@ to the original's reverse-path. `warn_delayed` holds the rule for delay notices
 at least `delivery.delay_warning` seconds whose recipients were deferred gets one
 notice for those not yet warned about, and each recipient is warned about once
 (`Recipient.delay_notified`, kept in the queue so a restart does not warn again).
+`notify_success` holds the rule for success notices (RFC 3461 5.2.2 and 5.3): a
+recipient whose NOTIFY asks for SUCCESS gets `Action: delivered` when mailgate put the
+message in its Maildir, and `Action: relayed` when the next hop took it without
+offering DSN (one that offers DSN got NOTIFY passed along and reports for itself).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from mailgate.config import Config
 from mailgate.queue import (
@@ -31,7 +35,7 @@ from mailgate.queue import (
 if TYPE_CHECKING:  # bounce.py loads the code knowledge base: only when a notice is due
     from mailgate.delivery.bounce import DSNKind, DSNRecipient
 
-__all__ = ["Enqueue", "send_notice", "warn_delayed"]
+__all__ = ["Enqueue", "notify_success", "send_notice", "wants_success", "warn_delayed"]
 
 log = logging.getLogger("mailgate.delivery")
 
@@ -125,3 +129,44 @@ async def _mark_delay_notified(queue: Queue, ids: list[int]) -> list[int]:
         marked: list[int] = await mark_async(ids)
         return marked
     return await asyncio.to_thread(queue.mark_delay_notified, ids)
+
+
+def wants_success(notify: Sequence[str] | None) -> bool:
+    """Whether a recipient's NOTIFY asks for a notice when it is delivered: only an
+    explicit SUCCESS does (RFC 3461 4.1)."""
+    return bool(notify) and any(w.strip().upper() == "SUCCESS" for w in notify or ())
+
+
+async def notify_success(queue: Queue, enqueue: Enqueue, config: Config, item: WorkItem,
+                         action: Literal["delivered", "relayed"], ids: Collection[int],
+                         now: float) -> str | None:
+    """The success notice owed for the recipients `ids` of claimed `item` that are now
+    delivered and whose NOTIFY asks for SUCCESS: one DSN with `action` for them all; its
+    queue id, or None. Nothing is read from the queue unless one of them asked."""
+    msg = item.message
+    asked = {r.id for r in item.recipients if r.id in ids and wants_success(r.notify)}
+    if not asked or not msg.sender:
+        return None
+    try:
+        shown = await asyncio.to_thread(queue.show, msg.id)
+    except QueueError as exc:
+        log.error("%s: cannot read the message for its success notice: %s", msg.id, exc)
+        return None
+    done = [r for r in shown.recipients
+            if r.id in asked and r.state is RecipientState.DELIVERED]
+    if not done:
+        return None
+    from mailgate.delivery.bounce import recipient_from_attempt
+
+    last = dict(shown.attempts)  # in time order: the last attempt of each recipient wins
+    rcpts = [recipient_from_attempt(r, last.get(r.id), action=action) for r in done]
+    try:
+        qid = await send_notice(enqueue, replace(shown, content=msg.content), rcpts,
+                                kind="success", reporting_mta=config.hostname, now=now)
+    except QueueError as exc:
+        log.error("%s: the success notice for %s could not be queued: %s", msg.id,
+                  ", ".join(f"<{r.address}>" for r in done), exc)
+        return None
+    if qid is not None:
+        log.info("%s: sender delivery status notification (%s): %s", msg.id, action, qid)
+    return qid
