@@ -17,7 +17,8 @@ and `FakeMX.script[address]` holds one-shot actions taken before those rules, in
 ("450 4.2.1 ...", "421 ...", "drop"), e.g. a recipient deferred once, then accepted.
 `greeting="421"` makes a host that answers every connection with 421 and hangs up;
 `ehlo_gate` (a threading.Event) one that answers no EHLO until the event is set.
-`tls_context` makes it offer STARTTLS with that server context; `auth` (user -> password)
+`tls_context` makes it offer STARTTLS with that server context, `implicit_tls` speak TLS
+from the first byte (RFC 8314) with that one; `auth` (user -> password)
 makes it a smarthost that wants AUTH (over TLS only) before MAIL, and `auth_logins` lists
 every login tried, with "ok" or "bad".
 
@@ -35,6 +36,7 @@ import socketserver
 import ssl
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -201,7 +203,9 @@ class _Handler:
         login = session.auth_data if session.authenticated else None
         self.mx.received.append(Received(
             envelope.mail_from or "", tuple(envelope.rcpt_tos), content,
-            getattr(server, "connection_number", 0), tls=session.ssl is not None,
+            getattr(server, "connection_number", 0),
+            tls=server.transport is not None
+            and server.transport.get_extra_info("ssl_object") is not None,
             authenticated=login.decode() if isinstance(login, bytes) else None))
         return f"250 2.0.0 Ok: queued at {self.mx.host}"
 
@@ -215,9 +219,14 @@ class _CountingController(Controller):
         self.mx.connections += 1  # one SMTP instance per connection
         mx = self.mx
         auth = mx.auth is not None
-        smtp = SMTP(self.handler, hostname=mx.name, decode_data=False, enable_SMTPUTF8=True,
-                    tls_context=mx.tls_context, auth_required=auth, auth_require_tls=True,
-                    authenticator=self._authenticate if auth else None)
+        with warnings.catch_warnings():
+            # aiosmtpd counts only STARTTLS as TLS and warns about AUTH without it; over
+            # implicit TLS every connection is encrypted already.
+            warnings.filterwarnings("ignore", "Requiring AUTH while not requiring TLS")
+            smtp = SMTP(self.handler, hostname=mx.name, decode_data=False,
+                        enable_SMTPUTF8=True, tls_context=mx.tls_context, auth_required=auth,
+                        auth_require_tls=mx.implicit_tls is None,
+                        authenticator=self._authenticate if auth else None)
         smtp.connection_number = self.mx.connections  # type: ignore[attr-defined]
         return smtp
 
@@ -241,9 +250,11 @@ class FakeMX:
     def __init__(self, host: str, port: int, *, greeting: str = "220",
                  name: str | None = None, ehlo_gate: threading.Event | None = None,
                  tls_context: ssl.SSLContext | None = None,
+                 implicit_tls: ssl.SSLContext | None = None,
                  auth: dict[str, str] | None = None) -> None:
         self.host = host
         self.tls_context = tls_context
+        self.implicit_tls = implicit_tls
         self.auth = auth
         self.auth_logins: list[str] = []
         self.ehlo_gate = ehlo_gate
@@ -273,7 +284,8 @@ class FakeMX:
 
     def start(self) -> FakeMX:
         if self.greeting == "220":
-            self._controller = _CountingController(self, ready_timeout=5.0)
+            self._controller = _CountingController(self, ready_timeout=5.0,
+                                                   ssl_context=self.implicit_tls)
             self._controller.start()
             self.connections = 0  # start() connects once to check the server is up
             return self

@@ -311,6 +311,11 @@ def test_relayhost_forms() -> None:
     assert relayhost("[IPv6:2001:db8::1]:26") == Relayhost("2001:db8::1", 26, False)
     assert relayhost("127.0.0.1:26") == Relayhost("127.0.0.1", 26, False)
     assert relayhost("smtp:[127.0.0.1]:26") == Relayhost("127.0.0.1", 26, False)
+    # RFC 8314 implicit TLS, 465 when no port is given.
+    assert relayhost("smtps:smtp.provider.test") == Relayhost(
+        "smtp.provider.test", 465, True, implicit_tls=True)
+    assert relayhost("smtps:[smtp.provider.test]:4650") == Relayhost(
+        "smtp.provider.test", 4650, False, implicit_tls=True)
 
 
 # --- value syntaxes ---------------------------------------------------------------------
@@ -612,9 +617,11 @@ def test_bad_networks(network: str, why: str) -> None:
     ("key", "value", "why"),
     [
         ("example.org", "127.0.0.2:2526", 'must look like "smtp:[host]:port" or '
-         '"smtp:host:port" (brackets: connect to host as is; none: look up its MX)'),
+         '"smtp:host:port" (brackets: connect to host as is; none: look up its MX; '
+         '"smtps:" for TLS from the first byte)'),
         ("example.org", "lmtp:[127.0.0.2]:24", 'must look like "smtp:[host]:port" or '
-         '"smtp:host:port" (brackets: connect to host as is; none: look up its MX)'),
+         '"smtp:host:port" (brackets: connect to host as is; none: look up its MX; '
+         '"smtps:" for TLS from the first byte)'),
         ("example.org", "smtp:[127.0.0.2]:x", 'is not host:port; write it like '
          '"smtp:[127.0.0.2]:2526"'),
         ("example.org", "smtp:::1:25", 'an IPv6 address needs brackets, like "[::1]:2525"'),

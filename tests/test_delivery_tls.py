@@ -264,6 +264,60 @@ def test_relayhost_credentials_from_the_configuration_file(tmp_path: Path) -> No
     assert config.tls_level_for("anywhere.example") == "encrypt"
 
 
+# --- "smtps:" next hops: TLS from the first byte (RFC 8314) ---------------------------
+
+
+def smtps_relay(mx_port: int, username: str | None = None, password: str | None = None
+                ) -> dict[str, object]:
+    return {"relayhost": Relayhost(MX1, mx_port, False, username=username, password=password,
+                                   implicit_tls=True)}
+
+
+def test_relayhost_over_implicit_tls_with_auth(
+        outbound: Callable[..., Outbound], fake_mx: Callable[..., FakeMX], ca: TestCA,
+        mx_port: int) -> None:
+    cert, key = ca.issue("smtp.provider.test", self_signed=True)
+    smarthost = fake_mx(MX1, implicit_tls=server_context(cert, key),
+                        auth={"bob": "s3cret"})
+    out = outbound(delivery=smtps_relay(mx_port, username="bob", password="s3cret"))
+    qid = out.submit("carol@elsewhere.example")
+    out.run()
+    assert out.recipients(qid)["carol@elsewhere.example"].state == DELIVERED
+    [msg] = smarthost.received
+    assert (msg.tls, msg.authenticated) == (True, "bob")
+    [attempt] = out.attempts(qid, "carol@elsewhere.example")
+    assert attempt.tls is not None and attempt.tls.startswith("TLSv1.")
+
+
+def test_implicit_tls_route_with_verify(
+        outbound: Callable[..., Outbound], fake_mx: Callable[..., FakeMX], ca: TestCA,
+        mx_port: int) -> None:
+    cert, key = ca.issue("127.0.0.2")  # an IP next hop is checked against the IP SANs
+    mx = fake_mx(MX1, implicit_tls=server_context(cert, key))
+    route = parse_config(f'[routes]\n"one.test" = "smtps:[127.0.0.2]:{mx_port}"\n',
+                         "t.toml").routes["one.test"]
+    assert route.implicit_tls and route.nexthop == f"smtps:[127.0.0.2]:{mx_port}"
+    out = outbound(routes={"one.test": route}, **verify(ca, **{"one.test": "verify"}))
+    qid = out.submit("bob@one.test")
+    out.run()
+    assert out.recipients(qid)["bob@one.test"].state == DELIVERED
+    assert [m.tls for m in mx.received] == [True]
+
+
+def test_implicit_tls_that_fails_verify_defers_4_7_5(
+        outbound: Callable[..., Outbound], fake_mx: Callable[..., FakeMX], ca: TestCA,
+        mx_port: int) -> None:
+    cert, key = ca.issue("smtp.provider.test", self_signed=True)
+    smarthost = fake_mx(MX1, implicit_tls=server_context(cert, key))
+    out = outbound(delivery={**smtps_relay(mx_port), "tls_security_level": "verify"})
+    qid = out.submit("carol@elsewhere.example")
+    out.run()
+    rcpt = out.recipients(qid)["carol@elsewhere.example"]
+    assert (rcpt.state, rcpt.last_code, rcpt.last_enhanced) == (DEFERRED, 451, "4.7.5")
+    assert rcpt.last_text is not None and "certificate verify failed" in rcpt.last_text
+    assert smarthost.received == []
+
+
 # --- shutdown gives claimed work back -------------------------------------------------
 
 

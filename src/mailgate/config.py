@@ -202,6 +202,7 @@ class Relayhost:
     username: str | None = None
     password: str | None = field(default=None, repr=False)
     password_file: Path | None = None
+    implicit_tls: bool = False  # "smtps:": TLS from the first byte (RFC 8314), no STARTTLS
 
     @property
     def address(self) -> str:
@@ -220,11 +221,13 @@ class Route:
     host: str
     port: int
     mx_lookup: bool
+    implicit_tls: bool = False  # "smtps:": TLS from the first byte (RFC 8314), no STARTTLS
 
     @property
     def nexthop(self) -> str:
-        """`smtp:[host]:port` or `smtp:host:port`, as it is written in the file."""
-        return "smtp:" + _join_hostport(self.host, self.port, brackets=not self.mx_lookup)
+        """`smtp:[host]:port` or `smtps:host:port`, as it is written in the file."""
+        scheme = "smtps:" if self.implicit_tls else "smtp:"
+        return scheme + _join_hostport(self.host, self.port, brackets=not self.mx_lookup)
 
 
 @dataclass(frozen=True, slots=True)
@@ -814,23 +817,35 @@ def _web_address(value: object) -> tuple[str, int] | None:
     return _ip_hostport(text, None, "127.0.0.1:8025") if text else None
 
 
-def _route(default_port: int) -> Callable[[object], tuple[str, int, bool]]:
-    def convert(value: object) -> tuple[str, int, bool]:
+SMTPS_PORT = 465  # RFC 8314 7.3: submission over implicit TLS
+
+
+def _scheme(text: str, default_port: int) -> tuple[str, int, bool]:
+    """"smtp:" / "smtps:" off the front: (rest, the port to assume, implicit TLS)."""
+    if text.startswith("smtps:"):
+        return text[6:], SMTPS_PORT, True
+    return text.removeprefix("smtp:"), default_port, False
+
+
+def _route(default_port: int) -> Callable[[object], tuple[str, int, bool, bool]]:
+    def convert(value: object) -> tuple[str, int, bool, bool]:
         text = _string(value)
-        transport, colon, target = text.partition(":")
-        if transport != "smtp" or not colon:
+        if not text.startswith(("smtp:", "smtps:")):
             raise _Bad('must look like "smtp:[host]:port" or "smtp:host:port" '
-                       '(brackets: connect to host as is; none: look up its MX)')
-        return _nexthop(target, default_port, "smtp:[127.0.0.2]:2526")
+                       '(brackets: connect to host as is; none: look up its MX; '
+                       '"smtps:" for TLS from the first byte)')
+        rest, port, implicit = _scheme(text, default_port)
+        return (*_nexthop(rest, port, "smtp:[127.0.0.2]:2526"), implicit)
     return convert
 
 
 def _relayhost(default_port: int) -> Callable[[object], Relayhost | None]:
     def convert(value: object) -> Relayhost | None:
-        text = _string(value).removeprefix("smtp:")
-        if not text:
+        rest, port, implicit = _scheme(_string(value), default_port)
+        if not rest:
             return None
-        return Relayhost(*_nexthop(text, default_port, "smtp.provider.example:587"))
+        return Relayhost(*_nexthop(rest, port, "smtp.provider.example:587"),
+                         implicit_tls=implicit)
     return convert
 
 

@@ -554,7 +554,8 @@ async def check(domain: str, resolver: Resolver, config: Config | None = None) -
         report.via, report.nexthop = "route", override.nexthop
         host, port, mx_lookup = override.host, override.port, override.mx_lookup
     elif relay is not None:
-        report.via, report.nexthop = "relayhost", relay.address
+        report.via = "relayhost"
+        report.nexthop = ("smtps:" if relay.implicit_tls else "") + relay.address
         host, port, mx_lookup = relay.host, relay.port, relay.mx_lookup
     else:
         return report

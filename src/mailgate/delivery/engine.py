@@ -44,7 +44,7 @@ from mailgate.delivery.notices import (
     wants_success,
     warn_delayed,
 )
-from mailgate.delivery.transport import ClientRun, ConnectError, run_client
+from mailgate.delivery.transport import ClientRun, ConnectError, run_client, tls_failure
 from mailgate.dns import MXHost, NullMX, PermFail, Resolver, Route, TempFail
 from mailgate.queue import (
     Attempt,
@@ -94,6 +94,7 @@ class _Destination:
     domain: str
     tls: TLSLevel = "may"
     credentials: Credentials | None = None  # AUTH at the relayhost
+    implicit_tls: bool = False  # an "smtps:" next hop: TLS from the first byte (RFC 8314)
     units: list[_Unit] = field(default_factory=list)
 
 
@@ -253,15 +254,18 @@ class DeliveryEngine:
         route = self.config.route_for(domain)
         relay = self.config.delivery.relayhost
         credentials = None
+        implicit = False
         if route is not None:
-            key = f"route:{route.host}:{route.port}:{route.mx_lookup}"
+            key = f"route:{route.nexthop}"
+            implicit = route.implicit_tls
         elif relay is not None:
-            key = f"relay:{relay.host}:{relay.port}:{relay.mx_lookup}"
+            key = f"relay:{relay.implicit_tls}:{relay.address}"
+            implicit = relay.implicit_tls
             if relay.username is not None and relay.password is not None:
                 credentials = Credentials(relay.username, relay.password)
         else:
             key = domain
-        return _Destination(f"{key}|{tls}", domain, tls, credentials)
+        return _Destination(f"{key}|{tls}", domain, tls, credentials, implicit)
 
     # --- one destination --------------------------------------------------------------
 
@@ -318,7 +322,7 @@ class DeliveryEngine:
                 try:
                     run = await self._converse(dest, mx.name, address, port, pending)
                     failure = _session_failure(run)
-                    if (dest.tls == "may" and failure is not None
+                    if (dest.tls == "may" and not dest.implicit_tls and failure is not None
                             and failure.stage == "tls"):
                         # Opportunistic TLS whose handshake failed: the same host again,
                         # in the clear (Postfix does the same for `may`).
@@ -328,7 +332,10 @@ class DeliveryEngine:
                                                    tls="none")
                 except ConnectError as exc:
                     log.info("connect to %s: %s", where, exc)
-                    last = Reply.make(451, "4.4.1", f"No answer from {where}: {exc}")
+                    last = (Reply.make(451, "4.7.5", f"TLS handshake with {where} failed: "
+                                       f"{tls_failure(exc.__cause__ or exc)}")
+                            if exc.tls else
+                            Reply.make(451, "4.4.1", f"No answer from {where}: {exc}"))
                     last_remote = False
                     last_host = where
                     continue
@@ -346,9 +353,12 @@ class DeliveryEngine:
     async def _converse(self, dest: _Destination, name: str, address: str, port: int,
                         units: list[_Unit], tls: TLSLevel | None = None) -> ClientRun:
         level = tls or dest.tls
+        # Over implicit TLS there is no STARTTLS to ask for; `verify` still checks the
+        # certificate, any other level takes it unverified.
         session = ClientSession(ClientConfig(
-            helo_name=self.config.hostname, tls=_CLIENT_TLS[level],
-            credentials=dest.credentials))
+            helo_name=self.config.hostname,
+            tls="never" if dest.implicit_tls else _CLIENT_TLS[level],
+            credentials=dest.credentials), tls_active=dest.implicit_tls)
         messages = []
         for unit in units:
             msg = unit.item.message
@@ -363,8 +373,8 @@ class DeliveryEngine:
             messages.append((env, msg.content))
         self.stats.connections += 1
         context = self._verifying_context() if level == "verify" else self.tls_context
-        run = await run_client(address, port, session, messages,
-                               tls_context=context, server_hostname=name)
+        run = await run_client(address, port, session, messages, tls_context=context,
+                               server_hostname=name, implicit_tls=dest.implicit_tls)
         self.stats.messages_per_connection.append(len(run.results))
         return run
 

@@ -50,7 +50,12 @@ STAGE_TIMEOUTS: dict[str, float] = {
 
 
 class ConnectError(OSError):
-    """No SMTP conversation could start: refused, unreachable, timed out, TLS failed."""
+    """No SMTP conversation could start: refused, unreachable, timed out, TLS failed.
+    `tls` is True when the connection was made but its implicit TLS handshake failed."""
+
+    def __init__(self, message: str, tls: bool = False) -> None:
+        super().__init__(message)
+        self.tls = tls
 
 
 @dataclass
@@ -102,7 +107,10 @@ async def run_client(
             ),
             limits["connection"],
         )
-    except (OSError, TimeoutError, ssl.SSLError) as exc:
+    except ssl.SSLError as exc:
+        raise ConnectError(f"TLS with {host} port {port} failed: {tls_failure(exc)}",
+                           tls=True) from exc
+    except (OSError, TimeoutError) as exc:
         raise ConnectError(f"cannot connect to {host} port {port}: {exc or 'timed out'}") from exc
     run = ClientRun(peer=f"{host}:{port}", tls=_tls_name(writer) if implicit_tls else None)
     for env, content in messages:
