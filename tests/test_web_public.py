@@ -470,6 +470,9 @@ def test_metrics_exposition(client: TestClient) -> None:
     metrics.delivery("failed", None)
     metrics.dns_lookup("nxdomain")
     metrics.dns_lookup("weird")
+    metrics.outbound_connection("verify", True)
+    metrics.outbound_connection("may", False)
+    metrics.notice("delay")
     metrics.connection_closed()
     r = client.get("/metrics")
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
@@ -496,6 +499,11 @@ def test_metrics_exposition(client: TestClient) -> None:
     assert delta("mailgate_delivery_latency_seconds_bucket", le="1.0") == 0
     assert delta("mailgate_dns_lookups_total", result="nxdomain") == 1
     assert delta("mailgate_dns_lookups_total", result="other") == 1
+    assert delta("mailgate_outbound_connections_total", tls_level="verify",
+                 encrypted="yes") == 1
+    assert delta("mailgate_outbound_connections_total", tls_level="may", encrypted="no") == 1
+    assert delta("mailgate_notices_total", kind="delay") == 1
+    assert delta("mailgate_notices_total", kind="failure") == 0
     # The queue gauge is read from the queue when scraped; states it lacks are 0.
     assert after[("mailgate_queue_recipients", (("state", "queued"),))] == 3
     assert after[("mailgate_queue_recipients", (("state", "deferred"),))] == 2

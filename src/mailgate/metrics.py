@@ -19,6 +19,10 @@ path (no label dictionaries built, no string formatting per call for known label
                                         #   code the reply code (None: no reply),
                                         #   latency seconds from arrival, for "delivered"
     dns_lookup(result)                  # one DNS query: "data" | "nodata" | "nxdomain" | "error"
+    outbound_connection(level, tls)     # one outbound SMTP conversation at TLS `level`
+                                        #   (none | may | encrypt | verify), and whether
+                                        #   it ran encrypted
+    notice(kind)                        # a DSN queued for a sender: failure | delay | success
 
 Queue sizes by state are not pushed: `/metrics` asks the queue (`queue.counts()`) when
 scraped. `exposition()` gives the text; the web app serves it at `/metrics`. This module
@@ -50,6 +54,8 @@ __all__ = [
     "exposition",
     "message_accepted",
     "message_refused",
+    "notice",
+    "outbound_connection",
     "reply_sent",
     "set_queue_counts",
 ]
@@ -91,11 +97,21 @@ LATENCY = Histogram(
 DNS = Counter(
     "mailgate_dns_lookups_total", "DNS queries sent, by result.", ["result"],
     registry=REGISTRY)
+OUTBOUND = Counter(
+    "mailgate_outbound_connections_total",
+    "Outbound SMTP conversations, by TLS level and whether they ran encrypted.",
+    ["tls_level", "encrypted"], registry=REGISTRY)
+NOTICES = Counter(
+    "mailgate_notices_total",
+    "Delivery status notifications (RFC 3464) queued for senders, by kind.",
+    ["kind"], registry=REGISTRY)
 
 VERBS = ("HELO", "EHLO", "LHLO", "MAIL", "RCPT", "DATA", "BDAT", "RSET", "NOOP", "QUIT",
          "VRFY", "EXPN", "HELP", "STARTTLS", "AUTH", "ETRN", "ATRN", "other")
 DNS_RESULTS = ("data", "nodata", "nxdomain", "error", "other")
 OUTCOMES = ("delivered", "deferred", "failed")
+TLS_LEVELS = ("none", "may", "encrypt", "verify")
+NOTICE_KINDS = ("failure", "delay", "success")
 
 # Pre-bound children: the hot path only looks them up.
 _connections_open_inc = CONNECTIONS_OPEN.inc
@@ -110,6 +126,9 @@ _delivery: dict[tuple[str, int | None], Counter] = {}
 _dns = {r: DNS.labels(r) for r in DNS_RESULTS}
 _dns_other = _dns["other"]
 _queue = {s.value: QUEUE.labels(s.value) for s in RecipientState}
+_outbound = {(level, tls): OUTBOUND.labels(level, "yes" if tls else "no")
+             for level in TLS_LEVELS for tls in (True, False)}
+_notices = {k: NOTICES.labels(k) for k in NOTICE_KINDS}
 _latency_observe = LATENCY.observe
 
 # The codes mailgate itself says most, bound at import so their series exist from the
@@ -167,6 +186,20 @@ def delivery(outcome: str, code: int | None, latency: float | None = None) -> No
 def dns_lookup(result: str) -> None:
     """One DNS query answered (or not): data, nodata, nxdomain or error."""
     _dns.get(result, _dns_other).inc()
+
+
+def outbound_connection(level: str, tls: bool) -> None:
+    """One outbound conversation ended; `tls` whether it ran encrypted."""
+    child = _outbound.get((level, tls))
+    if child is not None:
+        child.inc()
+
+
+def notice(kind: str) -> None:
+    """A DSN of `kind` (failure, delay, success) was queued for a sender."""
+    child = _notices.get(kind)
+    if child is not None:
+        child.inc()
 
 
 def set_queue_counts(counts: Mapping[str, int]) -> None:

@@ -376,6 +376,7 @@ class DeliveryEngine:
         run = await run_client(address, port, session, messages, tls_context=context,
                                server_hostname=name, implicit_tls=dest.implicit_tls)
         self.stats.messages_per_connection.append(len(run.results))
+        metrics.outbound_connection(level, run.tls is not None)
         return run
 
     def _verifying_context(self) -> ssl.SSLContext:

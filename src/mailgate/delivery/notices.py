@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Literal
 
+from mailgate import metrics
 from mailgate.config import Config
 from mailgate.queue import (
     NewMessage,
@@ -54,11 +55,13 @@ async def send_notice(enqueue: Enqueue, message: QueuedMessage,
     if dsn is None:
         return None
     # The original's flags: a notice about SMTPUTF8 or 8-bit mail carries it (bounce.py).
-    return await enqueue(NewMessage(
+    qid = await enqueue(NewMessage(
         sender="", recipients=[NewRecipient(message.sender)], content=dsn, received_at=now,
         client_address="", client_helo=reporting_mta, protocol="local",
         smtputf8=message.smtputf8, body_8bit=message.body_8bit,
     ))
+    metrics.notice(kind)
+    return qid
 
 
 async def warn_delayed(queue: Queue, enqueue: Enqueue, config: Config, item: WorkItem,
