@@ -521,6 +521,16 @@ def verdict(rows: dict[str, list[Run]]) -> list[str]:
     return out
 
 
+def _where(src: Path) -> str:
+    """Where mailgate was imported from, without this machine's paths: the checkout's
+    `src/`, or "an installed copy"."""
+    here = Path(__file__).resolve().parent.parent
+    try:
+        return str(src.resolve().relative_to(here)) + "/ of this checkout"
+    except ValueError:
+        return "an installed copy"
+
+
 def report(rows: dict[str, list[Run]], args: argparse.Namespace,
            started: datetime.datetime, elapsed: float, root: Path) -> str:
     try:
@@ -674,12 +684,3 @@ def _show(run: Run) -> None:
 if __name__ == "__main__":
     sys.exit(main())
 
-
-def _where(src: Path) -> str:
-    """Where mailgate was imported from, without this machine's paths: the checkout's
-    `src/`, or "an installed copy"."""
-    here = Path(__file__).resolve().parent.parent
-    try:
-        return str(src.resolve().relative_to(here)) + "/ of this checkout"
-    except ValueError:
-        return "an installed copy"
