@@ -17,6 +17,8 @@ import ipaddress
 import re
 from dataclasses import dataclass
 
+from mailgate.idn import DomainError, canonical_domain, unicode_domain
+
 __all__ = ["NULL_PATH", "Address", "AddressError", "parse_mailbox", "parse_path"]
 
 MAX_LOCAL = 64  # RFC 5321 4.5.3.1.1
@@ -34,7 +36,8 @@ class AddressError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class Address:
-    """A mailbox. `local` is as sent (quotes removed); `domain` is as sent, lower-cased.
+    """A mailbox. `local` is as sent (quotes removed); `domain` is canonical: lower-case
+    A-labels (or an address literal), whatever spelling the client used.
 
     The null reverse-path `<>` is `Address("", "")`; `<postmaster>` has an empty domain.
     """
@@ -65,6 +68,11 @@ class Address:
             return self.domain
         return to_ascii_domain(self.domain)
 
+    @property
+    def unicode_domain(self) -> str:
+        """The domain as U-labels, for people to read."""
+        return unicode_domain(self.domain)
+
     def __str__(self) -> str:
         if self.is_null:
             return ""
@@ -94,16 +102,15 @@ _LABEL_RE = re.compile(_LABEL + r"\Z")
 _SIMPLE_PATH_RE = re.compile(
     rf"<([{_ATEXT}]+(?:\.[{_ATEXT}]+)*)@({_LABEL}(?:\.{_LABEL})*)>\Z"
 )
-_ULABEL_RE = re.compile(r"[^\x00-\x2c\x2e\x2f\x3a-\x40\x5b-\x60\x7b-\x7f]+\Z")
 _GENERAL_LIT_RE = re.compile(r"[A-Za-z0-9-]*[A-Za-z0-9]:[\x21-\x5a\x5e-\x7e]+\Z")
 
 
 def to_ascii_domain(domain: str) -> str:
-    """U-labels to A-labels with IDNA 2003 as Python ships it; AddressError if it fails."""
+    """The canonical A-label form (UTS #46, IDNA 2008); AddressError if there is none."""
     try:
-        return domain.encode("idna").decode("ascii")
-    except UnicodeError as exc:
-        raise AddressError(f"domain {domain!r} is not a valid internationalised name.") from exc
+        return canonical_domain(domain)
+    except DomainError as exc:
+        raise AddressError(str(exc)) from None
 
 
 def _check_domain(domain: str, utf8: bool) -> str:
@@ -113,21 +120,13 @@ def _check_domain(domain: str, utf8: bool) -> str:
         return _check_literal(domain)
     if len(domain.encode("utf-8")) > MAX_DOMAIN:
         raise AddressError(f"the domain is longer than {MAX_DOMAIN} octets (RFC 5321 4.5.3.1.2).")
-    labels = domain.split(".")
-    for label in labels:
-        if label.isascii():
+    if domain.isascii():
+        for label in domain.split("."):
             if not _LABEL_RE.match(label):
                 raise AddressError(f"domain label {label!r} is not a valid name.")
-        else:
-            if not utf8:
-                raise AddressError("a non-ASCII domain needs SMTPUTF8.", utf8=True)
-            if not _ULABEL_RE.match(label):
-                raise AddressError(f"domain label {label!r} is not a valid name.")
-    if not domain.isascii():
-        ascii_form = to_ascii_domain(domain)
-        if len(ascii_form) > MAX_DOMAIN:
-            raise AddressError(f"the domain is longer than {MAX_DOMAIN} octets as A-labels.")
-    return domain.lower()
+    elif not utf8:
+        raise AddressError("a non-ASCII domain needs SMTPUTF8.", utf8=True)
+    return to_ascii_domain(domain)
 
 
 def _check_literal(lit: str) -> str:
@@ -226,7 +225,8 @@ def parse_path(s: str, utf8: bool = False, allow_null: bool = False,
     if len(s) > MAX_PATH // 4 and len(s.encode("utf-8")) > MAX_PATH:
         raise AddressError(f"the path is longer than {MAX_PATH} octets (RFC 5321 4.5.3.1.3).")
     m = _SIMPLE_PATH_RE.match(s)
-    if m is not None and len(m.group(1)) <= MAX_LOCAL and len(m.group(2)) <= MAX_DOMAIN:
+    if (m is not None and len(m.group(1)) <= MAX_LOCAL and len(m.group(2)) <= MAX_DOMAIN
+            and "xn--" not in m.group(2).lower()):
         return Address(m.group(1), m.group(2).lower())
     if len(s) < 2 or s[0] != "<" or s[-1] != ">":
         raise AddressError("the address must be enclosed in angle brackets: <user@example.org>.")
