@@ -2,6 +2,12 @@
 
 Parsing turns `SIZE=1000 BODY=8BITMIME RET=HDRS` into typed values, refusing unknown,
 repeated or malformed parameters with the reply RFC 5321 prescribes.
+
+Everything is validated here, when the command arrives, and never later: a value this
+module accepted is stored in the queue, written into DSNs and sent on to the next hop, so
+it must be safe for all of them. Decoded xtext (ENVID, ORCPT, AUTH=) may hold only the
+characters RFC 3461 allows: printable US-ASCII (`utf-8` ORCPTs: any printable Unicode),
+never a control character, CR, LF, NUL or ESC.
 """
 
 from __future__ import annotations
@@ -16,6 +22,10 @@ __all__ = ["MailParams", "ParamError", "RcptParams", "decode_xtext", "parse_mail
 
 _KEYWORD_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*\Z")
 _XTEXT_RE = re.compile(r"(?:[\x21-\x2a\x2c-\x3c\x3e-\x7e]|\+[0-9A-F]{2})*\Z")
+_GRAPHIC_RE = re.compile(r"[\x21-\x7e]+\Z")  # RFC 3461 4.4: ENVID, "printable (graphic)"
+_PRINTABLE_RE = re.compile(r"[\x20-\x7e]+\Z")  # an rfc822 address may hold a quoted space
+# RFC 6533 utf-8-addr-xtext: printable ASCII and UTF-8, no controls (C0, DEL, C1).
+_UTF8_ADDR_RE = re.compile(r"[^\x00-\x20\x7f-\x9f]+\Z")
 
 
 class ParamError(Exception):
@@ -111,10 +121,15 @@ def parse_mail_params(
             envid = decode_xtext(value)
             if len(envid) > 100:
                 raise _bad("ENVID is longer than 100 characters (RFC 3461)")
+            if not _GRAPHIC_RE.match(envid):
+                raise _bad("ENVID must decode to printable US-ASCII without spaces "
+                           "(RFC 3461 4.4)")
         elif key == "AUTH" and auth:
             if not value:
                 raise _bad("AUTH= needs a mailbox or <>")
             auth_value = decode_xtext(value)
+            if not _GRAPHIC_RE.match(auth_value):
+                raise _bad("AUTH= must decode to a mailbox or <> (RFC 4954 5)")
         else:
             raise _unknown(key)
     return MailParams(size=size, body=body, smtputf8=utf8, ret=ret, envid=envid, auth=auth_value)
@@ -144,8 +159,14 @@ def parse_rcpt_params(params: list[str], *, dsn: bool = True, utf8: bool = False
                 raise _bad("ORCPT must be addr-type;address, e.g. rfc822;user@example.org")
             if kind.lower() == "utf-8" and utf8:
                 decoded = addr  # RFC 6533 utf-8-addr-xtext; kept as given
+                if not _UTF8_ADDR_RE.match(decoded):
+                    raise _bad("ORCPT must not hold spaces or control characters (RFC 6533)")
             else:
                 decoded = decode_xtext(addr)
+                if not _PRINTABLE_RE.match(decoded):
+                    raise _bad("ORCPT must decode to printable US-ASCII (RFC 3461 4.2)")
+            if len(decoded) > 500:
+                raise _bad("ORCPT is longer than 500 characters (RFC 3461 4.2)")
             orcpt = (kind.lower(), decoded)
         else:
             raise _unknown(key)
