@@ -17,7 +17,10 @@ import secrets
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from mailgate.queue.spool import SpoolFile
 
 __all__ = [
     "ActivityBucket",
@@ -84,6 +87,14 @@ class NewMessage:
     smtputf8: bool = False
     body_8bit: bool = False
     id: str | None = None  # chosen by the caller (it is in the Received header), or by enqueue
+    # The content written to a spool file as it arrived (the server's way: a big message
+    # is never whole in memory); when set, `content` is unused and the backend reads the
+    # file in pieces. The caller removes the file after enqueue returns.
+    spool: SpoolFile | None = None
+
+    @property
+    def size(self) -> int:
+        return self.spool.size if self.spool is not None else len(self.content)
 
 
 def new_queue_id(now: float | None = None) -> str:

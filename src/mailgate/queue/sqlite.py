@@ -170,6 +170,9 @@ _DUE_NOW = "CASE WHEN claim_until > :now THEN claim_until ELSE :now END"
 _OUTCOMES = frozenset(
     {RecipientState.DELIVERED, RecipientState.DEFERRED, RecipientState.FAILED}
 )
+# Content a claim may load at once (bodies are read whole for delivery): past it, the
+# rest waits for the next claim. Bounds delivery's memory whatever the message sizes.
+CLAIM_BYTES = 32 * 1024 * 1024
 _MAX_VARIABLES = 500  # per IN (...) list: far below SQLite's limit, and plans stay cheap
 _STORAGE_ERRORS = frozenset({sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR, sqlite3.SQLITE_NOMEM})
 _LOCK_ERRORS = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED})
@@ -223,10 +226,29 @@ class _Enqueue:
     content: bytes
     recipients: list[tuple[str, str, str | None, str | None]]  # address, domain, orcpt, notify
 
+    @property
+    def spooled(self) -> bool:
+        return self.message.spool is not None
+
+    def store_content(self, conn: sqlite3.Connection, seq: int) -> None:
+        """The contents row: inline for bytes; for a spool file, a blob of the right size
+        filled piece by piece, so the message is never whole in memory."""
+        spool = self.message.spool
+        if spool is None or not spool.spilled:
+            content = self.content if spool is None else b"".join(spool.chunks())
+            conn.execute("INSERT INTO contents (seq, content) VALUES (?, ?)", (seq, content))
+            return
+        conn.execute("INSERT INTO contents (seq, content) VALUES (?, zeroblob(?))",
+                     (seq, spool.size))
+        if spool.size:
+            with conn.blobopen("contents", "content", seq) as blob:
+                for piece in spool.chunks():
+                    blob.write(piece)
+
     def columns(self, now: float) -> tuple[object, ...]:
         """The messages row after seq and id."""
         m = self.message
-        return (m.sender, m.received_at, now, len(self.content), m.client_address,
+        return (m.sender, m.received_at, now, m.size, m.client_address,
                 m.client_helo, m.protocol, m.authenticated_as, m.envid, m.ret, m.smtputf8,
                 m.body_8bit)
 
@@ -247,7 +269,7 @@ class _Enqueue:
             if message.id:  # the caller's id (already in its Received header) is taken
                 raise QueueError(f"could not queue the message: id {message.id} exists")
         seq = row[0]
-        conn.execute("INSERT INTO contents (seq, content) VALUES (?, ?)", (seq, self.content))
+        self.store_content(conn, seq)
         conn.executemany(
             "INSERT INTO recipients (msg_seq, address, domain, orcpt, notify, state, "
             "next_attempt, due_at, updated_at) VALUES (?, ?, ?, ?, ?, 'queued', ?, ?, ?)",
@@ -273,10 +295,15 @@ def _insert_many(conn: sqlite3.Connection, items: Sequence[_Enqueue]) -> list[st
         queue_id = item.message.id or new_queue_id(now)
         ids.append(queue_id)
         messages.append((seq, queue_id, *item.columns(now)))
-        contents.append((seq, item.content))
+        if not item.spooled:
+            contents.append((seq, item.content))
         recipients += [(seq, a, d, o, n, now, now, now) for a, d, o, n in item.recipients]
     _insert_rows(conn, _MESSAGE_INSERT, messages)
     _insert_rows(conn, _CONTENT_INSERT, contents)
+    first = seq - len(items) + 1
+    for offset, item in enumerate(items):
+        if item.spooled:
+            item.store_content(conn, first + offset)
     _insert_rows(conn, _RECIPIENT_INSERT, recipients)
     return ids
 
@@ -742,7 +769,7 @@ class SQLiteQueue:
             raise QueueError("could not queue the message: it has no recipients")
         return _Enqueue(
             message,
-            bytes(message.content),
+            b"" if message.spool is not None else bytes(message.content),
             [
                 (
                     r.address,
@@ -758,7 +785,7 @@ class SQLiteQueue:
         """Store durably; return the queue id once the commit holding it has been fsync'd.
 
         Blocks the calling thread; many threads calling at once share commits."""
-        return self._call(self._enqueue_op(message), "queue the message", len(message.content))
+        return self._call(self._enqueue_op(message), "queue the message", message.size)
 
     async def enqueue_async(self, message: NewMessage) -> str:
         """`enqueue` without blocking the event loop: the writer thread completes an
@@ -768,7 +795,7 @@ class SQLiteQueue:
         stored; once the writer has it, the message is stored even though this caller
         never learns its id (the client was not told 250, so at worst it sends again)."""
         future = self._submit(
-            self._enqueue_op(message), "queue the message", len(message.content)
+            self._enqueue_op(message), "queue the message", message.size
         )
         return await asyncio.wrap_future(future)
 
@@ -808,6 +835,7 @@ class SQLiteQueue:
                 if len(seqs) >= limit:
                     break
             cursor.close()
+            seqs = _within_budget(conn, seqs)
             claimed: dict[int, tuple[str, set[int]]] = {}
             for seq in seqs:
                 token = secrets.token_hex(8)
@@ -1256,6 +1284,26 @@ def _domain_filter(
         where += f" AND domain NOT IN ({', '.join('?' * len(unwanted))})"
         params += unwanted
     return where, params
+
+
+def _within_budget(conn: sqlite3.Connection, seqs: dict[int, None]) -> dict[int, None]:
+    """The first of `seqs` whose content adds up to at most CLAIM_BYTES (at least one):
+    a claim loads every body it returns, and 64 messages of 24 MiB would be 1.5 GB."""
+    if len(seqs) <= 1:
+        return seqs
+    sizes: dict[int, int] = {}
+    for chunk in _chunks(list(seqs)):
+        marks = ", ".join("?" * len(chunk))
+        sizes.update(conn.execute(f"SELECT seq, size FROM messages WHERE seq IN ({marks})",
+                                  chunk).fetchall())
+    kept: dict[int, None] = {}
+    total = 0
+    for seq in seqs:
+        total += sizes.get(seq, 0)
+        if kept and total > CLAIM_BYTES:
+            break
+        kept[seq] = None
+    return kept
 
 
 def _primary_code(exc: sqlite3.Error) -> int | None:
