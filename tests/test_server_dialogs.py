@@ -39,7 +39,7 @@ from pathlib import Path
 import pytest
 
 from mailgate.codes.reply import Reply
-from mailgate.config import Config
+from mailgate.config import Submission, Config
 from mailgate.dns import Resolver
 from mailgate.queue.sqlite import SQLiteQueue
 from mailgate.server.policy import ConnectionInfo, Policy
@@ -122,6 +122,9 @@ class Servers:
             limits=dataclasses.replace(base.limits, message_size=wanted.max_message_size,
                                        recipients=wanted.max_recipients),
             policy=dataclasses.replace(base.policy, bare_newlines=wanted.bare_newlines),
+            # The dialogs' AUTH user sends as sender@example.org: granted, as an operator
+            # would for a user who sends as the domain's addresses.
+            submission=Submission(sender_addresses={"alice": ("@example.org",)}),
         )
 
         def policy(config: Config, resolver: Resolver, users: UserDB) -> Policy:

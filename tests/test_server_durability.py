@@ -371,8 +371,9 @@ def test_disk_full_answers_452_and_keeps_what_it_accepted(
             path.unlink()
         # The queue's copy takes the size and about 60 KB of pages (WAL frames for the
         # rows and indexes); recording the attempt later takes about 50 KB. Leave room for
-        # the queue's copy and the record, not for the Maildir file as well.
-        size = 300_000
+        # the queue's copy and the record, not for the Maildir file as well. (Smaller
+        # than the spool's in-memory buffer: a spool file would need room of its own.)
+        size = 200_000
         fill(ballast, leave=size + 200_000)
         content = body("maildir-fails", size)
         assert send(w, "maildir-fails@localhost", content).startswith("250 2.0.0")

@@ -25,6 +25,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Literal, TypeVar, cast
 
+from mailgate.idn import DomainError, canonical_domain
+
 __all__ = [
     "DEFAULT_LISTENERS",
     "TLS_LEVELS",
@@ -41,6 +43,7 @@ __all__ = [
     "Relayhost",
     "Route",
     "ServerConfig",
+    "Submission",
     "TLSConfig",
     "TLSLevel",
     "Timeouts",
@@ -123,6 +126,14 @@ class Domains:
     local: tuple[str, ...] = ("localhost",)  # lower-case A-labels
     catch_all: bool = True
     mailboxes: frozenset[str] = frozenset()  # "user@domain", lower case
+    # Where mail for <postmaster> and postmaster@<any local domain> goes (RFC 5321 4.5.1);
+    # None: postmaster@<the first local domain>, a Maildir of its own.
+    postmaster: str | None = None
+
+    @property
+    def postmaster_mailbox(self) -> str:
+        """The local address that receives the postmaster's mail."""
+        return self.postmaster or f"postmaster@{self.local[0]}"
 
     def is_local(self, domain: str) -> bool:
         """Whether mail for `domain` is delivered here (any case, U- or A-label)."""
@@ -166,14 +177,34 @@ class Limits:
     recipients: int = 100  # per message
     connections: int = 1000  # concurrent, all clients
     connections_per_ip: int = 50  # concurrent, one client address
+    hops: int = 50  # Received: headers a message may carry; more is a loop (554 5.4.6)
 
 
 @dataclass(frozen=True, slots=True)
 class Timeouts:
     """Server-side timeouts in seconds (RFC 5321 4.5.3.2)."""
 
-    command: float = 300.0  # waiting for the next command
-    data_block: float = 180.0  # waiting for the next chunk of DATA
+    command: float = 300.0  # for a whole command line, from the moment we are ready for it
+    data_block: float = 180.0  # for the first chunk of DATA, and grace for the rate below
+    min_data_rate: int = 500  # bytes/s a message must keep up on average (Postfix's value)
+    tls_handshake: float = 10.0  # for a whole TLS handshake (STARTTLS or implicit TLS)
+    # When the open connections reach 80 % of limits.connections, these replace the
+    # timeouts above (Postfix's stress mode): idle clients give up their slots sooner.
+    stress_command: float = 10.0
+    stress_data_block: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class Submission:
+    """Who may use which envelope sender after AUTH (Postfix's sender login maps).
+
+    A user named `alice` owns `alice@` at every local domain; a user named
+    `alice@example.org` owns that address; `sender_addresses` grants more: user name ->
+    addresses, where `@example.org` stands for every address at that domain."""
+
+    sender_login_check: bool = True
+    sender_addresses: Mapping[str, tuple[str, ...]] = field(
+        default_factory=lambda: MappingProxyType({}))
 
 
 @dataclass(frozen=True, slots=True)
@@ -297,6 +328,7 @@ class Config:
     timeouts: Timeouts = Timeouts()
     dns: DNSConfig = DNSConfig()
     policy: Policy = Policy()
+    submission: Submission = Submission()
     delivery: Delivery = Delivery()
     routes: Mapping[str, Route] = field(default_factory=_no_routes)  # domain -> Route
     # A mail domain (A-label) or a next hop ("[host]:port", "host:port") -> TLS level
@@ -462,12 +494,13 @@ _LABEL_RE = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\Z")
 
 def _domain(text: str) -> str:
     """A domain name as a lower-case A-label string, without a trailing dot."""
-    name = text.lower().removesuffix(".")
+    name = text.removesuffix(".")
     if not name.isascii():
         try:
-            name = name.encode("idna").decode("ascii")
-        except UnicodeError:
+            name = canonical_domain(name)  # UTS #46 and IDNA 2008, as addresses get
+        except DomainError:
             raise _Bad("is not a valid internationalized domain name") from None
+    name = name.lower()
     labels = name.split(".")
     if (len(name) > 253 or not all(_LABEL_RE.match(label) for label in labels)
             or labels[-1].isdigit()):
@@ -544,10 +577,12 @@ _T = TypeVar("_T")
 _SECTIONS: dict[str, tuple[str, ...]] = {
     "listen": ("role", "address"),
     "tls": ("cert", "key"),
-    "domains": ("local", "catch_all", "mailboxes"),
+    "domains": ("local", "catch_all", "mailboxes", "postmaster"),
     "relay": ("networks",),
-    "limits": ("message_size", "recipients", "connections", "connections_per_ip"),
-    "timeouts": ("command", "data_block"),
+    "limits": ("message_size", "recipients", "connections", "connections_per_ip", "hops"),
+    "timeouts": ("command", "data_block", "min_data_rate", "tls_handshake", "stress_command",
+                 "stress_data_block"),
+    "submission": ("sender_login_check", "sender_addresses"),
     "dns": ("nameservers",),
     "policy": ("sender_null_mx_check", "recipient_null_mx_check", "bare_newlines"),
     "delivery": ("smtp_port", "retry_schedule", "max_queue_lifetime", "concurrency",
@@ -867,11 +902,19 @@ def _build(doc: Mapping[str, object], r: _Reader, source: str | None) -> Config:
     limits = _limits(r.section(doc, "limits"), r)
 
     t = r.section(doc, "timeouts")
+    dt = Timeouts()
     timeouts = Timeouts(
-        command=r.get(t, ("timeouts",), "command", _duration(False), Timeouts().command),
-        data_block=r.get(t, ("timeouts",), "data_block", _duration(False),
-                         Timeouts().data_block),
+        command=r.get(t, ("timeouts",), "command", _duration(False), dt.command),
+        data_block=r.get(t, ("timeouts",), "data_block", _duration(False), dt.data_block),
+        min_data_rate=r.get(t, ("timeouts",), "min_data_rate", _integer(0), dt.min_data_rate),
+        tls_handshake=r.get(t, ("timeouts",), "tls_handshake", _duration(False),
+                            dt.tls_handshake),
+        stress_command=r.get(t, ("timeouts",), "stress_command", _duration(False),
+                             dt.stress_command),
+        stress_data_block=r.get(t, ("timeouts",), "stress_data_block", _duration(False),
+                                dt.stress_data_block),
     )
+    submission = _submission(r.section(doc, "submission"), r, domains)
 
     dns_table = r.section(doc, "dns")
     dns = DNSConfig(r.get_list(dns_table, ("dns",), "nameservers", _nameserver, (),
@@ -905,8 +948,8 @@ def _build(doc: Mapping[str, object], r: _Reader, source: str | None) -> Config:
         raise ConfigError(r.problems)
     return Config(hostname=hostname, data_dir=data_dir, listen=listeners, tls=tls,
                   domains=domains, relay=relay, limits=limits, timeouts=timeouts, dns=dns,
-                  policy=policy, delivery=delivery, routes=routes, tls_policy=tls_policy,
-                  web=web, server=server, log=log, source=source)
+                  policy=policy, submission=submission, delivery=delivery, routes=routes,
+                  tls_policy=tls_policy, web=web, server=server, log=log, source=source)
 
 
 def _listeners(doc: Mapping[str, object], r: _Reader) -> tuple[Listener, ...]:
@@ -968,11 +1011,48 @@ def _domains(d: Mapping[str, object], r: _Reader) -> Domains:
                 shown = written[index] if isinstance(written, list) else mailbox
                 r.report(_key("domains", "mailboxes", index), shown,
                          f"{domain} is not one of domains.local ({', '.join(local)})")
+    postmaster = r.get(d, path, "postmaster", _mailbox, None)
+    if postmaster is not None and r.ok("domains.local", "domains.postmaster"):
+        domain = postmaster.rpartition("@")[2]
+        if domain not in local:
+            r.report("domains.postmaster", d.get("postmaster"),
+                     f"must be a local address: {domain} is not one of domains.local "
+                     f"({', '.join(local)})")
     return Domains(
         local=tuple(dict.fromkeys(local)),
         catch_all=r.get(d, path, "catch_all", _boolean, True),
         mailboxes=frozenset(mailboxes),
+        postmaster=postmaster,
     )
+
+
+def _submission(t: Mapping[str, object], r: _Reader, domains: Domains) -> Submission:
+    path = ("submission",)
+    check = r.get(t, path, "sender_login_check", _boolean, True)
+    grants: dict[str, tuple[str, ...]] = {}
+    table = t.get("sender_addresses", {})
+    if not isinstance(table, dict):
+        r.report("submission.sender_addresses", table, 'must be a table of user = '
+                 '["address", "@domain", ...]')
+        table = {}
+    for user, value in table.items():
+        key = _key("submission", "sender_addresses", user)
+        items = value if isinstance(value, list) else [value]
+        out: list[str] = []
+        for item in items:
+            if isinstance(item, str) and item.startswith("@"):
+                try:
+                    out.append("@" + _domain(item[1:]))
+                except _Bad as exc:
+                    r.report(key, item, str(exc))
+                continue
+            try:
+                out.append(_mailbox(item))
+            except _Bad as exc:
+                r.report(key, item, str(exc))
+        grants[str(user).lower()] = tuple(out)
+    return Submission(sender_login_check=check,
+                      sender_addresses=MappingProxyType(grants))
 
 
 def _limits(t: Mapping[str, object], r: _Reader) -> Limits:
@@ -987,6 +1067,7 @@ def _limits(t: Mapping[str, object], r: _Reader) -> Limits:
         connections=r.get(t, path, "connections", _integer(1), d.connections),
         connections_per_ip=r.get(t, path, "connections_per_ip", _integer(1),
                                  d.connections_per_ip),
+        hops=r.get(t, path, "hops", _integer(1), d.hops),
     )
     if limits.connections_per_ip > limits.connections:
         if "connections_per_ip" not in t:

@@ -10,6 +10,9 @@ path (no label dictionaries built, no string formatting per call for known label
 
     connection_opened()                 # a client connected: open +1, total +1
     connection_closed()                 # it went away: open -1
+    connection_refused(reason)          # refused at once: limit | per_ip | shutdown
+    connection_timeout()                # closed for missing a deadline (421 4.4.2)
+    auth_refused()                      # AUTH refused unchecked: too many failures
     command(verb)                       # one SMTP command received ("EHLO", "MAIL", ...)
     reply_sent(code)                    # one reply sent, by basic code (250, 550, ...)
     message_accepted()                  # a message queued (250 after DATA/BDAT)
@@ -46,9 +49,12 @@ from mailgate.queue import RecipientState
 
 __all__ = [
     "REGISTRY",
+    "auth_refused",
     "command",
     "connection_closed",
     "connection_opened",
+    "connection_refused",
+    "connection_timeout",
     "delivery",
     "dns_lookup",
     "exposition",
@@ -101,6 +107,17 @@ OUTBOUND = Counter(
     "mailgate_outbound_connections_total",
     "Outbound SMTP conversations, by TLS level and whether they ran encrypted.",
     ["tls_level", "encrypted"], registry=REGISTRY)
+REFUSED_CONNECTIONS = Counter(
+    "mailgate_connections_refused_total",
+    "SMTP connections refused at once, by reason (limit, per_ip, shutdown).",
+    ["reason"], registry=REGISTRY)
+TIMEOUTS = Counter(
+    "mailgate_connection_timeouts_total",
+    "SMTP connections closed because the client missed a deadline.", registry=REGISTRY)
+AUTH_REFUSED = Counter(
+    "mailgate_auth_refused_total",
+    "AUTH attempts refused without checking the password: too many recent failures.",
+    registry=REGISTRY)
 NOTICES = Counter(
     "mailgate_notices_total",
     "Delivery status notifications (RFC 3464) queued for senders, by kind.",
@@ -144,6 +161,18 @@ def connection_opened() -> None:
 
 def connection_closed() -> None:
     _connections_open_dec()
+
+
+def connection_refused(reason: str) -> None:
+    REFUSED_CONNECTIONS.labels(reason).inc()
+
+
+def connection_timeout() -> None:
+    TIMEOUTS.inc()
+
+
+def auth_refused() -> None:
+    AUTH_REFUSED.inc()
 
 
 def command(verb: str) -> None:

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import resource
 import signal
 import ssl
 import sys
@@ -23,6 +24,8 @@ from mailgate.delivery.engine import DeliveryEngine
 from mailgate.delivery.local import LocalDelivery
 from mailgate.dns import Resolver
 from mailgate.queue import NewMessage
+from mailgate.queue.spool import clean as clean_spool
+from mailgate.queue.spool import spool_dir
 from mailgate.queue.sqlite import SQLiteQueue
 from mailgate.server.listener import SMTPServer
 from mailgate.server.policy import Policy
@@ -109,7 +112,11 @@ async def serve(config: Config, *, reuse_port: bool = False, workers: int = 1,
 
     local = LocalDelivery(config, queue, enqueue)
     outbound = DeliveryEngine(config, queue, resolver, enqueue)
-    server = SMTPServer(config, policy, queue.enqueue_async, tls_ctx, on_queued=on_queued)
+    spool = spool_dir(config.data_dir)
+    if workers == 1 and (left := clean_spool(spool)):  # with workers, a sibling's may be live
+        log.info("removed %d spool files of messages a stopped server never accepted", left)
+    server = SMTPServer(config, policy, queue.enqueue_async, tls_ctx, on_queued=on_queued,
+                        spool_dir=spool, max_connections=connection_budget(config))
     await server.start(reuse_port=reuse_port)
     web_server, web_task, web_note = await _start_web(config, queue, server, outbound,
                                                       local, first=ready is None)
@@ -188,6 +195,37 @@ async def _start_web(config: Config, queue: SQLiteQueue, server: SMTPServer,
     return uv, task, note
 
 
+# Descriptors kept free of SMTP connections: the queue (database, WAL, readers), spool
+# and Maildir files being written, outbound connections, DNS sockets, the web port.
+_RESERVED_FDS = 256
+
+
+def connection_budget(config: Config) -> int:
+    """Raise the descriptor soft limit to the hard limit, and return how many SMTP
+    connections fit in it: `limits.connections`, or fewer (logged) when the descriptors
+    would run out first. Running out is worse than refusing: accept() fails for every
+    port at once, web included, and nothing says why."""
+    try:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if hard == resource.RLIM_INFINITY:
+            hard = max(soft, 1 << 20)
+        if soft != resource.RLIM_INFINITY and soft < hard:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+    except (OSError, ValueError) as exc:
+        log.warning("cannot raise the open-file limit: %s", exc)
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    outbound = config.delivery.concurrency
+    room = int(soft) - _RESERVED_FDS - outbound
+    wanted = config.limits.connections
+    if room < wanted:
+        budget = max(1, room)
+        log.warning("only %d open files are allowed (ulimit -n): accepting at most %d SMTP "
+                    "connections instead of limits.connections = %d", soft, budget, wanted)
+        return budget
+    return wanted
+
+
 def _event_loop_policy() -> None:
     try:
         import uvloop
@@ -205,6 +243,8 @@ def run(config: Config) -> int:
     if workers == 1:
         asyncio.run(serve(config))
         return 0
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    clean_spool(spool_dir(config.data_dir))  # before the workers: none of theirs is live yet
     children: list[int] = []
     for i in range(workers):
         pid = os.fork()

@@ -4,25 +4,40 @@ One `SMTPConnection` (an asyncio.Protocol) per client: bytes in are fed to the s
 events are answered from the policy, replies are written back. Decisions that wait (DNS,
 the queue's group commit, password hashing, the TLS handshake) pause reading until they
 are done, so input stays bounded and pipelined commands keep their order.
+
+Every byte comes from a stranger, so each connection is bounded (docs/security.md):
+- memory: message content goes to a spool file as it arrives (`queue.spool`), input is
+  read only while the session's buffer is small, and reading stops while the client does
+  not read our replies (the transport's write buffer is over its high-water mark);
+- time: deadlines, not idle timers. A command must be complete within `timeouts.command`
+  of the moment we were ready for it, however slowly its bytes trickle in; a message must
+  keep up `timeouts.min_data_rate` on average; a TLS handshake has `timeouts.tls_handshake`.
+  When the open connections reach 80 % of the limit, the stress timeouts apply;
+- slots: every connection counts from its first byte, implicit-TLS ones included (their
+  handshake runs after the count, under its own deadline, never before it).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import email.utils
 import logging
 import ssl
 import time
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import cast
 
 from mailgate import metrics
 from mailgate.codes.reply import Reply
 from mailgate.config import Config, Listener
 from mailgate.queue import NewMessage, NewRecipient, QueueFull, new_queue_id
-from mailgate.server.policy import ConnectionInfo, Policy
+from mailgate.queue.spool import SpoolFile
+from mailgate.server.policy import AUTH_TOO_MANY, ConnectionInfo, Policy
 from mailgate.smtp import replies
 from mailgate.smtp.server import (
     NEED_DATA,
@@ -42,6 +57,7 @@ from mailgate.smtp.server import (
     SessionConfig,
     StartTLS,
 )
+from mailgate.smtp.trace import HopCounter
 
 __all__ = ["SMTPServer"]
 
@@ -52,6 +68,13 @@ TOO_MANY_FROM_IP = Reply.make(421, "4.7.0", "Too many connections from your addr
 QUEUE_FULL = Reply.make(452, "4.3.1", "Insufficient system storage, try again later")
 QUEUE_ERROR = Reply.make(451, "4.3.0", "Local error in processing, try again later")
 TLS_FAILED = Reply.make(454, "4.7.0", "TLS not available due to temporary reason")
+TOO_MANY_HOPS = Reply.make(554, "5.4.6", "Too many hops: the message has passed through too "
+                                         "many mail servers, probably a mail loop")
+SPOOL_FAILED = Reply.make(452, "4.3.1", "Insufficient system storage, try again later")
+STRESS = 0.8  # share of limits.connections from which the stress timeouts apply
+# Password checks (scrypt) run here, never in the default executor that delivery uses:
+# a burst of AUTH attempts must not stall anything else.
+_PASSWORDS = ThreadPoolExecutor(max_workers=2, thread_name_prefix="mailgate-password")
 
 Enqueue = Callable[[NewMessage], Awaitable[str]]
 
@@ -103,8 +126,14 @@ class SMTPServer:
         enqueue: Enqueue,
         tls_context: ssl.SSLContext | None,
         on_queued: Callable[[str, list[str]], None] | None = None,
+        spool_dir: Path | None = None,
+        max_connections: int | None = None,
     ) -> None:
         self.config = config
+        self.spool_dir = spool_dir if spool_dir is not None else config.data_dir / "spool"
+        # The connection limit, lowered by `serve` when the descriptors would run out first.
+        self.max_connections = min(config.limits.connections,
+                                   max_connections or config.limits.connections)
         self.policy = policy
         self.enqueue = enqueue
         self.tls_context = tls_context
@@ -130,13 +159,14 @@ class SMTPServer:
     async def start(self, reuse_port: bool = False) -> None:
         loop = asyncio.get_running_loop()
         for listener in self.config.listen:
-            ssl_ctx = self.tls_context if listener.role == "smtps" else None
-            if listener.role == "smtps" and ssl_ctx is None:
+            if listener.role == "smtps" and self.tls_context is None:
                 raise ValueError("an smtps listener needs a TLS certificate")
+            # No ssl= here, even for smtps: asyncio would run the handshake before the
+            # connection is counted, so handshakes in progress would escape the limits.
+            # SMTPConnection starts TLS itself once the connection holds a slot.
             server = await loop.create_server(
                 self._factory(listener), host=listener.host, port=listener.port,
-                ssl=ssl_ctx, reuse_address=True, reuse_port=reuse_port or None,
-                backlog=1024, ssl_handshake_timeout=30.0 if ssl_ctx else None,
+                reuse_address=True, reuse_port=reuse_port or None, backlog=1024,
             )
             self.servers.append(server)
 
@@ -148,6 +178,11 @@ class SMTPServer:
                 addr = sock.getsockname()
                 out.append((listener.role, str(addr[0]), int(addr[1])))
         return out
+
+    @property
+    def stressed(self) -> bool:
+        """Connection slots are running short: the short timeouts apply."""
+        return len(self.connections) >= STRESS * self.max_connections
 
     def _factory(self, listener: Listener) -> Callable[[], SMTPConnection]:
         def make() -> SMTPConnection:
@@ -183,14 +218,23 @@ class SMTPConnection(asyncio.Protocol):
                                      observer=_OBSERVER)
         self.info = ConnectionInfo(role=role, ip="", port=0, tls=role == "smtps")
         self._waiting = False
-        self._paused = False
+        self._paused = False  # reading paused because input is waiting to be handled
+        self._write_paused = False  # ... because the client does not read our replies
         self._closed = False
-        self._chunks: list[bytes] = []
+        self._spool: SpoolFile | None = None
+        self._spool_error: OSError | None = None
+        self._hops: HopCounter | None = None
+        self._qid = ""
         self._sender: MailFrom | None = None
         self._rcpts: list[RcptTo] = []
         self._pending_rcpt: RcptTo | None = None
-        self._last_activity = 0.0
+        # Deadlines: when we became ready for the command being read (and started the
+        # message being read, with its bytes so far); `_check_timeout` judges them.
+        self._ready_at = 0.0
+        self._data_at = 0.0
+        self._data_bytes = 0
         self._timer: asyncio.TimerHandle | None = None
+        self._stall_at: float | None = None  # since when our replies wait unread
         # While start_tls() runs, data_received is fed by the TLS layer: it may hand over
         # the client's first encrypted command (sent with its Finished, as GnuTLS does)
         # before start_tls() returns. Kept here and given to the session after the reset.
@@ -205,22 +249,22 @@ class SMTPConnection(asyncio.Protocol):
         srv = self.server
         peer = transport.get_extra_info("peername") or ("", 0)
         self.info.ip, self.info.port = str(peer[0]), int(peer[1])
-        if self.info.tls:
-            self._note_tls(transport)
         # No TCP_NODELAY here: asyncio and uvloop set it on every TCP transport already.
         srv.stats.connections_total += 1
         metrics.connection_opened()
         limits = srv.config.limits
         refusal = None
         if srv.closing:
-            refusal = replies.SHUTDOWN
-        elif len(srv.connections) >= limits.connections:
-            refusal = TOO_MANY_CONNECTIONS
+            refusal, reason = replies.SHUTDOWN, "shutdown"
+        elif len(srv.connections) >= srv.max_connections:
+            refusal, reason = TOO_MANY_CONNECTIONS, "limit"
         elif srv.per_ip.get(self.info.ip, 0) >= limits.connections_per_ip:
-            refusal = TOO_MANY_FROM_IP
+            refusal, reason = TOO_MANY_FROM_IP, "per_ip"
         if refusal is not None:
             log.info("refused connection from [%s]: %s", self.info.ip, refusal)
-            transport.write(refusal.to_bytes(enhanced=False))
+            metrics.connection_refused(reason)
+            if self.role != "smtps":  # an implicit-TLS client could not read it
+                transport.write(refusal.to_bytes(enhanced=False))
             self._closed = True
             transport.close()
             metrics.connection_closed()
@@ -228,12 +272,17 @@ class SMTPConnection(asyncio.Protocol):
         srv.connections.add(self)
         srv.per_ip[self.info.ip] = srv.per_ip.get(self.info.ip, 0) + 1
         srv.stats.connections_open = len(srv.connections)
-        self.session.greet()
-        self._flush()
+        self._ready_at = time.monotonic()
+        if self.role == "smtps":
+            self._start_tls(implicit=True)  # the greeting follows the handshake
+        else:
+            self.session.greet()
+            self._flush()
         self._arm_timer()
 
     def data_received(self, data: bytes) -> None:
-        self._last_activity = time.monotonic()
+        if self.session.in_data:
+            self._data_bytes += len(data)
         if self._tls_early is not None:
             self._tls_early += data
             return
@@ -249,10 +298,24 @@ class SMTPConnection(asyncio.Protocol):
             self._pump()
         return None
 
+    def pause_writing(self) -> None:
+        """The client is not reading our replies: read nothing more until it does, or a
+        client that pipelines without reading would grow our output without bound."""
+        self._write_paused = True
+        if self.transport is not None and not self._closed and not self._paused:
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        self._stall_at = None
+        if self.transport is not None and not self._closed and not self._paused:
+            self.transport.resume_reading()
+
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
         if self._timer is not None:
             self._timer.cancel()
+        self._drop_spool()
         srv = self.server
         if self in srv.connections:
             metrics.connection_closed()
@@ -266,28 +329,64 @@ class SMTPConnection(asyncio.Protocol):
 
     # --- timeouts and shutdown ----------------------------------------------------
 
-    def _arm_timer(self) -> None:
+    def _deadline(self) -> float:
+        """When the client's time is up for what it is sending now (monotonic clock).
+
+        In a command: `command` seconds from when we were ready for it, however its bytes
+        trickle in. In a message: `data_block` seconds of grace plus one second for every
+        `min_data_rate` bytes received, so a message must keep up the rate on average.
+        Under stress (slots running short) the stress timeouts replace both."""
         t = self.server.config.timeouts
-        timeout = t.data_block if self.session.in_data else t.command
-        self._timer = asyncio.get_running_loop().call_later(timeout, self._check_timeout)
+        stressed = self.server.stressed
+        if self.session.in_data:
+            grace = min(t.data_block, t.stress_data_block) if stressed else t.data_block
+            earned = self._data_bytes / t.min_data_rate if t.min_data_rate else float("inf")
+            return self._data_at + grace + earned
+        timeout = min(t.command, t.stress_command) if stressed else t.command
+        return self._ready_at + timeout
+
+    def _arm_timer(self) -> None:
+        delay = max(0.05, self._deadline() - time.monotonic())
+        self._timer = asyncio.get_running_loop().call_later(delay, self._check_timeout)
 
     def _check_timeout(self) -> None:
-        """Re-armed lazily: one timer per connection, not one per packet."""
+        """One timer per connection, re-armed to the current deadline when it fires."""
         if self._closed:
             return
-        t = self.server.config.timeouts
-        timeout = t.data_block if self.session.in_data else t.command
-        idle = time.monotonic() - max(self._last_activity, 0.0)
-        if self._last_activity and idle < timeout:
-            self._timer = asyncio.get_running_loop().call_later(timeout - idle,
-                                                                 self._check_timeout)
+        now = time.monotonic()
+        if self._waiting or self._write_paused:
+            # Our own decision is slow (DNS, the queue), or our replies wait in the
+            # kernel: give the client a fresh deadline from when we are ready again.
+            # A client that never reads our replies is caught by the cap below.
+            self._ready_at = max(self._ready_at, now)
+            if self.session.in_data:
+                self._data_at = max(self._data_at, now - self._data_bytes /
+                                    max(1, self.server.config.timeouts.min_data_rate))
+            if self._write_paused and self._stalled_since(now):
+                self._give_up("not reading replies")
+                return
+        if now < self._deadline():
+            self._arm_timer()
             return
-        if self._waiting:  # our own decision is slow (DNS): not the client's fault
-            self._timer = asyncio.get_running_loop().call_later(timeout, self._check_timeout)
+        self._give_up("timeout")
+
+    def _stalled_since(self, now: float) -> bool:
+        """A client whose unread replies have waited longer than a command's timeout."""
+        if self._stall_at is None:
+            self._stall_at = now
+        return now - self._stall_at > self.server.config.timeouts.command
+
+    def _give_up(self, why: str) -> None:
+        log.info("%s from %s[%s]", why, self.info.helo or "unknown", self.info.ip)
+        metrics.connection_timeout()
+        if self._tls_early is not None or (self.role == "smtps" and not self.info.tls):
+            self.abort()  # in a TLS handshake: nothing can be said in the clear
             return
-        log.info("timeout from %s[%s]", self.info.helo or "unknown", self.info.ip)
         self.session.timeout()
+        self._waiting = False
         self._pump()
+        if not self._closed and self._write_paused:
+            self.abort()
 
     def shutdown(self) -> None:
         self.session.shutdown()
@@ -304,6 +403,7 @@ class SMTPConnection(asyncio.Protocol):
         out = self.session.data_to_send()
         if out and self.transport is not None and not self._closed:
             self.transport.write(out)
+            self._ready_at = time.monotonic()  # a reply: the next command's time starts
         if self.session.closed and not self._closed and self.transport is not None:
             self._closed = True
             self.transport.close()
@@ -316,7 +416,8 @@ class SMTPConnection(asyncio.Protocol):
     def _resume(self) -> None:
         if self._paused and self.transport is not None and not self._closed:
             self._paused = False
-            self.transport.resume_reading()
+            if not self._write_paused:
+                self.transport.resume_reading()
 
     def _wait(self, coro: Awaitable[Reply | None], after: Callable[[Reply | None], None]) -> None:
         """Answer the pending event when `coro` is done; meanwhile read nothing more."""
@@ -333,6 +434,7 @@ class SMTPConnection(asyncio.Protocol):
                 return
             after(reply)
             self._waiting = False
+            self._ready_at = time.monotonic()
             self._pump()
             if not self._waiting:
                 self._resume()
@@ -349,8 +451,9 @@ class SMTPConnection(asyncio.Protocol):
             t = type(ev)
             if t is MessageData:
                 assert isinstance(ev, MessageData)
-                self._chunks.append(ev.data)
-            elif t is RcptTo:
+                self._spool_write(ev.data)
+                continue
+            if t is RcptTo:
                 assert isinstance(ev, RcptTo)
                 self._pending_rcpt = ev
                 r = policy.rcpt_to_sync(self.info, ev)
@@ -369,7 +472,7 @@ class SMTPConnection(asyncio.Protocol):
                 assert isinstance(ev, MessageComplete)
                 self._wait(self._queue_message(ev), self._answer_message)
             elif t is MessageStart:
-                self._chunks = []
+                self._start_message()
             elif t is Ehlo:
                 assert isinstance(ev, Ehlo)
                 self.info.helo, self.info.esmtp = ev.domain, ev.extended
@@ -385,7 +488,7 @@ class SMTPConnection(asyncio.Protocol):
                 assert isinstance(ev, AuthAttempt)
                 self._wait(self._auth(ev), self._answer_auth(ev))
             elif t is StartTLS:
-                self._starttls()
+                self._start_tls(implicit=False)
             elif t is Quit or t is SessionClosed or t is ConnectionLost:
                 self._reset_envelope()
         self._flush()
@@ -407,7 +510,11 @@ class SMTPConnection(asyncio.Protocol):
         ev = self._pending_rcpt
         self._pending_rcpt = None
         if (reply is None or reply.code // 100 == 2) and ev is not None:
-            self._rcpts.append(ev)
+            # The envelope keeps the recipient as it will be delivered: the postmaster's
+            # mailbox for <postmaster>, so what was judged local stays local.
+            final = self.server.policy.final_recipient(ev.recipient)
+            self._rcpts.append(ev if final is ev.recipient
+                               else dataclasses.replace(ev, recipient=final))
         elif reply is not None:
             log.info("reject: RCPT from %s[%s]: %s; from=<%s> to=<%s>", self.info.helo,
                      self.info.ip, reply, self._sender.sender if self._sender else "",
@@ -430,16 +537,68 @@ class SMTPConnection(asyncio.Protocol):
     def _reset_envelope(self) -> None:
         self._sender = None
         self._rcpts = []
-        self._chunks = []
+        self._drop_spool()
+
+    # --- message content: to a spool file as it arrives --------------------------------
+
+    def _start_message(self) -> None:
+        """DATA (or the first BDAT) begins: open the spool file, trace header first."""
+        self._drop_spool()
+        self._data_at = time.monotonic()
+        self._data_bytes = 0
+        self._qid = new_queue_id()
+        self._hops = HopCounter()
+        try:
+            self._spool = SpoolFile(self.server.spool_dir, self._qid)
+            self._spool.write(self._received_header(self._qid))
+        except OSError as exc:
+            self._spool_failed(exc)
+
+    def _spool_write(self, data: bytes) -> None:
+        if self._hops is not None:
+            self._hops.feed(data)
+        if self._spool is None:
+            return  # failed before: the rest is read and dropped, the end gets 452
+        try:
+            self._spool.write(data)
+        except OSError as exc:
+            self._spool_failed(exc)
+
+    def _spool_failed(self, exc: OSError) -> None:
+        log.error("cannot spool the message from [%s]: %s", self.info.ip, exc)
+        self._spool_error = exc
+        if self._spool is not None:
+            self._spool.discard()
+            self._spool = None
+
+    def _drop_spool(self) -> None:
+        if self._spool is not None:
+            self._spool.discard()
+            self._spool = None
+        self._spool_error = None
+        self._hops = None
 
     # --- decisions that wait ------------------------------------------------------
 
     async def _auth(self, ev: AuthAttempt) -> Reply | None:
+        """Check a password under the failure limits, atomically: the failure is counted
+        (reserved) before the slow check and given back only on success, so parallel
+        attempts cannot all slip under the limit while the first ones are still hashing."""
         policy = self.server.policy
-        if policy.auth_blocked(self.info):
-            return policy.auth_failed(self.info) or replies.AUTH_FAILED
-        ok = await asyncio.to_thread(policy.check_password, ev)
+        reservation = policy.auth_reserve(self.info, ev.username)
+        if reservation is None:
+            log.info("auth refused (too many failures): %s[%s] user=%s", self.info.helo,
+                     self.info.ip, ev.username)
+            metrics.auth_refused()
+            return AUTH_TOO_MANY
+        try:
+            ok = await asyncio.get_running_loop().run_in_executor(
+                _PASSWORDS, policy.check_password, ev)
+        except BaseException:
+            policy.auth_release(reservation)  # our failure, not the client's
+            raise
         if ok:
+            policy.auth_release(reservation)
             log.info("auth: %s[%s] authenticated as %s", self.info.helo, self.info.ip,
                      ev.username)
             return None
@@ -447,13 +606,33 @@ class SMTPConnection(asyncio.Protocol):
         return policy.auth_failed(self.info) or replies.AUTH_FAILED
 
     async def _queue_message(self, ev: MessageComplete) -> Reply | None:
+        spool, hops = self._spool, self._hops
+        self._spool = None  # this task owns the file now; it removes it when done
+        if spool is None:
+            return SPOOL_FAILED if self._spool_error is not None else QUEUE_ERROR
+        try:
+            return await self._store(spool, hops)
+        finally:
+            spool.discard()
+
+    async def _store(self, spool: SpoolFile, hops: HopCounter | None) -> Reply | None:
         sender = self._sender
         if sender is None or not self._rcpts:
             return QUEUE_ERROR
         srv = self.server
-        qid = new_queue_id()
-        content = self._received_header(qid) + b"".join(self._chunks)
-        self._chunks = []
+        if hops is not None and hops.hops >= srv.config.limits.hops:
+            log.info("reject: too many hops (%d Received: fields) from %s[%s]; from=<%s>",
+                     hops.hops, self.info.helo, self.info.ip, sender.sender)
+            srv.stats.refused += 1
+            metrics.message_refused()
+            return TOO_MANY_HOPS
+        try:
+            spool.finish()
+        except OSError as exc:
+            log.error("cannot spool the message from [%s]: %s", self.info.ip, exc)
+            return SPOOL_FAILED
+        qid = self._qid
+        trusted = srv.policy.trusted(self.info)
         msg = NewMessage(
             id=qid,
             sender=str(sender.sender),
@@ -461,11 +640,12 @@ class SMTPConnection(asyncio.Protocol):
                 NewRecipient(
                     address=str(r.recipient),
                     orcpt=f"{r.params.orcpt[0]};{r.params.orcpt[1]}" if r.params.orcpt else None,
-                    notify=r.params.notify,
+                    notify=r.params.notify if trusted else _untrusted_notify(r.params.notify),
                 )
                 for r in self._rcpts
             ],
-            content=content,
+            content=b"",
+            spool=spool,
             received_at=time.time(),
             client_address=self.info.ip,
             client_helo=self.info.helo,
@@ -487,7 +667,7 @@ class SMTPConnection(asyncio.Protocol):
         metrics.message_accepted()
         rcpts = [r.address for r in msg.recipients]
         log.info("%s: from=<%s>, size=%d, nrcpt=%d, client=%s[%s], proto=%s%s", qid,
-                 msg.sender, len(content), len(rcpts), self.info.helo, self.info.ip,
+                 msg.sender, msg.size, len(rcpts), self.info.helo, self.info.ip,
                  msg.protocol, f", sasl_username={msg.authenticated_as}"
                  if msg.authenticated_as else "")
         if srv.on_queued is not None:
@@ -507,13 +687,16 @@ class SMTPConnection(asyncio.Protocol):
                f"id {qid}{rcpt};\r\n\t{date}\r\n")
         return hdr.encode("utf-8", "surrogateescape")
 
-    def _starttls(self) -> None:
+    def _start_tls(self, implicit: bool) -> None:
+        """The TLS handshake: after STARTTLS, or at once on the smtps port (implicit TLS,
+        RFC 8314), where the greeting follows it. Either way under its own deadline."""
         ctx = self.server.tls_context
         assert ctx is not None
         self._waiting = True
         self._flush()
         transport = self.transport
         assert transport is not None
+        timeout = self.server.config.timeouts.tls_handshake
 
         async def handshake() -> None:
             loop = asyncio.get_running_loop()
@@ -522,9 +705,10 @@ class SMTPConnection(asyncio.Protocol):
             self._tls_early = bytearray()
             try:
                 new = await loop.start_tls(transport, self, ctx, server_side=True,
-                                           ssl_handshake_timeout=30.0)
+                                           ssl_handshake_timeout=timeout)
             except (TimeoutError, OSError, ssl.SSLError, ConnectionError) as exc:
-                log.info("TLS handshake failed with [%s]: %s", self.info.ip, exc)
+                log.info("TLS handshake failed with [%s]: %s", self.info.ip,
+                         exc or type(exc).__name__)
                 self._closed = True
                 transport.abort()
                 return
@@ -535,7 +719,11 @@ class SMTPConnection(asyncio.Protocol):
             self.transport = new
             self.info.tls = True
             self._note_tls(new)
-            self.session.tls_established()
+            self._ready_at = time.monotonic()
+            if implicit:
+                self.session.greet()
+            else:
+                self.session.tls_established()
             if early:
                 self.session.receive_data(bytes(early))
             self._waiting = False
@@ -549,3 +737,13 @@ class SMTPConnection(asyncio.Protocol):
             cipher = obj.cipher()
             self.info.tls_version = str(obj.version() or "")
             self.info.tls_cipher = str(cipher[0]) if cipher else ""
+
+
+def _untrusted_notify(notify: tuple[str, ...] | None) -> tuple[str, ...] | None:
+    """NOTIFY from a client we do not answer for, without SUCCESS: a success notice would
+    send the message's headers to whatever sender a stranger names (backscatter).
+    Failure and delay notices stay as asked (RFC 3461); SUCCESS alone becomes NEVER."""
+    if notify is None or "SUCCESS" not in notify:
+        return notify
+    rest = tuple(n for n in notify if n != "SUCCESS")
+    return rest or ("NEVER",)

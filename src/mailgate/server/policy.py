@@ -9,6 +9,7 @@ hot path never creates a task.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import defaultdict, deque
 from dataclasses import dataclass
@@ -16,11 +17,19 @@ from dataclasses import dataclass
 from mailgate.codes.reply import Reply
 from mailgate.config import Config
 from mailgate.dns import Resolver
+from mailgate.idn import DomainError, canonical_domain
 from mailgate.server.users import UserDB
 from mailgate.smtp.address import Address
 from mailgate.smtp.server import AuthAttempt, MailFrom, RcptTo
 
-__all__ = ["ConnectionInfo", "Policy"]
+__all__ = ["AuthReservation", "ConnectionInfo", "Policy"]
+
+
+def _canonical(domain: str) -> str:
+    try:
+        return canonical_domain(domain)
+    except DomainError:
+        return domain.lower()
 
 R = Reply.make
 
@@ -32,7 +41,18 @@ SENDER_DNS_TEMPFAIL = R(451, "4.4.3", "Cannot check the sender domain in DNS now
 RECIPIENT_NULL_MX = R(556, "5.1.10", "Recipient address has null MX: its domain accepts no mail "
                                      "(RFC 7505)")
 UNKNOWN_USER = R(550, "5.1.1", "No such user here")
+SENDER_NOT_OWNED = R(553, "5.7.1", "Sender address is not yours: you are logged in as a user "
+                                   "who may not send as this address")
 AUTH_TOO_MANY = R(421, "4.7.0", "Too many failed authentication attempts, closing connection")
+
+
+@dataclass(frozen=True, slots=True)
+class AuthReservation:
+    """A failure slot taken for one AUTH attempt (`Policy.auth_reserve`)."""
+
+    ip: str
+    user: str
+    at: float
 
 
 @dataclass(slots=True)
@@ -64,6 +84,9 @@ class Policy:
     # failed AUTH attempts: per connection before 421, per IP within the window
     AUTH_FAILS_PER_CONNECTION = 3
     AUTH_FAILS_PER_IP = 10
+    # per user name, from anywhere: slows a password spray spread over many addresses
+    # (and so lets a stranger delay one user's logins for the window: documented)
+    AUTH_FAILS_PER_USER = 30
     AUTH_FAIL_WINDOW = 600.0
 
     def __init__(self, config: Config, resolver: Resolver | None, users: UserDB) -> None:
@@ -71,6 +94,7 @@ class Policy:
         self.resolver = resolver
         self.users = users
         self._auth_fails: dict[str, deque[float]] = defaultdict(deque)
+        self._user_fails: dict[str, deque[float]] = defaultdict(deque)
 
     # --- helpers ------------------------------------------------------------------
 
@@ -79,6 +103,42 @@ class Policy:
 
     def may_relay(self, conn: ConnectionInfo) -> bool:
         return conn.authenticated is not None or self.config.relay.allows(conn.ip)
+
+    def trusted(self, conn: ConnectionInfo) -> bool:
+        """A client we answer for: authenticated, or in [relay] networks. Only such
+        clients' NOTIFY=SUCCESS is honoured (a stranger's would make us mail a copy of
+        the headers to any address they name: backscatter)."""
+        return self.may_relay(conn)
+
+    def final_recipient(self, rcpt: Address) -> Address:
+        """The recipient as it is queued: `<postmaster>` and postmaster@<a local domain>
+        become the configured postmaster mailbox (RFC 5321 4.5.1), so they are always
+        delivered here and never relayed; anything else is kept as it is."""
+        if rcpt.is_postmaster or (rcpt.local.lower() == "postmaster" and not rcpt.is_literal
+                                  and self.is_local(rcpt.domain)):
+            local, _, domain = self.config.domains.postmaster_mailbox.rpartition("@")
+            return Address(local, domain)
+        return rcpt
+
+    def owns_sender(self, user: str, sender: Address) -> bool:
+        """Whether the authenticated `user` may use `sender` as the envelope sender.
+
+        `alice` owns alice@ at every local domain; `alice@example.org` owns that
+        address; [submission] sender_addresses grants more (`@domain` = all of it)."""
+        if sender.is_null:
+            return True  # <> sends nothing back; auto-replies and notices need it
+        user = user.lower()
+        address = f"{sender.local.lower()}@{sender.domain}"
+        if "@" in user:
+            local, _, domain = user.rpartition("@")
+            if address == f"{local}@{_canonical(domain)}":
+                return True
+        elif sender.local.lower() == user and self.is_local(sender.domain):
+            return True
+        for grant in self.config.submission.sender_addresses.get(user, ()):
+            if grant == address or (grant.startswith("@") and grant[1:] == sender.domain):
+                return True
+        return False
 
     def auth_offered(self, role: str) -> bool:
         """AUTH is for submission; an MX does not take credentials."""
@@ -91,6 +151,9 @@ class Policy:
         if conn.role in ("submission", "smtps") and not self.may_relay(conn):
             return AUTH_REQUIRED
         sender = ev.sender
+        if (conn.authenticated is not None and self.config.submission.sender_login_check
+                and not self.owns_sender(conn.authenticated, sender)):
+            return SENDER_NOT_OWNED
         if (conn.role == "mx" and self.config.policy.sender_null_mx_check
                 and self.resolver is not None and not sender.is_null
                 and not sender.is_literal and not self.is_local(sender.domain)):
@@ -135,16 +198,52 @@ class Policy:
     def auth_blocked(self, conn: ConnectionInfo, now: float | None = None) -> bool:
         """Too many recent failures from this IP: refuse before checking the password."""
         now = time.monotonic() if now is None else now
-        fails = self._auth_fails[conn.ip]
+        return self._count(self._auth_fails, conn.ip, now) >= self.AUTH_FAILS_PER_IP
+
+    def _count(self, table: dict[str, deque[float]], key: str, now: float) -> int:
+        fails = table.get(key)
+        if fails is None:
+            return 0
         while fails and fails[0] < now - self.AUTH_FAIL_WINDOW:
             fails.popleft()
-        return len(fails) >= self.AUTH_FAILS_PER_IP
+        if not fails:
+            del table[key]
+            return 0
+        return len(fails)
+
+    def auth_reserve(self, conn: ConnectionInfo, username: str,
+                     now: float | None = None) -> AuthReservation | None:
+        """Take a failure slot for this attempt before the password is checked, or None
+        when the client's address or the user name is over its limit.
+
+        The slot counts as a failure at once; `auth_release` gives it back on success.
+        Checking and counting in one step, with nothing awaited between them, is what
+        keeps 40 parallel attempts from all being checked under a limit of 10."""
+        now = time.monotonic() if now is None else now
+        user = username.lower()
+        if (self._count(self._auth_fails, conn.ip, now) >= self.AUTH_FAILS_PER_IP
+                or self._count(self._user_fails, user, now) >= self.AUTH_FAILS_PER_USER):
+            return None
+        self._auth_fails[conn.ip].append(now)
+        self._user_fails[user].append(now)
+        return AuthReservation(conn.ip, user, now)
+
+    def auth_release(self, reservation: AuthReservation) -> None:
+        """The password was right (or was never checked): the slot was no failure."""
+        for table, key in ((self._auth_fails, reservation.ip),
+                           (self._user_fails, reservation.user)):
+            fails = table.get(key)
+            if fails is not None:
+                with contextlib.suppress(ValueError):
+                    fails.remove(reservation.at)
+                if not fails:
+                    del table[key]
 
     def auth_failed(self, conn: ConnectionInfo, now: float | None = None) -> Reply | None:
-        """Count a failure; a reply that closes the connection when over the limits."""
+        """The reserved slot stays a failure; a reply that closes the connection when
+        the connection or the address is over its limit."""
         conn.auth_failures += 1
-        self._auth_fails[conn.ip].append(time.monotonic() if now is None else now)
-        if conn.auth_failures >= self.AUTH_FAILS_PER_CONNECTION or self.auth_blocked(conn):
+        if conn.auth_failures >= self.AUTH_FAILS_PER_CONNECTION or self.auth_blocked(conn, now):
             return AUTH_TOO_MANY
         return None
 
