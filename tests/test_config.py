@@ -466,7 +466,8 @@ def test_unknown_key_that_belongs_elsewhere() -> None:
 
 def test_unknown_key_without_suggestion_lists_the_keys() -> None:
     assert problem("[timeouts]\nzzz = 1\n") == (
-        "mailgate.toml: timeouts.zzz = 1: unknown key; [timeouts] takes command, data_block")
+        "mailgate.toml: timeouts.zzz = 1: unknown key; [timeouts] takes command, data_block, "
+        "min_data_rate, tls_handshake, stress_command, stress_data_block")
 
 
 def test_unknown_section() -> None:

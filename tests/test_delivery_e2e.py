@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from mailgate.config import Delivery, DNSConfig, Domains, Listener, Relayhost, Route
+from mailgate.config import Delivery, DNSConfig, Domains, Listener, Relayhost, Route, Submission
 from mailgate.delivery.engine import DeliveryEngine
 from mailgate.delivery.local import LocalDelivery
 from mailgate.queue import QueuedMessage, Recipient, RecipientState
@@ -622,7 +622,11 @@ def test_relayhost_auth_at_a_second_mailgate(
     """mailgate A sends everything to mailgate B's submission port (STARTTLS, AUTH PLAIN,
     B's self-signed certificate: the relayhost's level is `encrypt`); B takes mail for
     b.test into its Maildir. Both ends are the production code."""
-    b_config = live_config(tmp_path / "b", domains=Domains(local=("b.test",)))
+    # B has a name of its own: a server that greets with ours is ourselves (a loop).
+    # A relays for all its senders: B lets its user a-node send as anyone.
+    b_config = live_config(tmp_path / "b", hostname="mx.b.test",
+                           domains=Domains(local=("b.test",)),
+                           submission=Submission(sender_login_check=False))
     UserDB(b_config.data_dir / "users.json").set_password("a-node", "relay secret")
     with LiveServer(b_config) as b:
         relay = Relayhost("127.0.0.1", b.port("submission"), False, username="a-node",
@@ -644,7 +648,11 @@ def test_relayhost_auth_at_a_second_mailgate(
 
 def test_relayhost_refusing_the_password_keeps_the_mail(
         mailgate: Callable[..., Mailgate], tmp_path: Path) -> None:
-    b_config = live_config(tmp_path / "b", domains=Domains(local=("b.test",)))
+    # B has a name of its own: a server that greets with ours is ourselves (a loop).
+    # A relays for all its senders: B lets its user a-node send as anyone.
+    b_config = live_config(tmp_path / "b", hostname="mx.b.test",
+                           domains=Domains(local=("b.test",)),
+                           submission=Submission(sender_login_check=False))
     UserDB(b_config.data_dir / "users.json").set_password("a-node", "relay secret")
     with LiveServer(b_config) as b:
         relay = Relayhost("127.0.0.1", b.port("submission"), False, username="a-node",

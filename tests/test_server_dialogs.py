@@ -39,7 +39,7 @@ from pathlib import Path
 import pytest
 
 from mailgate.codes.reply import Reply
-from mailgate.config import Submission, Config
+from mailgate.config import Config, Submission
 from mailgate.dns import Resolver
 from mailgate.queue.sqlite import SQLiteQueue
 from mailgate.server.policy import ConnectionInfo, Policy

@@ -356,7 +356,7 @@ class DeliveryEngine:
         # Over implicit TLS there is no STARTTLS to ask for; `verify` still checks the
         # certificate, any other level takes it unverified.
         session = ClientSession(ClientConfig(
-            helo_name=self.config.hostname,
+            helo_name=self.config.hostname, loop_name=self.config.hostname,
             tls="never" if dest.implicit_tls else _CLIENT_TLS[level],
             credentials=dest.credentials), tls_active=dest.implicit_tls)
         messages = []

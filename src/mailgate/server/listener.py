@@ -513,8 +513,9 @@ class SMTPConnection(asyncio.Protocol):
             # The envelope keeps the recipient as it will be delivered: the postmaster's
             # mailbox for <postmaster>, so what was judged local stays local.
             final = self.server.policy.final_recipient(ev.recipient)
-            self._rcpts.append(ev if final is ev.recipient
-                               else dataclasses.replace(ev, recipient=final))
+            if all(r.recipient != final for r in self._rcpts):  # one copy per mailbox
+                self._rcpts.append(ev if final is ev.recipient
+                                   else dataclasses.replace(ev, recipient=final))
         elif reply is not None:
             log.info("reject: RCPT from %s[%s]: %s; from=<%s> to=<%s>", self.info.helo,
                      self.info.ip, reply, self._sender.sender if self._sender else "",
@@ -709,8 +710,10 @@ class SMTPConnection(asyncio.Protocol):
             except (TimeoutError, OSError, ssl.SSLError, ConnectionError) as exc:
                 log.info("TLS handshake failed with [%s]: %s", self.info.ip,
                          exc or type(exc).__name__)
-                self._closed = True
                 transport.abort()
+                # asyncio never tells a protocol whose handshake failed that the
+                # connection is gone: give the slot back here, or it leaks for good.
+                self.connection_lost(None)
                 return
             finally:
                 early, self._tls_early = self._tls_early, None

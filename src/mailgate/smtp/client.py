@@ -167,6 +167,9 @@ class ClientConfig:
     # RFC 5321 4.5.3.1.5 says 512 octets; real servers overshoot, so allow a generous cap.
     max_reply_line: int = 4096
     max_reply_lines: int = 128
+    # This MTA's own name: a server that greets with it is this MTA again, and the mail
+    # would loop (Postfix: "mail for X loops back to myself"). None: no such check.
+    loop_name: str | None = None
 
     def __post_init__(self) -> None:
         if self.tls not in ("never", "may", "require"):
@@ -678,6 +681,13 @@ class ClientSession:
 
     def _on_greeting(self, reply: Reply, _: int) -> None:
         if reply.code == 220:
+            name = reply.lines[0].split(" ", 1)[0] if reply.lines else ""
+            if self.config.loop_name and name.lower() == self.config.loop_name.lower():
+                self._fail(Outcome(Reply.make(
+                    554, "5.4.6", f"Mail loops back to myself: {name} greeted with this "
+                    "server's own name (a route or MX record points here)"),
+                    False, "greeting"), quit=True)
+                return
             self._hello(extended=True)
             return
         if reply.code < 400:
