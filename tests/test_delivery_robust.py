@@ -1,0 +1,165 @@
+"""Delivery that no message can stop: a poison message is held with its reason while
+the rest keeps moving, and a crashed delivery task is restarted.
+
+The engine runs its real loop (`DeliveryEngine.run`) against a real SQLite queue and a
+real receiving MTA (aiosmtpd, tests/fakemx.py). The poison messages are queued directly
+through the queue API, as if they had slipped past the SMTP server's checks (or were
+queued by an older mailgate).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from mailgate import metrics
+from mailgate.delivery import engine as engine_module
+from mailgate.delivery.engine import DeliveryEngine
+from mailgate.queue import NewMessage, NewRecipient, RecipientState
+from mailgate.queue.report import show_json, show_text
+from tests import test_delivery
+from tests.fakemx import MX1, FakeMX
+from tests.test_delivery import CONTENT, Outbound
+
+pytest_plugins = ["tests.dnsserver", "tests.fakemx"]
+
+outbound = test_delivery.outbound  # test_delivery.py's fixture, found here by name
+
+HELD = RecipientState.HELD
+DELIVERED = RecipientState.DELIVERED
+FAILED = RecipientState.FAILED
+
+BAD_ENVIDS = ["\r\n", "\x00", "caf\u00e9", "\x7f", "a" * 101]
+
+
+def _submit(out: Outbound, rcpt: str, envid: str | None = None) -> str:
+    return out.queue.enqueue(NewMessage(
+        sender="alice@localhost", recipients=[NewRecipient(rcpt)], content=CONTENT,
+        received_at=out.clock(), client_address="127.0.0.1", client_helo="client.test",
+        envid=envid))
+
+
+async def _run_until(engine: DeliveryEngine, done: Callable[[], bool],
+                     timeout: float = 20.0) -> None:
+    """Run the engine's real loop until `done()`; fail if the loop ends by itself."""
+    task = asyncio.create_task(engine.run())
+    try:
+        async with asyncio.timeout(timeout):
+            while not done():
+                if task.done():
+                    exc = task.exception()
+                    raise AssertionError(f"the delivery loop ended: {exc!r}") from exc
+                await asyncio.sleep(0.05)
+    finally:
+        engine.stop()
+        await asyncio.wait_for(task, 10)
+
+
+@pytest.mark.parametrize("envid", BAD_ENVIDS)
+def test_a_bad_stored_envid_no_longer_stops_delivery(
+        outbound: Callable[..., Outbound], fake_mx: Callable[..., FakeMX],
+        envid: str) -> None:
+    """Found by an attacker: one message whose ENVID decoded to CR LF (or NUL, DEL,
+    non-ASCII) killed the outbound task for good. Now it goes without the ENVID, which
+    the next hop could not be given, and the messages around it go too."""
+    mx = fake_mx(MX1)
+    out = outbound()
+    good = [_submit(out, f"before{i}@one.test") for i in range(3)]
+    bad = _submit(out, "victim@one.test", envid=envid)
+    bounced = _submit(out, "refuse-550@one.test", envid=envid)
+    good += [_submit(out, f"after{i}@one.test") for i in range(3)]
+
+    def settled() -> bool:
+        return all(r.state in (DELIVERED, FAILED) for q in [*good, bad, bounced]
+                   for r in out.queue.show(q).recipients)
+
+    asyncio.run(_run_until(out.engine, settled))
+    assert sorted(mx.all_rcpts()) == sorted(
+        [f"before{i}@one.test" for i in range(3)] + ["victim@one.test"]
+        + [f"after{i}@one.test" for i in range(3)])
+    assert out.queue.show(bad).recipients[0].state == DELIVERED
+    # The failure notice quotes the ENVID as RFC 3461 xtext: no raw control character
+    # reaches the report's header fields.
+    assert len(out.bounces) == 1
+    report = out.bounces[0].content
+    field = next(line for line in report.split(b"\r\n")
+                 if line.startswith(b"Original-Envelope-Id:"))
+    assert all(0x21 <= b <= 0x7E or b == 0x20 for b in field), field
+    assert field.split(b":", 1)[1].strip() == "".join(
+        c if 0x21 <= ord(c) <= 0x7E and c not in "+=" else
+        "".join(f"+{b:02X}" for b in c.encode()) for c in envid).encode()
+
+
+POISON = "poison@one.test"
+
+
+def _poison_envelope(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bug that one message triggers while its envelope is made."""
+    real = engine_module._path
+
+    def path(addr: str, allow_null: bool = False) -> Any:
+        if addr == POISON:
+            raise RuntimeError("poisoned\r\nenvelope")
+        return real(addr, allow_null)
+
+    monkeypatch.setattr(engine_module, "_path", path)
+
+
+def _poison_record(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bug that one message triggers once its replies are in, mid-connection."""
+    real = DeliveryEngine._decide
+
+    async def decide(self: DeliveryEngine, unit: Any, rcpt: Any, *args: Any) -> str:
+        if rcpt.address == POISON:
+            raise KeyError("poisoned outcome")
+        return await real(self, unit, rcpt, *args)
+
+    monkeypatch.setattr(DeliveryEngine, "_decide", decide)
+
+
+@pytest.mark.parametrize("poison", [_poison_envelope, _poison_record])
+def test_a_poison_message_is_held_with_its_reason_and_the_rest_moves(
+        outbound: Callable[..., Outbound], fake_mx: Callable[..., FakeMX],
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+        poison: Callable[[pytest.MonkeyPatch], None]) -> None:
+    poison(monkeypatch)
+    mx = fake_mx(MX1)
+    out = outbound()
+    good = [_submit(out, f"before{i}@one.test") for i in range(3)]
+    bad = _submit(out, POISON)
+    good += [_submit(out, f"after{i}@one.test") for i in range(3)]
+    errors = _worker_errors()
+
+    def settled() -> bool:
+        return all(r.state == DELIVERED for q in good for r in out.queue.show(q).recipients) \
+            and out.queue.show(bad).recipients[0].state == HELD
+
+    with caplog.at_level(logging.ERROR, logger="mailgate.delivery"):
+        asyncio.run(_run_until(out.engine, settled))
+    # Each good message went exactly once, in spite of the one that broke its connection.
+    assert sorted(r for r in mx.all_rcpts() if r != POISON) == sorted(
+        [f"before{i}@one.test" for i in range(3)] + [f"after{i}@one.test" for i in range(3)])
+    [rcpt] = out.queue.show(bad).recipients
+    assert rcpt.held_reason is not None and "internal error" in rcpt.held_reason
+    assert "poisoned" in rcpt.held_reason and "\r" not in rcpt.held_reason
+    assert _worker_errors() > errors
+    # Logged with its traceback, naming the queue id.
+    logged = [r for r in caplog.records if bad in r.getMessage() and r.exc_info]
+    assert logged, [r.getMessage() for r in caplog.records]
+    # Held means held: the engine leaves it alone from now on.
+    assert out.run() == 0
+    # And it shows where an administrator looks.
+    shown = json.loads(show_json(out.queue.show(bad)))
+    assert "poisoned" in shown["recipients"][0]["held_reason"]
+    assert "held: delivery failed with an internal error" in show_text(out.queue.show(bad))
+
+
+def _worker_errors() -> float:
+    value = metrics.REGISTRY.get_sample_value(
+        "mailgate_delivery_worker_errors_total", {"worker": "outbound"})
+    return value or 0.0
