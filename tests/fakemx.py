@@ -190,6 +190,10 @@ class _Handler:
         return reply
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        for address in envelope.rcpt_tos:  # a slow end of data: held until the test says
+            gate = self.mx.stalling.get(address.lower())
+            while gate is not None and not gate.is_set():
+                await asyncio.sleep(0.01)
         drop = any(a.rpartition("@")[0].lower() == "drop" for a in envelope.rcpt_tos)
         drop = drop or any(self.mx.dropping.pop(a.lower(), False) for a in envelope.rcpt_tos)
         if drop:
@@ -267,6 +271,8 @@ class FakeMX:
         self.rcpt_options: list[list[str]] = []  # and its parameters
         self.script: dict[str, list[str]] = {}
         self.dropping: dict[str, bool] = {}
+        # Recipients whose message gets no reply to its end of data until the event is set.
+        self.stalling: dict[str, threading.Event] = {}
         self._controller: _CountingController | None = None
         self._raw: _Greeting421 | None = None
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -163,3 +164,45 @@ def _worker_errors() -> float:
     value = metrics.REGISTRY.get_sample_value(
         "mailgate_delivery_worker_errors_total", {"worker": "outbound"})
     return value or 0.0
+
+
+def test_each_outcome_is_recorded_when_its_reply_arrives_not_after_the_connection(
+        outbound: Callable[..., Outbound], fake_mx: Callable[..., FakeMX]) -> None:
+    """A crash used to resend every message of a connection whose outcomes were not yet
+    recorded (116 in one run): now a message is recorded as soon as its 250 is in, so
+    while the last message of a shared connection is still in flight the ones before it
+    are already delivered in the queue."""
+    mx = fake_mx(MX1)
+    out = outbound()
+    gate = threading.Event()
+    mx.stalling["slow@one.test"] = gate
+    early = [_submit(out, f"early{i}@one.test") for i in range(5)]
+    slow = _submit(out, "slow@one.test")
+
+    def early_recorded() -> bool:
+        return all(out.queue.show(q).recipients[0].state == DELIVERED for q in early)
+
+    async def scenario() -> None:
+        task = asyncio.create_task(out.engine.run())
+        try:
+            await _wait(task, early_recorded)
+            # One connection, the last message still waiting for its reply.
+            assert mx.connections == 1 and not gate.is_set()
+            assert out.queue.show(slow).recipients[0].state != DELIVERED
+            gate.set()
+            await _wait(task, lambda: out.queue.show(slow).recipients[0].state == DELIVERED)
+        finally:
+            gate.set()
+            out.engine.stop()
+            await asyncio.wait_for(task, 10)
+
+    asyncio.run(scenario())
+    assert out.engine.stats.messages_per_connection == [6]
+
+
+async def _wait(task: asyncio.Task[None], done: Callable[[], bool],
+                timeout: float = 20.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not done():
+            assert not task.done(), task
+            await asyncio.sleep(0.02)
