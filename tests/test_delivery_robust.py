@@ -12,19 +12,27 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import smtplib
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from mailgate import metrics
 from mailgate.delivery import engine as engine_module
+from mailgate.delivery import local as local_module
 from mailgate.delivery.engine import DeliveryEngine
+from mailgate.delivery.local import LocalDelivery
 from mailgate.queue import NewMessage, NewRecipient, RecipientState
 from mailgate.queue.report import show_json, show_text
+from mailgate.queue.sqlite import SQLiteQueue
+from mailgate.server import app as app_module
 from tests import test_delivery
 from tests.fakemx import MX1, FakeMX
+from tests.live import LiveServer
+from tests.smtpwire import loopback_config, wait_until
 from tests.test_delivery import CONTENT, Outbound
 
 pytest_plugins = ["tests.dnsserver", "tests.fakemx"]
@@ -206,3 +214,85 @@ async def _wait(task: asyncio.Task[None], done: Callable[[], bool],
         while not done():
             assert not task.done(), task
             await asyncio.sleep(0.02)
+
+
+# --- local delivery and the supervisor, in the live server -----------------------------
+
+
+def _send_local(port: int, rcpt: str) -> str:
+    with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
+        client.ehlo("client.test")
+        code, text = client.mail("alice@example.org")
+        assert code == 250
+        code, text = client.rcpt(rcpt)
+        assert code == 250, (code, text)
+        code, text = client.data(f"Subject: to {rcpt}\r\n\r\nhello\r\n".encode())
+        assert code == 250, (code, text)
+        return text.decode().rsplit(" ", 1)[-1]
+
+
+def _state(queue: SQLiteQueue, qid: str) -> tuple[RecipientState, str | None]:
+    [r] = queue.show(qid).recipients
+    return r.state, r.held_reason
+
+
+def _sample(name: str, worker: str) -> float:
+    return metrics.REGISTRY.get_sample_value(name, {"worker": worker}) or 0.0
+
+
+def test_a_poison_message_in_local_delivery_is_held_and_the_rest_delivered(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real = local_module.deliver
+
+    def deliver(root: Path, address: str, content: bytes, hostname: str | None = None
+                ) -> Path:
+        if address.startswith("poison@"):
+            raise RuntimeError("poisoned mailbox")  # a bug one message triggers
+        return real(root, address, content, hostname)
+
+    monkeypatch.setattr(local_module, "deliver", deliver)
+    errors = _sample("mailgate_delivery_worker_errors_total", "local")
+    with LiveServer(loopback_config(tmp_path / "data")) as srv:
+        port = srv.port("mx")
+        ids = [_send_local(port, rcpt) for rcpt in
+               ("first@localhost", "poison@localhost", "last@localhost")]
+        with SQLiteQueue(srv.config.data_dir / "queue.db") as queue:
+            wait_until("the good messages delivered and the poison held", lambda: [
+                _state(queue, q)[0] for q in ids] == [DELIVERED, HELD, DELIVERED])
+            reason = _state(queue, ids[1])[1]
+    assert reason is not None and "poisoned mailbox" in reason
+    assert _sample("mailgate_delivery_worker_errors_total", "local") == errors + 1
+    assert [p.parent.parent.name for p in sorted(
+        (tmp_path / "data" / "maildir").glob("*/*/new/*"))] == ["first", "last"]
+
+
+@pytest.mark.parametrize("how", ["raises", "returns"])
+def test_a_delivery_task_that_ends_is_restarted(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+        how: str) -> None:
+    real = LocalDelivery.run
+    calls = 0
+
+    async def run(self: LocalDelivery) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            if how == "raises":
+                raise RuntimeError("the local task fell over")
+            return
+        await real(self)
+
+    monkeypatch.setattr(LocalDelivery, "run", run)
+    monkeypatch.setattr(app_module, "RESTART_BACKOFF", 0.2)
+    restarts = _sample("mailgate_delivery_worker_restarts_total", "local")
+    with caplog.at_level(logging.ERROR, logger="mailgate"), \
+            LiveServer(loopback_config(tmp_path / "data")) as srv:
+        qid = _send_local(srv.port("mx"), "someone@localhost")
+        with SQLiteQueue(srv.config.data_dir / "queue.db") as queue:
+            wait_until("the message delivered by the restarted task",
+                       lambda: _state(queue, qid)[0] == DELIVERED, 20)
+    assert calls == 2  # restarted once; the clean stop at the end is not restarted
+    assert _sample("mailgate_delivery_worker_restarts_total", "local") == restarts + 1
+    [record] = [r for r in caplog.records if "local delivery" in r.getMessage()]
+    assert ("unexpected error" in record.getMessage()) == (how == "raises")
+    assert (record.exc_info is not None) == (how == "raises")
