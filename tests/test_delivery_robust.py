@@ -25,6 +25,7 @@ from mailgate.delivery import engine as engine_module
 from mailgate.delivery import local as local_module
 from mailgate.delivery.engine import DeliveryEngine
 from mailgate.delivery.local import LocalDelivery
+from mailgate.delivery.maildir import deliver as maildir_deliver
 from mailgate.queue import NewMessage, NewRecipient, RecipientState
 from mailgate.queue.report import show_json, show_text
 from mailgate.queue.sqlite import SQLiteQueue
@@ -242,7 +243,7 @@ def _sample(name: str, worker: str) -> float:
 
 def test_a_poison_message_in_local_delivery_is_held_and_the_rest_delivered(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    real = local_module.deliver
+    real = maildir_deliver
 
     def deliver(root: Path, address: str, content: bytes, hostname: str | None = None
                 ) -> Path:
