@@ -17,6 +17,9 @@ and `FakeMX.script[address]` holds one-shot actions taken before those rules, in
 ("450 4.2.1 ...", "421 ...", "drop"), e.g. a recipient deferred once, then accepted.
 `greeting="421"` makes a host that answers every connection with 421 and hangs up;
 `ehlo_gate` (a threading.Event) one that answers no EHLO until the event is set.
+`stalling[address]` (a threading.Event) holds the reply to the end of data of a message
+to that recipient until the event is set: a message in flight, for as long as a test
+needs.
 `tls_context` makes it offer STARTTLS with that server context, `implicit_tls` speak TLS
 from the first byte (RFC 8314) with that one; `auth` (user -> password)
 makes it a smarthost that wants AUTH (over TLS only) before MAIL, and `auth_logins` lists
