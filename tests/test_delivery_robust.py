@@ -108,7 +108,7 @@ def test_a_bad_stored_envid_no_longer_stops_delivery(
 POISON = "poison@one.test"
 
 
-def _poison_envelope(monkeypatch: pytest.MonkeyPatch) -> None:
+def _poison_envelope(monkeypatch: pytest.MonkeyPatch) -> str:
     """A bug that one message triggers while its envelope is made."""
     real = engine_module._path
 
@@ -118,9 +118,10 @@ def _poison_envelope(monkeypatch: pytest.MonkeyPatch) -> None:
         return real(addr, allow_null)
 
     monkeypatch.setattr(engine_module, "_path", path)
+    return POISON
 
 
-def _poison_record(monkeypatch: pytest.MonkeyPatch) -> None:
+def _poison_record(monkeypatch: pytest.MonkeyPatch) -> str:
     """A bug that one message triggers once its replies are in, mid-connection."""
     real = DeliveryEngine._decide
 
@@ -130,18 +131,33 @@ def _poison_record(monkeypatch: pytest.MonkeyPatch) -> None:
         return await real(self, unit, rcpt, *args)
 
     monkeypatch.setattr(DeliveryEngine, "_decide", decide)
+    return POISON
 
 
-@pytest.mark.parametrize("poison", [_poison_envelope, _poison_record])
+def _poison_grouping(monkeypatch: pytest.MonkeyPatch) -> str:
+    """A bug that one message's domain triggers while the round is grouped, before any
+    destination is delivered: the whole round goes one message at a time."""
+    real = DeliveryEngine._destination
+
+    def destination(self: DeliveryEngine, domain: str) -> Any:
+        if domain == "poison.test":
+            raise UnicodeError("poisoned domain")
+        return real(self, domain)
+
+    monkeypatch.setattr(DeliveryEngine, "_destination", destination)
+    return "someone@poison.test"
+
+
+@pytest.mark.parametrize("poison", [_poison_envelope, _poison_record, _poison_grouping])
 def test_a_poison_message_is_held_with_its_reason_and_the_rest_moves(
         outbound: Callable[..., Outbound], fake_mx: Callable[..., FakeMX],
         monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
-        poison: Callable[[pytest.MonkeyPatch], None]) -> None:
-    poison(monkeypatch)
+        poison: Callable[[pytest.MonkeyPatch], str]) -> None:
+    address = poison(monkeypatch)
     mx = fake_mx(MX1)
     out = outbound()
     good = [_submit(out, f"before{i}@one.test") for i in range(3)]
-    bad = _submit(out, POISON)
+    bad = _submit(out, address)
     good += [_submit(out, f"after{i}@one.test") for i in range(3)]
     errors = _worker_errors()
 
@@ -152,7 +168,7 @@ def test_a_poison_message_is_held_with_its_reason_and_the_rest_moves(
     with caplog.at_level(logging.ERROR, logger="mailgate.delivery"):
         asyncio.run(_run_until(out.engine, settled))
     # Each good message went exactly once, in spite of the one that broke its connection.
-    assert sorted(r for r in mx.all_rcpts() if r != POISON) == sorted(
+    assert sorted(r for r in mx.all_rcpts() if r != address) == sorted(
         [f"before{i}@one.test" for i in range(3)] + [f"after{i}@one.test" for i in range(3)])
     [rcpt] = out.queue.show(bad).recipients
     assert rcpt.held_reason is not None and "internal error" in rcpt.held_reason

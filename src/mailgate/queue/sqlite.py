@@ -413,6 +413,7 @@ class SQLiteQueue:
         self._checkpoint_wanted = threading.Event()
         self._checkpointer_stop = False
         self.owner = ClaimOwner.this_process()
+        self._claimed_ever = False  # whether close() has claims to give back
         self._wconn = self._open_writer(max_page_count)
         self._page_size = int(self._wconn.execute("PRAGMA page_size").fetchone()[0]) or 4096
         self._writer = threading.Thread(
@@ -882,6 +883,7 @@ class SQLiteQueue:
         index = "recipients_due" if domains is None else "recipients_domain_due"
 
         owner = self.owner
+        self._claimed_ever = True
 
         def op(conn: sqlite3.Connection) -> list[WorkItem]:
             owner.register(conn)
@@ -1357,8 +1359,8 @@ class SQLiteQueue:
             if self._closed:
                 return
             self._closed = True
-            # Before the stop marker: the writer runs it with the last batch.
-            self._requests.put(_Request(self._retire_owner, Future(), "retire", 0))
+            if self._claimed_ever:  # before the stop marker: it runs with the last batch
+                self._requests.put(_Request(self._retire_owner, Future(), "retire", 0))
             self._requests.put(_STOP)
             idle, self._idle = self._idle, []
         self._writer.join()
