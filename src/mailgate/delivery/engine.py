@@ -331,6 +331,11 @@ class DeliveryEngine:
             if len(left) == 1:
                 await self._quarantine(left[0].item, exc, f"delivering to {dest.domain}")
                 return
+            if not left:  # every message has its outcome: only what came after failed
+                log.error("delivery to %s failed after every outcome was recorded",
+                          dest.domain, exc_info=exc)
+                metrics.worker_error("outbound")
+                return
             log.error("delivery to %s failed; trying its %d undecided message(s) one by "
                       "one", dest.domain, len(left), exc_info=exc)
             metrics.worker_error("outbound")
