@@ -17,6 +17,9 @@ and `FakeMX.script[address]` holds one-shot actions taken before those rules, in
 ("450 4.2.1 ...", "421 ...", "drop"), e.g. a recipient deferred once, then accepted.
 `greeting="421"` makes a host that answers every connection with 421 and hangs up;
 `ehlo_gate` (a threading.Event) one that answers no EHLO until the event is set.
+`stalling[address]` (a threading.Event) holds the reply to the end of data of a message
+to that recipient until the event is set: a message in flight, for as long as a test
+needs.
 `tls_context` makes it offer STARTTLS with that server context, `implicit_tls` speak TLS
 from the first byte (RFC 8314) with that one; `auth` (user -> password)
 makes it a smarthost that wants AUTH (over TLS only) before MAIL, and `auth_logins` lists
@@ -190,6 +193,10 @@ class _Handler:
         return reply
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        for address in envelope.rcpt_tos:  # a slow end of data: held until the test says
+            gate = self.mx.stalling.get(address.lower())
+            while gate is not None and not gate.is_set():
+                await asyncio.sleep(0.01)
         drop = any(a.rpartition("@")[0].lower() == "drop" for a in envelope.rcpt_tos)
         drop = drop or any(self.mx.dropping.pop(a.lower(), False) for a in envelope.rcpt_tos)
         if drop:
@@ -267,6 +274,8 @@ class FakeMX:
         self.rcpt_options: list[list[str]] = []  # and its parameters
         self.script: dict[str, list[str]] = {}
         self.dropping: dict[str, bool] = {}
+        # Recipients whose message gets no reply to its end of data until the event is set.
+        self.stalling: dict[str, threading.Event] = {}
         self._controller: _CountingController | None = None
         self._raw: _Greeting421 | None = None
 

@@ -290,7 +290,7 @@ def test_a_version_1_queue_is_migrated_and_keeps_its_mail(db: Path) -> None:
             (DEFERRED, True), (DELIVERED, False)]
         assert queue.integrity_check() == ["ok"]
     with sqlite3.connect(db) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
 
 
 def test_a_migrated_file_has_the_tables_of_a_new_one(tmp_path: Path) -> None:
@@ -300,7 +300,8 @@ def test_a_migrated_file_has_the_tables_of_a_new_one(tmp_path: Path) -> None:
 
     def columns(name: str) -> list[tuple[Any, ...]]:
         with sqlite3.connect(tmp_path / name) as conn:
-            return [tuple(row) for table in ("messages", "contents", "recipients", "attempts")
+            return [tuple(row) for table in ("messages", "contents", "recipients", "attempts",
+                                  "owners")
                     for row in conn.execute(f"PRAGMA table_info({table})")]
 
     assert columns("old.db") == columns("new.db")
@@ -747,3 +748,66 @@ def test_processes_racing_to_create_the_schema(db: Path) -> None:
     with SQLiteQueue(db) as queue:
         assert sorted(m.id for m in queue.list()) == sorted(ids)
         assert queue.integrity_check() == ["ok"]
+
+
+# --- hold reasons and claim owners (crash recovery) -----------------------------------
+
+
+def test_hold_keeps_its_reason_until_released(q: SQLiteQueue) -> None:
+    qid = q.enqueue(message("a@example.net", "b@example.net"))
+    (item,) = q.claim(time.time(), limit=1, lease=600)
+    assert q.hold(qid, reason="delivery failed: ValueError") == 2
+    a, b = q.show(qid).recipients
+    assert (a.state, a.held_reason) == (HELD, "delivery failed: ValueError")
+    assert b.held_reason == "delivery failed: ValueError"
+    # A held recipient is nobody's claim: its claimant's late report does not unhold it.
+    q.record(a.id, attempt("deferred", 451), next_attempt=time.time(),
+             claim_token=item.claim_token)
+    assert q.show(qid).recipients[0].state == HELD
+    assert q.release_hold(qid) == 2
+    assert [(r.state, r.held_reason) for r in q.show(qid).recipients] == [
+        (RecipientState.QUEUED, None), (RecipientState.QUEUED, None)]
+    q.hold(qid)  # an administrator's hold without a reason
+    assert [r.held_reason for r in q.show(qid).recipients] == [None, None]
+
+
+CLAIM_AND_DIE = textwrap.dedent("""
+    import os, sys, time
+    from mailgate.queue.sqlite import SQLiteQueue
+    q = SQLiteQueue(sys.argv[1])
+    items = q.claim(time.time(), 100, 900.0)
+    print(sum(len(i.recipients) for i in items), flush=True)
+    os.kill(os.getpid(), 9)
+""")
+
+
+def test_claims_of_a_killed_process_come_back_at_once(db: Path) -> None:
+    with SQLiteQueue(db) as queue:
+        ids = [queue.enqueue(message(f"r{i}@example.net")) for i in range(5)]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    child = subprocess.run([sys.executable, "-c", CLAIM_AND_DIE, str(db)], env=env,
+                           capture_output=True, text=True, timeout=30, check=False)
+    assert child.returncode == -signal.SIGKILL, child.stderr
+    assert child.stdout.strip() == "5"
+    with SQLiteQueue(db) as queue, SQLiteQueue(db) as other:
+        # Claimed for 15 minutes by a process that is gone: nothing is due now...
+        assert queue.claim(time.time(), 100, 60) == []
+        # ...until a (re)started server takes back what the dead process held.
+        live = other.claim(time.time(), 100, 60)  # nothing, and `other` is alive
+        assert live == []
+        assert queue.recover_claims() == 5
+        items = queue.claim(time.time(), 100, 60)
+        assert sorted(i.message.id for i in items) == sorted(ids)
+        # A live process's claims stay its own: `other` finds nothing to take back.
+        assert other.recover_claims() == 0
+        assert other.claim(time.time(), 100, 60) == []
+        assert raw_count(db, "owners") == 2  # the dead one is forgotten
+    assert raw_count(db, "owners") == 0  # closed queues retire
+
+
+def test_close_gives_back_what_it_still_had_claimed(db: Path) -> None:
+    with SQLiteQueue(db) as queue:
+        queue.enqueue(message())
+        assert len(queue.claim(time.time(), 10, 900)) == 1
+    with SQLiteQueue(db) as queue:
+        assert len(queue.claim(time.time(), 10, 900)) == 1

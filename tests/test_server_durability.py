@@ -28,6 +28,7 @@ from typing import Any
 import pytest
 
 from mailgate.delivery.local import LocalDelivery
+from tests.fakemx import MX1, FakeMX, free_port_pair
 from tests.live import LiveServer
 from tests.smtpwire import DEAD_PORT, Wire, loopback_config, parse_delivered, wait_until
 
@@ -40,8 +41,10 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def write_config(folder: Path, port: int, **sections: dict[str, Any]) -> Path:
-    """A TOML config: one MX listener, data in `folder`/data, nothing leaves loopback."""
+def write_config(folder: Path, port: int, *, relayhost: str = f"[127.0.0.1]:{DEAD_PORT}",
+                 **sections: dict[str, Any]) -> Path:
+    """A TOML config: one MX listener, data in `folder`/data, nothing leaves loopback:
+    outbound mail goes to `relayhost` (by default a dead port)."""
     lines = [
         'hostname = "localhost"',
         f'data_dir = "{folder / "data"}"',
@@ -54,7 +57,7 @@ def write_config(folder: Path, port: int, **sections: dict[str, Any]) -> Path:
         "[dns]",
         f'nameservers = ["127.0.0.1:{DEAD_PORT}"]',
         "[delivery]",
-        f'relayhost = "[127.0.0.1]:{DEAD_PORT}"',
+        f'relayhost = "{relayhost}"',
         "[web]",
         'address = ""',
     ]
@@ -267,6 +270,72 @@ def test_kill_9_under_load_loses_no_accepted_message(tmp_path: Path) -> None:
         mid = queue_headers(config, qid)["message-id"]
         assert mid in out.unknown, f"{qid} holds {mid}, which no client was told is queued"
     assert len(in_queue - accepted_ids) <= len(out.unknown)
+
+
+def recipient_states(db: Path) -> dict[str, str]:
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        return {str(a): str(s) for a, s in conn.execute(
+            "SELECT address, state FROM recipients")}
+    finally:
+        conn.close()
+
+
+def test_kill_9_mid_delivery_resends_only_what_was_in_flight(tmp_path: Path) -> None:
+    """Outbound mail after kill -9: what the dead process had claimed is delivered as
+    soon as the server is back (not when the 15-minute claims run out), and what the
+    next hop had already accepted is not sent again; only the message in flight at the
+    moment of the kill may arrive twice."""
+    port = free_port()
+    mx_port = free_port_pair((MX1,))
+    ehlo, in_flight = threading.Event(), threading.Event()
+    mx = FakeMX(MX1, mx_port, ehlo_gate=ehlo).start()
+    slow = "slow@remote.test"
+    mx.stalling[slow] = in_flight  # no reply to its end of data until after the kill
+    config = write_config(tmp_path, port, relayhost=f"[{MX1}]:{mx_port}")
+    db = tmp_path / "data" / "queue.db"
+    log = tmp_path / "serve.log"
+    rcpts = [f"r{i}@remote.test" for i in range(30)] + [slow] + [
+        f"r{i}@remote.test" for i in range(30, 45)]
+    try:
+        with Serve(config, port, log) as server:
+            # Queued while the next hop does not answer EHLO, so most of it is claimed
+            # together and goes over one connection once it does.
+            with smtplib.SMTP("127.0.0.1", port, timeout=TIMEOUT) as client:
+                for rcpt in rcpts:
+                    code, text = client.sendmail(
+                        "s@example.org", [rcpt],
+                        f"Subject: for {rcpt}\r\n\r\nhello\r\n".encode()), ""
+                    assert code == {}, (code, text)
+            ehlo.set()
+
+            def stalled_with_the_rest_recorded() -> bool:
+                if slow not in mx.rcpts:
+                    return False
+                states = recipient_states(db)
+                return sum(s == "delivered" for s in states.values()) == len(mx.received)
+
+            wait_until("delivery to stall on one message, the ones before it recorded",
+                       stalled_with_the_rest_recorded, TIMEOUT)
+            delivered_before = len(mx.received)
+            os.kill(server.proc.pid, signal.SIGKILL)
+            server.proc.wait(TIMEOUT)
+        assert 0 < delivered_before < len(rcpts), "the kill should come mid-delivery"
+        in_flight.set()  # the dead connection's message completes at the next hop
+        with Serve(config, port, log) as again:
+            wait_until("every accepted message delivered within 30 s of the restart",
+                       lambda: all(s == "delivered" for s in recipient_states(db).values()),
+                       30.0)
+        assert re.search(r"took back \d+ recipient\(s\) claimed by processes that ended",
+                         again.logs()), again.logs()
+        received = mx.all_rcpts()
+        assert sorted(set(received)) == sorted(rcpts)
+        duplicates = len(received) - len(set(received))
+        assert duplicates <= 1, f"{duplicates} sent twice; only 1 was in flight"
+    finally:
+        in_flight.set()
+        ehlo.set()
+        mx.stop()
 
 
 # --- b. disk full ---------------------------------------------------------------------

@@ -714,3 +714,17 @@ def test_queue_api_conforms_to_its_schema(case: Case[Any]) -> None:
     """With a valid token: answers as documented, rejects what the schema rules out,
     never a server error."""
     case.call_and_validate(headers=_SCHEMA_AUTH)
+
+
+def test_a_held_reason_shows_on_the_page_and_in_the_api(env: Env) -> None:
+    qid = env.enqueue(recipients=("a@one.example",))
+    reason = "delivery failed with an internal error while preparing it (<ValueError>)"
+    env.queue.hold(qid, reason=reason)
+    env.login()
+    page = env.client.get(f"/admin/message/{qid}").text
+    assert "Held:</strong> delivery failed with an internal error while preparing it " \
+           "(&lt;ValueError&gt;)" in page
+    one = env.client.get(f"/api/queue/{qid}", headers=_bearer(env)).json()
+    assert one["recipients"][0]["held_reason"] == reason
+    env.queue.release_hold(qid)
+    assert "Held:" not in env.client.get(f"/admin/message/{qid}").text

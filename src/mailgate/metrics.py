@@ -26,6 +26,9 @@ path (no label dictionaries built, no string formatting per call for known label
                                         #   (none | may | encrypt | verify), and whether
                                         #   it ran encrypted
     notice(kind)                        # a DSN queued for a sender: failure | delay | success
+    worker_error(worker)                # a delivery worker (local | outbound) caught an
+                                        #   unexpected error handling a message
+    worker_restart(worker)              # a delivery task ended unexpectedly and was restarted
 
 Queue sizes by state are not pushed: `/metrics` asks the queue (`queue.counts()`) when
 scraped. `exposition()` gives the text; the web app serves it at `/metrics`. This module
@@ -64,6 +67,8 @@ __all__ = [
     "outbound_connection",
     "reply_sent",
     "set_queue_counts",
+    "worker_error",
+    "worker_restart",
 ]
 
 # `*_created` series (one per labelled child) double the output and no dashboard of ours
@@ -123,12 +128,23 @@ NOTICES = Counter(
     "Delivery status notifications (RFC 3464) queued for senders, by kind.",
     ["kind"], registry=REGISTRY)
 
+WORKER_ERRORS = Counter(
+    "mailgate_delivery_worker_errors_total",
+    "Unexpected errors a delivery worker caught while handling a message (the message "
+    "is held with the error, the rest keeps moving), by worker.",
+    ["worker"], registry=REGISTRY)
+WORKER_RESTARTS = Counter(
+    "mailgate_delivery_worker_restarts_total",
+    "Delivery tasks that ended unexpectedly and were restarted, by worker.",
+    ["worker"], registry=REGISTRY)
+
 VERBS = ("HELO", "EHLO", "LHLO", "MAIL", "RCPT", "DATA", "BDAT", "RSET", "NOOP", "QUIT",
          "VRFY", "EXPN", "HELP", "STARTTLS", "AUTH", "ETRN", "ATRN", "other")
 DNS_RESULTS = ("data", "nodata", "nxdomain", "error", "other")
 OUTCOMES = ("delivered", "deferred", "failed")
 TLS_LEVELS = ("none", "may", "encrypt", "verify")
 NOTICE_KINDS = ("failure", "delay", "success")
+WORKERS = ("local", "outbound")
 
 # Pre-bound children: the hot path only looks them up.
 _connections_open_inc = CONNECTIONS_OPEN.inc
@@ -147,6 +163,8 @@ _outbound = {(level, tls): OUTBOUND.labels(level, "yes" if tls else "no")
              for level in TLS_LEVELS for tls in (True, False)}
 _notices = {k: NOTICES.labels(k) for k in NOTICE_KINDS}
 _latency_observe = LATENCY.observe
+_worker_errors = {w: WORKER_ERRORS.labels(w) for w in WORKERS}
+_worker_restarts = {w: WORKER_RESTARTS.labels(w) for w in WORKERS}
 
 # The codes mailgate itself says most, bound at import so their series exist from the
 # start (a rate over a series that appears late misses its first increments).
@@ -227,6 +245,20 @@ def outbound_connection(level: str, tls: bool) -> None:
 def notice(kind: str) -> None:
     """A DSN of `kind` (failure, delay, success) was queued for a sender."""
     child = _notices.get(kind)
+    if child is not None:
+        child.inc()
+
+
+def worker_error(worker: str) -> None:
+    """A delivery worker (local, outbound) caught an unexpected error."""
+    child = _worker_errors.get(worker)
+    if child is not None:
+        child.inc()
+
+
+def worker_restart(worker: str) -> None:
+    """A delivery task (local, outbound) ended unexpectedly and is restarted."""
+    child = _worker_restarts.get(worker)
     if child is not None:
         child.inc()
 

@@ -12,6 +12,16 @@ recipients (`delivery/notices.py`).
 Null MX (RFC 7505): a recipient whose domain publishes `MX 0 .` is never connected to;
 it fails at once with 556 5.1.10, decided here, and the sender is told.
 
+No message can stop delivery. An unexpected error while handling one message (say a
+stored ENVID the client session refuses, or a bug in building its bounce) is logged
+with its traceback, counted (mailgate_delivery_worker_errors_total), and that message's
+recipients are held with the error as their reason (`mailgate queue show`, the admin
+page); the rest keeps moving. An error that cannot be pinned on one message at once
+(it broke a whole destination, or the round) makes the engine deliver those messages one
+by one, holding the one that fails alone. Each recipient's outcome is recorded as soon
+as its reply arrives, through the queue's group commit, so a crash resends at most the
+messages in flight.
+
 TLS follows the destination's level (`Config.tls_level_for`, like Postfix's
 smtp_tls_security_level): `none` never sends STARTTLS; `may` uses it when offered,
 unverified, and when the handshake itself fails reconnects to the same host in the clear
@@ -26,11 +36,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import ssl
 import time
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -48,6 +59,7 @@ from mailgate.delivery.transport import ClientRun, ConnectError, run_client, tls
 from mailgate.dns import MXHost, NullMX, PermFail, Resolver, Route, TempFail
 from mailgate.queue import (
     Attempt,
+    NotFound,
     Queue,
     QueueError,
     Recipient,
@@ -59,12 +71,13 @@ from mailgate.smtp.client import (
     ClientSession,
     Credentials,
     Envelope,
+    Event,
     MessageResult,
     Outcome,
 )
 from mailgate.smtp.client import Recipient as ClientRecipient
 
-__all__ = ["NULL_MX_REPLY", "DeliveryEngine"]
+__all__ = ["NULL_MX_REPLY", "DeliveryEngine", "held_reason"]
 
 _RET: dict[str, Literal["FULL", "HDRS"]] = {"FULL": "FULL", "HDRS": "HDRS"}
 # A transient failure before any transaction began: RFC 5321 5.1, try the next MX host.
@@ -86,6 +99,8 @@ class _Unit:
 
     item: WorkItem
     recipients: list[Recipient]
+    envelope: Envelope | None = None  # made before the first connection
+    decided: bool = False  # every recipient's outcome is recorded
 
 
 @dataclass
@@ -147,6 +162,10 @@ class DeliveryEngine:
         # Recipients delivered to a next hop without DSN whose NOTIFY asks for SUCCESS:
         # they are owed a "relayed" notice (RFC 3461 5.2.2), per claim token.
         self._relayed: dict[str, set[int]] = {}
+        # Claim tokens of messages held for breaking delivery in this round, and the
+        # recipients whose outcome this round recorded (a retry one by one skips them).
+        self._poisoned: set[str] = set()
+        self._recorded: set[int] = set()
         self._verifying: ssl.SSLContext | None = None
         self.stats = EngineStats()
 
@@ -154,6 +173,11 @@ class DeliveryEngine:
 
     def wake(self) -> None:
         self._wake.set()
+
+    @property
+    def stopping(self) -> bool:
+        """`stop()` was called: `run` returning now is the end, not a failure."""
+        return self._stopping
 
     def stop(self) -> None:
         """Claim nothing more; conversations under way may finish. Work still claimed
@@ -179,8 +203,19 @@ class DeliveryEngine:
             if items:
                 tokens = {item.claim_token for item in items}
                 self._claimed |= tokens
+                self._recorded.clear()
                 try:
-                    await self.deliver(items)
+                    try:
+                        await self.deliver(items)
+                    except QueueError:
+                        raise
+                    except Exception as exc:
+                        # Not pinned on a message yet (the destinations catch their own):
+                        # deliver the round's messages one by one to find the one at fault.
+                        log.error("outbound delivery of %d message(s) failed; delivering "
+                                  "them one by one", len(items), exc_info=exc)
+                        metrics.worker_error("outbound")
+                        await self._deliver_one_by_one(items)
                 except QueueError as exc:
                     # An outcome could not be stored: the claim's lease brings the work
                     # back, so at worst a delivery repeats (at-least-once).
@@ -212,6 +247,35 @@ class DeliveryEngine:
                             "its lease ends", exc)
         self._claimed.clear()
 
+    async def _deliver_one_by_one(self, items: Sequence[WorkItem]) -> None:
+        for item in items:
+            left = tuple(r for r in item.recipients if r.id not in self._recorded)
+            if not left or item.claim_token in self._poisoned:
+                continue
+            try:
+                await self.deliver([dataclasses.replace(item, recipients=left)])
+            except QueueError:
+                raise
+            except Exception as exc:
+                await self._quarantine(item, exc, "delivering it")
+
+    async def _quarantine(self, item: WorkItem, exc: BaseException, doing: str) -> None:
+        """Hold the message whose handling raised `exc`, with the error as the reason, so
+        it cannot stop delivery of the rest; log it with its traceback and count it."""
+        self._poisoned.add(item.claim_token)
+        msg_id = item.message.id
+        log.error("%s: unexpected error while %s; the message is held so the rest of the "
+                  "queue keeps moving (`mailgate queue release %s` once the cause is "
+                  "fixed)", msg_id, doing, msg_id, exc_info=exc)
+        metrics.worker_error("outbound")
+        try:
+            await asyncio.to_thread(self.queue.hold, msg_id, held_reason(exc, doing))
+        except NotFound:
+            pass  # deleted meanwhile
+        except QueueError as err:
+            log.error("%s: could not hold the message (%s); it is due again when its "
+                      "claim's lease ends", msg_id, err)
+
     async def run_once(self) -> int:
         """Claim and deliver what is due now; return how many messages were claimed."""
         items = await asyncio.to_thread(self.queue.claim, self.clock(), self.BATCH, self.LEASE,
@@ -240,12 +304,48 @@ class DeliveryEngine:
                 dests[key].units.append(_Unit(item, rcpts))
             self._units_left[item.claim_token] = len(by_key)
         try:
-            await asyncio.gather(*(self._deliver_destination(d) for d in dests.values()))
+            results = await asyncio.gather(
+                *(self._deliver_destination_guarded(d) for d in dests.values()),
+                return_exceptions=True)
+            for result in results:  # QueueError: the queue cannot be written
+                if isinstance(result, BaseException):
+                    raise result
         finally:
             for item in items:
                 self._units_left.pop(item.claim_token, None)
                 self._failures.discard(item.claim_token)
                 self._relayed.pop(item.claim_token, None)
+                self._poisoned.discard(item.claim_token)
+
+    async def _deliver_destination_guarded(self, dest: _Destination) -> None:
+        """`_deliver_destination`, where an unexpected error is pinned on one message:
+        the destination's undecided messages go again one by one, and the one that
+        fails alone is held. Storage errors (QueueError) go to `run`, which pauses."""
+        try:
+            await self._deliver_destination(dest)
+        except QueueError:
+            raise
+        except Exception as exc:
+            left = [u for u in dest.units
+                    if not u.decided and u.item.claim_token not in self._poisoned]
+            if len(left) == 1:
+                await self._quarantine(left[0].item, exc, f"delivering to {dest.domain}")
+                return
+            if not left:  # every message has its outcome: only what came after failed
+                log.error("delivery to %s failed after every outcome was recorded",
+                          dest.domain, exc_info=exc)
+                metrics.worker_error("outbound")
+                return
+            log.error("delivery to %s failed; trying its %d undecided message(s) one by "
+                      "one", dest.domain, len(left), exc_info=exc)
+            metrics.worker_error("outbound")
+            for unit in left:
+                try:
+                    await self._deliver_destination(dataclasses.replace(dest, units=[unit]))
+                except QueueError:
+                    raise
+                except Exception as alone:
+                    await self._quarantine(unit.item, alone, f"delivering to {dest.domain}")
 
     def _destination(self, domain: str) -> _Destination:
         """Where mail for `domain` goes, and how: domains that share a next hop and a TLS
@@ -282,7 +382,42 @@ class DeliveryEngine:
             return await self.resolver.resolve(host), port
         return await self.resolver.host_route(host), port
 
+    def _envelope(self, unit: _Unit) -> Envelope:
+        """What the client session sends for `unit`: ValueError and the like when stored
+        data cannot go on the wire (the caller holds that message)."""
+        msg = unit.item.message
+        envid = msg.envid
+        if envid is not None and not _relayable_envid(envid):
+            # RFC 3461 4.4: ENVID is 1 to 100 printable ASCII characters. One that is not
+            # (queued by an older mailgate, say) goes no further; the message does, and
+            # mailgate's own notices still quote it (xtext-encoded).
+            log.warning("%s: ENVID %r is not 1 to 100 printable ASCII characters; relayed "
+                        "without it", msg.id, envid)
+            envid = None
+        return Envelope(
+            sender=_path(msg.sender, allow_null=True),
+            recipients=tuple(
+                ClientRecipient(_path(r.address), notify=r.notify, orcpt=_orcpt(r.orcpt))
+                for r in unit.recipients),
+            ret=_RET.get(msg.ret or ""), envid=envid, smtputf8=msg.smtputf8,
+        )
+
     async def _deliver_destination(self, dest: _Destination) -> None:
+        # Each message's envelope first: one that cannot be sent is held on its own,
+        # before it can spoil a connection it would share with others.
+        units: list[_Unit] = []
+        for unit in dest.units:
+            if unit.decided or unit.item.claim_token in self._poisoned:
+                continue
+            try:
+                unit.envelope = self._envelope(unit)
+            except Exception as exc:
+                await self._quarantine(unit.item, exc, "preparing its envelope")
+                continue
+            units.append(unit)
+        if not units:
+            return
+        dest = dataclasses.replace(dest, units=units)
         route, port = await self._resolve(dest)
         if isinstance(route, NullMX):
             # RFC 7505 3: the domain accepts no mail; never connect, fail at once.
@@ -319,8 +454,10 @@ class DeliveryEngine:
                 if not pending:
                     return
                 where = f"{mx.name}[{address}]:{port}"
+                done: list[_Unit] = []  # recorded on this host, owed their notices
                 try:
-                    run = await self._converse(dest, mx.name, address, port, pending)
+                    run = await self._converse(dest, mx.name, address, port, pending,
+                                               where, done)
                     failure = _session_failure(run)
                     if (dest.tls == "may" and not dest.implicit_tls and failure is not None
                             and failure.stage == "tls"):
@@ -328,8 +465,9 @@ class DeliveryEngine:
                         # in the clear (Postfix does the same for `may`).
                         log.info("TLS handshake with %s failed (%s); retrying without TLS",
                                  where, failure.reply.text)
-                        run = await self._converse(dest, mx.name, address, port, pending,
-                                                   tls="none")
+                        run = await self._converse(
+                            dest, mx.name, address, port,
+                            [u for u in pending if not u.decided], where, done, tls="none")
                 except ConnectError as exc:
                     log.info("connect to %s: %s", where, exc)
                     last = (Reply.make(451, "4.7.5", f"TLS handshake with {where} failed: "
@@ -338,8 +476,11 @@ class DeliveryEngine:
                             Reply.make(451, "4.4.1", f"No answer from {where}: {exc}"))
                     last_remote = False
                     last_host = where
+                    pending = [u for u in pending if not u.decided]
+                    await self._notify(done)
                     continue
-                pending = await self._record_run(run, where, pending)
+                pending = [u for u in pending if not u.decided]
+                await self._notify(done)
                 if pending:
                     # Not a single recipient got past the greeting/EHLO (4xx there, or the
                     # connection died early): RFC 5321 5.1 says try the next host.
@@ -351,7 +492,13 @@ class DeliveryEngine:
             await self._decide_units(pending, last, host=last_host, remote=last_remote)
 
     async def _converse(self, dest: _Destination, name: str, address: str, port: int,
-                        units: list[_Unit], tls: TLSLevel | None = None) -> ClientRun:
+                        units: list[_Unit], where: str, done: list[_Unit],
+                        tls: TLSLevel | None = None) -> ClientRun:
+        """One conversation carrying `units`. Each message's outcome is recorded as soon
+        as its last reply arrives (the queue's group commit takes it within
+        milliseconds), not after the connection: a crash then resends at most the
+        messages in flight. Units recorded are added to `done`; those that got only an
+        early failure (greeting, EHLO, TLS: RFC 5321 5.1) are left for the next host."""
         level = tls or dest.tls
         # Over implicit TLS there is no STARTTLS to ask for; `verify` still checks the
         # certificate, any other level takes it unverified.
@@ -363,18 +510,32 @@ class DeliveryEngine:
         for unit in units:
             msg = unit.item.message
             assert msg.content is not None
-            env = Envelope(
-                sender=_path(msg.sender, allow_null=True),
-                recipients=tuple(
-                    ClientRecipient(_path(r.address), notify=r.notify, orcpt=_orcpt(r.orcpt))
-                    for r in unit.recipients),
-                ret=_RET.get(msg.ret or ""), envid=msg.envid, smtputf8=msg.smtputf8,
-            )
+            env = unit.envelope if unit.envelope is not None else self._envelope(unit)
             messages.append((env, msg.content))
         self.stats.connections += 1
         context = self._verifying_context() if level == "verify" else self.tls_context
-        run = await run_client(address, port, session, messages, tls_context=context,
-                               server_hostname=name, implicit_tls=dest.implicit_tls)
+        run = ClientRun()
+        writes: list[asyncio.Future[None]] = []
+
+        def on_event(ev: Event) -> None:
+            # run_client hands the messages over in order: handles are 1, 2, ...
+            if isinstance(ev, MessageResult) and 1 <= ev.handle <= len(units):
+                unit = units[ev.handle - 1]
+                if not all(rr.outcome.stage in _EARLY_STAGES and rr.outcome.is_transient
+                           for rr in ev.results):
+                    writes.append(asyncio.ensure_future(
+                        self._record_result(unit, ev, where, run, done)))
+
+        try:
+            await run_client(address, port, session, messages, tls_context=context,
+                             server_hostname=name, implicit_tls=dest.implicit_tls,
+                             on_event=on_event, run=run)
+        finally:
+            if writes:
+                outcomes = await asyncio.gather(*writes, return_exceptions=True)
+                for outcome in outcomes:
+                    if isinstance(outcome, BaseException):
+                        raise outcome
         self.stats.messages_per_connection.append(len(run.results))
         metrics.outbound_connection(level, run.tls is not None)
         return run
@@ -389,34 +550,22 @@ class DeliveryEngine:
             self._verifying = ctx
         return self._verifying
 
-    async def _record_run(self, run: ClientRun, where: str, units: list[_Unit]) -> list[_Unit]:
-        """Record what the conversation decided; return units to try on the next host."""
-        # run_client hands the messages over in order: handles are 1, 2, ...
-        by_handle: dict[int, MessageResult] = {r.handle: r for r in run.results}
+    async def _record_result(self, unit: _Unit, res: MessageResult, where: str,
+                             run: ClientRun, done: list[_Unit]) -> None:
+        """Record the outcome of one message of a conversation, its replies just in."""
         # A next hop that offers DSN was handed NOTIFY and reports successes itself.
         next_hop_dsn = run.established is not None and run.established.capabilities.dsn
-        retry: list[_Unit] = []
         writes = []
-        for i, unit in enumerate(units):
-            res = by_handle.get(i + 1)
-            if res is None:
-                retry.append(unit)
-                continue
-            early = all(rr.outcome.stage in _EARLY_STAGES and rr.outcome.is_transient
-                        for rr in res.results)
-            if early:
-                retry.append(unit)
-                continue
-            for rcpt, rr in zip(unit.recipients, res.results, strict=True):
-                reply, remote = rr.outcome.reply, rr.outcome.remote
-                if rr.outcome.stage == "auth" and reply.is_permanent:
-                    reply, remote = _auth_soft_bounce(reply), False
-                writes.append(self._decide(unit, rcpt, reply, where, remote, run.tls))
-                if reply.is_success and not next_hop_dsn and wants_success(rcpt.notify):
-                    self._relayed.setdefault(unit.item.claim_token, set()).add(rcpt.id)
+        for rcpt, rr in zip(unit.recipients, res.results, strict=True):
+            reply, remote = rr.outcome.reply, rr.outcome.remote
+            if rr.outcome.stage == "auth" and reply.is_permanent:
+                reply, remote = _auth_soft_bounce(reply), False
+            writes.append(self._decide(unit, rcpt, reply, where, remote, run.tls))
+            if reply.is_success and not next_hop_dsn and wants_success(rcpt.notify):
+                self._relayed.setdefault(unit.item.claim_token, set()).add(rcpt.id)
         await asyncio.gather(*writes)
-        await self._notify([u for u in units if u not in retry])
-        return retry
+        unit.decided = True
+        done.append(unit)
 
     # --- outcomes ---------------------------------------------------------------------
 
@@ -427,6 +576,8 @@ class DeliveryEngine:
                             remote: bool) -> None:
         await asyncio.gather(*(self._decide(u, r, reply, host, remote, None)
                                for u in units for r in u.recipients))
+        for unit in units:
+            unit.decided = True
         await self._notify(units)
 
     async def _notify(self, units: list[_Unit]) -> None:
@@ -452,14 +603,30 @@ class DeliveryEngine:
                 failed.append(unit.item)
             if token in self._relayed:
                 relayed.append((unit.item, self._relayed.pop(token)))
-        if failed:
-            await self._bounce_items(failed)
+        for item in failed:
+            await self._notice_guarded(item, "writing its failure notice",
+                                       self._bounce_item(item))
         for item, ids in relayed:
-            if self.enqueue is not None and await notify_success(
-                    self.queue, self.enqueue, self.config, item, "relayed", ids,
-                    self.clock()) is not None:
+            if self.enqueue is not None and await self._notice_guarded(
+                    item, "writing its success notice", notify_success(
+                        self.queue, self.enqueue, self.config, item, "relayed", ids,
+                        self.clock())) is not None:
                 self.stats.success_notices += 1
         await self._warn_units(units)
+
+    async def _notice_guarded(self, item: WorkItem, doing: str,
+                              notice: Coroutine[None, None, str | None]) -> str | None:
+        """A notice that fails unexpectedly is logged and counted; the message's
+        outcomes are recorded already, and the other messages' notices still go."""
+        try:
+            return await notice
+        except QueueError:
+            raise
+        except Exception as exc:
+            log.error("%s: unexpected error while %s; no notice sent", item.message.id,
+                      doing, exc_info=exc)
+            metrics.worker_error("outbound")
+            return None
 
     async def _warn_units(self, units: list[_Unit]) -> None:
         """One delay notice per message whose deferred recipients are owed one."""
@@ -467,8 +634,9 @@ class DeliveryEngine:
             return
         items = {u.item.claim_token: u.item for u in units}  # a message once
         for item in items.values():
-            qid = await warn_delayed(self.queue, self.enqueue, self.config, item,
-                                     self.clock())
+            qid = await self._notice_guarded(
+                item, "writing its delay notice",
+                warn_delayed(self.queue, self.enqueue, self.config, item, self.clock()))
             if qid is not None:
                 self.stats.delay_notices += 1
 
@@ -503,39 +671,61 @@ class DeliveryEngine:
                           text=reply.text.replace("\n", " "), outcome=outcome, remote=remote,
                           tls=tls)
         record_async = getattr(self.queue, "record_async", None)
-        if record_async is not None:
-            await record_async(rcpt.id, attempt, next_attempt, unit.item.claim_token)
-        else:
-            await asyncio.to_thread(self.queue.record, rcpt.id, attempt, next_attempt,
-                                    unit.item.claim_token)
+        try:
+            if record_async is not None:
+                await record_async(rcpt.id, attempt, next_attempt, unit.item.claim_token)
+            else:
+                await asyncio.to_thread(self.queue.record, rcpt.id, attempt, next_attempt,
+                                        unit.item.claim_token)
+        except NotFound:
+            log.info("%s: deleted from the queue meanwhile", msg.id)
+        self._recorded.add(rcpt.id)
         return outcome
 
-    async def _bounce_items(self, items: list[WorkItem]) -> None:
-        """One DSN per message for its recipients that failed in this round (the
-        claimed ones now failed: a claim holds only recipients still to be tried)."""
+    async def _bounce_item(self, item: WorkItem) -> str | None:
+        """One DSN for the message's recipients that failed in this round (the claimed
+        ones now failed: a claim holds only recipients still to be tried)."""
         if self.enqueue is None:
-            return
+            return None
         from mailgate.delivery.bounce import recipient_from_attempt
 
-        for item in items:
-            msg = item.message
-            if not msg.sender:
-                log.info("%s: a bounce (from <>) failed: dropped, never bounced", msg.id)
-                continue
+        msg = item.message
+        if not msg.sender:
+            log.info("%s: a bounce (from <>) failed: dropped, never bounced", msg.id)
+            return None
+        try:
             shown = await asyncio.to_thread(self.queue.show, msg.id, True)
-            failed_ids = {r.id for r in item.recipients}
-            failed = [r for r in shown.recipients
-                      if r.id in failed_ids and str(r.state) == "failed"]
-            if not failed:
-                continue
-            attempts = dict(shown.attempts)
-            dsn_rcpts = [recipient_from_attempt(r, attempts.get(r.id)) for r in failed]
-            qid = await send_notice(self.enqueue, shown, dsn_rcpts, kind="failure",
-                                    reporting_mta=self.config.hostname, now=self.clock())
-            if qid is None:
-                continue
-            self.stats.bounces += 1
-            log.info("%s: sender non-delivery notification: %s", msg.id, qid)
+        except NotFound:
+            return None  # deleted meanwhile
+        failed_ids = {r.id for r in item.recipients}
+        failed = [r for r in shown.recipients
+                  if r.id in failed_ids and str(r.state) == "failed"]
+        if not failed:
+            return None
+        attempts = dict(shown.attempts)
+        dsn_rcpts = [recipient_from_attempt(r, attempts.get(r.id)) for r in failed]
+        qid = await send_notice(self.enqueue, shown, dsn_rcpts, kind="failure",
+                                reporting_mta=self.config.hostname, now=self.clock())
+        if qid is None:
+            return None
+        self.stats.bounces += 1
+        log.info("%s: sender non-delivery notification: %s", msg.id, qid)
+        return qid
+
+
+def _relayable_envid(envid: str) -> bool:
+    """RFC 3461 4.4: an ENVID is 1 to 100 printable US-ASCII characters."""
+    return 0 < len(envid) <= 100 and all(" " <= c <= "~" for c in envid)
+
+
+def held_reason(exc: BaseException, doing: str) -> str:
+    """Why a message was held after breaking delivery: one printable line, short."""
+    what = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    what = "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in what)
+    if len(what) > 300:
+        what = what[:300] + "..."
+    return (f"delivery failed with an internal error while {doing} ({what}); held so the "
+            "rest of the queue keeps moving; release it once the cause is fixed")
 
 
 def _auth_soft_bounce(reply: Reply) -> Reply:

@@ -7,6 +7,11 @@ two repeats the delivery after the claim's lease runs out: at-least-once, never 
 A Maildir that cannot be written (a full disk, a broken mailbox) defers the recipient;
 past `delivery.delay_warning` the sender gets a delay notice, by the same rule as for
 outbound mail (`delivery/notices.py`).
+
+No message can stop local delivery: an unexpected error while delivering one is logged
+with its traceback, counted (mailgate_delivery_worker_errors_total{worker="local"}),
+and that message's undelivered recipients are held with the error as the reason, as the
+outbound engine does; the worker goes on with the next message.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from pathlib import Path
 
 from mailgate import metrics
 from mailgate.config import Config
+from mailgate.delivery.engine import held_reason
 from mailgate.delivery.maildir import MaildirError, deliver
 from mailgate.delivery.notices import Enqueue, notify_success, warn_delayed
 from mailgate.queue import Attempt, NotFound, Queue, QueueError, WorkItem
@@ -53,6 +59,11 @@ class LocalDelivery:
         """New local mail was queued."""
         self._wake.set()
 
+    @property
+    def stopping(self) -> bool:
+        """`stop()` was called: `run` returning now is the end, not a failure."""
+        return self._stopping
+
     async def run(self) -> None:
         while not self._stopping:
             self._wake.clear()
@@ -73,7 +84,7 @@ class LocalDelivery:
                     with contextlib.suppress(QueueError):
                         await asyncio.to_thread(self.queue.release, item.claim_token)
                     continue
-                await self._deliver(item)
+                await self._deliver_guarded(item)
             if self._unrecorded or (items and len(items) == self.BATCH):
                 continue  # more may be due at once, or outcomes wait to be stored
             with contextlib.suppress(TimeoutError):
@@ -88,6 +99,28 @@ class LocalDelivery:
         for item in items:
             await self._deliver(item)
         return len(items)
+
+    async def _deliver_guarded(self, item: WorkItem) -> None:
+        """`_deliver`, where nothing the message holds can end the worker: a storage
+        error leaves the claim to its lease, anything else holds the message."""
+        try:
+            await self._deliver(item)
+        except QueueError as exc:
+            log.error("%s: local delivery paused: %s", item.message.id, exc)
+        except Exception as exc:
+            msg_id = item.message.id
+            log.error("%s: unexpected error while delivering it locally; the message is "
+                      "held so the rest of the queue keeps moving (`mailgate queue release "
+                      "%s` once the cause is fixed)", msg_id, msg_id, exc_info=exc)
+            metrics.worker_error("local")
+            try:
+                await asyncio.to_thread(self.queue.hold, msg_id,
+                                        held_reason(exc, "delivering it to a mailbox"))
+            except NotFound:
+                pass
+            except QueueError as err:
+                log.error("%s: could not hold the message (%s); it is due again when its "
+                          "claim's lease ends", msg_id, err)
 
     async def _deliver(self, item: WorkItem) -> None:
         """Deliver the claimed message, then send the notices it may now owe: success

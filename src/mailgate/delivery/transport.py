@@ -89,11 +89,14 @@ async def run_client(
     timeouts: dict[str, float] | None = None,
     local_address: str | None = None,
     on_event: Callable[[Event], None] | None = None,
+    run: ClientRun | None = None,
 ) -> ClientRun:
     """Connect, hand the session every message, run it to the end, close.
 
     Raises ConnectError only when the TCP (or implicit TLS) connection cannot be made;
-    anything after that is an outcome in the returned ClientRun.
+    anything after that is an outcome in the returned ClientRun. `run`, when given, is
+    the ClientRun filled in as the conversation goes (an `on_event` callback may read
+    it: the TLS in use, what EHLO offered).
     """
     limits = {**STAGE_TIMEOUTS, **(timeouts or {})}
     ctx = tls_context or opportunistic_context()
@@ -112,7 +115,9 @@ async def run_client(
                            tls=True) from exc
     except (OSError, TimeoutError) as exc:
         raise ConnectError(f"cannot connect to {host} port {port}: {exc or 'timed out'}") from exc
-    run = ClientRun(peer=f"{host}:{port}", tls=_tls_name(writer) if implicit_tls else None)
+    run = run if run is not None else ClientRun()
+    run.peer = f"{host}:{port}"
+    run.tls = _tls_name(writer) if implicit_tls else None
     for env, content in messages:
         session.send(env, content)
     tls_broken = False

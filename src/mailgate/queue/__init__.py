@@ -138,6 +138,9 @@ class Recipient:
     # The sender was sent a delay notice for this recipient (or was owed none: NOTIFY),
     # so no second one goes out however long the recipient stays deferred.
     delay_notified: bool = False
+    # Why the recipient is held, when mailgate held it (a message that broke delivery)
+    # or whoever held it said why; None otherwise.
+    held_reason: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,7 +208,18 @@ class Queue(Protocol):
               exclude_domains: Sequence[str] | None = None) -> list[WorkItem]:
         """Take up to `limit` messages with due recipients (queued/deferred with
         next_attempt <= now), optionally only recipients in / not in the given domains;
-        the claim lasts `lease` seconds, after which the work is due again (crash safety)."""
+        the claim lasts `lease` seconds, after which the work is due again (crash safety).
+
+        The backend notes which process holds each claim (its claim owner: this host,
+        this process, this boot), so that `recover_claims` in a later process can take
+        back the claims of one that died without waiting for the lease."""
+        ...
+
+    def recover_claims(self) -> int:
+        """Make the work claimed by processes that have certainly ended (killed, crashed,
+        or from before a reboot) due again now; return how many recipients. Claims whose
+        owner may still run (it lives, or is on another host) wait for their lease.
+        `mailgate serve` calls this at start, before its workers claim anything."""
         ...
 
     def record(self, recipient_id: int, attempt: Attempt, next_attempt: float | None = None,
@@ -246,8 +260,9 @@ class Queue(Protocol):
         """Remove the message, its recipients and their attempts; NotFound if unknown."""
         ...
 
-    def hold(self, message_id: str) -> int:
-        """Hold every undelivered recipient; return how many."""
+    def hold(self, message_id: str, reason: str | None = None) -> int:
+        """Hold every undelivered recipient (with why, shown to the administrator);
+        return how many. Claims on them end."""
         ...
 
     def release_hold(self, message_id: str) -> int:

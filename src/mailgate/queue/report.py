@@ -27,6 +27,7 @@ def _rcpt_json(r: Recipient) -> dict[str, Any]:
         "attempts": r.attempts,
         "next_attempt": r.next_attempt,
         "delay_notified": r.delay_notified,
+        "held_reason": r.held_reason,
         "last_reply": None if r.last_code is None else {
             "code": r.last_code, "enhanced": r.last_enhanced, "text": r.last_text,
         },
@@ -102,6 +103,8 @@ def show_text(m: QueuedMessage, lang: str = "en") -> str:
         lines.append(f"to        <{r.address}>  {r.state}, {r.attempts} attempt(s), next "
                      f"{_when(r.next_attempt)}"
                      + (", sender told of the delay" if r.delay_notified else ""))
+        if r.held_reason:
+            lines.append(f"  held: {r.held_reason}")
         for rid, a in m.attempts:
             if rid != r.id:
                 continue

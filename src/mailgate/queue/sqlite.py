@@ -34,6 +34,7 @@ import builtins
 import os
 import queue as stdqueue
 import secrets
+import socket
 import sqlite3
 import threading
 import time
@@ -59,11 +60,11 @@ from mailgate.queue import (
     new_queue_id,
 )
 
-__all__ = ["SCHEMA_VERSION", "SQLiteQueue", "new_queue_id"]
+__all__ = ["SCHEMA_VERSION", "ClaimOwner", "SQLiteQueue", "new_queue_id"]
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 # Messages live in `messages` (envelope and metadata, small rows) and their bodies in
 # `contents`: list and show scan many message rows, and with bodies inline each row would
@@ -76,6 +77,21 @@ SCHEMA_VERSION = 2
 # queued/deferred and unclaimed, the claim's expiry while claimed, NULL when it is never
 # due (held, delivered, failed). Claimed work thus stays out of the way of claim() scans
 # and comes back by itself when a crashed worker's lease runs out.
+# The processes that claim work (claim owners): a claim names its owner, so a restarted
+# server can tell a dead process's claims from a live one's and take them back at once
+# (`recover_claims`) instead of waiting out the lease. `boot` is the kernel's boot id (a
+# reboot ends every process) and `started` the process's start time, so a pid reused by
+# another process is not taken for the old one.
+_OWNERS_TABLE = """CREATE TABLE owners (
+        id TEXT PRIMARY KEY,
+        host TEXT NOT NULL,
+        pid INTEGER NOT NULL,
+        started TEXT NOT NULL,
+        boot TEXT NOT NULL,
+        registered_at REAL NOT NULL
+    )"""
+_OWNER_INDEX = (
+    "CREATE INDEX recipients_owner ON recipients (claim_owner) WHERE claim_owner IS NOT NULL")
 _SCHEMA = (
     """CREATE TABLE messages (
         seq INTEGER PRIMARY KEY,
@@ -115,7 +131,9 @@ _SCHEMA = (
         claim_token TEXT,
         claim_until REAL,
         updated_at REAL NOT NULL,
-        delay_notified INTEGER NOT NULL DEFAULT 0
+        delay_notified INTEGER NOT NULL DEFAULT 0,
+        held_reason TEXT,
+        claim_owner TEXT
     )""",
     "CREATE INDEX recipients_due ON recipients (due_at) WHERE due_at IS NOT NULL",
     "CREATE INDEX recipients_message ON recipients (msg_seq)",
@@ -136,6 +154,8 @@ _SCHEMA = (
         tls TEXT
     )""",
     "CREATE INDEX attempts_recipient ON attempts (recipient_id)",
+    _OWNERS_TABLE,
+    _OWNER_INDEX,
 )
 # What takes a file from the version before to each version, run by _create_schema in the
 # transaction that opens the file, oldest step first. A step only adds (a column with a
@@ -144,6 +164,12 @@ _SCHEMA = (
 _MIGRATIONS: dict[int, tuple[str, ...]] = {
     # 2: the delay notice is sent at most once per recipient (delivery/notices.py).
     2: ("ALTER TABLE recipients ADD COLUMN delay_notified INTEGER NOT NULL DEFAULT 0",),
+    # 3: why a recipient is held (a message that broke delivery is held with the error),
+    # and who holds each claim, so a crashed process's claims come back at restart.
+    3: ("ALTER TABLE recipients ADD COLUMN held_reason TEXT",
+        "ALTER TABLE recipients ADD COLUMN claim_owner TEXT",
+        _OWNERS_TABLE,
+        _OWNER_INDEX),
 }
 # Indexes added after version 1 first shipped: made on every open when missing (a file
 # written by an older mailgate gets them then; older code ignores them). They cover the
@@ -161,7 +187,7 @@ _MESSAGE_COLUMNS = (
 )
 _RECIPIENT_COLUMNS = (
     "id, msg_seq, address, state, attempts, next_attempt, orcpt, notify, "
-    "last_code, last_enhanced, last_text, updated_at, delay_notified"
+    "last_code, last_enhanced, last_text, updated_at, delay_notified, held_reason"
 )
 _ACTIVE = "('queued', 'deferred')"  # the states claim() may take
 # When work becomes due again after a change of schedule: at `now`, unless a live claim
@@ -216,6 +242,66 @@ def _insert_rows(conn: sqlite3.Connection, insert: tuple[str, str, int],
         if sql is None:
             sql = _multi_sql[(head, len(chunk))] = head + ", ".join([one] * len(chunk))
         conn.execute(sql, [value for row in chunk for value in row])
+
+
+def _boot_id() -> str:
+    """The kernel's boot id (Linux): differs after every reboot; "" where unknown."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+
+def _process_started(pid: int) -> str:
+    """When process `pid` started, in clock ticks since boot (Linux /proc/PID/stat field
+    22); "" where unknown. With the boot id it tells a reused pid from the old process."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return ""
+    # The command name (field 2) is in parentheses and may hold spaces or parentheses.
+    fields = stat.rpartition(")")[2].split()
+    return fields[19] if len(fields) > 19 else ""
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimOwner:
+    """The process that claims work through one SQLiteQueue: a random id per queue
+    object, registered in the `owners` table with what tells whether it still runs."""
+
+    id: str
+    host: str
+    pid: int
+    started: str
+    boot: str
+
+    @classmethod
+    def this_process(cls) -> ClaimOwner:
+        pid = os.getpid()
+        return cls(secrets.token_hex(8), socket.gethostname(), pid, _process_started(pid),
+                   _boot_id())
+
+    def register(self, conn: sqlite3.Connection) -> None:
+        conn.execute(
+            "INSERT OR IGNORE INTO owners (id, host, pid, started, boot, registered_at) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            (self.id, self.host, self.pid, self.started, self.boot, time.time()))
+
+    def outlived(self, host: str, pid: int, started: str, boot: str) -> bool:
+        """Whether the owner with these particulars has certainly ended. Only an owner on
+        this host can be checked; one elsewhere (a shared disk) waits for its leases."""
+        if host != self.host:
+            return False
+        if boot and self.boot and boot != self.boot:
+            return True  # the machine rebooted since
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            pass  # alive, another user's
+        now = _process_started(pid)
+        return bool(started and now and started != now)  # the pid was reused
 
 
 @dataclass(slots=True, eq=False)
@@ -353,6 +439,8 @@ class SQLiteQueue:
         self._wal_growth = 0  # pages committed since the checkpoint thread was last asked
         self._checkpoint_wanted = threading.Event()
         self._checkpointer_stop = False
+        self.owner = ClaimOwner.this_process()
+        self._claimed_ever = False  # whether close() has claims to give back
         self._wconn = self._open_writer(max_page_count)
         self._page_size = int(self._wconn.execute("PRAGMA page_size").fetchone()[0]) or 4096
         self._writer = threading.Thread(
@@ -821,7 +909,11 @@ class SQLiteQueue:
         # instead of walking past every other domain's due work.
         index = "recipients_due" if domains is None else "recipients_domain_due"
 
+        owner = self.owner
+        self._claimed_ever = True
+
         def op(conn: sqlite3.Connection) -> list[WorkItem]:
+            owner.register(conn)
             cursor = conn.execute(
                 f"SELECT msg_seq FROM recipients INDEXED BY {index} "
                 f"WHERE due_at <= ? AND state IN {_ACTIVE}{where} ORDER BY due_at, id",
@@ -843,10 +935,10 @@ class SQLiteQueue:
                 # thousands, and the planner cannot tell which index narrows more.
                 rows = conn.execute(
                     "UPDATE recipients INDEXED BY recipients_message "
-                    "SET claim_token = ?, claim_until = ?, due_at = ? "
+                    "SET claim_token = ?, claim_until = ?, due_at = ?, claim_owner = ? "
                     f"WHERE msg_seq = ? AND due_at <= ? AND state IN {_ACTIVE}{where} "
                     "RETURNING id",
-                    (token, until, until, seq, now, *params),
+                    (token, until, until, owner.id, seq, now, *params),
                 ).fetchall()
                 claimed[seq] = (token, {r[0] for r in rows})
             messages = _load_messages(conn, list(seqs), content=True)
@@ -956,7 +1048,9 @@ class SQLiteQueue:
             conn.execute(
                 "UPDATE recipients SET state = ?, attempts = attempts + 1, next_attempt = ?, "
                 "due_at = ?, last_code = ?, last_enhanced = ?, last_text = ?, "
-                "claim_token = ?, claim_until = ?, updated_at = ? WHERE id = ?",
+                "claim_token = ?, claim_until = ?, updated_at = ?, "
+                "claim_owner = CASE WHEN ? IS NULL THEN NULL ELSE claim_owner END "
+                "WHERE id = ?",
                 (
                     new_state.value,
                     new_next,
@@ -967,6 +1061,7 @@ class SQLiteQueue:
                     token,
                     until,
                     now,
+                    token,
                     recipient_id,
                 ),
             )
@@ -979,12 +1074,50 @@ class SQLiteQueue:
         def op(conn: sqlite3.Connection) -> None:
             conn.execute(
                 "UPDATE recipients SET claim_token = NULL, claim_until = NULL, "
-                f"due_at = CASE WHEN state IN {_ACTIVE} THEN next_attempt END "
-                "WHERE claim_token = ?",
+                f"claim_owner = NULL, due_at = CASE WHEN state IN {_ACTIVE} THEN next_attempt "
+                "END WHERE claim_token = ?",
                 (claim_token,),
             )
 
         self._call(op, "release the claim")
+
+    def recover_claims(self) -> int:
+        """Take back the claims of processes on this host that have ended (killed, crashed,
+        or from before a reboot): due again at once instead of when their lease runs out.
+        Return how many recipients came back. See `Queue.recover_claims`."""
+        owner = self.owner
+
+        def op(conn: sqlite3.Connection) -> int:
+            owner.register(conn)
+            dead = [
+                row["id"]
+                for row in conn.execute(
+                    "SELECT id, host, pid, started, boot FROM owners WHERE id != ?",
+                    (owner.id,))
+                if owner.outlived(row["host"], row["pid"], row["started"], row["boot"])
+            ]
+            back = 0
+            for chunk in _chunks(dead):
+                marks = ", ".join("?" * len(chunk))
+                back += conn.execute(
+                    "UPDATE recipients INDEXED BY recipients_owner SET claim_token = NULL, "
+                    "claim_until = NULL, claim_owner = NULL, "
+                    f"due_at = CASE WHEN state IN {_ACTIVE} THEN next_attempt END "
+                    f"WHERE claim_owner IN ({marks})", chunk).rowcount
+                conn.execute(f"DELETE FROM owners WHERE id IN ({marks})", chunk)
+            return back
+
+        return self._call(op, "recover the claims of ended processes")
+
+    def _retire_owner(self, conn: sqlite3.Connection) -> None:
+        """At close: whatever this process still has claimed is unfinished, so it is due
+        again at once; and this process no longer owns claims."""
+        conn.execute(
+            "UPDATE recipients INDEXED BY recipients_owner SET claim_token = NULL, "
+            "claim_until = NULL, claim_owner = NULL, "
+            f"due_at = CASE WHEN state IN {_ACTIVE} THEN next_attempt END "
+            "WHERE claim_owner = ?", (self.owner.id,))
+        conn.execute("DELETE FROM owners WHERE id = ?", (self.owner.id,))
 
     def mark_delay_notified(self, recipient_ids: Sequence[int]) -> builtins.list[int]:
         """Set `delay_notified`; the ids it was not set on before. See
@@ -1143,15 +1276,18 @@ class SQLiteQueue:
 
         self._call(op, "delete the message")
 
-    def hold(self, message_id: str) -> int:
-        """Hold every queued or deferred recipient; return how many."""
+    def hold(self, message_id: str, reason: str | None = None) -> int:
+        """Hold every queued or deferred recipient, with `reason` when given (shown by
+        `queue show`, the API and the admin page); return how many. A claim on them ends:
+        a held recipient is nobody's work."""
 
         def op(conn: sqlite3.Connection) -> int:
             seq = _message_seq(conn, message_id)
             return conn.execute(
                 "UPDATE recipients SET state = 'held', next_attempt = NULL, due_at = NULL, "
-                f"updated_at = ? WHERE msg_seq = ? AND state IN {_ACTIVE}",
-                (time.time(), seq),
+                "claim_token = NULL, claim_until = NULL, claim_owner = NULL, "
+                f"held_reason = ?, updated_at = ? WHERE msg_seq = ? AND state IN {_ACTIVE}",
+                (reason, time.time(), seq),
             ).rowcount
 
         return self._call(op, "hold the message")
@@ -1163,7 +1299,7 @@ class SQLiteQueue:
             seq = _message_seq(conn, message_id)
             return conn.execute(
                 "UPDATE recipients SET state = 'queued', next_attempt = :now, "
-                f"due_at = {_DUE_NOW}, updated_at = :now "
+                f"due_at = {_DUE_NOW}, updated_at = :now, held_reason = NULL "
                 "WHERE msg_seq = :seq AND state = 'held'",
                 {"now": time.time(), "seq": seq},
             ).rowcount
@@ -1251,6 +1387,8 @@ class SQLiteQueue:
             if self._closed:
                 return
             self._closed = True
+            if self._claimed_ever:  # before the stop marker: it runs with the last batch
+                self._requests.put(_Request(self._retire_owner, Future(), "retire", 0))
             self._requests.put(_STOP)
             idle, self._idle = self._idle, []
         self._writer.join()
@@ -1339,6 +1477,7 @@ def _recipient(row: sqlite3.Row, message_id: str) -> Recipient:
         last_text=row["last_text"],
         updated_at=row["updated_at"],
         delay_notified=bool(row["delay_notified"]),
+        held_reason=row["held_reason"],
     )
 
 

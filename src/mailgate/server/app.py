@@ -3,6 +3,13 @@
 With `[server] workers = N > 1` the listening sockets are shared by N processes
 (SO_REUSEPORT), each with its own event loop and its own group-committing writer to the
 one SQLite queue: that is how a Python MTA uses more than one core.
+
+The delivery tasks (local, outbound) run under a supervisor: one that ends while the
+server is not stopping (an exception, or a return) is logged with its traceback, counted
+(mailgate_delivery_worker_restarts_total) and started again after a short backoff. At
+start, before any worker claims work, the claims of processes that died (kill -9, a
+crash, a reboot) are taken back (`Queue.recover_claims`), so their work is due at once
+rather than when its lease (5 or 15 minutes) ends.
 """
 
 from __future__ import annotations
@@ -17,13 +24,14 @@ import ssl
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
+from mailgate import metrics
 from mailgate.config import Config
 from mailgate.delivery.engine import DeliveryEngine
 from mailgate.delivery.local import LocalDelivery
 from mailgate.dns import Resolver
-from mailgate.queue import NewMessage
+from mailgate.queue import NewMessage, QueueError
 from mailgate.queue.spool import clean as clean_spool
 from mailgate.queue.spool import spool_dir
 from mailgate.queue.sqlite import SQLiteQueue
@@ -32,7 +40,7 @@ from mailgate.server.policy import Policy
 from mailgate.server.tls import ensure_self_signed, server_context
 from mailgate.server.users import UserDB
 
-__all__ = ["configure_logging", "run", "serve"]
+__all__ = ["configure_logging", "run", "serve", "supervise"]
 
 log = logging.getLogger("mailgate")
 
@@ -81,6 +89,57 @@ def banner(config: Config, server: SMTPServer, cert: Path, workers: int) -> str:
     return "\n".join(lines)
 
 
+class Worker(Protocol):
+    """A delivery task's object: `run` until `stop()`; `stopping` once asked to."""
+
+    @property
+    def stopping(self) -> bool: ...
+
+    async def run(self) -> None: ...
+
+
+RESTART_BACKOFF = 1.0  # seconds before the first restart, doubled each time, ...
+RESTART_BACKOFF_MAX = 30.0  # ...up to this
+STABLE_RUN = 60.0  # a task that ran this long before ending starts with the first backoff
+
+
+async def supervise(name: str, worker: Worker, *, backoff: float | None = None,
+                    backoff_max: float | None = None) -> None:
+    """Run `worker.run()`, and again whenever it ends while the worker is not stopping:
+    an exception or a return would otherwise end that kind of delivery for good, with
+    mail piling up in the queue. A clean stop (`worker.stopping`) ends the supervision;
+    cancelling it cancels the worker."""
+    loop = asyncio.get_running_loop()
+    backoff = RESTART_BACKOFF if backoff is None else backoff
+    backoff_max = RESTART_BACKOFF_MAX if backoff_max is None else backoff_max
+    delay = backoff
+    while True:
+        started = loop.time()
+        try:
+            await worker.run()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            if worker.stopping:
+                log.error("%s delivery failed while stopping", name, exc_info=exc)
+                return
+            log.error("%s delivery stopped by an unexpected error; restarting it in %g s",
+                      name, delay, exc_info=exc)
+        else:
+            if worker.stopping:
+                return
+            log.error("%s delivery ended unexpectedly; restarting it in %g s", name, delay)
+        metrics.worker_restart(name)
+        if loop.time() - started >= STABLE_RUN:
+            delay = backoff
+        deadline = loop.time() + delay
+        while not worker.stopping and loop.time() < deadline:
+            await asyncio.sleep(min(0.1, deadline - loop.time()))
+        if worker.stopping:
+            return
+        delay = min(delay * 2, backoff_max)
+
+
 async def serve(config: Config, *, reuse_port: bool = False, workers: int = 1,
                 ready: Callable[[SMTPServer], None] | None = None,
                 stop: asyncio.Event | None = None,
@@ -125,8 +184,17 @@ async def serve(config: Config, *, reuse_port: bool = False, workers: int = 1,
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
-    local_task = loop.create_task(local.run())
-    outbound_task = loop.create_task(outbound.run())
+    try:
+        recovered = await asyncio.to_thread(queue.recover_claims)
+    except QueueError as exc:
+        log.error("could not take back the claims of ended processes (%s); their work is "
+                  "due again when the claims' leases end", exc)
+    else:
+        if recovered:
+            log.info("took back %d recipient(s) claimed by processes that ended (a crash "
+                     "or kill); due now", recovered)
+    local_task = loop.create_task(supervise("local", local))
+    outbound_task = loop.create_task(supervise("outbound", outbound))
     if ready is not None:
         ready(server)
     else:

@@ -1061,6 +1061,11 @@ OPENAPI_COMPONENTS: dict[str, Any] = {
                                    "type": "boolean",
                                    "description": "the sender got a delay notice about "
                                                   "this recipient"},
+                               "held_reason": {
+                                   **_NULLABLE_STR,
+                                   "description": "why the recipient is held, when "
+                                                  "mailgate held it (a message that broke "
+                                                  "delivery) or the hold said why"},
                                "last_reply": _REPLY}},
         "QueueAttempt": {"type": "object", "properties": {
             "recipient_id": {"type": "integer"}, "at": {"type": "number"},
