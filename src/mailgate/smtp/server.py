@@ -939,7 +939,20 @@ _HANDLERS: dict[str, Callable[[ServerSession, str], None]] = {
 }
 
 
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def _printable(text: str) -> str:
+    """Client text quoted in a reply, its control characters (C0, DEL, C1) as `\\xNN`.
+
+    A CR or LF would break the reply (and the session with it); a NUL, ESC or NEL would
+    go back to the client and on into logs and terminals.
+    """
+    return _CONTROL_RE.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
 def _address_reply(exc: AddressError, code: int, enhanced: str, who: str) -> Reply:
     if exc.utf8:
         return Reply.make(553, "5.6.7", f"Non-ASCII {who} address needs SMTPUTF8")
-    return Reply.make(code, enhanced, f"Bad {who} address syntax: {exc}")
+    # The message may quote the client's text (an address literal) as it came.
+    return Reply.make(code, enhanced, f"Bad {who} address syntax: {_printable(str(exc))}")
