@@ -196,3 +196,22 @@ def test_control_characters_of_an_address_are_not_reflected() -> None:
     assert out.count(b"501 5.1.7") == 2
     assert b"\x00" not in out and b"\x1b" not in out and b"\xc2\x85" not in out
     assert b"\\x00\\x1b[31m" in out and b"\\x85" in out
+
+
+def test_ehlo_name_with_c1_control_characters_is_refused() -> None:
+    """Found by fuzzing: EHLO/HELO took any non-ASCII character, C1 controls included
+    (U+0085 is a line break to Python, U+009B a terminal's CSI), and echoed it in the
+    250 reply; the name also goes into logs and the Received header."""
+    for name in ("a\u0085b.test", "a\u009b2Jb.test", "\u0080"):
+        s = ServerSession(CONFIG)
+        s.greet()
+        s.data_to_send()
+        for verb in ("EHLO", "HELO"):
+            out = drive(s, f"{verb} {name}\r\n".encode())
+            assert out.startswith(b"501 ") and b"Syntax" in out, out
+            assert name.encode() not in out
+    s = ServerSession(CONFIG)
+    s.greet()
+    s.data_to_send()
+    out = drive(s, "EHLO bücher.test\r\n".encode())  # U-labels are still fine
+    assert out.startswith("250-mx.test Hello bücher.test\r\n".encode())

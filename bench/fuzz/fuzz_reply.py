@@ -43,12 +43,14 @@ def one_input(data: bytes) -> None:
         return
     mode, body = data[0], data[1:]
     if mode & 3 == 1:
+        # One line, as the client hands it over: split at LF, its CR removed.
+        raw = body.split(b"\n", 1)[0].removesuffix(b"\r")
         try:
-            code, last, text = parse_reply_line(body.decode("utf-8", errors="replace"))
+            code, last, text = parse_reply_line(raw.decode("utf-8", errors="replace"))
         except ReplyError:
             return
         if not 200 <= code <= 599 or "\n" in text:
-            raise FuzzFinding(f"{body!r} -> {(code, last, text)!r}")
+            raise FuzzFinding(f"{raw!r} -> {(code, last, text)!r}")
     elif mode & 3 == 2:
         text = body.decode("utf-8", errors="replace")
         if mode & 8:

@@ -251,7 +251,10 @@ _UNIMPLEMENTED = frozenset({"TURN", "ETRN", "ATRN", "SEND", "SOML", "SAML", "XCL
 _WIRE: dict[tuple[Reply, bool], bytes] = {}
 _WIRE_MAX = 256
 _BDAT_RE = re.compile(r"([0-9]{1,20})(?: +(LAST))? *\Z", re.IGNORECASE)
-_HELO_RE = re.compile(r"[\x21-\x7e\u0080-\U0010ffff]+\Z")
+# Printable ASCII, or any non-ASCII but the C1 controls (U+0085 is a line break to Python,
+# U+009B a terminal's CSI): the name is echoed in the 250 reply, logged and written into
+# the Received header.
+_HELO_RE = re.compile(r"[\x21-\x7e\u00a0-\U0010ffff]+\Z")
 
 
 class ServerSession:
