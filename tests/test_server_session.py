@@ -169,3 +169,49 @@ def test_timeout_and_idle_shutdown() -> None:
     drive(s, b"EHLO c.test\r\n")
     s.shutdown()
     assert s.data_to_send().endswith(b"421 4.3.2 Service shutting down, closing connection\r\n")
+
+
+# Found by fuzzing (bench/fuzz/fuzz_session.py): an address error quoted the client's
+# bytes into the reply as they were. A CR in an address literal made the reply invalid
+# (ReplyError escaped the session: the connection died without an answer), and NUL or
+# other control characters went back on the wire and into logs.
+def test_cr_in_an_address_literal_gets_a_501_not_an_exception() -> None:
+    s = ServerSession(CONFIG)
+    s.greet()
+    drive(s, b"EHLO c.test\r\nMAIL FROM:<a@b.test>\r\n")
+    out = drive(s, b"RCPT TO:<a@[IPv6:\r]>\r\nMAIL FROM:<x@[IPv6:1\r2]>\r\nNOOP\r\n")
+    assert_well_formed(out)
+    lines = out.split(b"\r\n")
+    assert lines[0].startswith(b"501 5.1.3") and b"\\x0d" in lines[0]
+    assert lines[1].startswith(b"503 5.5.1")  # nested MAIL: the session goes on
+    assert lines[2].startswith(b"250 2.0.0")
+
+
+def test_control_characters_of_an_address_are_not_reflected() -> None:
+    s = ServerSession(CONFIG)
+    s.greet()
+    drive(s, b"EHLO c.test\r\n")
+    out = drive(s, b"MAIL FROM:<a@[1\x00\x1b[31m.2]>\r\nMAIL FROM:<a@[1\xc2\x85.2]> SMTPUTF8\r\n")
+    assert_well_formed(out)
+    assert out.count(b"501 5.1.7") == 2
+    assert b"\x00" not in out and b"\x1b" not in out and b"\xc2\x85" not in out
+    assert b"\\x00\\x1b[31m" in out and b"\\x85" in out
+
+
+def test_ehlo_name_with_c1_control_characters_is_refused() -> None:
+    """Found by fuzzing: EHLO/HELO took any non-ASCII character, C1 controls included
+    (U+0085 is a line break to Python, U+009B a terminal's CSI), and echoed it in the
+    250 reply; the name also goes into logs and the Received header."""
+    for name in ("a\u0085b.test", "a\u009b2Jb.test", "\u0080"):
+        s = ServerSession(CONFIG)
+        s.greet()
+        s.data_to_send()
+        for verb in ("EHLO", "HELO"):
+            out = drive(s, f"{verb} {name}\r\n".encode())
+            assert out.startswith(b"501 ") and b"Syntax" in out, out
+            assert name.encode() not in out
+    s = ServerSession(CONFIG)
+    s.greet()
+    s.data_to_send()
+    out = drive(s, "EHLO bücher.test\r\n".encode())  # U-labels are still fine
+    assert out.startswith("250-mx.test Hello bücher.test\r\n".encode())

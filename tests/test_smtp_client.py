@@ -448,6 +448,28 @@ def test_rset_refused_ends_the_session() -> None:
     assert c.data_to_send() == b"QUIT\r\n"
 
 
+def test_local_replies_quote_server_text_without_control_characters() -> None:
+    """Found by fuzzing (bench/fuzz/fuzz_client.py): a reply mailgate makes up quoted
+    the server's text as it came, backspaces, ESC and NUL included, on into bounces and
+    logs. The server's own replies are kept as they are; mailgate's are clean."""
+    c = ready(ehlo=EHLO_PLAIN)
+    c.send(env(), CONTENT)
+    c.send(env(), CONTENT)
+    c.data_to_send()
+    feed(c, b"451 later\r\n")
+    evs = feed(c, b"500 \x1b[2Jwhat\x08\x00\xc2\x85!\r\n")
+    text = results(evs)[0].results[0].outcome.reply.text
+    assert text == "The server refused RSET: 500 \\x1b[2Jwhat\\x08\\x00\\x85!"
+
+    strict = ClientSession(ClientConfig(tls="require"))
+    strict.send(env(), CONTENT)
+    feed(strict, GREETING)
+    feed(strict, b"250-mx\r\n250 STARTTLS\r\n")
+    evs = feed(strict, b"454 4.7.0 no\x1b]0;TLS\x07\r\n")
+    text = results(evs)[0].results[0].outcome.reply.text
+    assert text.endswith("refused STARTTLS: 454 4.7.0 no\\x1b]0;TLS\\x07")
+
+
 def test_size_too_big_is_not_sent() -> None:
     c = ready()
     c.send(env(), b"x" * 10001 + b"\r\n")

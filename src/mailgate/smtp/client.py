@@ -67,7 +67,7 @@ from typing import Literal
 from mailgate.codes.reply import Reply, ReplyError, parse_reply, parse_reply_line
 from mailgate.smtp.address import NULL_PATH, Address, AddressError, parse_path
 from mailgate.smtp.framing import dot_stuff
-from mailgate.smtp.server import NEED_DATA, ProtocolUsageError, _NeedData
+from mailgate.smtp.server import NEED_DATA, ProtocolUsageError, _NeedData, _printable
 
 __all__ = [
     "AUTH_IMPOSSIBLE",
@@ -753,7 +753,8 @@ class ClientSession:
             return
         if self.config.tls == "require":
             r = Reply.make(
-                451, "4.7.4", f"TLS is required, but the server refused STARTTLS: {reply}"
+                451, "4.7.4",
+                f"TLS is required, but the server refused STARTTLS: {_printable(str(reply))}",
             )
             self._fail(Outcome(r, False, "starttls"), quit=True)
             return
@@ -917,7 +918,8 @@ class ClientSession:
         if reply.is_success:
             self._advance()
             return
-        r = Reply.make(451, "4.5.0", f"The server refused RSET: {reply}")
+        # Our reply quotes the server's: its control characters go as \xNN, not raw.
+        r = Reply.make(451, "4.5.0", f"The server refused RSET: {_printable(str(reply))}")
         self._fail(Outcome(r, False, "rset"), quit=True)
 
     def _on_mail(self, reply: Reply, _: int) -> None:

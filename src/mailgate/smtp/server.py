@@ -251,7 +251,10 @@ _UNIMPLEMENTED = frozenset({"TURN", "ETRN", "ATRN", "SEND", "SOML", "SAML", "XCL
 _WIRE: dict[tuple[Reply, bool], bytes] = {}
 _WIRE_MAX = 256
 _BDAT_RE = re.compile(r"([0-9]{1,20})(?: +(LAST))? *\Z", re.IGNORECASE)
-_HELO_RE = re.compile(r"[\x21-\x7e\u0080-\U0010ffff]+\Z")
+# Printable ASCII, or any non-ASCII but the C1 controls (U+0085 is a line break to Python,
+# U+009B a terminal's CSI): the name is echoed in the 250 reply, logged and written into
+# the Received header.
+_HELO_RE = re.compile(r"[\x21-\x7e\u00a0-\U0010ffff]+\Z")
 
 
 class ServerSession:
@@ -939,7 +942,20 @@ _HANDLERS: dict[str, Callable[[ServerSession, str], None]] = {
 }
 
 
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def _printable(text: str) -> str:
+    """Client text quoted in a reply, its control characters (C0, DEL, C1) as `\\xNN`.
+
+    A CR or LF would break the reply (and the session with it); a NUL, ESC or NEL would
+    go back to the client and on into logs and terminals.
+    """
+    return _CONTROL_RE.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
 def _address_reply(exc: AddressError, code: int, enhanced: str, who: str) -> Reply:
     if exc.utf8:
         return Reply.make(553, "5.6.7", f"Non-ASCII {who} address needs SMTPUTF8")
-    return Reply.make(code, enhanced, f"Bad {who} address syntax: {exc}")
+    # The message may quote the client's text (an address literal) as it came.
+    return Reply.make(code, enhanced, f"Bad {who} address syntax: {_printable(str(exc))}")
