@@ -445,7 +445,7 @@ class _Txn:
 def encode_xtext(value: str) -> str:
     """RFC 3461 xtext: octets outside `!`..`~`, and `+` and `=`, as `+XX` (of UTF-8)."""
     out: list[str] = []
-    for b in value.encode("utf-8"):
+    for b in value.encode("utf-8", "surrogateescape"):
         if 33 <= b <= 126 and b not in (43, 61):
             out.append(chr(b))
         else:

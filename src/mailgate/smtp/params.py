@@ -48,7 +48,13 @@ def decode_xtext(value: str) -> str:
     """RFC 3461 xtext: `+XX` hex escapes; ParamError when malformed."""
     if not _XTEXT_RE.match(value):
         raise _bad("Malformed xtext value")
-    return re.sub(r"\+([0-9A-F]{2})", lambda m: chr(int(m.group(1), 16)), value)
+    if "+" not in value:
+        return value
+    # xtext escapes octets: decode them as the octets they are (UTF-8, unpaired bytes
+    # kept as surrogates), so that encoding again for the next hop gives the same octets.
+    octets = re.sub(rb"\+([0-9A-F]{2})", lambda m: bytes([int(m.group(1), 16)]),
+                    value.encode("ascii"))
+    return octets.decode("utf-8", "surrogateescape")
 
 
 @dataclass(frozen=True, slots=True)
