@@ -16,7 +16,7 @@ import ssl
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from mailgate.config import Config
 from mailgate.delivery.engine import DeliveryEngine
@@ -28,20 +28,24 @@ from mailgate.server.listener import SMTPServer
 from mailgate.server.policy import Policy
 from mailgate.server.tls import ensure_self_signed, server_context
 from mailgate.server.users import UserDB
+from mailgate.textsafe import SafeFormatter
 
 __all__ = ["configure_logging", "run", "serve"]
 
 log = logging.getLogger("mailgate")
 
 
-def configure_logging(level: str) -> None:
-    """One line per decision, Postfix style: `time mailgate[pid]: component: message`."""
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s mailgate[%(process)d]: %(name)s: %(message)s",
-        datefmt="%b %d %H:%M:%S",
-        stream=sys.stderr,
-    )
+def configure_logging(level: str, stream: TextIO | None = None) -> None:
+    """One line per decision, Postfix style: `time mailgate[pid]: component: message`.
+
+    Log lines carry what clients chose (HELO names, addresses, ENVIDs, user names): the
+    formatter shows their control characters as escapes, so none reaches a terminal
+    tailing the log as itself, and none forges a line."""
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(SafeFormatter(
+        "%(asctime)s mailgate[%(process)d]: %(name)s: %(message)s", "%b %d %H:%M:%S"))
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO),
+                        handlers=[handler])
 
 
 def _tls(config: Config) -> tuple[ssl.SSLContext, Path, Path]:
