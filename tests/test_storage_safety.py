@@ -191,13 +191,14 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def serve_process(tmp_path: Path, data: Path, smtp: int, web: int,
+def serve_process(tmp_path: Path, data: Path, smtp: int, web: int, workers: int = 1,
                   ) -> subprocess.CompletedProcess[str]:
     config = tmp_path / "mailgate.toml"
     config.write_text(f'data_dir = "{data}"\n'
                       f'[[listen]]\nrole = "mx"\naddress = "127.0.0.1:{smtp}"\n'
                       f'[[listen]]\nrole = "submission"\naddress = "127.0.0.1:{free_port()}"\n'
-                      f'[web]\naddress = "127.0.0.1:{web}"\n')
+                      f'[web]\naddress = "127.0.0.1:{web}"\n'
+                      f'[server]\nworkers = {workers}\n')
     env = {**os.environ, "PYTHONPATH": SRC}
     return subprocess.run([sys.executable, "-m", "mailgate", "serve", "--config", str(config)],
                           capture_output=True, text=True, env=env, timeout=30, check=False)
@@ -212,14 +213,16 @@ def assert_one_sentence(done: subprocess.CompletedProcess[str], *needles: str) -
         assert needle.lower() in line.lower(), line
 
 
+@pytest.mark.parametrize("workers", [1, 2])
 @pytest.mark.parametrize("busy", ["web", "smtp"])
-def test_a_busy_port_is_one_sentence_before_the_banner(tmp_path: Path, busy: str) -> None:
+def test_a_busy_port_is_one_sentence_before_the_banner(tmp_path: Path, busy: str,
+                                                       workers: int) -> None:
     with socket.socket() as holder:
         holder.bind(("127.0.0.1", 0))
         holder.listen()
         taken = holder.getsockname()[1]
         smtp, web = (free_port(), taken) if busy == "web" else (taken, free_port())
-        done = serve_process(tmp_path, tmp_path / "data", smtp, web)
+        done = serve_process(tmp_path, tmp_path / "data", smtp, web, workers)
     assert_one_sentence(done, f"127.0.0.1:{taken}", os.strerror(errno.EADDRINUSE))
     # No admin password was made (and printed to no one) for a server that never ran.
     assert not (tmp_path / "data" / "admin-password.json").exists()

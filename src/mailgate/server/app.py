@@ -129,8 +129,7 @@ async def serve(config: Config, *, reuse_port: bool = False, workers: int = 1,
             raise StartupError(f"cannot listen on {_hostport(failed.host, failed.port)} "
                                f"({failed.role}): {reason}.") from exc
         web_server, web_task, web_note = await _start_web(config, queue, server, outbound,
-                                                          local, first=ready is None,
-                                                          reuse_port=reuse_port)
+                                                          local, first=ready is None)
     except BaseException:
         for listening in server.servers:
             listening.close()
@@ -197,16 +196,14 @@ def bind_socket(host: str, port: int, reuse_port: bool = False) -> socket.socket
 def check_ports(config: Config, reuse_port: bool) -> None:
     """Bind (and let go of) every address `serve` will listen on: before worker processes
     start, so a busy port is one clear error rather than one per worker."""
-    addresses = [(li.host, li.port) for li in config.listen]
-    if config.web.enabled:
-        addresses.append((config.web.host, config.web.port))
-    for host, port in addresses:
-        bind_socket(host, port, reuse_port).close()
+    for listener in config.listen:
+        bind_socket(listener.host, listener.port, reuse_port).close()
+    if config.web.enabled:  # one process serves the web page: its port is not shared
+        bind_socket(config.web.host, config.web.port).close()
 
 
 async def _start_web(config: Config, queue: SQLiteQueue, server: SMTPServer,
                      outbound: DeliveryEngine, local: LocalDelivery, first: bool,
-                     reuse_port: bool = False,
                      ) -> tuple[Any, asyncio.Task[None] | None, str]:
     """The web page in this process's event loop (uvicorn); only the first worker runs it.
 
@@ -214,7 +211,7 @@ async def _start_web(config: Config, queue: SQLiteQueue, server: SMTPServer,
     only once running, after the banner, and report a busy port with a traceback."""
     if not config.web.enabled or not first:
         return None, None, ""
-    sock = bind_socket(config.web.host, config.web.port, reuse_port)
+    sock = bind_socket(config.web.host, config.web.port)
     try:
         return await _run_web(config, queue, server, outbound, local, sock)
     except BaseException:
