@@ -142,15 +142,19 @@ def _load_config(path: Path | None) -> Config:
 @_config_option
 def serve(config_path: Path | None) -> None:
     """Run the mail server (with no options: zero-config on loopback ports)."""
-    from mailgate.server.app import run
+    from mailgate.queue import QueueError
+    from mailgate.server.app import StartupError, run
 
     config = _load_config(config_path)
     try:
         status = run(config)
-    except OSError as exc:
-        fail(f"cannot start: {exc.strerror or exc} (is another server on the same port?)")
-    except ValueError as exc:
+    except StartupError as exc:
+        fail(str(exc))
+    except (QueueError, ValueError) as exc:
         fail(f"cannot start: {exc}")
+    except OSError as exc:
+        where = f" {exc.filename}" if exc.filename else ""
+        fail(f"cannot start:{where} {exc.strerror or exc}.")
     sys.exit(status)
 
 

@@ -16,9 +16,12 @@ def write_private_json(path: Path, data: Any) -> None:
     A reader sees the old file or the new one, never half of either, and a crash leaves
     one of the two on disk.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    # Not through a link planted at the temporary name; and 0600 even if a temporary
+    # file left by a crash had another mode (O_CREAT's mode applies to new files only).
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    os.fchmod(fd, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         json.dump(data, f, indent=1, sort_keys=True)
         f.flush()

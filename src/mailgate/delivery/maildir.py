@@ -9,10 +9,12 @@ fsync have returned: that is when the queue may mark the recipient delivered.
 from __future__ import annotations
 
 import contextlib
+import errno
 import itertools
 import os
 import re
 import socket
+import stat
 import time
 from pathlib import Path
 
@@ -44,36 +46,71 @@ def mailbox_path(root: Path, address: str) -> Path:
     return root / _safe(domain.lower()) / _safe(local.lower())
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+class _Dirs:
+    """Directory descriptors opened one component at a time, never through a link.
+
+    A link anywhere under the Maildir root (maildir/localhost/bob -> /etc, bob/new ->
+    elsewhere), planted by whoever could write there or left by a mistake, would
+    otherwise make mailgate write where it points. Each component is opened with
+    O_NOFOLLOW relative to its parent's descriptor, so what was checked is what is
+    written to; a missing one is made 0700 with mkdir relative to the parent too."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.fds: list[int] = []
+        self.created: list[int] = []  # parents of new directories, to fsync
+
+    def __enter__(self) -> _Dirs:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for fd in self.fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    def open_root(self) -> int:
+        # The data directory is the admin's choice (it may be a link); `maildir` in it
+        # and everything below is mailgate's own and is not.
+        parent = os.open(self.root.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        self.fds.append(parent)
+        return self.sub(parent, self.root.name, self.root)
+
+    def sub(self, parent: int, name: str, shown: Path) -> int:
+        for _ in range(2):
+            try:
+                fd = os.open(name, _DIR_FLAGS, dir_fd=parent)
+            except FileNotFoundError:
+                with contextlib.suppress(FileExistsError):  # another worker made it
+                    os.mkdir(name, 0o700, dir_fd=parent)
+                    self.created.append(parent)
+                continue
+            except OSError as exc:
+                if exc.errno in (errno.ELOOP, errno.ENOTDIR, errno.EMLINK) and _is_link(
+                        parent, name):
+                    raise MaildirError(
+                        errno.ELOOP, f"{shown} is a symbolic link; mailgate does not follow "
+                        "links in the Maildir tree") from exc
+                raise
+            self.fds.append(fd)
+            return fd
+        raise MaildirError(errno.ENOENT, f"{shown} vanished while being created")
+
+
+def _is_link(parent: int, name: str) -> bool:
     try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        return stat.S_ISLNK(os.lstat(name, dir_fd=parent).st_mode)
+    except OSError:
+        return False
 
 
-def _ensure(box: Path) -> None:
-    if (box / "new").is_dir():
-        return
-    for sub in ("tmp", "new", "cur"):
-        (box / sub).mkdir(parents=True, exist_ok=True)
-    _fsync_dir(box)
-    _fsync_dir(box.parent)
-
-
-def deliver(root: Path, address: str, content: bytes, hostname: str | None = None) -> Path:
-    """Write `content` into the recipient's Maildir durably; return the file in new/."""
-    box = mailbox_path(root, address)
-    host = (hostname or socket.gethostname()).replace("/", "\\057").replace(":", "\\072")
-    now = time.time()
-    name = f"{int(now)}.M{int((now % 1) * 1e6)}P{os.getpid()}Q{next(_counter)}.{host}"
-    name += f",S={len(content)}"
-    tmp = box / "tmp" / name
-    created = False
+def _write(tmp_fd: int, new_fd: int, name: str, content: bytes) -> None:
+    """tmp/name, written and synced, then renamed into new/ and new/ synced."""
+    fd = os.open(name, _FILE_FLAGS, 0o600, dir_fd=tmp_fd)
     try:
-        _ensure(box)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        created = True
         try:
             view = memoryview(content)
             while view:
@@ -82,15 +119,39 @@ def deliver(root: Path, address: str, content: bytes, hostname: str | None = Non
             os.fsync(fd)
         finally:
             os.close(fd)
-        final = box / "new" / name
-        os.rename(tmp, final)
-        created = False
-        _fsync_dir(box / "new")
+        os.rename(name, name, src_dir_fd=tmp_fd, dst_dir_fd=new_fd)
+    except OSError:
+        # A partial file would hold on to the space a full disk needs back, and each
+        # retry would leave another one.
+        with contextlib.suppress(OSError):
+            os.unlink(name, dir_fd=tmp_fd)
+        raise
+    os.fsync(new_fd)
+
+
+def deliver(root: Path, address: str, content: bytes, hostname: str | None = None) -> Path:
+    """Write `content` into the recipient's Maildir durably; return the file in new/.
+
+    Raises MaildirError (the recipient is deferred) when it cannot, among others when a
+    component of the path under `root` is a symbolic link."""
+    box = mailbox_path(root, address)
+    domain, local = box.parent.name, box.name
+    host = (hostname or socket.gethostname()).replace("/", "\\057").replace(":", "\\072")
+    now = time.time()
+    name = f"{int(now)}.M{int((now % 1) * 1e6)}P{os.getpid()}Q{next(_counter)}.{host}"
+    name += f",S={len(content)}"
+    try:
+        with _Dirs(root) as dirs:
+            top = dirs.open_root()
+            domain_fd = dirs.sub(top, domain, box.parent)
+            box_fd = dirs.sub(domain_fd, local, box)
+            tmp_fd, new_fd, _ = (dirs.sub(box_fd, sub, box / sub)
+                                 for sub in ("tmp", "new", "cur"))
+            for parent in dirs.created:
+                os.fsync(parent)
+            _write(tmp_fd, new_fd, name, content)
+    except MaildirError:
+        raise
     except OSError as exc:
-        if created:
-            # A partial file would hold on to the space a full disk needs back, and each
-            # retry would leave another one.
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
         raise MaildirError(exc.errno or 0, f"cannot deliver to {box}: {exc.strerror}") from exc
-    return final
+    return box / "new" / name

@@ -1,14 +1,21 @@
-"""Queue listings for people (text) and programs (JSON), shared by CLI and web."""
+"""Queue listings for people (text) and programs (JSON), shared by CLI and web.
+
+Most of what they show was chosen by a stranger (addresses, HELO name, ENVID, headers,
+a remote server's reply text), so every line goes through `printable`: a control
+character in it is shown as an escape and never reaches the terminal as itself.
+"""
 
 from __future__ import annotations
 
 import email.parser
 import email.policy
 import json
+import re
 import time
 from typing import Any
 
 from mailgate.queue import Attempt, QueuedMessage, Recipient
+from mailgate.textsafe import json_printable, printable
 
 __all__ = ["list_json", "list_text", "message_json", "show_json", "show_text"]
 
@@ -71,20 +78,26 @@ def list_text(msgs: list[QueuedMessage], counts: dict[str, int]) -> str:
             last = f"  {r.last_code} {r.last_enhanced or ''} {r.last_text or ''}".rstrip() \
                 if r.last_code is not None else ""
             lines.append(f"    {r.state:<9} <{r.address}>{last}")
-    return "\n".join(lines) + "\n"
+    return _text(lines)
+
+
+def _text(lines: list[str]) -> str:
+    return "".join(printable(line, keep="\t") + "\n" for line in lines)
 
 
 def show_json(m: QueuedMessage) -> str:
     data = message_json(m)
     if m.content is not None:
         data["headers"] = _headers(m.content)
-    return json.dumps(data, indent=2, ensure_ascii=False) + "\n"
+    return json_printable(json.dumps(data, indent=2, ensure_ascii=False)) + "\n"
 
 
 def _headers(content: bytes) -> list[tuple[str, str]]:
     head = content.split(b"\r\n\r\n", 1)[0]
     msg = email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(head)
-    return [(k, str(v)) for k, v in msg.items()]
+    # Bytes beyond ASCII come back as surrogates; most are UTF-8 (RFC 6532).
+    return [(k, v.encode("ascii", "surrogateescape").decode("utf-8", "replace"))
+            for k, v in msg.raw_items()]
 
 
 def show_text(m: QueuedMessage, lang: str = "en") -> str:
@@ -119,5 +132,9 @@ def show_text(m: QueuedMessage, lang: str = "en") -> str:
                     pass
     if m.content is not None:
         lines.append("headers")
-        lines += [f"  {k}: {v}" for k, v in _headers(m.content)]
-    return "\n".join(lines) + "\n"
+        # Unfolded (RFC 5322 2.2.3): a folded header is one line here.
+        lines += [f"  {k}: {_UNFOLD.sub('', v)}" for k, v in _headers(m.content)]
+    return _text(lines)
+
+
+_UNFOLD = re.compile(r"\r?\n(?=[ \t])")

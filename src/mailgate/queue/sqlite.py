@@ -407,6 +407,18 @@ class _Request(Generic[T]):
 _STOP = object()
 
 
+def _private(path: Path) -> None:
+    """Create the database file 0600 before SQLite opens it: SQLite gives the -wal and
+    -shm files it creates the database file's mode, so they are owner-only too. Files
+    an older mailgate left readable by others are made owner-only."""
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
+    for p in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        with suppress(FileNotFoundError):
+            mode = os.stat(p).st_mode & 0o777
+            if mode & 0o077:
+                os.chmod(p, mode & 0o700)
+
+
 class SQLiteQueue:
     """The `Queue` protocol on one SQLite file; see the module docstring for the design.
 
@@ -472,7 +484,11 @@ class SQLiteQueue:
         return conn
 
     def _open_writer(self, max_page_count: int | None) -> sqlite3.Connection:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        try:
+            _private(self.path)
+        except OSError as exc:
+            raise QueueError(f"{self.path}: cannot create the queue: {exc.strerror}") from exc
         try:
             conn = self._connect()
         except sqlite3.Error as exc:

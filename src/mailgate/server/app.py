@@ -20,14 +20,17 @@ import logging
 import os
 import resource
 import signal
+import socket
 import ssl
 import sys
+import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TextIO
 
 from mailgate import metrics
 from mailgate.config import Config
+from mailgate.datadir import StartupError, prepare_data_dir
 from mailgate.delivery.engine import DeliveryEngine
 from mailgate.delivery.local import LocalDelivery
 from mailgate.dns import Resolver
@@ -39,20 +42,25 @@ from mailgate.server.listener import SMTPServer
 from mailgate.server.policy import Policy
 from mailgate.server.tls import ensure_self_signed, server_context
 from mailgate.server.users import UserDB
+from mailgate.textsafe import SafeFormatter
 
-__all__ = ["configure_logging", "run", "serve", "supervise"]
+__all__ = ["StartupError", "bind_socket", "check_ports", "configure_logging", "run", "serve",
+           "supervise"]
 
 log = logging.getLogger("mailgate")
 
 
-def configure_logging(level: str) -> None:
-    """One line per decision, Postfix style: `time mailgate[pid]: component: message`."""
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s mailgate[%(process)d]: %(name)s: %(message)s",
-        datefmt="%b %d %H:%M:%S",
-        stream=sys.stderr,
-    )
+def configure_logging(level: str, stream: TextIO | None = None) -> None:
+    """One line per decision, Postfix style: `time mailgate[pid]: component: message`.
+
+    Log lines carry what clients chose (HELO names, addresses, ENVIDs, user names): the
+    formatter shows their control characters as escapes, so none reaches a terminal
+    tailing the log as itself, and none forges a line."""
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(SafeFormatter(
+        "%(asctime)s mailgate[%(process)d]: %(name)s: %(message)s", "%b %d %H:%M:%S"))
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO),
+                        handlers=[handler])
 
 
 def _tls(config: Config) -> tuple[ssl.SSLContext, Path, Path]:
@@ -149,7 +157,7 @@ async def serve(config: Config, *, reuse_port: bool = False, workers: int = 1,
 
     `policy_factory` makes the policy (tests pass a subclass with decisions of their own).
     """
-    config.data_dir.mkdir(parents=True, exist_ok=True)
+    prepare_data_dir(config.data_dir)
     queue = SQLiteQueue(config.data_dir / "queue.db")
     users = UserDB(config.data_dir / "users.json")
     resolver = Resolver(nameservers=list(config.dns.nameservers))
@@ -176,9 +184,24 @@ async def serve(config: Config, *, reuse_port: bool = False, workers: int = 1,
         log.info("removed %d spool files of messages a stopped server never accepted", left)
     server = SMTPServer(config, policy, queue.enqueue_async, tls_ctx, on_queued=on_queued,
                         spool_dir=spool, max_connections=connection_budget(config))
-    await server.start(reuse_port=reuse_port)
-    web_server, web_task, web_note = await _start_web(config, queue, server, outbound,
-                                                      local, first=ready is None)
+    # Every port is bound before anything says the server is up (the banner, a new admin
+    # password): a failure is one sentence naming the address, not a traceback later.
+    try:
+        try:
+            await server.start(reuse_port=reuse_port)
+        except OSError as exc:
+            failed = config.listen[len(server.servers)]
+            # asyncio words it "error while attempting to bind on address (...): ...".
+            reason = os.strerror(exc.errno) if exc.errno else str(exc)
+            raise StartupError(f"cannot listen on {_hostport(failed.host, failed.port)} "
+                               f"({failed.role}): {reason}.") from exc
+        web_server, web_task, web_note = await _start_web(config, queue, server, outbound,
+                                                          local, first=ready is None)
+    except BaseException:
+        for listening in server.servers:
+            listening.close()
+        queue.close()
+        raise
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -219,12 +242,62 @@ async def serve(config: Config, *, reuse_port: bool = False, workers: int = 1,
     log.info("stopped")
 
 
+def _hostport(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def bind_socket(host: str, port: int, reuse_port: bool = False) -> socket.socket:
+    """A TCP socket bound to host:port (not listening yet); StartupError naming the
+    address and the reason if it cannot be."""
+    where = _hostport(host, port)
+    try:
+        family, kind, proto, _, addr = socket.getaddrinfo(
+            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    except socket.gaierror as exc:
+        raise StartupError(f"cannot listen on {where}: {exc.strerror}.") from exc
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind(addr)
+    except OSError as exc:
+        sock.close()
+        raise StartupError(f"cannot listen on {where}: {exc.strerror or exc}.") from exc
+    return sock
+
+
+def check_ports(config: Config, reuse_port: bool) -> None:
+    """Bind (and let go of) every address `serve` will listen on: before worker processes
+    start, so a busy port is one clear error rather than one per worker."""
+    for listener in config.listen:
+        bind_socket(listener.host, listener.port, reuse_port).close()
+    if config.web.enabled:  # one process serves the web page: its port is not shared
+        bind_socket(config.web.host, config.web.port).close()
+
+
 async def _start_web(config: Config, queue: SQLiteQueue, server: SMTPServer,
                      outbound: DeliveryEngine, local: LocalDelivery, first: bool,
                      ) -> tuple[Any, asyncio.Task[None] | None, str]:
-    """The web page in this process's event loop (uvicorn); only the first worker runs it."""
+    """The web page in this process's event loop (uvicorn); only the first worker runs it.
+
+    The socket is bound here, before the admin password is made: uvicorn would bind it
+    only once running, after the banner, and report a busy port with a traceback."""
     if not config.web.enabled or not first:
         return None, None, ""
+    sock = bind_socket(config.web.host, config.web.port)
+    try:
+        return await _run_web(config, queue, server, outbound, local, sock)
+    except BaseException:
+        sock.close()
+        raise
+
+
+async def _run_web(config: Config, queue: SQLiteQueue, server: SMTPServer,
+                   outbound: DeliveryEngine, local: LocalDelivery, sock: socket.socket,
+                   ) -> tuple[Any, asyncio.Task[None] | None, str]:
     import uvicorn
 
     from mailgate.web.app import WebContext, create_app
@@ -255,8 +328,9 @@ async def _start_web(config: Config, queue: SQLiteQueue, server: SMTPServer,
         create_app(ctx), host=config.web.host, port=config.web.port, log_level="warning",
         access_log=False, lifespan="off", loop="none", http="auto",
     ))
-    task = asyncio.get_running_loop().create_task(uv.serve())
-    note = f"\n  web        http://{config.web.address}/ (codes, admin, /api, /metrics)"
+    task = asyncio.get_running_loop().create_task(uv.serve(sockets=[sock]))
+    host, port = sock.getsockname()[:2]
+    note = f"\n  web        http://{_hostport(host, port)}/ (codes, admin, /api, /metrics)"
     if password is not None:
         note += (f"\n  admin      password generated for this first start: {password}"
                  "\n             (change it with: mailgate admin set-password)")
@@ -307,21 +381,28 @@ def run(config: Config) -> int:
     configure_logging(config.log.level)
     _event_loop_policy()
     workers = max(1, config.server.workers)
+    prepare_data_dir(config.data_dir)
     _tls(config)  # make the self-signed certificate once, before any worker needs it
     if workers == 1:
         asyncio.run(serve(config))
         return 0
-    config.data_dir.mkdir(parents=True, exist_ok=True)
+    check_ports(config, reuse_port=True)
     clean_spool(spool_dir(config.data_dir))  # before the workers: none of theirs is live yet
     children: list[int] = []
     for i in range(workers):
         pid = os.fork()
         if pid == 0:  # child
+            status = 1
             try:
                 asyncio.run(serve(config, reuse_port=True, workers=workers,
                                   ready=(lambda s: None) if i else None))
+                status = 0
+            except StartupError as exc:
+                print(f"mailgate: {exc}", file=sys.stderr, flush=True)
+            except BaseException:
+                traceback.print_exc()
             finally:
-                os._exit(0)
+                os._exit(status)
         children.append(pid)
 
     def forward(signum: int, _frame: object) -> None:
