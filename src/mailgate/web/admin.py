@@ -327,6 +327,7 @@ def _static_version(name: str) -> str:
 
 
 ADMIN_CSS_URL = f"/static/admin.css?v={_static_version('admin.css')}"
+ADMIN_JS_URL = f"/static/admin.js?v={_static_version('admin.js')}"
 
 _FMT: dict[str, Any] = {
     "when": _when, "iso": _iso, "ago": _ago, "size": _size, "code_url": code_url,
@@ -343,6 +344,7 @@ def _render(request: Request, name: str, context: dict[str, Any],
         "flash": request.session.pop("flash", None) if logged_in else None,
         "now": _now(),
         "admin_css": ADMIN_CSS_URL,
+        "admin_js": ADMIN_JS_URL,
         "page_id": "",
         **_FMT,
         **context,
