@@ -82,10 +82,13 @@ async def serve(config: Config, *, reuse_port: bool = False, workers: int = 1,
                 ready: Callable[[SMTPServer], None] | None = None,
                 stop: asyncio.Event | None = None,
                 policy_factory: Callable[[Config, Resolver, UserDB], Policy] = Policy,
+                web: bool | None = None,
                 ) -> None:
     """Run until SIGTERM/SIGINT (or `stop` is set), then shut down gracefully.
 
     `policy_factory` makes the policy (tests pass a subclass with decisions of their own).
+    `web` says whether this process runs the web face (when `[web]` enables it); by
+    default the one that prints the banner (`ready` None) does.
     """
     config.data_dir.mkdir(parents=True, exist_ok=True)
     queue = SQLiteQueue(config.data_dir / "queue.db")
@@ -111,8 +114,8 @@ async def serve(config: Config, *, reuse_port: bool = False, workers: int = 1,
     outbound = DeliveryEngine(config, queue, resolver, enqueue)
     server = SMTPServer(config, policy, queue.enqueue_async, tls_ctx, on_queued=on_queued)
     await server.start(reuse_port=reuse_port)
-    web_server, web_task, web_note = await _start_web(config, queue, server, outbound,
-                                                      local, first=ready is None)
+    web_server, web_task, web_note = await _start_web(
+        config, queue, server, outbound, local, first=ready is None if web is None else web)
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -176,9 +179,17 @@ async def _start_web(config: Config, queue: SQLiteQueue, server: SMTPServer,
         def capture_signals(self) -> Iterator[None]:
             yield
 
+    # uvicorn's HTTP protocol behind mailgate's connection limits (web/guard.py).
+    from uvicorn.protocols.http.auto import AutoHTTPProtocol
+
+    from mailgate.web import guard
+
+    http = guard.Guard.factory(AutoHTTPProtocol, guard.Counter())
     uv = Quiet(uvicorn.Config(
         create_app(ctx), host=config.web.host, port=config.web.port, log_level="warning",
-        access_log=False, lifespan="off", loop="none", http="auto",
+        access_log=False, lifespan="off", loop="none", http=http,  # type: ignore[arg-type]
+        limit_concurrency=guard.MAX_CONNECTIONS + 1,  # + 1: uvicorn counts the asking one
+        timeout_keep_alive=guard.KEEP_ALIVE_TIMEOUT,
     ))
     task = asyncio.get_running_loop().create_task(uv.serve())
     note = f"\n  web        http://{config.web.address}/ (codes, admin, /api, /metrics)"
