@@ -43,12 +43,15 @@ class LiveServer:
     """Start on enter, stop (gracefully) on exit; `port(role)` gives the bound port.
 
     `policy` makes the server's policy from (config, resolver, users): a Policy
-    subclass with decisions of its own, for tests that need them."""
+    subclass with decisions of its own, for tests that need them. `web` True runs the web
+    face too, on `config.web` (give it a free port: by default it is 8025)."""
 
     def __init__(self, config: Config,
-                 policy: Callable[[Config, Resolver, UserDB], Policy] = Policy) -> None:
+                 policy: Callable[[Config, Resolver, UserDB], Policy] = Policy,
+                 web: bool = False) -> None:
         self.config = config
         self.policy = policy
+        self.web = web
         self.server: SMTPServer | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
@@ -66,7 +69,7 @@ class LiveServer:
                 self._ready.set()
 
             await serve(self.config, ready=ready, stop=self._stop,
-                        policy_factory=self.policy)
+                        policy_factory=self.policy, web=self.web)
 
         try:
             asyncio.run(main())

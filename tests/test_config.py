@@ -673,6 +673,18 @@ def test_bad_web_and_dns_addresses() -> None:
         'address (0.0.0.0 or [::] for all), not "ns.example.org"')
 
 
+def test_web_allowed_hosts() -> None:
+    c = parse_config('[web]\naddress = "0.0.0.0:8080"\n'
+                     'allowed_hosts = ["Mail.Example.ORG.", "[2001:db8::1]", "mail.example.org"]\n',
+                     "t.toml")
+    assert c.web == WebConfig(True, "0.0.0.0", 8080, ("mail.example.org", "2001:db8::1"))
+    assert problem('[web]\nallowed_hosts = ["mail.example.org:8025"]\n') == (
+        'mailgate.toml: web.allowed_hosts[0] = "mail.example.org:8025": must be a host name '
+        'or an IP address without a port, like "mail.example.org"')
+    assert problem('[web]\nallowed_hosts = "mail.example.org"\n').startswith(
+        'mailgate.toml: web.allowed_hosts = "mail.example.org": must be a list')
+
+
 def test_tls_files(tmp_path: Path) -> None:
     (tmp_path / "key.pem").write_text("key")
     with pytest.raises(ConfigError) as info:

@@ -25,13 +25,16 @@ from hypothesis import HealthCheck, settings
 from schemathesis.generation.case import Case
 from starlette.testclient import TestClient
 
-from mailgate.config import Config
+from mailgate.config import Config, WebConfig
 from mailgate.queue import Attempt, NewMessage, NewRecipient, NotFound, RecipientState
 from mailgate.queue.sqlite import SQLiteQueue
 from mailgate.web import admin
 from mailgate.web.app import SESSION_MAX_AGE, WebContext, create_app
 from mailgate.web.auth import AdminAuth
 from mailgate.web.tokens import TokenStore
+
+# Starlette's test client (and schemathesis on the ASGI app) sends "Host: testserver".
+TESTSERVER = WebConfig(allowed_hosts=("testserver",))
 
 PASSWORD = "correct horse battery"
 ROOT = Path(__file__).resolve().parent.parent
@@ -290,7 +293,7 @@ def test_dashboard_counts_and_chart(env: Env) -> None:
 def test_dashboard_without_server_stats_or_queue(tmp_path: Path) -> None:
     auth = AdminAuth(tmp_path)
     auth.set_password(PASSWORD)
-    ctx = WebContext(config=Config(data_dir=tmp_path), queue=None, auth=auth)
+    ctx = WebContext(config=Config(data_dir=tmp_path, web=TESTSERVER), queue=None, auth=auth)
     with TestClient(create_app(ctx)) as c:
         page = c.get("/admin/login").text
         token = re.search(r'name="csrf" value="([^"]+)"', page)
@@ -451,7 +454,8 @@ def test_message_page_shows_envelope_headers_and_attempts(env: Env) -> None:
     for action in ("retry", "hold", "delete"):
         assert f'action="/admin/message/{qid}/{action}"' in page
     assert f'action="/admin/message/{qid}/release"' not in page  # nothing is held
-    assert "onsubmit=\"if (confirm(" in page
+    assert f'data-confirm="Retry message {qid} now?"' in page  # asked by static/admin.js
+    assert "/static/admin.js?v=" in page
 
 
 def test_unknown_message_is_404(env: Env) -> None:
@@ -702,8 +706,8 @@ for _i in range(3):
                                      received_at=time.time()))
 _SCHEMA_AUTH = {"Authorization": "Bearer "
                 + TokenStore(_SCHEMA_PATH).create("schemathesis")[1]}
-_SCHEMA_APP = create_app(WebContext(config=Config(data_dir=_SCHEMA_PATH), queue=_SCHEMA_QUEUE,
-                                    auth=AdminAuth(_SCHEMA_PATH)))
+_SCHEMA_APP = create_app(WebContext(config=Config(data_dir=_SCHEMA_PATH, web=TESTSERVER),
+                                    queue=_SCHEMA_QUEUE, auth=AdminAuth(_SCHEMA_PATH)))
 queue_schema = schemathesis.openapi.from_asgi("/api/openapi.json", _SCHEMA_APP).include(
     tag="queue")
 

@@ -20,11 +20,14 @@ from mailgate.codes import registry as reg
 from mailgate.codes.compare import compare
 from mailgate.codes.explain import explain_code
 from mailgate.codes.render import comparison_doc, explanation_doc, render
-from mailgate.config import Config
+from mailgate.config import Config, WebConfig
 from mailgate.queue import Queue
 from mailgate.web import public
 from mailgate.web.app import WebContext, create_app
 from mailgate.web.auth import AdminAuth
+
+# Starlette's test client (and schemathesis on the ASGI app) sends "Host: testserver".
+TESTSERVER = WebConfig(allowed_hosts=("testserver",))
 
 CODES = [k for k, v in reg.registry().items() if v.kind in ("basic", "enhanced")]
 
@@ -37,8 +40,8 @@ class FakeQueue:
 
 
 def make_client(data_dir: Path, queue: object = None) -> TestClient:
-    ctx = WebContext(config=Config(data_dir=data_dir), queue=cast(Queue | None, queue),
-                     auth=AdminAuth(data_dir))
+    ctx = WebContext(config=Config(data_dir=data_dir, web=TESTSERVER),
+                     queue=cast(Queue | None, queue), auth=AdminAuth(data_dir))
     return TestClient(create_app(ctx), follow_redirects=False)
 
 

@@ -12,13 +12,17 @@ from hypothesis import HealthCheck, settings
 from schemathesis.core.result import Ok
 from schemathesis.generation.case import Case
 
-from mailgate.config import Config
+from mailgate.config import Config, WebConfig
 from mailgate.web.app import WebContext, create_app
 from mailgate.web.auth import AdminAuth
 
+# Starlette's test client (and schemathesis on the ASGI app) sends "Host: testserver".
+TESTSERVER = WebConfig(allowed_hosts=("testserver",))
+
 _DATA = tempfile.TemporaryDirectory(prefix="mailgate-schema-")
 _DIR = Path(_DATA.name)
-APP = create_app(WebContext(config=Config(data_dir=_DIR), queue=None, auth=AdminAuth(_DIR)))
+APP = create_app(WebContext(config=Config(data_dir=_DIR, web=TESTSERVER), queue=None,
+                            auth=AdminAuth(_DIR)))
 
 schema = schemathesis.openapi.from_asgi("/api/openapi.json", APP).include(tag="codes")
 

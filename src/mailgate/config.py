@@ -281,11 +281,15 @@ class Delivery:
 
 @dataclass(frozen=True, slots=True)
 class WebConfig:
-    """The web page and JSON API; `enabled` False when the address is ""."""
+    """The web page and JSON API; `enabled` False when the address is "".
+
+    `allowed_hosts`: names (lower case) that a request's Host header may give besides
+    the address itself (and localhost for a loopback address, `hostname` always)."""
 
     enabled: bool = True
     host: str = "127.0.0.1"
     port: int = 8025
+    allowed_hosts: tuple[str, ...] = ()
 
     @property
     def address(self) -> str:
@@ -591,7 +595,7 @@ _SECTIONS: dict[str, tuple[str, ...]] = {
                  "tls_ca_file"),
     "routes": (),  # keys are domains
     "tls_policy": (),  # keys are domains or next hops
-    "web": ("address",),
+    "web": ("address", "allowed_hosts"),
     "server": ("workers",),
     "log": ("level",),
 }
@@ -852,6 +856,19 @@ def _web_address(value: object) -> tuple[str, int] | None:
     return _ip_hostport(text, None, "127.0.0.1:8025") if text else None
 
 
+def _host_name(value: object) -> str:
+    """A name for the Host header: a domain name or an IP address, without a port."""
+    text = _string(value).strip().lower().rstrip(".")
+    try:
+        return str(ip_address(text.removeprefix("[").removesuffix("]")))
+    except ValueError:
+        pass
+    if not re.fullmatch(r"(?=.{1,253}\Z)[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9])?"
+                        r"(?:\.[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9])?)*", text):
+        raise _Bad('must be a host name or an IP address without a port, like "mail.example.org"')
+    return text
+
+
 SMTPS_PORT = 465  # RFC 8314 7.3: submission over implicit TLS
 
 
@@ -936,7 +953,10 @@ def _build(doc: Mapping[str, object], r: _Reader, source: str | None) -> Config:
     w = r.section(doc, "web")
     default_web: tuple[str, int] | None = ("127.0.0.1", 8025)
     web_address = r.get(w, ("web",), "address", _web_address, default_web)
-    web = WebConfig(False, "", 0) if web_address is None else WebConfig(True, *web_address)
+    allowed_hosts = r.get_list(w, ("web",), "allowed_hosts", _host_name, (),
+                               example='["mail.example.org"]')
+    web = (WebConfig(False, "", 0) if web_address is None
+           else WebConfig(True, *web_address, tuple(dict.fromkeys(allowed_hosts))))
 
     s = r.section(doc, "server")
     server = ServerConfig(r.get(s, ("server",), "workers", _integer(1), 1))

@@ -152,10 +152,13 @@ async def serve(config: Config, *, reuse_port: bool = False, workers: int = 1,
                 ready: Callable[[SMTPServer], None] | None = None,
                 stop: asyncio.Event | None = None,
                 policy_factory: Callable[[Config, Resolver, UserDB], Policy] = Policy,
+                web: bool | None = None,
                 ) -> None:
     """Run until SIGTERM/SIGINT (or `stop` is set), then shut down gracefully.
 
     `policy_factory` makes the policy (tests pass a subclass with decisions of their own).
+    `web` says whether this process runs the web face (when `[web]` enables it); by
+    default the one that prints the banner (`ready` None) does.
     """
     prepare_data_dir(config.data_dir)
     queue = SQLiteQueue(config.data_dir / "queue.db")
@@ -195,8 +198,9 @@ async def serve(config: Config, *, reuse_port: bool = False, workers: int = 1,
             reason = os.strerror(exc.errno) if exc.errno else str(exc)
             raise StartupError(f"cannot listen on {_hostport(failed.host, failed.port)} "
                                f"({failed.role}): {reason}.") from exc
-        web_server, web_task, web_note = await _start_web(config, queue, server, outbound,
-                                                          local, first=ready is None)
+        web_server, web_task, web_note = await _start_web(
+            config, queue, server, outbound, local,
+            first=ready is None if web is None else web)
     except BaseException:
         for listening in server.servers:
             listening.close()
@@ -324,9 +328,17 @@ async def _run_web(config: Config, queue: SQLiteQueue, server: SMTPServer,
         def capture_signals(self) -> Iterator[None]:
             yield
 
+    # uvicorn's HTTP protocol behind mailgate's connection limits (web/guard.py).
+    from uvicorn.protocols.http.auto import AutoHTTPProtocol
+
+    from mailgate.web import guard
+
+    http = guard.Guard.factory(AutoHTTPProtocol, guard.Counter())
     uv = Quiet(uvicorn.Config(
         create_app(ctx), host=config.web.host, port=config.web.port, log_level="warning",
-        access_log=False, lifespan="off", loop="none", http="auto",
+        access_log=False, lifespan="off", loop="none", http=http,  # type: ignore[arg-type]
+        limit_concurrency=guard.MAX_CONNECTIONS + 1,  # + 1: uvicorn counts the asking one
+        timeout_keep_alive=guard.KEEP_ALIVE_TIMEOUT,
     ))
     task = asyncio.get_running_loop().create_task(uv.serve(sockets=[sock]))
     host, port = sock.getsockname()[:2]

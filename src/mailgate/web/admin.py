@@ -3,16 +3,20 @@
 Everything here is behind a login: a page asked for without a session redirects to
 `/admin/login`, the API answers 401 in JSON. The session lives in the signed cookie
 (Starlette's SessionMiddleware, installed by `app.create_app`) and holds the login time,
-a per-session CSRF token and an epoch derived from the session secret in
+a session id, a per-session CSRF token and an epoch derived from the session secret in
 `data_dir/admin.json`: `mailgate admin set-password` writes a new secret, so every
 session of a running server ends at its next request, and the app's own eight-hour
-limit (`SESSION_MAX_AGE`) counts from the login, however busy the session is.
+limit (`SESSION_MAX_AGE`) counts from the login, however busy the session is. The ids of
+open sessions are kept in the web process (`_Sessions`): logging out ends the session
+for every copy of its cookie, and a restart ends them all.
 
 Every POST carries the session's CSRF token (a hidden form field, or the
 `X-CSRF-Token` header for the API used from the page) and, when the browser says where
 it comes from (Origin, else Referer), must come from this site. Actions ask for
 confirmation first: a `confirm()` dialog, or without JavaScript a confirmation page.
-Failed logins are limited per client address (5 in 10 minutes, then 429).
+Failed logins are limited per client address (5 in 10 minutes, then 429) and for the
+admin account (30 in 10 minutes from all addresses); a login takes its slot before the
+password is checked, in the password pool of `server.hashing`.
 
 The API accepts `Authorization: Bearer <token>` (tokens from `mailgate admin token`,
 stored hashed) or the logged-in session. `OPENAPI_PATHS` / `OPENAPI_COMPONENTS`
@@ -21,6 +25,7 @@ describe it for `/api/openapi.json`.
 
 from __future__ import annotations
 
+import contextlib
 import email.header
 import email.parser
 import email.policy
@@ -55,6 +60,7 @@ from mailgate.queue import (
     RecipientState,
 )
 from mailgate.queue.report import message_json
+from mailgate.server import hashing
 from mailgate.web.app import HERE, SESSION_MAX_AGE, WebContext, templates
 from mailgate.web.tokens import TokenStore
 
@@ -62,6 +68,7 @@ __all__ = ["OPENAPI_COMPONENTS", "OPENAPI_PATHS", "parse_filters", "routes"]
 
 LOGIN_FAILURES = 5  # failed logins per client address ...
 LOGIN_WINDOW = 600.0  # ... within this many seconds, then 429 until the oldest ages out
+LOGIN_FAILURES_ALL = 30  # failed logins from all addresses together in that window
 PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
 ACTIONS = ("retry", "hold", "release", "delete")
@@ -93,11 +100,18 @@ def _now() -> float:
 
 
 class _Limiter:
-    """Failed logins per client address in a sliding window."""
+    """Failed logins in a sliding window, per client address and for the admin account.
 
-    def __init__(self, limit: int, window: float) -> None:
-        self.limit, self.window = limit, window
+    A login takes a failure slot before its password is checked (`reserve`) and gives it
+    back only when the password was right (`release`). So however many logins run at
+    once, no more than `limit` passwords per address, and `overall` in all, are checked
+    in any window: the rest are refused at once, without a check.
+    """
+
+    def __init__(self, limit: int, window: float, overall: int) -> None:
+        self.limit, self.window, self.overall = limit, window, overall
         self._failures: dict[str, deque[float]] = {}
+        self._all: deque[float] = deque()
         self._lock = threading.Lock()
 
     def _recent(self, key: str, now: float) -> deque[float]:
@@ -110,22 +124,77 @@ class _Limiter:
             del self._failures[key]
         return q
 
+    def _wait(self, key: str, now: float) -> float:
+        while self._all and self._all[0] <= now - self.window:
+            self._all.popleft()
+        q = self._recent(key, now)
+        wait = q[0] + self.window - now if len(q) >= self.limit else 0.0
+        if len(self._all) >= self.overall:
+            wait = max(wait, self._all[0] + self.window - now)
+        return wait
+
     def retry_after(self, key: str, now: float) -> float:
         """Seconds until this address may try again; 0 when it may now."""
         with self._lock:
-            q = self._recent(key, now)
-            return q[0] + self.window - now if len(q) >= self.limit else 0.0
+            return self._wait(key, now)
 
-    def fail(self, key: str, now: float) -> None:
+    def reserve(self, key: str, now: float) -> float:
+        """Take a failure slot for a password check: 0.0, or the seconds to wait."""
         with self._lock:
+            wait = self._wait(key, now)
+            if wait > 0:
+                return max(wait, 1.0)
             if len(self._failures) > 10_000:  # many addresses: forget the stale ones
                 for k in list(self._failures):
                     self._recent(k, now)
             self._failures.setdefault(key, deque()).append(now)
+            self._all.append(now)
+            return 0.0
 
-    def reset(self, key: str) -> None:
+    def release(self, key: str, stamp: float) -> None:
+        """The password was right: give the slot back and forget the address's failures."""
         with self._lock:
             self._failures.pop(key, None)
+            with contextlib.suppress(ValueError):
+                self._all.remove(stamp)
+
+
+class _Sessions:
+    """The admin sessions that are open, by id, in the web process's memory.
+
+    The cookie is signed, but a copy of it works as well as the original. So each login
+    gets a random id, recorded here; logging out removes it, and a cookie whose id is not
+    here is refused. A restart forgets them all (everyone logs in again); setting the
+    password ends them all through the epoch (`_State.epoch`).
+    """
+
+    MAX_OPEN = 1000  # past this, the oldest session ends to make room
+
+    def __init__(self) -> None:
+        self._open: dict[str, float] = {}  # id -> login time, oldest first
+        self._lock = threading.Lock()
+
+    def open(self, now: float) -> str:
+        with self._lock:
+            for sid, at in list(self._open.items()):
+                if at + SESSION_MAX_AGE > now and len(self._open) < self.MAX_OPEN:
+                    break
+                del self._open[sid]
+            sid = secrets.token_urlsafe(24)
+            self._open[sid] = now
+            return sid
+
+    def is_open(self, sid: object, now: float) -> bool:
+        if not isinstance(sid, str):
+            return False
+        with self._lock:
+            at = self._open.get(sid)
+        return at is not None and now < at + SESSION_MAX_AGE
+
+    def close(self, sid: object) -> None:
+        if isinstance(sid, str):
+            with self._lock:
+                self._open.pop(sid, None)
 
 
 @dataclass
@@ -133,6 +202,7 @@ class _State:
     limiter: _Limiter
     tokens: TokenStore
     secret_path: Path
+    sessions: _Sessions = field(default_factory=_Sessions)
     _epoch: tuple[tuple[int, int] | None, str] = (None, "")
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -165,7 +235,7 @@ def _state(request: Request) -> _State:
     if state is None:
         ctx = _ctx(request)
         state = _State(
-            limiter=_Limiter(LOGIN_FAILURES, LOGIN_WINDOW),
+            limiter=_Limiter(LOGIN_FAILURES, LOGIN_WINDOW, LOGIN_FAILURES_ALL),
             tokens=TokenStore(ctx.config.data_dir),
             secret_path=ctx.auth.path,
         )
@@ -192,6 +262,7 @@ def _logged_in(request: Request) -> bool:
         and at - 60 <= now < at + SESSION_MAX_AGE
         and isinstance(session.get("epoch"), str)
         and hmac.compare_digest(session["epoch"], _state(request).epoch())
+        and _state(request).sessions.is_open(session.get("sid"), now)
     )
     if not ok:
         session.clear()
@@ -327,6 +398,7 @@ def _static_version(name: str) -> str:
 
 
 ADMIN_CSS_URL = f"/static/admin.css?v={_static_version('admin.css')}"
+ADMIN_JS_URL = f"/static/admin.js?v={_static_version('admin.js')}"
 
 _FMT: dict[str, Any] = {
     "when": _when, "iso": _iso, "ago": _ago, "size": _size, "code_url": code_url,
@@ -343,6 +415,7 @@ def _render(request: Request, name: str, context: dict[str, Any],
         "flash": request.session.pop("flash", None) if logged_in else None,
         "now": _now(),
         "admin_css": ADMIN_CSS_URL,
+        "admin_js": ADMIN_JS_URL,
         "page_id": "",
         **_FMT,
         **context,
@@ -678,15 +751,20 @@ def _login_form(request: Request, error: str | None = None, status: int = 200,
     }, status, headers)
 
 
+def _too_many(request: Request, wait: float, back: object = None) -> Response:
+    minutes = max(1, math.ceil(wait / 60))
+    return _login_form(
+        request, f"Too many failed logins: try again in {minutes} "
+        f"minute{'s' if minutes != 1 else ''}.", 429, {"Retry-After": str(math.ceil(wait))},
+        next_url=back)
+
+
 async def login_submit(request: Request) -> Response:
-    ctx, state = _ctx(request), _state(request)
+    state = _state(request)
     client = _client(request)
     wait = state.limiter.retry_after(client, _now())
     if wait > 0:
-        minutes = max(1, math.ceil(wait / 60))
-        return _login_form(
-            request, f"Too many failed logins from your address: try again in {minutes} "
-            f"minute{'s' if minutes != 1 else ''}.", 429, {"Retry-After": str(math.ceil(wait))})
+        return _too_many(request, wait)
     form = await _form(request)
     if form is None:
         return _login_form(request, "The form could not be read; try again.", 400)
@@ -697,18 +775,21 @@ async def login_submit(request: Request) -> Response:
     password = form.get("password")
     if not isinstance(password, str) or not password:
         return _login_form(request, "Enter the admin password.", 400, next_url=back)
-    if len(password) > 1024:
-        ok = False
-    else:
-        ok = await ctx.run(ctx.auth.verify, password)
+    # Take the failure slot first, check the password after: parallel logins cannot
+    # all pass the limit while the first ones are still being checked.
+    stamp = _now()
+    wait = state.limiter.reserve(client, stamp)
+    if wait > 0:
+        return _too_many(request, wait, back)
+    ok = len(password) <= 1024 and await hashing.check(_ctx(request).auth.verify, password)
     if not ok:
-        state.limiter.fail(client, _now())
         return _login_form(request, "Wrong password.", 401, next_url=back)
-    state.limiter.reset(client)
+    state.limiter.release(client, stamp)
     target = _safe_next(form.get("next"))
     request.session.clear()  # a fresh session: nothing from before the login carries over
     request.session.update({
         "admin": True, "at": _now(), "epoch": state.epoch(), "csrf": secrets.token_urlsafe(24),
+        "sid": state.sessions.open(_now()),
     })
     return RedirectResponse(target, status_code=303)
 
@@ -719,6 +800,7 @@ async def logout(request: Request) -> Response:
     if _logged_in(request) and _csrf_error(request, token) is not None:
         return _error_page(request, 403, "Not logged out",
                            _csrf_error(request, token) or "")
+    _state(request).sessions.close(request.session.get("sid"))  # copies of the cookie too
     request.session.clear()
     return RedirectResponse("/admin/login", status_code=303)
 

@@ -3,7 +3,8 @@
 The public part (`web/public.py`) is the reply-code reference; the admin part
 (`web/admin.py`) is the queue, behind a login; `/api/...` mirrors both as JSON with an
 OpenAPI schema (`web/openapi.py`); `/metrics` is Prometheus text. Pages are server-
-rendered Jinja2 templates with a little plain JavaScript at most.
+rendered Jinja2 templates with a little plain JavaScript at most, from /static only (the
+Content-Security-Policy of `web/security.py` allows nothing inline).
 """
 
 from __future__ import annotations
@@ -21,10 +22,12 @@ from starlette.middleware.sessions import SessionMiddleware
 from starlette.routing import BaseRoute, Mount
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
+from starlette.types import ASGIApp
 
 from mailgate.config import Config
 from mailgate.queue import Queue
 from mailgate.web.auth import AdminAuth
+from mailgate.web.security import HostCheck, Shield
 
 __all__ = ["WebContext", "create_app", "templates"]
 
@@ -52,6 +55,16 @@ class WebContext:
         return await asyncio.to_thread(fn, *args)
 
 
+class _App(Starlette):
+    """Starlette with `Shield` (Host check, security headers) outside everything, so
+    that even its last-resort error pages carry the headers."""
+
+    hosts: HostCheck
+
+    def build_middleware_stack(self) -> ASGIApp:
+        return Shield(super().build_middleware_stack(), self.hosts)
+
+
 def create_app(ctx: WebContext) -> Starlette:
     from mailgate.web import admin, metrics, openapi, public
 
@@ -62,7 +75,7 @@ def create_app(ctx: WebContext) -> Starlette:
         *metrics.routes(),
         Mount("/static", app=StaticFiles(directory=str(HERE / "static")), name="static"),
     ]
-    app = Starlette(
+    app = _App(
         routes=routes,
         middleware=[
             Middleware(SessionMiddleware, secret_key=ctx.auth.session_secret,
@@ -71,5 +84,6 @@ def create_app(ctx: WebContext) -> Starlette:
         ],
         exception_handlers=public.exception_handlers(),
     )
+    app.hosts = HostCheck(ctx.config)
     app.state.ctx = ctx
     return app
