@@ -27,7 +27,6 @@ import logging
 import ssl
 import time
 from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import cast
@@ -37,6 +36,7 @@ from mailgate.codes.reply import Reply
 from mailgate.config import Config, Listener
 from mailgate.queue import NewMessage, NewRecipient, QueueFull, new_queue_id
 from mailgate.queue.spool import SpoolFile
+from mailgate.server import hashing
 from mailgate.server.policy import AUTH_TOO_MANY, ConnectionInfo, Policy
 from mailgate.smtp import replies
 from mailgate.smtp.server import (
@@ -72,9 +72,6 @@ TOO_MANY_HOPS = Reply.make(554, "5.4.6", "Too many hops: the message has passed 
                                          "many mail servers, probably a mail loop")
 SPOOL_FAILED = Reply.make(452, "4.3.1", "Insufficient system storage, try again later")
 STRESS = 0.8  # share of limits.connections from which the stress timeouts apply
-# Password checks (scrypt) run here, never in the default executor that delivery uses:
-# a burst of AUTH attempts must not stall anything else.
-_PASSWORDS = ThreadPoolExecutor(max_workers=2, thread_name_prefix="mailgate-password")
 
 Enqueue = Callable[[NewMessage], Awaitable[str]]
 
@@ -593,8 +590,9 @@ class SMTPConnection(asyncio.Protocol):
             metrics.auth_refused()
             return AUTH_TOO_MANY
         try:
-            ok = await asyncio.get_running_loop().run_in_executor(
-                _PASSWORDS, policy.check_password, ev)
+            # The password pool, never the default executor that delivery uses: a burst
+            # of AUTH attempts must not stall anything else (server/hashing.py).
+            ok = await hashing.check(policy.check_password, ev)
         except BaseException:
             policy.auth_release(reservation)  # our failure, not the client's
             raise
