@@ -38,10 +38,12 @@ Memory: before the load, one small message goes through (imports, caches, the
 delivery path), then the baseline is the median VmRSS of the server's whole process
 tree (the main process and every descendant, from /proc/PID/status) over a second.
 During the run VmRSS is sampled every `--interval` (50 ms), and PSS (smaps_rollup)
-every 4th sample, until every accepted message is delivered; reported are the peak
-while receiving, the peak until delivered, and what stays after delivery. Summed RSS
-counts shared pages once per process, which weighs heavily on Postfix's 100 smtpd and
-cleanup processes: PSS shares them out, and is the fairer figure across designs.
+every `--pss-interval` (250 ms) in another thread, both by a process of its own (so the
+load generator's threads cannot hold it up), until every accepted message is
+delivered; reported are the peak while receiving, the peak until delivered, and what
+stays after delivery. Summed RSS counts shared pages once per process, which weighs
+heavily on Postfix's 100 smtpd and 100 cleanup processes: PSS shares them out, and is
+the fairer figure across designs.
 
 Counted: the 250s after DATA, and the messages delivered (Maildir files, or aiosmtpd's
 files), complete ones being at least as large as the body sent (its CRLFs counted as
@@ -88,6 +90,7 @@ from server import (
     _postconf_default,
     _terminate,
     become_subreaper,
+    descendants,
     fs_type,
     machine,
     memory,
@@ -277,32 +280,72 @@ def vmrss(pid: int) -> int:
     return 0  # gone, or a zombie (no VmRSS line)
 
 
-class Sampler(threading.Thread):
-    """VmRSS of the server's process tree every `interval`, PSS every `pss_every`th."""
+def sample(root: int, interval: float, pss_interval: float, out: Path) -> None:
+    """The sampler process: lines `R time rss processes` every `interval` and `P time
+    pss` every `pss_interval` (two threads, so slow smaps_rollup reads of hundreds of
+    processes never delay the RSS samples) into `out`, until SIGTERM. A process of its
+    own, so the load generator's threads do not hold it up."""
+    with contextlib.suppress(OSError):
+        os.nice(-10)  # root: ahead of the load it measures
+    halt = threading.Event()
+    lock = threading.Lock()
+    signal.signal(signal.SIGTERM, lambda *_: halt.set())
 
-    def __init__(self, server: Server, interval: float, pss_every: int = 4) -> None:
-        super().__init__(daemon=True)
-        self.server = server
-        self.interval = interval
-        self.pss_every = pss_every
+    with out.open("w", buffering=1) as f:
+
+        def write(line: str) -> None:
+            with lock:
+                f.write(line)
+
+        def pss_loop() -> None:
+            while not halt.is_set():
+                now = time.monotonic()
+                write(f"P {now:.4f} {memory([root, *descendants(root)])[1]}\n")
+                halt.wait(max(0.0, pss_interval - (time.monotonic() - now)))
+
+        thread = threading.Thread(target=pss_loop, daemon=True)
+        thread.start()
+        while not halt.is_set():
+            now = time.monotonic()
+            pids = [root, *descendants(root)]
+            write(f"R {now:.4f} {sum(vmrss(p) for p in pids)} {len(pids)}\n")
+            halt.wait(max(0.0, interval - (time.monotonic() - now)))
+        thread.join(10)
+
+
+class Sampler:
+    """Runs `sample()` in its own process on the server's process tree and reads what it
+    wrote (times are CLOCK_MONOTONIC, the same in every process)."""
+
+    def __init__(self, runner: Runner, server: Server, interval: float,
+                 pss_interval: float) -> None:
+        pids = server.pids()
+        if not pids:
+            raise HarnessError(f"{server.label} is not running")
+        self.runner = runner
+        self.file = server.dir / "samples.txt"
+        self.proc = runner.spawn(
+            [sys.executable, str(Path(__file__).resolve()), "--sample", str(pids[0]),
+             str(interval), str(pss_interval), str(self.file)], server.dir / "sampler.log")
         self.rss: list[tuple[float, int, int]] = []  # (time, bytes, processes)
         self.pss: list[tuple[float, int]] = []
-        self.halt = threading.Event()
 
-    def run(self) -> None:
-        i = 0
-        while not self.halt.is_set():
-            now = time.monotonic()
-            pids = self.server.pids()
-            self.rss.append((now, sum(vmrss(p) for p in pids), len(pids)))
-            if i % self.pss_every == 0:
-                self.pss.append((now, memory(pids)[1]))
-            i += 1
-            self.halt.wait(max(0.0, self.interval - (time.monotonic() - now)))
+    def read(self) -> None:
+        self.rss, self.pss = [], []
+        with contextlib.suppress(FileNotFoundError), self.file.open() as f:
+            for line in f:
+                parts = line.split()
+                if not line.endswith("\n"):
+                    break  # being written
+                if parts[0] == "R" and len(parts) == 4:
+                    self.rss.append((float(parts[1]), int(parts[2]), int(parts[3])))
+                elif parts[0] == "P" and len(parts) == 3:
+                    self.pss.append((float(parts[1]), int(parts[2])))
 
     def stop(self) -> None:
-        self.halt.set()
-        self.join(10)
+        if self.proc.poll() is None:
+            self.runner.stop_proc(self.proc, grace=15.0)
+        self.read()
 
     def peak(self, start: float, end: float) -> tuple[int, int]:
         """(peak RSS, peak PSS) between two monotonic times."""
@@ -311,6 +354,7 @@ class Sampler(threading.Thread):
         return max(rss, default=0), max(pss, default=0)
 
     def median(self, start: float, end: float) -> tuple[int, int]:
+        self.read()
         rss = [r for t, r, _ in self.rss if start <= t <= end]
         pss = [p for t, p in self.pss if start <= t <= end]
         return (int(statistics.median(rss)) if rss else 0,
@@ -319,9 +363,11 @@ class Sampler(threading.Thread):
     def processes(self, start: float, end: float) -> int:
         return max((n for t, _, n in self.rss if start <= t <= end), default=0)
 
-    def largest_gap(self) -> float:
-        times = [t for t, _, _ in self.rss]
-        return max((b - a for a, b in itertools.pairwise(times)), default=0.0)
+    def largest_gap(self) -> tuple[float, float]:
+        """The longest time between two RSS samples, and between two PSS samples."""
+        def gap(times: list[float]) -> float:
+            return max((b - a for a, b in itertools.pairwise(times)), default=0.0)
+        return gap([t for t, _, _ in self.rss]), gap([t for t, _ in self.pss])
 
 
 # --------------------------------------------------------------------------- servers
@@ -459,6 +505,7 @@ class Result:
     deliver_seconds: float | None = None  # barrier to the last delivery
     samples: int = 0
     gap: float = 0.0
+    pss_gap: float = 0.0
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -496,8 +543,7 @@ def measure(runner: Runner, name: str, body: bytes, args: argparse.Namespace) ->
             raise HarnessError(f"the warm-up message was refused: {warm.error}")
         wait_delivered(server, 1, 0, time.monotonic() + 60)
         warm_files = delivered(server, 0)[0]
-        sampler = Sampler(server, args.interval)
-        sampler.start()
+        sampler = Sampler(runner, server, args.interval, args.pss_interval)
         time.sleep(1.0)
         t0 = time.monotonic()
         time.sleep(1.0)
@@ -539,11 +585,13 @@ def measure(runner: Runner, name: str, body: bytes, args: argparse.Namespace) ->
         time.sleep(1.0)
         result.rss_after, result.pss_after = sampler.median(t1, time.monotonic())
         sampler.stop()
-        result.rss_peak_recv, result.pss_peak_recv = sampler.peak(released, received)
+        # Receiving: from the barrier to the sample just after the last reply.
+        result.rss_peak_recv, result.pss_peak_recv = sampler.peak(
+            released, received + 2 * args.interval)
         result.rss_peak, result.pss_peak = sampler.peak(t0, done)
         result.procs_peak = sampler.processes(t0, done)
         result.samples = len(sampler.rss)
-        result.gap = sampler.largest_gap()
+        result.gap, result.pss_gap = sampler.largest_gap()
         print(f"   RSS {mib(result.rss_base)} → peak {mib(result.rss_peak)} (+"
               f"{mib(result.rise)}), PSS +{mib(result.pss_rise)}; delivered "
               f"{result.complete}/{result.accepted}"
@@ -582,9 +630,10 @@ def results_table(results: Sequence[Result]) -> list[str]:
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in results:
         deliv = "–" if r.complete is None else f"{r.complete}/{r.clients}"
+        recv = mib(r.rss_peak_recv) if r.rss_peak_recv else "–"
         lines.append(
             f"| {r.label} | {r.accepted}/{r.clients} | {deliv} | {r.procs_base} → "
-            f"{r.procs_peak} | {mib(r.rss_base)} | {mib(r.rss_peak_recv)} | "
+            f"{r.procs_peak} | {mib(r.rss_base)} | {recv} | "
             f"{mib(r.rss_peak)} | **{mib(r.rise)}** | {mib(r.pss_rise)} | "
             f"{mib(r.rss_after)} | {secs(r.recv_seconds)} | {secs(r.deliver_seconds)} |")
     return lines
@@ -649,7 +698,8 @@ def report(results: Sequence[Result], args: argparse.Namespace, started: datetim
         "(multipart/mixed, base64 attachment, 76-character lines, CRLF); all DATA "
         "commands start together",
         f"- memory: VmRSS of the server's process tree every {args.interval * 1000:g} ms "
-        "(PSS every 4th sample), baseline the median over 1 s after a warm-up message; "
+        f"(PSS every {args.pss_interval * 1000:g} ms), in a process of its own; "
+        "baseline the median over 1 s after a warm-up message; "
         "peak until the last message is delivered; 'after' is the median 1 s after that",
         "- mailgate: " + "; ".join(
             [f"untagged rows from {where(REPO / 'src')}"]
@@ -679,7 +729,8 @@ def report(results: Sequence[Result], args: argparse.Namespace, started: datetim
         "",
     ]
     for r in results:
-        bits = [f"{r.samples} samples, largest gap {r.gap * 1000:.0f} ms"]
+        bits = [f"{r.samples} RSS samples, largest gap {r.gap * 1000:.0f} ms (PSS: "
+                f"{r.pss_gap * 1000:.0f} ms)"]
         bits += [f"refused/failed: {e}" for e in r.errors[:5]]
         if r.delivered is not None and r.delivered != r.complete:
             bits.append(f"{r.delivered} files in the mailbox, {r.complete} complete")
@@ -710,6 +761,9 @@ def main() -> int:
                         help="the whole load's limit, seconds (then connections are cut)")
     parser.add_argument("--deliver-timeout", type=float, default=600.0,
                         help="seconds to wait for delivery after the load")
+    parser.add_argument("--pss-interval", type=float, default=0.25,
+                        help="PSS sampling period (smaps_rollup is slower to read)")
+    parser.add_argument("--sample", nargs=4, help=argparse.SUPPRESS)
     parser.add_argument("--log-level", default="info", help="mailgate [log] level")
     parser.add_argument("--dir", type=Path, default=None,
                         help="where the temporary directory goes (not tmpfs: gigabytes)")
@@ -717,6 +771,10 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=None,
                         help="report file (default bench/results/memory-YYYYMMDD.md)")
     args = parser.parse_args()
+    if args.sample:
+        root, interval, pss_interval, out = args.sample
+        sample(int(root), float(interval), float(pss_interval), Path(out))
+        return 0
     args.argv = sys.argv[1:]
     args.sources = {}
     try:
