@@ -40,10 +40,10 @@ tree (the main process and every descendant, from /proc/PID/status) over a secon
 During the run VmRSS is sampled every `--interval` (50 ms; the tree itself is found
 again every 4th sample), and PSS (smaps_rollup) every `--pss-interval` (250 ms) in
 another thread, both by a process of its own (so the load generator's threads cannot
-hold it up), until every accepted message is delivered; reported are the peak while receiving, the peak until delivered, and what
-stays after delivery. Summed RSS counts shared pages once per process, which weighs
-heavily on Postfix's 100 smtpd and 100 cleanup processes: PSS shares them out, and is
-the fairer figure across designs.
+hold it up), until every accepted message is delivered; reported are the peak while
+receiving, the peak until delivered, and what stays after delivery. Summed RSS counts
+shared pages once per process, which weighs heavily on Postfix's 100 smtpd and 100
+cleanup processes: PSS shares them out, and is the fairer figure across designs.
 
 Counted: the 250s after DATA, and the messages delivered (Maildir files, or aiosmtpd's
 files), complete ones being at least as large as the body sent (its CRLFs counted as
