@@ -371,8 +371,11 @@ class MailgateServer(Server):
     """`python -m mailgate serve --config FILE` from this repository."""
 
     def __init__(self, runner: Runner, workers: int, mode: str, log_level: str,
-                 src: tuple[str, Path] | None = None) -> None:
+                 src: tuple[str, Path] | None = None, message_size: str | None = None
+                 ) -> None:
+        """`message_size`: `[limits] message_size` (the default when None)."""
         self.workers = workers
+        self.message_size = message_size
         self.mode = mode  # queue | maildir | relay
         self.name = f"mailgate-w{workers}" + ("" if mode == "queue" else f"-{mode}")
         what = {"queue": "queue only", "maildir": "+ Maildir delivery",
@@ -422,6 +425,7 @@ networks = ["127.0.0.0/8"]
 [limits]
 connections = 20000
 connections_per_ip = 20000
+{f'message_size = "{self.message_size}"' if self.message_size else ""}
 
 [policy]
 # No DNS on this machine's loopback benchmark (Postfix does none by default either).
@@ -512,9 +516,10 @@ class PostfixServer(Server):
     durable = "yes (queue files fsync'd)"
 
     def __init__(self, runner: Runner, sink: SinkServer | None = None,
-                 main_cf: str = "") -> None:
+                 main_cf: str = "", master_cf: str = "") -> None:
         """`sink`: relay to this running smtp-sink (left running at stop) instead of one
-        of its own; `main_cf`: more main.cf lines (settings not written below)."""
+        of its own; `main_cf`: more main.cf lines (settings not written below);
+        `master_cf`: more master.cf lines (services not listed below)."""
         super().__init__(runner)
         self.label = f"Postfix {postfix_version()} (relays to smtp-sink)"
         self.etc = self.dir / "etc"
@@ -524,6 +529,7 @@ class PostfixServer(Server):
         self.sink: SinkServer | None = sink
         self.own_sink = sink is None
         self.main_cf = main_cf
+        self.master_cf = master_cf
         self.started = False
 
     def _postfix(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -596,7 +602,7 @@ discard   unix  -       -       n       -       -       discard
 anvil     unix  -       -       n       -       1       anvil
 scache    unix  -       -       n       -       1       scache
 postlog   unix-dgram n  -       n       -       1       postlogd
-""")
+{self.master_cf}""")
         self._postfix("check")
         self._postfix("start")
         self.started = True
