@@ -7,6 +7,7 @@ foothold (or an old mistake) would, checking that nothing lands outside it.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -236,13 +237,32 @@ def test_an_unusable_data_dir_is_one_sentence_naming_it(tmp_path: Path, how: str
     assert_one_sentence(done, str(data), "not a directory")
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes in a 0500 directory anyway")
+@contextlib.contextmanager
+def unwritable(directory: Path) -> Iterator[int]:
+    """Make `directory` unwritable to this process; yield the errno a write then gets.
+
+    A mode of 0500 stops everyone but root; root (as tests and CI run here) is stopped
+    only by the immutable attribute (chattr +i), which gives EPERM instead of EACCES."""
+    if os.geteuid() != 0:
+        os.chmod(directory, 0o500)
+        try:
+            yield errno.EACCES
+        finally:
+            os.chmod(directory, 0o700)
+        return
+    made = subprocess.run(["chattr", "+i", str(directory)], capture_output=True, text=True,
+                          check=False)
+    if made.returncode != 0:
+        pytest.fail(f"as root, a directory is made unwritable with chattr +i: {made.stderr}")
+    try:
+        yield errno.EPERM
+    finally:
+        subprocess.run(["chattr", "-i", str(directory)], check=True)
+
+
 def test_a_data_dir_without_write_permission_is_one_sentence(tmp_path: Path) -> None:
     data = tmp_path / "data"
-    data.mkdir()
-    os.chmod(data, 0o500)
-    try:
+    data.mkdir(mode=0o700)
+    with unwritable(data) as refused:
         done = serve_process(tmp_path, data, free_port(), free_port())
-    finally:
-        os.chmod(data, 0o700)
-    assert_one_sentence(done, str(data), os.strerror(errno.EACCES))
+    assert_one_sentence(done, str(data), os.strerror(refused))
