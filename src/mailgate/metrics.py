@@ -38,6 +38,7 @@ imports nothing of the web stack, so the server, the engine and the resolver can
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import TypeVar
 
 from prometheus_client import (
     CollectorRegistry,
@@ -76,6 +77,7 @@ __all__ = [
 disable_created_metrics()  # type: ignore[no-untyped-call]
 
 REGISTRY = CollectorRegistry(auto_describe=True)
+K = TypeVar("K")
 
 CONNECTIONS_OPEN = Gauge(
     "mailgate_connections_open", "SMTP connections open now.", registry=REGISTRY)
@@ -162,6 +164,7 @@ _queue = {s.value: QUEUE.labels(s.value) for s in RecipientState}
 _outbound = {(level, tls): OUTBOUND.labels(level, "yes" if tls else "no")
              for level in TLS_LEVELS for tls in (True, False)}
 _notices = {k: NOTICES.labels(k) for k in NOTICE_KINDS}
+_refused_connections = {r: REFUSED_CONNECTIONS.labels(r) for r in ("limit", "per_ip", "shutdown")}
 _latency_observe = LATENCY.observe
 _worker_errors = {w: WORKER_ERRORS.labels(w) for w in WORKERS}
 _worker_restarts = {w: WORKER_RESTARTS.labels(w) for w in WORKERS}
@@ -170,6 +173,14 @@ _worker_restarts = {w: WORKER_RESTARTS.labels(w) for w in WORKERS}
 # start (a rate over a series that appears late misses its first increments).
 for _code in (220, 221, 250, 354, 421, 450, 451, 452, 500, 501, 502, 503, 550, 554, 556):
     _reply[_code] = REPLIES.labels(str(_code))
+
+
+def _count(children: Mapping[K, Counter], key: K) -> None:
+    """Increment the pre-bound child for `key`; an unknown key counts nowhere, so a
+    caller's typo cannot create series."""
+    child = children.get(key)
+    if child is not None:
+        child.inc()
 
 
 def connection_opened() -> None:
@@ -182,7 +193,7 @@ def connection_closed() -> None:
 
 
 def connection_refused(reason: str) -> None:
-    REFUSED_CONNECTIONS.labels(reason).inc()
+    _count(_refused_connections, reason)
 
 
 def connection_timeout() -> None:
@@ -237,30 +248,22 @@ def dns_lookup(result: str) -> None:
 
 def outbound_connection(level: str, tls: bool) -> None:
     """One outbound conversation ended; `tls` whether it ran encrypted."""
-    child = _outbound.get((level, tls))
-    if child is not None:
-        child.inc()
+    _count(_outbound, (level, tls))
 
 
 def notice(kind: str) -> None:
     """A DSN of `kind` (failure, delay, success) was queued for a sender."""
-    child = _notices.get(kind)
-    if child is not None:
-        child.inc()
+    _count(_notices, kind)
 
 
 def worker_error(worker: str) -> None:
     """A delivery worker (local, outbound) caught an unexpected error."""
-    child = _worker_errors.get(worker)
-    if child is not None:
-        child.inc()
+    _count(_worker_errors, worker)
 
 
 def worker_restart(worker: str) -> None:
     """A delivery task (local, outbound) ended unexpectedly and is restarted."""
-    child = _worker_restarts.get(worker)
-    if child is not None:
-        child.inc()
+    _count(_worker_restarts, worker)
 
 
 def set_queue_counts(counts: Mapping[str, int]) -> None:
