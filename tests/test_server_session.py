@@ -40,6 +40,17 @@ def assert_well_formed(out: bytes) -> None:
         assert REPLY_LINE.match(line), line
 
 
+def answers(setup: bytes, data: bytes) -> bytes:
+    """A fresh session fed `setup`, then `data`: the replies to `data`, checked to be
+    well-formed reply lines."""
+    s = ServerSession(CONFIG)
+    s.greet()
+    drive(s, setup)
+    out = drive(s, data)
+    assert_well_formed(out)
+    return out
+
+
 commands = st.sampled_from([
     b"EHLO c.test", b"HELO c.test", b"MAIL FROM:<a@b.test>", b"MAIL FROM:<>", b"RCPT TO:<x@y.test>",
     b"RCPT TO:<postmaster>", b"DATA", b"RSET", b"NOOP", b"VRFY x", b"EXPN x", b"HELP", b"QUIT",
@@ -176,11 +187,8 @@ def test_timeout_and_idle_shutdown() -> None:
 # (ReplyError escaped the session: the connection died without an answer), and NUL or
 # other control characters went back on the wire and into logs.
 def test_cr_in_an_address_literal_gets_a_501_not_an_exception() -> None:
-    s = ServerSession(CONFIG)
-    s.greet()
-    drive(s, b"EHLO c.test\r\nMAIL FROM:<a@b.test>\r\n")
-    out = drive(s, b"RCPT TO:<a@[IPv6:\r]>\r\nMAIL FROM:<x@[IPv6:1\r2]>\r\nNOOP\r\n")
-    assert_well_formed(out)
+    out = answers(b"EHLO c.test\r\nMAIL FROM:<a@b.test>\r\n",
+                  b"RCPT TO:<a@[IPv6:\r]>\r\nMAIL FROM:<x@[IPv6:1\r2]>\r\nNOOP\r\n")
     lines = out.split(b"\r\n")
     assert lines[0].startswith(b"501 5.1.3") and b"\\x0d" in lines[0]
     assert lines[1].startswith(b"503 5.5.1")  # nested MAIL: the session goes on
@@ -188,11 +196,8 @@ def test_cr_in_an_address_literal_gets_a_501_not_an_exception() -> None:
 
 
 def test_control_characters_of_an_address_are_not_reflected() -> None:
-    s = ServerSession(CONFIG)
-    s.greet()
-    drive(s, b"EHLO c.test\r\n")
-    out = drive(s, b"MAIL FROM:<a@[1\x00\x1b[31m.2]>\r\nMAIL FROM:<a@[1\xc2\x85.2]> SMTPUTF8\r\n")
-    assert_well_formed(out)
+    out = answers(b"EHLO c.test\r\n",
+                  b"MAIL FROM:<a@[1\x00\x1b[31m.2]>\r\nMAIL FROM:<a@[1\xc2\x85.2]> SMTPUTF8\r\n")
     assert out.count(b"501 5.1.7") == 2
     assert b"\x00" not in out and b"\x1b" not in out and b"\xc2\x85" not in out
     assert b"\\x00\\x1b[31m" in out and b"\\x85" in out
