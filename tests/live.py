@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,7 +26,7 @@ from mailgate.server.listener import SMTPServer
 from mailgate.server.policy import Policy
 from mailgate.server.users import UserDB
 
-__all__ = ["LiveServer", "live_config", "live_server"]
+__all__ = ["LiveServer", "live_config", "live_server", "mailgate_cli"]
 
 
 def live_config(data_dir: Path, **changes: Any) -> Config:
@@ -107,3 +109,14 @@ class LiveServer:
 def live_server(tmp_path: Path) -> Iterator[LiveServer]:
     with LiveServer(live_config(tmp_path / "data")) as srv:
         yield srv
+
+
+def mailgate_cli(data_dir: Path, *args: str, input: str | None = None,
+                 ) -> subprocess.CompletedProcess[str]:
+    """`python -m mailgate ARGS --config FILE` as an administrator runs it, FILE naming
+    only `data_dir` (written beside it); the caller checks the exit status."""
+    config = data_dir.parent / f"{data_dir.name}-cli.toml"
+    config.write_text(f'data_dir = "{data_dir}"\n')
+    return subprocess.run([sys.executable, "-m", "mailgate", *args, "--config", str(config)],
+                          input=input, capture_output=True, text=True, timeout=60,
+                          check=False)

@@ -32,6 +32,7 @@ from mailgate.web import admin
 from mailgate.web.app import SESSION_MAX_AGE, WebContext, create_app
 from mailgate.web.auth import AdminAuth
 from mailgate.web.tokens import TokenStore
+from tests.live import mailgate_cli
 
 # Starlette's test client (and schemathesis on the ASGI app) sends "Host: testserver".
 TESTSERVER = WebConfig(allowed_hosts=("testserver",))
@@ -231,15 +232,11 @@ def test_session_expires_after_eight_hours(env: Env, monkeypatch: pytest.MonkeyP
     assert env.client.get("/api/stats").status_code == 401
 
 
-def test_set_password_cli_ends_every_session(env: Env, tmp_path: Path) -> None:
+def test_set_password_cli_ends_every_session(env: Env) -> None:
     env.login()
     assert env.client.get("/admin").status_code == 200
-    conf = tmp_path / "mailgate.toml"
-    conf.write_text(f'data_dir = "{env.data_dir}"\n')
-    run = subprocess.run(
-        [sys.executable, "-m", "mailgate", "admin", "set-password", "--config", str(conf),
-         "--password-stdin"], input="a new password\n", capture_output=True, text=True,
-        timeout=60, check=False)
+    run = mailgate_cli(env.data_dir, "admin", "set-password", "--password-stdin",
+                       input="a new password\n")
     assert run.returncode == 0, run.stderr
     assert "password set" in run.stdout
     _login_location(env.client.get("/admin", follow_redirects=False))
@@ -247,10 +244,8 @@ def test_set_password_cli_ends_every_session(env: Env, tmp_path: Path) -> None:
                                               "csrf": env.csrf("/admin/login")})
     assert r.status_code == 401
     env.login("a new password")
-    short = subprocess.run(
-        [sys.executable, "-m", "mailgate", "admin", "set-password", "--config", str(conf),
-         "--password-stdin"], input="short\n", capture_output=True, text=True, timeout=60,
-        check=False)
+    short = mailgate_cli(env.data_dir, "admin", "set-password", "--password-stdin",
+                         input="short\n")
     assert short.returncode == 2 and "too short" in short.stderr
     assert env.client.get("/admin").status_code == 200
 

@@ -17,8 +17,6 @@ import http.client
 import logging
 import re
 import socket
-import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -32,7 +30,7 @@ import pytest
 
 from mailgate.config import WebConfig
 from mailgate.web.auth import AdminAuth
-from tests.live import LiveServer
+from tests.live import LiveServer, mailgate_cli
 from tests.smtpwire import loopback_config, wait_until
 
 PASSWORD = "correct horse battery"
@@ -240,16 +238,12 @@ def test_a_cookie_copied_before_logout_no_longer_works(web: Web) -> None:
     assert login(web.port, source) != cookie
 
 
-def test_setting_the_password_ends_every_session(own_web: Web, tmp_path: Path) -> None:
+def test_setting_the_password_ends_every_session(own_web: Web) -> None:
     cookies = [login(own_web.port, "127.0.0.52"), login(own_web.port, "127.0.0.53")]
     for c in cookies:
         assert call(own_web.port, "GET", "/admin", cookie=c).status == 200
-    conf = tmp_path / "mailgate.toml"
-    conf.write_text(f'data_dir = "{own_web.data_dir}"\n')
-    run = subprocess.run(
-        [sys.executable, "-m", "mailgate", "admin", "set-password", "--config", str(conf),
-         "--password-stdin"], input="a new password\n", capture_output=True, text=True,
-        timeout=60, check=False)
+    run = mailgate_cli(own_web.data_dir, "admin", "set-password", "--password-stdin",
+                       input="a new password\n")
     assert run.returncode == 0, run.stderr
     for c in cookies:
         r = call(own_web.port, "GET", "/admin", cookie=c)
