@@ -67,7 +67,6 @@ from pathlib import Path
 from server import (
     HOST,
     POSTFIX,
-    REPO,
     SMTP_SINK,
     SMTP_SOURCE,
     ForeignLoad,
@@ -80,8 +79,8 @@ from server import (
     become_subreaper,
     fs_type,
     machine,
+    run_and_report,
     wait_quiet,
-    write_report,
 )
 
 import mailgate
@@ -636,7 +635,8 @@ def main() -> int:
     if kind.startswith("tmpfs"):
         print("warning: tmpfs makes fsync free; use --dir on a disk", file=sys.stderr)
     rows: dict[str, list[Run]] = {}
-    try:
+
+    def measure() -> str:
         sink = SinkServer(runner, name="smtp-sink")
         runner.servers.append(sink)
         sink.start()
@@ -663,14 +663,9 @@ def main() -> int:
                     run = Run("postfix", postfix.server.label, error=str(exc))
                 rows.setdefault("postfix", []).append(run)
                 _show(run)
-        text = report(rows, args, started, time.monotonic() - t0, runner.root)
-    except KeyboardInterrupt:
-        print("\ninterrupted: stopping every process", file=sys.stderr)
-        return 130
-    finally:
-        runner.cleanup()
-    write_report(text, args.out or REPO / "bench" / "results" / f"delivery-{started:%Y%m%d}.md")
-    return 0
+        return report(rows, args, started, time.monotonic() - t0, runner.root)
+
+    return run_and_report(runner, measure, args.out, "delivery", started)
 
 
 def _show(run: Run) -> None:

@@ -95,7 +95,7 @@ from server import (
     machine,
     memory,
     postfix_version,
-    write_report,
+    run_and_report,
 )
 
 MIB = 1 << 20
@@ -807,18 +807,12 @@ def main() -> int:
     body = make_body(int(args.mib * MIB))
     runner = Runner(args.dir, args.keep)
     print(f"working in {runner.root} ({fs_type(runner.root)})", file=sys.stderr)
-    results = []
-    try:
-        for name in names:
-            results.append(measure(runner, name, body, args))
-        text = report(results, args, started, time.monotonic() - t0, runner.root)
-    except KeyboardInterrupt:
-        print("\ninterrupted: stopping every server", file=sys.stderr)
-        return 130
-    finally:
-        runner.cleanup()
-    write_report(text, args.out or REPO / "bench" / "results" / f"memory-{started:%Y%m%d}.md")
-    return 0
+
+    def measure_all() -> str:
+        results = [measure(runner, name, body, args) for name in names]
+        return report(results, args, started, time.monotonic() - t0, runner.root)
+
+    return run_and_report(runner, measure_all, args.out, "memory", started)
 
 
 if __name__ == "__main__":

@@ -1434,16 +1434,28 @@ def main() -> int:
     print(f"working in {runner.root} ({kind})", file=sys.stderr)
     if kind.startswith("tmpfs"):
         print("warning: tmpfs makes fsync free; use --dir on a disk", file=sys.stderr)
-    try:
+
+    def measure() -> str:
         rows = bench_throughput(runner, names, args)
         idle = bench_idle(runner, idle_names, args) if args.idle > 0 else []
-        text = report(rows, idle, args, started, time.monotonic() - t0, runner.root)
+        return report(rows, idle, args, started, time.monotonic() - t0, runner.root)
+
+    return run_and_report(runner, measure, args.out, "server", started)
+
+
+def run_and_report(runner: Runner, measure: Callable[[], str], out: Path | None, kind: str,
+                   started: datetime.datetime) -> int:
+    """Every benchmark's end: `measure()` (which returns the report's text), every server
+    stopped and the working folder removed whatever happens, then the report written to
+    `out` or bench/results/KIND-DATE.md. Exit status: 0, or 130 after Ctrl-C."""
+    try:
+        text = measure()
     except KeyboardInterrupt:
         print("\ninterrupted: stopping every server", file=sys.stderr)
         return 130
     finally:
         runner.cleanup()
-    write_report(text, args.out or REPO / "bench" / "results" / f"server-{started:%Y%m%d}.md")
+    write_report(text, out or REPO / "bench" / "results" / f"{kind}-{started:%Y%m%d}.md")
     return 0
 
 
