@@ -76,6 +76,7 @@ from server import (
     SinkServer,
     _proc_table,
     _terminate,
+    add_run_arguments,
     become_subreaper,
     fs_type,
     machine,
@@ -602,11 +603,7 @@ def main() -> int:
                         help="a line for the report's header (what tree, what change)")
     parser.add_argument("--profile", type=Path, default=None,
                         help="cProfile mailgate's timed runs; .prof files go to this folder")
-    parser.add_argument("--dir", type=Path, default=None,
-                        help="where the temporary directory goes (not tmpfs)")
-    parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="report file (default bench/results/delivery-YYYYMMDD.md)")
+    add_run_arguments(parser, "delivery")
     args = parser.parse_args()
     args.argv = sys.argv[1:]
     servers = {s for s in args.servers.split(",") if s}

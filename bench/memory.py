@@ -89,6 +89,7 @@ from server import (
     Server,
     _postconf_default,
     _terminate,
+    add_run_arguments,
     become_subreaper,
     descendants,
     fs_type,
@@ -773,11 +774,7 @@ def main() -> int:
                         help="PSS sampling period (smaps_rollup is slower to read)")
     parser.add_argument("--sample", nargs=4, help=argparse.SUPPRESS)
     parser.add_argument("--log-level", default="info", help="mailgate [log] level")
-    parser.add_argument("--dir", type=Path, default=None,
-                        help="where the temporary directory goes (not tmpfs: gigabytes)")
-    parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="report file (default bench/results/memory-YYYYMMDD.md)")
+    add_run_arguments(parser, "memory", gigabytes=True)
     args = parser.parse_args()
     if args.sample:
         root, interval, pss_interval, out = args.sample

@@ -1382,11 +1382,7 @@ def main() -> int:
     parser.add_argument("--src", action="append", default=[], metavar="NAME=PATH",
                         help="another mailgate source tree (its src/ directory), measured "
                              "as servers named like mailgate-w1@NAME")
-    parser.add_argument("--dir", type=Path, default=None,
-                        help="where the temporary directory goes (not tmpfs)")
-    parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="report file (default bench/results/server-YYYYMMDD.md)")
+    add_run_arguments(parser, "server")
     parser.add_argument("--serve-aiosmtpd", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_aiosmtpd:
@@ -1441,6 +1437,17 @@ def main() -> int:
         return report(rows, idle, args, started, time.monotonic() - t0, runner.root)
 
     return run_and_report(runner, measure, args.out, "server", started)
+
+
+def add_run_arguments(parser: argparse.ArgumentParser, kind: str,
+                      gigabytes: bool = False) -> None:
+    """--dir, --keep and --out, as every benchmark takes them (see run_and_report)."""
+    where = "not tmpfs: gigabytes" if gigabytes else "not tmpfs"
+    parser.add_argument("--dir", type=Path, default=None,
+                        help=f"where the temporary directory goes ({where})")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    parser.add_argument("--out", type=Path, default=None,
+                        help=f"report file (default bench/results/{kind}-YYYYMMDD.md)")
 
 
 def run_and_report(runner: Runner, measure: Callable[[], str], out: Path | None, kind: str,
