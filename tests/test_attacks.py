@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from mailgate.config import Config, Delivery, Domains, Limits, Relay, Timeouts
-from mailgate.server.policy import Policy
+from mailgate.server.policy import ConnectionInfo, Policy
 from mailgate.server.users import UserDB
 from mailgate.smtp.server import AuthAttempt
 from tests.live import LiveServer, live_config
@@ -388,3 +388,18 @@ def test_a_big_message_streams_through_the_spool_byte_for_byte(tmp_path: Path) -
         (path,) = wait_for_files(srv.maildir / "localhost" / "big" / "new", 1)
         assert path.read_bytes().endswith(content)
         assert list((config.data_dir / "spool").iterdir()) == []  # removed once queued
+
+
+def test_user_names_a_stranger_tries_do_not_stay_in_memory(tmp_path: Path) -> None:
+    """Each AUTH attempt reserves a failure under the user name it gives; names whose
+    failures expired are swept, so a spray of made-up names cannot grow memory for good."""
+    policy = Policy(live_config(tmp_path / "data"), None, UserDB(tmp_path / "users.json"))
+    conn = ConnectionInfo(role="submission", ip="192.0.2.1", port=0)
+    window, sweep = Policy.AUTH_FAIL_WINDOW, Policy.AUTH_TABLE_SWEEP
+    for i in range(sweep + 1):
+        conn.ip = f"2001:db8::{i:x}"  # a spray from many addresses
+        assert policy.auth_reserve(conn, f"user{i}", now=float(i) / sweep) is not None
+    assert len(policy._user_fails) == sweep + 1  # nothing has expired yet
+    later = window + 10.0  # every failure so far has expired
+    assert policy.auth_reserve(conn, "one-more", now=later) is not None
+    assert len(policy._user_fails) == 1 and len(policy._auth_fails) <= 1

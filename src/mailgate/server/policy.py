@@ -88,6 +88,7 @@ class Policy:
     # (and so lets a stranger delay one user's logins for the window: documented)
     AUTH_FAILS_PER_USER = 30
     AUTH_FAIL_WINDOW = 600.0
+    AUTH_TABLE_SWEEP = 10_000  # keys in a failure table before expired ones are swept
 
     def __init__(self, config: Config, resolver: Resolver | None, users: UserDB) -> None:
         self.config = config
@@ -95,6 +96,7 @@ class Policy:
         self.users = users
         self._auth_fails: dict[str, deque[float]] = defaultdict(deque)
         self._user_fails: dict[str, deque[float]] = defaultdict(deque)
+        self._swept_at = float("-inf")
 
     # --- helpers ------------------------------------------------------------------
 
@@ -224,9 +226,22 @@ class Policy:
         if (self._count(self._auth_fails, conn.ip, now) >= self.AUTH_FAILS_PER_IP
                 or self._count(self._user_fails, user, now) >= self.AUTH_FAILS_PER_USER):
             return None
+        big = max(len(self._auth_fails), len(self._user_fails)) >= self.AUTH_TABLE_SWEEP
+        if big and now >= self._swept_at + self.AUTH_FAIL_WINDOW / 10:
+            self._swept_at = now  # at most one sweep (a walk of the tables) per minute
+            for table in (self._auth_fails, self._user_fails):
+                self._sweep(table, now)
         self._auth_fails[conn.ip].append(now)
         self._user_fails[user].append(now)
         return AuthReservation(conn.ip, user, now)
+
+    def _sweep(self, table: dict[str, deque[float]], now: float) -> None:
+        """Drop every key whose failures have all expired. A stranger names any user it
+        likes, so without this each name tried would stay in memory for good; with it the
+        tables hold at most what the attempt rate allows within one window."""
+        for key in [k for k, fails in table.items() if not fails or
+                    fails[-1] < now - self.AUTH_FAIL_WINDOW]:
+            del table[key]
 
     def auth_release(self, reservation: AuthReservation) -> None:
         """The password was right (or was never checked): the slot was no failure."""
