@@ -130,3 +130,32 @@ def test_arbitrary_input_never_raises_and_stays_bounded(chunks: list[bytes], mod
         if rest is not None:
             assert b"\r\n.\r\n" in b"\r\n" + b"".join(chunks)
             break
+
+
+pieces = st.lists(st.one_of(
+    st.sampled_from([b"\r\n", b"\n", b"\r", b".", b"..", b"\r\n.", b"\n."]),
+    st.binary(max_size=40), st.just(b"x" * 97)), max_size=30)
+
+
+@settings(max_examples=300)
+@given(pieces, st.lists(st.integers(1, 120), min_size=1, max_size=8),
+       st.sampled_from(["normalize", "reject"]))
+def test_where_chunks_end_never_changes_what_is_accepted(
+        parts: list[bytes], sizes: list[int], mode: str) -> None:
+    """Found by fuzzing: bare-LF lines were measured differently when a chunk ended among
+    them. Accepted or refused, content and what follows the end must not depend on it
+    (which refusal is given may)."""
+    data = b"".join(parts) + b"\r\n.\r\n"
+    whole = DataReader(3000, max_line=100, bare_newlines=mode)
+    content, rest = feed_all(whole, [data])
+    chunks, i, k = [], 0, 0
+    while i < len(data):
+        chunks.append(data[i : i + sizes[k % len(sizes)]])
+        i += sizes[k % len(sizes)]
+        k += 1
+    split = DataReader(3000, max_line=100, bare_newlines=mode)
+    content2, rest2 = feed_all(split, chunks)
+    assert (whole.error is None) == (split.error is None), (whole.error, split.error)
+    assert rest2 == rest
+    if whole.error is None:
+        assert content2 == content and split.size == whole.size

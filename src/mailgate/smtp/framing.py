@@ -66,14 +66,26 @@ class DataReader:
                 return (b"" if self.error is not None else content), buf[i + 5 :]
             dots.append(i + 2)
             i = find(b"\r\n.", i + 3)
+        # Take everything up to the last line end: a CRLF, or a bare LF (not a CR: its LF
+        # may be in the next chunk). A bare-LF line is a line too (normalized or refused
+        # later), so where the chunks happen to end cannot change what is accepted.
         cut = buf.rfind(b"\r\n")
+        lf = buf.rfind(b"\n")
+        if lf > cut + 1:
+            cut = lf
+            if i != -1 and i + 2 < lf:
+                # The "<CRLF>." the loop left undecided (too near the end to see whether
+                # a terminator follows) is followed by that LF: a stuffed dot, not an end.
+                dots.append(i + 2)
         content = b""
         if cut > 0:
-            content = self._take(buf, cut, dots)
+            content = self._take(buf, cut, dots, cr=buf[cut] == 13)
             buf = buf[cut:]
-        # The buffer is the CRLF before the unfinished line, then the line; a dot doubled
-        # for transparency does not count toward the limit (RFC 5321 4.5.3.1.6).
-        if len(buf) > self.max_line + 1 + (buf[2:3] == b"."):
+        # The buffer is the line end before the unfinished line (CRLF, or a bare LF), then
+        # the line; a dot doubled for transparency does not count toward the limit (RFC
+        # 5321 4.5.3.1.6), and after a bare LF no dot is undoubled.
+        end = 2 if buf[:2] == b"\r\n" else 1
+        if len(buf) > self.max_line - 1 + end + (end == 2 and buf[2:3] == b"."):
             # A line longer than the limit, its end not yet seen: refuse the message and
             # keep only the bytes that could begin the terminator, so memory stays bounded.
             self._fail(replies.DATA_LINE_TOO_LONG)
@@ -81,15 +93,16 @@ class DataReader:
         self._buf = buf
         return content, None
 
-    def _take(self, buf: bytes, upto: int, dots: list[int]) -> bytes:
-        """Content of `buf[:upto]` without the dots at `dots`; `buf` starts with a CRLF.
+    def _take(self, buf: bytes, upto: int, dots: list[int], cr: bool = True) -> bytes:
+        """Content of `buf[:upto]` without the dots at `dots`; `buf` starts with a line end.
+        `cr`: the line end at `upto` is a CRLF (else a bare LF, one octet shorter).
 
         Checks work on ranges of `buf` with C-level scans (translate, count, rfind), so
         the content is copied once.
         """
         if self.error is not None:
             return b""
-        if upto >= self.max_line - 1 and _has_long_line(buf, upto, self.max_line):
+        if upto >= self.max_line - 1 and _has_long_line(buf, upto, self.max_line, cr):
             self._fail(replies.DATA_LINE_TOO_LONG)
             return b""
         start = 2 if self._first else 0
@@ -124,8 +137,9 @@ class DataReader:
             self.error = reply
 
 
-def _has_long_line(buf: bytes, n: int, limit: int) -> bool:
-    """Does `buf[:n]` (followed by a CRLF) hold a line longer than `limit` with its CRLF?
+def _has_long_line(buf: bytes, n: int, limit: int, cr: bool = True) -> bool:
+    """Does `buf[:n]` (followed by a CRLF, or by a bare LF when not `cr`) hold a line
+    longer than `limit` with its line end?
 
     Jumps from line end to the last line end within reach: one `rfind` in C per
     `limit` octets, instead of one Python step per line.
@@ -133,11 +147,12 @@ def _has_long_line(buf: bytes, n: int, limit: int) -> bool:
     run = limit - 1  # octets before the LF (CR included) that already break the limit
     pos = 0
     rfind = buf.rfind
-    while n - pos + 1 > run:  # the rest, with the CR that follows it, may be too long
+    tail = 1 if cr else 0  # the CR of the line end after buf[:n]
+    while n - pos + tail > run:  # the rest, with the CR that may follow it, may be too long
         # A line after a CRLF that starts with a dot was dot-stuffed: RFC 5321 4.5.3.1.6
         # does not count the doubled dot, so such a line may be one octet longer.
         extra = 1 if pos >= 2 and buf[pos] == 46 and buf[pos - 2 : pos] == b"\r\n" else 0
-        if n - pos + 1 <= run + extra:
+        if n - pos + tail <= run + extra:
             return False
         nl = rfind(b"\n", pos, min(pos + run + 1 + extra, n))
         if nl == -1:
