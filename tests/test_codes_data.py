@@ -117,6 +117,25 @@ def test_languages_share_ui_keys_and_placeholders() -> None:
                     lang, section, k)
 
 
+@pytest.mark.parametrize("name", reg.WORD_FILES)
+def test_languages_share_word_keys_and_placeholders(name: str) -> None:
+    """web.toml, notices.toml, diagnostics.toml: every language has every English key,
+    with the same {placeholders}, and the same settings (mailgate does not fall back)."""
+    base_file = reg.word_file("en", name)
+    base = reg.words("en", name)
+    assert base
+    for lang in reg.languages():
+        other_file = reg.word_file(lang, name)
+        assert set(other_file) == set(base_file), (lang, name)
+        for k, v in base_file.items():
+            if k != "words":
+                assert type(other_file[k]) is type(v), (lang, name, k)
+        other = reg.words(lang, name)
+        assert set(other) == set(base), (lang, name, set(other) ^ set(base))
+        for k, v in base.items():
+            assert _placeholders(other[k]) == _placeholders(v), (lang, name, k)
+
+
 def test_chinese_prose_is_chinese() -> None:
     han = re.compile(r"[\u4e00-\u9fff]")
     for key, p in reg.prose("zh").items():

@@ -7,11 +7,14 @@ does not pay for the server or the web stack.
 from __future__ import annotations
 
 import os
+import re
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, NoReturn
 
 import click
+
+from mailgate.codes.registry import languages
 
 if TYPE_CHECKING:
     from mailgate.config import Config
@@ -22,11 +25,13 @@ EXIT_USAGE = 2
 
 
 def default_lang() -> str:
-    """`zh` when the locale says Chinese (LC_ALL, then LC_MESSAGES, then LANG), else `en`."""
+    """The language the locale names (LC_ALL, then LC_MESSAGES, then LANG) when the
+    knowledge base has it (`zh_CN.UTF-8` gives `zh`), else `en`."""
     for var in ("LC_ALL", "LC_MESSAGES", "LANG"):
         value = os.environ.get(var, "")
         if value:
-            return "zh" if value.lower().startswith("zh") else "en"
+            lang = re.split(r"[_.@-]", value.lower(), maxsplit=1)[0]
+            return lang if lang in languages() else "en"
     return "en"
 
 
@@ -38,7 +43,7 @@ def fail(message: str) -> NoReturn:
 
 _lang_option = click.option(
     "--lang",
-    type=click.Choice(["en", "zh"]),
+    type=click.Choice(languages()),
     default=None,
     help="Language of the explanation (default: from the locale; LANG=zh_CN.UTF-8 gives zh).",
 )

@@ -57,12 +57,16 @@ def _summary(e: Explanation, lang: str) -> str:
     )
 
 
+def _punctuation(lang: str) -> dict[str, str]:
+    return {k: str(v) for k, v in reg.ui(lang)["punctuation"].items()}
+
+
 def _join(items: list[str], lang: str) -> str:
-    if lang == "zh":
-        return "或".join(items)
+    """Alternatives: `a or b`, `a, b or c` (the words from ui.toml's [punctuation])."""
+    p = _punctuation(lang)
     if len(items) <= 2:
-        return " or ".join(items)
-    return ", ".join(items[:-1]) + " or " + items[-1]
+        return p["or"].join(items)
+    return p["list_sep"].join(items[:-1]) + p["or"] + items[-1]
 
 
 def _when_phrase(e: Explanation, lang: str) -> str:
@@ -87,13 +91,14 @@ def _client_action(e: Explanation, lang: str) -> str:
 def _fix_phrase(e: Explanation, lang: str) -> str:
     if e.outcome == "success":
         return _t(lang, "nothing_to_fix")
-    sep = "" if lang == "zh" else " "
+    sep = _punctuation(lang)["sentence_sep"]
     return f"{_t(lang, 'needs_action')}{sep}{_first_sentence(e.fix, lang)}"
 
 
 def _first_sentence(text: str, lang: str) -> str:
-    i = text.find("。" if lang == "zh" else ". ")
-    return text if i == -1 else text[: i + 1]
+    end = _punctuation(lang)["sentence_end"]
+    i = text.find(end)
+    return text if i == -1 else text[: i + len(end.rstrip())]
 
 
 def _paired(a: Explanation, b: Explanation) -> tuple[Explanation, Explanation] | None:

@@ -126,6 +126,7 @@ def _basic(code: int, lang: str) -> Explanation:
     class_meaning = ui["basic_class_meaning"][d1]
     category = ui["basic_category"][d2]
     category_meaning = ui["basic_category_meaning"][d2]
+    full_stop = str(ui["punctuation"]["sentence_end"]).strip()
     info = reg.registry().get(key)
     p = _prose(lang, key)
     outcome = ("success", "intermediate", "transient", "permanent")[int(d1) - 2]
@@ -138,7 +139,7 @@ def _basic(code: int, lang: str) -> Explanation:
             summary=class_meaning,
             description=_t(
                 lang, "unregistered_basic", code=key, class_name=class_name,
-                class_meaning=class_meaning.rstrip(".。"), category=category,
+                class_meaning=class_meaning.rstrip("." + full_stop), category=category,
                 category_meaning=category_meaning,
             ),
             when=_t(lang, "unregistered_when"),

@@ -3,11 +3,20 @@
 Data are read once per process and only for the language asked for, so that a CLI
 call stays fast. The Python here knows nothing of any one code: everything about a
 code is in the data files (see docs/codes-data.md).
+
+The same folders hold the rest of mailgate's prose, one file per consumer
+(`words(lang, "web")`, `"notices"`, `"diagnostics"`), and `languages()` is the one list
+of languages: a folder under `data/` with every file of `LANGUAGE_FILES` is a language.
+
+`MAILGATE_CODES_DATA` names another data root (tests use it to add a language without
+touching the package); it is read when a function here is first called, and
+`clear_caches()` makes a change of it take effect within a process.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import marshal
 import os
 import sys
@@ -17,7 +26,12 @@ from pathlib import Path
 from typing import Any
 
 DATA = Path(__file__).parent / "data"
+DATA_ENV = "MAILGATE_CODES_DATA"
 PROSE_FIELDS = ("title", "summary", "description", "when", "fix")
+# The files of a language folder other than code prose: labels and templates (ui), and
+# the words of the web pages, of bounce notices and of `mailgate check`/`probe`.
+WORD_FILES = ("web", "notices", "diagnostics")
+LANGUAGE_FILES = ("ui.toml", *(f"{name}.toml" for name in WORD_FILES))
 
 
 class DataError(RuntimeError):
@@ -62,6 +76,12 @@ class Prose:
     fix: str
 
 
+@functools.cache
+def data_root() -> Path:
+    """The data folder: the package's own, or `$MAILGATE_CODES_DATA` when set."""
+    return Path(os.environ.get(DATA_ENV) or DATA)
+
+
 def _cache_dir() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "mailgate"
@@ -75,7 +95,12 @@ def _load_toml(path: Path) -> dict[str, Any]:
     """
     st = path.stat()
     tag = sys.implementation.cache_tag
-    cache = _cache_dir() / f"{path.parent.name}-{path.stem}-{st.st_size}-{st.st_mtime_ns}.{tag}"
+    # The folder's full path is in the name: another data root (a copy with the same
+    # sizes and mtimes) must not share cache entries with the package's data.
+    where = hashlib.sha256(str(path.parent.resolve()).encode()).hexdigest()[:8]
+    cache = _cache_dir() / (
+        f"{path.parent.name}-{where}-{path.stem}-{st.st_size}-{st.st_mtime_ns}.{tag}"
+    )
     try:
         with cache.open("rb") as f:
             data = marshal.load(f)
@@ -100,7 +125,7 @@ def _load_toml(path: Path) -> dict[str, Any]:
 def registry() -> dict[str, CodeInfo]:
     """Every registry key with its facts."""
     out: dict[str, CodeInfo] = {}
-    for path in sorted(DATA.glob("registry-*.toml")):
+    for path in sorted(data_root().glob("registry-*.toml")):
         for key, raw in _load_toml(path).get("codes", {}).items():
             if key in out:
                 raise DataError(f"{path.name}: code {key} is defined twice.")
@@ -120,20 +145,35 @@ def registry() -> dict[str, CodeInfo]:
     return out
 
 
+@functools.cache
 def languages() -> tuple[str, ...]:
-    """Languages with prose, by folder name (`en`, `zh`)."""
-    return tuple(sorted(p.name for p in DATA.iterdir() if p.is_dir() and (p / "ui.toml").exists()))
+    """The languages, by folder name (`en`, `zh`): every folder under the data root
+    that has all of `LANGUAGE_FILES`. English first (it is the default and the
+    fallback), then the others in order of their names."""
+    root = data_root()
+    found = {
+        p.name for p in root.iterdir()
+        if p.is_dir() and all((p / name).is_file() for name in LANGUAGE_FILES)
+    }
+    return tuple(sorted(found, key=lambda name: (name != "en", name)))
+
+
+def _folder(lang: str) -> Path:
+    if lang not in languages():
+        raise DataError(
+            f"no language {lang!r}: a language is a folder under {data_root()} with "
+            f"{', '.join(LANGUAGE_FILES)}"
+        )
+    return data_root() / lang
 
 
 @functools.cache
 def prose(lang: str) -> dict[str, Prose]:
-    """All code prose in one language (every `*.toml` in its folder but ui.toml)."""
-    folder = DATA / lang
-    if not (folder / "ui.toml").exists():
-        raise DataError(f"no language {lang!r}: expected {folder}/ui.toml")
+    """All code prose in one language (every `*.toml` in its folder but LANGUAGE_FILES)."""
+    folder = _folder(lang)
     out: dict[str, Prose] = {}
     for path in sorted(folder.glob("*.toml")):
-        if path.name == "ui.toml":
+        if path.name in LANGUAGE_FILES:
             continue
         for key, raw in _load_toml(path).get("codes", {}).items():
             out[key] = Prose(**{f: str(raw.get(f, "")).strip() for f in PROSE_FIELDS})
@@ -143,4 +183,35 @@ def prose(lang: str) -> dict[str, Prose]:
 @functools.cache
 def ui(lang: str) -> dict[str, Any]:
     """Headings, labels and sentence templates in one language."""
-    return _load_toml(DATA / lang / "ui.toml")
+    return _load_toml(_folder(lang) / "ui.toml")
+
+
+@functools.cache
+def word_file(lang: str, name: str) -> dict[str, Any]:
+    """One of `WORD_FILES` of a language, whole: its settings and its `[words]` table."""
+    if name not in WORD_FILES:
+        raise ValueError(f"{name!r} is not a word file: use one of {', '.join(WORD_FILES)}")
+    return _load_toml(_folder(lang) / f"{name}.toml")
+
+
+def _flatten(table: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    out: dict[str, str] = {}
+    for key, value in table.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = str(value)
+    return out
+
+
+@functools.cache
+def words(lang: str, name: str) -> dict[str, str]:
+    """The `[words]` of one of `WORD_FILES` in a language, nested tables flattened to
+    dotted keys (`[words.probe.refused] rcpt` is `probe.refused.rcpt`)."""
+    return _flatten(word_file(lang, name).get("words", {}))
+
+
+def clear_caches() -> None:
+    """Forget everything read, and the data root (after changing `MAILGATE_CODES_DATA`)."""
+    for f in (data_root, registry, languages, prose, ui, word_file, words):
+        f.cache_clear()

@@ -117,7 +117,7 @@ def comparison_doc(c: Comparison) -> Doc:
     lab = _labels(c.lang)
     doc = Doc(title=c.headline, lang=c.lang)
     doc.heading(c.headline, 1)
-    doc.para(("" if c.lang == "zh" else " ").join(c.summary))
+    doc.para(str(reg.ui(c.lang)["punctuation"]["sentence_sep"]).join(c.summary))
     for e in (c.a, c.b):
         _code_section(doc, e, 2)
     doc.heading(lab["key_differences"], 2)
@@ -169,7 +169,7 @@ def to_html_fragment(doc: Doc) -> str:
 
 
 def to_html(doc: Doc) -> str:
-    lang = "zh-CN" if doc.lang == "zh" else doc.lang
+    lang = str(reg.ui(doc.lang).get("html_lang", doc.lang))
     return (
         f'<!doctype html>\n<html lang="{lang}">\n<head><meta charset="utf-8">'
         f"<title>{html.escape(doc.title)}</title><style>{_CSS}</style></head>\n<body>\n"
@@ -195,7 +195,7 @@ def to_text(doc: Doc, color: bool | None = None, width: int | None = None) -> st
         elif b.kind == "para":
             console.print(Text(b.text))
         elif b.kind == "fields":
-            colon = "：" if doc.lang == "zh" else ": "
+            colon = str(reg.ui(doc.lang)["punctuation"]["colon"])
             for k, v in b.pairs:
                 t = Text()
                 t.append(f"{k}{colon}", style="bold")

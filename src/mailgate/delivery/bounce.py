@@ -8,7 +8,9 @@ notice is owed (a bounce is never bounced; NOTIFY asked for none).
 The report is `multipart/report; report-type=delivery-status` (RFC 6522):
 
 1. `text/plain; charset=utf-8`, quoted-printable: what happened, in plain words, with the
-   knowledge base's explanation of each status code (English, plus Chinese for `zh`);
+   knowledge base's explanation of each status code (English, plus the language asked
+   for when it is another, such as Chinese for `zh`; the words are in
+   codes/data/<lang>/notices.toml);
 2. `message/delivery-status`: the machine-readable fields of RFC 3464;
 3. the returned original: `message/rfc822` (whole) or `text/rfc822-headers` (headers),
    per RET, the kind of notice and a size cap.
@@ -42,6 +44,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal
 
+from mailgate.codes import registry as reg
 from mailgate.codes.explain import Explanation, explain_code
 from mailgate.codes.registry import DataError
 from mailgate.codes.reply import ReplyError
@@ -63,7 +66,6 @@ DSNAction = Literal["failed", "delayed", "delivered", "relayed", "expanded"]
 DSNKind = Literal["failure", "delay", "success"]
 
 MAX_RETURN_SIZE = 1 << 20  # originals above this come back as headers only
-LANGUAGES = ("en", "zh")
 
 _ACTIONS: tuple[str, ...] = ("failed", "delayed", "delivered", "relayed", "expanded")
 _ACTION_KIND: dict[str, DSNKind] = {
@@ -364,101 +366,16 @@ def _original_subject(head: bytes) -> str | None:
 
 # ------------------------------------------------------------------------ the words
 
-_EN: dict[str, str] = {
-    "subject_failure": "Undelivered Mail Returned to Sender",
-    "subject_delay": "Delayed Mail (still being retried)",
-    "subject_success": "Successful Mail Delivery Report",
-    "greeting": "This is the mail system at {mta}.",
-    "intro_failure": (
-        "Your message could not be delivered to one or more of its recipients. For the "
-        "recipients marked as failed this is final: the mail system will not try again."
-    ),
-    "intro_delay": (
-        "Your message has not yet been delivered to one or more of its recipients. This "
-        "is only a warning: the mail system keeps trying, and you need not send the "
-        "message again."
-    ),
-    "intro_success": (
-        "Your message was delivered to the recipients below; you asked to be told "
-        "(NOTIFY=SUCCESS)."
-    ),
-    "message_line": "The message arrived on {date} (queue ID {id}).",
-    "subject_line": "Its subject: {subject}",
-    "machine": (
-        "A machine-readable report (RFC 3464) follows in the next part of this message."
-    ),
-    "failed": "Delivery failed permanently.",
-    "delayed": "Not delivered yet; still being retried.",
-    "delayed_until": "Not delivered yet; still being retried until {date}.",
-    "delivered": "Delivered.",
-    "relayed": (
-        "Relayed to a mail server that does not send delivery notices: no further "
-        "report will come for this recipient."
-    ),
-    "expanded": (
-        "Delivered to a mailing list or alias, which passes it on to its members and may "
-        "send notices of its own."
-    ),
-    "null_mx": (
-        "The recipient's domain {domain} publishes a null MX record (RFC 7505): its owner "
-        "has declared that it accepts no mail at all. No connection was attempted to any "
-        "server; the message cannot be delivered to this address."
-    ),
-    "remote_said": "The server {host} replied:",
-    "local_said": "This mail system decided so itself (no remote server sent this reply):",
-    "code_means": "What {code} means: {title}. {summary}",
-    "how_to_fix": "How to fix: {fix}",
-    "last_attempt": "Last attempt: {date}.",
-    "returned_full": "Your message is attached below.",
-    "returned_headers": "The headers of your message are attached below.",
-    "returned_hdrs_asked": (
-        "Only the headers of your message are attached below, as you asked (RET=HDRS)."
-    ),
-    "too_big": (
-        "Your message is {size} bytes, more than the {cap} bytes returned in full, so "
-        "only its headers are attached below."
-    ),
-    "no_original": "The message itself is no longer available to attach.",
-}
+# The words are data: codes/data/<lang>/notices.toml, read through the registry; its
+# `wrap` says whether the language's lines are wrapped at spaces.
 
-_ZH: dict[str, str] = {
-    "subject_failure": "退信：邮件无法投递",
-    "subject_delay": "邮件延迟投递（仍在重试）",
-    "subject_success": "邮件投递成功报告",
-    "heading": "—— 中文说明 ——",
-    "greeting": "这是 {mta} 的邮件系统发出的通知。",
-    "intro_failure": "你的邮件未能投递给以下一个或多个收件人。标为失败的收件人不会再重试。",
-    "intro_delay": (
-        "你的邮件暂时还没有投递给以下一个或多个收件人。这只是提醒：邮件系统会继续重试，"
-        "你无需重新发送。"
-    ),
-    "intro_success": "你的邮件已投递给以下收件人；这是你要求的投递成功通知（NOTIFY=SUCCESS）。",
-    "message_line": "邮件于 {date} 到达（队列 ID {id}）。",
-    "subject_line": "邮件主题：{subject}",
-    "machine": "本邮件的下一部分是供程序读取的投递状态报告（RFC 3464）。",
-    "failed": "投递永久失败。",
-    "delayed": "尚未投递，仍在重试。",
-    "delayed_until": "尚未投递，将持续重试至 {date}。",
-    "delivered": "已投递。",
-    "relayed": "已转交给不发送投递通知的邮件服务器：此收件人不会再有后续报告。",
-    "expanded": "已投递到邮件列表或别名，由其转发给各成员，之后可能另有通知。",
-    "null_mx": (
-        "收件人的域名 {domain} 发布了 null MX 记录（RFC 7505），表示该域名不接收任何邮件。"
-        "邮件系统没有尝试连接任何服务器；邮件无法投递到这个地址。"
-    ),
-    "remote_said": "服务器 {host} 答复：",
-    "local_said": "这是本邮件系统自己作出的判断（并非某台服务器的答复）：",
-    "code_means": "{code} 的含义：{title}。{summary}",
-    "how_to_fix": "解决办法：{fix}",
-    "last_attempt": "最后一次尝试：{date}。",
-    "returned_full": "原邮件附在后面。",
-    "returned_headers": "原邮件的邮件头附在后面。",
-    "returned_hdrs_asked": "按你的要求（RET=HDRS），后面只附上原邮件的邮件头。",
-    "too_big": "原邮件有 {size} 字节，超过整封退回的上限 {cap} 字节，因此后面只附上邮件头。",
-    "no_original": "原邮件已无法附上。",
-}
 
-_WORDS = {"en": _EN, "zh": _ZH}
+def _words(lang: str) -> dict[str, str]:
+    return reg.words(lang, "notices")
+
+
+def _wraps(lang: str) -> bool:
+    return bool(reg.word_file(lang, "notices").get("wrap", True))
 
 
 def _explanation(r: DSNRecipient, lang: str) -> Explanation | None:
@@ -494,9 +411,10 @@ def _is_null_mx(r: DSNRecipient) -> bool:
 
 
 def _wrap(text: str, lang: str, indent: str) -> list[str]:
-    """English wrapped at 76 columns (never inside "RFC 7505"); Chinese has no spaces to
-    wrap at, so it stays one line (quoted-printable keeps the encoded lines short)."""
-    if lang != "en":
+    """Wrapped at 76 columns (never inside "RFC 7505") when the language's notices.toml
+    says `wrap = true` (English); Chinese has no spaces to wrap at, so it stays one line
+    (quoted-printable keeps the encoded lines short)."""
+    if not _wraps(lang):
         return [indent + text]
     text = _RFC_NUMBER.sub("RFC\u00a0\\1", text)
     lines = textwrap.wrap(text, 76, initial_indent=indent, subsequent_indent=indent,
@@ -515,9 +433,9 @@ def _human_part(
     size: int,
     cap: int,
 ) -> list[str]:
-    w = _WORDS[lang]
+    w = _words(lang)
     lines: list[str] = []
-    if lang == "zh":
+    if w.get("heading"):
         lines += [w["heading"], ""]
     lines.append(w["greeting"].format(mta=_printable(reporting_mta, ascii_only=False)))
     lines.append("")
@@ -656,10 +574,10 @@ def _idna(host: str) -> str:
 
 
 def _subject_field(kind: DSNKind, lang: str) -> list[str]:
-    en = _EN[f"subject_{kind}"]
+    en = _words("en")[f"subject_{kind}"]
     if lang == "en":
         return [f"Subject: {en}"]
-    text = f"{en} / {_WORDS[lang][f'subject_{kind}']}"
+    text = f"{en} / {_words(lang)[f'subject_{kind}']}"
     encoded = email.header.Header(text, "utf-8", header_name="Subject").encode(linesep="\r\n")
     return f"Subject: {encoded}".split("\r\n")
 
@@ -689,12 +607,14 @@ def make_dsn(
     (unless RET=HDRS, or it is over `max_return_size` bytes) and as headers only for
     delays and successes.
 
-    `lang` is `en` or `zh` (the text part is then English followed by Chinese).
+    `lang` is one of the registry's languages (`codes.registry.languages()`): `en`, or
+    another, and then the text part is English followed by that language (`zh`).
     `message_id` (without angle brackets) replaces the generated Message-ID.
     """
-    if lang not in LANGUAGES:
+    languages = reg.languages()
+    if lang not in languages:
         raise ValueError(
-            f"{lang!r} is not a language for notices: use one of {', '.join(LANGUAGES)}."
+            f"{lang!r} is not a language for notices: use one of {', '.join(languages)}."
         )
     if kind not in _KIND_KEYWORD:
         raise ValueError(f"{kind!r} is not a kind of notice: use failure, delay or success.")
@@ -746,17 +666,17 @@ def make_dsn(
     # Part 1: for people.
     text_lines = _human_part("en", message, chosen, kind, reporting_mta, subject, returned,
                              size, max_return_size)
-    languages = "en"
-    if lang == "zh":
+    content_language = "en"
+    if lang != "en":
         text_lines += ["", ""]
-        text_lines += _human_part("zh", message, chosen, kind, reporting_mta, subject,
+        text_lines += _human_part(lang, message, chosen, kind, reporting_mta, subject,
                                   returned, size, max_return_size)
-        languages = "en, zh"
+        content_language = f"en, {lang}"
     human = _qp("\n".join(text_lines) + "\n").replace("\n", "\r\n").encode("ascii")
     part1 = (
         "Content-Type: text/plain; charset=utf-8\r\n"
         "Content-Transfer-Encoding: quoted-printable\r\n"
-        f"Content-Language: {languages}\r\n"
+        f"Content-Language: {content_language}\r\n"
         "Content-Description: Notification\r\n"
         "\r\n"
     ).encode("ascii") + human

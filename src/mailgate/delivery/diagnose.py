@@ -17,7 +17,8 @@ explanation of each code, the TLS version and cipher, the server's capabilities,
 verdict. A null-MX domain is reported without connecting anywhere.
 
 Both reports render as plain text and as JSON (docs/cli.md), with headings and verdicts
-in English or Chinese; the explanations come from the codes knowledge base.
+in any of the knowledge base's languages (codes/data/<lang>/diagnostics.toml); the
+explanations come from the codes knowledge base.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from mailgate.codes import registry as reg
 from mailgate.codes.reply import Reply, ReplyError, parse_reply, parse_reply_line
 from mailgate.delivery.transport import close, opportunistic_context, tls_failure
 from mailgate.dns import (
@@ -81,242 +83,11 @@ StartTLSPolicy = Literal["may", "require", "never"]
 
 # --- words ------------------------------------------------------------------------------
 
-_TEXT: dict[str, dict[str, str]] = {
-    "en": {
-        "sep": ": ",
-        "domain": "Domain",
-        "route": "Route",
-        "hosts": "Hosts",
-        "meaning": "Meaning",
-        "delivery": "Delivery",
-        "codes": "Codes",
-        "config": "Configuration",
-        "nexthop": "Next hop",
-        "dns_unused": "DNS route (not used)",
-        "verdict": "Verdict",
-        "target": "Target",
-        "attempt": "Attempt",
-        "tls": "TLS",
-        "certificate": "Certificate",
-        "cert_line": "{subject}; names {names}; issued by {issuer}; valid until {until}",
-        "cert_verified": "verified: it chains to a trusted CA and names {host}",
-        "cert_unverified": "not checked (--verify checks it as the TLS level verify does)",
-        "capabilities": "Capabilities",
-        "preference": "preference",
-        "no_address": "(no address)",
-        "no_reply": "(no reply: the connection ended first)",
-        "local_reply": "(decided by mailgate; the server sent no such reply)",
-        "cannot_connect": "cannot connect",
-        "not_used": "not used",
-        "none": "none",
-        "fix": "fix",
-        "tls_up": "TLS established: {tls}",
-        "kind_domain": "domain, port {port}",
-        "kind_host": "host, port {port}",
-        "kind.mx": "MX hosts",
-        "kind.implicit_mx": "implicit MX",
-        "kind.null_mx": "null MX",
-        "kind.temp_fail": "temporary DNS failure",
-        "kind.perm_fail": "no route",
-        "kind.host": "host, connected to directly",
-        "mean.mx": (
-            "mail for {domain} goes to its MX hosts, lowest preference first; hosts of "
-            "equal preference are tried in random order (RFC 5321 5.1)"
-        ),
-        "mean.implicit_mx": (
-            "{domain} has no MX record but has an address, so the domain itself is its "
-            "mail host (implicit MX, RFC 5321 5.1)"
-        ),
-        "mean.literal": "{domain} is an address literal: mail goes straight to that address",
-        "mean.host": "{domain} is connected to directly, without an MX lookup",
-        "mean.null_mx": (
-            "{domain} publishes a null MX (RFC 7505): the domain accepts no mail at all "
-            "(a '.' MX among other MX records counts too, see docs/routing.md)"
-        ),
-        "mean.temp_fail": "DNS cannot say now where mail for {domain} goes: {reason}",
-        "mean.perm_fail": "there is nowhere to deliver mail for {domain}: {reason}",
-        "do.mx": (
-            "mailgate connects to these hosts in this order, on port {port}, and moves to "
-            "the next on a connection failure, a timeout, or a 4xx reply to the greeting "
-            "or EHLO"
-        ),
-        "do.implicit_mx": "mailgate connects to these addresses in order, on port {port}",
-        "do.null_mx": (
-            "mailgate never connects anywhere: each recipient fails at once with 556 "
-            "5.1.10 and the sender gets a bounce (DSN)"
-        ),
-        "do.temp_fail": (
-            "mailgate defers the recipients (451 4.4.3) and retries them on the retry "
-            "schedule; they bounce only if DNS still fails when the queue lifetime ends"
-        ),
-        "do.perm_fail": (
-            "mailgate fails the recipients at once with {code} {enhanced}, without "
-            "connecting, and the sender gets a bounce (DSN)"
-        ),
-        "cfg.local": (
-            "{domain} is a local domain ([domains] local): mailgate delivers its mail to "
-            "Maildirs on this machine and does not use DNS for it"
-        ),
-        "cfg.route": "[routes] sends mail for {domain} to {nexthop}, whatever its DNS says",
-        "cfg.relayhost": (
-            "[delivery] relayhost sends all non-local mail, {domain}'s included, to {nexthop}"
-        ),
-        "cfg.tls.none": "outbound TLS level none: mailgate never asks for STARTTLS here",
-        "cfg.tls.may": (
-            "outbound TLS level may: STARTTLS when the server offers it, certificate not "
-            "checked; without TLS the mail still goes"
-        ),
-        "cfg.tls.encrypt": (
-            "outbound TLS level encrypt: TLS is required (certificate not checked); a "
-            "server without it gets no mail, which is deferred with 451 4.7.4"
-        ),
-        "cfg.tls.verify": (
-            "outbound TLS level verify: TLS is required and the certificate must chain to "
-            "a trusted CA and name the host connected to; otherwise the mail is deferred "
-            "with 451 4.7.5"
-        ),
-        "check.local": "delivered locally (Maildir)",
-        "check.deliverable": "deliverable: mailgate has a route for mail to {domain}",
-        "check.null_mx": "not deliverable: {domain} accepts no mail (null MX)",
-        "check.temp_fail": "temporary failure: mail for {domain} is deferred and retried",
-        "check.perm_fail": "not deliverable: mail for {domain} bounces with {reply}",
-        "probe.accepted": "accepted: {server} accepts mail for <{rcpt}>: {reply}",
-        "probe.ready": "ready: {server} answers and is ready to receive mail ({tls})",
-        "probe.refused.rcpt": "refused: {server} refuses <{rcpt}>: {reply}",
-        "probe.refused.mail": "refused: {server} refuses the sender <{sender}>: {reply}",
-        "probe.refused.session": "refused: {server} refuses the session: {reply}",
-        "probe.temporary": (
-            "temporary failure at {stage} on {server}: {reply}; a delivery would be "
-            "deferred and retried"
-        ),
-        "probe.no_answer.domain": (
-            "no MX host answered ({tried} tried); a delivery would be deferred and retried"
-        ),
-        "probe.no_answer.host": "{target} did not answer; a delivery would be deferred",
-        "probe.null_mx": "null MX: {domain} accepts no mail — not connected",
-        "probe.dns_temp_fail": (
-            "DNS failure for now ({reason}) — not connected; a delivery would be deferred "
-            "(4.4.3)"
-        ),
-        "probe.dns_perm_fail": (
-            "no route to {domain} ({reason}) — not connected; a delivery would bounce "
-            "({code} {enhanced})"
-        ),
-        "tls_none": "no TLS",
-        "paren": " ({x})",
-    },
-    "zh": {
-        "sep": "：",
-        "domain": "域名",
-        "route": "路由",
-        "hosts": "主机",
-        "meaning": "含义",
-        "delivery": "投递",
-        "codes": "代码说明",
-        "config": "配置",
-        "nexthop": "下一跳",
-        "dns_unused": "DNS 路由（未使用）",
-        "verdict": "结论",
-        "target": "目标",
-        "attempt": "连接尝试",
-        "tls": "TLS",
-        "certificate": "证书",
-        "cert_line": "{subject}；名称 {names}；签发者 {issuer}；有效期至 {until}",
-        "cert_verified": "已验证：证书链至受信任的 CA，且包含主机名 {host}",
-        "cert_unverified": "未校验（--verify 会像 TLS 级别 verify 那样校验）",
-        "capabilities": "服务器能力",
-        "preference": "优先级",
-        "no_address": "（无地址）",
-        "no_reply": "（无回复：连接已先结束）",
-        "local_reply": "（由 mailgate 判定，并非服务器发送的回复）",
-        "cannot_connect": "无法连接",
-        "not_used": "未使用",
-        "none": "无",
-        "fix": "修复",
-        "tls_up": "TLS 已建立：{tls}",
-        "kind_domain": "域名，端口 {port}",
-        "kind_host": "主机，端口 {port}",
-        "kind.mx": "MX 主机",
-        "kind.implicit_mx": "隐式 MX",
-        "kind.null_mx": "null MX",
-        "kind.temp_fail": "DNS 暂时失败",
-        "kind.perm_fail": "无路由",
-        "kind.host": "主机，直接连接",
-        "mean.mx": (
-            "{domain} 的邮件投递到它的 MX 主机，按优先级从小到大依次尝试；优先级相同的主机"
-            "顺序随机（RFC 5321 5.1）"
-        ),
-        "mean.implicit_mx": (
-            "{domain} 没有 MX 记录，但有地址记录，因此域名自身就是邮件主机（隐式 MX，"
-            "RFC 5321 5.1）"
-        ),
-        "mean.literal": "{domain} 是地址字面量：邮件直接发往该地址",
-        "mean.host": "直接连接 {domain}，不查询 MX",
-        "mean.null_mx": (
-            "{domain} 发布了 null MX（RFC 7505）：该域名不接收任何邮件（与其他 MX 记录混在"
-            "一起的“.” MX 同样算作 null MX，见 docs/routing.md）"
-        ),
-        "mean.temp_fail": "DNS 暂时无法给出 {domain} 的邮件去向：{reason}",
-        "mean.perm_fail": "{domain} 的邮件无处投递：{reason}",
-        "do.mx": (
-            "mailgate 按此顺序连接这些主机（端口 {port}），遇到连接失败、超时，或问候语/EHLO "
-            "返回 4xx 时改试下一台"
-        ),
-        "do.implicit_mx": "mailgate 依次连接这些地址（端口 {port}）",
-        "do.null_mx": (
-            "mailgate 不会连接任何主机：每个收件人立即以 556 5.1.10 失败，发件人收到退信（DSN）"
-        ),
-        "do.temp_fail": (
-            "mailgate 推迟这些收件人（451 4.4.3），按重试计划再次尝试；只有到队列期限届满 DNS "
-            "仍失败时才退信"
-        ),
-        "do.perm_fail": (
-            "mailgate 不建立连接，立即以 {code} {enhanced} 判定收件人失败，发件人收到退信（DSN）"
-        ),
-        "cfg.local": (
-            "{domain} 是本地域名（[domains] local）：mailgate 将其邮件投递到本机的 Maildir，"
-            "不使用 DNS"
-        ),
-        "cfg.route": "[routes] 将 {domain} 的邮件发往 {nexthop}，不论其 DNS 如何",
-        "cfg.relayhost": "[delivery] relayhost 将所有非本地邮件（包括 {domain}）发往 {nexthop}",
-        "cfg.tls.none": "外发 TLS 级别 none：mailgate 在此从不发送 STARTTLS",
-        "cfg.tls.may": (
-            "外发 TLS 级别 may：服务器提供 STARTTLS 时使用，不校验证书；没有 TLS 邮件照常发送"
-        ),
-        "cfg.tls.encrypt": (
-            "外发 TLS 级别 encrypt：必须使用 TLS（不校验证书）；不支持 TLS 的服务器收不到邮件，"
-            "邮件以 451 4.7.4 推迟"
-        ),
-        "cfg.tls.verify": (
-            "外发 TLS 级别 verify：必须使用 TLS，且证书须由受信任的 CA 签发并包含所连接的主机名；"
-            "否则邮件以 451 4.7.5 推迟"
-        ),
-        "check.local": "本地投递（Maildir）",
-        "check.deliverable": "可投递：mailgate 有发往 {domain} 的路由",
-        "check.null_mx": "不可投递：{domain} 不接收任何邮件（null MX）",
-        "check.temp_fail": "暂时失败：发往 {domain} 的邮件会推迟并重试",
-        "check.perm_fail": "不可投递：发往 {domain} 的邮件会以 {reply} 退信",
-        "probe.accepted": "接受：{server} 接受发给 <{rcpt}> 的邮件：{reply}",
-        "probe.ready": "就绪：{server} 已应答，可以接收邮件（{tls}）",
-        "probe.refused.rcpt": "拒绝：{server} 拒绝 <{rcpt}>：{reply}",
-        "probe.refused.mail": "拒绝：{server} 拒绝发件人 <{sender}>：{reply}",
-        "probe.refused.session": "拒绝：{server} 拒绝会话：{reply}",
-        "probe.temporary": "暂时失败：{server} 在 {stage} 阶段回复 {reply}；实际投递会推迟并重试",
-        "probe.no_answer.domain": "没有任何 MX 主机应答（尝试了 {tried} 个）；实际投递会推迟并重试",
-        "probe.no_answer.host": "{target} 没有应答；实际投递会推迟",
-        "probe.null_mx": "null MX：{domain} 不接收任何邮件，未建立连接",
-        "probe.dns_temp_fail": "DNS 暂时失败（{reason}），未建立连接；实际投递会推迟（4.4.3）",
-        "probe.dns_perm_fail": (
-            "无法路由到 {domain}（{reason}），未建立连接；实际投递会退信（{code} {enhanced}）"
-        ),
-        "tls_none": "未使用 TLS",
-        "paren": "（{x}）",
-    },
-}
+# The words are data: codes/data/<lang>/diagnostics.toml, read through the registry.
 
 
 def _t(lang: str, key: str, **kw: object) -> str:
-    table = _TEXT.get(lang, _TEXT["en"])
+    table = reg.words(lang if lang in reg.languages() else "en", "diagnostics")
     return table[key].format(**kw)
 
 

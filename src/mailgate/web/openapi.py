@@ -19,6 +19,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
+from mailgate.codes import registry as reg
 from mailgate.web import admin, public
 
 __all__ = ["SCHEMAS", "document", "routes"]
@@ -42,7 +43,7 @@ _CODE_BODY: dict[str, Any] = {
                  "examples": ["556"]},
         "key": {"type": "string", "description": "Registry key: 556, X.1.10."},
         "kind": {"type": "string", "enum": ["basic", "enhanced"]},
-        "lang": {"type": "string", "enum": ["en", "zh"]},
+        "lang": {"type": "string", "enum": list(reg.languages())},
         "registered": {"type": "boolean"},
         "standard": {"type": "boolean"},
         "class": {"type": ["integer", "null"],
@@ -99,7 +100,7 @@ SCHEMAS: dict[str, Any] = {
         "properties": {
             "schema": {"const": "mailgate.codes/1"},
             "type": {"const": "comparison"},
-            "lang": {"type": "string", "enum": ["en", "zh"]},
+            "lang": {"type": "string", "enum": list(reg.languages())},
             "headline": {"type": "string"},
             "summary": {**_STR_LIST, "minItems": 2, "maxItems": 2},
             "a": {"$ref": "#/components/schemas/CodeBody"},

@@ -12,11 +12,12 @@ none of them depends on anything but its URL and the language, so a repeated req
 costs a dictionary look-up, not a template render. Every cache is a bounded LRU, sized
 so that a client walking through every possible URL costs tens of MB at most.
 
-Language: `?lang=en|zh` wins and is remembered in a cookie; then the cookie; on a
-first visit `Accept-Language`. Templates get the page's chrome (language, navigation,
-the switch to the other language) from `chrome_for(request)`, which is registered as a
-context processor of the shared `templates`, so admin pages extending `base.html`
-get it too.
+Language: `?lang=` (any of the registry's languages, `codes.registry.languages()`) wins
+and is remembered in a cookie; then the cookie; on a first visit `Accept-Language`. The
+pages' own words are data too, in `codes/data/<lang>/web.toml`. Templates get the
+page's chrome (language, navigation, the switch to the other languages) from
+`chrome_for(request)`, which is registered as a context processor of the shared
+`templates`, so admin pages extending `base.html` get it too.
 """
 
 from __future__ import annotations
@@ -46,7 +47,6 @@ from mailgate.codes.reply import ReplyError
 from mailgate.web.app import HERE, templates
 
 __all__ = [
-    "LANGS",
     "LANG_COOKIE",
     "OPENAPI_PATHS",
     "Chrome",
@@ -57,143 +57,27 @@ __all__ = [
     "routes",
     "search",
     "suggest",
+    "web_text",
 ]
 
-LANGS = ("en", "zh")
 LANG_COOKIE = "mailgate_lang"
 LANG_COOKIE_MAX_AGE = 365 * 24 * 3600
 MAX_QUERY = 200  # characters of a search kept; longer queries are cut, not refused
 SUGGESTIONS = 6
 
-# The words of the web pages themselves (the knowledge base's own labels are in
-# codes/data/<lang>/ui.toml and are used wherever one fits).
-TEXT: dict[str, dict[str, str]] = {
-    "en": {
-        "site": "mailgate",
-        "tagline": "SMTP reply codes, explained",
-        "skip": "Skip to content",
-        "nav": "Main",
-        "breadcrumb": "Breadcrumb",
-        "codes": "Codes",
-        "compare": "Compare",
-        "admin": "Admin",
-        "language": "Language",
-        "index_title": "SMTP reply codes",
-        "index_intro": (
-            "Every basic reply code (RFC 5321 and extensions) and every enhanced status "
-            "code (RFC 3463, the IANA registry), grouped by class and subject. Open a code "
-            "for what it means, when it appears and how to fix it."
-        ),
-        "search": "Search codes",
-        "search_hint": "A number (556, 5.1.10) or words in English or Chinese (null MX, 空 MX).",
-        "search_button": "Search",
-        "show_all": "Show all codes",
-        "results_one": "1 code matches “{q}”.",
-        "results_many": "{n} codes match “{q}”.",
-        "results_none": "No code matches “{q}”. Try fewer words, or a number such as 550.",
-        "basic": "Basic reply codes",
-        "basic_intro": (
-            "Three digits at the start of every reply. The first digit is the class, the "
-            "second the category."
-        ),
-        "enhanced": "Enhanced status codes",
-        "enhanced_intro": (
-            "class.subject.detail after the basic code, such as 5.1.10. The registry "
-            "lists them with the class written X: the class comes from the reply."
-        ),
-        "enhanced_classes": "Classes",
-        "used_as": "Used as",
-        "nonstandard": "non-standard",
-        "deprecated": "deprecated",
-        "unregistered": "unregistered",
-        "compare_title": "Compare two codes",
-        "compare_intro": (
-            "Any two codes side by side: basic (221, 556) or enhanced (5.1.10, X.7.27)."
-        ),
-        "first_code": "First code",
-        "second_code": "Second code",
-        "compare_button": "Compare",
-        "swap": "Swap the two",
-        "compare_with": "Compare {code} with another code",
-        "code_hint": "For example 550, 5.1.10 or X.7.27",
-        "empty_code": "Enter a code, such as 550 or 5.1.10.",
-        "fix_codes": "Correct the code below and compare again.",
-        "not_found_title": "No such code: {code}",
-        "unregistered_title": "{code} is not a registered code",
-        "unregistered_lead": "It is well formed, so here is what its digits say:",
-        "suggestions": "Near codes",
-        "all_codes": "Browse all codes",
-        "page_not_found": "Page not found",
-        "page_not_found_text": "There is no page at {path}.",
-        "error_title": "Something went wrong",
-        "error_text": "The server could not answer this request. Please try again.",
-        "json": "JSON",
-        "footer": (
-            "mailgate reply-code reference. Also as JSON under /api/ (see /api/openapi.json)."
-        ),
-    },
-    "zh": {
-        "site": "mailgate",
-        "tagline": "SMTP 回复码详解",
-        "skip": "跳到正文",
-        "nav": "主导航",
-        "breadcrumb": "当前位置",
-        "codes": "代码",
-        "compare": "对比",
-        "admin": "管理",
-        "language": "语言",
-        "index_title": "SMTP 回复码",
-        "index_intro": (
-            "所有基本回复码（RFC 5321 及其扩展）和增强状态码（RFC 3463、IANA 注册表），"
-            "按类别和主题分组。打开一个代码可查看其含义、出现时机和修复方法。"
-        ),
-        "search": "搜索代码",
-        "search_hint": "输入数字（556、5.1.10）或中英文关键词（null MX、空 MX）。",
-        "search_button": "搜索",
-        "show_all": "显示全部代码",
-        "results_one": "有 1 个代码匹配“{q}”。",
-        "results_many": "有 {n} 个代码匹配“{q}”。",
-        "results_none": "没有代码匹配“{q}”。请减少关键词，或输入数字，例如 550。",
-        "basic": "基本回复码",
-        "basic_intro": "每条回复开头的三位数字。第一位是类别，第二位是分类。",
-        "enhanced": "增强状态码",
-        "enhanced_intro": (
-            "跟在基本回复码后面的“类别.主题.细节”，例如 5.1.10。注册表中类别写作 X："
-            "类别由回复本身决定。"
-        ),
-        "enhanced_classes": "类别",
-        "used_as": "实际形式",
-        "nonstandard": "非标准",
-        "deprecated": "已弃用",
-        "unregistered": "未注册",
-        "compare_title": "对比两个代码",
-        "compare_intro": (
-            "任选两个代码并排对比：基本回复码（221、556）或增强状态码（5.1.10、X.7.27）。"
-        ),
-        "first_code": "第一个代码",
-        "second_code": "第二个代码",
-        "compare_button": "对比",
-        "swap": "交换两者",
-        "compare_with": "将 {code} 与另一个代码对比",
-        "code_hint": "例如 550、5.1.10 或 X.7.27",
-        "empty_code": "请输入代码，例如 550 或 5.1.10。",
-        "fix_codes": "请更正下面的代码后再对比。",
-        "not_found_title": "没有这个代码：{code}",
-        "unregistered_title": "{code} 不是已注册的代码",
-        "unregistered_lead": "它的格式是合法的，以下是其各位数字的含义：",
-        "suggestions": "相近的代码",
-        "all_codes": "浏览全部代码",
-        "page_not_found": "找不到页面",
-        "page_not_found_text": "{path} 没有页面。",
-        "error_title": "出错了",
-        "error_text": "服务器无法响应此请求，请稍后重试。",
-        "json": "JSON",
-        "footer": "mailgate 回复码参考。/api/ 下另有 JSON 接口（见 /api/openapi.json）。",
-    },
-}
+# The words of the web pages themselves are in codes/data/<lang>/web.toml (the knowledge
+# base's own labels, in ui.toml, are used wherever one fits); the languages are the
+# registry's.
 
-HTML_LANG = {"en": "en", "zh": "zh-CN"}
-LANG_NAME = {"en": "English", "zh": "中文"}
+
+def web_text(lang: str) -> Mapping[str, str]:
+    """The words of the web pages in `lang` (codes/data/<lang>/web.toml)."""
+    return reg.words(lang, "web")
+
+
+def html_lang(lang: str) -> str:
+    """The language tag of pages in `lang` (`zh-CN`), from its ui.toml."""
+    return str(reg.ui(lang)["html_lang"])
 
 
 def _static_version(name: str) -> str:
@@ -212,7 +96,8 @@ JS_URL = f"/static/search.js?v={_static_version('search.js')}"
 
 
 def _accept_language(header: str) -> str | None:
-    """The preferred of en/zh in an Accept-Language header (`zh*` -> zh), or None."""
+    """The preferred of the languages in an Accept-Language header, or None. A tag
+    matches by its primary subtag: `zh-CN` and `zh-Hant` give zh, `en-GB` gives en."""
     best: tuple[float, int, str] | None = None
     for i, part in enumerate(header.split(",")):
         tag, _, params = part.strip().partition(";")
@@ -225,8 +110,8 @@ def _accept_language(header: str) -> str | None:
                     q = float(value)
                 except ValueError:
                     q = 0.0
-        lang = "zh" if tag.startswith("zh") else "en" if tag.startswith("en") else None
-        if lang is None or q <= 0:
+        lang = tag.split("-")[0]
+        if lang not in reg.languages() or q <= 0:
             continue
         if best is None or (q, -i) > (best[0], best[1]):
             best = (q, -i, lang)
@@ -236,10 +121,10 @@ def _accept_language(header: str) -> str | None:
 def pick_lang(request: Request) -> str:
     """`?lang=`, then the cookie, then Accept-Language, then English."""
     q = request.query_params.get("lang")
-    if q in LANGS:
+    if q in reg.languages():
         return q
     c = request.cookies.get(LANG_COOKIE)
-    if c in LANGS:
+    if c in reg.languages():
         return c
     return _accept_language(request.headers.get("accept-language", "")) or "en"
 
@@ -247,7 +132,7 @@ def pick_lang(request: Request) -> str:
 def remember_lang(request: Request, response: Response) -> None:
     """Keep a `?lang=` choice in a cookie (admin pages may call this too)."""
     q = request.query_params.get("lang")
-    if q in LANGS and request.cookies.get(LANG_COOKIE) != q:
+    if q in reg.languages() and request.cookies.get(LANG_COOKIE) != q:
         response.set_cookie(LANG_COOKIE, q, max_age=LANG_COOKIE_MAX_AGE, samesite="lax")
 
 
@@ -279,12 +164,12 @@ def _section(path: str) -> str:
 def _chrome(lang: str, path: str, params: tuple[tuple[str, str], ...]) -> Chrome:
     """The chrome of the page at `path?params` (params without `lang`)."""
     switch = tuple(
-        (other, HTML_LANG[other], LANG_NAME[other],
+        (other, html_lang(other), str(reg.ui(other)["name"]),
          None if other == lang else _url(path, [*params, ("lang", other)]))
-        for other in LANGS
+        for other in reg.languages()
     )
-    return Chrome(lang=lang, html_lang=HTML_LANG[lang], t=TEXT[lang], section=_section(path),
-                  switch=switch)
+    return Chrome(lang=lang, html_lang=html_lang(lang), t=web_text(lang),
+                  section=_section(path), switch=switch)
 
 
 def chrome_for(request: Request) -> dict[str, Any]:
@@ -371,7 +256,7 @@ def _search_index() -> tuple[_Entry, ...]:
     for key in code_keys():
         info = reg.registry()[key]
         fields: list[tuple[int, str, str]] = []
-        for lang in LANGS:
+        for lang in reg.languages():
             p = reg.prose(lang).get(key)
             if p is None:
                 continue
@@ -606,7 +491,7 @@ def _page(template: str, chrome: Chrome, **context: Any) -> bytes:
 
 
 def _headers(lang: str) -> dict[str, str]:
-    return {"Content-Language": HTML_LANG[lang], "Vary": "Accept-Language, Cookie"}
+    return {"Content-Language": html_lang(lang), "Vary": "Accept-Language, Cookie"}
 
 
 def _html(request: Request, body: bytes, lang: str, status: int = 200) -> HTMLResponse:
@@ -718,7 +603,7 @@ def _form_page(request: Request, lang: str, form: dict[str, str], errors: dict[s
     params = tuple((k, v) for k, v in request.query_params.multi_items() if k != "lang")
     body = _page(
         "public/compare.html", _chrome(lang, request.url.path, params),
-        c=None, title=TEXT[lang]["compare_title"], form=form, errors=errors, message=message,
+        c=None, title=web_text(lang)["compare_title"], form=form, errors=errors, message=message,
         datalist=_datalist(lang),
         suggestions={k: suggest(v) for k, v in form.items() if k in errors and v.strip()},
     )
@@ -806,21 +691,21 @@ async def compare_form(request: Request) -> Response:
         # The bare form, or the form sent empty (then say what is missing).
         if "a" not in request.query_params and "b" not in request.query_params:
             return _form_page(request, lang, form, errors, 200)
-        errors = dict.fromkeys(form, TEXT[lang]["empty_code"])
-        return _form_page(request, lang, form, errors, 400, TEXT[lang]["fix_codes"])
+        errors = dict.fromkeys(form, web_text(lang)["empty_code"])
+        return _form_page(request, lang, form, errors, 400, web_text(lang)["fix_codes"])
     shown: dict[str, str] = {}
     for k, v in form.items():
         if not v.strip():
-            errors[k] = TEXT[lang]["empty_code"]
+            errors[k] = web_text(lang)["empty_code"]
             continue
         try:
             shown[k] = _check_code(v, lang)
         except ReplyError as exc:
             errors[k] = str(exc)
     if errors:
-        return _form_page(request, lang, form, errors, 400, TEXT[lang]["fix_codes"])
+        return _form_page(request, lang, form, errors, 400, web_text(lang)["fix_codes"])
     target = f"/compare/{shown['a']}/{shown['b']}"
-    if request.query_params.get("lang") in LANGS:
+    if request.query_params.get("lang") in reg.languages():
         target += f"?lang={lang}"
     return _redirect(request, target, 303)
 
@@ -838,7 +723,7 @@ async def compare_page(request: Request) -> Response:
             errors[k] = str(exc)
     if errors:
         return _form_page(request, lang, {"a": a, "b": b}, errors, 404,
-                          TEXT[lang]["fix_codes"])
+                          web_text(lang)["fix_codes"])
     if (shown["a"], shown["b"]) != (a, b):
         return _redirect(request, f"/compare/{shown['a']}/{shown['b']}", 301, keep_query=True)
     return _html(request, _compare_page(a, b, lang), lang)
@@ -849,8 +734,8 @@ async def compare_page(request: Request) -> Response:
 
 def _api_lang(request: Request) -> str | JSONResponse:
     q = request.query_params.get("lang")
-    if q is not None and q not in LANGS:
-        return _error_json(f"lang must be one of {', '.join(LANGS)}, not {q!r}.", 400)
+    if q is not None and q not in reg.languages():
+        return _error_json(f"lang must be one of {', '.join(reg.languages())}, not {q!r}.", 400)
     return pick_lang(request)
 
 
@@ -927,9 +812,10 @@ _LANG_PARAM: dict[str, Any] = {
     "name": "lang", "in": "query", "required": False,
     "description": "Language of the prose. Without it: the `mailgate_lang` cookie, then "
                    "Accept-Language (zh* gives zh), then en.",
-    "schema": {"type": "string", "enum": list(LANGS)},
+    "schema": {"type": "string", "enum": list(reg.languages())},
 }
-_BAD_LANG = _json_response("`lang` is not one of en, zh.", _ref("Error"))
+_BAD_LANG = _json_response(f"`lang` is not one of {', '.join(reg.languages())}.",
+                           _ref("Error"))
 
 
 def _code_param(name: str, description: str) -> dict[str, Any]:
@@ -1018,7 +904,7 @@ async def _http_exception(request: Request, exc: Exception) -> Response:
         return JSONResponse({"error": str(exc.detail), "suggestions": []},
                             status_code=exc.status_code, headers=headers)
     lang = pick_lang(request)
-    t = TEXT[lang]
+    t = web_text(lang)
     if exc.status_code == 404:
         heading, text = t["page_not_found"], t["page_not_found_text"].format(path=request.url.path)
     else:
@@ -1033,7 +919,7 @@ async def _server_error(request: Request, exc: Exception) -> Response:
     if _wants_json(request):
         return _error_json("The server could not answer this request.", 500)
     lang = pick_lang(request)
-    t = TEXT[lang]
+    t = web_text(lang)
     body = _page("public/error.html", _chrome(lang, request.url.path, ()),
                  heading=t["error_title"], text=t["error_text"])
     return HTMLResponse(body, status_code=500, headers=_headers(lang))
