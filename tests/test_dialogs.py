@@ -80,6 +80,21 @@ def test_listing_is_what_the_session_advertises(name: str) -> None:
     assert got == ["250-mx.test Hello client.test", *listing.replies(), ""]
 
 
+def test_every_listing_is_used() -> None:
+    used = {s.listing for path in FILES for s in load_dialog(path).steps
+            if isinstance(s, Expect)}
+    assert used >= set(LISTINGS), f"unused listings: {sorted(set(LISTINGS) - used)}"
+
+
+@pytest.mark.parametrize("path", FILES, ids=[p.stem for p in FILES])
+def test_dialog_names_its_ehlo_listing(path: Path) -> None:
+    """No dialog spells an EHLO listing (or part of one): it writes S: <ehlo NAME>."""
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        assert not SPELLED.match(line), (
+            f"{path.name}:{number}: {line!r} spells an EHLO listing; write the Hello line, "
+            "then S: <ehlo NAME> with a listing of tests/dialogs/ehlo.listings.")
+
+
 def test_spelled_listing_lines_are_recognised() -> None:
     assert SPELLED.match("S: 250-PIPELINING")
     assert SPELLED.match("S: 250 AUTH PLAIN LOGIN")
