@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from mailgate.smtp.client import NEED_DATA, ClientConfig, ClientSession
 from tests.dialog import (
     Dialog,
     DialogFailure,
@@ -78,6 +79,25 @@ def test_listing_is_what_the_session_advertises(name: str) -> None:
     peer.send(b"EHLO client.test\r\n")
     got = peer.receive(wait=False).decode().split("\r\n")
     assert got == ["250-mx.test Hello client.test", *listing.replies(), ""]
+
+
+@pytest.mark.parametrize("name", sorted(LISTINGS))
+def test_client_reads_the_listing_back(name: str) -> None:
+    """The mirror: the client session, given the listing as the server's EHLO reply, sees
+    exactly its extensions and (opportunistic TLS) starts TLS exactly when it is offered."""
+    listing = LISTINGS[name]
+    client = ClientSession(ClientConfig(helo_name="client.test", tls="may"))
+    client.receive_data(b"220 mx.test ESMTP mailgate\r\n")
+    assert client.next_event() is NEED_DATA
+    assert client.data_to_send() == b"EHLO client.test\r\n"
+    reply = ["250-mx.test Hello client.test", *listing.replies()]
+    client.receive_data("".join(line + "\r\n" for line in reply).encode())
+    while client.next_event() is not NEED_DATA:
+        pass
+    assert client.capabilities.keywords == tuple(
+        (word, params) for word, _, params in (ext.partition(" ") for ext in listing.extensions))
+    offered = "STARTTLS" in listing.extensions
+    assert client.data_to_send() == (b"STARTTLS\r\n" if offered else b"")
 
 
 def test_every_listing_is_used() -> None:
