@@ -12,13 +12,19 @@ chasquid's `test/t-12-minor_dialogs`). Each line is one of:
     S: text           a line the server must send (without its CRLF), compared exactly; a
                       trailing `*` matches the rest of the line (write `\\*` for a literal
                       final asterisk)
+    S: <ehlo NAME>    the rest of an EHLO reply: the extension lines of the listing NAME
+                      in tests/dialogs/ehlo.listings, each one compared exactly as if it
+                      were spelled here (the `250-... Hello ...` line is written out)
     M: text           the next completed message's content, with Python escapes as in R:
     X: closed         the server must have closed the session by now
 
 Consecutive C:/R: lines are sent together, as one chunk (pipelined). The S: lines that
 follow are matched, in order, against what the server has sent so far. Output the dialog
 does not match before the next chunk is sent, or at the end of the file, is an error.
-Blank lines are ignored. Parsing (`parse_dialog`) is separate from running
+Blank lines are ignored. No dialog spells an EHLO listing: the listings live in one
+file, `ehlo.listings`, each with the options under which the session advertises it
+(test_dialogs.py checks that it does), so adding an extension edits that file alone.
+Parsing (`parse_dialog`) is separate from running
 (`run_dialog`), so the same files drive the sans-I/O `ServerSession` (`SessionPeer`, with
 the fixed test policy below) and a live server over TCP (any `DialogPeer`).
 
@@ -34,6 +40,7 @@ The test policy of `SessionPeer`: accept everything, except
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -63,6 +70,7 @@ __all__ = [
     "DialogFailure",
     "DialogPeer",
     "DialogSyntaxError",
+    "EhloListing",
     "Expect",
     "ExpectClosed",
     "ExpectMessage",
@@ -71,14 +79,19 @@ __all__ = [
     "SessionPeer",
     "Step",
     "TestPolicy",
+    "ehlo_listings",
     "load_dialog",
+    "load_listings",
     "parse_dialog",
+    "parse_listings",
     "run_dialog",
+    "session_config",
     "session_options",
     "unescape",
 ]
 
 HOSTNAME = "mx.test"
+LISTINGS = Path(__file__).resolve().parent / "dialogs" / "ehlo.listings"
 
 
 # --- the format ------------------------------------------------------------------------
@@ -103,11 +116,15 @@ class Send:
 
 @dataclass(frozen=True, slots=True)
 class Expect:
-    """One line the server must send; `prefix` means the rest of the line is free."""
+    """One line the server must send; `prefix` means the rest of the line is free.
+
+    `listing` names the EHLO listing the line comes from (`S: <ehlo NAME>`), if any.
+    """
 
     text: str
     prefix: bool
     line: int
+    listing: str = ""
 
     def matches(self, got: str) -> bool:
         return got.startswith(self.text) if self.prefix else got == self.text
@@ -142,7 +159,25 @@ class Dialog:
     steps: tuple[Step, ...]
 
 
+@dataclass(frozen=True, slots=True)
+class EhloListing:
+    """A named EHLO listing: the extensions the session offers under `options`."""
+
+    name: str
+    options: dict[str, str]
+    extensions: tuple[str, ...]
+    line: int
+
+    def replies(self) -> tuple[str, ...]:
+        """The reply lines after the first: `250-EXT`, and `250 EXT` for the last."""
+        last = len(self.extensions) - 1
+        return tuple(("250 " if i == last else "250-") + ext
+                     for i, ext in enumerate(self.extensions))
+
+
 _OPTION_RE = re.compile(r"([a-z_][a-z0-9_]*)=(\S+)\Z")
+_LISTING_NAME_RE = re.compile(r"\[([a-z0-9][a-z0-9-]*)\]\Z")
+_EHLO_STEP_RE = re.compile(r"<ehlo ([^>]*)>\Z")
 _ESCAPES = {"\\": "\\", "r": "\r", "n": "\n", "t": "\t", "0": "\0", '"': '"', "'": "'"}
 
 
@@ -178,8 +213,82 @@ def unescape(text: str) -> bytes:
     return bytes(out)
 
 
-def parse_dialog(text: str, name: str = "<dialog>") -> Dialog:
-    """Parse a dialog; DialogSyntaxError names the line and what is wrong with it."""
+def _parse_options(line: str, options: dict[str, str], name: str, number: int) -> None:
+    """Add the key=value words of a `#!` line to `options`."""
+    for word in line[2:].split():
+        m = _OPTION_RE.match(word)
+        if m is None:
+            raise DialogSyntaxError(
+                name, number, f"option {word!r} is not key=value (e.g. starttls=true)."
+            )
+        key, value = m.groups()
+        if key in options:
+            raise DialogSyntaxError(name, number, f"option {key} is set twice.")
+        options[key] = value
+
+
+def parse_listings(text: str, name: str = "<listings>") -> dict[str, EhloListing]:
+    """Parse an EHLO listings file (see tests/dialogs/ehlo.listings) into listings by name."""
+    found: dict[str, EhloListing] = {}
+    current: tuple[str, int] | None = None
+    options: dict[str, str] = {}
+    extensions: list[str] = []
+
+    def close(number: int) -> None:
+        if current is None:
+            return
+        listing, start = current
+        if not extensions:
+            raise DialogSyntaxError(name, number, f"the listing [{listing}] has no extensions.")
+        found[listing] = EhloListing(listing, dict(options), tuple(extensions), start)
+
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.rstrip("\r")
+        if not line.strip() or (line.startswith("#") and not line.startswith("#!")):
+            continue
+        m = _LISTING_NAME_RE.match(line)
+        if m is not None:
+            close(number)
+            listing = m.group(1)
+            if listing in found:
+                raise DialogSyntaxError(name, number, f"the listing [{listing}] is defined twice.")
+            current = (listing, number)
+            options.clear()
+            extensions.clear()
+        elif current is None:
+            raise DialogSyntaxError(
+                name, number, "a listing starts with its name in brackets, e.g. [default]."
+            )
+        elif line.startswith("#!"):
+            if extensions:
+                raise DialogSyntaxError(name, number, "option lines (#!) go before the extensions.")
+            _parse_options(line, options, name, number)
+        elif line != line.strip() or not line.isprintable():
+            raise DialogSyntaxError(name, number, f"an extension line is one keyword and its "
+                                                  f"parameters, not {line!r}.")
+        else:
+            extensions.append(line)
+    close(len(text.splitlines()) + 1)
+    return found
+
+
+def load_listings(path: Path) -> dict[str, EhloListing]:
+    return parse_listings(path.read_text(encoding="utf-8"), path.name)
+
+
+@functools.cache
+def ehlo_listings() -> dict[str, EhloListing]:
+    """The listings of tests/dialogs/ehlo.listings (read once)."""
+    return load_listings(LISTINGS)
+
+
+def parse_dialog(text: str, name: str = "<dialog>",
+                 listings: dict[str, EhloListing] | None = None) -> Dialog:
+    """Parse a dialog; DialogSyntaxError names the line and what is wrong with it.
+
+    `S: <ehlo NAME>` lines are looked up in `listings`, by default those of
+    tests/dialogs/ehlo.listings.
+    """
     description = ""
     options: dict[str, str] = {}
     steps: list[Step] = []
@@ -200,16 +309,7 @@ def parse_dialog(text: str, name: str = "<dialog>") -> Dialog:
         if line.startswith("#!"):
             if steps or pending_line:
                 raise DialogSyntaxError(name, number, "option lines (#!) go before the first step.")
-            for word in line[2:].split():
-                m = _OPTION_RE.match(word)
-                if m is None:
-                    raise DialogSyntaxError(
-                        name, number, f"option {word!r} is not key=value (e.g. starttls=true)."
-                    )
-                key, value = m.groups()
-                if key in options:
-                    raise DialogSyntaxError(name, number, f"option {key} is set twice.")
-                options[key] = value
+            _parse_options(line, options, name, number)
             continue
         if line.startswith("#"):
             if not description:
@@ -238,7 +338,18 @@ def parse_dialog(text: str, name: str = "<dialog>") -> Dialog:
             continue
         flush()
         if kind == "S":
-            if body.endswith("\\*"):
+            ehlo = _EHLO_STEP_RE.match(body)
+            if ehlo is not None:
+                known = ehlo_listings() if listings is None else listings
+                listing = known.get(ehlo.group(1))
+                if listing is None:
+                    raise DialogSyntaxError(
+                        name, number, f"no EHLO listing named {ehlo.group(1)!r}; the "
+                        f"listings are: {', '.join(sorted(known))}."
+                    )
+                steps.extend(Expect(text, False, number, listing.name)
+                             for text in listing.replies())
+            elif body.endswith("\\*"):
                 steps.append(Expect(body[:-2] + "*", False, number))
             elif body.endswith("*"):
                 steps.append(Expect(body[:-1], True, number))
@@ -270,26 +381,34 @@ def load_dialog(path: Path) -> Dialog:
 
 def session_options(dialog: Dialog) -> tuple[SessionConfig, bool]:
     """The dialog's options as (SessionConfig, tls_active); ValueError when one is bad."""
+    return session_config(dialog.options, dialog.name)
+
+
+def session_config(options: dict[str, str], source: str) -> tuple[SessionConfig, bool]:
+    """`#!` options (of a dialog or a listing) as (SessionConfig, tls_active).
+
+    ValueError names `source` and the bad option.
+    """
     fields = {f.name: f for f in dataclasses.fields(SessionConfig)}
     defaults = SessionConfig()
     kwargs: dict[str, object] = {"hostname": HOSTNAME}
     tls_active = False
-    for key, value in dialog.options.items():
+    for key, value in options.items():
         if key == "tls_active":
-            tls_active = _parse_bool(dialog, key, value)
+            tls_active = _parse_bool(source, key, value)
             continue
         if key not in fields or key == "hostname":
             known = ", ".join(sorted({*fields, "tls_active"} - {"hostname"}))
-            raise ValueError(f"{dialog.name}: unknown option {key!r}; options are: {known}.")
+            raise ValueError(f"{source}: unknown option {key!r}; options are: {known}.")
         default = getattr(defaults, key)
         if isinstance(default, bool):
-            kwargs[key] = _parse_bool(dialog, key, value)
+            kwargs[key] = _parse_bool(source, key, value)
         elif isinstance(default, int):
             try:
                 kwargs[key] = int(value)
             except ValueError:
                 raise ValueError(
-                    f"{dialog.name}: option {key} needs a number, not {value!r}."
+                    f"{source}: option {key} needs a number, not {value!r}."
                 ) from None
         elif isinstance(default, tuple):
             kwargs[key] = tuple(value.split(","))
@@ -298,16 +417,16 @@ def session_options(dialog: Dialog) -> tuple[SessionConfig, bool]:
     try:
         config = SessionConfig(**kwargs)  # type: ignore[arg-type]
     except ValueError as exc:
-        raise ValueError(f"{dialog.name}: {exc}") from None
+        raise ValueError(f"{source}: {exc}") from None
     return config, tls_active
 
 
-def _parse_bool(dialog: Dialog, key: str, value: str) -> bool:
+def _parse_bool(source: str, key: str, value: str) -> bool:
     if value.lower() in ("true", "yes", "1"):
         return True
     if value.lower() in ("false", "no", "0"):
         return False
-    raise ValueError(f"{dialog.name}: option {key} is true or false, not {value!r}.")
+    raise ValueError(f"{source}: option {key} is true or false, not {value!r}.")
 
 
 # --- running ---------------------------------------------------------------------------
@@ -415,7 +534,8 @@ def run_dialog(dialog: Dialog, peer: DialogPeer, *, skip_messages: bool = False)
         elif isinstance(step, Expect):
             got = next_line(step)
             if not step.matches(got):
-                raise fail(step.line, f"expected S: {step}\n          got S: {got}")
+                origin = f" (from <ehlo {step.listing}>)" if step.listing else ""
+                raise fail(step.line, f"expected S: {step}{origin}\n          got S: {got}")
         elif isinstance(step, ExpectMessage):
             if skip_messages:
                 continue

@@ -13,18 +13,23 @@ from pathlib import Path
 
 import pytest
 
+from mailgate.smtp.client import NEED_DATA, ClientConfig, ClientSession
 from tests.dialog import (
     Dialog,
     DialogFailure,
     DialogSyntaxError,
+    EhloListing,
     Expect,
     ExpectClosed,
     ExpectMessage,
     Send,
     SessionPeer,
+    ehlo_listings,
     load_dialog,
     parse_dialog,
+    parse_listings,
     run_dialog,
+    session_config,
     session_options,
     unescape,
 )
@@ -52,6 +57,122 @@ def test_dialog_says_what_it_checks(path: Path) -> None:
     )
     first = dialog.steps[0]
     assert isinstance(first, Expect) and str(first) == "220 mx.test ESMTP mailgate"
+
+
+# --- the EHLO listings (tests/dialogs/ehlo.listings) -----------------------------------
+
+LISTINGS = ehlo_listings()
+# An EHLO reply line spelled in a dialog: "250-KEYWORD..." or "250 KEYWORD..." for any
+# keyword a listing offers.
+KEYWORDS = sorted({ext.split()[0] for listing in LISTINGS.values() for ext in listing.extensions})
+SPELLED = re.compile(rf"S: 250[- ](?:{'|'.join(map(re.escape, KEYWORDS))})(?: |$)")
+
+
+@pytest.mark.parametrize("name", sorted(LISTINGS))
+def test_listing_is_what_the_session_advertises(name: str) -> None:
+    """Each named listing is exactly the session's EHLO reply under the listing's options,
+    so a listing cannot drift from what the server offers."""
+    listing = LISTINGS[name]
+    config, tls_active = session_config(listing.options, f"ehlo.listings [{name}]")
+    peer = SessionPeer(config, tls_active)
+    peer.receive(wait=False)  # the greeting
+    peer.send(b"EHLO client.test\r\n")
+    got = peer.receive(wait=False).decode().split("\r\n")
+    assert got == ["250-mx.test Hello client.test", *listing.replies(), ""]
+
+
+@pytest.mark.parametrize("name", sorted(LISTINGS))
+def test_client_reads_the_listing_back(name: str) -> None:
+    """The mirror: the client session, given the listing as the server's EHLO reply, sees
+    exactly its extensions and (opportunistic TLS) starts TLS exactly when it is offered."""
+    listing = LISTINGS[name]
+    client = ClientSession(ClientConfig(helo_name="client.test", tls="may"))
+    client.receive_data(b"220 mx.test ESMTP mailgate\r\n")
+    assert client.next_event() is NEED_DATA
+    assert client.data_to_send() == b"EHLO client.test\r\n"
+    reply = ["250-mx.test Hello client.test", *listing.replies()]
+    client.receive_data("".join(line + "\r\n" for line in reply).encode())
+    while client.next_event() is not NEED_DATA:
+        pass
+    assert client.capabilities.keywords == tuple(
+        (word, params) for word, _, params in (ext.partition(" ") for ext in listing.extensions))
+    offered = "STARTTLS" in listing.extensions
+    assert client.data_to_send() == (b"STARTTLS\r\n" if offered else b"")
+
+
+def test_every_listing_is_used() -> None:
+    used = {s.listing for path in FILES for s in load_dialog(path).steps
+            if isinstance(s, Expect)}
+    assert used >= set(LISTINGS), f"unused listings: {sorted(set(LISTINGS) - used)}"
+
+
+@pytest.mark.parametrize("path", FILES, ids=[p.stem for p in FILES])
+def test_dialog_names_its_ehlo_listing(path: Path) -> None:
+    """No dialog spells an EHLO listing (or part of one): it writes S: <ehlo NAME>."""
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        assert not SPELLED.match(line), (
+            f"{path.name}:{number}: {line!r} spells an EHLO listing; write the Hello line, "
+            "then S: <ehlo NAME> with a listing of tests/dialogs/ehlo.listings.")
+
+
+def test_spelled_listing_lines_are_recognised() -> None:
+    assert SPELLED.match("S: 250-PIPELINING")
+    assert SPELLED.match("S: 250 AUTH PLAIN LOGIN")
+    assert SPELLED.match("S: 250-SIZE 1000")
+    assert not SPELLED.match("S: 250 2.1.0 Sender ok")
+    assert not SPELLED.match("S: 250-mx.test Hello client.test")
+    assert not SPELLED.match("S: <ehlo default>")
+
+
+LISTINGS_TEXT = "# two\n[one]\nPIPELINING\n\n[two]\n#! starttls=true\nSIZE 10\nSTARTTLS\n"
+
+
+def test_parse_listings() -> None:
+    listings = parse_listings(LISTINGS_TEXT, "t.listings")
+    assert listings == {
+        "one": EhloListing("one", {}, ("PIPELINING",), 2),
+        "two": EhloListing("two", {"starttls": "true"}, ("SIZE 10", "STARTTLS"), 5),
+    }
+    assert listings["two"].replies() == ("250-SIZE 10", "250 STARTTLS")
+    assert listings["one"].replies() == ("250 PIPELINING",)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("PIPELINING\n", "starts with its name in brackets"),
+        ("[one]\n", "has no extensions"),
+        ("[one]\n[two]\nDSN\n", "has no extensions"),
+        ("[one]\nDSN\n[one]\nDSN\n", "defined twice"),
+        ("[one]\nDSN\n#! starttls=true\n", "before the extensions"),
+        ("[one]\n#! starttls\nDSN\n", "key=value"),
+        ("[one]\n DSN\n", "one keyword and its parameters"),
+    ],
+)
+def test_bad_listings_name_the_problem(text: str, message: str) -> None:
+    with pytest.raises(DialogSyntaxError, match=r"^bad\.listings:\d+: ") as info:
+        parse_listings(text, "bad.listings")
+    assert message in str(info.value)
+
+
+def test_ehlo_step_expands_to_the_listing() -> None:
+    listings = parse_listings(LISTINGS_TEXT, "t.listings")
+    d = parse_dialog("# x\n" + GREETING + "C: EHLO a\nS: 250-mx.test Hello a\n"
+                     "S: <ehlo two>\nC: QUIT\n", "t.dialog", listings)
+    assert d.steps[1:4] == (
+        Send(b"EHLO a\r\n", 3),
+        Expect("250-mx.test Hello a", False, 4),
+        Expect("250-SIZE 10", False, 5, "two"),
+    )
+    assert d.steps[4] == Expect("250 STARTTLS", False, 5, "two")
+    with pytest.raises(DialogSyntaxError, match=r"^t.dialog:3: no EHLO listing named 'three'; "
+                                                r"the listings are: one, two\."):
+        parse_dialog("# x\n" + GREETING + "S: <ehlo three>\n", "t.dialog", listings)
+
+
+def test_ehlo_step_uses_the_listings_file_by_default() -> None:
+    d = parse("C: EHLO a\nS: 250-mx.test Hello a\nS: <ehlo default>\n")
+    assert [str(s) for s in d.steps[3:]] == list(LISTINGS["default"].replies())
 
 
 # --- the parser ----------------------------------------------------------------------------
@@ -174,14 +295,21 @@ def test_runner_reports_unmatched_output_before_sending() -> None:
         run("C: NOOP\nC: RSET\nS: 250 Ok\nC: QUIT\nS: 250 Reset state\n")
 
 
+def test_runner_names_the_listing_of_a_wrong_line() -> None:
+    with pytest.raises(DialogFailure, match=r"run.dialog:4: expected S: 250-CHUNKING "
+                                            r"\(from <ehlo starttls>\)") as info:
+        run("C: EHLO c\nS: 250-mx.test Hello c\nS: <ehlo starttls>\n")
+    assert "got S: 250 CHUNKING" in str(info.value)
+
+
 def test_runner_checks_closed() -> None:
     with pytest.raises(DialogFailure, match="closed the session"):
         run("C: NOOP\nS: 250 Ok\nX: closed\n")
 
 
 def test_runner_checks_messages() -> None:
-    tx = ("C: EHLO c\nS: 250-*\nS: 250-*\nS: 250-*\nS: 250-*\nS: 250-*\nS: 250-*\n"
-          "S: 250-*\nS: 250 *\nC: MAIL FROM:<a@b.c>\nC: RCPT TO:<d@e.f>\nC: DATA\n"
+    tx = ("C: EHLO c\nS: 250-mx.test Hello c\nS: <ehlo default>\n"
+          "C: MAIL FROM:<a@b.c>\nC: RCPT TO:<d@e.f>\nC: DATA\n"
           "S: 250 *\nS: 250 *\nS: 354 *\nC: hi\nC: .\nS: 250 2.0.0 Ok: queued as 1\n")
     run(tx + "M: hi\\r\\n\n")
     with pytest.raises(DialogFailure, match="message #1 differs"):
