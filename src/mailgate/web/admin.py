@@ -61,7 +61,8 @@ from mailgate.queue import (
     RecipientState,
 )
 from mailgate.queue.report import message_json
-from mailgate.web.app import HERE, SESSION_MAX_AGE, WebContext, templates
+from mailgate.web import public
+from mailgate.web.context import HERE, SESSION_MAX_AGE, WebContext, templates
 from mailgate.web.tokens import TokenStore
 
 __all__ = ["OPENAPI_COMPONENTS", "OPENAPI_PATHS", "parse_filters", "routes"]
@@ -422,8 +423,6 @@ def _render(request: Request, name: str, context: dict[str, Any],
     }
     response = templates.TemplateResponse(request, name, data, status_code=status_code,
                                           headers=dict(headers or {}))
-    from mailgate.web import public
-
     public.remember_lang(request, response)
     response.headers.setdefault("Cache-Control", "no-store")
     response.headers.setdefault("X-Frame-Options", "DENY")
