@@ -209,3 +209,10 @@ def test_metrics_spells_the_queue_states() -> None:
     from mailgate.queue import RecipientState
 
     assert tuple(s.value for s in RecipientState) == metrics.QUEUE_STATES
+
+
+def test_the_two_sessions_do_not_import_each_other() -> None:
+    """What both need is in smtp/_common.py; neither reaches into the other's privates."""
+    graph = import_graph()
+    assert "mailgate.smtp.server" not in graph["mailgate.smtp.client"]
+    assert "mailgate.smtp.client" not in graph["mailgate.smtp.server"]
