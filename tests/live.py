@@ -21,10 +21,10 @@ import pytest
 
 from mailgate.config import Config, Listener
 from mailgate.dns import Resolver
-from mailgate.server.app import serve
+from mailgate.serve import serve
 from mailgate.server.listener import SMTPServer
 from mailgate.server.policy import Policy
-from mailgate.server.users import UserDB
+from mailgate.users import UserDB
 
 __all__ = ["LiveServer", "live_config", "live_server", "mailgate_cli"]
 

@@ -26,8 +26,8 @@ import pytest
 
 from mailgate.config import Config, Delivery, Domains, Limits, Relay, Timeouts
 from mailgate.server.policy import ConnectionInfo, Policy
-from mailgate.server.users import UserDB
 from mailgate.smtp.server import AuthAttempt
+from mailgate.users import UserDB
 from tests.live import LiveServer, live_config
 from tests.smtpwire import Wire, loopback_config, wait_for_files, wait_until
 

@@ -33,7 +33,7 @@ from mailgate.delivery.engine import DeliveryEngine
 from mailgate.delivery.local import LocalDelivery
 from mailgate.queue import QueuedMessage, Recipient, RecipientState
 from mailgate.queue.sqlite import SQLiteQueue
-from mailgate.server.users import UserDB
+from mailgate.users import UserDB
 from tests.fakemx import DSN, MX1, MX2, FakeMX, parse_dsn, wait_until
 from tests.live import LiveServer, live_config
 from tests.tlscerts import TestCA

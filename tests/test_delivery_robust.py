@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 from mailgate import metrics
+from mailgate import serve as app_module
 from mailgate.delivery import engine as engine_module
 from mailgate.delivery import local as local_module
 from mailgate.delivery.engine import DeliveryEngine
@@ -29,7 +30,6 @@ from mailgate.delivery.maildir import deliver as maildir_deliver
 from mailgate.queue import NewMessage, NewRecipient, RecipientState
 from mailgate.queue.report import show_json, show_text
 from mailgate.queue.sqlite import SQLiteQueue
-from mailgate.server import app as app_module
 from tests import test_delivery
 from tests.fakemx import MX1, FakeMX
 from tests.live import LiveServer

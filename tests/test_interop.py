@@ -27,7 +27,7 @@ import aiosmtplib
 import pytest
 
 from mailgate.config import Relay
-from mailgate.server.users import UserDB
+from mailgate.users import UserDB
 from tests.live import LiveServer
 from tests.smtpwire import Delivered, loopback_config, parse_delivered, unverified_context
 from tests.smtpwire import wait_for_files as _wait_for_files

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from mailgate.config import Relay
-from mailgate.server.users import UserDB
+from mailgate.users import UserDB
 from tests.live import LiveServer, live_config
 
 pytest_plugins = ["tests.live"]

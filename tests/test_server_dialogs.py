@@ -43,8 +43,8 @@ from mailgate.config import Config, Submission
 from mailgate.dns import Resolver
 from mailgate.queue.sqlite import SQLiteQueue
 from mailgate.server.policy import ConnectionInfo, Policy
-from mailgate.server.users import UserDB
 from mailgate.smtp.server import AuthAttempt, MailFrom, RcptTo, SessionConfig
+from mailgate.users import UserDB
 from tests.dialog import HOSTNAME, Dialog, TestPolicy, load_dialog, run_dialog, session_options
 from tests.live import LiveServer
 from tests.smtpwire import loopback_config, unverified_context

@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 
 from mailgate.config import Config, Relay, Timeouts
-from mailgate.server.users import UserDB
+from mailgate.users import UserDB
 from tests.dialog import Expect, ExpectMessage, Send, load_dialog
 from tests.live import LiveServer
 from tests.smtpwire import (

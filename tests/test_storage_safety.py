@@ -24,7 +24,7 @@ import pytest
 from mailgate.delivery.maildir import MaildirError, deliver, mailbox_path
 from mailgate.queue.sqlite import SQLiteQueue
 from mailgate.server.tls import ensure_self_signed
-from mailgate.server.users import UserDB
+from mailgate.users import UserDB
 from mailgate.web.auth import AdminAuth
 from tests.live import LiveServer, live_config
 from tests.smtpwire import Wire, wait_for_files, wait_until

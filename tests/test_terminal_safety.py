@@ -117,7 +117,7 @@ def test_log_formatter_escapes_client_strings() -> None:
 
 def test_live_server_log_carries_no_raw_escape(tmp_path: Path) -> None:
     """The AUTH user name reaches the log as the client sent it: escaped there."""
-    from mailgate.server.app import configure_logging
+    from mailgate.serve import configure_logging
 
     stream = io.StringIO()
     root = logging.getLogger()

@@ -29,8 +29,9 @@ from mailgate.config import Config, WebConfig
 from mailgate.queue import Attempt, NewMessage, NewRecipient, NotFound, RecipientState
 from mailgate.queue.sqlite import SQLiteQueue
 from mailgate.web import admin
-from mailgate.web.app import SESSION_MAX_AGE, WebContext, create_app
+from mailgate.web.app import WebContext, create_app
 from mailgate.web.auth import AdminAuth
+from mailgate.web.context import SESSION_MAX_AGE
 from mailgate.web.tokens import TokenStore
 from tests.live import mailgate_cli
 

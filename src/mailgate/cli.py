@@ -19,7 +19,7 @@ from mailgate.codes.registry import languages
 if TYPE_CHECKING:
     from mailgate.config import Config
     from mailgate.queue import Queue
-    from mailgate.server.users import UserDB
+    from mailgate.users import UserDB
 
 EXIT_USAGE = 2
 
@@ -148,7 +148,7 @@ def _load_config(path: Path | None) -> Config:
 def serve(config_path: Path | None) -> None:
     """Run the mail server (with no options: zero-config on loopback ports)."""
     from mailgate.queue import QueueError
-    from mailgate.server.app import StartupError, run
+    from mailgate.serve import StartupError, run
 
     config = _load_config(config_path)
     try:
@@ -331,7 +331,7 @@ def user() -> None:
 
 
 def _users(config_path: Path | None) -> UserDB:
-    from mailgate.server.users import UserDB
+    from mailgate.users import UserDB
 
     config = _load_config(config_path)
     return UserDB(config.data_dir / "users.json")
@@ -343,7 +343,7 @@ def _users(config_path: Path | None) -> UserDB:
 @click.option("--password-stdin", is_flag=True, help="Read the password from standard input.")
 def user_add(name: str, config_path: Path | None, password_stdin: bool) -> None:
     """Add a user, or set a user's password."""
-    from mailgate.server.users import UserError
+    from mailgate.users import UserError
 
     if password_stdin:
         password = sys.stdin.readline().rstrip("\r\n")
@@ -361,7 +361,7 @@ def user_add(name: str, config_path: Path | None, password_stdin: bool) -> None:
 @_config_option
 def user_del(name: str, config_path: Path | None) -> None:
     """Delete a user."""
-    from mailgate.server.users import UserError
+    from mailgate.users import UserError
 
     try:
         _users(config_path).delete(name)
@@ -533,7 +533,7 @@ def admin() -> None:
 @click.option("--password-stdin", is_flag=True, help="Read the password from standard input.")
 def admin_set_password(config_path: Path | None, password_stdin: bool) -> None:
     """Set the web admin's password; every open admin session ends."""
-    from mailgate.server.users import UserError
+    from mailgate.users import UserError
     from mailgate.web.auth import AdminAuth
 
     config = _load_config(config_path)

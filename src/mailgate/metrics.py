@@ -32,7 +32,9 @@ path (no label dictionaries built, no string formatting per call for known label
 
 Queue sizes by state are not pushed: `/metrics` asks the queue (`queue.counts()`) when
 scraped. `exposition()` gives the text; the web app serves it at `/metrics`. This module
-imports nothing of the web stack, so the server, the engine and the resolver can use it.
+imports nothing of mailgate (a leaf), so the server, the engine, the resolver and the web
+app can all use it: the queue's state names are spelled here (`QUEUE_STATES`), and a test
+(tests/test_layering.py) keeps them equal to `queue.RecipientState`.
 """
 
 from __future__ import annotations
@@ -48,8 +50,6 @@ from prometheus_client import (
     disable_created_metrics,
     generate_latest,
 )
-
-from mailgate.queue import RecipientState
 
 __all__ = [
     "REGISTRY",
@@ -147,6 +147,7 @@ OUTCOMES = ("delivered", "deferred", "failed")
 TLS_LEVELS = ("none", "may", "encrypt", "verify")
 NOTICE_KINDS = ("failure", "delay", "success")
 WORKERS = ("local", "outbound")
+QUEUE_STATES = ("queued", "deferred", "held", "delivered", "failed")  # RecipientState
 
 # Pre-bound children: the hot path only looks them up.
 _connections_open_inc = CONNECTIONS_OPEN.inc
@@ -160,7 +161,7 @@ _reply: dict[int, Counter] = {}
 _delivery: dict[tuple[str, int | None], Counter] = {}
 _dns = {r: DNS.labels(r) for r in DNS_RESULTS}
 _dns_other = _dns["other"]
-_queue = {s.value: QUEUE.labels(s.value) for s in RecipientState}
+_queue = {s: QUEUE.labels(s) for s in QUEUE_STATES}
 _outbound = {(level, tls): OUTBOUND.labels(level, "yes" if tls else "no")
              for level in TLS_LEVELS for tls in (True, False)}
 _notices = {k: NOTICES.labels(k) for k in NOTICE_KINDS}

@@ -31,12 +31,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import cast
 
-from mailgate import metrics
+from mailgate import hashing, metrics
 from mailgate.codes.reply import Reply
 from mailgate.config import Config, Listener
 from mailgate.queue import NewMessage, NewRecipient, QueueFull, new_queue_id
 from mailgate.queue.spool import SpoolFile
-from mailgate.server import hashing
 from mailgate.server.policy import AUTH_TOO_MANY, ConnectionInfo, Policy
 from mailgate.smtp import replies
 from mailgate.smtp.server import (
@@ -591,7 +590,7 @@ class SMTPConnection(asyncio.Protocol):
             return AUTH_TOO_MANY
         try:
             # The password pool, never the default executor that delivery uses: a burst
-            # of AUTH attempts must not stall anything else (server/hashing.py).
+            # of AUTH attempts must not stall anything else (hashing.py).
             ok = await hashing.check(policy.check_password, ev)
         except BaseException:
             policy.auth_release(reservation)  # our failure, not the client's

@@ -18,9 +18,9 @@ from mailgate.codes.reply import Reply
 from mailgate.config import Config
 from mailgate.dns import Resolver
 from mailgate.idn import DomainError, canonical_domain
-from mailgate.server.users import UserDB
 from mailgate.smtp.address import Address
 from mailgate.smtp.server import AuthAttempt, MailFrom, RcptTo
+from mailgate.users import UserDB
 
 __all__ = ["AuthReservation", "ConnectionInfo", "Policy"]
 

@@ -65,9 +65,11 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from mailgate.codes.reply import Reply, ReplyError, parse_reply, parse_reply_line
+from mailgate.smtp._common import NEED_DATA, ProtocolUsageError
+from mailgate.smtp._common import NeedData as _NeedData
+from mailgate.smtp._common import escape_controls as _printable
 from mailgate.smtp.address import NULL_PATH, Address, AddressError, parse_path
 from mailgate.smtp.framing import dot_stuff
-from mailgate.smtp.server import NEED_DATA, ProtocolUsageError, _NeedData, _printable
 
 __all__ = [
     "AUTH_IMPOSSIBLE",

@@ -27,10 +27,13 @@ import re
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import ClassVar, Final, Literal, Protocol
+from typing import ClassVar, Literal, Protocol
 
 from mailgate.codes.reply import Reply
 from mailgate.smtp import replies as R
+from mailgate.smtp._common import NEED_DATA, ProtocolUsageError
+from mailgate.smtp._common import NeedData as _NeedData
+from mailgate.smtp._common import escape_controls as _printable
 from mailgate.smtp.address import Address, AddressError, parse_path
 from mailgate.smtp.framing import DataReader
 from mailgate.smtp.params import (
@@ -70,10 +73,6 @@ class SessionObserver(Protocol):
     def command(self, verb: str) -> None: ...
 
     def reply(self, code: int) -> None: ...
-
-
-class ProtocolUsageError(RuntimeError):
-    """The shell used the session wrongly (e.g. read an event before answering one)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,18 +219,6 @@ class SessionClosed(Event):
 @dataclass(frozen=True, slots=True)
 class ConnectionLost(Event):
     """The client closed the connection (EOF)."""
-
-
-class _NeedData(enum.Enum):
-    """A one-member enum, so that `ev is not NEED_DATA` narrows the type for mypy."""
-
-    NEED_DATA = "NEED_DATA"
-
-    def __repr__(self) -> str:
-        return "NEED_DATA"
-
-
-NEED_DATA: Final = _NeedData.NEED_DATA
 
 
 class _Phase(enum.Enum):
@@ -940,18 +927,6 @@ _HANDLERS: dict[str, Callable[[ServerSession, str], None]] = {
     "STARTTLS": ServerSession._cmd_starttls,
     "AUTH": ServerSession._cmd_auth,
 }
-
-
-_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
-
-
-def _printable(text: str) -> str:
-    """Client text quoted in a reply, its control characters (C0, DEL, C1) as `\\xNN`.
-
-    A CR or LF would break the reply (and the session with it); a NUL, ESC or NEL would
-    go back to the client and on into logs and terminals.
-    """
-    return _CONTROL_RE.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
 
 
 def _address_reply(exc: AddressError, code: int, enhanced: str, who: str) -> Reply:

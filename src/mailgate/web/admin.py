@@ -16,7 +16,7 @@ it comes from (Origin, else Referer), must come from this site. Actions ask for
 confirmation first: a `confirm()` dialog, or without JavaScript a confirmation page.
 Failed logins are limited per client address (5 in 10 minutes, then 429) and for the
 admin account (30 in 10 minutes from all addresses); a login takes its slot before the
-password is checked, in the password pool of `server.hashing`.
+password is checked, in the password pool of `mailgate.hashing`.
 
 The API accepts `Authorization: Bearer <token>` (tokens from `mailgate admin token`,
 stored hashed) or the logged-in session. `OPENAPI_PATHS` / `OPENAPI_COMPONENTS`
@@ -50,6 +50,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from mailgate import hashing
 from mailgate.queue import (
     FINAL_STATES,
     ActivityBucket,
@@ -60,8 +61,8 @@ from mailgate.queue import (
     RecipientState,
 )
 from mailgate.queue.report import message_json
-from mailgate.server import hashing
-from mailgate.web.app import HERE, SESSION_MAX_AGE, WebContext, templates
+from mailgate.web import public
+from mailgate.web.context import HERE, SESSION_MAX_AGE, WebContext, templates
 from mailgate.web.tokens import TokenStore
 
 __all__ = ["OPENAPI_COMPONENTS", "OPENAPI_PATHS", "parse_filters", "routes"]
@@ -422,8 +423,6 @@ def _render(request: Request, name: str, context: dict[str, Any],
     }
     response = templates.TemplateResponse(request, name, data, status_code=status_code,
                                           headers=dict(headers or {}))
-    from mailgate.web import public
-
     public.remember_lang(request, response)
     response.headers.setdefault("Cache-Control", "no-store")
     response.headers.setdefault("X-Frame-Options", "DENY")

@@ -13,7 +13,7 @@ import secrets
 from pathlib import Path
 
 from mailgate.secretfile import write_private_json
-from mailgate.server.users import UserDB
+from mailgate.users import UserDB
 
 __all__ = ["AdminAuth"]
 

@@ -144,9 +144,9 @@ def _version() -> str:
 @functools.cache
 def document() -> dict[str, Any]:
     """The whole OpenAPI document, built once per process."""
-    paths: dict[str, Any] = {**public.OPENAPI_PATHS, **getattr(admin, "OPENAPI_PATHS", {})}
+    paths: dict[str, Any] = {**public.OPENAPI_PATHS, **admin.OPENAPI_PATHS}
     components: dict[str, Any] = {"schemas": dict(SCHEMAS)}
-    for section, entries in getattr(admin, "OPENAPI_COMPONENTS", {}).items():
+    for section, entries in admin.OPENAPI_COMPONENTS.items():
         components.setdefault(section, {}).update(entries)
     return {
         "openapi": "3.1.0",

@@ -44,7 +44,7 @@ from mailgate.codes.compare import Comparison, compare
 from mailgate.codes.explain import Explanation, explain_code
 from mailgate.codes.render import Block, Doc, comparison_doc, explanation_doc, render
 from mailgate.codes.reply import ReplyError
-from mailgate.web.app import HERE, templates
+from mailgate.web.context import HERE, templates
 
 __all__ = [
     "LANG_COOKIE",
@@ -926,10 +926,5 @@ async def _server_error(request: Request, exc: Exception) -> Response:
 
 
 def exception_handlers() -> dict[Any, ExceptionHandler]:
-    """HTTP errors as pages (or JSON under /api/), plus `admin.EXCEPTION_HANDLERS`."""
-    from mailgate.web import admin
-
-    handlers: dict[Any, ExceptionHandler] = {HTTPException: _http_exception,
-                                             500: _server_error}
-    handlers.update(getattr(admin, "EXCEPTION_HANDLERS", {}))
-    return handlers
+    """HTTP errors as pages (or JSON under /api/)."""
+    return {HTTPException: _http_exception, 500: _server_error}

@@ -1,5 +1,9 @@
 """`mailgate serve`: put the queue, the listeners and local delivery together and run.
 
+This is the composition root: the one module that imports the SMTP server, delivery and
+the web face and wires them together, so none of them imports another
+(docs/architecture.md).
+
 With `[server] workers = N > 1` the listening sockets are shared by N processes
 (SO_REUSEPORT), each with its own event loop and its own group-committing writer to the
 one SQLite queue: that is how a Python MTA uses more than one core.
@@ -41,8 +45,8 @@ from mailgate.queue.sqlite import SQLiteQueue
 from mailgate.server.listener import SMTPServer
 from mailgate.server.policy import Policy
 from mailgate.server.tls import ensure_self_signed, server_context
-from mailgate.server.users import UserDB
 from mailgate.textsafe import SafeFormatter
+from mailgate.users import UserDB
 
 __all__ = ["StartupError", "bind_socket", "check_ports", "configure_logging", "run", "serve",
            "supervise"]

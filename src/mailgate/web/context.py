@@ -1,0 +1,47 @@
+"""What every part of the web app shares: the templates, the static folder, the session
+lifetime and `WebContext`, the running server as the pages see it.
+
+The pages (`public`, `admin`, `openapi`, `metrics`) import this module and nothing of
+`web/app.py`; `app.py` imports the pages and assembles them. So the arrows inside `web/`
+point one way: app -> openapi -> admin -> public -> context.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from starlette.templating import Jinja2Templates
+
+from mailgate.config import Config
+from mailgate.queue import Queue
+from mailgate.web.auth import AdminAuth
+
+__all__ = ["HERE", "SESSION_MAX_AGE", "WebContext", "templates"]
+
+HERE = Path(__file__).parent
+templates = Jinja2Templates(directory=str(HERE / "templates"))
+SESSION_MAX_AGE = 8 * 3600  # an admin session expires after eight hours
+
+
+@dataclass
+class WebContext:
+    """What the pages need from the running server; shared by every request."""
+
+    config: Config
+    queue: Queue | None
+    auth: AdminAuth
+    # Counters of the running server (connections, accepted, refused, ...); empty when
+    # the web app runs without a server (tests, docs).
+    server_stats: Callable[[], dict[str, Any]] = dict
+    # Called after an admin action that makes work due (retry, release): wake delivery.
+    on_due: Callable[[], None] = lambda: None
+    started: float = field(default_factory=time.time)
+
+    async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run a blocking queue call off the event loop."""
+        return await asyncio.to_thread(fn, *args)
