@@ -15,7 +15,7 @@ import builtins
 import enum
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ActivityBucket",
     "Attempt",
+    "Enqueue",
     "NewMessage",
     "NewRecipient",
     "NotFound",
@@ -190,6 +191,11 @@ class WorkItem:
     claim_token: str
 
 
+# How the server and delivery hand a message to the queue (`Queue.enqueue_async`, or a
+# wrapper of it that also counts and logs): the queue id once the message is stored.
+Enqueue = Callable[[NewMessage], Awaitable[str]]
+
+
 class Queue(Protocol):
     """What every backend provides. All methods are blocking; the server calls them from a
     thread (`asyncio.to_thread`) or through the backend's own async wrapper."""
@@ -228,6 +234,13 @@ class Queue(Protocol):
         next_attempt) / failed according to attempt.outcome; releases the claim."""
         ...
 
+    async def record_async(self, recipient_id: int, attempt: Attempt,
+                           next_attempt: float | None = None,
+                           claim_token: str | None = None) -> None:
+        """`record` for the asyncio delivery engine: without blocking the event loop or
+        holding a thread per attempt (concurrent calls may share one commit)."""
+        ...
+
     def release(self, claim_token: str) -> None:
         """Give claimed work back unchanged (graceful shutdown)."""
         ...
@@ -237,6 +250,11 @@ class Queue(Protocol):
         (ids unknown to the queue are left out). Whoever gets an id back owns that
         recipient's delay notice: two workers marking the same recipient at once cannot
         both send one."""
+        ...
+
+    async def mark_delay_notified_async(self, recipient_ids: Sequence[int]
+                                        ) -> builtins.list[int]:
+        """`mark_delay_notified` without blocking the event loop."""
         ...
 
     def list(self, state: RecipientState | None = None, limit: int = 100, offset: int = 0,
