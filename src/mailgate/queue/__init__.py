@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
+    from mailgate.config import Config
     from mailgate.queue.spool import SpoolFile
 
 __all__ = [
@@ -28,6 +29,7 @@ __all__ = [
     "Enqueue",
     "NewMessage",
     "NewRecipient",
+    "NoQueue",
     "NotFound",
     "Queue",
     "QueueError",
@@ -37,6 +39,7 @@ __all__ = [
     "RecipientState",
     "WorkItem",
     "new_queue_id",
+    "open_queue",
 ]
 
 
@@ -51,6 +54,10 @@ class QueueFull(QueueError):
 class NotFound(QueueError):
     """The id names no message (or recipient) in the queue: it may have been delivered
     and removed, or deleted by an administrator. The web page answers 404, the CLI says so."""
+
+
+class NoQueue(QueueError):
+    """`open_queue(..., create=False)` found no queue where the configuration points."""
 
 
 class RecipientState(enum.StrEnum):
@@ -302,3 +309,18 @@ class Queue(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+def open_queue(config: Config, *, create: bool = True) -> Queue:
+    """The queue the configuration names: the only way code outside `queue/` gets one.
+
+    Today that is the SQLite backend on `data_dir/queue.db`; a backend for clusters will
+    be chosen here from the configuration, and no caller changes. With `create=False`
+    (the `queue` commands, which must not make an empty queue in the wrong place) a
+    missing queue raises NoQueue instead."""
+    from mailgate.queue.sqlite import SQLiteQueue
+
+    path = config.data_dir / "queue.db"
+    if not create and not path.exists():
+        raise NoQueue(f"there is no queue at {path}")
+    return SQLiteQueue(path)
