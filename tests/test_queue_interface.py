@@ -13,8 +13,7 @@ from mailgate.queue.sqlite import SQLiteQueue
 
 # What SQLiteQueue has beyond the protocol, on purpose: tests and benchmarks of that
 # backend use them, nothing in src/ does.
-BACKEND_ONLY = {"integrity_check", "commit_count", "committed_requests", "checkpoint_count",
-                "owner", "path"}
+BACKEND_ONLY = {"integrity_check", "commit_count", "committed_requests", "checkpoint_count"}
 
 
 def test_open_queue_makes_the_queue_in_data_dir(tmp_path: Path) -> None:
@@ -40,7 +39,7 @@ def test_open_queue_without_create_refuses_a_missing_queue(tmp_path: Path) -> No
 
 
 def _public(cls: type) -> dict[str, object]:
-    return {name: member for name, member in vars(cls).items() if not name.startswith("_")}
+    return {name: getattr(cls, name) for name in dir(cls) if not name.startswith("_")}
 
 
 def test_the_protocol_declares_every_method_of_the_backend() -> None:
@@ -60,3 +59,17 @@ def test_the_backend_matches_the_protocol(name: str) -> None:
     declared, built = getattr(Queue, name), getattr(SQLiteQueue, name)
     assert _parameters(built) == _parameters(declared), name
     assert inspect.iscoroutinefunction(built) == inspect.iscoroutinefunction(declared), name
+
+
+def test_the_writer_engine_knows_nothing_of_the_queue_s_tables() -> None:
+    """queue/sqlite/writer.py runs writes it is given: it imports nothing of the package
+    that knows messages (rows, schema, owners, SQLiteQueue), only the queue's errors."""
+    import ast
+
+    from mailgate.queue.sqlite import writer
+
+    tree = ast.parse(Path(writer.__file__).read_text(encoding="utf-8"))
+    imported = {(node.module, alias.name) for node in ast.walk(tree)
+                if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("mailgate")
+                for alias in node.names}
+    assert imported == {("mailgate.queue", "QueueError"), ("mailgate.queue", "QueueFull")}

@@ -1,6 +1,6 @@
 """The durable queue: messages and per-recipient state.
 
-The interface is backend-neutral; `queue/sqlite.py` is the default backend (one file,
+The interface is backend-neutral; `queue/sqlite/` is the default backend (one file,
 WAL, `synchronous=FULL`, group commit) and a PostgreSQL backend for clusters will
 implement the same `Queue` protocol. Nothing outside `queue/` knows which one it has.
 
