@@ -230,13 +230,13 @@ def queue() -> None:
 
 
 def _open_queue(config_path: Path | None) -> tuple[Config, Queue]:
-    from mailgate.queue.sqlite import SQLiteQueue
+    from mailgate.queue import NoQueue, open_queue
 
     config = _load_config(config_path)
-    db = config.data_dir / "queue.db"
-    if not db.exists():
-        fail(f"there is no queue at {db}: start `mailgate serve` first, or pass --config.")
-    return config, SQLiteQueue(db)
+    try:
+        return config, open_queue(config, create=False)
+    except NoQueue as exc:
+        fail(f"{exc}: start `mailgate serve` first, or pass --config.")
 
 
 _qformat = click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text",

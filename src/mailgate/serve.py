@@ -38,10 +38,9 @@ from mailgate.datadir import StartupError, prepare_data_dir
 from mailgate.delivery.engine import DeliveryEngine
 from mailgate.delivery.local import LocalDelivery
 from mailgate.dns import Resolver
-from mailgate.queue import NewMessage, QueueError
+from mailgate.queue import NewMessage, Queue, QueueError, open_queue
 from mailgate.queue.spool import clean as clean_spool
 from mailgate.queue.spool import spool_dir
-from mailgate.queue.sqlite import SQLiteQueue
 from mailgate.server.listener import SMTPServer
 from mailgate.server.policy import Policy
 from mailgate.server.tls import ensure_self_signed, server_context
@@ -165,7 +164,7 @@ async def serve(config: Config, *, reuse_port: bool = False, workers: int = 1,
     default the one that prints the banner (`ready` None) does.
     """
     prepare_data_dir(config.data_dir)
-    queue = SQLiteQueue(config.data_dir / "queue.db")
+    queue = open_queue(config)
     users = UserDB(config.data_dir / "users.json")
     resolver = Resolver(nameservers=list(config.dns.nameservers))
     tls_ctx, cert, _ = _tls(config)
@@ -286,7 +285,7 @@ def check_ports(config: Config, reuse_port: bool) -> None:
         bind_socket(config.web.host, config.web.port).close()
 
 
-async def _start_web(config: Config, queue: SQLiteQueue, server: SMTPServer,
+async def _start_web(config: Config, queue: Queue, server: SMTPServer,
                      outbound: DeliveryEngine, local: LocalDelivery, first: bool,
                      ) -> tuple[Any, asyncio.Task[None] | None, str]:
     """The web page in this process's event loop (uvicorn); only the first worker runs it.
@@ -303,7 +302,7 @@ async def _start_web(config: Config, queue: SQLiteQueue, server: SMTPServer,
         raise
 
 
-async def _run_web(config: Config, queue: SQLiteQueue, server: SMTPServer,
+async def _run_web(config: Config, queue: Queue, server: SMTPServer,
                    outbound: DeliveryEngine, local: LocalDelivery, sock: socket.socket,
                    ) -> tuple[Any, asyncio.Task[None] | None, str]:
     import uvicorn

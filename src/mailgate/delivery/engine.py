@@ -49,7 +49,6 @@ from mailgate import metrics
 from mailgate.codes.reply import Reply
 from mailgate.config import Config, TLSLevel
 from mailgate.delivery.notices import (
-    Enqueue,
     notify_success,
     send_notice,
     wants_success,
@@ -59,6 +58,7 @@ from mailgate.delivery.transport import ClientRun, ConnectError, run_client, tls
 from mailgate.dns import MXHost, NullMX, PermFail, Resolver, Route, TempFail
 from mailgate.queue import (
     Attempt,
+    Enqueue,
     NotFound,
     Queue,
     QueueError,
@@ -670,13 +670,9 @@ class DeliveryEngine:
         attempt = Attempt(at=now, host=host, code=reply.code, enhanced=reply.enhanced,
                           text=reply.text.replace("\n", " "), outcome=outcome, remote=remote,
                           tls=tls)
-        record_async = getattr(self.queue, "record_async", None)
         try:
-            if record_async is not None:
-                await record_async(rcpt.id, attempt, next_attempt, unit.item.claim_token)
-            else:
-                await asyncio.to_thread(self.queue.record, rcpt.id, attempt, next_attempt,
-                                        unit.item.claim_token)
+            await self.queue.record_async(rcpt.id, attempt, next_attempt,
+                                          unit.item.claim_token)
         except NotFound:
             log.info("%s: deleted from the queue meanwhile", msg.id)
         self._recorded.add(rcpt.id)

@@ -26,8 +26,8 @@ from mailgate import metrics
 from mailgate.config import Config
 from mailgate.delivery.engine import held_reason
 from mailgate.delivery.maildir import MaildirError, deliver
-from mailgate.delivery.notices import Enqueue, notify_success, warn_delayed
-from mailgate.queue import Attempt, NotFound, Queue, QueueError, WorkItem
+from mailgate.delivery.notices import notify_success, warn_delayed
+from mailgate.queue import Attempt, Enqueue, NotFound, Queue, QueueError, WorkItem
 
 __all__ = ["LocalDelivery"]
 

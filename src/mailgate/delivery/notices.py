@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Collection, Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Literal
 
 from mailgate import metrics
 from mailgate.config import Config
 from mailgate.queue import (
+    Enqueue,
     NewMessage,
     NewRecipient,
     Queue,
@@ -36,11 +37,9 @@ from mailgate.queue import (
 if TYPE_CHECKING:  # bounce.py loads the code knowledge base: only when a notice is due
     from mailgate.delivery.bounce import DSNKind, DSNRecipient
 
-__all__ = ["Enqueue", "notify_success", "send_notice", "wants_success", "warn_delayed"]
+__all__ = ["notify_success", "send_notice", "wants_success", "warn_delayed"]
 
 log = logging.getLogger("mailgate.delivery")
-
-Enqueue = Callable[[NewMessage], Awaitable[str]]
 
 
 async def send_notice(enqueue: Enqueue, message: QueuedMessage,
@@ -126,12 +125,8 @@ async def warn_delayed(queue: Queue, enqueue: Enqueue, config: Config, item: Wor
 
 
 async def _mark_delay_notified(queue: Queue, ids: list[int]) -> list[int]:
-    """Through the backend's writer without a thread of our own when it has one."""
-    mark_async = getattr(queue, "mark_delay_notified_async", None)
-    if mark_async is not None:
-        marked: list[int] = await mark_async(ids)
-        return marked
-    return await asyncio.to_thread(queue.mark_delay_notified, ids)
+    """Through the backend's writer, without a thread of our own."""
+    return await queue.mark_delay_notified_async(ids)
 
 
 def wants_success(notify: Sequence[str] | None) -> bool:

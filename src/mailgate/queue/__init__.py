@@ -1,6 +1,6 @@
 """The durable queue: messages and per-recipient state.
 
-The interface is backend-neutral; `queue/sqlite.py` is the default backend (one file,
+The interface is backend-neutral; `queue/sqlite/` is the default backend (one file,
 WAL, `synchronous=FULL`, group commit) and a PostgreSQL backend for clusters will
 implement the same `Queue` protocol. Nothing outside `queue/` knows which one it has.
 
@@ -15,18 +15,21 @@ import builtins
 import enum
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
+    from mailgate.config import Config
     from mailgate.queue.spool import SpoolFile
 
 __all__ = [
     "ActivityBucket",
     "Attempt",
+    "Enqueue",
     "NewMessage",
     "NewRecipient",
+    "NoQueue",
     "NotFound",
     "Queue",
     "QueueError",
@@ -36,6 +39,7 @@ __all__ = [
     "RecipientState",
     "WorkItem",
     "new_queue_id",
+    "open_queue",
 ]
 
 
@@ -50,6 +54,10 @@ class QueueFull(QueueError):
 class NotFound(QueueError):
     """The id names no message (or recipient) in the queue: it may have been delivered
     and removed, or deleted by an administrator. The web page answers 404, the CLI says so."""
+
+
+class NoQueue(QueueError):
+    """`open_queue(..., create=False)` found no queue where the configuration points."""
 
 
 class RecipientState(enum.StrEnum):
@@ -190,6 +198,11 @@ class WorkItem:
     claim_token: str
 
 
+# How the server and delivery hand a message to the queue (`Queue.enqueue_async`, or a
+# wrapper of it that also counts and logs): the queue id once the message is stored.
+Enqueue = Callable[[NewMessage], Awaitable[str]]
+
+
 class Queue(Protocol):
     """What every backend provides. All methods are blocking; the server calls them from a
     thread (`asyncio.to_thread`) or through the backend's own async wrapper."""
@@ -228,6 +241,13 @@ class Queue(Protocol):
         next_attempt) / failed according to attempt.outcome; releases the claim."""
         ...
 
+    async def record_async(self, recipient_id: int, attempt: Attempt,
+                           next_attempt: float | None = None,
+                           claim_token: str | None = None) -> None:
+        """`record` for the asyncio delivery engine: without blocking the event loop or
+        holding a thread per attempt (concurrent calls may share one commit)."""
+        ...
+
     def release(self, claim_token: str) -> None:
         """Give claimed work back unchanged (graceful shutdown)."""
         ...
@@ -237,6 +257,11 @@ class Queue(Protocol):
         (ids unknown to the queue are left out). Whoever gets an id back owns that
         recipient's delay notice: two workers marking the same recipient at once cannot
         both send one."""
+        ...
+
+    async def mark_delay_notified_async(self, recipient_ids: Sequence[int]
+                                        ) -> builtins.list[int]:
+        """`mark_delay_notified` without blocking the event loop."""
         ...
 
     def list(self, state: RecipientState | None = None, limit: int = 100, offset: int = 0,
@@ -284,3 +309,18 @@ class Queue(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+def open_queue(config: Config, *, create: bool = True) -> Queue:
+    """The queue the configuration names: the only way code outside `queue/` gets one.
+
+    Today that is the SQLite backend on `data_dir/queue.db`; a backend for clusters will
+    be chosen here from the configuration, and no caller changes. With `create=False`
+    (the `queue` commands, which must not make an empty queue in the wrong place) a
+    missing queue raises NoQueue instead."""
+    from mailgate.queue.sqlite import SQLiteQueue
+
+    path = config.data_dir / "queue.db"
+    if not create and not path.exists():
+        raise NoQueue(f"there is no queue at {path}")
+    return SQLiteQueue(path)

@@ -34,7 +34,7 @@ from typing import cast
 from mailgate import hashing, metrics
 from mailgate.codes.reply import Reply
 from mailgate.config import Config, Listener
-from mailgate.queue import NewMessage, NewRecipient, QueueFull, new_queue_id
+from mailgate.queue import Enqueue, NewMessage, NewRecipient, QueueFull, new_queue_id
 from mailgate.queue.spool import SpoolFile
 from mailgate.server.policy import AUTH_TOO_MANY, ConnectionInfo, Policy
 from mailgate.smtp import replies
@@ -71,8 +71,6 @@ TOO_MANY_HOPS = Reply.make(554, "5.4.6", "Too many hops: the message has passed 
                                          "many mail servers, probably a mail loop")
 SPOOL_FAILED = Reply.make(452, "4.3.1", "Insufficient system storage, try again later")
 STRESS = 0.8  # share of limits.connections from which the stress timeouts apply
-
-Enqueue = Callable[[NewMessage], Awaitable[str]]
 
 _date_cache: tuple[int, str] = (0, "")
 

@@ -1,0 +1,292 @@
+"""Messages into rows and back: what an enqueue writes (alone, or many at once), and
+the queries that load messages with their recipients.
+
+Messages queued in the same batch are inserted together, a few multi-row INSERTs for the
+whole batch instead of five statements each (`EnqueueOp.run_together`: _insert_many).
+Every statement is a trip through the sqlite3 module, which gives up the GIL and must
+win it back from the busy event loop; under SMTP load the writer thread, not the disk,
+was what limited how many messages a process accepted. Any failure there falls back to
+the one-by-one path, which finds the request at fault.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Self
+
+from mailgate.queue import (
+    NewMessage,
+    NotFound,
+    QueuedMessage,
+    QueueError,
+    Recipient,
+    RecipientState,
+    new_queue_id,
+)
+from mailgate.queue.sqlite.writer import Joinable
+
+__all__ = [
+    "CLAIM_BYTES",
+    "EnqueueOp",
+    "chunks",
+    "domain_filter",
+    "load_messages",
+    "message_seq",
+    "within_budget",
+]
+
+
+_MESSAGE_COLUMNS = (
+    "seq, id, sender, received_at, size, client_address, client_helo, protocol, "
+    "authenticated_as, envid, ret, smtputf8, body_8bit"
+)
+_RECIPIENT_COLUMNS = (
+    "id, msg_seq, address, state, attempts, next_attempt, orcpt, notify, "
+    "last_code, last_enhanced, last_text, updated_at, delay_notified, held_reason"
+)
+# Content a claim may load at once (bodies are read whole for delivery): past it, the
+# rest waits for the next claim. Bounds delivery's memory whatever the message sizes.
+CLAIM_BYTES = 32 * 1024 * 1024
+_MAX_VARIABLES = 500  # per IN (...) list: far below SQLite's limit, and plans stay cheap
+
+
+_MESSAGE_INSERT = (
+    "INSERT INTO messages (seq, id, sender, received_at, queued_at, size, client_address, "
+    "client_helo, protocol, authenticated_as, envid, ret, smtputf8, body_8bit) VALUES ",
+    "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    14,
+)
+_CONTENT_INSERT = ("INSERT INTO contents (seq, content) VALUES ", "(?, ?)", 2)
+_RECIPIENT_INSERT = (
+    "INSERT INTO recipients (msg_seq, address, domain, orcpt, notify, state, next_attempt, "
+    "due_at, updated_at) VALUES ",
+    "(?, ?, ?, ?, ?, 'queued', ?, ?, ?)",
+    8,
+)
+_multi_sql: dict[tuple[str, int], str] = {}
+
+
+def _insert_rows(conn: sqlite3.Connection, insert: tuple[str, str, int],
+                 rows: Sequence[tuple[object, ...]]) -> None:
+    """INSERT `rows` with as few statements as the variable limit allows."""
+    head, one, width = insert
+    per = max(1, _MAX_VARIABLES // width)
+    for i in range(0, len(rows), per):
+        chunk = rows[i : i + per]
+        sql = _multi_sql.get((head, len(chunk)))
+        if sql is None:
+            sql = _multi_sql[(head, len(chunk))] = head + ", ".join([one] * len(chunk))
+        conn.execute(sql, [value for row in chunk for value in row])
+
+
+@dataclass(slots=True, eq=False)
+class EnqueueOp(Joinable[str]):
+    """What enqueue() writes; calling it stores the message alone (one request's op),
+    `run_together` the messages of several enqueues waiting in one batch."""
+
+    message: NewMessage
+    content: bytes
+    recipients: list[tuple[str, str, str | None, str | None]]  # address, domain, orcpt, notify
+
+    @property
+    def spooled(self) -> bool:
+        return self.message.spool is not None
+
+    def store_content(self, conn: sqlite3.Connection, seq: int) -> None:
+        """The contents row: inline for bytes; for a spool file, a blob of the right size
+        filled piece by piece, so the message is never whole in memory."""
+        spool = self.message.spool
+        if spool is None or not spool.spilled:
+            content = self.content if spool is None else b"".join(spool.chunks())
+            conn.execute("INSERT INTO contents (seq, content) VALUES (?, ?)", (seq, content))
+            return
+        conn.execute("INSERT INTO contents (seq, content) VALUES (?, zeroblob(?))",
+                     (seq, spool.size))
+        if spool.size:
+            with conn.blobopen("contents", "content", seq) as blob:
+                for piece in spool.chunks():
+                    blob.write(piece)
+
+    def columns(self, now: float) -> tuple[object, ...]:
+        """The messages row after seq and id."""
+        m = self.message
+        return (m.sender, m.received_at, now, m.size, m.client_address,
+                m.client_helo, m.protocol, m.authenticated_as, m.envid, m.ret, m.smtputf8,
+                m.body_8bit)
+
+    @classmethod
+    def run_together(cls, conn: sqlite3.Connection, ops: Sequence[Self]) -> list[str]:
+        return _insert_many(conn, ops)
+
+    def __call__(self, conn: sqlite3.Connection) -> str:
+        message = self.message
+        now = time.time()
+        while True:
+            queue_id = message.id or new_queue_id(now)
+            row = conn.execute(
+                "INSERT INTO messages (id, sender, received_at, queued_at, size, "
+                "client_address, client_helo, protocol, authenticated_as, envid, ret, "
+                "smtputf8, body_8bit) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (id) DO NOTHING RETURNING seq",
+                (queue_id, *self.columns(now)),
+            ).fetchone()
+            if row is not None:
+                break
+            if message.id:  # the caller's id (already in its Received header) is taken
+                raise QueueError(f"could not queue the message: id {message.id} exists")
+        seq = row[0]
+        self.store_content(conn, seq)
+        conn.executemany(
+            "INSERT INTO recipients (msg_seq, address, domain, orcpt, notify, state, "
+            "next_attempt, due_at, updated_at) VALUES (?, ?, ?, ?, ?, 'queued', ?, ?, ?)",
+            [(seq, a, d, o, n, now, now, now) for a, d, o, n in self.recipients],
+        )
+        return queue_id
+
+
+def _insert_many(conn: sqlite3.Connection, items: Sequence[EnqueueOp]) -> list[str]:
+    """Store several messages with a handful of statements; their ids, in order.
+
+    The seqs are given explicitly, max(seq) + 1 onwards: what SQLite would choose itself,
+    and this writer holds the write lock. Any clash (an id taken) raises, and the caller
+    undoes the lot and stores the messages one by one instead."""
+    now = time.time()
+    seq = int(conn.execute("SELECT coalesce(max(seq), 0) FROM messages").fetchone()[0])
+    ids: list[str] = []
+    messages: list[tuple[object, ...]] = []
+    contents: list[tuple[object, ...]] = []
+    recipients: list[tuple[object, ...]] = []
+    for item in items:
+        seq += 1
+        queue_id = item.message.id or new_queue_id(now)
+        ids.append(queue_id)
+        messages.append((seq, queue_id, *item.columns(now)))
+        if not item.spooled:
+            contents.append((seq, item.content))
+        recipients += [(seq, a, d, o, n, now, now, now) for a, d, o, n in item.recipients]
+    _insert_rows(conn, _MESSAGE_INSERT, messages)
+    _insert_rows(conn, _CONTENT_INSERT, contents)
+    first = seq - len(items) + 1
+    for offset, item in enumerate(items):
+        if item.spooled:
+            item.store_content(conn, first + offset)
+    _insert_rows(conn, _RECIPIENT_INSERT, recipients)
+    return ids
+
+def domain_filter(
+    domains: Sequence[str] | None, exclude_domains: Sequence[str] | None
+) -> tuple[str, list[str]]:
+    where = ""
+    params: list[str] = []
+    if domains is not None:
+        wanted = sorted({d.lower() for d in domains})
+        where += f" AND domain IN ({', '.join('?' * len(wanted))})"
+        params += wanted
+    if exclude_domains:
+        unwanted = sorted({d.lower() for d in exclude_domains})
+        where += f" AND domain NOT IN ({', '.join('?' * len(unwanted))})"
+        params += unwanted
+    return where, params
+
+
+def within_budget(conn: sqlite3.Connection, seqs: dict[int, None]) -> dict[int, None]:
+    """The first of `seqs` whose content adds up to at most CLAIM_BYTES (at least one):
+    a claim loads every body it returns, and 64 messages of 24 MiB would be 1.5 GB."""
+    if len(seqs) <= 1:
+        return seqs
+    sizes: dict[int, int] = {}
+    for chunk in chunks(list(seqs)):
+        marks = ", ".join("?" * len(chunk))
+        sizes.update(conn.execute(f"SELECT seq, size FROM messages WHERE seq IN ({marks})",
+                                  chunk).fetchall())
+    kept: dict[int, None] = {}
+    total = 0
+    for seq in seqs:
+        total += sizes.get(seq, 0)
+        if kept and total > CLAIM_BYTES:
+            break
+        kept[seq] = None
+    return kept
+
+
+def message_seq(conn: sqlite3.Connection, message_id: str) -> int:
+    row = conn.execute("SELECT seq FROM messages WHERE id = ?", (message_id,)).fetchone()
+    if row is None:
+        raise NotFound(f"message {message_id} is not in the queue")
+    return int(row[0])
+
+
+def chunks(seqs: Sequence[int]) -> Iterable[Sequence[int]]:
+    for i in range(0, len(seqs), _MAX_VARIABLES):
+        yield seqs[i : i + _MAX_VARIABLES]
+
+
+def _recipient(row: sqlite3.Row, message_id: str) -> Recipient:
+    notify = row["notify"]
+    return Recipient(
+        id=row["id"],
+        message_id=message_id,
+        address=row["address"],
+        state=RecipientState(row["state"]),
+        attempts=row["attempts"],
+        next_attempt=row["next_attempt"],
+        orcpt=row["orcpt"],
+        notify=None if notify is None else tuple(n for n in notify.split(",") if n),
+        last_code=row["last_code"],
+        last_enhanced=row["last_enhanced"],
+        last_text=row["last_text"],
+        updated_at=row["updated_at"],
+        delay_notified=bool(row["delay_notified"]),
+        held_reason=row["held_reason"],
+    )
+
+
+def load_messages(
+    conn: sqlite3.Connection, seqs: Sequence[int], *, content: bool
+) -> list[QueuedMessage]:
+    """The messages with these seqs, in the order given, with all their recipients."""
+    rows: dict[int, sqlite3.Row] = {}
+    recipients: dict[int, list[sqlite3.Row]] = {seq: [] for seq in seqs}
+    bodies: dict[int, bytes] = {}
+    for chunk in chunks(seqs):
+        marks = ", ".join("?" * len(chunk))
+        for row in conn.execute(
+            f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE seq IN ({marks})", chunk
+        ):
+            rows[row["seq"]] = row
+        for row in conn.execute(
+            f"SELECT {_RECIPIENT_COLUMNS} FROM recipients WHERE msg_seq IN ({marks}) "
+            "ORDER BY msg_seq, id",
+            chunk,
+        ):
+            recipients[row["msg_seq"]].append(row)
+        if content:
+            for seq, body in conn.execute(
+                f"SELECT seq, content FROM contents WHERE seq IN ({marks})", chunk
+            ):
+                bodies[seq] = body
+    result = []
+    for seq in seqs:
+        m = rows[seq]
+        result.append(
+            QueuedMessage(
+                id=m["id"],
+                sender=m["sender"],
+                received_at=m["received_at"],
+                size=m["size"],
+                recipients=tuple(_recipient(r, m["id"]) for r in recipients[seq]),
+                client_address=m["client_address"],
+                client_helo=m["client_helo"],
+                protocol=m["protocol"],
+                authenticated_as=m["authenticated_as"],
+                envid=m["envid"],
+                ret=m["ret"],
+                smtputf8=bool(m["smtputf8"]),
+                body_8bit=bool(m["body_8bit"]),
+                content=bodies.get(seq) if content else None,
+            )
+        )
+    return result

@@ -1,0 +1,173 @@
+"""The queue's tables: the schema a new file gets, the migrations that bring a file
+written by an older mailgate up to date, and the indexes added since version 1.
+
+Opening a file runs `create_schema` once, in the transaction that opens it.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from pathlib import Path
+
+from mailgate.queue import QueueError
+
+__all__ = ["SCHEMA_VERSION", "create_schema"]
+
+SCHEMA_VERSION = 3
+
+# Messages live in `messages` (envelope and metadata, small rows) and their bodies in
+# `contents`: list and show scan many message rows, and with bodies inline each row would
+# fill a page or more, so the scans would read the whole spool.
+#
+# `seq` (the rowid) is the join key and "newest first" order: integers index smaller than
+# the 18-character queue ids, and rowids grow in commit order across processes.
+#
+# recipients.due_at is the one column claim() looks at: next_attempt while the recipient is
+# queued/deferred and unclaimed, the claim's expiry while claimed, NULL when it is never
+# due (held, delivered, failed). Claimed work thus stays out of the way of claim() scans
+# and comes back by itself when a crashed worker's lease runs out.
+#
+# `owners` holds the processes that claim work (claim owners, see owners.py for why).
+_OWNERS_TABLE = """CREATE TABLE owners (
+        id TEXT PRIMARY KEY,
+        host TEXT NOT NULL,
+        pid INTEGER NOT NULL,
+        started TEXT NOT NULL,
+        boot TEXT NOT NULL,
+        registered_at REAL NOT NULL
+    )"""
+_OWNER_INDEX = (
+    "CREATE INDEX recipients_owner ON recipients (claim_owner) WHERE claim_owner IS NOT NULL")
+_SCHEMA = (
+    """CREATE TABLE messages (
+        seq INTEGER PRIMARY KEY,
+        id TEXT NOT NULL UNIQUE,
+        sender TEXT NOT NULL,
+        received_at REAL NOT NULL,
+        queued_at REAL NOT NULL,
+        size INTEGER NOT NULL,
+        client_address TEXT NOT NULL,
+        client_helo TEXT NOT NULL,
+        protocol TEXT NOT NULL,
+        authenticated_as TEXT,
+        envid TEXT,
+        ret TEXT,
+        smtputf8 INTEGER NOT NULL,
+        body_8bit INTEGER NOT NULL
+    )""",
+    "CREATE INDEX messages_sender ON messages (sender COLLATE NOCASE, seq)",
+    """CREATE TABLE contents (
+        seq INTEGER PRIMARY KEY REFERENCES messages (seq) ON DELETE CASCADE,
+        content BLOB NOT NULL
+    )""",
+    """CREATE TABLE recipients (
+        id INTEGER PRIMARY KEY,
+        msg_seq INTEGER NOT NULL REFERENCES messages (seq) ON DELETE CASCADE,
+        address TEXT NOT NULL,
+        domain TEXT NOT NULL,
+        orcpt TEXT,
+        notify TEXT,
+        state TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt REAL,
+        due_at REAL,
+        last_code INTEGER,
+        last_enhanced TEXT,
+        last_text TEXT,
+        claim_token TEXT,
+        claim_until REAL,
+        updated_at REAL NOT NULL,
+        delay_notified INTEGER NOT NULL DEFAULT 0,
+        held_reason TEXT,
+        claim_owner TEXT
+    )""",
+    "CREATE INDEX recipients_due ON recipients (due_at) WHERE due_at IS NOT NULL",
+    "CREATE INDEX recipients_message ON recipients (msg_seq)",
+    "CREATE INDEX recipients_state ON recipients (state, msg_seq)",
+    "CREATE INDEX recipients_domain ON recipients (domain, msg_seq)",
+    "CREATE INDEX recipients_domain_due ON recipients (domain, due_at) WHERE due_at IS NOT NULL",
+    "CREATE INDEX recipients_claim ON recipients (claim_token) WHERE claim_token IS NOT NULL",
+    """CREATE TABLE attempts (
+        id INTEGER PRIMARY KEY,
+        recipient_id INTEGER NOT NULL REFERENCES recipients (id) ON DELETE CASCADE,
+        at REAL NOT NULL,
+        host TEXT NOT NULL,
+        code INTEGER NOT NULL,
+        enhanced TEXT,
+        text TEXT NOT NULL,
+        outcome TEXT NOT NULL,
+        remote INTEGER NOT NULL,
+        tls TEXT
+    )""",
+    "CREATE INDEX attempts_recipient ON attempts (recipient_id)",
+    _OWNERS_TABLE,
+    _OWNER_INDEX,
+)
+# What takes a file from the version before to each version, run by _create_schema in the
+# transaction that opens the file, oldest step first. A step only adds (a column with a
+# default, for instance): rows written by the older mailgate stay as they are, and a new
+# file made from _SCHEMA ends up with the same tables as a migrated one.
+_MIGRATIONS: dict[int, tuple[str, ...]] = {
+    # 2: the delay notice is sent at most once per recipient (delivery/notices.py).
+    2: ("ALTER TABLE recipients ADD COLUMN delay_notified INTEGER NOT NULL DEFAULT 0",),
+    # 3: why a recipient is held (a message that broke delivery is held with the error),
+    # and who holds each claim, so a crashed process's claims come back at restart.
+    3: ("ALTER TABLE recipients ADD COLUMN held_reason TEXT",
+        "ALTER TABLE recipients ADD COLUMN claim_owner TEXT",
+        _OWNERS_TABLE,
+        _OWNER_INDEX),
+}
+# Indexes added after version 1 first shipped: made on every open when missing (a file
+# written by an older mailgate gets them then; older code ignores them). They cover the
+# dashboard's activity() and the age filter of list(): each count reads one index range,
+# never the table, so a day with 100,000 messages costs a few milliseconds.
+_ADDED_INDEXES = (
+    "CREATE INDEX IF NOT EXISTS messages_queued ON messages (queued_at)",
+    "CREATE INDEX IF NOT EXISTS messages_bounces ON messages (queued_at) WHERE sender = ''",
+    "CREATE INDEX IF NOT EXISTS attempts_outcome ON attempts (outcome, at)",
+)
+
+
+def create_schema(conn: sqlite3.Connection, path: Path) -> None:
+    """Make the tables of a new file, or migrate one from an older mailgate, and add the
+    indexes added since; QueueError for a file from a newer mailgate."""
+    # BEGIN IMMEDIATE: two processes starting together must not both see version 0
+    # and both create tables.
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version == 0:
+            for statement in _SCHEMA:
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        elif not 1 <= version <= SCHEMA_VERSION:
+            raise QueueError(
+                f"{path} has queue schema version {version}, but this mailgate "
+                f"knows only versions 1 to {SCHEMA_VERSION}; run the mailgate that "
+                "wrote it"
+            )
+        elif version < SCHEMA_VERSION:
+            # A file from an older mailgate: brought up to date in this transaction,
+            # so other processes opening it meanwhile wait and then see the new
+            # version; a failure leaves the file as it was.
+            for step in range(version + 1, SCHEMA_VERSION + 1):
+                for statement in _MIGRATIONS[step]:
+                    conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        for statement in _ADDED_INDEXES:
+            conn.execute(statement)
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    if version == 0:
+        # SQLite syncs the directory when it creates the WAL but not when it creates
+        # the database file; without this a crash could lose the new file, and with
+        # it everything checkpointed into it.
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)

@@ -1,0 +1,548 @@
+"""The engine under the SQLite queue: one writer thread with group commit, a pool of
+read connections, and a checkpoint thread, on one SQLite file in WAL mode. It runs
+whatever writes it is given (callables on a connection) and knows nothing of messages;
+`SQLiteQueue` (this package's __init__) is built on it.
+
+Durability comes from WAL mode with `synchronous=FULL`: a transaction is on stable
+storage when COMMIT returns. An fsync costs milliseconds, so paying one per message would
+cap a server at a few hundred messages a second whatever its CPU. Instead one writer
+thread owns the write connection, takes every request that is waiting (up to a cap),
+runs them in ONE transaction, commits once, and only then answers each caller. The more
+sessions finish DATA at the same moment, the more messages share each fsync.
+
+Several processes may open the same file (workers behind SO_REUSEPORT): each has its own
+writer thread, and every transaction starts with BEGIN IMMEDIATE, so SQLite's file lock
+serialises the writers and `busy_timeout` makes a writer wait for the lock instead of
+failing. Reads use a small pool of separate connections; in WAL mode they never block the
+writer and always see a consistent snapshot.
+
+Requests of one `Joinable` class that wait next to each other in a batch run in one go
+(`run_together`), each in its own savepoint otherwise; a failure of the joint run falls
+back to the one-by-one path, which finds the request at fault.
+
+Checkpoints (copying committed pages from the WAL into the database file, then syncing
+that) run in a thread of their own with their own connection. Left to SQLite, one would
+run inside a COMMIT every 1000 pages of WAL, that is every 40 messages of 100 KiB, and
+every session waiting for that commit would wait for the copy and its fsync as well. A
+commit is durable once its WAL frames are synced, whatever the checkpoints do.
+"""
+
+from __future__ import annotations
+
+import os
+import queue as stdqueue
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from contextlib import suppress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Generic, Self, TypeVar, cast
+
+from mailgate.queue import QueueError, QueueFull
+
+__all__ = ["GroupCommitWriter", "Joinable"]
+
+T = TypeVar("T")
+
+_STORAGE_ERRORS = frozenset({sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR, sqlite3.SQLITE_NOMEM})
+_LOCK_ERRORS = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED})
+_IDLE_READERS = 8
+# WAL growth, in pages, after which the checkpoint thread copies the WAL into the database
+# file (SQLite's own default interval); the writer estimates it from what it commits.
+_CHECKPOINT_PAGES = 1000
+# The writer checkpoints by itself, inside a COMMIT, only if the WAL grows this large
+# (the checkpoint thread fell behind or failed): the WAL stays bounded either way.
+_WAL_FALLBACK_PAGES = 16000
+# WAL frames a commit appends, measured: 12 for the batch (table and index pages, the
+# commit frame), 1 more per request, and the content's own pages.
+_PAGES_PER_COMMIT = 12
+_PAGES_PER_REQUEST = 1
+
+
+class Joinable(Generic[T]):
+    """A write that may run in one go with the writes of its own class queued right after
+    it (the queue's enqueues: a few multi-row INSERTs instead of five statements each).
+    Calling it runs it alone; `run_together` runs several and returns their values in
+    order, or raises, and then each runs alone."""
+
+    __slots__ = ()
+
+    def __call__(self, conn: sqlite3.Connection) -> T:
+        raise NotImplementedError
+
+    @classmethod
+    def run_together(cls, conn: sqlite3.Connection, ops: Sequence[Self]) -> list[T]:
+        raise NotImplementedError
+
+
+@dataclass(slots=True, eq=False)
+class _Request(Generic[T]):
+    """One unit of work for the writer thread; its effects commit together with the batch."""
+
+    op: Callable[[sqlite3.Connection], T]
+    future: Future[T]
+    doing: str  # "queue the message": completes the error sentences
+    weight: int  # bytes it writes, so one batch does not grow without bound
+
+
+_STOP = object()
+
+
+def _private(path: Path) -> None:
+    """Create the database file 0600 before SQLite opens it: SQLite gives the -wal and
+    -shm files it creates the database file's mode, so they are owner-only too. Files
+    an older mailgate left readable by others are made owner-only."""
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
+    for p in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        with suppress(FileNotFoundError):
+            mode = os.stat(p).st_mode & 0o777
+            if mode & 0o077:
+                os.chmod(p, mode & 0o700)
+
+
+class GroupCommitWriter:
+    """One SQLite file written by one writer thread with group commit; see the module
+    docstring. Subclasses give `_prepare` (the schema) and may give `_final_op`.
+
+    `max_page_count` caps the database size (in pages) for this process, so tests can
+    make storage "full" for real. `busy_timeout` is how long to wait for another process
+    holding the write lock before giving up with QueueError. A batch holds at most
+    `batch_limit` requests and stops growing past `batch_bytes` of written content.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        max_page_count: int | None = None,
+        busy_timeout: float = 30.0,
+        batch_limit: int = 512,
+        batch_bytes: int = 64 * 1024 * 1024,
+    ) -> None:
+        self.path = Path(path)
+        self._busy_timeout = busy_timeout
+        self._batch_limit = max(1, batch_limit)
+        self._batch_bytes = batch_bytes
+        self._lock = threading.Lock()
+        self._closed = False
+        self._idle: list[sqlite3.Connection] = []
+        self._requests: stdqueue.SimpleQueue[_Request[Any] | object] = stdqueue.SimpleQueue()
+        self._commits = 0
+        self._committed_requests = 0
+        self._checkpoints = 0
+        self._wal_growth = 0  # pages committed since the checkpoint thread was last asked
+        self._checkpoint_wanted = threading.Event()
+        self._checkpointer_stop = False
+        self._wconn = self._open_writer(max_page_count)
+        self._page_size = int(self._wconn.execute("PRAGMA page_size").fetchone()[0]) or 4096
+        self._writer = threading.Thread(
+            target=self._run_writer, name=f"queue-writer {self.path.name}", daemon=True
+        )
+        self._checkpointer = threading.Thread(
+            target=self._run_checkpointer, name=f"queue-checkpoint {self.path.name}",
+            daemon=True,
+        )
+        self._writer.start()
+        self._checkpointer.start()
+
+    # ------------------------------------------------------------------ setup
+
+    def _prepare(self, conn: sqlite3.Connection) -> None:
+        """Make or bring up to date what the file holds (tables, indexes), when opening."""
+
+    def _final_op(self) -> Callable[[sqlite3.Connection], object] | None:
+        """A write to run after every other one as the writer stops (asked under the
+        lock, by close); None for none."""
+        return None
+
+    def _connect(self) -> sqlite3.Connection:
+        # isolation_level=None: we issue BEGIN IMMEDIATE ourselves; the sqlite3 module's
+        # implicit BEGIN (DEFERRED) would take the write lock only at the first write and
+        # could then fail with SQLITE_BUSY mid-transaction, where busy_timeout cannot help.
+        conn = sqlite3.connect(
+            self.path,
+            timeout=self._busy_timeout,
+            isolation_level=None,
+            check_same_thread=False,
+            cached_statements=256,
+        )
+        conn.row_factory = sqlite3.Row
+        conn.execute("PRAGMA foreign_keys = ON")
+        conn.execute("PRAGMA synchronous = FULL")
+        return conn
+
+    def _open_writer(self, max_page_count: int | None) -> sqlite3.Connection:
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        try:
+            _private(self.path)
+        except OSError as exc:
+            raise QueueError(f"{self.path}: cannot create the queue: {exc.strerror}") from exc
+        try:
+            conn = self._connect()
+        except sqlite3.Error as exc:
+            raise self._translate(exc, "open the queue") from exc
+        try:
+            mode = self._retry_busy(lambda: conn.execute("PRAGMA journal_mode = WAL").fetchone()[0])
+            if str(mode).lower() != "wal":
+                raise QueueError(
+                    f"{self.path}: SQLite could not switch the queue to WAL mode (it stayed "
+                    f"{mode!r}); put data_dir on a local file system that supports it"
+                )
+            # A burst can grow the WAL to gigabytes; without a limit the file keeps that
+            # size after the checkpoint until the last connection closes.
+            conn.execute("PRAGMA journal_size_limit = 67108864")
+            conn.execute(f"PRAGMA wal_autocheckpoint = {_WAL_FALLBACK_PAGES}")
+            # The per-request savepoints need a statement journal: in memory, not a temporary
+            # file created and deleted each time (the WAL alone is what makes data durable).
+            conn.execute("PRAGMA temp_store = MEMORY")
+            if max_page_count is not None:
+                conn.execute(f"PRAGMA max_page_count = {int(max_page_count)}")
+            self._retry_busy(lambda: self._prepare(conn))
+            # Lock waits of the writer are _begin_write's (see there).
+            conn.execute("PRAGMA busy_timeout = 0")
+        except sqlite3.Error as exc:
+            conn.close()
+            raise self._translate(exc, "open the queue") from exc
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _begin_write(self, conn: sqlite3.Connection) -> None:
+        """BEGIN IMMEDIATE on the writer connection, waiting for another process's writer.
+
+        The writer connection has no busy timeout: SQLite's busy handler sleeps 1, 2, 5,
+        10, 15 ms... between tries, so with worker processes committing all the time a
+        writer would often sleep for milliseconds after the lock came free. Tries every
+        0.1 to 2 ms instead, for at most busy_timeout."""
+        deadline: float | None = None
+        delay = 0.0001
+        while True:
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as exc:
+                if _primary_code(exc) not in _LOCK_ERRORS:
+                    raise
+                now = time.monotonic()
+                if deadline is None:
+                    deadline = now + self._busy_timeout
+                elif now >= deadline:
+                    raise
+            time.sleep(delay)
+            delay = min(delay * 1.5, 0.002)
+
+    def _retry_busy(self, fn: Callable[[], T]) -> T:
+        """Run `fn` again while SQLite says the file is locked, up to busy_timeout.
+
+        The busy handler covers the common case, but SQLite returns SQLITE_BUSY at once in
+        a few others, such as switching to WAL while another process opens the file or
+        a reader meeting another process's WAL recovery. These pass within milliseconds."""
+        deadline = time.monotonic() + self._busy_timeout
+        delay = 0.001
+        while True:
+            try:
+                return fn()
+            except sqlite3.OperationalError as exc:
+                if _primary_code(exc) not in _LOCK_ERRORS or time.monotonic() >= deadline:
+                    raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.05)
+
+    def _translate(self, exc: sqlite3.Error, doing: str) -> QueueError:
+        """An SQLite error as a sentence that says what failed and what to do."""
+        primary = _primary_code(exc)
+        if primary in _STORAGE_ERRORS:
+            return QueueFull(
+                f"could not {doing}: the queue's storage failed ({exc}); free space or "
+                f"repair the disk holding {self.path}; nothing already queued was lost"
+            )
+        if primary in _LOCK_ERRORS:
+            return QueueError(
+                f"could not {doing}: another process kept the queue database locked for "
+                f"more than {self._busy_timeout:g} s ({exc}); try again"
+            )
+        return QueueError(f"could not {doing}: {exc} ({self.path})")
+
+    # ------------------------------------------------------------------ writer thread
+
+    @property
+    def commit_count(self) -> int:
+        """Transactions this process has committed: with group commit, far fewer than
+        the writes it has answered (see `committed_requests`)."""
+        return self._commits
+
+    @property
+    def committed_requests(self) -> int:
+        """Writes (enqueue, claim, record, ...) answered after a successful commit."""
+        return self._committed_requests
+
+    def _submit(
+        self, op: Callable[[sqlite3.Connection], T], doing: str, weight: int = 0
+    ) -> Future[T]:
+        future: Future[T] = Future()
+        with self._lock:
+            # Under the lock so no request can slip in behind the stop marker and wait
+            # forever for a writer that has gone.
+            if self._closed:
+                raise QueueError(f"could not {doing}: the queue is closed")
+            self._requests.put(_Request(op, future, doing, weight))
+        return future
+
+    def _call(self, op: Callable[[sqlite3.Connection], T], doing: str, weight: int = 0) -> T:
+        return self._submit(op, doing, weight).result()
+
+    def _run_writer(self) -> None:
+        stop = False
+        while not stop:
+            first = self._requests.get()
+            if first is _STOP:
+                break
+            assert isinstance(first, _Request)
+            batch: list[_Request[Any]] = [first]
+            size = first.weight
+            while len(batch) < self._batch_limit and size < self._batch_bytes:
+                try:
+                    more = self._requests.get_nowait()
+                except stdqueue.Empty:
+                    break
+                if more is _STOP:
+                    stop = True
+                    break
+                assert isinstance(more, _Request)
+                batch.append(more)
+                size += more.weight
+            # A caller cancelled before we started (an asyncio task that went away) gets
+            # nothing written: it never told its client the message was queued.
+            batch = [r for r in batch if r.future.set_running_or_notify_cancel()]
+            if batch:
+                self._execute_guarded(batch)
+        with suppress(sqlite3.Error):
+            self._wconn.close()
+
+    def _execute_guarded(self, batch: list[_Request[Any]]) -> None:
+        try:
+            self._execute(batch)
+        except Exception as exc:  # a bug must fail the callers, not kill the writer
+            self._rollback()
+            for request in batch:
+                if not request.future.done():
+                    request.future.set_exception(exc)
+
+    def _rollback(self) -> None:
+        if self._wconn.in_transaction:
+            with suppress(sqlite3.Error):
+                self._wconn.execute("ROLLBACK")
+
+    def _fail(self, request: _Request[Any], exc: BaseException) -> None:
+        if isinstance(exc, sqlite3.Error):
+            exc = self._translate(exc, request.doing)
+        request.future.set_exception(exc)
+
+    def _execute(self, batch: list[_Request[Any]]) -> None:
+        """Run the batch in one transaction, each request in its own savepoint so that one
+        failing (a message too big for the disk left) does not fail the others; runs of
+        `Joinable` requests of one class go in together first (`run_together`), and one by one
+        if that fails."""
+        conn = self._wconn
+        pending = batch
+        together = True
+        while pending:
+            done: list[tuple[_Request[Any], Any, BaseException | None]] = []
+            lost: tuple[_Request[Any], BaseException] | None = None
+            again = False
+            try:
+                self._begin_write(conn)
+                i = 0
+                while i < len(pending) and lost is None:
+                    end = i + 1
+                    kind = type(pending[i].op)
+                    if together and issubclass(kind, Joinable):
+                        while end < len(pending) and type(pending[end].op) is kind:
+                            end += 1
+                    if end - i > 1:
+                        run = pending[i:end]
+                        values = self._run_together(conn, run)
+                        if values is not None:
+                            done += [(r, v, None) for r, v in zip(run, values, strict=True)]
+                            i = end
+                            continue
+                        if not conn.in_transaction:  # the failure took the transaction
+                            again = True
+                            break
+                    for request in pending[i:end]:
+                        lost = self._execute_one(conn, request, done)
+                        if lost is not None:
+                            break
+                    i = end
+                if lost is None and not again:
+                    conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                self._rollback()
+                for request in pending:
+                    self._fail(request, exc)
+                return
+            if again:
+                self._rollback()
+                together = False
+                continue
+            if lost is not None:
+                # Run the others again without the one that broke the transaction.
+                self._fail(*lost)
+                pending = [r for r in pending if r is not lost[0]]
+                continue
+            self._commits += 1
+            self._wal_growth += _PAGES_PER_COMMIT + sum(
+                _PAGES_PER_REQUEST + request.weight // self._page_size for request, _, _ in done
+            )
+            if self._wal_growth >= _CHECKPOINT_PAGES:
+                self._wal_growth = 0
+                self._checkpoint_wanted.set()
+            for request, value, error in done:
+                if error is None:
+                    self._committed_requests += 1
+                    request.future.set_result(value)
+                else:
+                    self._fail(request, error)
+            return
+
+    def _execute_one(
+        self,
+        conn: sqlite3.Connection,
+        request: _Request[Any],
+        done: list[tuple[_Request[Any], Any, BaseException | None]],
+    ) -> tuple[_Request[Any], BaseException] | None:
+        """Run one request in its own savepoint; the request and its error when the error
+        took the whole transaction with it."""
+        conn.execute("SAVEPOINT request")
+        try:
+            value = request.op(conn)
+        except Exception as exc:
+            if not conn.in_transaction:
+                # On SQLITE_FULL or an I/O error SQLite may roll back the whole
+                # transaction, taking the earlier requests' work with it.
+                return (request, exc)
+            conn.execute("ROLLBACK TO request")
+            conn.execute("RELEASE request")
+            done.append((request, None, exc))
+        else:
+            conn.execute("RELEASE request")
+            done.append((request, value, None))
+        return None
+
+    def _run_together(
+        self, conn: sqlite3.Connection, run: list[_Request[Any]]
+    ) -> list[Any] | None:
+        """Several Joinable requests of one class in one go; None (and nothing written)
+        if that failed."""
+        conn.execute("SAVEPOINT together")
+        try:
+            kind = cast(type[Joinable[Any]], type(run[0].op))
+            values = kind.run_together(conn, [cast(Joinable[Any], r.op) for r in run])
+        except Exception:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK TO together")
+                conn.execute("RELEASE together")
+            return None
+        conn.execute("RELEASE together")
+        return values
+
+    # ------------------------------------------------------------------ checkpoints
+
+    @property
+    def checkpoint_count(self) -> int:
+        """Checkpoints the checkpoint thread has run."""
+        return self._checkpoints
+
+    def _run_checkpointer(self) -> None:
+        """Copy the WAL into the database file whenever the writer says it has grown."""
+        conn: sqlite3.Connection | None = None
+        try:
+            while True:
+                self._checkpoint_wanted.wait()
+                self._checkpoint_wanted.clear()
+                if self._checkpointer_stop:
+                    return
+                try:
+                    if conn is None:
+                        conn = self._connect()
+                    # PASSIVE copies what no reader still needs without waiting for any
+                    # lock, and never holds up the writer, which goes on appending.
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                    self._checkpoints += 1
+                except sqlite3.Error:
+                    # Nothing is lost: the frames stay in the WAL, the next request copies
+                    # them, and past _WAL_FALLBACK_PAGES the writer checkpoints itself.
+                    pass
+        finally:
+            if conn is not None:
+                with suppress(sqlite3.Error):
+                    conn.close()
+
+    # ------------------------------------------------------------------ readers
+
+    def _read(self, doing: str, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `fn` on a pooled read connection inside one read transaction: all its
+        queries see the same snapshot, so a message and its recipients always match."""
+        with self._lock:
+            if self._closed:
+                raise QueueError(f"could not {doing}: the queue is closed")
+            conn = self._idle.pop() if self._idle else None
+        try:
+            if conn is None:
+                conn = self._connect()
+                conn.execute("PRAGMA query_only = ON")
+            reader = conn
+
+            def attempt() -> T:
+                reader.execute("BEGIN")
+                try:
+                    return fn(reader)
+                finally:
+                    # Ending the read transaction at once lets checkpoints reach the end
+                    # of the WAL; a reader left open would make it grow without bound.
+                    reader.execute("ROLLBACK")
+
+            return self._retry_busy(attempt)
+        except sqlite3.Error as exc:
+            raise self._translate(exc, doing) from exc
+        finally:
+            if conn is not None:
+                with self._lock:
+                    keep = not self._closed and len(self._idle) < _IDLE_READERS
+                    if keep:
+                        self._idle.append(conn)
+                if not keep:
+                    conn.close()
+
+    def close(self) -> None:
+        """Finish every write already asked for, then close all connections. Idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            final = self._final_op()
+            if final is not None:  # before the stop marker: it runs with the last batch
+                self._requests.put(_Request(final, Future(), "finish", 0))
+            self._requests.put(_STOP)
+            idle, self._idle = self._idle, []
+        self._writer.join()
+        self._checkpointer_stop = True
+        self._checkpoint_wanted.set()
+        self._checkpointer.join()
+        for conn in idle:
+            conn.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def _primary_code(exc: sqlite3.Error) -> int | None:
+    code = getattr(exc, "sqlite_errorcode", None)
+    return code & 0xFF if isinstance(code, int) else None
