@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from mailgate.config import Config
-from mailgate.queue import NewMessage, NewRecipient, NoQueue, Queue, open_queue
+from mailgate.queue import NewMessage, NewRecipient, NoQueue, Queue
+from mailgate.queue.backends import open_queue
 from mailgate.queue.sqlite import SQLiteQueue
 
 # What SQLiteQueue has beyond the protocol, on purpose: tests and benchmarks of that

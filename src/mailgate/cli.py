@@ -230,7 +230,8 @@ def queue() -> None:
 
 
 def _open_queue(config_path: Path | None) -> tuple[Config, Queue]:
-    from mailgate.queue import NoQueue, open_queue
+    from mailgate.queue import NoQueue
+    from mailgate.queue.backends import open_queue
 
     config = _load_config(config_path)
     try:

@@ -38,7 +38,8 @@ from mailgate.datadir import StartupError, prepare_data_dir
 from mailgate.delivery.engine import DeliveryEngine
 from mailgate.delivery.local import LocalDelivery
 from mailgate.dns import Resolver
-from mailgate.queue import NewMessage, Queue, QueueError, open_queue
+from mailgate.queue import NewMessage, Queue, QueueError
+from mailgate.queue.backends import open_queue
 from mailgate.queue.spool import clean as clean_spool
 from mailgate.queue.spool import spool_dir
 from mailgate.server.listener import SMTPServer

@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
-    from mailgate.config import Config
     from mailgate.queue.spool import SpoolFile
 
 __all__ = [
@@ -39,7 +38,6 @@ __all__ = [
     "RecipientState",
     "WorkItem",
     "new_queue_id",
-    "open_queue",
 ]
 
 
@@ -309,18 +307,3 @@ class Queue(Protocol):
         ...
 
     def close(self) -> None: ...
-
-
-def open_queue(config: Config, *, create: bool = True) -> Queue:
-    """The queue the configuration names: the only way code outside `queue/` gets one.
-
-    Today that is the SQLite backend on `data_dir/queue.db`; a backend for clusters will
-    be chosen here from the configuration, and no caller changes. With `create=False`
-    (the `queue` commands, which must not make an empty queue in the wrong place) a
-    missing queue raises NoQueue instead."""
-    from mailgate.queue.sqlite import SQLiteQueue
-
-    path = config.data_dir / "queue.db"
-    if not create and not path.exists():
-        raise NoQueue(f"there is no queue at {path}")
-    return SQLiteQueue(path)
