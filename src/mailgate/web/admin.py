@@ -61,8 +61,8 @@ from mailgate.queue import (
     RecipientState,
 )
 from mailgate.queue.report import message_json
-from mailgate.web import public
-from mailgate.web.context import HERE, SESSION_MAX_AGE, WebContext, templates
+from mailgate.web.context import SESSION_MAX_AGE, WebContext, static_version, templates
+from mailgate.web.lang import remember_lang
 from mailgate.web.tokens import TokenStore
 
 __all__ = ["OPENAPI_COMPONENTS", "OPENAPI_PATHS", "parse_filters", "routes"]
@@ -391,15 +391,8 @@ def _headers(content: bytes) -> list[tuple[str, str]]:
     return fields
 
 
-def _static_version(name: str) -> str:
-    try:
-        return hashlib.sha256((HERE / "static" / name).read_bytes()).hexdigest()[:10]
-    except OSError:
-        return "0"
-
-
-ADMIN_CSS_URL = f"/static/admin.css?v={_static_version('admin.css')}"
-ADMIN_JS_URL = f"/static/admin.js?v={_static_version('admin.js')}"
+ADMIN_CSS_URL = f"/static/admin.css?v={static_version('admin.css')}"
+ADMIN_JS_URL = f"/static/admin.js?v={static_version('admin.js')}"
 
 _FMT: dict[str, Any] = {
     "when": _when, "iso": _iso, "ago": _ago, "size": _size, "code_url": code_url,
@@ -423,7 +416,7 @@ def _render(request: Request, name: str, context: dict[str, Any],
     }
     response = templates.TemplateResponse(request, name, data, status_code=status_code,
                                           headers=dict(headers or {}))
-    public.remember_lang(request, response)
+    remember_lang(request, response)
     response.headers.setdefault("Cache-Control", "no-store")
     response.headers.setdefault("X-Frame-Options", "DENY")
     response.headers.setdefault("Referrer-Policy", "same-origin")

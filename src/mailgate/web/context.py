@@ -3,12 +3,13 @@ lifetime and `WebContext`, the running server as the pages see it.
 
 The pages (`public`, `admin`, `openapi`, `metrics`) import this module and nothing of
 `web/app.py`; `app.py` imports the pages and assembles them. So the arrows inside `web/`
-point one way: app -> openapi -> admin -> public -> context.
+point one way: app -> openapi -> admin, public -> lang -> context.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,11 +22,19 @@ from mailgate.config import Config
 from mailgate.queue import Queue
 from mailgate.web.auth import AdminAuth
 
-__all__ = ["HERE", "SESSION_MAX_AGE", "WebContext", "templates"]
+__all__ = ["HERE", "SESSION_MAX_AGE", "WebContext", "static_version", "templates"]
 
 HERE = Path(__file__).parent
 templates = Jinja2Templates(directory=str(HERE / "templates"))
 SESSION_MAX_AGE = 8 * 3600  # an admin session expires after eight hours
+
+
+def static_version(name: str) -> str:
+    """A short content hash of a file in /static, so a changed one is fetched again."""
+    try:
+        return hashlib.sha256((HERE / "static" / name).read_bytes()).hexdigest()[:10]
+    except OSError:
+        return "0"
 
 
 @dataclass

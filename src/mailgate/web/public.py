@@ -12,25 +12,20 @@ none of them depends on anything but its URL and the language, so a repeated req
 costs a dictionary look-up, not a template render. Every cache is a bounded LRU, sized
 so that a client walking through every possible URL costs tens of MB at most.
 
-Language: `?lang=` (any of the registry's languages, `codes.registry.languages()`) wins
-and is remembered in a cookie; then the cookie; on a first visit `Accept-Language`. The
-pages' own words are data too, in `codes/data/<lang>/web.toml`. Templates get the
-page's chrome (language, navigation, the switch to the other languages) from
-`chrome_for(request)`, which is registered as a context processor of the shared
-`templates`, so admin pages extending `base.html` get it too.
+Language: which one a request gets, and the page chrome in it, are `web/lang.py`,
+shared with the admin pages.
 """
 
 from __future__ import annotations
 
 import functools
-import hashlib
 import html
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote, urlencode
+from urllib.parse import quote
 
 from markupsafe import Markup
 from starlette.exceptions import HTTPException
@@ -44,142 +39,22 @@ from mailgate.codes.compare import Comparison, compare
 from mailgate.codes.explain import Explanation, explain_code
 from mailgate.codes.render import Block, Doc, comparison_doc, explanation_doc, render
 from mailgate.codes.reply import ReplyError
-from mailgate.web.context import HERE, templates
+from mailgate.web.context import static_version, templates
+from mailgate.web.lang import Chrome, chrome_at, html_lang, pick_lang, remember_lang, web_text
 
 __all__ = [
-    "LANG_COOKIE",
     "OPENAPI_PATHS",
-    "Chrome",
-    "chrome_for",
     "exception_handlers",
-    "pick_lang",
-    "remember_lang",
     "routes",
     "search",
     "suggest",
-    "web_text",
 ]
 
-LANG_COOKIE = "mailgate_lang"
-LANG_COOKIE_MAX_AGE = 365 * 24 * 3600
 MAX_QUERY = 200  # characters of a search kept; longer queries are cut, not refused
 SUGGESTIONS = 6
 
-# The words of the web pages themselves are in codes/data/<lang>/web.toml (the knowledge
-# base's own labels, in ui.toml, are used wherever one fits); the languages are the
-# registry's.
 
-
-def web_text(lang: str) -> Mapping[str, str]:
-    """The words of the web pages in `lang` (codes/data/<lang>/web.toml)."""
-    return reg.words(lang, "web")
-
-
-def html_lang(lang: str) -> str:
-    """The language tag of pages in `lang` (`zh-CN`), from its ui.toml."""
-    return str(reg.ui(lang)["html_lang"])
-
-
-def _static_version(name: str) -> str:
-    """A short content hash, so a changed stylesheet is fetched again."""
-    try:
-        return hashlib.sha256((HERE / "static" / name).read_bytes()).hexdigest()[:10]
-    except OSError:
-        return "0"
-
-
-CSS_URL = f"/static/style.css?v={_static_version('style.css')}"
-JS_URL = f"/static/search.js?v={_static_version('search.js')}"
-
-
-# --- language -------------------------------------------------------------------------
-
-
-def _accept_language(header: str) -> str | None:
-    """The preferred of the languages in an Accept-Language header, or None. A tag
-    matches by its primary subtag: `zh-CN` and `zh-Hant` give zh, `en-GB` gives en."""
-    best: tuple[float, int, str] | None = None
-    for i, part in enumerate(header.split(",")):
-        tag, _, params = part.strip().partition(";")
-        tag = tag.strip().lower()
-        q = 1.0
-        for p in params.split(";"):
-            name, _, value = p.strip().partition("=")
-            if name.strip() == "q":
-                try:
-                    q = float(value)
-                except ValueError:
-                    q = 0.0
-        lang = tag.split("-")[0]
-        if lang not in reg.languages() or q <= 0:
-            continue
-        if best is None or (q, -i) > (best[0], best[1]):
-            best = (q, -i, lang)
-    return None if best is None else best[2]
-
-
-def pick_lang(request: Request) -> str:
-    """`?lang=`, then the cookie, then Accept-Language, then English."""
-    q = request.query_params.get("lang")
-    if q in reg.languages():
-        return q
-    c = request.cookies.get(LANG_COOKIE)
-    if c in reg.languages():
-        return c
-    return _accept_language(request.headers.get("accept-language", "")) or "en"
-
-
-def remember_lang(request: Request, response: Response) -> None:
-    """Keep a `?lang=` choice in a cookie (admin pages may call this too)."""
-    q = request.query_params.get("lang")
-    if q in reg.languages() and request.cookies.get(LANG_COOKIE) != q:
-        response.set_cookie(LANG_COOKIE, q, max_age=LANG_COOKIE_MAX_AGE, samesite="lax")
-
-
-@dataclass(frozen=True, slots=True)
-class Chrome:
-    """What base.html needs: language, labels, navigation, the language switch."""
-
-    lang: str
-    html_lang: str
-    t: Mapping[str, str]
-    section: str  # codes | compare | admin | ""
-    switch: tuple[tuple[str, str, str, str | None], ...]  # (lang, html lang, name, href)
-    css_url: str = CSS_URL
-
-
-def _url(path: str, params: Iterable[tuple[str, str]]) -> str:
-    qs = urlencode(list(params))
-    return f"{path}?{qs}" if qs else path
-
-
-def _section(path: str) -> str:
-    for name in ("codes", "compare", "admin"):
-        if path == f"/{name}" or path.startswith(f"/{name}/"):
-            return name
-    return ""
-
-
-@functools.lru_cache(maxsize=4096)
-def _chrome(lang: str, path: str, params: tuple[tuple[str, str], ...]) -> Chrome:
-    """The chrome of the page at `path?params` (params without `lang`)."""
-    switch = tuple(
-        (other, html_lang(other), str(reg.ui(other)["name"]),
-         None if other == lang else _url(path, [*params, ("lang", other)]))
-        for other in reg.languages()
-    )
-    return Chrome(lang=lang, html_lang=html_lang(lang), t=web_text(lang),
-                  section=_section(path), switch=switch)
-
-
-def chrome_for(request: Request) -> dict[str, Any]:
-    """Context processor: `chrome` for any template extending base.html."""
-    params = tuple((k, v) for k, v in request.query_params.multi_items() if k != "lang")
-    return {"chrome": _chrome(pick_lang(request), request.url.path, params)}
-
-
-if chrome_for not in templates.context_processors:
-    templates.context_processors.append(chrome_for)
+JS_URL = f"/static/search.js?v={static_version('search.js')}"
 
 
 # --- the knowledge base, cached -------------------------------------------------------
@@ -507,7 +382,7 @@ def _code_page(code: str, lang: str) -> bytes:
     related = [(c, code_title(c, lang)) for c in e.related]
     forms = [f for f in class_forms(e.key) if f != e.code] if e.kind == "enhanced" else []
     return _page(
-        "public/code.html", _chrome(lang, f"/codes/{e.code}", ()),
+        "public/code.html", chrome_at(lang, f"/codes/{e.code}", ()),
         e=e, title=doc.title, view=_view(_code_doc_blocks(doc), lang), related=related,
         forms=forms, json_url=f"/api/codes/{e.code}?lang={lang}",
     )
@@ -571,7 +446,7 @@ def _index_page(q: str, lang: str) -> bytes:
     results = [_row(k, lang) for k in search(q)] if q else None
     params = (("q", q),) if q else ()
     return _page(
-        "public/codes.html", _chrome(lang, "/codes", params),
+        "public/codes.html", chrome_at(lang, "/codes", params),
         q=q, results=results, basic=basic, enhanced=enhanced, classes=classes,
         js_url=JS_URL,
     )
@@ -588,7 +463,7 @@ def _compare_page(a: str, b: str, lang: str) -> bytes:
     doc = comparison_doc(c)
     sections = _split_sections(list(doc.blocks[1:]))
     return _page(
-        "public/compare.html", _chrome(lang, f"/compare/{c.a.code}/{c.b.code}", ()),
+        "public/compare.html", chrome_at(lang, f"/compare/{c.a.code}/{c.b.code}", ()),
         c=c, title=c.headline, intro=_view(sections[0], lang),
         sides=[(e.code, _view(s, lang)) for e, s in zip((c.a, c.b), sections[1:3], strict=False)],
         rest=[_view(s, lang) for s in sections[3:]],
@@ -602,7 +477,7 @@ def _form_page(request: Request, lang: str, form: dict[str, str], errors: dict[s
                status: int, message: str = "") -> HTMLResponse:
     params = tuple((k, v) for k, v in request.query_params.multi_items() if k != "lang")
     body = _page(
-        "public/compare.html", _chrome(lang, request.url.path, params),
+        "public/compare.html", chrome_at(lang, request.url.path, params),
         c=None, title=web_text(lang)["compare_title"], form=form, errors=errors, message=message,
         datalist=_datalist(lang),
         suggestions={k: suggest(v) for k, v in form.items() if k in errors and v.strip()},
@@ -612,7 +487,7 @@ def _form_page(request: Request, lang: str, form: dict[str, str], errors: dict[s
 
 def _not_found_page(request: Request, lang: str, exc: CodeNotFound) -> HTMLResponse:
     body = _page(
-        "public/not_found.html", _chrome(lang, request.url.path, ()),
+        "public/not_found.html", chrome_at(lang, request.url.path, ()),
         code=exc.code, message=exc.message, suggestions=exc.suggestions,
         unregistered=exc.unregistered,
     )
@@ -909,7 +784,7 @@ async def _http_exception(request: Request, exc: Exception) -> Response:
         heading, text = t["page_not_found"], t["page_not_found_text"].format(path=request.url.path)
     else:
         heading, text = f"{exc.status_code}", str(exc.detail)
-    body = _page("public/error.html", _chrome(lang, request.url.path, ()),
+    body = _page("public/error.html", chrome_at(lang, request.url.path, ()),
                  heading=heading, text=text)
     return HTMLResponse(body, status_code=exc.status_code,
                         headers={**_headers(lang), **headers})
@@ -920,7 +795,7 @@ async def _server_error(request: Request, exc: Exception) -> Response:
         return _error_json("The server could not answer this request.", 500)
     lang = pick_lang(request)
     t = web_text(lang)
-    body = _page("public/error.html", _chrome(lang, request.url.path, ()),
+    body = _page("public/error.html", chrome_at(lang, request.url.path, ()),
                  heading=t["error_title"], text=t["error_text"])
     return HTMLResponse(body, status_code=500, headers=_headers(lang))
 
