@@ -28,7 +28,7 @@ from starlette.testclient import TestClient
 from mailgate.config import Config, WebConfig
 from mailgate.queue import Attempt, NewMessage, NewRecipient, NotFound, RecipientState
 from mailgate.queue.sqlite import SQLiteQueue
-from mailgate.web import admin
+from mailgate.web.admin import pages, session
 from mailgate.web.app import WebContext, create_app
 from mailgate.web.auth import AdminAuth
 from mailgate.web.context import SESSION_MAX_AGE
@@ -120,7 +120,7 @@ def test_pages_redirect_to_the_login_without_a_session(env: Env) -> None:
         "/admin/login?next=%2Fadmin%2Fqueue%3Fstate%3Dqueued")
     for path in (f"/admin/message/{qid}", f"/admin/message/{qid}/retry", "/admin/nothing"):
         _login_location(c.get(path, follow_redirects=False))
-    for action in admin.ACTIONS:
+    for action in pages.ACTIONS:
         _login_location(c.post(f"/admin/message/{qid}/{action}",
                                data={"confirmed": "1"}, follow_redirects=False))
     assert env.queue.show(qid).recipients[0].state is RecipientState.QUEUED
@@ -186,7 +186,7 @@ def test_login_redirects_to_next_but_only_within_the_admin(env: Env) -> None:
 
 
 def test_login_is_rate_limited_per_address(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
-    for _ in range(admin.LOGIN_FAILURES):
+    for _ in range(session.LOGIN_FAILURES):
         r = env.client.post("/admin/login", data={"password": "nope nope",
                                                   "csrf": env.csrf("/admin/login")})
         assert r.status_code == 401
@@ -195,8 +195,8 @@ def test_login_is_rate_limited_per_address(env: Env, monkeypatch: pytest.MonkeyP
     assert r.status_code == 429  # even the right password, until the window passes
     assert int(r.headers["retry-after"]) > 500
     assert "Too many failed logins" in r.text
-    later = time.time() + admin.LOGIN_WINDOW + 1
-    monkeypatch.setattr(admin, "_now", lambda: later)
+    later = time.time() + session.LOGIN_WINDOW + 1
+    monkeypatch.setattr(session, "_now", lambda: later)
     env.login()
 
 
@@ -226,9 +226,9 @@ def test_logout_needs_csrf_and_ends_the_session(env: Env) -> None:
 def test_session_expires_after_eight_hours(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
     env.login()
     start = time.time()
-    monkeypatch.setattr(admin, "_now", lambda: start + SESSION_MAX_AGE - 60)
+    monkeypatch.setattr(session, "_now", lambda: start + SESSION_MAX_AGE - 60)
     assert env.client.get("/admin").status_code == 200  # being busy does not extend it
-    monkeypatch.setattr(admin, "_now", lambda: start + SESSION_MAX_AGE + 1)
+    monkeypatch.setattr(session, "_now", lambda: start + SESSION_MAX_AGE + 1)
     _login_location(env.client.get("/admin", follow_redirects=False))
     assert env.client.get("/api/stats").status_code == 401
 
@@ -473,7 +473,7 @@ def _act(env: Env, qid: str, action: str, **data: str) -> Any:
     return env.client.post(f"/admin/message/{qid}/{action}", data=data, follow_redirects=False)
 
 
-@pytest.mark.parametrize("action", admin.ACTIONS)
+@pytest.mark.parametrize("action", pages.ACTIONS)
 def test_actions_refuse_without_a_valid_csrf_token(env: Env, action: str) -> None:
     qid = env.enqueue()
     env.login()
@@ -662,10 +662,10 @@ def test_chart_scales_to_the_busiest_hour() -> None:
     from mailgate.queue import ActivityBucket
 
     buckets = [ActivityBucket(start=i * 3600.0, seconds=3600.0, accepted=i) for i in range(24)]
-    svg = str(admin.chart_svg(buckets))
+    svg = str(pages.chart_svg(buckets))
     assert svg.startswith("<svg") and svg.endswith("</svg>")
     assert ">25</text>" in svg  # 23 rounds up to 25
-    assert admin.chart_svg([]).startswith("<svg")
+    assert pages.chart_svg([]).startswith("<svg")
 
 
 def test_queue_list_pages_by_key(tmp_path: Path) -> None:

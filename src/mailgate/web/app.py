@@ -1,7 +1,7 @@
 """The web application: one Starlette app served by `mailgate serve` in its own loop.
 
 The public part (`web/public.py`) is the reply-code reference; the admin part
-(`web/admin.py`) is the queue, behind a login; `/api/...` mirrors both as JSON with an
+(`web/admin/`) is the queue, behind a login; `/api/...` mirrors both as JSON with an
 OpenAPI schema (`web/openapi.py`); `/metrics` is Prometheus text. Pages are server-
 rendered Jinja2 templates with a little plain JavaScript at most, from /static only (the
 Content-Security-Policy of `web/security.py` allows nothing inline).

@@ -1,8 +1,8 @@
 """The OpenAPI 3.1 document of the JSON API, served at `/api/openapi.json`.
 
 Each part of the web app documents its own endpoints next to their code:
-`public.OPENAPI_PATHS` (the reply-code reference) and `admin.OPENAPI_PATHS` (the
-queue, behind a token), plus the components admin adds in `admin.OPENAPI_COMPONENTS`
+`public.OPENAPI_PATHS` (the reply-code reference) and `admin/api.py`'s `OPENAPI_PATHS`
+(the queue, behind a token), plus the components admin adds in its `OPENAPI_COMPONENTS`
 (its schemas and security schemes). The
 code schemas here are those of docs/json.md (`mailgate.codes/1`), which the API
 shares with `mailgate explain/compare --format json`.
@@ -20,7 +20,8 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from mailgate.codes import registry as reg
-from mailgate.web import admin, public
+from mailgate.web import public
+from mailgate.web.admin import api as admin_api
 
 __all__ = ["SCHEMAS", "document", "routes"]
 
@@ -144,9 +145,9 @@ def _version() -> str:
 @functools.cache
 def document() -> dict[str, Any]:
     """The whole OpenAPI document, built once per process."""
-    paths: dict[str, Any] = {**public.OPENAPI_PATHS, **admin.OPENAPI_PATHS}
+    paths: dict[str, Any] = {**public.OPENAPI_PATHS, **admin_api.OPENAPI_PATHS}
     components: dict[str, Any] = {"schemas": dict(SCHEMAS)}
-    for section, entries in admin.OPENAPI_COMPONENTS.items():
+    for section, entries in admin_api.OPENAPI_COMPONENTS.items():
         components.setdefault(section, {}).update(entries)
     return {
         "openapi": "3.1.0",
