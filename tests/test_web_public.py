@@ -22,9 +22,9 @@ from mailgate.codes.explain import explain_code
 from mailgate.codes.render import comparison_doc, explanation_doc, render
 from mailgate.config import Config, WebConfig
 from mailgate.queue import Queue
-from mailgate.web import public
 from mailgate.web.app import WebContext, create_app
 from mailgate.web.auth import AdminAuth
+from mailgate.web.public import knowledge
 
 # Starlette's test client (and schemathesis on the ASGI app) sends "Host: testserver".
 TESTSERVER = WebConfig(allowed_hosts=("testserver",))
@@ -108,13 +108,13 @@ def test_search_null_mx_finds_556_and_5_1_10_and_5_7_27(client: TestClient) -> N
     for href in ("/codes/556", "/codes/5.1.10", "/codes/5.7.27"):
         assert href in links
     assert re.search(r"\d+ codes match “null MX”", text_of(r.text))
-    assert public.search("null MX")[:3] == ("X.1.10", "X.7.27", "556")
+    assert knowledge.search("null MX")[:3] == ("X.1.10", "X.7.27", "556")
 
 
 def test_search_by_number(client: TestClient) -> None:
-    assert public.search("5.1.10")[0] == "X.1.10"
-    assert public.search("556")[0] == "556"
-    assert public.search("55")[:3] == ("550", "551", "552")
+    assert knowledge.search("5.1.10")[0] == "X.1.10"
+    assert knowledge.search("556")[0] == "556"
+    assert knowledge.search("55")[:3] == ("550", "551", "552")
     r = client.get("/codes", params={"q": "5.7.27"})
     assert "/codes/5.7.27" in hrefs(r.text)
 
@@ -124,8 +124,8 @@ def test_search_in_chinese(client: TestClient) -> None:
     r = client.get("/codes", params={"q": title})
     assert "/codes/556" in hrefs(r.text)
     # Spaces between Chinese and Latin do not matter: 空MX finds "空 MX".
-    assert "X.7.27" in public.search("空MX")
-    assert "X.7.27" in public.search("空 MX")
+    assert "X.7.27" in knowledge.search("空MX")
+    assert "X.7.27" in knowledge.search("空 MX")
 
 
 def test_search_without_match_says_so(client: TestClient) -> None:
@@ -230,12 +230,12 @@ def test_malformed_code_is_404_saying_what_is_wrong(client: TestClient, code: st
 
 
 def test_suggestions() -> None:
-    assert public.suggest("557")[:2] == ["556", "555"]
-    assert public.suggest("5.1.99")[0] == "5.1.10"
-    assert public.suggest("X.7.99")[0] == "X.7.30"
-    assert public.suggest("55")[0] == "550"
-    assert public.suggest("null MX")[:3] == ["X.1.10", "X.7.27", "556"]
-    assert public.suggest("") == []
+    assert knowledge.suggest("557")[:2] == ["556", "555"]
+    assert knowledge.suggest("5.1.99")[0] == "5.1.10"
+    assert knowledge.suggest("X.7.99")[0] == "X.7.30"
+    assert knowledge.suggest("55")[0] == "550"
+    assert knowledge.suggest("null MX")[:3] == ["X.1.10", "X.7.27", "556"]
+    assert knowledge.suggest("") == []
 
 
 # --- compare --------------------------------------------------------------------------
@@ -399,7 +399,7 @@ def test_api_code_list(client: TestClient) -> None:
     r = client.get("/api/codes")
     assert r.status_code == 200
     items: list[dict[str, Any]] = r.json()
-    assert [i["code"] for i in items] == list(public.code_keys())
+    assert [i["code"] for i in items] == list(knowledge.code_keys())
     assert sorted(i["code"] for i in items) == sorted(CODES)
     assert items[0] == json.loads(render(explain_code(items[0]["code"]), "json"))
     r = client.get("/api/codes", params={"q": "null MX", "lang": "zh"})

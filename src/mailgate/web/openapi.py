@@ -1,11 +1,10 @@
 """The OpenAPI 3.1 document of the JSON API, served at `/api/openapi.json`.
 
 Each part of the web app documents its own endpoints next to their code:
-`public.OPENAPI_PATHS` (the reply-code reference) and `admin/api.py`'s `OPENAPI_PATHS`
+`OPENAPI_PATHS` of `public/api.py` (the reply-code reference) and of `admin/api.py`
 (the queue, behind a token), plus the components admin adds in its `OPENAPI_COMPONENTS`
-(its schemas and security schemes). The
-code schemas here are those of docs/json.md (`mailgate.codes/1`), which the API
-shares with `mailgate explain/compare --format json`.
+(its schemas and security schemes). The code schemas here are those of docs/json.md
+(`mailgate.codes/1`), which the API shares with `mailgate explain/compare --format json`.
 """
 
 from __future__ import annotations
@@ -20,8 +19,8 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from mailgate.codes import registry as reg
-from mailgate.web import public
 from mailgate.web.admin import api as admin_api
+from mailgate.web.public import api as public_api
 
 __all__ = ["SCHEMAS", "document", "routes"]
 
@@ -145,7 +144,7 @@ def _version() -> str:
 @functools.cache
 def document() -> dict[str, Any]:
     """The whole OpenAPI document, built once per process."""
-    paths: dict[str, Any] = {**public.OPENAPI_PATHS, **admin_api.OPENAPI_PATHS}
+    paths: dict[str, Any] = {**public_api.OPENAPI_PATHS, **admin_api.OPENAPI_PATHS}
     components: dict[str, Any] = {"schemas": dict(SCHEMAS)}
     for section, entries in admin_api.OPENAPI_COMPONENTS.items():
         components.setdefault(section, {}).update(entries)
