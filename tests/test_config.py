@@ -972,3 +972,41 @@ def test_bad_tls_and_relayhost_settings(tmp_path: Path, text: str, message: str)
         parse_config(text, "mailgate.toml", tmp_path)
     [found] = info.value.problems
     assert found.startswith("mailgate.toml: " + message.format(dir=tmp_path)), found
+
+
+# --- the package: its face and its parts ----------------------------------------------
+
+# Every public name `mailgate.config` offered when it was one file, and the private one
+# the tests use; the package re-exports them all from where they live now.
+OFFERED = (
+    "Role", "BareNewlines", "LogLevel", "TLSLevel", "Network", "ROLES", "BARE_NEWLINES",
+    "LOG_LEVELS", "TLS_LEVELS", "KiB", "MiB", "MIN_MESSAGE_SIZE", "MIN_RECIPIENTS",
+    "SMTPS_PORT", "ConfigError", "Listener", "DEFAULT_LISTENERS", "TLSConfig", "Domains",
+    "Relay", "Limits", "Timeouts", "Submission", "DNSConfig", "Policy", "Relayhost", "Route",
+    "Delivery", "WebConfig", "ServerConfig", "LogConfig", "Config", "load_config",
+    "parse_config", "parse_size", "parse_duration", "_SECTIONS",
+)  # fmt: skip
+
+# The parts of config/, highest first: each imports only parts after it.
+PARTS = ("", ".sections", ".reader", ".values", ".syntax")
+
+
+def test_the_package_offers_every_name_the_module_did() -> None:
+    import mailgate.config
+
+    missing = [name for name in (*mailgate.config.__all__, *OFFERED)
+               if not hasattr(mailgate.config, name)]
+    assert not missing, f"mailgate.config no longer offers {missing}"
+
+
+def test_the_package_parts_import_down() -> None:
+    """values and syntax know nothing of reading a file; the reader nothing of sections."""
+    from tests.test_layering import import_graph
+
+    order = [f"mailgate.config{part}" for part in PARTS]
+    graph = import_graph()
+    assert sorted(m for m in graph if m.startswith("mailgate.config")) == sorted(order), \
+        "a new module in config/ needs a place in PARTS (and in config/__init__.py's list)"
+    up = [f"{a} -> {b}" for a in order for b in sorted(graph[a])
+          if b in order and order.index(b) <= order.index(a)]
+    assert not up, "config/ parts importing up: " + ", ".join(up)

@@ -1,0 +1,332 @@
+"""The settings as values: frozen dataclasses, one per section, and `Config` holding
+them all, with the few questions they answer (is this domain local, may this client
+relay, which TLS level for mail to that domain). What the file may say about them, and
+how it is checked, is in reader.py and sections.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
+from pathlib import Path
+from types import MappingProxyType
+from typing import Literal
+
+from mailgate.config.syntax import _join_hostport, _lookup_domain
+
+Role = Literal["mx", "submission", "smtps"]
+BareNewlines = Literal["normalize", "reject"]
+LogLevel = Literal["debug", "info", "warning", "error"]
+# Outbound TLS, as Postfix's smtp_tls_security_level: none (never STARTTLS), may
+# (opportunistic, unverified), encrypt (TLS required, unverified), verify (TLS required,
+# the certificate must chain to a trusted CA and name the host connected to).
+TLSLevel = Literal["none", "may", "encrypt", "verify"]
+Network = IPv4Network | IPv6Network
+
+ROLES: tuple[Role, ...] = ("mx", "submission", "smtps")
+BARE_NEWLINES: tuple[BareNewlines, ...] = ("normalize", "reject")
+LOG_LEVELS: tuple[LogLevel, ...] = ("debug", "info", "warning", "error")
+TLS_LEVELS: tuple[TLSLevel, ...] = ("none", "may", "encrypt", "verify")  # weakest first
+
+KiB = 1024
+MiB = 1024 * KiB
+# RFC 5321 4.5.3.1.7: a server must accept messages of at least 64K octets.
+MIN_MESSAGE_SIZE = 64 * KiB
+# RFC 5321 4.5.3.1.8: a server must accept at least 100 recipients per message.
+MIN_RECIPIENTS = 100
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; `problems` holds one sentence per problem."""
+
+    def __init__(self, problems: Sequence[str]) -> None:
+        self.problems = tuple(problems)
+        super().__init__("\n".join(self.problems))
+
+
+# --- the settings -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Listener:
+    """One listening socket: `role` decides the policy, `host` is an IP address."""
+
+    role: Role
+    host: str
+    port: int
+
+    @property
+    def address(self) -> str:
+        """`127.0.0.1:2525` or `[::1]:2525`, as it is written in the file."""
+        return _join_hostport(self.host, self.port)
+
+
+DEFAULT_LISTENERS: tuple[Listener, ...] = (
+    Listener("mx", "127.0.0.1", 2525),
+    Listener("submission", "127.0.0.1", 2587),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class TLSConfig:
+    """Certificate and key (PEM, absolute paths); None -> self-signed in data_dir."""
+
+    cert: Path | None = None
+    key: Path | None = None  # equals cert when the key is inside the certificate file
+
+    @property
+    def self_signed(self) -> bool:
+        return self.cert is None
+
+
+@dataclass(frozen=True, slots=True)
+class Domains:
+    """Local domains (delivered to Maildirs) and who in them exists."""
+
+    local: tuple[str, ...] = ("localhost",)  # lower-case A-labels
+    catch_all: bool = True
+    mailboxes: frozenset[str] = frozenset()  # "user@domain", lower case
+    # Where mail for <postmaster> and postmaster@<any local domain> goes (RFC 5321 4.5.1);
+    # None: postmaster@<the first local domain>, a Maildir of its own.
+    postmaster: str | None = None
+
+    @property
+    def postmaster_mailbox(self) -> str:
+        """The local address that receives the postmaster's mail."""
+        return self.postmaster or f"postmaster@{self.local[0]}"
+
+    def is_local(self, domain: str) -> bool:
+        """Whether mail for `domain` is delivered here (any case, U- or A-label)."""
+        name = _lookup_domain(domain)
+        return name is not None and name in self.local
+
+    def has_mailbox(self, local_part: str, domain: str) -> bool:
+        """Whether the address is listed in `mailboxes`, or is a local postmaster.
+
+        Case does not matter. With `catch_all` off, a recipient is accepted when this
+        is true or the AUTH user database knows the address; that check is the server's.
+        """
+        name = _lookup_domain(domain)
+        if name is None or name not in self.local:
+            return False
+        local_part = local_part.lower()
+        return local_part == "postmaster" or f"{local_part}@{name}" in self.mailboxes
+
+
+@dataclass(frozen=True, slots=True)
+class Relay:
+    """Networks whose clients may relay without AUTH."""
+
+    networks: tuple[Network, ...] = (ip_network("127.0.0.0/8"), ip_network("::1/128"))
+
+    def allows(self, ip: str | IPv4Address | IPv6Address) -> bool:
+        """Whether a client at `ip` may relay; an unparsable address may not."""
+        try:
+            addr = ip_address(ip) if isinstance(ip, str) else ip
+        except ValueError:
+            return False
+        if isinstance(addr, IPv6Address) and addr.ipv4_mapped is not None:
+            # A dual-stack socket reports IPv4 clients as ::ffff:a.b.c.d.
+            addr = addr.ipv4_mapped
+        return any(addr in net for net in self.networks)
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    message_size: int = 25 * MiB  # bytes; advertised as SIZE (RFC 1870)
+    recipients: int = 100  # per message
+    connections: int = 1000  # concurrent, all clients
+    connections_per_ip: int = 50  # concurrent, one client address
+    hops: int = 50  # Received: headers a message may carry; more is a loop (554 5.4.6)
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    """Server-side timeouts in seconds (RFC 5321 4.5.3.2)."""
+
+    command: float = 300.0  # for a whole command line, from the moment we are ready for it
+    data_block: float = 180.0  # for the first chunk of DATA, and grace for the rate below
+    min_data_rate: int = 500  # bytes/s a message must keep up on average (Postfix's value)
+    tls_handshake: float = 10.0  # for a whole TLS handshake (STARTTLS or implicit TLS)
+    # When the open connections reach 80 % of limits.connections, these replace the
+    # timeouts above (Postfix's stress mode): idle clients give up their slots sooner.
+    stress_command: float = 10.0
+    stress_data_block: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class Submission:
+    """Who may use which envelope sender after AUTH (Postfix's sender login maps).
+
+    A user named `alice` owns `alice@` at every local domain; a user named
+    `alice@example.org` owns that address; `sender_addresses` grants more: user name ->
+    addresses, where `@example.org` stands for every address at that domain."""
+
+    sender_login_check: bool = True
+    sender_addresses: Mapping[str, tuple[str, ...]] = field(
+        default_factory=lambda: MappingProxyType({}))
+
+
+@dataclass(frozen=True, slots=True)
+class DNSConfig:
+    """Nameservers as (IP address, port); empty -> the system resolver."""
+
+    nameservers: tuple[tuple[str, int], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    sender_null_mx_check: bool = True  # MAIL FROM a null-MX domain -> 550 5.7.27 (MX role)
+    recipient_null_mx_check: bool = True  # RCPT TO a null-MX domain -> 556 5.1.10 (relay)
+    bare_newlines: BareNewlines = "normalize"  # bare CR or LF in DATA: fix to CRLF, or 5xx
+
+
+@dataclass(frozen=True, slots=True)
+class Relayhost:
+    """The smarthost all non-local mail goes to; `mx_lookup` False for `[host]`."""
+
+    host: str
+    port: int
+    mx_lookup: bool
+    # AUTH (RFC 4954) at the smarthost: the password is read from `password_file` when
+    # the configuration is loaded, and only ever sent over TLS.
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    password_file: Path | None = None
+    implicit_tls: bool = False  # "smtps:": TLS from the first byte (RFC 8314), no STARTTLS
+
+    @property
+    def address(self) -> str:
+        return _join_hostport(self.host, self.port, brackets=not self.mx_lookup)
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """A per-domain override: mail for `domain` goes to `host`:`port`.
+
+    As in Postfix's transport map, `[host]` (and an IP address) is connected to as it
+    is; a bare host name is resolved like a mail domain (MX, then A/AAAA).
+    """
+
+    domain: str
+    host: str
+    port: int
+    mx_lookup: bool
+    implicit_tls: bool = False  # "smtps:": TLS from the first byte (RFC 8314), no STARTTLS
+
+    @property
+    def nexthop(self) -> str:
+        """`smtp:[host]:port` or `smtps:host:port`, as it is written in the file."""
+        scheme = "smtps:" if self.implicit_tls else "smtp:"
+        return scheme + _join_hostport(self.host, self.port, brackets=not self.mx_lookup)
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    smtp_port: int = 25  # port of remote MX hosts
+    retry_schedule: tuple[float, ...] = (300.0, 600.0, 1200.0, 2400.0, 4800.0, 7200.0)
+    max_queue_lifetime: float = 5 * 86400.0  # seconds; then the message bounces
+    concurrency: int = 100  # outbound connections in all
+    concurrency_per_destination: int = 20
+    relayhost: Relayhost | None = None
+    delay_warning: float = 4 * 3600.0  # seconds; 0 = no delay notices
+    tls_security_level: TLSLevel = "may"  # for destinations [tls_policy] does not name
+    tls_ca_file: Path | None = None  # trusted CAs for "verify"; None: the system's store
+
+    def retry_delay(self, failures: int) -> float:
+        """Seconds to wait after the `failures`-th failed attempt; the last step repeats."""
+        index = min(max(failures, 1), len(self.retry_schedule)) - 1
+        return self.retry_schedule[index]
+
+
+@dataclass(frozen=True, slots=True)
+class WebConfig:
+    """The web page and JSON API; `enabled` False when the address is "".
+
+    `allowed_hosts`: names (lower case) that a request's Host header may give besides
+    the address itself (and localhost for a loopback address, `hostname` always)."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = 8025
+    allowed_hosts: tuple[str, ...] = ()
+
+    @property
+    def address(self) -> str:
+        return _join_hostport(self.host, self.port) if self.enabled else ""
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    workers: int = 1  # processes sharing the listening sockets (SO_REUSEPORT)
+
+
+@dataclass(frozen=True, slots=True)
+class LogConfig:
+    level: LogLevel = "info"
+
+
+def _default_data_dir() -> Path:
+    return Path.cwd() / "mailgate-data"
+
+
+def _no_routes() -> Mapping[str, Route]:
+    return MappingProxyType({})
+
+
+def _no_tls_policy() -> Mapping[str, TLSLevel]:
+    return MappingProxyType({})
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """All settings. `source` is the file read, None for the zero-config defaults."""
+
+    hostname: str = "localhost"
+    data_dir: Path = field(default_factory=_default_data_dir)  # absolute
+    listen: tuple[Listener, ...] = DEFAULT_LISTENERS
+    tls: TLSConfig = TLSConfig()
+    domains: Domains = Domains()
+    relay: Relay = Relay()
+    limits: Limits = Limits()
+    timeouts: Timeouts = Timeouts()
+    dns: DNSConfig = DNSConfig()
+    policy: Policy = Policy()
+    submission: Submission = Submission()
+    delivery: Delivery = Delivery()
+    routes: Mapping[str, Route] = field(default_factory=_no_routes)  # domain -> Route
+    # A mail domain (A-label) or a next hop ("[host]:port", "host:port") -> TLS level
+    tls_policy: Mapping[str, TLSLevel] = field(default_factory=_no_tls_policy)
+    web: WebConfig = WebConfig()
+    server: ServerConfig = ServerConfig()
+    log: LogConfig = LogConfig()
+    source: str | None = None
+
+    def route_for(self, domain: str) -> Route | None:
+        """The [routes] override for `domain` (any case, U- or A-label), if any."""
+        name = _lookup_domain(domain)
+        return None if name is None else self.routes.get(name)
+
+    def tls_level_for(self, domain: str) -> TLSLevel:
+        """The outbound TLS level for mail to `domain`, wherever it is sent.
+
+        The stronger of the [tls_policy] entries for the domain and for its next hop (the
+        [routes] target or the relayhost, written as in those settings); with neither,
+        `delivery.tls_security_level`. A relayhost that is given a password gets at least
+        "encrypt": credentials never travel in the clear.
+        """
+        name = _lookup_domain(domain)
+        keys = [name]
+        route = None if name is None else self.routes.get(name)
+        relay = self.delivery.relayhost
+        hop = route or relay
+        if hop is not None:
+            keys.append(_join_hostport(hop.host, hop.port, brackets=not hop.mx_lookup))
+            keys.append(hop.host.lower())  # a plain name also matches a next hop's host
+        found = [self.tls_policy[k] for k in keys if k is not None and k in self.tls_policy]
+        level = max(found, key=TLS_LEVELS.index) if found else \
+            self.delivery.tls_security_level
+        if route is None and relay is not None and relay.username is not None:
+            level = max(level, "encrypt", key=TLS_LEVELS.index)
+        return level
