@@ -186,10 +186,20 @@ def test_live_delivery_to_a_symlinked_mailbox_is_deferred_with_the_reason(
 SRC = str(Path(__file__).resolve().parent.parent / "src")
 
 
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A loopback port nothing listens on, never the same twice in this process: two
+    calls in a row may otherwise get the same port back from the kernel, and a config
+    naming it twice is refused for that alone."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
 
 
 def serve_process(tmp_path: Path, data: Path, smtp: int, web: int, workers: int = 1,
