@@ -25,15 +25,8 @@ from click.testing import CliRunner
 
 from mailgate.cli import main
 from mailgate.config import parse_config
-from mailgate.delivery.diagnose import (
-    EX_TEMPFAIL,
-    CheckReport,
-    ProbeReport,
-    Target,
-    check,
-    parse_target,
-    probe,
-)
+from mailgate.delivery.check import EX_TEMPFAIL, CheckReport, check
+from mailgate.delivery.probe import ProbeReport, Target, parse_target, probe
 from mailgate.dns import Resolver
 from mailgate.server.tls import ensure_self_signed, server_context
 from tests.tlscerts import TestCA

@@ -148,7 +148,7 @@ def test_bounce_in_the_new_language(xx_root: Path) -> None:
 
 
 def test_diagnostics_in_the_new_language(xx_root: Path) -> None:
-    from mailgate.delivery import diagnose
+    from mailgate.delivery import diagnostics as diagnose
 
     assert diagnose._label("xx", "domain") == "Xdomain: "
     assert diagnose._label("zh", "domain") == "域名："

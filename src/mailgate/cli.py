@@ -448,7 +448,7 @@ def check(domain: str, nameservers: tuple[str, ...], config_path: Path | None,
     """
     import asyncio
 
-    from mailgate.delivery.diagnose import check as do_check
+    from mailgate.delivery.check import check as do_check
     from mailgate.dns import Resolver
 
     timeout = _diag_seconds("--timeout", timeout_text)
@@ -499,8 +499,8 @@ def probe(target: str, port_text: str, mail_from: str | None, rcpt: str | None,
     """
     import asyncio
 
-    from mailgate.delivery.diagnose import StartTLSPolicy
-    from mailgate.delivery.diagnose import probe as do_probe
+    from mailgate.delivery.probe import StartTLSPolicy
+    from mailgate.delivery.probe import probe as do_probe
     from mailgate.dns import Resolver
 
     if not (port_text.isdigit() and 0 < int(port_text) < 65536):

@@ -54,7 +54,13 @@ from mailgate.delivery.notices import (
     wants_success,
     warn_delayed,
 )
-from mailgate.delivery.transport import ClientRun, ConnectError, run_client, tls_failure
+from mailgate.delivery.transport import (
+    ClientRun,
+    ConnectError,
+    run_client,
+    tls_failure,
+    verifying_context,
+)
 from mailgate.dns import MXHost, NullMX, PermFail, Resolver, Route, TempFail
 from mailgate.queue import (
     Attempt,
@@ -544,10 +550,7 @@ class DeliveryEngine:
         """For `verify`: the peer's chain must lead to a trusted CA (`tls_ca_file`, or the
         system's store) and its certificate must name the host; made once, shared."""
         if self._verifying is None:
-            ca = self.config.delivery.tls_ca_file
-            ctx = ssl.create_default_context(cafile=str(ca) if ca is not None else None)
-            ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-            self._verifying = ctx
+            self._verifying = verifying_context(self.config.delivery.tls_ca_file)
         return self._verifying
 
     async def _record_result(self, unit: _Unit, res: MessageResult, where: str,

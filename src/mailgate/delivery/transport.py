@@ -2,8 +2,9 @@
 
 It moves bytes, does the TLS handshake when the session says so, and keeps the clock
 with RFC 5321's per-step timeouts; every protocol decision stays in the session. Used by
-`mailgate send` and the delivery engine (`mailgate probe` keeps its own loop, because it
-shows every command and reply).
+`mailgate send`, the delivery engine and `mailgate probe` (which taps the bytes, through
+a `Tap`, to show every command and reply). The TLS contexts delivery and probe use are
+made here too: opportunistic (`may`, `encrypt`) and verifying (`verify`, `probe --verify`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import functools
 import ssl
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
 
 from mailgate.smtp.client import (
     ClientSession,
@@ -27,8 +30,8 @@ from mailgate.smtp.client import (
 )
 from mailgate.smtp.server import NEED_DATA
 
-__all__ = ["STAGE_TIMEOUTS", "ClientRun", "ConnectError", "close", "opportunistic_context",
-           "run_client", "tls_failure"]
+__all__ = ["STAGE_TIMEOUTS", "ClientRun", "ConnectError", "Tap", "close",
+           "opportunistic_context", "run_client", "tls_failure", "verifying_context"]
 
 # RFC 5321 4.5.3.2: the minimum time a client waits for each reply.
 STAGE_TIMEOUTS: dict[str, float] = {
@@ -69,6 +72,20 @@ class ClientRun:
     peer: str = ""
 
 
+class Tap(Protocol):
+    """Sees the raw conversation of a run_client connection (for `mailgate probe`).
+
+    `sent` gets each chunk the session wrote, `received` each chunk read (not the
+    end-of-file), `tls_up` the SSL object right after a STARTTLS handshake succeeded,
+    before the session hears of it."""
+
+    def sent(self, data: bytes) -> None: ...
+
+    def received(self, data: bytes) -> None: ...
+
+    def tls_up(self, ssl_object: Any) -> None: ...
+
+
 def _tls_name(writer: asyncio.StreamWriter) -> str | None:
     obj = writer.get_extra_info("ssl_object")
     if obj is None:
@@ -90,13 +107,15 @@ async def run_client(
     local_address: str | None = None,
     on_event: Callable[[Event], None] | None = None,
     run: ClientRun | None = None,
+    tap: Tap | None = None,
 ) -> ClientRun:
     """Connect, hand the session every message, run it to the end, close.
 
     Raises ConnectError only when the TCP (or implicit TLS) connection cannot be made;
     anything after that is an outcome in the returned ClientRun. `run`, when given, is
     the ClientRun filled in as the conversation goes (an `on_event` callback may read
-    it: the TLS in use, what EHLO offered).
+    it: the TLS in use, what EHLO offered). `timeouts` may also hold "close": how long to
+    wait for the connection to go at the end (5 s otherwise). `tap` sees the bytes.
     """
     limits = {**STAGE_TIMEOUTS, **(timeouts or {})}
     ctx = tls_context or opportunistic_context()
@@ -127,7 +146,7 @@ async def run_client(
                 if on_event is not None:
                     on_event(ev)
                 if isinstance(ev, StartTLS):
-                    await _flush(writer, session)
+                    await _flush(writer, session, tap)
                     try:
                         await asyncio.wait_for(
                             writer.start_tls(ctx, server_hostname=server_hostname or host),
@@ -138,6 +157,8 @@ async def run_client(
                         session.tls_failed(tls_failure(exc))
                     else:
                         run.tls = _tls_name(writer)
+                        if tap is not None:
+                            tap.tls_up(writer.get_extra_info("ssl_object"))
                         session.tls_established()
                 elif isinstance(ev, Established):
                     run.established = ev
@@ -147,7 +168,7 @@ async def run_client(
                     session.quit()
                 elif isinstance(ev, Closed):
                     run.closed = ev
-            await _flush(writer, session)
+            await _flush(writer, session, tap)
             if session.closed:
                 break
             stage = session.awaiting or "quit"
@@ -158,9 +179,11 @@ async def run_client(
                 continue
             except (OSError, ssl.SSLError):
                 data = b""
+            if data and tap is not None:
+                tap.received(data)
             session.receive_data(data)
     finally:
-        await close(writer, tls_broken, 5.0)
+        await close(writer, tls_broken, limits.get("close", 5.0))
     return run
 
 
@@ -184,9 +207,12 @@ async def close(writer: asyncio.StreamWriter, tls_broken: bool, grace: float) ->
         await asyncio.wait_for(writer.wait_closed(), grace)
 
 
-async def _flush(writer: asyncio.StreamWriter, session: ClientSession) -> None:
+async def _flush(writer: asyncio.StreamWriter, session: ClientSession,
+                 tap: Tap | None) -> None:
     out = session.data_to_send()
     if out:
+        if tap is not None:
+            tap.sent(out)
         writer.write(out)
         with contextlib.suppress(OSError, ssl.SSLError):
             await writer.drain()
@@ -202,4 +228,15 @@ def opportunistic_context() -> ssl.SSLContext:
     ctx = ssl.create_default_context()
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+def verifying_context(ca_file: Path | None = None) -> ssl.SSLContext:
+    """For `verify` (and `probe --verify`): the peer's chain must lead to a trusted CA
+    (`ca_file`, or the system's store) and its certificate must name the host; TLS 1.2
+    at least. OSError or ssl.SSLError when `ca_file` cannot be read as PEM CAs.
+
+    Not cached here: each caller keeps the one it made (the engine for its lifetime)."""
+    ctx = ssl.create_default_context(cafile=str(ca_file) if ca_file is not None else None)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     return ctx

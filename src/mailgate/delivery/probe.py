@@ -1,383 +1,84 @@
-"""`mailgate check` and `mailgate probe`: where mail for a domain goes, and what its server says.
-
-`check(domain, resolver, config)` asks DNS for the Route delivery would take (mailgate.dns)
-and explains it: the MX hosts with preferences and addresses, an implicit MX, a null MX
-(RFC 7505: no mail at all, recipients fail at once with 556 5.1.10, nothing is connected),
-or a DNS failure and what delivery does about it (deferred with 4.4.3 and retried, or
-bounced with its code). With a Config it also says when the domain is local, or when a
-`[routes]` entry or the relayhost sends its mail somewhere else.
+"""`mailgate probe TARGET`: what a mail server says to a delivery, short of a message.
 
 `probe(target, ...)` does what a delivery does up to the point of no return: resolves the
 domain (or takes HOST[:PORT] / [IP]:PORT as it is), connects to the hosts in order until
 one answers, says EHLO, STARTTLS when offered (unless told not to), optionally MAIL FROM
 and RCPT TO, then RSET and QUIT. It never sends DATA: the client session runs in its
 verify-only mode (`ClientConfig.verify_only`), which stops every transaction after the
-RCPT replies. Every command and the reply that answered it are kept, with the
-explanation of each code, the TLS version and cipher, the server's capabilities, and a
-verdict. A null-MX domain is reported without connecting anywhere.
+RCPT replies, and it runs in delivery's own shell, `transport.run_client`, with the TLS
+contexts delivery uses. Every command and the reply that answered it are kept (a
+recorder taps the bytes), with the explanation of each code, the TLS version and cipher,
+the certificate, the server's capabilities, and a verdict. A null-MX domain is reported
+without connecting anywhere.
 
-Both reports render as plain text and as JSON (docs/cli.md), with headings and verdicts
-in any of the knowledge base's languages (codes/data/<lang>/diagnostics.toml); the
-explanations come from the codes knowledge base.
+The report renders as plain text and as JSON (docs/cli.md), in any of the knowledge
+base's languages (diagnostics.py has the words and the route layout check shares).
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import ipaddress
 import json
 import os
-import re
 import ssl
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
-from mailgate.codes import registry as reg
 from mailgate.codes.reply import Reply, ReplyError, parse_reply, parse_reply_line
-from mailgate.delivery.transport import close, opportunistic_context, tls_failure
-from mailgate.dns import (
-    ImplicitMX,
-    MXHost,
-    MXHosts,
-    NullMX,
-    PermFail,
-    Resolver,
-    Route,
-    TempFail,
+from mailgate.delivery.diagnostics import (
+    EX_TEMPFAIL,
+    _ascii,
+    _explain,
+    _explanation_lines,
+    _label,
+    _meaning,
+    _reply_json,
+    _route_hosts,
+    _route_json,
+    _route_kind,
+    _route_text,
+    _t,
 )
+from mailgate.delivery.transport import (
+    STAGE_TIMEOUTS,
+    ConnectError,
+    run_client,
+    verifying_context,
+)
+from mailgate.dns import ImplicitMX, NullMX, PermFail, Resolver, Route, TempFail
 from mailgate.smtp.client import (
-    NEED_DATA,
     Capabilities,
     ClientConfig,
     ClientSession,
     Closed,
     Envelope,
     Established,
+    Event,
     MessageResult,
     Outcome,
-    StartTLS,
 )
-
-if TYPE_CHECKING:
-    from mailgate.config import Config
 
 __all__ = [
     "EX_TEMPFAIL",
-    "Attempt",
-    "CheckReport",
+    "CertInfo",
     "Exchange",
+    "HostTry",
     "ProbeReport",
+    "ProbeResult",
+    "StartTLSPolicy",
     "TLSInfo",
     "Target",
-    "check",
     "parse_target",
     "probe",
 ]
 
-EX_TEMPFAIL = 75  # sysexits.h: temporary failure, try again later
-
 StartTLSPolicy = Literal["may", "require", "never"]
 
-# --- words ------------------------------------------------------------------------------
 
-# The words are data: codes/data/<lang>/diagnostics.toml, read through the registry.
-
-
-def _t(lang: str, key: str, **kw: object) -> str:
-    table = reg.words(lang if lang in reg.languages() else "en", "diagnostics")
-    return table[key].format(**kw)
-
-
-def _label(lang: str, key: str) -> str:
-    return _t(lang, key) + _t(lang, "sep")
-
-
-# --- shared pieces ----------------------------------------------------------------------
-
-
-def _explain(reply: Reply, lang: str) -> list[dict[str, str]]:
-    """The knowledge base on each code of `reply`: code, title, summary, fix."""
-    from mailgate.codes.explain import explain_code
-    from mailgate.codes.registry import DataError
-
-    parts: list[dict[str, str]] = []
-    codes = [str(reply.code)] + ([reply.enhanced] if reply.enhanced else [])
-    for code in codes:
-        try:
-            x = explain_code(code, lang)
-        except (ReplyError, DataError):  # e.g. an enhanced code with an undefined subject
-            continue
-        parts.append({"code": x.code, "title": x.title, "summary": x.summary, "fix": x.fix})
-    return parts
-
-
-def _reply_json(reply: Reply | None) -> dict[str, Any] | None:
-    if reply is None:
-        return None
-    return {"code": reply.code, "enhanced": reply.enhanced, "lines": list(reply.lines)}
-
-
-def _reply_wire(reply: Reply) -> list[str]:
-    """The reply as the server sent it (the enhanced code on every line), one str a line."""
-    return reply.to_bytes(enhanced=True).decode("utf-8", "replace").splitlines()
-
-
-def _explanation_lines(reply: Reply, lang: str, indent: str) -> list[str]:
-    parts = _explain(reply, lang)
-    out: list[str] = []
-    for p in parts:
-        if reply.is_success or reply.is_intermediate:
-            out.append(f"{indent}{p['code']} {p['title']}")
-        else:
-            out.append(f"{indent}{p['code']} {p['title']}: {p['summary']}")
-    if parts and (reply.is_transient or reply.is_permanent):
-        out.append(f"{indent}{_t(lang, 'fix')}{_t(lang, 'sep')}{parts[-1]['fix']}")
-    return out
-
-
-def _is_literal(domain: str) -> bool:
-    return domain.startswith("[")
-
-
-def _route_hosts(route: Route) -> tuple[MXHost, ...]:
-    if isinstance(route, ImplicitMX | MXHosts):
-        return route.hosts
-    return ()  # the failures have none
-
-
-def _route_kind(route: Route, direct: bool) -> str:
-    return "host" if direct and isinstance(route, ImplicitMX) else route.kind
-
-
-def _meaning(route: Route, lang: str, direct: bool = False) -> str:
-    domain = route.domain
-    if isinstance(route, ImplicitMX):
-        if direct:
-            return _t(lang, "mean.host", domain=domain)
-        key = "mean.literal" if _is_literal(domain) else "mean.implicit_mx"
-        return _t(lang, key, domain=domain)
-    if isinstance(route, TempFail | PermFail):
-        return _t(lang, f"mean.{route.kind}", domain=domain, reason=route.reason)
-    return _t(lang, f"mean.{route.kind}", domain=domain)
-
-
-def _delivery(route: Route, lang: str, port: int) -> str:
-    reply = route.reply()
-    code, enhanced = (reply.code, reply.enhanced) if reply is not None else (0, None)
-    return _t(lang, f"do.{route.kind}", port=port, code=code, enhanced=enhanced or "")
-
-
-def _route_json(route: Route, lang: str, port: int, direct: bool = False) -> dict[str, Any]:
-    reply = route.reply()
-    return {
-        "kind": _route_kind(route, direct),
-        "domain": route.domain,
-        "meaning": _meaning(route, lang, direct),
-        "delivery": _delivery(route, lang, port),
-        "hosts": [
-            {"name": h.name, "preference": h.preference, "addresses": list(h.addresses)}
-            for h in _route_hosts(route)
-        ],
-        "reason": getattr(route, "reason", None),
-        "reply": _reply_json(reply),
-        "explanation": _explain(reply, lang) if reply is not None else [],
-    }
-
-
-def _route_text(route: Route, lang: str, port: int, direct: bool = False,
-                heading: str = "route") -> list[str]:
-    kind = _route_kind(route, direct)
-    lines = [f"{_label(lang, heading)}{_t(lang, 'kind.' + kind)} ({kind})"]
-    hosts = _route_hosts(route)
-    if hosts:
-        lines.append(_label(lang, "hosts").rstrip())
-        width = max(len(h.name) for h in hosts)
-        for h in hosts:
-            addresses = ", ".join(h.addresses) or _t(lang, "no_address")
-            pref = f"{h.preference:>5}  " if isinstance(route, MXHosts) else ""
-            lines.append(f"  {pref}{h.name:<{width}}  {addresses}")
-    lines.append(f"{_label(lang, 'meaning')}{_meaning(route, lang, direct)}")
-    lines.append(f"{_label(lang, 'delivery')}{_delivery(route, lang, port)}")
-    reply = route.reply()
-    if reply is not None:
-        lines.append(_label(lang, "codes").rstrip())
-        lines.extend(_explanation_lines(reply, lang, "  "))
-    return lines
-
-
-# --- check ------------------------------------------------------------------------------
-
-CheckResult = Literal["local", "deliverable", "null_mx", "temp_fail", "perm_fail"]
-
-
-@dataclass
-class CheckReport:
-    """The route mailgate would take for `domain`, and what that means."""
-
-    domain: str
-    route: Route  # what the domain's DNS says
-    port: int = 25  # the port delivery connects to ([delivery] smtp_port, or the next hop's)
-    local: bool = False  # a [domains] local domain: Maildirs, no DNS
-    via: Literal["", "route", "relayhost"] = ""  # a [routes] entry or the relayhost
-    nexthop: str = ""  # as the configuration writes it: smtp:[127.0.0.2]:2526
-    nexthop_route: Route | None = None  # where that next hop resolves to
-    nexthop_direct: bool = False  # [host]: its addresses, no MX lookup
-    tls: str = ""  # the outbound TLS level (Config.tls_level_for), with a configuration
-
-    @property
-    def effective(self) -> Route | None:
-        """The route delivery really takes; None for a local domain."""
-        if self.local:
-            return None
-        return self.nexthop_route if self.nexthop_route is not None else self.route
-
-    @property
-    def result(self) -> CheckResult:
-        route = self.effective
-        if route is None:
-            return "local"
-        if isinstance(route, NullMX | TempFail | PermFail):
-            return route.kind  # type: ignore[return-value]  # the kind strings match
-        return "deliverable"
-
-    @property
-    def exit_status(self) -> int:
-        """0 deliverable (or local), 1 null MX or permanent failure, 75 temporary failure."""
-        return {"local": 0, "deliverable": 0, "null_mx": 1, "perm_fail": 1,
-                "temp_fail": EX_TEMPFAIL}[self.result]
-
-    def verdict(self, lang: str = "en") -> str:
-        route = self.effective
-        reply = route.reply() if route is not None else None
-        return _t(lang, f"check.{self.result}", domain=self.domain,
-                  reply=str(reply) if reply is not None else "")
-
-    def notes(self, lang: str = "en") -> list[str]:
-        if self.local:
-            return [_t(lang, "cfg.local", domain=self.domain)]
-        notes = []
-        if self.via:
-            notes.append(_t(lang, f"cfg.{self.via}", domain=self.domain, nexthop=self.nexthop))
-        if self.tls:
-            notes.append(_t(lang, f"cfg.tls.{self.tls}"))
-        return notes
-
-    def to_json(self, lang: str = "en") -> dict[str, Any]:
-        nexthop: dict[str, Any] | None = None
-        if self.via and self.nexthop_route is not None:
-            nexthop = {
-                "via": self.via,
-                "nexthop": self.nexthop,
-                "route": _route_json(self.nexthop_route, lang, self.port, self.nexthop_direct),
-            }
-        return {
-            "domain": self.domain,
-            "lang": lang,
-            "route": _route_json(self.route, lang, self.port),
-            "local": self.local,
-            "nexthop": nexthop,
-            "tls_level": self.tls or None,
-            "notes": self.notes(lang),
-            "verdict": {"result": self.result, "text": self.verdict(lang)},
-            "exit_status": self.exit_status,
-        }
-
-    def render(self, fmt: str = "text", lang: str = "en") -> str:
-        if fmt == "json":
-            return json.dumps(self.to_json(lang), ensure_ascii=False, indent=2) + "\n"
-        lines = [f"{_label(lang, 'domain')}{self.domain}"]
-        notes = self.notes(lang)
-        if notes:
-            lines.extend(f"{_label(lang, 'config')}{n}" for n in notes)
-        if self.via and self.nexthop_route is not None:
-            lines.extend(_route_text(self.nexthop_route, lang, self.port, self.nexthop_direct,
-                                     heading="nexthop"))
-            lines.extend(_route_text(self.route, lang, self.port, heading="dns_unused"))
-        elif self.local:
-            lines.extend(_route_text(self.route, lang, self.port, heading="dns_unused"))
-        else:
-            lines.extend(_route_text(self.route, lang, self.port))
-        lines.append(f"{_label(lang, 'verdict')}{self.verdict(lang)}")
-        return "\n".join(lines) + "\n"
-
-
-async def check(domain: str, resolver: Resolver, config: Config | None = None) -> CheckReport:
-    """The route for `domain`, with the configuration's say when a Config is given.
-
-    ValueError when `domain` is not a domain name (or an address literal).
-    """
-    domain = _valid_domain(domain)
-    route = await resolver.resolve(domain)
-    report = CheckReport(domain, route)
-    if config is None:
-        return report
-    report.port = config.delivery.smtp_port
-    if config.domains.is_local(domain):
-        report.local = True
-        return report
-    report.tls = config.tls_level_for(domain)
-    override = config.route_for(domain)
-    relay = config.delivery.relayhost
-    if override is not None:
-        report.via, report.nexthop = "route", override.nexthop
-        host, port, mx_lookup = override.host, override.port, override.mx_lookup
-    elif relay is not None:
-        report.via = "relayhost"
-        report.nexthop = ("smtps:" if relay.implicit_tls else "") + relay.address
-        host, port, mx_lookup = relay.host, relay.port, relay.mx_lookup
-    else:
-        return report
-    report.port = port
-    report.nexthop_direct = not mx_lookup
-    report.nexthop_route = (
-        await resolver.resolve(host) if mx_lookup else await resolver.host_route(host)
-    )
-    return report
-
-
-# --- names and targets ------------------------------------------------------------------
-
-_LABEL_RE = re.compile(r"(?!-)[a-z0-9_-]{1,63}(?<!-)\Z")
-
-
-def _valid_domain(text: str) -> str:
-    """`text` stripped, if it is a domain name (U- or A-labels) or an address literal."""
-    domain = text.strip()
-    if not domain:
-        raise ValueError("no domain given.")
-    if "@" in domain:
-        raise ValueError(
-            f"{domain!r} is an address; give its domain ({domain.rpartition('@')[2]})."
-        )
-    if domain.startswith("["):
-        if not domain.endswith("]"):
-            raise ValueError(f"{domain!r} has '[' without ']'.")
-        inner = domain[1:-1]
-        try:
-            ipaddress.ip_address(inner[5:] if inner[:5].lower() == "ipv6:" else inner)
-        except ValueError:
-            raise ValueError(f"{domain!r} is not an address literal such as [192.0.2.1].") from None
-        return domain
-    if _ascii(domain) is None:
-        raise ValueError(f"{domain!r} is not a valid domain name.")
-    return domain
-
-
-def _ascii(name: str) -> str | None:
-    """The A-label form of a host or domain name, or None when it is not one."""
-    name = name.rstrip(".")
-    try:
-        ascii_name = name.encode("idna").decode("ascii").lower()
-    except UnicodeError:
-        return None
-    if not ascii_name or len(ascii_name) > 253:
-        return None
-    if not all(_LABEL_RE.match(label) for label in ascii_name.split(".")):
-        return None
-    return ascii_name
+# --- targets ----------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -440,7 +141,8 @@ def parse_target(text: str, default_port: int = 25) -> Target:
     return Target("host" if bracketed else "domain", host.rstrip("."), port)
 
 
-# --- probe: one conversation ------------------------------------------------------------
+
+# --- one conversation ---------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -522,8 +224,10 @@ class Exchange:
 
 
 @dataclass
-class Attempt:
-    """One connection attempt: to which address, and everything said on it."""
+class HostTry:
+    """One connection attempt: to which address, and everything said on it.
+
+    (Not the queue's Attempt, a delivery attempt recorded for a message.)"""
 
     host: str
     preference: int | None  # None: not an MX host (an implicit MX, or a host target)
@@ -604,11 +308,15 @@ def _stage(command: str) -> str:
 class _Recorder:
     """Pairs the commands the session sends with the replies that come back, in order.
 
-    It reads the same bytes as the session, reply by reply (SMTP answers in order, also
-    when pipelined), and, like the session, drops what follows a 220 to STARTTLS.
+    It is run_client's Tap: it reads the same bytes as the session, reply by reply (SMTP
+    answers in order, also when pipelined), and, like the session, drops what follows a
+    220 to STARTTLS. A second reply parser beside the session's, because the session
+    does not tell its shell which reply answered which command.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, attempt: HostTry, verified: bool) -> None:
+        self.attempt = attempt
+        self.verified = verified  # the handshake checks the certificate (--verify)
         self.awaiting: deque[tuple[str, str | None]] = deque([("greeting", None)])
         self.exchanges: list[Exchange] = []
         self._buf = bytearray()
@@ -650,6 +358,10 @@ class _Recorder:
                 self._buf.clear()  # RFC 3207 5: nothing read before the handshake counts
                 return
 
+    def tls_up(self, ssl_object: Any) -> None:
+        self.attempt.tls = _tls_info(ssl_object, self.verified)
+        self.note("tls", str(self.attempt.tls or ""))
+
     def note(self, stage: str, note: str) -> None:
         self.exchanges.append(Exchange(stage, None, None, note=note))
 
@@ -666,8 +378,8 @@ class _Recorder:
             self.exchanges.append(Exchange(stage, command, None))
 
 
-def _tls_info(writer: asyncio.StreamWriter, verified: bool) -> TLSInfo | None:
-    obj = writer.get_extra_info("ssl_object")
+def _tls_info(obj: Any, verified: bool) -> TLSInfo | None:
+    """What the handshake on `obj` (an ssl.SSLObject, or None) agreed on."""
     if obj is None:
         return None
     cipher = obj.cipher()
@@ -677,99 +389,52 @@ def _tls_info(writer: asyncio.StreamWriter, verified: bool) -> TLSInfo | None:
                    CertInfo.from_der(der) if der else None, verified)
 
 
-def _verifying_context(ca_file: Path | None) -> ssl.SSLContext:
-    """As delivery's `verify`: a chain to a trusted CA (`ca_file`, else the system's
-    store) and a certificate naming the host."""
-    try:
-        ctx = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
-    except (OSError, ssl.SSLError) as exc:
-        raise ValueError(
-            f"--ca-file {ca_file}: not a PEM file of CA certificates ({exc})."
-        ) from None
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    return ctx
-
-
-async def _converse(attempt: Attempt, config: ClientConfig, envelope: Envelope | None,
+async def _converse(attempt: HostTry, config: ClientConfig, envelope: Envelope | None,
                     timeout: float, verifying: ssl.SSLContext | None = None) -> None:
-    """Connect to the attempt's address and run the verify-only session to its end."""
-    try:
-        reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(attempt.address, attempt.port, limit=1 << 20), timeout
-        )
-    except TimeoutError:
-        attempt.error = f"no connection within {timeout:g} s"
-        return
-    except OSError as exc:
-        code = exc.errno
-        known = isinstance(code, int) and code > 0
-        attempt.error = os.strerror(code) if code and known else str(exc) or type(exc).__name__
-        return
+    """Run the verify-only session with the attempt's address to its end (run_client),
+    `timeout` seconds at most for the connection and for each reply."""
     session = ClientSession(config)
-    rec = _Recorder()
-    attempt.transcript = rec.exchanges
     if envelope is not None:
         session.send(envelope, b"")
-    session.quit()
-    sni = None if attempt.host.strip("[]") == attempt.address else attempt.host
-    if verifying is not None:
-        sni = attempt.host.strip("[]")  # an IP address is checked against the IP SANs
+    session.quit()  # once the RCPT is answered (RSET first), or right after EHLO
+    rec = _Recorder(attempt, verifying is not None)
+    attempt.transcript = rec.exchanges
+    name = attempt.host.strip("[]")
+    # No SNI for an address, and an address is checked against the IP SANs (--verify).
+    sni = name if verifying is not None or name == attempt.address else attempt.host
 
-    async def flush() -> None:
-        out = session.data_to_send()
-        if out:
-            rec.sent(out)
-            writer.write(out)
-            with contextlib.suppress(OSError, ssl.SSLError):
-                await writer.drain()
+    def on_event(ev: Event) -> None:
+        if isinstance(ev, Established):
+            attempt.established = True
+            attempt.capabilities = ev.capabilities
+        elif isinstance(ev, MessageResult):
+            attempt.outcome = ev.results[0].outcome
+        elif isinstance(ev, Closed):
+            attempt.end = ev.reason
+            rec.closed(ev.reason)
 
-    tls_broken = False
     try:
-        while True:
-            while (ev := session.next_event()) is not NEED_DATA:
-                if isinstance(ev, StartTLS):
-                    await flush()
-                    try:
-                        await asyncio.wait_for(
-                            writer.start_tls(verifying or opportunistic_context(),
-                                             server_hostname=sni),
-                            timeout,
-                        )
-                    except (OSError, ssl.SSLError, TimeoutError) as exc:
-                        tls_broken = True
-                        session.tls_failed(tls_failure(exc))
-                    else:
-                        attempt.tls = _tls_info(writer, verifying is not None)
-                        rec.note("tls", str(attempt.tls or ""))
-                        session.tls_established()
-                elif isinstance(ev, Established):
-                    attempt.established = True
-                    attempt.capabilities = ev.capabilities
-                elif isinstance(ev, MessageResult):
-                    attempt.outcome = ev.results[0].outcome
-                elif isinstance(ev, Closed):
-                    attempt.end = ev.reason
-                    rec.closed(ev.reason)
-            await flush()
-            if session.closed:
-                break
-            try:
-                data = await asyncio.wait_for(reader.read(65536), timeout)
-            except TimeoutError:
-                session.abort()
-                continue
-            except (OSError, ssl.SSLError):
-                data = b""
-            if data:
-                rec.received(data)
-            session.receive_data(data)
-    finally:
-        await close(writer, tls_broken, 2.0)
+        await run_client(attempt.address, attempt.port, session, [], tls_context=verifying,
+                         server_hostname=sni,
+                         timeouts={**dict.fromkeys(STAGE_TIMEOUTS, timeout), "close": 2.0},
+                         on_event=on_event, tap=rec)
+    except ConnectError as exc:
+        attempt.error = _connect_error(exc.__cause__, timeout)
+        return
     if attempt.capabilities is None and session.capabilities.esmtp:
         attempt.capabilities = session.capabilities
 
 
-# --- probe: the report ------------------------------------------------------------------
+def _connect_error(exc: BaseException | None, timeout: float) -> str:
+    """Why no connection could be made, in words (the OS's for a socket error)."""
+    if isinstance(exc, TimeoutError):
+        return f"no connection within {timeout:g} s"
+    code = exc.errno if isinstance(exc, OSError) else None
+    known = isinstance(code, int) and code > 0
+    return os.strerror(code) if code and known else str(exc) or type(exc).__name__
+
+
+# --- the report ------------------------------------------------------------------------
 
 ProbeResult = Literal["accepted", "ready", "refused", "temporary", "no_answer", "null_mx",
                       "dns_temp_fail", "dns_perm_fail"]
@@ -789,10 +454,10 @@ class ProbeReport:
     starttls: StartTLSPolicy = "may"
     mail_from: str | None = None
     rcpt: str | None = None
-    attempts: list[Attempt] = field(default_factory=list)
+    attempts: list[HostTry] = field(default_factory=list)
 
     @property
-    def final(self) -> Attempt | None:
+    def final(self) -> HostTry | None:
         """The attempt that decided: the one that answered, else the last that connected."""
         return next((a for a in reversed(self.attempts) if a.connected), None)
 
@@ -925,6 +590,11 @@ class ProbeReport:
         return "\n".join(lines) + "\n"
 
 
+def _reply_wire(reply: Reply) -> list[str]:
+    """The reply as the server sent it (the enhanced code on every line), one str a line."""
+    return reply.to_bytes(enhanced=True).decode("utf-8", "replace").splitlines()
+
+
 def _transcript_text(exchanges: list[Exchange], lang: str) -> list[str]:
     out: list[str] = []
     for x in exchanges:
@@ -975,7 +645,13 @@ async def probe(
                          "--no-starttls.")
     if ca_file is not None and not verify:
         raise ValueError("--ca-file is what --verify trusts: give --verify too.")
-    verifying = _verifying_context(ca_file) if verify else None
+    verifying: ssl.SSLContext | None = None
+    if verify:
+        try:
+            verifying = verifying_context(ca_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise ValueError(
+                f"--ca-file {ca_file}: not a PEM file of CA certificates ({exc}).") from None
     if verify:
         starttls = "require"
     t = parse_target(target, port)
@@ -1001,7 +677,7 @@ async def probe(
     mx = t.kind == "domain" and not isinstance(route, ImplicitMX)
     for host in _route_hosts(route):
         for address in host.addresses:
-            attempt = Attempt(host.name, host.preference if mx else None, address, t.port)
+            attempt = HostTry(host.name, host.preference if mx else None, address, t.port)
             report.attempts.append(attempt)
             await _converse(attempt, config, envelope, timeout, verifying)
             if attempt.answered:
