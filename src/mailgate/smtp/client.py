@@ -68,7 +68,8 @@ from mailgate.codes.reply import Reply, ReplyError, parse_reply, parse_reply_lin
 from mailgate.smtp._common import NEED_DATA, ProtocolUsageError
 from mailgate.smtp._common import NeedData as _NeedData
 from mailgate.smtp._common import escape_controls as _printable
-from mailgate.smtp.address import NULL_PATH, Address, AddressError, parse_path
+from mailgate.smtp.address import Address, AddressError, parse_path
+from mailgate.smtp.commands import bdat_command, encode_xtext, mail_command, rcpt_command
 from mailgate.smtp.framing import dot_stuff
 
 __all__ = [
@@ -442,17 +443,6 @@ class _Txn:
     data_decided: bool = False  # accepted recipients have their final reply
     completed: bool = False  # the server ended the transaction itself
     next_chunk: int = 0  # offset of the next BDAT chunk to send
-
-
-def encode_xtext(value: str) -> str:
-    """RFC 3461 xtext: octets outside `!`..`~`, and `+` and `=`, as `+XX` (of UTF-8)."""
-    out: list[str] = []
-    for b in value.encode("utf-8", "surrogateescape"):
-        if 33 <= b <= 126 and b not in (43, 61):
-            out.append(chr(b))
-        else:
-            out.append(f"+{b:02X}")
-    return "".join(out)
 
 
 def _stuffed_size(wire: bytes) -> int:
@@ -852,30 +842,18 @@ class ClientSession:
                 msg.handle, env, tuple(RecipientResult(r, out) for r in env.recipients)
             ))
             return None
-        params: list[str] = []
-        if caps.size and not verify:
-            params.append(f"SIZE={size}")
-        if eightbit and caps.eightbitmime:
-            params.append("BODY=8BITMIME")
-        if utf8:
-            params.append("SMTPUTF8")
-        if caps.dsn:
-            if env.ret is not None:
-                params.append(f"RET={env.ret}")
-            if env.envid is not None:
-                params.append(f"ENVID={encode_xtext(env.envid)}")
-        mail = " ".join([f"MAIL FROM:{_path(env.sender)}", *params])
+        mail = mail_command(
+            env.sender, size=size if caps.size and not verify else None,
+            eightbit=eightbit and caps.eightbitmime, smtputf8=utf8,
+            ret=env.ret if caps.dsn else None, envid=env.envid if caps.dsn else None,
+        )
         return _Txn(msg, use_bdat, payload, mail, [None] * len(env.recipients))
 
     def _rcpt_cmd(self, txn: _Txn, i: int) -> str:
         r = txn.msg.envelope.recipients[i]
-        parts = [f"RCPT TO:{_path(r.address)}"]
-        if self.capabilities.dsn:
-            if r.notify is not None:
-                parts.append("NOTIFY=" + ",".join(v.upper() for v in r.notify))
-            if r.orcpt is not None:
-                parts.append(f"ORCPT={r.orcpt[0]};{encode_xtext(r.orcpt[1])}")
-        return " ".join(parts)
+        if not self.capabilities.dsn:
+            return rcpt_command(r.address)
+        return rcpt_command(r.address, notify=r.notify, orcpt=r.orcpt)
 
     @property
     def _pipelined(self) -> bool:
@@ -903,8 +881,7 @@ class ClientSession:
             start = txn.next_chunk
             end = min(start + size, len(data))
             last = end == len(data)
-            head = f"BDAT {end - start}{' LAST' if last else ''}"
-            self._out += head.encode("ascii") + b"\r\n"
+            self._out += bdat_command(end - start, last).encode("ascii") + b"\r\n"
             self._out += data[start:end]
             self._pending.append((_Exp.BDAT, int(last)))
             txn.next_chunk = end
@@ -1065,10 +1042,6 @@ class ClientSession:
 
 def _b64(text: str) -> str:
     return base64.b64encode(text.encode("utf-8")).decode("ascii")
-
-
-def _path(addr: Address) -> str:
-    return "<>" if addr == NULL_PATH else addr.path
 
 
 _STAGES: dict[_Exp, Stage] = {

@@ -23,7 +23,6 @@ import base64
 import binascii
 import enum
 import functools
-import re
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -33,16 +32,16 @@ from mailgate.codes.reply import Reply
 from mailgate.smtp import replies as R
 from mailgate.smtp._common import NEED_DATA, ProtocolUsageError
 from mailgate.smtp._common import NeedData as _NeedData
-from mailgate.smtp._common import escape_controls as _printable
-from mailgate.smtp.address import Address, AddressError, parse_path
-from mailgate.smtp.framing import DataReader
-from mailgate.smtp.params import (
-    MailParams,
-    ParamError,
-    RcptParams,
-    parse_mail_params,
-    parse_rcpt_params,
+from mailgate.smtp.address import Address
+from mailgate.smtp.commands import (
+    parse_bdat,
+    parse_mail,
+    parse_rcpt,
+    split_command,
+    valid_helo,
 )
+from mailgate.smtp.framing import DataReader
+from mailgate.smtp.params import MailParams, RcptParams
 
 __all__ = [
     "NEED_DATA",
@@ -237,11 +236,6 @@ _UNIMPLEMENTED = frozenset({"TURN", "ETRN", "ATRN", "SEND", "SOML", "SAML", "XCL
 # short session's cost. Replies made once (a queue id) fill it up; it then starts over.
 _WIRE: dict[tuple[Reply, bool], bytes] = {}
 _WIRE_MAX = 256
-_BDAT_RE = re.compile(r"([0-9]{1,20})(?: +(LAST))? *\Z", re.IGNORECASE)
-# Printable ASCII, or any non-ASCII but the C1 controls (U+0085 is a line break to Python,
-# U+009B a terminal's CSI): the name is echoed in the 250 reply, logged and written into
-# the Received header.
-_HELO_RE = re.compile(r"[\x21-\x7e\u00a0-\U0010ffff]+\Z")
 
 
 class ServerSession:
@@ -494,8 +488,7 @@ class ServerSession:
     # --- commands -----------------------------------------------------------------
 
     def _command(self, line: str) -> None:
-        verb, _, arg = line.partition(" ")
-        verb = verb.upper()
+        verb, arg = split_command(line)
         if self._observer is not None:
             self._observer.command(verb)
         if self._shutting_down:
@@ -518,7 +511,7 @@ class ServerSession:
 
     def _cmd_ehlo(self, arg: str, extended: bool = True) -> None:
         domain = arg.strip()
-        if not domain or not _HELO_RE.match(domain):
+        if not valid_helo(domain):
             verb = "EHLO" if extended else "HELO"
             self._send(Reply.make(501, "5.5.4", f"Syntax: {verb} hostname"))
             return
@@ -554,30 +547,6 @@ class ServerSession:
         c = self.config
         return c.auth and (self.tls_active or not c.auth_requires_tls) and not self.authenticated
 
-    def _split_path(self, arg: str, prefix: str) -> tuple[str, list[str]] | None:
-        """`FROM:<path> params` -> (path, params), tolerating a space after the colon."""
-        if arg[: len(prefix)].upper() != prefix:
-            return None
-        rest = arg[len(prefix) :].lstrip(" ")
-        if not rest.startswith("<"):
-            path, _, tail = rest.partition(" ")
-            return path, tail.split()
-        i, quoted = 1, False
-        while i < len(rest):
-            ch = rest[i]
-            if ch == "\\" and quoted:
-                i += 2
-                continue
-            if ch == '"':
-                quoted = not quoted
-            elif ch == ">" and not quoted:
-                break
-            i += 1
-        path, tail = rest[: i + 1], rest[i + 1 :]
-        if tail and not tail.startswith(" "):
-            return path + tail, []
-        return path, tail.split()
-
     def _cmd_mail(self, arg: str) -> None:
         if self.helo is None:
             self._send(R.NEED_HELO)
@@ -585,60 +554,30 @@ class ServerSession:
         if self._mail is not None:
             self._send(R.NESTED_MAIL)
             return
-        split = self._split_path(arg, "FROM:")
-        if split is None:
-            self._send(Reply.make(501, "5.5.4", "Syntax: MAIL FROM:<address>"))
+        parsed = parse_mail(
+            arg, esmtp=self.esmtp, smtputf8=self.config.smtputf8, dsn=self.config.dsn,
+            auth=self._auth_offered() or self.authenticated is not None,
+            max_size=self.config.max_message_size,
+        )
+        if isinstance(parsed, Reply):
+            self._send(parsed)
             return
-        path, params = split
-        if params and not self.esmtp:
-            self._send(Reply.make(555, "5.5.4", "Parameters need EHLO"))
-            return
-        try:
-            mp = parse_mail_params(
-                params, smtputf8=self.config.smtputf8, dsn=self.config.dsn,
-                auth=self._auth_offered() or self.authenticated is not None,
-            )
-        except ParamError as exc:
-            self._send(exc.reply)
-            return
-        if mp.size is not None and mp.size > self.config.max_message_size:
-            self._send(R.SIZE_EXCEEDED)
-            return
-        try:
-            sender = parse_path(path, utf8=mp.smtputf8, allow_null=True)
-        except AddressError as exc:
-            self._send(_address_reply(exc, 501, "5.1.7", "sender"))
-            return
-        self._events.append(MailFrom(sender, mp))
+        self._events.append(MailFrom(*parsed))
 
     def _cmd_rcpt(self, arg: str) -> None:
         if self._mail is None:
             self._send(R.NEED_MAIL if self.helo is not None else R.NEED_HELO)
             return
         self._rcpt_tried = True
-        split = self._split_path(arg, "TO:")
-        if split is None:
-            self._send(Reply.make(501, "5.5.4", "Syntax: RCPT TO:<address>"))
-            return
-        path, params = split
-        if params and not self.esmtp:
-            self._send(Reply.make(555, "5.5.4", "Parameters need EHLO"))
-            return
-        utf8 = self._mail.params.smtputf8
-        try:
-            rp = parse_rcpt_params(params, dsn=self.config.dsn, utf8=utf8)
-        except ParamError as exc:
-            self._send(exc.reply)
-            return
-        try:
-            rcpt = parse_path(path, utf8=utf8, allow_postmaster=True)
-        except AddressError as exc:
-            self._send(_address_reply(exc, 501, "5.1.3", "recipient"))
+        parsed = parse_rcpt(arg, esmtp=self.esmtp, utf8=self._mail.params.smtputf8,
+                            dsn=self.config.dsn)
+        if isinstance(parsed, Reply):
+            self._send(parsed)
             return
         if self.recipients >= self.config.max_recipients:
             self._send(R.TOO_MANY_RECIPIENTS)
             return
-        self._events.append(RcptTo(rcpt, rp))
+        self._events.append(RcptTo(*parsed))
 
     def _cmd_data(self, arg: str) -> None:
         if not self._no_args(arg):
@@ -665,11 +604,11 @@ class ServerSession:
         if not (self.config.chunking and self.esmtp):
             self._send(R.UNKNOWN_COMMAND)
             return
-        m = _BDAT_RE.match(arg.strip())
-        if m is None:
+        parsed = parse_bdat(arg)
+        if parsed is None:
             self._send(Reply.make(501, "5.5.4", "Syntax: BDAT size [LAST]"))
             return
-        size, last = int(m.group(1)), m.group(2) is not None
+        size, last = parsed
         self._bdat_left, self._bdat_last = size, last
         self._phase = _Phase.BDAT
         if self._mail is None or self.recipients == 0:
@@ -928,9 +867,3 @@ _HANDLERS: dict[str, Callable[[ServerSession, str], None]] = {
     "AUTH": ServerSession._cmd_auth,
 }
 
-
-def _address_reply(exc: AddressError, code: int, enhanced: str, who: str) -> Reply:
-    if exc.utf8:
-        return Reply.make(553, "5.6.7", f"Non-ASCII {who} address needs SMTPUTF8")
-    # The message may quote the client's text (an address literal) as it came.
-    return Reply.make(code, enhanced, f"Bad {who} address syntax: {_printable(str(exc))}")
