@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mailgate.smtp import replies
-from mailgate.smtp.framing import DataReader, dot_stuff
+from mailgate.smtp.framing import ChunkReader, DataReader, dot_stuff
 
 
 def feed_all(reader: DataReader, chunks: list[bytes]) -> tuple[bytes, bytes | None]:
@@ -159,3 +159,32 @@ def test_where_chunks_end_never_changes_what_is_accepted(
     assert rest2 == rest
     if whole.error is None:
         assert content2 == content and split.size == whole.size
+
+
+def test_chunk_reader_takes_only_the_chunk() -> None:
+    r = ChunkReader(max_size=100)
+    r.chunk(5, last=False)
+    buf = bytearray(b"abc")
+    assert r.feed(buf) == b"abc" and r.left == 2 and buf == b""
+    buf = bytearray(b"deQUIT\r\n")
+    assert r.feed(buf) == b"de" and r.left == 0 and buf == b"QUIT\r\n"
+    r.chunk(0, last=True)
+    assert r.size == 5 and r.last and r.error is None
+
+
+def test_chunk_reader_refuses_an_oversized_message_once() -> None:
+    r = ChunkReader(max_size=4)
+    r.chunk(3, last=False)
+    assert r.feed(bytearray(b"abc")) == b"abc"
+    r.chunk(3, last=True)
+    assert r.feed(bytearray(b"d")) == b"d"  # 4 octets: at the limit, not over it
+    assert r.feed(bytearray(b"e")) is None
+    assert r.error == replies.SIZE_EXCEEDED and r.discarding
+    assert r.feed(bytearray(b"f")) is None and r.left == 0
+
+
+def test_chunk_reader_discards_a_chunk_with_no_transaction() -> None:
+    r = ChunkReader(max_size=0)
+    r.chunk(4, last=True, discard=True)
+    buf = bytearray(b"abcdRSET\r\n")
+    assert r.feed(buf) is None and buf == b"RSET\r\n" and r.error is None

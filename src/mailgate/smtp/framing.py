@@ -1,4 +1,5 @@
-"""Message data framing: the DATA terminator, dot-(un)stuffing, bare CR/LF, limits.
+"""Message data framing: the DATA terminator, dot-(un)stuffing, bare CR/LF, limits;
+and BDAT chunks, counted rather than framed (`ChunkReader`).
 
 The end of DATA is only `<CRLF>.<CRLF>` (RFC 5321 4.1.1.4). Any other spelling —
 `<LF>.<LF>`, `<LF>.<CRLF>`, `<CR>.<CR>`, `<CRLF>.<LF>` — is content, never an end: that is
@@ -16,7 +17,7 @@ import re
 from mailgate.codes.reply import Reply
 from mailgate.smtp import replies
 
-__all__ = ["DataReader", "dot_stuff"]
+__all__ = ["ChunkReader", "DataReader", "dot_stuff"]
 
 _END = b"\r\n.\r\n"
 _ANY_NEWLINE = re.compile(rb"\r\n|\r|\n")
@@ -135,6 +136,47 @@ class DataReader:
     def _fail(self, reply: Reply) -> None:
         if self.error is None:
             self.error = reply
+
+
+class ChunkReader:
+    """The octets of one message's BDAT chunks (RFC 3030), beside `DataReader` for DATA.
+
+    `chunk(size, last)` starts a chunk once its command is read; `feed(buf)` then takes
+    the chunk's octets from the front of `buf` (consumed in place) and returns the
+    content to keep, or None when there is none. `left` is what the chunk still owes.
+    A chunk started with `discard` is read for nothing (RFC 3030 2: a chunk with no
+    transaction is read, then refused). Once the message passes `max_size`, `error` holds
+    the reply and the rest is discarded.
+    """
+
+    __slots__ = ("discarding", "error", "last", "left", "max_size", "size")
+
+    def __init__(self, max_size: int) -> None:
+        self.max_size = max_size
+        self.size = 0  # octets of the message so far
+        self.left = 0
+        self.last = False
+        self.discarding = False
+        self.error: Reply | None = None
+
+    def chunk(self, size: int, last: bool, discard: bool = False) -> None:
+        self.left = size
+        self.last = last
+        self.discarding = discard or self.error is not None
+
+    def feed(self, buf: bytearray) -> bytes | None:
+        take = min(self.left, len(buf))
+        piece = bytes(buf[:take])
+        del buf[:take]
+        self.left -= take
+        if self.discarding:
+            return None
+        self.size += take
+        if self.size > self.max_size:
+            self.discarding = True
+            self.error = replies.SIZE_EXCEEDED
+            return None
+        return piece
 
 
 def _has_long_line(buf: bytes, n: int, limit: int, cr: bool = True) -> bool:

@@ -40,7 +40,7 @@ from mailgate.smtp.commands import (
     split_command,
     valid_helo,
 )
-from mailgate.smtp.framing import DataReader
+from mailgate.smtp.framing import ChunkReader, DataReader
 from mailgate.smtp.params import MailParams, RcptParams
 
 __all__ = [
@@ -262,13 +262,8 @@ class ServerSession:
         self._mail: MailFrom | None = None
         self.recipients = 0
         self._rcpt_tried = False  # a RCPT was given in this transaction (DATA: 503 or 554)
-        self._bdat_used = False
-        self._bdat_left = 0
-        self._bdat_last = False
-        self._bdat_size = 0
-        self._bdat_discard = False
-        self._bdat_oversize = False
         self._reader: DataReader | None = None
+        self._chunks: ChunkReader | None = None  # BDAT was used in this transaction
         self._auth_mech = ""
         self._auth_user: str | None = None
 
@@ -585,7 +580,7 @@ class ServerSession:
         if self._mail is None:
             self._send(R.NEED_MAIL_FOR_DATA if self.helo is not None else R.NEED_HELO)
             return
-        if self._bdat_used:
+        if self._chunks is not None:
             self._send(R.DATA_AFTER_BDAT)
             return
         if self.recipients == 0:
@@ -609,16 +604,17 @@ class ServerSession:
             self._send(Reply.make(501, "5.5.4", "Syntax: BDAT size [LAST]"))
             return
         size, last = parsed
-        self._bdat_left, self._bdat_last = size, last
         self._phase = _Phase.BDAT
         if self._mail is None or self.recipients == 0:
-            self._bdat_discard = True  # RFC 3030 2: read the chunk, then refuse it
+            # RFC 3030 2: read the chunk, then refuse it. (With no recipient, BDAT was
+            # not used in this transaction: nothing is overwritten.)
+            self._chunks = ChunkReader(0)
+            self._chunks.chunk(size, last, discard=True)
             return
-        self._bdat_discard = False
-        if not self._bdat_used:
-            self._bdat_used = True
-            self._bdat_size = 0
+        if self._chunks is None:
+            self._chunks = ChunkReader(self.config.max_message_size)
             self._events.append(MessageStart(chunking=True))
+        self._chunks.chunk(size, last)
 
     def _cmd_rset(self, arg: str) -> None:
         if not self._no_args(arg):
@@ -782,36 +778,33 @@ class ServerSession:
         return True
 
     def _step_bdat(self) -> bool:
-        if self._bdat_left:
+        reader = self._chunks
+        assert reader is not None
+        if reader.left:
             if not self._in:
                 return False
-            take = min(self._bdat_left, len(self._in))
-            piece = bytes(self._in[:take])
-            del self._in[:take]
-            self._bdat_left -= take
-            if not self._bdat_discard:
-                self._bdat_size += take
-                if self._bdat_size > self.config.max_message_size:
-                    self._bdat_discard = self._bdat_oversize = True
-                    self._events.append(MessageAborted(R.SIZE_EXCEEDED))
-                else:
-                    self._events.append(MessageData(piece))
-            if self._bdat_left:
+            error = reader.error
+            piece = reader.feed(self._in)
+            if piece is not None:
+                self._events.append(MessageData(piece))
+            elif reader.error is not error:
+                self._events.append(MessageAborted(R.SIZE_EXCEEDED))
+            if reader.left:
                 return True
         # chunk complete
         self._phase = _Phase.COMMAND
-        if self._bdat_discard:
-            if self._bdat_oversize:
-                self._bdat_oversize = False
-                self._send(R.SIZE_EXCEEDED)
+        if reader.discarding:
+            if reader.error is not None:
+                self._send(reader.error)
                 self._end_transaction()
             else:
+                self._chunks = None
                 self._send(R.BDAT_NO_RECIPIENTS)
             return True
-        if self._bdat_last:
-            self._events.append(MessageComplete(self._bdat_size))
+        if reader.last:
+            self._events.append(MessageComplete(reader.size))
         else:
-            self._send(Reply.make(250, "2.0.0", f"{self._bdat_size} octets received"))
+            self._send(Reply.make(250, "2.0.0", f"{reader.size} octets received"))
         return True
 
     def _reset_transaction(self) -> None:
@@ -819,8 +812,7 @@ class ServerSession:
         self.recipients = 0
         self._rcpt_tried = False
         self._reader = None
-        self._bdat_used = False
-        self._bdat_size = 0
+        self._chunks = None
 
     def _end_transaction(self) -> None:
         self._reset_transaction()
