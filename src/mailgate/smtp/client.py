@@ -57,6 +57,7 @@ from mailgate.smtp.client_events import (
     UTF8_HEADERS_UNSUPPORTED,
     Capabilities,
     ClientConfig,
+    ClientObserver,
     Closed,
     Credentials,
     Envelope,
@@ -88,6 +89,7 @@ __all__ = [
     "UTF8_HEADERS_UNSUPPORTED",
     "Capabilities",
     "ClientConfig",
+    "ClientObserver",
     "ClientSession",
     "Closed",
     "Credentials",
@@ -162,8 +164,10 @@ class _Txn:
 class ClientSession:
     """One SMTP client conversation. See the module docstring for the calling pattern."""
 
-    def __init__(self, config: ClientConfig | None = None, *, tls_active: bool = False) -> None:
+    def __init__(self, config: ClientConfig | None = None, *, tls_active: bool = False,
+                 observer: ClientObserver | None = None) -> None:
         self.config = config or ClientConfig()
+        self._observer = observer
         self.tls_active = tls_active  # implicit TLS (RFC 8314): no STARTTLS
         self.capabilities = Capabilities()
         self.authenticated = False
@@ -286,9 +290,12 @@ class ClientSession:
 
     # --- output ---------------------------------------------------------------------
 
-    def _command(self, line: str, exp: _Exp, arg: int = 0) -> None:
+    def _command(self, line: str, exp: _Exp, arg: int = 0, shown: str | None = None) -> None:
+        """Write a command line awaiting `exp`; `shown` is what the observer sees instead."""
         self._out += line.encode("utf-8") + b"\r\n"
         self._pending.append((exp, arg))
+        if self._observer is not None:
+            self._observer.command(line if shown is None else shown, _STAGES[exp])
 
     # --- input ----------------------------------------------------------------------
 
@@ -326,6 +333,9 @@ class ClientSession:
     # --- replies --------------------------------------------------------------------
 
     def _reply(self, reply: Reply) -> None:
+        if self._observer is not None:
+            self._observer.reply(reply, _STAGES[self._pending[0][0]] if self._pending
+                                 else "connection")
         if not self._pending:
             if reply.code == 421:  # the usual "closing idle connection" notice
                 self._fail(Outcome(reply, True, "connection"), quit=False)
@@ -433,7 +443,7 @@ class ClientSession:
         if mech == "PLAIN":
             # RFC 4954 4: the initial response saves a round trip; authzid left empty.
             self._command(f"AUTH PLAIN {sasl.plain_response(cred.username, cred.password)}",
-                          _Exp.AUTH)
+                          _Exp.AUTH, shown="AUTH PLAIN *****")
         else:
             self._command("AUTH LOGIN", _Exp.AUTH)
 
@@ -448,8 +458,8 @@ class ClientSession:
             self._auth_step += 1
             if self._auth_mech == "LOGIN" and self._auth_step <= 2:
                 secret = cred.username if self._auth_step == 1 else cred.password
-                # The line is a SASL response, never logged: no command echo exists here.
-                self._command(sasl.encode(secret), _Exp.AUTH)
+                # A SASL response: the observer sees stars, never the secret.
+                self._command(sasl.encode(secret), _Exp.AUTH, shown="*****")
                 return
             # A challenge the mechanism has no answer for: the exchange cannot finish,
             # and QUIT would be read as a SASL response, so just close.
@@ -554,9 +564,12 @@ class ClientSession:
             start = txn.next_chunk
             end = min(start + size, len(data))
             last = end == len(data)
-            self._out += bdat_command(end - start, last).encode("ascii") + b"\r\n"
+            head = bdat_command(end - start, last)
+            self._out += head.encode("ascii") + b"\r\n"
             self._out += data[start:end]
             self._pending.append((_Exp.BDAT, int(last)))
+            if self._observer is not None:
+                self._observer.command(head, "bdat")
             txn.next_chunk = end
             if last or not all_of_them:
                 return

@@ -37,7 +37,7 @@ registry) because the server said nothing usable. Local replies:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, Protocol
 
 from mailgate.codes.reply import Reply
 from mailgate.smtp.address import Address, AddressError, parse_path
@@ -56,6 +56,7 @@ __all__ = [
     "UTF8_HEADERS_UNSUPPORTED",
     "Capabilities",
     "ClientConfig",
+    "ClientObserver",
     "Closed",
     "Credentials",
     "Envelope",
@@ -100,6 +101,21 @@ Stage = Literal[
 """Where in the conversation an outcome was decided (or the shell is waiting)."""
 
 _NOTIFY = frozenset({"SUCCESS", "FAILURE", "DELAY"})
+
+
+class ClientObserver(Protocol):
+    """Sees a client conversation as it goes: probe transcripts, logs, metrics.
+
+    Called synchronously, so keep it cheap. `command` gets each command line as written
+    (no CRLF; a BDAT line without its chunk; message content is not a command), with the
+    stage of the reply it waits for. A SASL response is shown as `*****`, never as
+    written: transcripts and logs must not carry a password. `reply` gets each reply as
+    read, with the stage it answers ("connection" for one that answers nothing).
+    """
+
+    def command(self, line: str, stage: Stage) -> None: ...
+
+    def reply(self, reply: Reply, stage: Stage) -> None: ...
 
 
 # --- values ---------------------------------------------------------------------------
