@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import enum
 from collections import deque
-from dataclasses import dataclass, field
 
 from mailgate.codes.reply import Reply
 from mailgate.smtp import sasl
@@ -71,8 +70,9 @@ from mailgate.smtp.client_events import (
     Stage,
     StartTLS,
 )
-from mailgate.smtp.commands import bdat_command, encode_xtext, mail_command, rcpt_command
-from mailgate.smtp.framing import ReplyReader, ReplyStreamError, dot_stuff, stuffed_size
+from mailgate.smtp.commands import encode_xtext
+from mailgate.smtp.framing import ReplyReader, ReplyStreamError
+from mailgate.smtp.transaction import Message, Transaction
 
 __all__ = [
     "AUTH_IMPOSSIBLE",
@@ -138,29 +138,6 @@ class _Exp(enum.Enum):
     QUIT = "quit"
 
 
-@dataclass(slots=True)
-class _Message:
-    handle: int
-    envelope: Envelope
-    content: bytes
-
-
-@dataclass(slots=True)
-class _Txn:
-    """One mail transaction in flight."""
-
-    msg: _Message
-    use_bdat: bool
-    payload: bytes  # dot-stuffed DATA content, or the raw content for BDAT
-    mail_cmd: str
-    results: list[Outcome | None]
-    mail_ok: bool = False
-    accepted: list[int] = field(default_factory=list)
-    data_decided: bool = False  # accepted recipients have their final reply
-    completed: bool = False  # the server ended the transaction itself
-    next_chunk: int = 0  # offset of the next BDAT chunk to send
-
-
 class ClientSession:
     """One SMTP client conversation. See the module docstring for the calling pattern."""
 
@@ -176,8 +153,8 @@ class ClientSession:
         self._out = bytearray()
         self._events: deque[Event] = deque()
         self._pending: deque[tuple[_Exp, int]] = deque([(_Exp.GREETING, 0)])
-        self._queue: deque[_Message] = deque()
-        self._txn: _Txn | None = None
+        self._queue: deque[Message] = deque()
+        self._txn: Transaction | None = None
         self._next_handle = 1
         self._quitting = False
         self._idle_announced = False
@@ -221,11 +198,9 @@ class ClientSession:
         if ended is not None:
             # The session failed before the shell saw it: the message shares the fate of
             # the others, so that every send() still ends in one MessageResult.
-            self._events.append(MessageResult(
-                handle, envelope, tuple(RecipientResult(r, ended) for r in envelope.recipients)
-            ))
+            self._events.append(Message(handle, envelope, b"").result(ended))
             return handle
-        self._queue.append(_Message(handle, envelope, bytes(content)))
+        self._queue.append(Message(handle, envelope, bytes(content)))
         self._idle_announced = False
         if self._phase is _Phase.READY and self._txn is None and not self._pending:
             self._advance()
@@ -479,9 +454,11 @@ class ClientSession:
                 self._needs_rset = False
                 self._command("RSET", _Exp.RSET)
                 return
-            txn = self._prepare(msg)
-            if txn is None:
-                continue  # refused locally; its MessageResult is out
+            txn = Transaction.prepare(msg, self.capabilities, verify_only=self.config.verify_only,
+                                      prefer_bdat=self.config.prefer_bdat)
+            if isinstance(txn, MessageResult):
+                self._events.append(txn)  # refused locally
+                continue
             self._txn = txn
             self._begin(txn)
             return
@@ -493,56 +470,11 @@ class ClientSession:
             self._idle_announced = True
             self._events.append(Idle())
 
-    def _prepare(self, msg: _Message) -> _Txn | None:
-        """Choose DATA or BDAT, check what the server can take, build MAIL FROM."""
-        caps = self.capabilities
-        env = msg.envelope
-        verify = self.config.verify_only
-        content = b"" if verify else msg.content
-        use_bdat = self.config.prefer_bdat and caps.chunking and not verify
-        if use_bdat:
-            payload = content
-            size = len(payload)
-        else:
-            payload = dot_stuff(content)
-            size = stuffed_size(payload)
-        refusal: Reply | None = None
-        utf8 = env.needs_smtputf8
-        eightbit = not content.isascii()
-        if caps.size_limit is not None and size > caps.size_limit:
-            refusal = Reply.make(
-                552, "5.3.4",
-                f"{SIZE_TOO_BIG.text} ({size} > {caps.size_limit} octets; RFC 1870)",
-            )
-        elif utf8 and not caps.smtputf8:
-            addr_utf8 = env.sender.is_utf8 or any(r.address.is_utf8 for r in env.recipients)
-            refusal = UTF8_ADDRESS_UNSUPPORTED if addr_utf8 else UTF8_HEADERS_UNSUPPORTED
-        elif eightbit and not caps.eightbitmime and not (utf8 and caps.smtputf8):
-            refusal = EIGHTBIT_UNSUPPORTED
-        if refusal is not None:
-            out = Outcome(refusal, False, "mail")
-            self._events.append(MessageResult(
-                msg.handle, env, tuple(RecipientResult(r, out) for r in env.recipients)
-            ))
-            return None
-        mail = mail_command(
-            env.sender, size=size if caps.size and not verify else None,
-            eightbit=eightbit and caps.eightbitmime, smtputf8=utf8,
-            ret=env.ret if caps.dsn else None, envid=env.envid if caps.dsn else None,
-        )
-        return _Txn(msg, use_bdat, payload, mail, [None] * len(env.recipients))
-
-    def _rcpt_cmd(self, txn: _Txn, i: int) -> str:
-        r = txn.msg.envelope.recipients[i]
-        if not self.capabilities.dsn:
-            return rcpt_command(r.address)
-        return rcpt_command(r.address, notify=r.notify, orcpt=r.orcpt)
-
     @property
     def _pipelined(self) -> bool:
         return self.config.pipelining and self.capabilities.pipelining
 
-    def _begin(self, txn: _Txn) -> None:
+    def _begin(self, txn: Transaction) -> None:
         self._command(txn.mail_cmd, _Exp.MAIL)
         if not self._pipelined:
             return
@@ -553,31 +485,20 @@ class ClientSession:
         # for nobody. So the chunks wait for the RCPT replies: the same two round trips
         # as DATA's MAIL..DATA / content.
         for i in range(len(txn.results)):
-            self._command(self._rcpt_cmd(txn, i), _Exp.RCPT, i)
+            self._command(txn.rcpt_cmd(i, self.capabilities.dsn), _Exp.RCPT, i)
         if not txn.use_bdat and not self.config.verify_only:
             self._command("DATA", _Exp.DATA)
 
-    def _send_chunks(self, txn: _Txn, all_of_them: bool) -> None:
-        data = txn.payload
-        size = self.config.bdat_chunk_size
+    def _send_chunks(self, txn: Transaction, all_of_them: bool) -> None:
         while True:
-            start = txn.next_chunk
-            end = min(start + size, len(data))
-            last = end == len(data)
-            head = bdat_command(end - start, last)
+            head, data, last = txn.chunk(self.config.bdat_chunk_size)
             self._out += head.encode("ascii") + b"\r\n"
-            self._out += data[start:end]
+            self._out += data
             self._pending.append((_Exp.BDAT, int(last)))
             if self._observer is not None:
                 self._observer.command(head, "bdat")
-            txn.next_chunk = end
             if last or not all_of_them:
                 return
-
-    def _decide(self, txn: _Txn, indices: list[int], out: Outcome) -> None:
-        for i in indices:
-            if txn.results[i] is None:
-                txn.results[i] = out
 
     def _on_rset(self, reply: Reply, _: int) -> None:
         if reply.is_success:
@@ -593,10 +514,10 @@ class ClientSession:
         if reply.is_success:
             txn.mail_ok = True
             if not self._pipelined:
-                self._command(self._rcpt_cmd(txn, 0), _Exp.RCPT, 0)
+                self._command(txn.rcpt_cmd(0, self.capabilities.dsn), _Exp.RCPT, 0)
             return
         # A refused MAIL decides every recipient; pipelined replies still to come are moot.
-        self._decide(txn, list(range(len(txn.results))), Outcome(reply, True, "mail"))
+        txn.decide_all(Outcome(reply, True, "mail"))
         txn.data_decided = True
         self._txn_step(txn)
 
@@ -609,13 +530,13 @@ class ClientSession:
         if reply.is_success:
             txn.accepted.append(i)
             if self.config.verify_only:  # the RCPT reply is all there will be
-                self._decide(txn, [i], Outcome(reply, True, "rcpt"))
+                txn.decide([i], Outcome(reply, True, "rcpt"))
         else:
-            self._decide(txn, [i], Outcome(reply, True, "rcpt"))
+            txn.decide([i], Outcome(reply, True, "rcpt"))
         pipelined = self._pipelined
         if i < len(txn.results) - 1:
             if not pipelined:
-                self._command(self._rcpt_cmd(txn, i + 1), _Exp.RCPT, i + 1)
+                self._command(txn.rcpt_cmd(i + 1, self.capabilities.dsn), _Exp.RCPT, i + 1)
             return
         # The last RCPT is answered.
         if not txn.accepted or self.config.verify_only:
@@ -640,7 +561,7 @@ class ClientSession:
             self._pending.append((_Exp.DATA_END, 0))
             return
         if not txn.data_decided:
-            self._decide(txn, txn.accepted, Outcome(reply, True, "data"))
+            txn.decide(txn.accepted, Outcome(reply, True, "data"))
             txn.data_decided = True
         self._txn_step(txn)
 
@@ -648,7 +569,7 @@ class ClientSession:
         txn = self._txn
         assert txn is not None
         if not txn.data_decided:
-            self._decide(txn, txn.accepted, Outcome(reply, True, "end-of-data"))
+            txn.decide(txn.accepted, Outcome(reply, True, "end-of-data"))
             txn.data_decided = True
         txn.completed = True  # after the end-of-data reply the server has reset
         self._txn_step(txn)
@@ -658,7 +579,7 @@ class ClientSession:
         assert txn is not None
         if not txn.data_decided:
             if not reply.is_success or last:
-                self._decide(txn, txn.accepted, Outcome(reply, True, "bdat"))
+                txn.decide(txn.accepted, Outcome(reply, True, "bdat"))
                 txn.data_decided = True
                 txn.completed = bool(last) and reply.is_success
             elif not self._pipelined:
@@ -666,7 +587,7 @@ class ClientSession:
                 return
         self._txn_step(txn)
 
-    def _txn_step(self, txn: _Txn) -> None:
+    def _txn_step(self, txn: Transaction) -> None:
         """Finish the transaction once no reply of its batch is outstanding."""
         if self._pending:
             return
@@ -675,7 +596,7 @@ class ClientSession:
                 txn.results[i] = Outcome(
                     Reply.make(451, "4.5.0", "No final reply for this recipient"), False, "data"
                 )
-        self._emit_result(txn)
+        self._events.append(txn.result())
         self._txn = None
         if self.config.verify_only:
             # Verifying leaves no transaction open on the server, whatever comes next.
@@ -685,14 +606,6 @@ class ClientSession:
         self._needs_rset = not txn.completed
         self._advance()
 
-    def _emit_result(self, txn: _Txn) -> None:
-        env = txn.msg.envelope
-        self._events.append(MessageResult(
-            txn.msg.handle, env,
-            tuple(RecipientResult(r, o) for r, o in zip(env.recipients, txn.results, strict=True)
-                  if o is not None),
-        ))
-
     # --- ending -----------------------------------------------------------------------
 
     def _fail(self, out: Outcome, quit: bool) -> None:
@@ -700,14 +613,10 @@ class ClientSession:
         txn = self._txn
         if txn is not None:
             self._txn = None
-            self._decide(txn, list(range(len(txn.results))), out)
-            self._emit_result(txn)
+            txn.decide_all(out)
+            self._events.append(txn.result())
         while self._queue:
-            msg = self._queue.popleft()
-            env = msg.envelope
-            self._events.append(MessageResult(
-                msg.handle, env, tuple(RecipientResult(r, out) for r in env.recipients)
-            ))
+            self._events.append(self._queue.popleft().result(out))
         self._end_reason = out
         self._pending.clear()
         self._replies.drop_reply()
