@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mailgate.smtp import replies
-from mailgate.smtp.framing import ChunkReader, DataReader, dot_stuff
+from mailgate.smtp.framing import ChunkReader, DataReader, ReplyReader, ReplyStreamError, dot_stuff
 
 
 def feed_all(reader: DataReader, chunks: list[bytes]) -> tuple[bytes, bytes | None]:
@@ -188,3 +188,27 @@ def test_chunk_reader_discards_a_chunk_with_no_transaction() -> None:
     r.chunk(4, last=True, discard=True)
     buf = bytearray(b"abcdRSET\r\n")
     assert r.feed(buf) is None and buf == b"RSET\r\n" and r.error is None
+
+
+def test_reply_reader_groups_lines_and_keeps_the_rest() -> None:
+    r = ReplyReader(max_line=512, max_lines=3)
+    r.feed(b"250-mx.example\r\n250 SIZE 10\r\n354 go")
+    first = r.read()
+    assert first is not None and first.code == 250 and len(first.lines) == 2
+    assert r.read() is None and r.buffered == len(b"354 go")
+    r.feed(b" on\r\n")
+    second = r.read()
+    assert second is not None and second.code == 354
+
+
+@pytest.mark.parametrize(("data", "too_long"), [
+    (b"hello\r\n", False),  # not a reply
+    (b"250-a\r\n250-b\r\n250-c\r\n", False),  # more lines than allowed
+    (b"2" * 513, True),  # a partial line already over the limit
+])
+def test_reply_reader_refuses_what_is_not_a_reply(data: bytes, too_long: bool) -> None:
+    r = ReplyReader(max_line=512, max_lines=3)
+    r.feed(data)
+    with pytest.raises(ReplyStreamError) as exc:
+        r.read()
+    assert exc.value.too_long is too_long
