@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mailgate.smtp import replies
-from mailgate.smtp.framing import DataReader, dot_stuff
+from mailgate.smtp.framing import ChunkReader, DataReader, ReplyReader, ReplyStreamError, dot_stuff
 
 
 def feed_all(reader: DataReader, chunks: list[bytes]) -> tuple[bytes, bytes | None]:
@@ -159,3 +159,56 @@ def test_where_chunks_end_never_changes_what_is_accepted(
     assert rest2 == rest
     if whole.error is None:
         assert content2 == content and split.size == whole.size
+
+
+def test_chunk_reader_takes_only_the_chunk() -> None:
+    r = ChunkReader(max_size=100)
+    r.chunk(5, last=False)
+    buf = bytearray(b"abc")
+    assert r.feed(buf) == b"abc" and r.left == 2 and buf == b""
+    buf = bytearray(b"deQUIT\r\n")
+    assert r.feed(buf) == b"de" and r.left == 0 and buf == b"QUIT\r\n"
+    r.chunk(0, last=True)
+    assert r.size == 5 and r.last and r.error is None
+
+
+def test_chunk_reader_refuses_an_oversized_message_once() -> None:
+    r = ChunkReader(max_size=4)
+    r.chunk(3, last=False)
+    assert r.feed(bytearray(b"abc")) == b"abc"
+    r.chunk(3, last=True)
+    assert r.feed(bytearray(b"d")) == b"d"  # 4 octets: at the limit, not over it
+    assert r.feed(bytearray(b"e")) is None
+    assert r.error == replies.SIZE_EXCEEDED and r.discarding
+    assert r.feed(bytearray(b"f")) is None and r.left == 0
+
+
+def test_chunk_reader_discards_a_chunk_with_no_transaction() -> None:
+    r = ChunkReader(max_size=0)
+    r.chunk(4, last=True, discard=True)
+    buf = bytearray(b"abcdRSET\r\n")
+    assert r.feed(buf) is None and buf == b"RSET\r\n" and r.error is None
+
+
+def test_reply_reader_groups_lines_and_keeps_the_rest() -> None:
+    r = ReplyReader(max_line=512, max_lines=3)
+    r.feed(b"250-mx.example\r\n250 SIZE 10\r\n354 go")
+    first = r.read()
+    assert first is not None and first.code == 250 and len(first.lines) == 2
+    assert r.read() is None and r.buffered == len(b"354 go")
+    r.feed(b" on\r\n")
+    second = r.read()
+    assert second is not None and second.code == 354
+
+
+@pytest.mark.parametrize(("data", "too_long"), [
+    (b"hello\r\n", False),  # not a reply
+    (b"250-a\r\n250-b\r\n250-c\r\n", False),  # more lines than allowed
+    (b"2" * 513, True),  # a partial line already over the limit
+])
+def test_reply_reader_refuses_what_is_not_a_reply(data: bytes, too_long: bool) -> None:
+    r = ReplyReader(max_line=512, max_lines=3)
+    r.feed(data)
+    with pytest.raises(ReplyStreamError) as exc:
+        r.read()
+    assert exc.value.too_long is too_long

@@ -24,31 +24,7 @@ a timeout) and maps outcomes to the queue.
 
 Every message given to `send()` ends in exactly one `MessageResult`, with one `Outcome` per
 recipient, whatever the server does: a misbehaving server is an outcome, never an
-exception. An outcome's `remote` flag says whether the server really sent the reply (a bounce
-then says `smtp; 550 5.1.1 ...`) or mailgate made it up (`Reply.make` with a code from the
-registry) because the server said nothing usable. Local replies:
-
-- connection lost (EOF)           451 4.4.2  X.4.2 "Bad connection"
-- not an SMTP reply, reply line   451 4.5.0  X.5.0 "Other or undefined protocol status":
-  too long, reply out of turn                 the server broke the protocol, which is neither
-                                              a statement about the message nor about the
-                                              server's availability. 451 is what RFC 5321
-                                              uses for "local error, try again" at any step;
-                                              421 would claim the server announced closing,
-                                              which it did not. Transient, because another
-                                              attempt (or another MX) may well succeed.
-- TLS required, not offered or    451 4.7.4  X.7.4 "Security features not supported"
-  refused                                     (what Postfix says too); transient because a
-                                              stripped STARTTLS is often an attack or a fault
-                                              that passes
-- TLS handshake failed            451 4.7.5  X.7.5 "Cryptographic failure"
-- credentials given, AUTH not     451 4.7.0  a configuration problem: keep the mail queued
-  possible
-- message larger than SIZE        552 5.3.4  RFC 1870 6.1: do not send it
-- non-ASCII address, no SMTPUTF8  553 5.6.7  RFC 6531 3.2 (no downgrade is attempted)
-- UTF-8 headers, no SMTPUTF8      550 5.6.9  RFC 6531 3.2
-- 8-bit content, no 8BITMIME      554 5.6.3  RFC 6152 3: "conversion required but not
-                                              supported" (mailgate does not convert)
+exception (the replies mailgate makes up, and why each code: `smtp/client_events.py`).
 
 Memory is bounded: the input buffer holds at most one reply line (`max_reply_line`), a
 reply at most `max_reply_lines` lines, and replies are consumed as they arrive; a reply
@@ -58,18 +34,45 @@ with what the shell gives.
 
 from __future__ import annotations
 
-import base64
 import enum
 from collections import deque
-from dataclasses import dataclass, field
-from typing import Literal
 
-from mailgate.codes.reply import Reply, ReplyError, parse_reply, parse_reply_line
+from mailgate.codes.reply import Reply
+from mailgate.smtp import sasl
 from mailgate.smtp._common import NEED_DATA, ProtocolUsageError
 from mailgate.smtp._common import NeedData as _NeedData
 from mailgate.smtp._common import escape_controls as _printable
-from mailgate.smtp.address import NULL_PATH, Address, AddressError, parse_path
-from mailgate.smtp.framing import dot_stuff
+from mailgate.smtp.client_events import (
+    AUTH_IMPOSSIBLE,
+    CONNECTION_LOST,
+    EIGHTBIT_UNSUPPORTED,
+    PROTOCOL_ERROR,
+    REPLY_TOO_LONG,
+    SIZE_TOO_BIG,
+    TIMED_OUT,
+    TLS_FAILED,
+    TLS_NOT_OFFERED,
+    UTF8_ADDRESS_UNSUPPORTED,
+    UTF8_HEADERS_UNSUPPORTED,
+    Capabilities,
+    ClientConfig,
+    ClientObserver,
+    Closed,
+    Credentials,
+    Envelope,
+    Established,
+    Event,
+    Idle,
+    MessageResult,
+    Outcome,
+    Recipient,
+    RecipientResult,
+    Stage,
+    StartTLS,
+)
+from mailgate.smtp.commands import encode_xtext
+from mailgate.smtp.framing import ReplyReader, ReplyStreamError
+from mailgate.smtp.transaction import Message, Transaction
 
 __all__ = [
     "AUTH_IMPOSSIBLE",
@@ -86,6 +89,7 @@ __all__ = [
     "UTF8_HEADERS_UNSUPPORTED",
     "Capabilities",
     "ClientConfig",
+    "ClientObserver",
     "ClientSession",
     "Closed",
     "Credentials",
@@ -102,293 +106,6 @@ __all__ = [
     "StartTLS",
     "encode_xtext",
 ]
-
-# --- local replies (see the module docstring for why each code) ----------------------
-
-CONNECTION_LOST = Reply.make(451, "4.4.2", "Connection lost")
-TIMED_OUT = Reply.make(451, "4.4.2", "Timed out waiting for the server")
-PROTOCOL_ERROR = Reply.make(451, "4.5.0", "The server sent something that is not an SMTP reply")
-REPLY_TOO_LONG = Reply.make(451, "4.5.0", "The server sent a reply line that is too long")
-TLS_NOT_OFFERED = Reply.make(451, "4.7.4", "TLS is required, but was not offered by the server")
-TLS_FAILED = Reply.make(451, "4.7.5", "TLS handshake failed")
-AUTH_IMPOSSIBLE = Reply.make(
-    451, "4.7.0", "Credentials are configured, but the server offers no usable AUTH"
-)
-SIZE_TOO_BIG = Reply.make(552, "5.3.4", "Message is larger than the server's SIZE limit")
-UTF8_ADDRESS_UNSUPPORTED = Reply.make(
-    553, "5.6.7", "Non-ASCII address, but the server does not offer SMTPUTF8"
-)
-UTF8_HEADERS_UNSUPPORTED = Reply.make(
-    550, "5.6.9", "Message needs SMTPUTF8, but the server does not offer it"
-)
-EIGHTBIT_UNSUPPORTED = Reply.make(
-    554, "5.6.3", "8-bit message content, but the server does not offer 8BITMIME"
-)
-
-Stage = Literal[
-    "connection", "greeting", "ehlo", "helo", "starttls", "tls", "auth", "rset", "mail",
-    "rcpt", "data", "end-of-data", "bdat", "quit",
-]
-"""Where in the conversation an outcome was decided (or the shell is waiting)."""
-
-_NOTIFY = frozenset({"SUCCESS", "FAILURE", "DELAY"})
-
-
-# --- values ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Credentials:
-    """Username and password for AUTH PLAIN / LOGIN (RFC 4954)."""
-
-    username: str
-    password: str = field(repr=False)
-
-
-@dataclass(frozen=True, slots=True)
-class ClientConfig:
-    """How the client behaves; defaults suit MX delivery on port 25."""
-
-    helo_name: str = "localhost"
-    # "never", "may" (opportunistic: STARTTLS when offered), "require" (fail without TLS)
-    tls: Literal["never", "may", "require"] = "may"
-    credentials: Credentials | None = None
-    auth_mechanisms: tuple[str, ...] = ("PLAIN", "LOGIN")  # in order of preference
-    # Never send a password in the clear, unless told to (a trusted loopback relay).
-    auth_without_tls: bool = False
-    pipelining: bool = True  # use PIPELINING when offered (RFC 2920)
-    # Use BDAT when CHUNKING is offered (RFC 3030): the content goes raw, with its exact
-    # octet count, no dot-stuffing and no line-end repair. Off by default: DATA is what
-    # every server handles best.
-    prefer_bdat: bool = False
-    bdat_chunk_size: int = 1024 * 1024
-    # Verify only (`mailgate probe`): every transaction stops after its RCPT replies and is
-    # reset with RSET. No DATA or BDAT is ever sent and the content given to send() is
-    # ignored (no SIZE, no BODY); an accepted recipient's outcome is its RCPT reply.
-    verify_only: bool = False
-    # RFC 5321 4.5.3.1.5 says 512 octets; real servers overshoot, so allow a generous cap.
-    max_reply_line: int = 4096
-    max_reply_lines: int = 128
-    # This MTA's own name: a server that greets with it is this MTA again, and the mail
-    # would loop (Postfix: "mail for X loops back to myself"). None: no such check.
-    loop_name: str | None = None
-
-    def __post_init__(self) -> None:
-        if self.tls not in ("never", "may", "require"):
-            raise ValueError(f"tls = {self.tls!r}: use never, may or require.")
-        for m in self.auth_mechanisms:
-            if m not in ("PLAIN", "LOGIN"):
-                raise ValueError(f"auth mechanism {m!r} is not supported: use PLAIN or LOGIN.")
-        if self.bdat_chunk_size < 1:
-            raise ValueError("bdat_chunk_size must be at least 1 octet.")
-        if self.max_reply_line < 512:
-            raise ValueError("max_reply_line must be at least 512 (RFC 5321 4.5.3.1.5).")
-        if self.max_reply_lines < 1:
-            raise ValueError("max_reply_lines must be at least 1.")
-        if not self.helo_name or any(c in self.helo_name for c in " \r\n\t"):
-            raise ValueError(f"helo_name {self.helo_name!r} must be one word (a host name).")
-
-
-@dataclass(frozen=True, slots=True)
-class Capabilities:
-    """What the server's EHLO reply offers. A HELO session offers nothing."""
-
-    esmtp: bool = False
-    keywords: tuple[tuple[str, str], ...] = ()  # (KEYWORD, parameters) as advertised
-    pipelining: bool = False
-    size: bool = False
-    size_limit: int | None = None  # None: SIZE without a (non-zero) limit, or no SIZE
-    eightbitmime: bool = False
-    smtputf8: bool = False
-    dsn: bool = False
-    chunking: bool = False
-    starttls: bool = False
-    auth: frozenset[str] = frozenset()
-    enhanced_status_codes: bool = False
-
-    @classmethod
-    def from_ehlo(cls, reply: Reply) -> Capabilities:
-        """Parse the keyword lines of a 250 EHLO reply (RFC 5321 4.1.1.1).
-
-        Lenient where servers differ harmlessly: keywords in any case, the old
-        `AUTH=LOGIN PLAIN` spelling, SIZE without a number.
-        """
-        keywords: list[tuple[str, str]] = []
-        auth: set[str] = set()
-        size = False
-        size_limit: int | None = None
-        for line in reply.lines[1:]:
-            word, _, params = line.strip().partition(" ")
-            key = word.upper()
-            if not key:
-                continue
-            if key.startswith("AUTH="):  # pre-RFC 4954 servers
-                auth.update(p.upper() for p in [key[5:], *params.split()] if p)
-                continue
-            keywords.append((key, params.strip()))
-            if key == "AUTH":
-                auth.update(p.upper() for p in params.split())
-            elif key == "SIZE":
-                size = True
-                value = params.strip()
-                if value.isascii() and value.isdigit() and len(value) <= 20 and int(value) > 0:
-                    size_limit = int(value)
-        keys = {k for k, _ in keywords}
-        return cls(
-            esmtp=True,
-            keywords=tuple(keywords),
-            pipelining="PIPELINING" in keys,
-            size=size,
-            size_limit=size_limit,
-            eightbitmime="8BITMIME" in keys,
-            smtputf8="SMTPUTF8" in keys,
-            dsn="DSN" in keys,
-            chunking="CHUNKING" in keys,
-            starttls="STARTTLS" in keys,
-            auth=frozenset(auth),
-            enhanced_status_codes="ENHANCEDSTATUSCODES" in keys,
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class Recipient:
-    """A forward path with its DSN parameters (RFC 3461): NOTIFY and ORCPT."""
-
-    address: Address
-    notify: tuple[str, ...] | None = None  # ("NEVER",) or some of SUCCESS FAILURE DELAY
-    orcpt: tuple[str, str] | None = None  # (addr-type, address), e.g. ("rfc822", "a@b")
-
-    def __post_init__(self) -> None:
-        if self.address.is_null:
-            raise ValueError("a recipient cannot be the null address <>.")
-        if self.notify is not None:
-            n = tuple(v.upper() for v in self.notify)
-            if n != ("NEVER",) and not (n and len(set(n)) == len(n) and set(n) <= _NOTIFY):
-                raise ValueError("NOTIFY is NEVER alone, or a list of SUCCESS, FAILURE, DELAY.")
-        if self.orcpt is not None:
-            kind, addr = self.orcpt
-            if not kind or not kind.isascii() or not kind.replace("-", "").isalnum() or not addr:
-                raise ValueError("ORCPT is (addr-type, address), e.g. ('rfc822', 'a@b.example').")
-
-
-@dataclass(frozen=True, slots=True)
-class Envelope:
-    """Reverse path, recipients and the message's DSN parameters (RET, ENVID)."""
-
-    sender: Address
-    recipients: tuple[Recipient, ...]
-    ret: Literal["FULL", "HDRS"] | None = None
-    envid: str | None = None
-    smtputf8: bool = False  # the message needs SMTPUTF8 even if its addresses are ASCII
-
-    def __post_init__(self) -> None:
-        if not self.recipients:
-            raise ValueError("an envelope needs at least one recipient.")
-        if self.ret not in (None, "FULL", "HDRS"):
-            raise ValueError("RET is FULL or HDRS.")
-        if self.envid is not None and (
-            not self.envid or len(self.envid) > 100 or not all(" " <= c <= "~" for c in self.envid)
-        ):
-            raise ValueError("ENVID is 1 to 100 printable ASCII characters (RFC 3461 4.4).")
-
-    @classmethod
-    def make(cls, sender: str, recipients: list[str] | tuple[str, ...]) -> Envelope:
-        """An envelope from plain addresses (`""` is the null sender); ValueError if bad."""
-        try:
-            s = parse_path(f"<{sender}>", utf8=True, allow_null=True)
-            rs = tuple(
-                Recipient(parse_path(f"<{r}>", utf8=True, allow_postmaster=True))
-                for r in recipients
-            )
-        except AddressError as exc:
-            raise ValueError(str(exc)) from exc
-        return cls(s, rs)
-
-    @property
-    def needs_smtputf8(self) -> bool:
-        return (
-            self.smtputf8
-            or self.sender.is_utf8
-            or any(r.address.is_utf8 for r in self.recipients)
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """The reply that decided a recipient; `remote` is False when mailgate made it up."""
-
-    reply: Reply
-    remote: bool
-    stage: Stage
-
-    @property
-    def is_success(self) -> bool:
-        return self.reply.is_success
-
-    @property
-    def is_transient(self) -> bool:
-        return self.reply.is_transient
-
-    @property
-    def is_permanent(self) -> bool:
-        return self.reply.is_permanent
-
-
-@dataclass(frozen=True, slots=True)
-class RecipientResult:
-    recipient: Recipient
-    outcome: Outcome
-
-
-# --- events ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Event:
-    """Something the shell should know about or act on."""
-
-
-@dataclass(frozen=True, slots=True)
-class StartTLS(Event):
-    """The server said 220 to STARTTLS: flush output, handshake, then `tls_established()`.
-
-    Bytes the server sent after its 220 were discarded (RFC 3207 5, CVE-2011-0411's
-    client side): nothing read before the handshake is trusted after it.
-    """
-
-
-@dataclass(frozen=True, slots=True)
-class Established(Event):
-    """The session is ready for mail: final capabilities, TLS and AUTH state."""
-
-    capabilities: Capabilities
-    tls: bool
-    authenticated: bool
-
-
-@dataclass(frozen=True, slots=True)
-class MessageResult(Event):
-    """A message given to `send()` is finished: one outcome per recipient, in order."""
-
-    handle: int
-    envelope: Envelope
-    results: tuple[RecipientResult, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class Idle(Event):
-    """Nothing is queued: `send()` another message, or `quit()`."""
-
-
-@dataclass(frozen=True, slots=True)
-class Closed(Event):
-    """The session is over: flush `data_to_send()`, then close the connection.
-
-    `reason` is None after a normal QUIT, else the outcome that ended the session.
-    """
-
-    reason: Outcome | None
-
 
 # --- internals --------------------------------------------------------------------------
 
@@ -421,62 +138,23 @@ class _Exp(enum.Enum):
     QUIT = "quit"
 
 
-@dataclass(slots=True)
-class _Message:
-    handle: int
-    envelope: Envelope
-    content: bytes
-
-
-@dataclass(slots=True)
-class _Txn:
-    """One mail transaction in flight."""
-
-    msg: _Message
-    use_bdat: bool
-    payload: bytes  # dot-stuffed DATA content, or the raw content for BDAT
-    mail_cmd: str
-    results: list[Outcome | None]
-    mail_ok: bool = False
-    accepted: list[int] = field(default_factory=list)
-    data_decided: bool = False  # accepted recipients have their final reply
-    completed: bool = False  # the server ended the transaction itself
-    next_chunk: int = 0  # offset of the next BDAT chunk to send
-
-
-def encode_xtext(value: str) -> str:
-    """RFC 3461 xtext: octets outside `!`..`~`, and `+` and `=`, as `+XX` (of UTF-8)."""
-    out: list[str] = []
-    for b in value.encode("utf-8", "surrogateescape"):
-        if 33 <= b <= 126 and b not in (43, 61):
-            out.append(chr(b))
-        else:
-            out.append(f"+{b:02X}")
-    return "".join(out)
-
-
-def _stuffed_size(wire: bytes) -> int:
-    """Octets of the message as the server counts them (unstuffed, terminator excluded)."""
-    body = wire[:-3]
-    return len(body) - body.count(b"\r\n.") - (1 if body.startswith(b".") else 0)
-
-
 class ClientSession:
     """One SMTP client conversation. See the module docstring for the calling pattern."""
 
-    def __init__(self, config: ClientConfig | None = None, *, tls_active: bool = False) -> None:
+    def __init__(self, config: ClientConfig | None = None, *, tls_active: bool = False,
+                 observer: ClientObserver | None = None) -> None:
         self.config = config or ClientConfig()
+        self._observer = observer
         self.tls_active = tls_active  # implicit TLS (RFC 8314): no STARTTLS
         self.capabilities = Capabilities()
         self.authenticated = False
         self._phase = _Phase.GREETING
-        self._in = bytearray()
-        self._lines: list[str] = []  # lines of the multi-line reply being read
+        self._replies = ReplyReader(self.config.max_reply_line, self.config.max_reply_lines)
         self._out = bytearray()
         self._events: deque[Event] = deque()
         self._pending: deque[tuple[_Exp, int]] = deque([(_Exp.GREETING, 0)])
-        self._queue: deque[_Message] = deque()
-        self._txn: _Txn | None = None
+        self._queue: deque[Message] = deque()
+        self._txn: Transaction | None = None
         self._next_handle = 1
         self._quitting = False
         self._idle_announced = False
@@ -504,7 +182,7 @@ class ClientSession:
     @property
     def buffered(self) -> int:
         """Unparsed input held, in octets (at most `max_reply_line`)."""
-        return len(self._in)
+        return self._replies.buffered
 
     def send(self, envelope: Envelope, content: bytes) -> int:
         """Queue a message; return its handle, repeated in its `MessageResult`.
@@ -520,11 +198,9 @@ class ClientSession:
         if ended is not None:
             # The session failed before the shell saw it: the message shares the fate of
             # the others, so that every send() still ends in one MessageResult.
-            self._events.append(MessageResult(
-                handle, envelope, tuple(RecipientResult(r, ended) for r in envelope.recipients)
-            ))
+            self._events.append(Message(handle, envelope, b"").result(ended))
             return handle
-        self._queue.append(_Message(handle, envelope, bytes(content)))
+        self._queue.append(Message(handle, envelope, bytes(content)))
         self._idle_announced = False
         if self._phase is _Phase.READY and self._txn is None and not self._pending:
             self._advance()
@@ -547,7 +223,7 @@ class ClientSession:
             return
         if self._phase is _Phase.TLS:
             return  # after 220 to STARTTLS nothing is read until the handshake is done
-        self._in += data
+        self._replies.feed(data)
         self._parse()
 
     def data_to_send(self) -> bytes:
@@ -567,8 +243,7 @@ class ClientSession:
             raise ProtocolUsageError("tls_established() follows a StartTLS event.")
         self.tls_active = True
         self.capabilities = Capabilities()
-        self._in.clear()
-        self._lines.clear()
+        self._replies.clear()
         self._hello(extended=True)
 
     def tls_failed(self, reason: str = "") -> None:
@@ -590,58 +265,28 @@ class ClientSession:
 
     # --- output ---------------------------------------------------------------------
 
-    def _command(self, line: str, exp: _Exp, arg: int = 0) -> None:
+    def _command(self, line: str, exp: _Exp, arg: int = 0, shown: str | None = None) -> None:
+        """Write a command line awaiting `exp`; `shown` is what the observer sees instead."""
         self._out += line.encode("utf-8") + b"\r\n"
         self._pending.append((exp, arg))
+        if self._observer is not None:
+            self._observer.command(line if shown is None else shown, _STAGES[exp])
 
     # --- input ----------------------------------------------------------------------
 
     def _parse(self) -> None:
-        """Consume whole reply lines; hold at most one partial line."""
-        buf = self._in
-        limit = self.config.max_reply_line
-        pos = 0
-        while self._phase not in (_Phase.CLOSED, _Phase.TLS):
-            nl = buf.find(b"\n", pos)
-            if nl == -1:
-                if len(buf) - pos > limit:
-                    self._protocol_error(REPLY_TOO_LONG, f"longer than {limit} octets")
-                    return
-                break
-            raw = bytes(buf[pos:nl])
-            pos = nl + 1
-            if len(raw) + 1 > limit:
-                self._protocol_error(REPLY_TOO_LONG, f"longer than {limit} octets")
-                return
-            if raw.endswith(b"\r"):
-                raw = raw[:-1]
-            # Text is for people: a stray non-UTF-8 octet must not cost a delivery.
-            line = raw.decode("utf-8", errors="replace")
+        """Consume whole replies; the reader holds at most one partial line."""
+        while self._phase is not _Phase.CLOSED and self._phase is not _Phase.TLS:
             try:
-                _, last, _ = parse_reply_line(line)
-            except ReplyError as exc:
-                self._protocol_error(PROTOCOL_ERROR, str(exc), line)
+                reply = self._replies.read()
+            except ReplyStreamError as exc:
+                base = REPLY_TOO_LONG if exc.too_long else PROTOCOL_ERROR
+                self._protocol_error(base, exc.why, exc.seen)
                 return
-            self._lines.append(line)
-            if not last:
-                if len(self._lines) >= self.config.max_reply_lines:
-                    self._protocol_error(
-                        PROTOCOL_ERROR, f"a reply of more than {len(self._lines)} lines"
-                    )
-                    return
-                continue
-            text = "\n".join(self._lines)
-            self._lines.clear()
-            try:
-                reply = parse_reply(text)
-            except ReplyError as exc:
-                self._protocol_error(PROTOCOL_ERROR, str(exc), text)
+            if reply is None:
                 return
             self._reply(reply)
-        if self._phase is _Phase.TLS or self._phase is _Phase.CLOSED:
-            buf.clear()  # RFC 3207 5: nothing sent before the handshake is kept
-        else:
-            del buf[:pos]
+        self._replies.clear()  # RFC 3207 5: nothing sent before the handshake is kept
 
     def _eof(self) -> None:
         if self._phase is _Phase.QUIT:
@@ -663,6 +308,9 @@ class ClientSession:
     # --- replies --------------------------------------------------------------------
 
     def _reply(self, reply: Reply) -> None:
+        if self._observer is not None:
+            self._observer.reply(reply, _STAGES[self._pending[0][0]] if self._pending
+                                 else "connection")
         if not self._pending:
             if reply.code == 421:  # the usual "closing idle connection" notice
                 self._fail(Outcome(reply, True, "connection"), quit=False)
@@ -769,8 +417,8 @@ class ClientSession:
         self._auth_step = 0
         if mech == "PLAIN":
             # RFC 4954 4: the initial response saves a round trip; authzid left empty.
-            self._command(f"AUTH PLAIN {_b64(chr(0) + cred.username + chr(0) + cred.password)}",
-                          _Exp.AUTH)
+            self._command(f"AUTH PLAIN {sasl.plain_response(cred.username, cred.password)}",
+                          _Exp.AUTH, shown="AUTH PLAIN *****")
         else:
             self._command("AUTH LOGIN", _Exp.AUTH)
 
@@ -785,8 +433,8 @@ class ClientSession:
             self._auth_step += 1
             if self._auth_mech == "LOGIN" and self._auth_step <= 2:
                 secret = cred.username if self._auth_step == 1 else cred.password
-                # The line is a SASL response, never logged: no command echo exists here.
-                self._command(_b64(secret), _Exp.AUTH)
+                # A SASL response: the observer sees stars, never the secret.
+                self._command(sasl.encode(secret), _Exp.AUTH, shown="*****")
                 return
             # A challenge the mechanism has no answer for: the exchange cannot finish,
             # and QUIT would be read as a SASL response, so just close.
@@ -806,9 +454,11 @@ class ClientSession:
                 self._needs_rset = False
                 self._command("RSET", _Exp.RSET)
                 return
-            txn = self._prepare(msg)
-            if txn is None:
-                continue  # refused locally; its MessageResult is out
+            txn = Transaction.prepare(msg, self.capabilities, verify_only=self.config.verify_only,
+                                      prefer_bdat=self.config.prefer_bdat)
+            if isinstance(txn, MessageResult):
+                self._events.append(txn)  # refused locally
+                continue
             self._txn = txn
             self._begin(txn)
             return
@@ -820,68 +470,11 @@ class ClientSession:
             self._idle_announced = True
             self._events.append(Idle())
 
-    def _prepare(self, msg: _Message) -> _Txn | None:
-        """Choose DATA or BDAT, check what the server can take, build MAIL FROM."""
-        caps = self.capabilities
-        env = msg.envelope
-        verify = self.config.verify_only
-        content = b"" if verify else msg.content
-        use_bdat = self.config.prefer_bdat and caps.chunking and not verify
-        if use_bdat:
-            payload = content
-            size = len(payload)
-        else:
-            payload = dot_stuff(content)
-            size = _stuffed_size(payload)
-        refusal: Reply | None = None
-        utf8 = env.needs_smtputf8
-        eightbit = not content.isascii()
-        if caps.size_limit is not None and size > caps.size_limit:
-            refusal = Reply.make(
-                552, "5.3.4",
-                f"{SIZE_TOO_BIG.text} ({size} > {caps.size_limit} octets; RFC 1870)",
-            )
-        elif utf8 and not caps.smtputf8:
-            addr_utf8 = env.sender.is_utf8 or any(r.address.is_utf8 for r in env.recipients)
-            refusal = UTF8_ADDRESS_UNSUPPORTED if addr_utf8 else UTF8_HEADERS_UNSUPPORTED
-        elif eightbit and not caps.eightbitmime and not (utf8 and caps.smtputf8):
-            refusal = EIGHTBIT_UNSUPPORTED
-        if refusal is not None:
-            out = Outcome(refusal, False, "mail")
-            self._events.append(MessageResult(
-                msg.handle, env, tuple(RecipientResult(r, out) for r in env.recipients)
-            ))
-            return None
-        params: list[str] = []
-        if caps.size and not verify:
-            params.append(f"SIZE={size}")
-        if eightbit and caps.eightbitmime:
-            params.append("BODY=8BITMIME")
-        if utf8:
-            params.append("SMTPUTF8")
-        if caps.dsn:
-            if env.ret is not None:
-                params.append(f"RET={env.ret}")
-            if env.envid is not None:
-                params.append(f"ENVID={encode_xtext(env.envid)}")
-        mail = " ".join([f"MAIL FROM:{_path(env.sender)}", *params])
-        return _Txn(msg, use_bdat, payload, mail, [None] * len(env.recipients))
-
-    def _rcpt_cmd(self, txn: _Txn, i: int) -> str:
-        r = txn.msg.envelope.recipients[i]
-        parts = [f"RCPT TO:{_path(r.address)}"]
-        if self.capabilities.dsn:
-            if r.notify is not None:
-                parts.append("NOTIFY=" + ",".join(v.upper() for v in r.notify))
-            if r.orcpt is not None:
-                parts.append(f"ORCPT={r.orcpt[0]};{encode_xtext(r.orcpt[1])}")
-        return " ".join(parts)
-
     @property
     def _pipelined(self) -> bool:
         return self.config.pipelining and self.capabilities.pipelining
 
-    def _begin(self, txn: _Txn) -> None:
+    def _begin(self, txn: Transaction) -> None:
         self._command(txn.mail_cmd, _Exp.MAIL)
         if not self._pipelined:
             return
@@ -892,29 +485,20 @@ class ClientSession:
         # for nobody. So the chunks wait for the RCPT replies: the same two round trips
         # as DATA's MAIL..DATA / content.
         for i in range(len(txn.results)):
-            self._command(self._rcpt_cmd(txn, i), _Exp.RCPT, i)
+            self._command(txn.rcpt_cmd(i, self.capabilities.dsn), _Exp.RCPT, i)
         if not txn.use_bdat and not self.config.verify_only:
             self._command("DATA", _Exp.DATA)
 
-    def _send_chunks(self, txn: _Txn, all_of_them: bool) -> None:
-        data = txn.payload
-        size = self.config.bdat_chunk_size
+    def _send_chunks(self, txn: Transaction, all_of_them: bool) -> None:
         while True:
-            start = txn.next_chunk
-            end = min(start + size, len(data))
-            last = end == len(data)
-            head = f"BDAT {end - start}{' LAST' if last else ''}"
+            head, data, last = txn.chunk(self.config.bdat_chunk_size)
             self._out += head.encode("ascii") + b"\r\n"
-            self._out += data[start:end]
+            self._out += data
             self._pending.append((_Exp.BDAT, int(last)))
-            txn.next_chunk = end
+            if self._observer is not None:
+                self._observer.command(head, "bdat")
             if last or not all_of_them:
                 return
-
-    def _decide(self, txn: _Txn, indices: list[int], out: Outcome) -> None:
-        for i in indices:
-            if txn.results[i] is None:
-                txn.results[i] = out
 
     def _on_rset(self, reply: Reply, _: int) -> None:
         if reply.is_success:
@@ -930,10 +514,10 @@ class ClientSession:
         if reply.is_success:
             txn.mail_ok = True
             if not self._pipelined:
-                self._command(self._rcpt_cmd(txn, 0), _Exp.RCPT, 0)
+                self._command(txn.rcpt_cmd(0, self.capabilities.dsn), _Exp.RCPT, 0)
             return
         # A refused MAIL decides every recipient; pipelined replies still to come are moot.
-        self._decide(txn, list(range(len(txn.results))), Outcome(reply, True, "mail"))
+        txn.decide_all(Outcome(reply, True, "mail"))
         txn.data_decided = True
         self._txn_step(txn)
 
@@ -946,13 +530,13 @@ class ClientSession:
         if reply.is_success:
             txn.accepted.append(i)
             if self.config.verify_only:  # the RCPT reply is all there will be
-                self._decide(txn, [i], Outcome(reply, True, "rcpt"))
+                txn.decide([i], Outcome(reply, True, "rcpt"))
         else:
-            self._decide(txn, [i], Outcome(reply, True, "rcpt"))
+            txn.decide([i], Outcome(reply, True, "rcpt"))
         pipelined = self._pipelined
         if i < len(txn.results) - 1:
             if not pipelined:
-                self._command(self._rcpt_cmd(txn, i + 1), _Exp.RCPT, i + 1)
+                self._command(txn.rcpt_cmd(i + 1, self.capabilities.dsn), _Exp.RCPT, i + 1)
             return
         # The last RCPT is answered.
         if not txn.accepted or self.config.verify_only:
@@ -977,7 +561,7 @@ class ClientSession:
             self._pending.append((_Exp.DATA_END, 0))
             return
         if not txn.data_decided:
-            self._decide(txn, txn.accepted, Outcome(reply, True, "data"))
+            txn.decide(txn.accepted, Outcome(reply, True, "data"))
             txn.data_decided = True
         self._txn_step(txn)
 
@@ -985,7 +569,7 @@ class ClientSession:
         txn = self._txn
         assert txn is not None
         if not txn.data_decided:
-            self._decide(txn, txn.accepted, Outcome(reply, True, "end-of-data"))
+            txn.decide(txn.accepted, Outcome(reply, True, "end-of-data"))
             txn.data_decided = True
         txn.completed = True  # after the end-of-data reply the server has reset
         self._txn_step(txn)
@@ -995,7 +579,7 @@ class ClientSession:
         assert txn is not None
         if not txn.data_decided:
             if not reply.is_success or last:
-                self._decide(txn, txn.accepted, Outcome(reply, True, "bdat"))
+                txn.decide(txn.accepted, Outcome(reply, True, "bdat"))
                 txn.data_decided = True
                 txn.completed = bool(last) and reply.is_success
             elif not self._pipelined:
@@ -1003,7 +587,7 @@ class ClientSession:
                 return
         self._txn_step(txn)
 
-    def _txn_step(self, txn: _Txn) -> None:
+    def _txn_step(self, txn: Transaction) -> None:
         """Finish the transaction once no reply of its batch is outstanding."""
         if self._pending:
             return
@@ -1012,7 +596,7 @@ class ClientSession:
                 txn.results[i] = Outcome(
                     Reply.make(451, "4.5.0", "No final reply for this recipient"), False, "data"
                 )
-        self._emit_result(txn)
+        self._events.append(txn.result())
         self._txn = None
         if self.config.verify_only:
             # Verifying leaves no transaction open on the server, whatever comes next.
@@ -1022,14 +606,6 @@ class ClientSession:
         self._needs_rset = not txn.completed
         self._advance()
 
-    def _emit_result(self, txn: _Txn) -> None:
-        env = txn.msg.envelope
-        self._events.append(MessageResult(
-            txn.msg.handle, env,
-            tuple(RecipientResult(r, o) for r, o in zip(env.recipients, txn.results, strict=True)
-                  if o is not None),
-        ))
-
     # --- ending -----------------------------------------------------------------------
 
     def _fail(self, out: Outcome, quit: bool) -> None:
@@ -1037,17 +613,13 @@ class ClientSession:
         txn = self._txn
         if txn is not None:
             self._txn = None
-            self._decide(txn, list(range(len(txn.results))), out)
-            self._emit_result(txn)
+            txn.decide_all(out)
+            self._events.append(txn.result())
         while self._queue:
-            msg = self._queue.popleft()
-            env = msg.envelope
-            self._events.append(MessageResult(
-                msg.handle, env, tuple(RecipientResult(r, out) for r in env.recipients)
-            ))
+            self._events.append(self._queue.popleft().result(out))
         self._end_reason = out
         self._pending.clear()
-        self._lines.clear()
+        self._replies.drop_reply()
         if quit:
             self._quitting = True
             self._phase = _Phase.QUIT
@@ -1058,17 +630,9 @@ class ClientSession:
     def _close(self, reason: Outcome | None) -> None:
         self._phase = _Phase.CLOSED
         self._pending.clear()
-        self._in.clear()
+        self._replies.clear()
         self._quitting = True
         self._events.append(Closed(reason))
-
-
-def _b64(text: str) -> str:
-    return base64.b64encode(text.encode("utf-8")).decode("ascii")
-
-
-def _path(addr: Address) -> str:
-    return "<>" if addr == NULL_PATH else addr.path
 
 
 _STAGES: dict[_Exp, Stage] = {

@@ -1,4 +1,6 @@
-"""Message data framing: the DATA terminator, dot-(un)stuffing, bare CR/LF, limits.
+"""Framing: message data (the DATA terminator, dot-(un)stuffing, bare CR/LF, limits), BDAT
+chunks, counted rather than framed (`ChunkReader`), and the client's reading of server
+replies (`ReplyReader`).
 
 The end of DATA is only `<CRLF>.<CRLF>` (RFC 5321 4.1.1.4). Any other spelling —
 `<LF>.<LF>`, `<LF>.<CRLF>`, `<CR>.<CR>`, `<CRLF>.<LF>` — is content, never an end: that is
@@ -13,10 +15,12 @@ from __future__ import annotations
 
 import re
 
-from mailgate.codes.reply import Reply
+from mailgate.codes.reply import Reply, ReplyError, parse_reply, parse_reply_line
 from mailgate.smtp import replies
 
-__all__ = ["DataReader", "dot_stuff"]
+__all__ = [
+    "ChunkReader", "DataReader", "ReplyReader", "ReplyStreamError", "dot_stuff", "stuffed_size",
+]
 
 _END = b"\r\n.\r\n"
 _ANY_NEWLINE = re.compile(rb"\r\n|\r|\n")
@@ -137,6 +141,124 @@ class DataReader:
             self.error = reply
 
 
+class ChunkReader:
+    """The octets of one message's BDAT chunks (RFC 3030), beside `DataReader` for DATA.
+
+    `chunk(size, last)` starts a chunk once its command is read; `feed(buf)` then takes
+    the chunk's octets from the front of `buf` (consumed in place) and returns the
+    content to keep, or None when there is none. `left` is what the chunk still owes.
+    A chunk started with `discard` is read for nothing (RFC 3030 2: a chunk with no
+    transaction is read, then refused). Once the message passes `max_size`, `error` holds
+    the reply and the rest is discarded.
+    """
+
+    __slots__ = ("discarding", "error", "last", "left", "max_size", "size")
+
+    def __init__(self, max_size: int) -> None:
+        self.max_size = max_size
+        self.size = 0  # octets of the message so far
+        self.left = 0
+        self.last = False
+        self.discarding = False
+        self.error: Reply | None = None
+
+    def chunk(self, size: int, last: bool, discard: bool = False) -> None:
+        self.left = size
+        self.last = last
+        self.discarding = discard or self.error is not None
+
+    def feed(self, buf: bytearray) -> bytes | None:
+        take = min(self.left, len(buf))
+        piece = bytes(buf[:take])
+        del buf[:take]
+        self.left -= take
+        if self.discarding:
+            return None
+        self.size += take
+        if self.size > self.max_size:
+            self.discarding = True
+            self.error = replies.SIZE_EXCEEDED
+            return None
+        return piece
+
+
+class ReplyStreamError(Exception):
+    """The server sent something that is not a reply; `too_long`: a line over the limit."""
+
+    def __init__(self, why: str, seen: str = "", too_long: bool = False) -> None:
+        super().__init__(why)
+        self.why = why
+        self.seen = seen
+        self.too_long = too_long
+
+
+class ReplyReader:
+    """Server replies out of the bytes received: lines, grouped into (multi-line) replies.
+
+    `feed(data)` adds bytes; `read()` returns the next whole reply, None when more bytes
+    are needed, and raises ReplyStreamError when the server broke the protocol. Memory
+    is bounded: at most one partial line of `max_line` octets, a reply of `max_lines`.
+    """
+
+    __slots__ = ("_buf", "_lines", "max_line", "max_lines")
+
+    def __init__(self, max_line: int, max_lines: int) -> None:
+        self.max_line = max_line
+        self.max_lines = max_lines
+        self._buf = bytearray()
+        self._lines: list[str] = []  # lines of the multi-line reply being read
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buf)
+
+    def feed(self, data: bytes) -> None:
+        self._buf += data
+
+    def clear(self) -> None:
+        """Forget everything received (RFC 3207 5: nothing from before a handshake)."""
+        self._buf.clear()
+        self._lines.clear()
+
+    def drop_reply(self) -> None:
+        """Forget the lines of a reply begun, keep the bytes not yet read."""
+        self._lines.clear()
+
+    def read(self) -> Reply | None:
+        buf = self._buf
+        limit = self.max_line
+        lines = self._lines
+        while True:
+            nl = buf.find(b"\n")
+            if nl == -1:
+                if len(buf) > limit:
+                    raise ReplyStreamError(f"longer than {limit} octets", too_long=True)
+                return None
+            raw = bytes(buf[:nl])
+            del buf[: nl + 1]
+            if len(raw) + 1 > limit:
+                raise ReplyStreamError(f"longer than {limit} octets", too_long=True)
+            if raw.endswith(b"\r"):
+                raw = raw[:-1]
+            # Text is for people: a stray non-UTF-8 octet must not cost a delivery.
+            line = raw.decode("utf-8", errors="replace")
+            try:
+                _, last, _ = parse_reply_line(line)
+            except ReplyError as exc:
+                raise ReplyStreamError(str(exc), line) from None
+            lines.append(line)
+            if not last:
+                if len(lines) >= self.max_lines:
+                    raise ReplyStreamError(f"a reply of more than {len(lines)} lines")
+                continue
+            text = "\n".join(lines)
+            lines.clear()
+            try:
+                return parse_reply(text)
+            except ReplyError as exc:
+                raise ReplyStreamError(str(exc), text) from None
+
+
 def _has_long_line(buf: bytes, n: int, limit: int, cr: bool = True) -> bool:
     """Does `buf[:n]` (followed by a CRLF, or by a bare LF when not `cr`) hold a line
     longer than `limit` with its line end?
@@ -176,3 +298,9 @@ def dot_stuff(content: bytes) -> bytes:
     if body.startswith(b"."):
         body = b"." + body
     return body + b".\r\n"
+
+
+def stuffed_size(wire: bytes) -> int:
+    """Octets of `dot_stuff` output as the server counts them (unstuffed, no terminator)."""
+    body = wire[:-3]
+    return len(body) - body.count(b"\r\n.") - (1 if body.startswith(b".") else 0)

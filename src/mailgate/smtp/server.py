@@ -19,29 +19,41 @@ commands collect in the output buffer and leave together (RFC 2920).
 
 from __future__ import annotations
 
-import base64
-import binascii
 import enum
 import functools
-import re
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import ClassVar, Literal, Protocol
 
 from mailgate.codes.reply import Reply
 from mailgate.smtp import replies as R
 from mailgate.smtp._common import NEED_DATA, ProtocolUsageError
 from mailgate.smtp._common import NeedData as _NeedData
-from mailgate.smtp._common import escape_controls as _printable
-from mailgate.smtp.address import Address, AddressError, parse_path
-from mailgate.smtp.framing import DataReader
-from mailgate.smtp.params import (
-    MailParams,
-    ParamError,
-    RcptParams,
-    parse_mail_params,
-    parse_rcpt_params,
+from mailgate.smtp.commands import (
+    parse_bdat,
+    parse_mail,
+    parse_rcpt,
+    split_command,
+    valid_helo,
+)
+from mailgate.smtp.framing import ChunkReader, DataReader
+from mailgate.smtp.sasl import Exchange
+from mailgate.smtp.server_events import (
+    AuthAttempt,
+    ConnectionLost,
+    Ehlo,
+    Event,
+    MailFrom,
+    MessageAborted,
+    MessageComplete,
+    MessageData,
+    MessageStart,
+    Quit,
+    RcptTo,
+    Reset,
+    SessionClosed,
+    SessionConfig,
+    SessionObserver,
+    StartTLS,
 )
 
 __all__ = [
@@ -67,160 +79,6 @@ __all__ = [
 ]
 
 
-class SessionObserver(Protocol):
-    """Counts what a session does (metrics); called synchronously, so keep it cheap."""
-
-    def command(self, verb: str) -> None: ...
-
-    def reply(self, code: int) -> None: ...
-
-
-@dataclass(frozen=True, slots=True)
-class SessionConfig:
-    """Protocol limits and offered extensions. Floors are RFC 5321's minimums."""
-
-    hostname: str = "localhost"
-    max_message_size: int = 25 * 1024 * 1024
-    max_recipients: int = 100  # RFC 5321 4.5.3.1.8: at least 100
-    max_errors: int = 20  # like Postfix's smtpd_hard_error_limit
-    command_line_limit: int = 512  # RFC 5321 4.5.3.1.4, CRLF included
-    extension_allowance: int = 1024  # room for MAIL/RCPT parameters (RFC 5321 4.5.3.1.4)
-    data_line_limit: int = 1000  # RFC 5321 4.5.3.1.6, CRLF included
-    auth_line_limit: int = 12288  # RFC 4954 4
-    bare_newlines: Literal["normalize", "reject"] = "normalize"
-    starttls: bool = False  # TLS can be offered (a certificate is configured)
-    auth: bool = False  # AUTH can be offered
-    auth_requires_tls: bool = True  # AUTH only over TLS (RFC 4954 4, RFC 8314)
-    auth_mechanisms: tuple[str, ...] = ("PLAIN", "LOGIN")
-    chunking: bool = True
-    smtputf8: bool = True
-    dsn: bool = True
-    banner: str = "ESMTP mailgate"
-
-    def __post_init__(self) -> None:
-        floors = {
-            "max_recipients": 100,
-            "command_line_limit": 512,
-            "data_line_limit": 1000,
-            "auth_line_limit": 12288,
-            "max_errors": 1,
-            "max_message_size": 1,
-        }
-        for name, floor in floors.items():
-            if getattr(self, name) < floor:
-                raise ValueError(
-                    f"{name} = {getattr(self, name)} is below the minimum of {floor} "
-                    "(RFC 5321 sets the floor)."
-                )
-        if self.bare_newlines not in ("normalize", "reject"):
-            raise ValueError(f"bare_newlines = {self.bare_newlines!r}: use normalize or reject.")
-        for m in self.auth_mechanisms:
-            if m not in ("PLAIN", "LOGIN"):
-                raise ValueError(f"auth mechanism {m!r} is not supported: use PLAIN or LOGIN.")
-
-
-# --- events -------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Event:
-    needs_decision: ClassVar[bool] = False
-
-
-@dataclass(frozen=True, slots=True)
-class Ehlo(Event):
-    """EHLO (extended) or HELO. Default decision: accept, listing extensions."""
-
-    needs_decision: ClassVar[bool] = True
-    domain: str
-    extended: bool
-
-
-@dataclass(frozen=True, slots=True)
-class MailFrom(Event):
-    """MAIL FROM. Default decision: `250 2.1.0`."""
-
-    needs_decision: ClassVar[bool] = True
-    sender: Address
-    params: MailParams
-
-
-@dataclass(frozen=True, slots=True)
-class RcptTo(Event):
-    """RCPT TO. Default decision: `250 2.1.5`."""
-
-    needs_decision: ClassVar[bool] = True
-    recipient: Address
-    params: RcptParams
-
-
-@dataclass(frozen=True, slots=True)
-class MessageStart(Event):
-    """Message data begins (after 354, or with the first BDAT chunk)."""
-
-    chunking: bool
-
-
-@dataclass(frozen=True, slots=True)
-class MessageData(Event):
-    """A piece of message content: unstuffed, CRLF line ends."""
-
-    data: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class MessageComplete(Event):
-    """The whole message arrived. The shell must answer (queued, or refused)."""
-
-    needs_decision: ClassVar[bool] = True
-    size: int
-
-
-@dataclass(frozen=True, slots=True)
-class MessageAborted(Event):
-    """The session refused the message itself (size, line length, bare LF); discard it."""
-
-    reply: Reply
-
-
-@dataclass(frozen=True, slots=True)
-class Reset(Event):
-    """The mail transaction was abandoned (RSET, EHLO, STARTTLS)."""
-
-
-@dataclass(frozen=True, slots=True)
-class StartTLS(Event):
-    """220 was queued: flush, handshake, then call `tls_established()`."""
-
-
-@dataclass(frozen=True, slots=True)
-class AuthAttempt(Event):
-    """Credentials to check. Default decision: `235 2.7.0` (authenticated)."""
-
-    needs_decision: ClassVar[bool] = True
-    mechanism: str
-    authzid: str
-    username: str
-    password: str = field(repr=False)
-
-
-@dataclass(frozen=True, slots=True)
-class Quit(Event):
-    """221 was queued; the session is closed once the output is flushed."""
-
-
-@dataclass(frozen=True, slots=True)
-class SessionClosed(Event):
-    """The session closed itself with `reply` (421 on errors, shutdown, timeout)."""
-
-    reply: Reply
-
-
-@dataclass(frozen=True, slots=True)
-class ConnectionLost(Event):
-    """The client closed the connection (EOF)."""
-
-
 class _Phase(enum.Enum):
     START = "start"  # greeting not yet sent
     COMMAND = "command"
@@ -237,11 +95,6 @@ _UNIMPLEMENTED = frozenset({"TURN", "ETRN", "ATRN", "SEND", "SOML", "SAML", "XCL
 # short session's cost. Replies made once (a queue id) fill it up; it then starts over.
 _WIRE: dict[tuple[Reply, bool], bytes] = {}
 _WIRE_MAX = 256
-_BDAT_RE = re.compile(r"([0-9]{1,20})(?: +(LAST))? *\Z", re.IGNORECASE)
-# Printable ASCII, or any non-ASCII but the C1 controls (U+0085 is a line break to Python,
-# U+009B a terminal's CSI): the name is echoed in the 250 reply, logged and written into
-# the Received header.
-_HELO_RE = re.compile(r"[\x21-\x7e\u00a0-\U0010ffff]+\Z")
 
 
 class ServerSession:
@@ -268,15 +121,9 @@ class ServerSession:
         self._mail: MailFrom | None = None
         self.recipients = 0
         self._rcpt_tried = False  # a RCPT was given in this transaction (DATA: 503 or 554)
-        self._bdat_used = False
-        self._bdat_left = 0
-        self._bdat_last = False
-        self._bdat_size = 0
-        self._bdat_discard = False
-        self._bdat_oversize = False
         self._reader: DataReader | None = None
-        self._auth_mech = ""
-        self._auth_user: str | None = None
+        self._chunks: ChunkReader | None = None  # BDAT was used in this transaction
+        self._sasl: Exchange | None = None  # the AUTH exchange under way
 
     # --- the shell's side ---------------------------------------------------------
 
@@ -494,8 +341,7 @@ class ServerSession:
     # --- commands -----------------------------------------------------------------
 
     def _command(self, line: str) -> None:
-        verb, _, arg = line.partition(" ")
-        verb = verb.upper()
+        verb, arg = split_command(line)
         if self._observer is not None:
             self._observer.command(verb)
         if self._shutting_down:
@@ -518,7 +364,7 @@ class ServerSession:
 
     def _cmd_ehlo(self, arg: str, extended: bool = True) -> None:
         domain = arg.strip()
-        if not domain or not _HELO_RE.match(domain):
+        if not valid_helo(domain):
             verb = "EHLO" if extended else "HELO"
             self._send(Reply.make(501, "5.5.4", f"Syntax: {verb} hostname"))
             return
@@ -554,30 +400,6 @@ class ServerSession:
         c = self.config
         return c.auth and (self.tls_active or not c.auth_requires_tls) and not self.authenticated
 
-    def _split_path(self, arg: str, prefix: str) -> tuple[str, list[str]] | None:
-        """`FROM:<path> params` -> (path, params), tolerating a space after the colon."""
-        if arg[: len(prefix)].upper() != prefix:
-            return None
-        rest = arg[len(prefix) :].lstrip(" ")
-        if not rest.startswith("<"):
-            path, _, tail = rest.partition(" ")
-            return path, tail.split()
-        i, quoted = 1, False
-        while i < len(rest):
-            ch = rest[i]
-            if ch == "\\" and quoted:
-                i += 2
-                continue
-            if ch == '"':
-                quoted = not quoted
-            elif ch == ">" and not quoted:
-                break
-            i += 1
-        path, tail = rest[: i + 1], rest[i + 1 :]
-        if tail and not tail.startswith(" "):
-            return path + tail, []
-        return path, tail.split()
-
     def _cmd_mail(self, arg: str) -> None:
         if self.helo is None:
             self._send(R.NEED_HELO)
@@ -585,60 +407,30 @@ class ServerSession:
         if self._mail is not None:
             self._send(R.NESTED_MAIL)
             return
-        split = self._split_path(arg, "FROM:")
-        if split is None:
-            self._send(Reply.make(501, "5.5.4", "Syntax: MAIL FROM:<address>"))
+        parsed = parse_mail(
+            arg, esmtp=self.esmtp, smtputf8=self.config.smtputf8, dsn=self.config.dsn,
+            auth=self._auth_offered() or self.authenticated is not None,
+            max_size=self.config.max_message_size,
+        )
+        if isinstance(parsed, Reply):
+            self._send(parsed)
             return
-        path, params = split
-        if params and not self.esmtp:
-            self._send(Reply.make(555, "5.5.4", "Parameters need EHLO"))
-            return
-        try:
-            mp = parse_mail_params(
-                params, smtputf8=self.config.smtputf8, dsn=self.config.dsn,
-                auth=self._auth_offered() or self.authenticated is not None,
-            )
-        except ParamError as exc:
-            self._send(exc.reply)
-            return
-        if mp.size is not None and mp.size > self.config.max_message_size:
-            self._send(R.SIZE_EXCEEDED)
-            return
-        try:
-            sender = parse_path(path, utf8=mp.smtputf8, allow_null=True)
-        except AddressError as exc:
-            self._send(_address_reply(exc, 501, "5.1.7", "sender"))
-            return
-        self._events.append(MailFrom(sender, mp))
+        self._events.append(MailFrom(*parsed))
 
     def _cmd_rcpt(self, arg: str) -> None:
         if self._mail is None:
             self._send(R.NEED_MAIL if self.helo is not None else R.NEED_HELO)
             return
         self._rcpt_tried = True
-        split = self._split_path(arg, "TO:")
-        if split is None:
-            self._send(Reply.make(501, "5.5.4", "Syntax: RCPT TO:<address>"))
-            return
-        path, params = split
-        if params and not self.esmtp:
-            self._send(Reply.make(555, "5.5.4", "Parameters need EHLO"))
-            return
-        utf8 = self._mail.params.smtputf8
-        try:
-            rp = parse_rcpt_params(params, dsn=self.config.dsn, utf8=utf8)
-        except ParamError as exc:
-            self._send(exc.reply)
-            return
-        try:
-            rcpt = parse_path(path, utf8=utf8, allow_postmaster=True)
-        except AddressError as exc:
-            self._send(_address_reply(exc, 501, "5.1.3", "recipient"))
+        parsed = parse_rcpt(arg, esmtp=self.esmtp, utf8=self._mail.params.smtputf8,
+                            dsn=self.config.dsn)
+        if isinstance(parsed, Reply):
+            self._send(parsed)
             return
         if self.recipients >= self.config.max_recipients:
             self._send(R.TOO_MANY_RECIPIENTS)
             return
-        self._events.append(RcptTo(rcpt, rp))
+        self._events.append(RcptTo(*parsed))
 
     def _cmd_data(self, arg: str) -> None:
         if not self._no_args(arg):
@@ -646,7 +438,7 @@ class ServerSession:
         if self._mail is None:
             self._send(R.NEED_MAIL_FOR_DATA if self.helo is not None else R.NEED_HELO)
             return
-        if self._bdat_used:
+        if self._chunks is not None:
             self._send(R.DATA_AFTER_BDAT)
             return
         if self.recipients == 0:
@@ -665,21 +457,22 @@ class ServerSession:
         if not (self.config.chunking and self.esmtp):
             self._send(R.UNKNOWN_COMMAND)
             return
-        m = _BDAT_RE.match(arg.strip())
-        if m is None:
+        parsed = parse_bdat(arg)
+        if parsed is None:
             self._send(Reply.make(501, "5.5.4", "Syntax: BDAT size [LAST]"))
             return
-        size, last = int(m.group(1)), m.group(2) is not None
-        self._bdat_left, self._bdat_last = size, last
+        size, last = parsed
         self._phase = _Phase.BDAT
         if self._mail is None or self.recipients == 0:
-            self._bdat_discard = True  # RFC 3030 2: read the chunk, then refuse it
+            # RFC 3030 2: read the chunk, then refuse it. (With no recipient, BDAT was
+            # not used in this transaction: nothing is overwritten.)
+            self._chunks = ChunkReader(0)
+            self._chunks.chunk(size, last, discard=True)
             return
-        self._bdat_discard = False
-        if not self._bdat_used:
-            self._bdat_used = True
-            self._bdat_size = 0
+        if self._chunks is None:
+            self._chunks = ChunkReader(self.config.max_message_size)
             self._events.append(MessageStart(chunking=True))
+        self._chunks.chunk(size, last)
 
     def _cmd_rset(self, arg: str) -> None:
         if not self._no_args(arg):
@@ -761,61 +554,24 @@ class ServerSession:
         if c.auth_requires_tls and not self.tls_active:
             self._send(R.AUTH_NEEDS_TLS)
             return
-        self._auth_mech = mech
-        self._auth_user = None
+        self._sasl = Exchange(mech)
         self._phase = _Phase.AUTH
         if len(parts) == 2:
             self._auth_line(parts[1], initial=True)
-        elif mech == "PLAIN":
-            self._out += b"334 \r\n"
         else:
-            self._out += b"334 VXNlcm5hbWU6\r\n"  # "Username:"
+            self._out += self._sasl.start()
 
     def _auth_line(self, line: str, initial: bool = False) -> None:
-        if line == "*":
+        sasl = self._sasl
+        assert sasl is not None
+        got = sasl.step(line, initial)
+        if isinstance(got, bytes):
+            self._out += got  # the next challenge
+        elif isinstance(got, Reply):
             self._phase = _Phase.COMMAND
-            self._send(R.AUTH_CANCELLED)
-            return
-        if initial and line == "=":
-            decoded = b""
+            self._send(got)
         else:
-            try:
-                decoded = base64.b64decode(line.encode("ascii"), validate=True)
-            except (binascii.Error, UnicodeEncodeError, ValueError):
-                self._phase = _Phase.COMMAND
-                self._send(R.AUTH_BAD_BASE64)
-                return
-        if self._auth_mech == "PLAIN":
-            parts = decoded.split(b"\0")
-            if len(parts) != 3 or not parts[1]:
-                self._phase = _Phase.COMMAND
-                self._send(R.AUTH_MALFORMED)
-                return
-            self._auth_done(parts[0], parts[1], parts[2])
-            return
-        # LOGIN: username, then password
-        if self._auth_user is None:
-            try:
-                self._auth_user = decoded.decode("utf-8")
-            except UnicodeDecodeError:
-                self._phase = _Phase.COMMAND
-                self._send(R.AUTH_MALFORMED)
-                return
-            self._out += b"334 UGFzc3dvcmQ6\r\n"  # "Password:"
-            return
-        self._auth_done(b"", self._auth_user.encode("utf-8"), decoded)
-
-    def _auth_done(self, authzid: bytes, user: bytes, password: bytes) -> None:
-        try:
-            ev = AuthAttempt(
-                self._auth_mech, authzid.decode("utf-8"), user.decode("utf-8"),
-                password.decode("utf-8"),
-            )
-        except UnicodeDecodeError:
-            self._phase = _Phase.COMMAND
-            self._send(R.AUTH_MALFORMED)
-            return
-        self._events.append(ev)
+            self._events.append(AuthAttempt(sasl.mechanism, *got))
 
     # --- message content ------------------------------------------------------------
 
@@ -843,36 +599,33 @@ class ServerSession:
         return True
 
     def _step_bdat(self) -> bool:
-        if self._bdat_left:
+        reader = self._chunks
+        assert reader is not None
+        if reader.left:
             if not self._in:
                 return False
-            take = min(self._bdat_left, len(self._in))
-            piece = bytes(self._in[:take])
-            del self._in[:take]
-            self._bdat_left -= take
-            if not self._bdat_discard:
-                self._bdat_size += take
-                if self._bdat_size > self.config.max_message_size:
-                    self._bdat_discard = self._bdat_oversize = True
-                    self._events.append(MessageAborted(R.SIZE_EXCEEDED))
-                else:
-                    self._events.append(MessageData(piece))
-            if self._bdat_left:
+            error = reader.error
+            piece = reader.feed(self._in)
+            if piece is not None:
+                self._events.append(MessageData(piece))
+            elif reader.error is not error:
+                self._events.append(MessageAborted(R.SIZE_EXCEEDED))
+            if reader.left:
                 return True
         # chunk complete
         self._phase = _Phase.COMMAND
-        if self._bdat_discard:
-            if self._bdat_oversize:
-                self._bdat_oversize = False
-                self._send(R.SIZE_EXCEEDED)
+        if reader.discarding:
+            if reader.error is not None:
+                self._send(reader.error)
                 self._end_transaction()
             else:
+                self._chunks = None
                 self._send(R.BDAT_NO_RECIPIENTS)
             return True
-        if self._bdat_last:
-            self._events.append(MessageComplete(self._bdat_size))
+        if reader.last:
+            self._events.append(MessageComplete(reader.size))
         else:
-            self._send(Reply.make(250, "2.0.0", f"{self._bdat_size} octets received"))
+            self._send(Reply.make(250, "2.0.0", f"{reader.size} octets received"))
         return True
 
     def _reset_transaction(self) -> None:
@@ -880,8 +633,7 @@ class ServerSession:
         self.recipients = 0
         self._rcpt_tried = False
         self._reader = None
-        self._bdat_used = False
-        self._bdat_size = 0
+        self._chunks = None
 
     def _end_transaction(self) -> None:
         self._reset_transaction()
@@ -928,9 +680,3 @@ _HANDLERS: dict[str, Callable[[ServerSession, str], None]] = {
     "AUTH": ServerSession._cmd_auth,
 }
 
-
-def _address_reply(exc: AddressError, code: int, enhanced: str, who: str) -> Reply:
-    if exc.utf8:
-        return Reply.make(553, "5.6.7", f"Non-ASCII {who} address needs SMTPUTF8")
-    # The message may quote the client's text (an address literal) as it came.
-    return Reply.make(code, enhanced, f"Bad {who} address syntax: {_printable(str(exc))}")
