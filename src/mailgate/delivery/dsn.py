@@ -23,7 +23,7 @@ from mailgate.codes import registry as reg
 from mailgate.codes.explain import Explanation, explain_code
 from mailgate.codes.registry import DataError
 from mailgate.codes.reply import ReplyError
-from mailgate.queue import Attempt, QueuedMessage
+from mailgate.queue import Attempt, QueuedMessage, domain_of
 
 __all__ = [
     "STATUS_RE",
@@ -274,7 +274,7 @@ def human_part(
             what = w[r.action]
         lines += _wrap(what, lang, "    ")
         if _is_null_mx(r):
-            domain = printable(r.address.rpartition("@")[2] or r.address, ascii_only=False)
+            domain = printable(domain_of(r.address) or r.address, ascii_only=False)
             lines += _wrap(w["null_mx"].format(domain=domain), lang, "    ")
         d = r.diagnostic
         if d is not None:

@@ -64,6 +64,7 @@ from mailgate.queue import (
     QueueError,
     Recipient,
     WorkItem,
+    domain_of,
 )
 from mailgate.smtp.address import Address, parse_path
 from mailgate.smtp.client import (
@@ -168,7 +169,7 @@ class DeliveryEngine(Worker):
         for item in items:
             by_key: dict[str, list[Recipient]] = defaultdict(list)
             for r in item.recipients:
-                domain = r.address.rpartition("@")[2].lower()
+                domain = domain_of(r.address)
                 dest = by_domain.get(domain)
                 if dest is None:
                     dest = by_domain[domain] = self._destination(domain)
