@@ -57,6 +57,7 @@ from mailgate.delivery.dsn import (
     status_part,
     words,
 )
+from mailgate.dns import NullMX
 from mailgate.queue import Attempt, QueuedMessage, Recipient, RecipientState
 
 __all__ = [
@@ -196,19 +197,10 @@ def recipient_from_attempt(
 
 def null_mx_attempt(domain: str, now: float) -> Attempt:
     """The attempt recorded for a recipient whose domain publishes a null MX (RFC 7505):
-    decided here, no connection made, `556 5.1.10`."""
-    return Attempt(
-        at=now,
-        host="",
-        code=556,
-        enhanced="5.1.10",
-        text=(
-            f"Recipient address has null MX: {domain} publishes a null MX record "
-            "(RFC 7505) and accepts no mail; no connection was attempted"
-        ),
-        outcome="failed",
-        remote=False,
-    )
+    decided here, no connection made, `556 5.1.10`, as the outbound engine records it."""
+    reply = NullMX(domain).undelivered()
+    return Attempt(at=now, host="", code=reply.code, enhanced=reply.enhanced,
+                   text=reply.text, outcome="failed", remote=False)
 
 
 

@@ -78,7 +78,7 @@ from mailgate.smtp.client import (
 )
 from mailgate.smtp.client import Recipient as ClientRecipient
 
-__all__ = ["NULL_MX_REPLY", "DeliveryEngine"]
+__all__ = ["DeliveryEngine"]
 
 _RET: dict[str, Literal["FULL", "HDRS"]] = {"FULL": "FULL", "HDRS": "HDRS"}
 # A transient failure before any transaction began: RFC 5321 5.1, try the next MX host.
@@ -89,7 +89,6 @@ _CLIENT_TLS: dict[TLSLevel, Literal["never", "may", "require"]] = {
 
 log = logging.getLogger("mailgate.delivery")
 
-NULL_MX_REPLY = Reply.make(556, "5.1.10", "Recipient address has null MX")
 NO_ANSWER = Reply.make(451, "4.4.1", "No answer from any mail host")
 EXPIRED = Reply.make(554, "5.4.7", "Delivery time expired: gave up retrying")
 
@@ -296,9 +295,7 @@ class DeliveryEngine(Worker):
         route, port = await self._resolve(dest)
         if isinstance(route, NullMX):
             # RFC 7505 3: the domain accepts no mail; never connect, fail at once.
-            text = (f"Recipient address has null MX: {route.domain} publishes MX 0 . "
-                    "and accepts no mail (RFC 7505); no connection was attempted")
-            await self._decide_all(dest, Reply.make(556, "5.1.10", text), host="")
+            await self._decide_all(dest, route.undelivered(), host="")
             return
         if isinstance(route, TempFail | PermFail):
             reply = route.reply()
