@@ -1,6 +1,8 @@
 """The outbound engine: due recipients in other domains go out by SMTP.
 
-Workers claim due work from the queue, group it by destination (domain, or the
+It is the SMTP target of the delivery worker loop (`delivery/worker.py`: claim, pause on
+storage errors, hold poison, release on shutdown); what is here is SMTP's own. Workers
+claim due work from the queue, group it by destination (domain, or the
 [routes] entry / relayhost that overrides it), resolve where it goes, and hand whole
 batches of messages to one connection (RSET between them is the client session's
 business). Each recipient's outcome is recorded as an attempt: 2xx delivered, 4xx or
@@ -12,15 +14,16 @@ recipients (`delivery/notices.py`).
 Null MX (RFC 7505): a recipient whose domain publishes `MX 0 .` is never connected to;
 it fails at once with 556 5.1.10, decided here, and the sender is told.
 
-No message can stop delivery. An unexpected error while handling one message (say a
-stored ENVID the client session refuses, or a bug in building its bounce) is logged
-with its traceback, counted (mailgate_delivery_worker_errors_total), and that message's
-recipients are held with the error as their reason (`mailgate queue show`, the admin
-page); the rest keeps moving. An error that cannot be pinned on one message at once
-(it broke a whole destination, or the round) makes the engine deliver those messages one
-by one, holding the one that fails alone. Each recipient's outcome is recorded as soon
-as its reply arrives, through the queue's group commit, so a crash resends at most the
-messages in flight.
+No message can stop delivery (the worker's rule; here is where the engine pins errors).
+An unexpected error while handling one message (say a stored ENVID the client session
+refuses, or a bug in building its bounce) is logged with its traceback, counted
+(mailgate_delivery_worker_errors_total), and that message's recipients are held with
+the error as their reason (`mailgate queue show`, the admin page); the rest keeps
+moving. An error that cannot be pinned on one message at once (it broke a whole
+destination, or the round) makes the engine deliver those messages one by one, holding
+the one that fails alone. Each recipient's outcome is recorded as soon as its reply
+arrives, through the queue's group commit, so a crash resends at most the messages in
+flight.
 
 TLS follows the destination's level (`Config.tls_level_for`, like Postfix's
 smtp_tls_security_level): `none` never sends STARTTLS; `may` uses it when offered,
