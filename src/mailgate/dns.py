@@ -45,6 +45,7 @@ from mailgate.codes.reply import Reply
 
 __all__ = [
     "KINDS",
+    "NULL_MX_REPLY",
     "ImplicitMX",
     "MXHost",
     "MXHosts",
@@ -53,7 +54,13 @@ __all__ = [
     "Resolver",
     "Route",
     "TempFail",
+    "null_mx_reply",
 ]
+
+# RFC 7505 3 and RFC 7504: mail for a domain that publishes a null MX fails with 556
+# 5.1.10, wherever that is decided (RCPT at a relay, delivery, `mailgate check`); the
+# text is this one, then why (`null_mx_reply`).
+NULL_MX_REPLY = Reply.make(556, "5.1.10", "Recipient address has null MX")
 
 DEFAULT_TIMEOUT = 5.0
 # Caps on how long answers are kept, whatever their TTL says: a day for data (as common
@@ -138,7 +145,19 @@ class NullMX:
         )
 
     def reply(self) -> Reply:
-        return Reply.make(556, "5.1.10", f"Recipient address has null MX: {self.domain}")
+        return null_mx_reply(self.domain)
+
+    def undelivered(self) -> Reply:
+        """What delivery records for a recipient in this domain: decided here, no
+        connection made."""
+        return null_mx_reply(f"{self.domain} publishes MX 0 . and accepts no mail "
+                             "(RFC 7505); no connection was attempted")
+
+
+def null_mx_reply(detail: str) -> Reply:
+    """`556 5.1.10 Recipient address has null MX: <detail>`."""
+    return Reply.make(NULL_MX_REPLY.code, NULL_MX_REPLY.enhanced,
+                      f"{NULL_MX_REPLY.text}: {detail}")
 
 
 @dataclass(frozen=True, slots=True)

@@ -38,7 +38,7 @@ from mailgate.datadir import StartupError, prepare_data_dir
 from mailgate.delivery.engine import DeliveryEngine
 from mailgate.delivery.local import LocalDelivery
 from mailgate.dns import Resolver
-from mailgate.queue import NewMessage, Queue, QueueError
+from mailgate.queue import NewMessage, Queue, QueueError, domain_of
 from mailgate.queue.backends import open_queue
 from mailgate.queue.spool import clean as clean_spool
 from mailgate.queue.spool import spool_dir
@@ -172,7 +172,7 @@ async def serve(config: Config, *, reuse_port: bool = False, workers: int = 1,
     policy = policy_factory(config, resolver, users)
 
     def on_queued(qid: str, rcpts: list[str]) -> None:
-        domains = {r.rpartition("@")[2] for r in rcpts}
+        domains = {domain_of(r) for r in rcpts}
         if any(config.domains.is_local(d) for d in domains):
             local.wake()
         if any(not config.domains.is_local(d) for d in domains):

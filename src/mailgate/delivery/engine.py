@@ -1,6 +1,8 @@
 """The outbound engine: due recipients in other domains go out by SMTP.
 
-Workers claim due work from the queue, group it by destination (domain, or the
+It is the SMTP target of the delivery worker loop (`delivery/worker.py`: claim, pause on
+storage errors, hold poison, release on shutdown); what is here is SMTP's own. Workers
+claim due work from the queue, group it by destination (domain, or the
 [routes] entry / relayhost that overrides it), resolve where it goes, and hand whole
 batches of messages to one connection (RSET between them is the client session's
 business). Each recipient's outcome is recorded as an attempt: 2xx delivered, 4xx or
@@ -12,15 +14,16 @@ recipients (`delivery/notices.py`).
 Null MX (RFC 7505): a recipient whose domain publishes `MX 0 .` is never connected to;
 it fails at once with 556 5.1.10, decided here, and the sender is told.
 
-No message can stop delivery. An unexpected error while handling one message (say a
-stored ENVID the client session refuses, or a bug in building its bounce) is logged
-with its traceback, counted (mailgate_delivery_worker_errors_total), and that message's
-recipients are held with the error as their reason (`mailgate queue show`, the admin
-page); the rest keeps moving. An error that cannot be pinned on one message at once
-(it broke a whole destination, or the round) makes the engine deliver those messages one
-by one, holding the one that fails alone. Each recipient's outcome is recorded as soon
-as its reply arrives, through the queue's group commit, so a crash resends at most the
-messages in flight.
+No message can stop delivery (the worker's rule; here is where the engine pins errors).
+An unexpected error while handling one message (say a stored ENVID the client session
+refuses, or a bug in building its bounce) is logged with its traceback, counted
+(mailgate_delivery_worker_errors_total), and that message's recipients are held with
+the error as their reason (`mailgate queue show`, the admin page); the rest keeps
+moving. An error that cannot be pinned on one message at once (it broke a whole
+destination, or the round) makes the engine deliver those messages one by one, holding
+the one that fails alone. Each recipient's outcome is recorded as soon as its reply
+arrives, through the queue's group commit, so a crash resends at most the messages in
+flight.
 
 TLS follows the destination's level (`Config.tls_level_for`, like Postfix's
 smtp_tls_security_level): `none` never sends STARTTLS; `may` uses it when offered,
@@ -35,13 +38,12 @@ tried. The relayhost's AUTH credentials go only over TLS.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 import ssl
 import time
 from collections import defaultdict
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -61,6 +63,7 @@ from mailgate.delivery.transport import (
     tls_failure,
     verifying_context,
 )
+from mailgate.delivery.worker import Worker
 from mailgate.dns import MXHost, NullMX, PermFail, Resolver, Route, TempFail
 from mailgate.queue import (
     Attempt,
@@ -70,6 +73,7 @@ from mailgate.queue import (
     QueueError,
     Recipient,
     WorkItem,
+    domain_of,
 )
 from mailgate.smtp.address import Address, parse_path
 from mailgate.smtp.client import (
@@ -83,7 +87,7 @@ from mailgate.smtp.client import (
 )
 from mailgate.smtp.client import Recipient as ClientRecipient
 
-__all__ = ["NULL_MX_REPLY", "DeliveryEngine", "held_reason"]
+__all__ = ["DeliveryEngine"]
 
 _RET: dict[str, Literal["FULL", "HDRS"]] = {"FULL": "FULL", "HDRS": "HDRS"}
 # A transient failure before any transaction began: RFC 5321 5.1, try the next MX host.
@@ -94,7 +98,6 @@ _CLIENT_TLS: dict[TLSLevel, Literal["never", "may", "require"]] = {
 
 log = logging.getLogger("mailgate.delivery")
 
-NULL_MX_REPLY = Reply.make(556, "5.1.10", "Recipient address has null MX")
 NO_ANSWER = Reply.make(451, "4.4.1", "No answer from any mail host")
 EXPIRED = Reply.make(554, "5.4.7", "Delivery time expired: gave up retrying")
 
@@ -131,36 +134,25 @@ class EngineStats:
     messages_per_connection: list[int] = field(default_factory=list)
 
 
-class DeliveryEngine:
-    """One asyncio task that keeps the outbound queue moving."""
+class DeliveryEngine(Worker):
+    """The outbound target: claimed work for other domains goes out by SMTP."""
 
+    KIND = "outbound"
     LEASE = 900.0
     BATCH = 500
-    # Seconds between looks when nothing woke it: retries coming due, and work made due
-    # by another process (`mailgate queue retry`, another node). An idle look is one
-    # indexed SELECT, so a second costs nothing measurable.
-    POLL = 1.0
     MESSAGES_PER_CONNECTION = 100
-    STORAGE_RETRY = 1.0  # seconds between tries while the queue cannot be written
 
     def __init__(self, config: Config, queue: Queue, resolver: Resolver,
                  enqueue: Enqueue | None = None, *, clock: Callable[[], float] = time.time,
                  tls_context: ssl.SSLContext | None = None) -> None:
-        self.config = config
-        self.queue = queue
+        super().__init__(config, queue, enqueue, log, clock)
         self.resolver = resolver
-        self.enqueue = enqueue
-        self.clock = clock
         self.tls_context = tls_context
         self.local_domains = tuple(config.domains.local)
         d = config.delivery
         self._all = asyncio.Semaphore(d.concurrency)
         self._per_dest: dict[str, asyncio.Semaphore] = defaultdict(
             lambda: asyncio.Semaphore(d.concurrency_per_destination))
-        self._wake = asyncio.Event()
-        self._stopping = False
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._claimed: set[str] = set()  # claim tokens of work being delivered now
         # Per claimed message (claim token): its units not decided yet in this round, and
         # whether one of its recipients failed, so it gets one failure notice in all.
         self._units_left: dict[str, int] = {}
@@ -168,127 +160,12 @@ class DeliveryEngine:
         # Recipients delivered to a next hop without DSN whose NOTIFY asks for SUCCESS:
         # they are owed a "relayed" notice (RFC 3461 5.2.2), per claim token.
         self._relayed: dict[str, set[int]] = {}
-        # Claim tokens of messages held for breaking delivery in this round, and the
-        # recipients whose outcome this round recorded (a retry one by one skips them).
-        self._poisoned: set[str] = set()
-        self._recorded: set[int] = set()
         self._verifying: ssl.SSLContext | None = None
         self.stats = EngineStats()
 
-    # --- the loop ---------------------------------------------------------------------
-
-    def wake(self) -> None:
-        self._wake.set()
-
-    @property
-    def stopping(self) -> bool:
-        """`stop()` was called: `run` returning now is the end, not a failure."""
-        return self._stopping
-
-    def stop(self) -> None:
-        """Claim nothing more; conversations under way may finish. Work still claimed
-        when `run` ends (finished or cancelled) is released, due again at once for the
-        next start instead of after its lease."""
-        self._stopping = True
-        self._wake.set()
-
-    async def run(self) -> None:
-        while not self._stopping:
-            self._wake.clear()
-            try:
-                items = await asyncio.to_thread(
-                    self.queue.claim, self.clock(), self.BATCH, self.LEASE, None,
-                    self.local_domains)
-            except QueueError as exc:
-                # The queue cannot be written now (disk full): pause, never die; claimed
-                # work that could not be recorded comes back when its lease ends.
-                log.error("outbound delivery paused: %s", exc)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self.STORAGE_RETRY)
-                continue
-            if items:
-                tokens = {item.claim_token for item in items}
-                self._claimed |= tokens
-                self._recorded.clear()
-                try:
-                    try:
-                        await self.deliver(items)
-                    except QueueError:
-                        raise
-                    except Exception as exc:
-                        # Not pinned on a message yet (the destinations catch their own):
-                        # deliver the round's messages one by one to find the one at fault.
-                        log.error("outbound delivery of %d message(s) failed; delivering "
-                                  "them one by one", len(items), exc_info=exc)
-                        metrics.worker_error("outbound")
-                        await self._deliver_one_by_one(items)
-                except QueueError as exc:
-                    # An outcome could not be stored: the claim's lease brings the work
-                    # back, so at worst a delivery repeats (at-least-once).
-                    log.error("outbound delivery paused: %s", exc)
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._wake.wait(), self.STORAGE_RETRY)
-                finally:
-                    if self._stopping:
-                        self._release_claims()
-                    self._claimed -= tokens
-                continue  # more may be due
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.POLL)
-        for task in list(self._tasks):
-            task.cancel()
-
-    def _release_claims(self) -> None:
-        """Give back what this engine claimed and has not recorded (shutting down).
-
-        Synchronous on purpose: it runs when the task may be cancelled, where an await
-        could be cut short. Recipients already recorded are not touched (their claim is
-        cleared), so this only ever makes unfinished work due again; a message cut off
-        mid-DATA may then be delivered twice, never lost."""
-        for token in sorted(self._claimed):
-            try:
-                self.queue.release(token)
-            except QueueError as exc:
-                log.warning("could not release claimed work (%s); it is due again when "
-                            "its lease ends", exc)
-        self._claimed.clear()
-
-    async def _deliver_one_by_one(self, items: Sequence[WorkItem]) -> None:
-        for item in items:
-            left = tuple(r for r in item.recipients if r.id not in self._recorded)
-            if not left or item.claim_token in self._poisoned:
-                continue
-            try:
-                await self.deliver([dataclasses.replace(item, recipients=left)])
-            except QueueError:
-                raise
-            except Exception as exc:
-                await self._quarantine(item, exc, "delivering it")
-
-    async def _quarantine(self, item: WorkItem, exc: BaseException, doing: str) -> None:
-        """Hold the message whose handling raised `exc`, with the error as the reason, so
-        it cannot stop delivery of the rest; log it with its traceback and count it."""
-        self._poisoned.add(item.claim_token)
-        msg_id = item.message.id
-        log.error("%s: unexpected error while %s; the message is held so the rest of the "
-                  "queue keeps moving (`mailgate queue release %s` once the cause is "
-                  "fixed)", msg_id, doing, msg_id, exc_info=exc)
-        metrics.worker_error("outbound")
-        try:
-            await asyncio.to_thread(self.queue.hold, msg_id, held_reason(exc, doing))
-        except NotFound:
-            pass  # deleted meanwhile
-        except QueueError as err:
-            log.error("%s: could not hold the message (%s); it is due again when its "
-                      "claim's lease ends", msg_id, err)
-
-    async def run_once(self) -> int:
-        """Claim and deliver what is due now; return how many messages were claimed."""
-        items = await asyncio.to_thread(self.queue.claim, self.clock(), self.BATCH, self.LEASE,
-                                        None, self.local_domains)
-        if items:
-            await self.deliver(items)
-        return len(items)
+    def claim(self, now: float) -> list[WorkItem]:
+        """Every due recipient outside the local domains."""
+        return self.queue.claim(now, self.BATCH, self.LEASE, None, self.local_domains)
 
     async def deliver(self, items: Sequence[WorkItem]) -> None:
         """Deliver claimed work: group by destination, one task per destination.
@@ -300,7 +177,7 @@ class DeliveryEngine:
         for item in items:
             by_key: dict[str, list[Recipient]] = defaultdict(list)
             for r in item.recipients:
-                domain = r.address.rpartition("@")[2].lower()
+                domain = domain_of(r.address)
                 dest = by_domain.get(domain)
                 if dest is None:
                     dest = by_domain[domain] = self._destination(domain)
@@ -335,7 +212,7 @@ class DeliveryEngine:
             left = [u for u in dest.units
                     if not u.decided and u.item.claim_token not in self._poisoned]
             if len(left) == 1:
-                await self._quarantine(left[0].item, exc, f"delivering to {dest.domain}")
+                await self.quarantine(left[0].item, exc, f"delivering to {dest.domain}")
                 return
             if not left:  # every message has its outcome: only what came after failed
                 log.error("delivery to %s failed after every outcome was recorded",
@@ -351,7 +228,7 @@ class DeliveryEngine:
                 except QueueError:
                     raise
                 except Exception as alone:
-                    await self._quarantine(unit.item, alone, f"delivering to {dest.domain}")
+                    await self.quarantine(unit.item, alone, f"delivering to {dest.domain}")
 
     def _destination(self, domain: str) -> _Destination:
         """Where mail for `domain` goes, and how: domains that share a next hop and a TLS
@@ -418,7 +295,7 @@ class DeliveryEngine:
             try:
                 unit.envelope = self._envelope(unit)
             except Exception as exc:
-                await self._quarantine(unit.item, exc, "preparing its envelope")
+                await self.quarantine(unit.item, exc, "preparing its envelope")
                 continue
             units.append(unit)
         if not units:
@@ -427,9 +304,7 @@ class DeliveryEngine:
         route, port = await self._resolve(dest)
         if isinstance(route, NullMX):
             # RFC 7505 3: the domain accepts no mail; never connect, fail at once.
-            text = (f"Recipient address has null MX: {route.domain} publishes MX 0 . "
-                    "and accepts no mail (RFC 7505); no connection was attempted")
-            await self._decide_all(dest, Reply.make(556, "5.1.10", text), host="")
+            await self._decide_all(dest, route.undelivered(), host="")
             return
         if isinstance(route, TempFail | PermFail):
             reply = route.reply()
@@ -607,29 +482,15 @@ class DeliveryEngine:
             if token in self._relayed:
                 relayed.append((unit.item, self._relayed.pop(token)))
         for item in failed:
-            await self._notice_guarded(item, "writing its failure notice",
+            await self.notice_guarded(item, "writing its failure notice",
                                        self._bounce_item(item))
         for item, ids in relayed:
-            if self.enqueue is not None and await self._notice_guarded(
+            if self.enqueue is not None and await self.notice_guarded(
                     item, "writing its success notice", notify_success(
                         self.queue, self.enqueue, self.config, item, "relayed", ids,
                         self.clock())) is not None:
                 self.stats.success_notices += 1
         await self._warn_units(units)
-
-    async def _notice_guarded(self, item: WorkItem, doing: str,
-                              notice: Coroutine[None, None, str | None]) -> str | None:
-        """A notice that fails unexpectedly is logged and counted; the message's
-        outcomes are recorded already, and the other messages' notices still go."""
-        try:
-            return await notice
-        except QueueError:
-            raise
-        except Exception as exc:
-            log.error("%s: unexpected error while %s; no notice sent", item.message.id,
-                      doing, exc_info=exc)
-            metrics.worker_error("outbound")
-            return None
 
     async def _warn_units(self, units: list[_Unit]) -> None:
         """One delay notice per message whose deferred recipients are owed one."""
@@ -637,7 +498,7 @@ class DeliveryEngine:
             return
         items = {u.item.claim_token: u.item for u in units}  # a message once
         for item in items.values():
-            qid = await self._notice_guarded(
+            qid = await self.notice_guarded(
                 item, "writing its delay notice",
                 warn_delayed(self.queue, self.enqueue, self.config, item, self.clock()))
             if qid is not None:
@@ -678,7 +539,7 @@ class DeliveryEngine:
                                           unit.item.claim_token)
         except NotFound:
             log.info("%s: deleted from the queue meanwhile", msg.id)
-        self._recorded.add(rcpt.id)
+        self.decided(rcpt.id)
         return outcome
 
     async def _bounce_item(self, item: WorkItem) -> str | None:
@@ -715,16 +576,6 @@ class DeliveryEngine:
 def _relayable_envid(envid: str) -> bool:
     """RFC 3461 4.4: an ENVID is 1 to 100 printable US-ASCII characters."""
     return 0 < len(envid) <= 100 and all(" " <= c <= "~" for c in envid)
-
-
-def held_reason(exc: BaseException, doing: str) -> str:
-    """Why a message was held after breaking delivery: one printable line, short."""
-    what = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-    what = "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in what)
-    if len(what) > 300:
-        what = what[:300] + "..."
-    return (f"delivery failed with an internal error while {doing} ({what}); held so the "
-            "rest of the queue keeps moving; release it once the cause is fixed")
 
 
 def _auth_soft_bounce(reply: Reply) -> Reply:

@@ -37,6 +37,7 @@ __all__ = [
     "Recipient",
     "RecipientState",
     "WorkItem",
+    "domain_of",
     "new_queue_id",
 ]
 
@@ -111,6 +112,14 @@ def new_queue_id(now: float | None = None) -> str:
     UNIQUE constraint catches the one-in-sixteen-million clash within one millisecond."""
     ms = int((time.time() if now is None else now) * 1000)
     return f"{ms:012x}{secrets.token_hex(3)}"
+
+
+def domain_of(address: str) -> str:
+    """The domain of a stored address, as routing and the queue's domain column see it:
+    what follows the last `@`, lower-case (the listener stores domains as lower-case
+    A-labels already, so this only guards older data); "" for an address without one
+    (the null sender)."""
+    return address.rpartition("@")[2].lower() if "@" in address else ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,7 +6,8 @@ the queue's group commit, password hashing, the TLS handshake) pause reading unt
 are done, so input stays bounded and pipelined commands keep their order.
 
 Every byte comes from a stranger, so each connection is bounded (docs/security.md):
-- memory: message content goes to a spool file as it arrives (`queue.spool`), input is
+- memory: message content goes to a spool file as it arrives (`queue.spool`, through
+  `server/incoming.py`, which also writes the Received header), input is
   read only while the session's buffer is small, and reading stops while the client does
   not read our replies (the transport's write buffer is over its high-water mark);
 - time: deadlines, not idle timers. A command must be complete within `timeouts.command`
@@ -22,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import email.utils
 import logging
 import ssl
 import time
@@ -34,8 +34,9 @@ from typing import cast
 from mailgate import hashing, metrics
 from mailgate.codes.reply import Reply
 from mailgate.config import Config, Listener
-from mailgate.queue import Enqueue, NewMessage, NewRecipient, QueueFull, new_queue_id
+from mailgate.queue import Enqueue, QueueFull, new_queue_id
 from mailgate.queue.spool import SpoolFile
+from mailgate.server.incoming import Incoming, new_message, received_header
 from mailgate.server.policy import AUTH_TOO_MANY, ConnectionInfo, Policy
 from mailgate.smtp import replies
 from mailgate.smtp.server import (
@@ -56,7 +57,6 @@ from mailgate.smtp.server import (
     SessionConfig,
     StartTLS,
 )
-from mailgate.smtp.trace import HopCounter
 
 __all__ = ["SMTPServer"]
 
@@ -71,18 +71,6 @@ TOO_MANY_HOPS = Reply.make(554, "5.4.6", "Too many hops: the message has passed 
                                          "many mail servers, probably a mail loop")
 SPOOL_FAILED = Reply.make(452, "4.3.1", "Insufficient system storage, try again later")
 STRESS = 0.8  # share of limits.connections from which the stress timeouts apply
-
-_date_cache: tuple[int, str] = (0, "")
-
-
-def _date_now() -> str:
-    """The RFC 5322 date of the Received header, formatted once per second."""
-    global _date_cache  # noqa: PLW0603 - a one-entry cache
-    now = int(time.time())
-    if _date_cache[0] != now:
-        _date_cache = (now, email.utils.formatdate(now, localtime=True))
-    return _date_cache[1]
-
 
 class _MetricsObserver:
     """Feeds every session's commands and replies to the process's metrics."""
@@ -215,10 +203,7 @@ class SMTPConnection(asyncio.Protocol):
         self._paused = False  # reading paused because input is waiting to be handled
         self._write_paused = False  # ... because the client does not read our replies
         self._closed = False
-        self._spool: SpoolFile | None = None
-        self._spool_error: OSError | None = None
-        self._hops: HopCounter | None = None
-        self._qid = ""
+        self._incoming: Incoming | None = None  # the message being received
         self._sender: MailFrom | None = None
         self._rcpts: list[RcptTo] = []
         self._pending_rcpt: RcptTo | None = None
@@ -445,7 +430,8 @@ class SMTPConnection(asyncio.Protocol):
             t = type(ev)
             if t is MessageData:
                 assert isinstance(ev, MessageData)
-                self._spool_write(ev.data)
+                if self._incoming is not None:
+                    self._incoming.write(ev.data)
                 continue
             if t is RcptTo:
                 assert isinstance(ev, RcptTo)
@@ -541,37 +527,14 @@ class SMTPConnection(asyncio.Protocol):
         self._drop_spool()
         self._data_at = time.monotonic()
         self._data_bytes = 0
-        self._qid = new_queue_id()
-        self._hops = HopCounter()
-        try:
-            self._spool = SpoolFile(self.server.spool_dir, self._qid)
-            self._spool.write(self._received_header(self._qid))
-        except OSError as exc:
-            self._spool_failed(exc)
-
-    def _spool_write(self, data: bytes) -> None:
-        if self._hops is not None:
-            self._hops.feed(data)
-        if self._spool is None:
-            return  # failed before: the rest is read and dropped, the end gets 452
-        try:
-            self._spool.write(data)
-        except OSError as exc:
-            self._spool_failed(exc)
-
-    def _spool_failed(self, exc: OSError) -> None:
-        log.error("cannot spool the message from [%s]: %s", self.info.ip, exc)
-        self._spool_error = exc
-        if self._spool is not None:
-            self._spool.discard()
-            self._spool = None
+        qid = new_queue_id()
+        trace = received_header(self.info, self.server.config.hostname, qid, self._rcpts)
+        self._incoming = Incoming(self.server.spool_dir, qid, trace, self.info.ip)
 
     def _drop_spool(self) -> None:
-        if self._spool is not None:
-            self._spool.discard()
-            self._spool = None
-        self._spool_error = None
-        self._hops = None
+        if self._incoming is not None:
+            self._incoming.discard()
+            self._incoming = None
 
     # --- decisions that wait ------------------------------------------------------
 
@@ -602,23 +565,25 @@ class SMTPConnection(asyncio.Protocol):
         return policy.auth_failed(self.info) or replies.AUTH_FAILED
 
     async def _queue_message(self, ev: MessageComplete) -> Reply | None:
-        spool, hops = self._spool, self._hops
-        self._spool = None  # this task owns the file now; it removes it when done
-        if spool is None:
-            return SPOOL_FAILED if self._spool_error is not None else QUEUE_ERROR
+        incoming = self._incoming
+        # This task owns the file now; it removes it when done.
+        spool = incoming.take() if incoming is not None else None
+        if incoming is None or spool is None:
+            failed = incoming is not None and incoming.error is not None
+            return SPOOL_FAILED if failed else QUEUE_ERROR
         try:
-            return await self._store(spool, hops)
+            return await self._store(spool, incoming)
         finally:
             spool.discard()
 
-    async def _store(self, spool: SpoolFile, hops: HopCounter | None) -> Reply | None:
+    async def _store(self, spool: SpoolFile, incoming: Incoming) -> Reply | None:
         sender = self._sender
         if sender is None or not self._rcpts:
             return QUEUE_ERROR
         srv = self.server
-        if hops is not None and hops.hops >= srv.config.limits.hops:
+        if incoming.hops.hops >= srv.config.limits.hops:
             log.info("reject: too many hops (%d Received: fields) from %s[%s]; from=<%s>",
-                     hops.hops, self.info.helo, self.info.ip, sender.sender)
+                     incoming.hops.hops, self.info.helo, self.info.ip, sender.sender)
             srv.stats.refused += 1
             metrics.message_refused()
             return TOO_MANY_HOPS
@@ -627,31 +592,8 @@ class SMTPConnection(asyncio.Protocol):
         except OSError as exc:
             log.error("cannot spool the message from [%s]: %s", self.info.ip, exc)
             return SPOOL_FAILED
-        qid = self._qid
-        trusted = srv.policy.trusted(self.info)
-        msg = NewMessage(
-            id=qid,
-            sender=str(sender.sender),
-            recipients=[
-                NewRecipient(
-                    address=str(r.recipient),
-                    orcpt=f"{r.params.orcpt[0]};{r.params.orcpt[1]}" if r.params.orcpt else None,
-                    notify=r.params.notify if trusted else _untrusted_notify(r.params.notify),
-                )
-                for r in self._rcpts
-            ],
-            content=b"",
-            spool=spool,
-            received_at=time.time(),
-            client_address=self.info.ip,
-            client_helo=self.info.helo,
-            protocol=self.info.protocol,
-            authenticated_as=self.info.authenticated,
-            envid=sender.params.envid,
-            ret=sender.params.ret,
-            smtputf8=sender.params.smtputf8,
-            body_8bit=sender.params.body == "8BITMIME",
-        )
+        msg = new_message(incoming.qid, self.info, sender, self._rcpts, spool,
+                          trusted=srv.policy.trusted(self.info))
         try:
             qid = await srv.enqueue(msg)
         except QueueFull as exc:
@@ -669,19 +611,6 @@ class SMTPConnection(asyncio.Protocol):
         if srv.on_queued is not None:
             srv.on_queued(qid, rcpts)
         return Reply.make(250, "2.0.0", f"Ok: queued as {qid}")
-
-    def _received_header(self, qid: str) -> bytes:
-        """RFC 5321 4.4 trace header; the TLS part follows Postfix's habit."""
-        info = self.info
-        ip = info.ip
-        literal = f"IPv6:{ip}" if ":" in ip else ip
-        tls = f"\r\n\t(using {info.tls_version} with cipher {info.tls_cipher})" if info.tls else ""
-        rcpt = f"\r\n\tfor <{self._rcpts[0].recipient}>" if len(self._rcpts) == 1 else ""
-        date = _date_now()
-        hdr = (f"Received: from {info.helo or 'unknown'} ([{literal}]){tls}\r\n"
-               f"\tby {self.server.config.hostname} (mailgate) with {info.protocol} "
-               f"id {qid}{rcpt};\r\n\t{date}\r\n")
-        return hdr.encode("utf-8", "surrogateescape")
 
     def _start_tls(self, implicit: bool) -> None:
         """The TLS handshake: after STARTTLS, or at once on the smtps port (implicit TLS,
@@ -736,12 +665,3 @@ class SMTPConnection(asyncio.Protocol):
             self.info.tls_version = str(obj.version() or "")
             self.info.tls_cipher = str(cipher[0]) if cipher else ""
 
-
-def _untrusted_notify(notify: tuple[str, ...] | None) -> tuple[str, ...] | None:
-    """NOTIFY from a client we do not answer for, without SUCCESS: a success notice would
-    send the message's headers to whatever sender a stranger names (backscatter).
-    Failure and delay notices stay as asked (RFC 3461); SUCCESS alone becomes NEVER."""
-    if notify is None or "SUCCESS" not in notify:
-        return notify
-    rest = tuple(n for n in notify if n != "SUCCESS")
-    return rest or ("NEVER",)

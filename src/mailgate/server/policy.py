@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from mailgate.codes.reply import Reply
 from mailgate.config import Config
-from mailgate.dns import Resolver
+from mailgate.dns import Resolver, null_mx_reply
 from mailgate.idn import DomainError, canonical_domain
 from mailgate.smtp.address import Address
 from mailgate.smtp.server import AuthAttempt, MailFrom, RcptTo
@@ -38,8 +38,7 @@ AUTH_REQUIRED = R(530, "5.7.0", "Authentication required")
 SENDER_NULL_MX = R(550, "5.7.27", "Sender address has null MX: its domain accepts no mail, "
                                   "so no reply or bounce could reach it (RFC 7505)")
 SENDER_DNS_TEMPFAIL = R(451, "4.4.3", "Cannot check the sender domain in DNS now; try again later")
-RECIPIENT_NULL_MX = R(556, "5.1.10", "Recipient address has null MX: its domain accepts no mail "
-                                     "(RFC 7505)")
+RECIPIENT_NULL_MX = null_mx_reply("its domain accepts no mail (RFC 7505)")
 UNKNOWN_USER = R(550, "5.1.1", "No such user here")
 SENDER_NOT_OWNED = R(553, "5.7.1", "Sender address is not yours: you are logged in as a user "
                                    "who may not send as this address")

@@ -30,6 +30,7 @@ from mailgate.queue import (
     QueueError,
     RecipientState,
     WorkItem,
+    domain_of,
     new_queue_id,
 )
 from mailgate.queue.sqlite.owners import ClaimOwner
@@ -95,7 +96,7 @@ class SQLiteQueue(GroupCommitWriter):
             [
                 (
                     r.address,
-                    r.address.rpartition("@")[2].lower() if "@" in r.address else "",
+                    domain_of(r.address),
                     r.orcpt,
                     None if r.notify is None else ",".join(r.notify),
                 )

@@ -1,0 +1,142 @@
+"""The one delivery worker loop (`delivery/worker.py`) and the values the borders share.
+
+A stub target on a real SQLite queue shows what the loop does for any target (the
+outbound engine and local delivery are tested through their own suites): a message
+that breaks delivery is held alone and the rest is delivered; at shutdown, what was
+claimed and not decided is given back, what was decided is left alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from mailgate.config import Config
+from mailgate.delivery.bounce import null_mx_attempt
+from mailgate.delivery.engine import DeliveryEngine
+from mailgate.delivery.local import LocalDelivery
+from mailgate.delivery.worker import Worker
+from mailgate.dns import NULL_MX_REPLY, NullMX
+from mailgate.queue import (
+    Attempt,
+    NewMessage,
+    NewRecipient,
+    RecipientState,
+    WorkItem,
+    domain_of,
+)
+from mailgate.queue.sqlite import SQLiteQueue
+from mailgate.server.policy import RECIPIENT_NULL_MX
+
+
+class Stub(Worker):
+    """Delivers by recording 250; raises on `poison@`; stops after `stop_after` outcomes."""
+
+    KIND = "stub"
+    LEASE = 600.0
+    BATCH = 10
+
+    def __init__(self, queue: SQLiteQueue, stop_after: int) -> None:
+        super().__init__(Config(), queue, None, logging.getLogger("test.stub"))
+        self.stop_after = stop_after
+        self.outcomes = 0
+        self.rounds: list[int] = []  # messages per call of deliver
+
+    def claim(self, now: float) -> list[WorkItem]:
+        return self.queue.claim(now, self.BATCH, self.LEASE)
+
+    async def deliver(self, items: Sequence[WorkItem]) -> None:
+        self.rounds.append(len(items))
+        for item in items:
+            for r in item.recipients:
+                if r.address.startswith("poison@"):
+                    raise RuntimeError("poisoned")
+                self.queue.record(r.id, Attempt(at=time.time(), host="stub", code=250,
+                                                enhanced="2.0.0", text="ok",
+                                                outcome="delivered", remote=False),
+                                  claim_token=item.claim_token)
+                self.decided(r.id)
+                self.outcomes += 1
+                if self.outcomes == self.stop_after:
+                    self.stop()
+                    return
+
+
+def _queue(tmp_path: Path, *rcpts: str) -> tuple[SQLiteQueue, list[str]]:
+    queue = SQLiteQueue(tmp_path / "queue.db")
+    ids = [queue.enqueue(NewMessage(sender="a@example.net", content=b"x",
+                                    recipients=[NewRecipient(r)], received_at=time.time()))
+           for r in rcpts]
+    return queue, ids
+
+
+def _state(queue: SQLiteQueue, qid: str) -> RecipientState:
+    return queue.show(qid).recipients[0].state
+
+
+def test_a_message_that_breaks_the_round_is_held_alone_and_the_rest_delivered(
+        tmp_path: Path) -> None:
+    queue, ids = _queue(tmp_path, "one@example.org", "poison@example.org",
+                        "two@example.org")
+    try:
+        worker = Stub(queue, stop_after=2)
+        asyncio.run(asyncio.wait_for(worker.run(), 10))
+        assert [_state(queue, q) for q in ids] == [
+            RecipientState.DELIVERED, RecipientState.HELD, RecipientState.DELIVERED]
+        reason = queue.show(ids[1]).recipients[0].held_reason
+        assert reason is not None and "RuntimeError: poisoned" in reason
+        # The round of three, then one by one: the first was decided and is skipped.
+        assert worker.rounds == [3, 1, 1]
+    finally:
+        queue.close()
+
+
+def test_stopping_gives_back_the_undecided_work_and_leaves_the_decided(
+        tmp_path: Path) -> None:
+    queue, ids = _queue(tmp_path, "one@example.org", "two@example.org",
+                        "three@example.org")
+    try:
+        asyncio.run(asyncio.wait_for(Stub(queue, stop_after=1).run(), 10))
+        assert _state(queue, ids[0]) == RecipientState.DELIVERED
+        # Released: due at once, not after the 600 s lease.
+        again = queue.claim(time.time(), 10, 60)
+        assert sorted(i.message.id for i in again) == sorted(ids[1:])
+    finally:
+        queue.close()
+
+
+def test_both_targets_run_the_one_loop() -> None:
+    for target in (DeliveryEngine, LocalDelivery):
+        assert issubclass(target, Worker)
+        for name in ("run", "run_once", "stop", "wake", "quarantine", "notice_guarded",
+                     "_release_claims", "_deliver_one_by_one"):
+            assert name not in vars(target), f"{target.__name__} has its own {name}"
+
+
+def test_every_null_mx_reply_has_one_source() -> None:
+    """556 5.1.10 and its words, from dns.NULL_MX_REPLY, at every border; the texts
+    are the ones mailgate always sent."""
+    route, domain = NullMX("nullmx.example"), "nullmx.example"
+    attempt = null_mx_attempt(domain, 0.0)
+    replies = [RECIPIENT_NULL_MX, route.reply(), route.undelivered()]
+    for code, enhanced, text in [(r.code, r.enhanced, r.text) for r in replies] + [
+            (attempt.code, attempt.enhanced, attempt.text)]:
+        assert (code, enhanced) == (556, "5.1.10") == (NULL_MX_REPLY.code,
+                                                       NULL_MX_REPLY.enhanced)
+        assert text.startswith(NULL_MX_REPLY.text + ": ")
+    assert RECIPIENT_NULL_MX.text == ("Recipient address has null MX: its domain accepts "
+                                      "no mail (RFC 7505)")
+    assert route.reply().text == "Recipient address has null MX: nullmx.example"
+    assert attempt.text == route.undelivered().text == (
+        "Recipient address has null MX: nullmx.example publishes MX 0 . and accepts no "
+        "mail (RFC 7505); no connection was attempted")
+
+
+def test_domain_of_a_stored_address() -> None:
+    assert domain_of("bob@Example.ORG") == "example.org"
+    assert domain_of('"a@b"@xn--bcher-kva.example') == "xn--bcher-kva.example"
+    assert domain_of("") == ""
+    assert domain_of("postmaster") == ""
