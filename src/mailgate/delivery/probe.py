@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from mailgate.codes.reply import Reply, ReplyError, parse_reply, parse_reply_line
+from mailgate.codes.reply import Reply
 from mailgate.delivery.diagnostics import (
     EX_TEMPFAIL,
     _ascii,
@@ -308,10 +308,10 @@ def _stage(command: str) -> str:
 class _Recorder:
     """Pairs the commands the session sends with the replies that come back, in order.
 
-    It is run_client's Tap: it reads the same bytes as the session, reply by reply (SMTP
-    answers in order, also when pipelined), and, like the session, drops what follows a
-    220 to STARTTLS. A second reply parser beside the session's, because the session
-    does not tell its shell which reply answered which command.
+    It is the session's observer (`ClientSession(observer=...)`): the session says each
+    command line it writes and each reply it reads, so the transcript comes from the
+    protocol core and no second reply parser is needed. It is also run_client's Tap, for
+    the TLS handshake, which happens outside the session.
     """
 
     def __init__(self, attempt: HostTry, verified: bool) -> None:
@@ -319,44 +319,21 @@ class _Recorder:
         self.verified = verified  # the handshake checks the certificate (--verify)
         self.awaiting: deque[tuple[str, str | None]] = deque([("greeting", None)])
         self.exchanges: list[Exchange] = []
-        self._buf = bytearray()
-        self._lines: list[str] = []
-        self._broken = False
 
+    # ClientObserver
+    def command(self, line: str, stage: str) -> None:
+        self.awaiting.append((_stage(line), line))
+
+    def reply(self, reply: Reply, stage: str) -> None:
+        stage_, command = self.awaiting.popleft() if self.awaiting else ("connection", None)
+        self.exchanges.append(Exchange(stage_, command, reply))
+
+    # Tap: the bytes themselves are the session's business
     def sent(self, data: bytes) -> None:
-        # In verify-only mode everything the session writes is a command line.
-        for raw in data.split(b"\r\n")[:-1]:
-            line = raw.decode("utf-8", "replace")
-            self.awaiting.append((_stage(line), line))
+        pass
 
     def received(self, data: bytes) -> None:
-        if self._broken:
-            return
-        self._buf += data
-        while (nl := self._buf.find(b"\n")) >= 0:
-            raw = bytes(self._buf[:nl]).removesuffix(b"\r")
-            del self._buf[: nl + 1]
-            line = raw.decode("utf-8", "replace")
-            try:
-                _, last, _ = parse_reply_line(line)
-            except ReplyError:
-                self._broken = True  # the session ends it with a protocol error
-                return
-            self._lines.append(line)
-            if not last:
-                continue
-            text = "\n".join(self._lines)
-            self._lines.clear()
-            try:
-                reply = parse_reply(text)
-            except ReplyError:
-                self._broken = True
-                return
-            stage, command = self.awaiting.popleft() if self.awaiting else ("connection", None)
-            self.exchanges.append(Exchange(stage, command, reply))
-            if stage == "starttls" and reply.code == 220:
-                self._buf.clear()  # RFC 3207 5: nothing read before the handshake counts
-                return
+        pass
 
     def tls_up(self, ssl_object: Any) -> None:
         self.attempt.tls = _tls_info(ssl_object, self.verified)
@@ -393,11 +370,11 @@ async def _converse(attempt: HostTry, config: ClientConfig, envelope: Envelope |
                     timeout: float, verifying: ssl.SSLContext | None = None) -> None:
     """Run the verify-only session with the attempt's address to its end (run_client),
     `timeout` seconds at most for the connection and for each reply."""
-    session = ClientSession(config)
+    rec = _Recorder(attempt, verifying is not None)
+    session = ClientSession(config, observer=rec)
     if envelope is not None:
         session.send(envelope, b"")
     session.quit()  # once the RCPT is answered (RSET first), or right after EHLO
-    rec = _Recorder(attempt, verifying is not None)
     attempt.transcript = rec.exchanges
     name = attempt.host.strip("[]")
     # No SNI for an address, and an address is checked against the IP SANs (--verify).
