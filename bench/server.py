@@ -1171,11 +1171,6 @@ SERVERS = ("smtp-sink", "postfix", "aiosmtpd-fsync", "aiosmtpd-nofsync", "mailga
 IDLE_SERVERS = ("mailgate-w1", "mailgate-w2", "aiosmtpd-fsync", "postfix")
 
 
-def has_outbound_engine() -> bool:
-    app = REPO / "src" / "mailgate" / "server" / "app.py"
-    return "DeliveryEngine" in app.read_text()
-
-
 def make_server(runner: Runner, name: str, log_level: str,
                 sources: dict[str, Path] | None = None) -> Server:
     if name == "smtp-sink":
@@ -1399,8 +1394,6 @@ def main() -> int:
         args.sources[tree] = Path(path).resolve()
 
     names = [n for n in args.servers.split(",") if n]
-    if "mailgate-w2-relay" in names and not has_outbound_engine():
-        names.remove("mailgate-w2-relay")  # without an outbound engine it equals w2
     idle_names = [n for n in args.idle_servers.split(",") if n]
     if os.geteuid() != 0 and "postfix" in names + idle_names:
         print("not root: Postfix cannot run, skipping it (ratios need it)", file=sys.stderr)
