@@ -28,13 +28,13 @@ from mailgate.config import Config, Delivery, Domains, Limits, Relay, Timeouts
 from mailgate.server.policy import ConnectionInfo, Policy
 from mailgate.smtp.server import AuthAttempt
 from mailgate.users import UserDB
-from tests.live import LiveServer, live_config
-from tests.smtpwire import Wire, loopback_config, wait_for_files, wait_until
+from tests.support.live import LiveServer, live_config
+from tests.support.smtpwire import Wire, loopback_config, wait_for_files, wait_until
 
 if TYPE_CHECKING:
-    from tests.dnsserver import DNSServer
+    from tests.support.dnsserver import DNSServer
 
-pytest_plugins = ["tests.dnsserver"]
+pytest_plugins = ["tests.support.dnsserver"]
 
 USER, PASSWORD = "carol", "correct horse battery"
 PLAIN_BAD = base64.b64encode(f"\0{USER}\0wrong".encode()).decode()

@@ -36,7 +36,7 @@ from mailgate.config import (
     parse_size,
 )
 from tests.conftest import ROOT
-from tests.tlscerts import TestCA
+from tests.support.tlscerts import TestCA
 
 DOC = ROOT / "docs" / "configuration.md"
 

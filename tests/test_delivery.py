@@ -1,5 +1,5 @@
-"""The outbound engine against real DNS (tests/dnsserver.py) and real receiving MTAs
-(aiosmtpd on 127.0.0.2 / 127.0.0.3, tests/fakemx.py).
+"""The outbound engine against real DNS (tests/support/dnsserver.py) and real receiving MTAs
+(aiosmtpd on 127.0.0.2 / 127.0.0.3, tests/support/fakemx.py).
 
 Each test queues messages in a real SQLite queue, runs `DeliveryEngine.run_once()` and
 looks at what mailgate decided (the recipient's state, the reply and the attempt it
@@ -23,12 +23,12 @@ from mailgate.delivery.engine import DeliveryEngine
 from mailgate.dns import Resolver
 from mailgate.queue import Attempt, NewMessage, NewRecipient, Recipient, RecipientState
 from mailgate.queue.sqlite import SQLiteQueue
-from tests.fakemx import DSN, MX1, MX2, FakeMX, parse_dsn
+from tests.support.fakemx import DSN, MX1, MX2, FakeMX, parse_dsn
 
 if TYPE_CHECKING:
-    from tests.dnsserver import DNSServer
+    from tests.support.dnsserver import DNSServer
 
-pytest_plugins = ["tests.dnsserver", "tests.fakemx"]
+pytest_plugins = ["tests.support.dnsserver", "tests.support.fakemx"]
 
 DNS_TIMEOUT = 0.5  # seconds: "no answer" costs this much
 RETRY = (60.0, 120.0)

@@ -23,10 +23,10 @@ from mailgate.queue import NewMessage, NewRecipient, RecipientState
 from mailgate.queue.report import message_json, show_text
 from mailgate.queue.sqlite import SQLiteQueue
 from tests import test_delivery
-from tests.fakemx import DSN, FakeMX, parse_dsn
+from tests.support.fakemx import DSN, FakeMX, parse_dsn
 from tests.test_delivery import CONTENT, RETRY, Outbound
 
-pytest_plugins = ["tests.dnsserver", "tests.fakemx"]
+pytest_plugins = ["tests.support.dnsserver", "tests.support.fakemx"]
 
 # test_delivery.py's fixtures, found here by name.
 outbound = test_delivery.outbound

@@ -1,6 +1,6 @@
-"""Delivery end to end through `mailgate serve` (tests/live.py): a relay client hands
-mailgate a message over SMTP, mailgate routes it with real DNS (tests/dnsserver.py) to
-real receiving MTAs on 127.0.0.2 / 127.0.0.3 (aiosmtpd, tests/fakemx.py; and Debian's
+"""Delivery end to end through `mailgate serve` (tests/support/live.py): a relay client hands
+mailgate a message over SMTP, mailgate routes it with real DNS (tests/support/dnsserver.py) to
+real receiving MTAs on 127.0.0.2 / 127.0.0.3 (aiosmtpd, tests/support/fakemx.py; and Debian's
 Postfix in one test), and bounces come back into the local sender's Maildir.
 
 Every wait polls with a deadline. The engine looks at the queue every
@@ -34,14 +34,14 @@ from mailgate.delivery.local import LocalDelivery
 from mailgate.queue import QueuedMessage, Recipient, RecipientState
 from mailgate.queue.sqlite import SQLiteQueue
 from mailgate.users import UserDB
-from tests.fakemx import DSN, MX1, MX2, FakeMX, parse_dsn, wait_until
-from tests.live import LiveServer, live_config
-from tests.tlscerts import TestCA
+from tests.support.fakemx import DSN, MX1, MX2, FakeMX, parse_dsn, wait_until
+from tests.support.live import LiveServer, live_config
+from tests.support.tlscerts import TestCA
 
 if TYPE_CHECKING:
-    from tests.dnsserver import DNSServer
+    from tests.support.dnsserver import DNSServer
 
-pytest_plugins = ["tests.dnsserver", "tests.fakemx"]
+pytest_plugins = ["tests.support.dnsserver", "tests.support.fakemx"]
 
 POSTFIX = Path("/usr/sbin/postfix")
 SENDER = "alice@localhost"

@@ -2,7 +2,7 @@
 the rest keeps moving, and a crashed delivery task is restarted.
 
 The engine runs its real loop (`DeliveryEngine.run`) against a real SQLite queue and a
-real receiving MTA (aiosmtpd, tests/fakemx.py). The poison messages are queued directly
+real receiving MTA (aiosmtpd, tests/support/fakemx.py). The poison messages are queued directly
 through the queue API, as if they had slipped past the SMTP server's checks (or were
 queued by an older mailgate).
 """
@@ -31,12 +31,12 @@ from mailgate.queue import NewMessage, NewRecipient, RecipientState
 from mailgate.queue.report import show_json, show_text
 from mailgate.queue.sqlite import SQLiteQueue
 from tests import test_delivery
-from tests.fakemx import MX1, FakeMX
-from tests.live import LiveServer
-from tests.smtpwire import loopback_config, wait_until
+from tests.support.fakemx import MX1, FakeMX
+from tests.support.live import LiveServer
+from tests.support.smtpwire import loopback_config, wait_until
 from tests.test_delivery import CONTENT, Outbound
 
-pytest_plugins = ["tests.dnsserver", "tests.fakemx"]
+pytest_plugins = ["tests.support.dnsserver", "tests.support.fakemx"]
 
 outbound = test_delivery.outbound  # test_delivery.py's fixture, found here by name
 

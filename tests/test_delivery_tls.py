@@ -18,11 +18,11 @@ from mailgate.config import Relayhost, parse_config
 from mailgate.queue import RecipientState
 from mailgate.queue.report import show_text
 from tests import test_delivery
-from tests.fakemx import MX1, MX2, FakeMX
+from tests.support.fakemx import MX1, MX2, FakeMX
+from tests.support.tlscerts import TestCA, server_context
 from tests.test_delivery import Outbound, host
-from tests.tlscerts import TestCA, server_context
 
-pytest_plugins = ["tests.dnsserver", "tests.fakemx"]
+pytest_plugins = ["tests.support.dnsserver", "tests.support.fakemx"]
 
 # The engine harness of tests/test_delivery.py: a real SQLite queue, the test DNS server.
 outbound = test_delivery.outbound

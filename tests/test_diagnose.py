@@ -1,6 +1,6 @@
 """`mailgate check` and `mailgate probe` against a real DNS server and real SMTP servers.
 
-DNS is tests/dnsserver.py's ROUTING_ZONE on 127.0.0.1 (mx1.test is 127.0.0.2, mx2.test
+DNS is tests/support/dnsserver.py's ROUTING_ZONE on 127.0.0.1 (mx1.test is 127.0.0.2, mx2.test
 is 127.0.0.3); the receiving MTAs are aiosmtpd servers on those addresses. An MX host's
 port is the probe's `port`, so each server listens on a port where the other address has
 nothing: "mx1 is down" is literally nothing listening there.
@@ -29,13 +29,13 @@ from mailgate.delivery.check import EX_TEMPFAIL, CheckReport, check
 from mailgate.delivery.probe import ProbeReport, Target, parse_target, probe
 from mailgate.dns import Resolver
 from mailgate.server.tls import ensure_self_signed, server_context
-from tests.tlscerts import TestCA
-from tests.tlscerts import server_context as ca_server_context
+from tests.support.tlscerts import TestCA
+from tests.support.tlscerts import server_context as ca_server_context
 
 if TYPE_CHECKING:
-    from tests.dnsserver import DNSServer
+    from tests.support.dnsserver import DNSServer
 
-pytest_plugins = ["tests.dnsserver"]
+pytest_plugins = ["tests.support.dnsserver"]
 
 MX1, MX2 = "127.0.0.2", "127.0.0.3"
 

@@ -1,6 +1,6 @@
 """Protocol conformance dialogues (tests/dialogs/*.dialog) against the sans-I/O session.
 
-Each file is one short SMTP conversation; see tests/dialog.py for the format and the
+Each file is one short SMTP conversation; see tests/support/dialog.py for the format and the
 fixed test policy. The tests below the parametrized case check the parser and runner
 themselves: a bad dialog must fail loudly and say where.
 """
@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from mailgate.smtp.client import NEED_DATA, ClientConfig, ClientSession
-from tests.dialog import (
+from tests.support.dialog import (
     Dialog,
     DialogFailure,
     DialogSyntaxError,

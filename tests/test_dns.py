@@ -24,9 +24,9 @@ from mailgate.dns import (
 )
 
 if TYPE_CHECKING:  # imported at run time by pytest_plugins, so pytest can rewrite it first
-    from tests.dnsserver import DNSServer
+    from tests.support.dnsserver import DNSServer
 
-pytest_plugins = ["tests.dnsserver"]  # dns_server, dns_server_factory, dead_nameserver
+pytest_plugins = ["tests.support.dnsserver"]  # dns_server, dns_server_factory, dead_nameserver
 T = TypeVar("T")
 SHORT = 0.5  # seconds: the timeout in tests, so "no answer" costs little
 

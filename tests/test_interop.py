@@ -28,9 +28,9 @@ import pytest
 
 from mailgate.config import Relay
 from mailgate.users import UserDB
-from tests.live import LiveServer
-from tests.smtpwire import Delivered, loopback_config, parse_delivered, unverified_context
-from tests.smtpwire import wait_for_files as _wait_for_files
+from tests.support.live import LiveServer
+from tests.support.smtpwire import Delivered, loopback_config, parse_delivered, unverified_context
+from tests.support.smtpwire import wait_for_files as _wait_for_files
 
 USER, PASSWORD = "carol", "correct horse battery"
 SENDER = "carol@localhost"

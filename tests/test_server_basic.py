@@ -12,9 +12,9 @@ import pytest
 
 from mailgate.config import Relay
 from mailgate.users import UserDB
-from tests.live import LiveServer, live_config
+from tests.support.live import LiveServer, live_config
 
-pytest_plugins = ["tests.live"]
+pytest_plugins = ["tests.support.live"]
 
 MESSAGE = b"From: alice@example.org\r\nTo: bob@localhost\r\nSubject: hi\r\n\r\nHello.\r\n"
 

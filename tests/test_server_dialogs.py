@@ -45,9 +45,16 @@ from mailgate.queue.sqlite import SQLiteQueue
 from mailgate.server.policy import ConnectionInfo, Policy
 from mailgate.smtp.server import AuthAttempt, MailFrom, RcptTo, SessionConfig
 from mailgate.users import UserDB
-from tests.dialog import HOSTNAME, Dialog, TestPolicy, load_dialog, run_dialog, session_options
-from tests.live import LiveServer
-from tests.smtpwire import loopback_config, unverified_context
+from tests.support.dialog import (
+    HOSTNAME,
+    Dialog,
+    TestPolicy,
+    load_dialog,
+    run_dialog,
+    session_options,
+)
+from tests.support.live import LiveServer
+from tests.support.smtpwire import loopback_config, unverified_context
 
 DIALOGS = Path(__file__).resolve().parent / "dialogs"
 FILES = sorted(DIALOGS.glob("*.dialog"))

@@ -28,9 +28,9 @@ from typing import Any
 import pytest
 
 from mailgate.delivery.local import LocalDelivery
-from tests.fakemx import MX1, FakeMX, free_port_pair
-from tests.live import LiveServer
-from tests.smtpwire import DEAD_PORT, Wire, loopback_config, parse_delivered, wait_until
+from tests.support.fakemx import MX1, FakeMX, free_port_pair
+from tests.support.live import LiveServer
+from tests.support.smtpwire import DEAD_PORT, Wire, loopback_config, parse_delivered, wait_until
 
 TIMEOUT = 30.0
 

@@ -27,9 +27,9 @@ import pytest
 
 from mailgate.config import Config, Relay, Timeouts
 from mailgate.users import UserDB
-from tests.dialog import Expect, ExpectMessage, Send, load_dialog
-from tests.live import LiveServer
-from tests.smtpwire import (
+from tests.support.dialog import Expect, ExpectMessage, Send, load_dialog
+from tests.support.live import LiveServer
+from tests.support.smtpwire import (
     Wire,
     loopback_config,
     parse_delivered,

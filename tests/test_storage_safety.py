@@ -26,8 +26,8 @@ from mailgate.queue.sqlite import SQLiteQueue
 from mailgate.server.tls import ensure_self_signed
 from mailgate.users import UserDB
 from mailgate.web.auth import AdminAuth
-from tests.live import LiveServer, live_config
-from tests.smtpwire import Wire, wait_for_files, wait_until
+from tests.support.live import LiveServer, live_config
+from tests.support.smtpwire import Wire, wait_for_files, wait_until
 
 MESSAGE = b"From: a@example.org\r\nSubject: hi\r\n\r\nhello\r\n"
 

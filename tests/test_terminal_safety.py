@@ -22,8 +22,8 @@ import pytest
 from mailgate.queue import NewMessage, NewRecipient
 from mailgate.queue.sqlite import SQLiteQueue
 from mailgate.textsafe import SafeFormatter, json_printable, printable
-from tests.live import LiveServer, live_config
-from tests.smtpwire import Wire
+from tests.support.live import LiveServer, live_config
+from tests.support.smtpwire import Wire
 
 SRC = str(Path(__file__).resolve().parent.parent / "src")
 ESC, BEL, CSI = "\x1b", "\x07", "\x9b"

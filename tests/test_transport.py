@@ -22,7 +22,7 @@ from aiosmtpd.handlers import Sink
 import mailgate.delivery
 from mailgate.delivery.transport import ClientRun, run_client, verifying_context
 from mailgate.smtp.client import ClientConfig, ClientSession
-from tests.tlscerts import TestCA, server_context
+from tests.support.tlscerts import TestCA, server_context
 
 
 class RecordingTap:

@@ -33,7 +33,7 @@ from mailgate.web.app import WebContext, create_app
 from mailgate.web.auth import AdminAuth
 from mailgate.web.context import SESSION_MAX_AGE
 from mailgate.web.tokens import TokenStore
-from tests.live import mailgate_cli
+from tests.support.live import mailgate_cli
 
 # Starlette's test client (and schemathesis on the ASGI app) sends "Host: testserver".
 TESTSERVER = WebConfig(allowed_hosts=("testserver",))

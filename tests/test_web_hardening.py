@@ -30,8 +30,8 @@ import pytest
 
 from mailgate.config import WebConfig
 from mailgate.web.auth import AdminAuth
-from tests.live import LiveServer, mailgate_cli
-from tests.smtpwire import loopback_config, wait_until
+from tests.support.live import LiveServer, mailgate_cli
+from tests.support.smtpwire import loopback_config, wait_until
 
 PASSWORD = "correct horse battery"
 WRONG = "not the admin password"

@@ -20,7 +20,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.dialog import Expect, Send, parse_dialog  # noqa: E402
+from tests.support.dialog import Expect, Send, parse_dialog  # noqa: E402
 
 CORPUS = HERE / "corpus"
 

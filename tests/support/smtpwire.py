@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from mailgate.config import Config, DNSConfig, Relayhost
-from tests.live import live_config
+from tests.support.live import live_config
 
 __all__ = [
     "DEAD_PORT",

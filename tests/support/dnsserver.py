@@ -12,9 +12,9 @@ name would shadow them, which ruff rightly flags); import the class for type hin
 so pytest imports the module first, as a plugin:
 
     if TYPE_CHECKING:
-        from tests.dnsserver import DNSServer
+        from tests.support.dnsserver import DNSServer
 
-    pytest_plugins = ["tests.dnsserver"]
+    pytest_plugins = ["tests.support.dnsserver"]
 
     def test_something(dns_server: DNSServer) -> None:
         resolver = Resolver([dns_server.nameserver])

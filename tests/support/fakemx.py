@@ -2,7 +2,7 @@
 
 mailgate connects to every MX host on one port (`[delivery] smtp_port`), so the fake MX
 hosts share one port number, on different addresses: 127.0.0.2 (`mx1.test` in
-tests/dnsserver.py's ROUTING_ZONE) and 127.0.0.3 (`mx2.test`). Loopback aliases need no
+tests/support/dnsserver.py's ROUTING_ZONE) and 127.0.0.3 (`mx2.test`). Loopback aliases need no
 setup on Linux. The port is picked once per test run (`mx_port`), free on both.
 
 What a fake MX answers depends on the recipient's local part, so one message can mix
@@ -350,7 +350,7 @@ class FakeMXs:
             mx.stop()
 
 
-# --- fixtures (use with `pytest_plugins = ["tests.fakemx"]`) ---------------------------
+# --- fixtures (use with `pytest_plugins = ["tests.support.fakemx"]`) ---------------------------
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,7 @@
 The server is the production code path (config, queue, policy, listeners, local
 delivery); only the listening ports are ephemeral (port 0) and the data directory is a
 temporary one. Use the `live_server` fixture, or `LiveServer(config)` as a context
-manager for custom settings; `pytest_plugins = ["tests.live"]` makes the fixture visible.
+manager for custom settings; `pytest_plugins = ["tests.support.live"]` makes the fixture visible.
 """
 
 from __future__ import annotations

@@ -91,7 +91,7 @@ __all__ = [
 ]
 
 HOSTNAME = "mx.test"
-LISTINGS = Path(__file__).resolve().parent / "dialogs" / "ehlo.listings"
+LISTINGS = Path(__file__).resolve().parent.parent / "dialogs" / "ehlo.listings"
 
 
 # --- the format ------------------------------------------------------------------------
