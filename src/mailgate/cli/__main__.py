@@ -1,0 +1,5 @@
+"""`python -m mailgate.cli`."""
+
+from mailgate.cli import main
+
+main()

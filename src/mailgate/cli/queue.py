@@ -1,0 +1,119 @@
+"""`mailgate queue ...`: look at and act on the mail queue."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import click
+
+from mailgate.cli._common import (
+    _config_option,
+    _load_config,
+    default_lang,
+    fail,
+    main,
+)
+
+if TYPE_CHECKING:
+    from mailgate.config import Config
+    from mailgate.queue import Queue
+
+
+@main.group()
+def queue() -> None:
+    """Look at and act on the mail queue."""
+
+
+def _open_queue(config_path: Path | None) -> tuple[Config, Queue]:
+    from mailgate.queue import NoQueue
+    from mailgate.queue.backends import open_queue
+
+    config = _load_config(config_path)
+    try:
+        return config, open_queue(config, create=False)
+    except NoQueue as exc:
+        fail(f"{exc}: start `mailgate serve` first, or pass --config.")
+
+
+_qformat = click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text",
+                        show_default=True)
+
+
+@queue.command("list")
+@_config_option
+@_qformat
+@click.option("--state", type=click.Choice(["queued", "deferred", "held", "delivered", "failed"]),
+              default=None, help="Only messages with a recipient in this state.")
+@click.option("--limit", default=100, show_default=True)
+def queue_list(config_path: Path | None, fmt: str, state: str | None, limit: int) -> None:
+    """Messages in the queue, newest first."""
+    from mailgate.queue import RecipientState
+    from mailgate.queue.report import list_json, list_text
+
+    _, q = _open_queue(config_path)
+    try:
+        msgs = q.list(state=RecipientState(state) if state else None, limit=limit)
+        click.echo(list_json(msgs, q.counts()) if fmt == "json" else list_text(msgs, q.counts()),
+                   nl=False)
+    finally:
+        q.close()
+
+
+@queue.command("show")
+@click.argument("message_id")
+@_config_option
+@_qformat
+def queue_show(message_id: str, config_path: Path | None, fmt: str) -> None:
+    """One message: envelope, headers, recipients and every delivery attempt."""
+    from mailgate.queue import QueueError
+    from mailgate.queue.report import show_json, show_text
+
+    _, q = _open_queue(config_path)
+    try:
+        msg = q.show(message_id, content=True)
+    except QueueError as exc:
+        fail(str(exc))
+    finally:
+        q.close()
+    click.echo(show_json(msg) if fmt == "json" else show_text(msg, default_lang()), nl=False)
+
+
+def _queue_action(name: str, help_text: str) -> None:
+    @queue.command(name, help=help_text)
+    @click.argument("message_id", required=name != "retry")
+    @click.option("--all", "everything", is_flag=True, hidden=name != "retry",
+                  help="Every deferred message.")
+    @_config_option
+    def action(message_id: str | None, everything: bool, config_path: Path | None) -> None:
+        import time
+
+        from mailgate.queue import QueueError
+
+        if name == "retry" and not message_id and not everything:
+            fail("give a message id, or --all.")
+        _, q = _open_queue(config_path)
+        try:
+            if name == "delete":
+                assert message_id is not None
+                q.delete(message_id)
+                click.echo(f"{message_id}: deleted")
+            elif name == "hold":
+                assert message_id is not None
+                click.echo(f"{message_id}: {q.hold(message_id)} recipient(s) held")
+            elif name == "release":
+                assert message_id is not None
+                click.echo(f"{message_id}: {q.release_hold(message_id)} recipient(s) released")
+            else:
+                n = q.retry(None if everything else message_id, time.time())
+                click.echo(f"{message_id or 'all'}: {n} recipient(s) due now")
+        except QueueError as exc:
+            fail(str(exc))
+        finally:
+            q.close()
+
+
+_queue_action("delete", "Delete a message and all its recipients.")
+_queue_action("hold", "Hold a message: no delivery until released.")
+_queue_action("release", "Release a held message: due now.")
+_queue_action("retry", "Make deferred recipients due now (one message, or --all).")
