@@ -36,6 +36,7 @@ from mailgate.queue.sqlite import SQLiteQueue
 from mailgate.users import UserDB
 from tests.support.fakemx import DSN, MX1, MX2, FakeMX, parse_dsn, wait_until
 from tests.support.live import LiveServer, live_config
+from tests.support.needs import need, need_tool
 from tests.support.tlscerts import TestCA
 
 if TYPE_CHECKING:
@@ -471,12 +472,9 @@ class Postfix:
         return path.read_text(errors="replace") if path.exists() else "(no maillog)"
 
     def start(self) -> Postfix:
-        if not POSTFIX.exists():
-            pytest.fail(f"Postfix is not installed ({POSTFIX} is missing): install the Debian "
-                        "package `postfix` (.ci/run does)")
-        if os.geteuid() != 0:
-            pytest.fail("a private Postfix instance needs root (its master runs as root and "
-                        "its daemons as the postfix user); run the tests as root")
+        need_tool("postfix", path=str(POSTFIX))
+        need(os.geteuid() == 0, "root: a private Postfix instance runs its master as root "
+             "and its daemons as the postfix user")
         try:
             owner = pwd.getpwnam("postfix")
         except KeyError:

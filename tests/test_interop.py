@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import shutil
 import smtplib
 import subprocess
 import sys
@@ -29,6 +28,7 @@ import pytest
 from mailgate.config import Relay
 from mailgate.users import UserDB
 from tests.support.live import LiveServer
+from tests.support.needs import need_tool
 from tests.support.smtpwire import Delivered, loopback_config, parse_delivered, unverified_context
 from tests.support.smtpwire import wait_for_files as _wait_for_files
 
@@ -69,11 +69,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
 
 
 def tool(name: str) -> str:
-    path = shutil.which(name)
-    if path is None:
-        pytest.fail(f"{name} is not installed: .ci/run installs it (Debian package {name}); "
-                    "these interoperability tests need the real client.")
-    return path
+    return need_tool(name)
 
 
 def delivered(server: LiveServer, rcpt: str, n: int = 1) -> list[Delivered]:

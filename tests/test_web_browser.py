@@ -7,7 +7,7 @@ The browser opens the code index, searches for "null MX", opens 556, compares 22
 finds the deferred message in the queue, opens it and retries it (accepting the confirm
 dialog). Each step leaves a screenshot in tests/artifacts/ (ignored by git).
 
-This test fails, rather than skips, when chromium or Playwright is missing: CI installs
+Without chromium this test skips, naming it; under CI it fails instead. CI installs
 them (`apt-get install chromium`, `pip install playwright`; never `playwright install`).
 """
 
@@ -28,6 +28,7 @@ from mailgate.queue import Attempt, NewMessage, NewRecipient, RecipientState
 from mailgate.queue.sqlite import SQLiteQueue
 from mailgate.web.app import WebContext, create_app
 from mailgate.web.auth import AdminAuth
+from tests.support.needs import need_tool
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -89,9 +90,7 @@ def site(tmp_path: Path) -> Iterator[Site]:
 
 
 def test_public_pages_and_admin_retry_in_chromium(site: Site) -> None:
-    if not CHROMIUM.exists():
-        pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium (apt-get install "
-                    "chromium); this test needs a real browser")
+    need_tool("chromium", path=str(CHROMIUM))
     try:
         from playwright.sync_api import Dialog, expect, sync_playwright
     except ImportError:
