@@ -76,6 +76,28 @@ def _tls(config: Config) -> tuple[ssl.SSLContext, Path, Path]:
     return server_context(cert, key), cert, key
 
 
+def reload(tls_ctx: ssl.SSLContext, cert: Path, key: Path, users: UserDB) -> None:
+    """SIGHUP: read the certificate and the user file again; no connection is dropped.
+
+    The new certificate and key are checked in a context of their own first, so a
+    half-copied or mismatched pair leaves the one in service untouched (and says so).
+    Connections already in TLS keep their session; new handshakes get the new pair.
+    """
+    try:
+        server_context(cert, key)
+        tls_ctx.load_cert_chain(cert, key)
+    except (ValueError, OSError, ssl.SSLError) as exc:
+        log.error("SIGHUP: kept the certificate in service: %s", exc)
+    else:
+        log.info("SIGHUP: reloaded the TLS certificate %s", cert)
+    try:
+        users.reload()
+    except (ValueError, OSError) as exc:
+        log.error("SIGHUP: could not read the user file %s: %s", users.path, exc)
+    else:
+        log.info("SIGHUP: reloaded the user file (%d users)", len(users.names()))
+
+
 def banner(config: Config, server: SMTPServer, cert: Path, workers: int) -> str:
     lines = [f"mailgate serving as {config.hostname} (pid {os.getpid()}, {workers} worker"
              f"{'s' if workers != 1 else ''})"]
@@ -168,7 +190,7 @@ async def serve(config: Config, *, reuse_port: bool = False, workers: int = 1,
     queue = open_queue(config)
     users = UserDB(config.data_dir / "users.json")
     resolver = Resolver(nameservers=list(config.dns.nameservers))
-    tls_ctx, cert, _ = _tls(config)
+    tls_ctx, cert, key = _tls(config)
     policy = policy_factory(config, resolver, users)
 
     def on_queued(qid: str, rcpts: list[str]) -> None:
@@ -215,6 +237,8 @@ async def serve(config: Config, *, reuse_port: bool = False, workers: int = 1,
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
+    with contextlib.suppress(NotImplementedError, RuntimeError):
+        loop.add_signal_handler(signal.SIGHUP, reload, tls_ctx, cert, key, users)
     try:
         recovered = await asyncio.to_thread(queue.recover_claims)
     except QueueError as exc:
@@ -428,6 +452,7 @@ def run(config: Config) -> int:
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
+    signal.signal(signal.SIGHUP, forward)  # each worker reloads its own copy
     status = 0
     for pid in children:
         _, st = os.waitpid(pid, 0)
