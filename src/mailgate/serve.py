@@ -45,7 +45,7 @@ from mailgate.queue.spool import spool_dir
 from mailgate.server.listener import SMTPServer
 from mailgate.server.policy import Policy
 from mailgate.server.tls import ensure_self_signed, server_context
-from mailgate.textsafe import SafeFormatter
+from mailgate.textsafe import JSONFormatter, SafeFormatter
 from mailgate.users import UserDB
 
 __all__ = ["StartupError", "bind_socket", "check_ports", "configure_logging", "run", "serve",
@@ -54,14 +54,15 @@ __all__ = ["StartupError", "bind_socket", "check_ports", "configure_logging", "r
 log = logging.getLogger("mailgate")
 
 
-def configure_logging(level: str, stream: TextIO | None = None) -> None:
-    """One line per decision, Postfix style: `time mailgate[pid]: component: message`.
+def configure_logging(level: str, stream: TextIO | None = None, fmt: str = "text") -> None:
+    """One line per decision, Postfix style: `time mailgate[pid]: component: message`, on
+    stderr (journald keeps it under systemd); with `fmt` "json", one JSON object a line.
 
     Log lines carry what clients chose (HELO names, addresses, ENVIDs, user names): the
     formatter shows their control characters as escapes, so none reaches a terminal
     tailing the log as itself, and none forges a line."""
     handler = logging.StreamHandler(stream or sys.stderr)
-    handler.setFormatter(SafeFormatter(
+    handler.setFormatter(JSONFormatter() if fmt == "json" else SafeFormatter(
         "%(asctime)s mailgate[%(process)d]: %(name)s: %(message)s", "%b %d %H:%M:%S"))
     logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO),
                         handlers=[handler])
@@ -418,7 +419,7 @@ def _event_loop_policy() -> None:
 
 def run(config: Config) -> int:
     """Serve with `config.server.workers` processes; return the exit status."""
-    configure_logging(config.log.level)
+    configure_logging(config.log.level, fmt=config.log.format)
     _event_loop_policy()
     workers = max(1, config.server.workers)
     prepare_data_dir(config.data_dir)

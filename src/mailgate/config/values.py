@@ -27,6 +27,8 @@ Network = IPv4Network | IPv6Network
 ROLES: tuple[Role, ...] = ("mx", "submission", "smtps")
 BARE_NEWLINES: tuple[BareNewlines, ...] = ("normalize", "reject")
 LOG_LEVELS: tuple[LogLevel, ...] = ("debug", "info", "warning", "error")
+LogFormat = Literal["text", "json"]
+LOG_FORMATS: tuple[LogFormat, ...] = ("text", "json")
 TLS_LEVELS: tuple[TLSLevel, ...] = ("none", "may", "encrypt", "verify")  # weakest first
 
 KiB = 1024
@@ -265,6 +267,7 @@ class ServerConfig:
 @dataclass(frozen=True, slots=True)
 class LogConfig:
     level: LogLevel = "info"
+    format: LogFormat = "text"  # json: one object per line, for journald/Loki/Elastic
 
 
 def _default_data_dir() -> Path:
