@@ -179,3 +179,53 @@ def test_log_format_json_gives_one_object_per_line(tmp_path: Path) -> None:
         assert {"time", "level", "logger", "pid", "message"} <= doc.keys(), doc
         assert "\x1b" not in line
     assert any(json.loads(line)["message"].startswith("shutting down") for line in lines)
+
+
+def test_pages_survive_a_reinstall_under_the_running_server(tmp_path: Path) -> None:
+    """`pip install` of a new version replaces the package's files under a running
+    server. The web pages must keep working until the restart: templates, static
+    files and prose are read once at start. (Before, every page became a 500.)"""
+    import urllib.request
+
+    site = tmp_path / "site"
+    shutil.copytree(ROOT / "src" / "mailgate", site / "mailgate",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    smtp_port, web_port = free_port(), free_port()
+    config = write_config(tmp_path, smtp_port)
+    text = config.read_text().replace('[web]\naddress = ""',
+                                      f'[web]\naddress = "127.0.0.1:{web_port}"')
+    config.write_text(text)
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    log = tmp_path / "serve.log"
+    with log.open("ab") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "mailgate", "serve", "--config",
+                                 str(config)], stdin=subprocess.DEVNULL, stdout=err,
+                                stderr=err, env=env, cwd=tmp_path)
+    base = f"http://127.0.0.1:{web_port}"
+    pages = ["/", "/codes/556", "/compare/221/556", "/static/style.css",
+             "/admin/login", "/?lang=zh"]
+
+    def get(path: str) -> int:
+        req = urllib.request.Request(base + path, headers={"Host": "127.0.0.1"})
+        try:
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                return int(resp.status)
+        except urllib.error.HTTPError as exc:
+            return int(exc.code)
+
+    def up() -> bool:
+        try:
+            return get("/") == 200
+        except OSError:
+            return False
+
+    try:
+        wait_until("the web page", up, 30)
+        assert {p: get(p) for p in pages} == dict.fromkeys(pages, 200)
+        # What a reinstall does to the old version's files: they are gone.
+        for folder in ("web/templates", "web/static", "codes/data"):
+            shutil.rmtree(site / "mailgate" / folder)
+        assert {p: get(p) for p in pages} == dict.fromkeys(pages, 200), log.read_text()
+    finally:
+        proc.terminate()
+        proc.wait(30)
