@@ -86,7 +86,9 @@ class TLSConfig:
 class Domains:
     """Local domains (delivered to Maildirs) and who in them exists."""
 
-    local: tuple[str, ...] = ("localhost",)  # lower-case A-labels
+    # lower-case A-labels. localhost.localdomain too: programs that insist on a dot in
+    # the domain of an address (git send-email) can then address local mail.
+    local: tuple[str, ...] = ("localhost", "localhost.localdomain")
     catch_all: bool = True
     mailboxes: frozenset[str] = frozenset()  # "user@domain", lower case
     # Where mail for <postmaster> and postmaster@<any local domain> goes (RFC 5321 4.5.1);

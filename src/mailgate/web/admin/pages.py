@@ -157,9 +157,8 @@ def parse_filters(params: Mapping[str, str], strict: bool = False, lang: str = "
         try:
             state = RecipientState(text if strict else text.lower())
         except ValueError:
-            errors.append(words["bad_state"].format(value=repr(text), states=", ".join(
-                words["state_choice"].format(value=s.value, label=words[f"state_{s.value}"])
-                for s in RecipientState)))
+            errors.append(words["bad_state"].format(
+                value=repr(text), states=", ".join(s.value for s in RecipientState)))
     domain = value("domain")
     if domain is not None and not strict:
         domain = domain.lower().lstrip("@") or None
