@@ -71,7 +71,7 @@ def test_zero_config_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
                                                                "127.0.0.1:2587"]
     assert c.tls == TLSConfig(None, None)
     assert c.tls.self_signed
-    assert c.domains == Domains(("localhost",), True, frozenset())
+    assert c.domains == Domains(("localhost", "localhost.localdomain"), True, frozenset())
     assert c.relay.networks == (ip_network("127.0.0.0/8"), ip_network("::1/128"))
     assert c.limits == Limits(25 * 1024 * 1024, 100, 1000, 50)
     assert c.timeouts == Timeouts(300.0, 180.0)

@@ -52,7 +52,7 @@ _SECTIONS: dict[str, tuple[str, ...]] = {
     "tls_policy": (),  # keys are domains or next hops
     "web": ("address", "allowed_hosts"),
     "server": ("workers",),
-    "log": ("level",),
+    "log": ("level", "format"),
 }
 _ROOT_KEYS = ("hostname", "data_dir", *_SECTIONS)
 _BARE_KEY_RE = re.compile(r"[A-Za-z0-9_-]+\Z")
