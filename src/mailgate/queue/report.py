@@ -163,7 +163,7 @@ def mailq(queue: Queue) -> Iterator[str]:
                              "-Sender/Recipient-------")
             waiting = [r for r in m.recipients if r.state not in FINAL_STATES]
             held = bool(waiting) and all(r.state is RecipientState.HELD for r in waiting)
-            when = time.strftime("%a %b %d %H:%M:%S", time.localtime(m.received_at))
+            when = time.asctime(time.localtime(m.received_at))[:19]  # as asctime(3)
             lines.append(f"{m.id:<10}{'!' if held else ' '}{m.size:>8} {when:<20.20} "
                          f"{m.sender or 'MAILER-DAEMON'}")
             shown = None
