@@ -281,6 +281,9 @@ def _filter_params() -> list[dict[str, Any]]:
           "Page of messages older than this one (`older` of a page)"),
         q("after", {"type": "string", "pattern": ID_PATTERN},
           "Page of messages newer than this one (`newer` of a page)"),
+        q("all", {"type": "string", "enum": ["1", "true", "0", "false"]},
+          "1 or true: finished messages too (delivered or bounced, kept for "
+          "[queue] keep_records); by default only live ones"),
     ]
 
 
