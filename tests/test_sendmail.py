@@ -259,3 +259,31 @@ def test_newaliases_checks_the_aliases(bin_dir: Path, tmp_path: Path) -> None:
                         '[aliases]\na = "b"\nb = "a"\n')
     out = run(bin_dir, "newaliases", "-C", str(loop))
     assert out.returncode == EX_CONFIG and b"loop" in out.stderr
+
+
+def test_root_queues_directly_as_the_owner_of_the_data_directory(
+        bin_dir: Path, closed_port: int) -> None:
+    """The server runs as its own user: files sendmail (run by root's cron) makes in the
+    queue must stay that user's, or the server could not open its queue again."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root: checks that root's sendmail writes as the queue's owner")
+    import shutil
+    import tempfile
+
+    top = Path(tempfile.mkdtemp(prefix="mailgate-owner-"))
+    try:
+        top.chmod(0o755)  # the owner below must reach its data directory
+        data = top / "data"
+        data.mkdir(mode=0o700)
+        os.chown(data, 65534, 65534)
+        config = write_config(top / "c.toml", data, closed_port)
+        bin_dir.parent.chmod(0o755)
+        out = run(bin_dir, "sendmail", "-C", str(config), "bob@localhost",
+                  stdin=b"Subject: x\n\nhi\n")
+        assert out.returncode == 0, out.stderr
+        owners = {p.name: p.stat().st_uid for p in data.iterdir()}
+        assert owners and set(owners.values()) == {65534}, owners
+        [(_, rcpts)] = queued(data)
+        assert rcpts == [("bob@localhost", RecipientState.QUEUED)]
+    finally:
+        shutil.rmtree(top)

@@ -218,13 +218,17 @@ def main(argv: list[str] | None = None) -> int:
         return EX_TEMPFAIL
     except MemoryError:
         _exit(prog, EX_OSERR, "out of memory")
+    except Exception as exc:  # a bug: one line and EX_SOFTWARE, never a traceback
+        _exit(prog, EX_SOFTWARE, f"internal error: {type(exc).__name__}: {exc}")
 
 
 def _open_queue(config: Config, prog: str) -> Queue | None:
+    from mailgate.cli.sendmail_queue import become_queue_owner
     from mailgate.queue import NoQueue, QueueError
     from mailgate.queue.backends import open_queue
 
     try:
+        become_queue_owner(config.data_dir)
         return open_queue(config, create=False)
     except NoQueue:
         return None
@@ -363,6 +367,7 @@ async def _smtp(config: Config, message: Submission, where: tuple[str, int], opt
 
 def _direct(config: Config, message: Submission, opts: Options, prog: str) -> int:
     from mailgate.cli.sendmail_queue import UnknownRecipients, queue_directly
+    from mailgate.datadir import StartupError
     from mailgate.queue import QueueError, QueueFull
 
     try:
@@ -373,7 +378,7 @@ def _direct(config: Config, message: Submission, opts: Options, prog: str) -> in
         return EX_NOUSER
     except QueueFull as exc:
         _exit(prog, EX_TEMPFAIL, str(exc))
-    except (QueueError, PermissionError) as exc:
+    except (QueueError, PermissionError, StartupError) as exc:
         _exit(prog, EX_CANTCREAT, f"the server is not running and the queue cannot be "
               f"written ({exc}); start `mailgate serve`, or run this as its user")
     except OSError as exc:

@@ -11,7 +11,8 @@ and Bcc (Bcc then removed); unqualified addresses get `@hostname`; a missing Fro
 `queue_directly` is the path of last resort: the server is down (its submission port
 refuses connections), so the message is written into the queue itself, with the same
 recipient checks and alias expansion the server applies at RCPT; the server delivers it
-when it starts. It needs write access to the queue (root, or the user the server runs as).
+when it starts. It needs write access to the queue: run by root, it writes as the owner
+of the data directory (the user the server runs as), so the files stay the server's.
 """
 
 from __future__ import annotations
@@ -23,14 +24,15 @@ import os
 import re
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import BinaryIO
 
 from mailgate.config import Config
 from mailgate.smtp.address import Address, AddressError, parse_path
 from mailgate.smtp.trace import HopCounter, missing_fields
 
-__all__ = ["InputError", "Submission", "TooBig", "UnknownRecipients", "queue_directly",
-           "read_message"]
+__all__ = ["InputError", "Submission", "TooBig", "UnknownRecipients", "become_queue_owner",
+           "queue_directly", "read_message"]
 
 _NEWLINES = re.compile(rb"\r\n|\r|\n")
 _BCC = re.compile(rb"^Bcc:.*?\r\n(?![ \t])", re.IGNORECASE | re.MULTILINE | re.DOTALL)
@@ -144,6 +146,27 @@ def _login_name() -> str:
         return os.environ.get("LOGNAME") or os.environ.get("USER") or str(os.getuid())
 
 
+def become_queue_owner(data_dir: Path) -> None:
+    """Run as the owner of the data directory, when started as root and it belongs to
+    someone else (the user the server runs as): files the queue creates (its WAL, a new
+    database) must stay the server's, or the server could no longer open its own queue.
+    This process only queues or reads, so it keeps nothing of root's."""
+    if os.geteuid() != 0:
+        return
+    # What the queue needs is imported now: the new user may not read root's Python.
+    import mailgate.queue.sqlite  # noqa: F401
+
+    try:
+        st = os.stat(data_dir)
+    except OSError:
+        return
+    if st.st_uid == 0:
+        return
+    os.setgroups([])
+    os.setgid(st.st_gid)
+    os.setuid(st.st_uid)
+
+
 def queue_directly(config: Config, message: Submission) -> str:
     """Write the message into the queue (the server is down); its queue id. Recipients
     are checked and expanded as the server would at RCPT; UnknownRecipients after the
@@ -175,6 +198,7 @@ def queue_directly(config: Config, message: Submission) -> str:
     trace = (f"Received: by {config.hostname} (mailgate-sendmail, from userid "
              f"{os.getuid()})\r\n\tid {qid};\r\n\t{email.utils.formatdate(now, localtime=True)}"
              "\r\n").encode()
+    become_queue_owner(config.data_dir)
     prepare_data_dir(config.data_dir)
     queue = open_queue(config)
     try:
