@@ -108,9 +108,9 @@ class NewMessage:
         chose is taken (a clash must never reach the client as an error).
 
         A caller-chosen id appears in the content once, in mailgate's own trace field at
-        the top (`... with ESMTP id <qid>;` or `id <qid>` at the end of a line); that one
-        occurrence is rewritten, in the
-        spool's head (kept in memory, so the body is never read) or in `content`."""
+        the top (`... with ESMTP id <qid>;`, or `id <qid>` at the end of a line); that
+        one occurrence is rewritten, in the spool's head (kept in memory, so the body is
+        never read) or in `content`. The spool's head is changed in place."""
         old = f" id {self.id}".encode() if self.id else b""
         new = f" id {new_id}".encode()
         if self.spool is not None:
