@@ -295,13 +295,21 @@ def _send(config: Config, opts: Options, prog: str) -> int:
 
 
 def _listener(config: Config) -> tuple[str, int] | None:
-    """Where the server takes local submissions: its submission listener, else its MX."""
-    for role in ("submission", "mx"):
-        for listener in config.listen:
-            if listener.role == role:
-                host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(listener.host, listener.host)
-                return host, listener.port
-    return None
+    """Where the server takes local submissions: its submission listener, else its MX;
+    one reachable on loopback first (a wildcard address, or a loopback one), since
+    loopback is what makes this client trusted."""
+    import ipaddress
+
+    def reach(host: str) -> str:
+        return {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+
+    found = [(not ipaddress.ip_address(reach(lst.host)).is_loopback, rank, index)
+             for rank, role in enumerate(("submission", "mx"))
+             for index, lst in enumerate(config.listen) if lst.role == role]
+    if not found:
+        return None
+    chosen = config.listen[min(found)[2]]
+    return reach(chosen.host), chosen.port
 
 
 def _submit_or_queue(config: Config, message: Submission, opts: Options, prog: str) -> int:
