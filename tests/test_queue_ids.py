@@ -107,3 +107,14 @@ def test_the_random_source_repeating_is_survived(tmp_path: Path,
         b = q.enqueue(NewMessage("a@x.example", [NewRecipient("b@x.example")], b"x\r\n",
                                  fixed, id=taken))
         assert b != a and b.startswith(a[:12])
+
+
+def test_the_direct_path_s_trace_field_follows_a_new_id_too(tmp_path: Path) -> None:
+    """mailgate-sendmail's own trace field puts the id after a tab (`\\tid X;`)."""
+    head = f"Received: by h (mailgate-sendmail, from userid 0)\r\n\tid {TAKEN};\r\n\td\r\n"
+    with SQLiteQueue(tmp_path / "queue.db") as q:
+        for _ in range(2):
+            qid = q.enqueue(NewMessage("a@x.example", [NewRecipient("b@x.example")],
+                                       head.encode() + b"\r\nhi\r\n", time.time(), id=TAKEN))
+        stored = q.show(qid, content=True).content
+        assert qid != TAKEN and stored is not None and f"\tid {qid};".encode() in stored

@@ -108,11 +108,12 @@ class NewMessage:
         chose is taken (a clash must never reach the client as an error).
 
         A caller-chosen id appears in the content once, in mailgate's own trace field at
-        the top (`... with ESMTP id <qid>;`, or `id <qid>` at the end of a line); that
-        one occurrence is rewritten, in the spool's head (kept in memory, so the body is
-        never read) or in `content`. The spool's head is changed in place."""
-        old = f" id {self.id}".encode() if self.id else b""
-        new = f" id {new_id}".encode()
+        the top (`... with ESMTP id <qid>;`, or `id <qid>` at the end of a line, after a
+        space or a tab); that one occurrence is rewritten, in the spool's head (kept in
+        memory, so the body is never read) or in `content`. The spool's head is changed
+        in place."""
+        old = f"id {self.id}".encode() if self.id else b""
+        new = f"id {new_id}".encode()
         if self.spool is not None:
             if old:
                 self.spool.head = _replace_in_head(self.spool.head, old, new)
@@ -127,8 +128,11 @@ def _replace_in_head(data: bytes, old: bytes, new: bytes) -> bytes:
     end = data.find(b"\r\n\r\n")
     head = data if end < 0 else data[:end + 2]
     at = head.find(old)
-    while at >= 0 and head[at + len(old):at + len(old) + 1] not in (b";", b"\r"):
-        at = head.find(old, at + 1)  # a longer id that starts with this one
+    # A whole word: after a space or tab, before `;` or the line's end (not a longer id
+    # that starts with this one, nor "pid ...").
+    while at >= 0 and not (head[at - 1:at] in (b" ", b"\t")
+                           and head[at + len(old):at + len(old) + 1] in (b";", b"\r")):
+        at = head.find(old, at + 1)
     return data if at < 0 else data[:at] + new + data[at + len(old):]
 
 
