@@ -101,6 +101,10 @@ def test_the_cli_lists_live_mail_and_history_and_purges(tmp_path: Path) -> None:
     assert len(history["messages"]) == 2
     text = mailgate_cli(data, "queue", "list", "--all").stdout
     assert "delivered <bob@localhost>" in " ".join(text.split())
+    done = next(m for m in history["messages"] if m["id"] != live)
+    assert done["finished_at"] is not None
+    shown = mailgate_cli(data, "queue", "show", done["id"]).stdout
+    assert "finished " in shown and "content deleted" in shown and "headers" not in shown
     kept = mailgate_cli(data, "queue", "purge")  # keep_records: 7 days
     assert kept.returncode == 0 and kept.stdout == "0 finished message record(s) purged\n"
     gone = mailgate_cli(data, "queue", "purge", "--older-than", "0")

@@ -70,6 +70,7 @@ def message_json(m: QueuedMessage) -> dict[str, Any]:
         "dsn": {"envid": m.envid, "ret": m.ret},
         "smtputf8": m.smtputf8,
         "body_8bit": m.body_8bit,
+        "finished_at": m.finished_at,
         "recipients": [_rcpt_json(r) for r in m.recipients],
         "attempts": [_attempt_json(rid, a) for rid, a in m.attempts],
     }
@@ -222,6 +223,9 @@ def show_text(m: QueuedMessage, lang: str = "en") -> str:
     ]
     if m.envid or m.ret:
         lines.append(f"dsn       envid={m.envid or '-'} ret={m.ret or '-'}")
+    if m.finished_at is not None:
+        lines.append(f"finished  {_when(m.finished_at)} (content deleted; the record "
+                     "stays for [queue] keep_records)")
     for r in m.recipients:
         lines.append(f"to        <{r.address}>  {r.state}, {r.attempts} attempt(s), next "
                      f"{_when(r.next_attempt)}"

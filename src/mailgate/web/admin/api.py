@@ -222,6 +222,12 @@ OPENAPI_COMPONENTS: dict[str, Any] = {
                              "received_at": {"type": "number"}, "size": {"type": "integer"},
                              "client": {"type": "object"}, "dsn": {"type": "object"},
                              "smtputf8": {"type": "boolean"}, "body_8bit": {"type": "boolean"},
+                             "finished_at": {
+                                 "type": ["number", "null"],
+                                 "description": "when the last recipient became final (its "
+                                                "content is deleted then; the record is "
+                                                "kept for [queue] keep_records); null "
+                                                "while live"},
                              "recipients": {"type": "array", "items": {
                                  "$ref": "#/components/schemas/QueueRecipient"}},
                              "attempts": {"type": "array", "items": {
