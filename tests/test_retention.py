@@ -194,3 +194,26 @@ def test_the_admin_and_api_show_live_mail_unless_asked_for_history(
     assert live in page and done not in page
     page = env.client.get("/admin/queue?all=on").text
     assert live in page and done in page and 'name="all" value="1" checked' in page
+
+
+def test_a_version_3_queue_gets_its_finished_messages_finished(tmp_path: Path) -> None:
+    import sqlite3
+
+    db = tmp_path / "queue.db"
+    with SQLiteQueue(db) as q:
+        done, live = q.enqueue(message("a@x.example")), q.enqueue(message("b@x.example"))
+    # Back to version 3, as an older mailgate left it: no finished_at, a delivered
+    # message still holding its content.
+    with sqlite3.connect(db) as conn:
+        conn.execute("DROP INDEX messages_live")
+        conn.execute("DROP INDEX messages_finished")
+        conn.execute("ALTER TABLE messages DROP COLUMN finished_at")
+        conn.execute("UPDATE recipients SET state = 'delivered', updated_at = 1000.0 "
+                     "WHERE address = 'a@x.example'")
+        conn.execute("PRAGMA user_version = 3")
+    with SQLiteQueue(db) as q:
+        old = q.show(done, content=True)
+        assert old.finished_at == 1000.0 and old.content is None
+        assert q.show(live, content=True).content is not None
+        assert [m.id for m in q.list(live_only=True)] == [live]
+        assert q.purge(2000.0) == 1 and q.integrity_check() == ["ok"]
