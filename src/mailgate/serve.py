@@ -91,8 +91,7 @@ def banner(config: Config, server: SMTPServer, cert: Path, workers: int) -> str:
         f"  queue      {d / 'queue.db'} (SQLite, WAL, synchronous=FULL)",
         f"  maildirs   {d / 'maildir'}/<domain>/<user>/",
         f"  TLS        {cert}" + (" (self-signed)" if config.tls.cert is None else ""),
-        f"  local      {', '.join(config.domains.local)}"
-        + ("" if config.domains.catch_all else " (known mailboxes only)"),
+        f"  local      {', '.join(config.domains.local)}" + _catch_all_note(config),
         f"  relay from {', '.join(str(n) for n in config.relay.networks) or 'nobody'}"
         " (others must AUTH on submission)",
         "  DNS        " + (", ".join(f"{h}:{p}" for h, p in config.dns.nameservers)
@@ -100,6 +99,16 @@ def banner(config: Config, server: SMTPServer, cert: Path, workers: int) -> str:
         f"  users      {d / 'users.json'} (add with: mailgate user add NAME)",
     ]
     return "\n".join(lines)
+
+
+def _catch_all_note(config: Config) -> str:
+    domains = config.domains
+    if domains.catch_all:
+        return " (any local part)"
+    if domains.catch_all_domains:
+        return (" (known recipients only; any local part at "
+                f"{', '.join(sorted(domains.catch_all_domains))})")
+    return " (known recipients only: users, mailboxes, aliases)"
 
 
 class Worker(Protocol):
