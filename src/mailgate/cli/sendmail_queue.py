@@ -59,10 +59,12 @@ def read_message(stream: BinaryIO, dot_ends: bool, limit: int) -> bytes:
     """Standard input as the message: CRLF line ends; a line holding only `.` ends it
     unless `dot_ends` is False (-i, -oi). TooBig past `limit` bytes."""
     out = bytearray()
-    for line in stream:
-        if dot_ends and line.rstrip(b"\r\n") == b".":
+    line_start = True  # a piece read begins a line (a long line comes in pieces)
+    while piece := stream.readline(65536):  # bounded: a line without end cannot grow
+        if dot_ends and line_start and piece.rstrip(b"\r\n") == b".":
             break
-        out += line
+        line_start = piece.endswith(b"\n")
+        out += piece
         if len(out) > limit:
             raise TooBig(f"the message is larger than the limit of {limit} bytes "
                          "([limits] message_size)")
