@@ -418,6 +418,7 @@ address = "{HOST}:{self.port}"
 
 [domains]
 local = ["local.bench.test"]
+catch_all = true  # the maildir mode writes to to@local.bench.test, no user of that name
 
 [relay]
 networks = ["127.0.0.0/8"]

@@ -825,6 +825,7 @@ def test_the_documented_example_loads(tmp_path: Path) -> None:
     ca = TestCA.create(tmp_path / "ca")
     (tmp_path / "tls" / "ca.pem").write_bytes(ca.ca_file.read_bytes())
     (tmp_path / "relay-password").write_text("secret\n")
+    (tmp_path / "aliases").write_text("# as /etc/aliases\nroot: alice@example.test,\n  bob\n")
     path = tmp_path / "mailgate.toml"
     path.write_text(example, encoding="utf-8")
     c = load_config(path)
@@ -840,7 +841,7 @@ def test_the_documented_example_has_every_key() -> None:
     for section, keys in _SECTIONS.items():
         tables = doc[section] if section == "listen" else [doc[section]]
         for table in tables:
-            if section not in ("routes", "tls_policy"):  # keys are domains there
+            if section not in ("routes", "tls_policy", "aliases"):  # keys are names there
                 assert set(table) == set(keys), section
 
 
@@ -988,7 +989,7 @@ OFFERED = (
 )  # fmt: skip
 
 # The parts of config/, highest first: each imports only parts after it.
-PARTS = ("", ".sections", ".reader", ".values", ".syntax")
+PARTS = ("", ".sections", ".reader", ".values", ".aliases", ".syntax")
 
 
 def test_the_package_offers_every_name_the_module_did() -> None:

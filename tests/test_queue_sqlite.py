@@ -97,7 +97,7 @@ def blocked_writer(queue: SQLiteQueue) -> threading.Event:
 
 def test_ids_are_short_file_safe_time_ordered_and_unique() -> None:
     ids = [new_queue_id(1_700_000_000.0 + i / 1000) for i in range(1000)]
-    assert all(re.fullmatch(r"[0-9a-f]{18}", i) for i in ids)
+    assert all(re.fullmatch(r"[0-9a-f]{22}", i) for i in ids)
     assert len(set(ids)) == 1000
     assert [i[:12] for i in ids] == sorted(i[:12] for i in ids)
 
@@ -290,7 +290,7 @@ def test_a_version_1_queue_is_migrated_and_keeps_its_mail(db: Path) -> None:
             (DEFERRED, True), (DELIVERED, False)]
         assert queue.integrity_check() == ["ok"]
     with sqlite3.connect(db) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
 
 
 def test_a_migrated_file_has_the_tables_of_a_new_one(tmp_path: Path) -> None:

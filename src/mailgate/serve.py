@@ -27,6 +27,7 @@ import signal
 import socket
 import ssl
 import sys
+import time
 import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -113,8 +114,7 @@ def banner(config: Config, server: SMTPServer, cert: Path, workers: int) -> str:
         f"  queue      {d / 'queue.db'} (SQLite, WAL, synchronous=FULL)",
         f"  maildirs   {d / 'maildir'}/<domain>/<user>/",
         f"  TLS        {cert}" + (" (self-signed)" if config.tls.cert is None else ""),
-        f"  local      {', '.join(config.domains.local)}"
-        + ("" if config.domains.catch_all else " (known mailboxes only)"),
+        f"  local      {', '.join(config.domains.local)}" + _catch_all_note(config),
         f"  relay from {', '.join(str(n) for n in config.relay.networks) or 'nobody'}"
         " (others must AUTH on submission)",
         "  DNS        " + (", ".join(f"{h}:{p}" for h, p in config.dns.nameservers)
@@ -122,6 +122,16 @@ def banner(config: Config, server: SMTPServer, cert: Path, workers: int) -> str:
         f"  users      {d / 'users.json'} (add with: mailgate user add NAME)",
     ]
     return "\n".join(lines)
+
+
+def _catch_all_note(config: Config) -> str:
+    domains = config.domains
+    if domains.catch_all:
+        return " (any local part)"
+    if domains.catch_all_domains:
+        return (" (known recipients only; any local part at "
+                f"{', '.join(sorted(domains.catch_all_domains))})")
+    return " (known recipients only: users, mailboxes, aliases)"
 
 
 class Worker(Protocol):
@@ -249,6 +259,7 @@ async def serve(config: Config, *, reuse_port: bool = False, workers: int = 1,
         if recovered:
             log.info("took back %d recipient(s) claimed by processes that ended (a crash "
                      "or kill); due now", recovered)
+    purge_task = loop.create_task(purge_finished(queue, config, stop))
     local_task = loop.create_task(supervise("local", local))
     outbound_task = loop.create_task(supervise("outbound", outbound))
     if ready is not None:
@@ -268,11 +279,32 @@ async def serve(config: Config, *, reuse_port: bool = False, workers: int = 1,
     # what it claimed and did not record, so a restart resumes it at once (at-least-once:
     # a message cut off mid-DATA may go twice, none is lost). Local delivery gives back
     # the messages of its batch it has not started.
-    for task in (local_task, outbound_task):
+    for task in (local_task, outbound_task, purge_task):
         with contextlib.suppress(asyncio.CancelledError, TimeoutError):
             await asyncio.wait_for(task, 30.0)
     queue.close()
     log.info("stopped")
+
+
+PURGE_EVERY = 600.0  # seconds between purges of finished records past keep_records
+
+
+async def purge_finished(queue: Queue, config: Config, stop: asyncio.Event) -> None:
+    """Remove the records of messages finished more than `[queue] keep_records` ago, at
+    start and every PURGE_EVERY seconds until `stop`; in batches of 1,000, so the queue's
+    writer is never held for long. A failure is logged and tried again next time."""
+    while not stop.is_set():
+        total = 0
+        try:
+            cutoff = time.time() - config.queue.keep_records
+            while not stop.is_set() and (n := await asyncio.to_thread(queue.purge, cutoff)):
+                total += n
+        except QueueError as exc:
+            log.error("could not purge finished messages: %s", exc)
+        if total:
+            log.info("purged the records of %d finished message(s)", total)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), PURGE_EVERY)
 
 
 def _hostport(host: str, port: int) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -45,17 +46,77 @@ _qformat = click.option("--format", "fmt", type=click.Choice(["text", "json"]), 
 @_qformat
 @click.option("--state", type=click.Choice(["queued", "deferred", "held", "delivered", "failed"]),
               default=None, help="Only messages with a recipient in this state.")
-@click.option("--limit", default=100, show_default=True)
-def queue_list(config_path: Path | None, fmt: str, state: str | None, limit: int) -> None:
-    """Messages in the queue, newest first."""
-    from mailgate.queue import RecipientState
-    from mailgate.queue.report import list_json, list_text
+@click.option("--limit", default=100, show_default=True, type=click.IntRange(min=0))
+@click.option("--all", "everything", is_flag=True,
+              help="Finished messages too (delivered or bounced, kept for [queue] "
+                   "keep_records); by default only live ones.")
+def queue_list(config_path: Path | None, fmt: str, state: str | None, limit: int,
+               everything: bool) -> None:
+    """Messages in the queue, newest first: those still to be delivered (--all: and
+    the finished ones still on record). Streams: any --limit is fine."""
+    from mailgate.queue import QueueError, RecipientState
+    from mailgate.queue.report import stream_list
 
     _, q = _open_queue(config_path)
     try:
-        msgs = q.list(state=RecipientState(state) if state else None, limit=limit)
-        click.echo(list_json(msgs, q.counts()) if fmt == "json" else list_text(msgs, q.counts()),
-                   nl=False)
+        for piece in stream_list(q, limit, fmt, live_only=not everything,
+                                 state=RecipientState(state) if state else None):
+            sys.stdout.write(piece)
+        sys.stdout.flush()
+    except QueueError as exc:
+        fail(str(exc))
+    finally:
+        q.close()
+
+
+@queue.command("purge")
+@_config_option
+@click.option("--older-than", "older_than", default=None, metavar="DURATION",
+              help="Keep records finished within this time (default: [queue] keep_records); "
+                   "0 removes every finished record.")
+def queue_purge(config_path: Path | None, older_than: str | None) -> None:
+    """Remove the records of finished messages (delivered, bounced, expired) kept past
+    [queue] keep_records. Live mail is never touched. The server does this by itself
+    every few minutes; this is for doing it now."""
+    import time
+
+    from mailgate.config import parse_duration
+    from mailgate.queue import QueueError
+
+    config, q = _open_queue(config_path)
+    keep = config.queue.keep_records
+    if older_than is not None:
+        try:
+            keep = parse_duration(older_than)
+        except ValueError as exc:
+            q.close()
+            fail(f"--older-than {older_than!r}: {exc}.")
+    total = 0
+    try:
+        cutoff = time.time() - keep
+        while n := q.purge(cutoff):
+            total += n
+    except QueueError as exc:
+        fail(str(exc))
+    finally:
+        q.close()
+    click.echo(f"{total} finished message record(s) purged")
+
+
+@main.command("mailq")
+@_config_option
+def mailq(config_path: Path | None) -> None:
+    """The mail queue as Postfix's mailq prints it (also: mailgate-sendmail -bp)."""
+    from mailgate.queue import QueueError
+    from mailgate.queue.report import mailq as mailq_lines
+
+    _, q = _open_queue(config_path)
+    try:
+        for piece in mailq_lines(q):
+            sys.stdout.write(piece)
+        sys.stdout.flush()
+    except QueueError as exc:
+        fail(str(exc))
     finally:
         q.close()
 

@@ -24,6 +24,7 @@ from pathlib import Path
 
 # The names the rest of mailgate and the tests use (`__all__`), and the others that
 # `mailgate.config` has always offered, from where they now live.
+from mailgate.config.aliases import Aliases, QueueConfig
 from mailgate.config.reader import _SECTIONS as _SECTIONS
 from mailgate.config.reader import SMTPS_PORT as SMTPS_PORT
 from mailgate.config.reader import _Reader
@@ -66,6 +67,7 @@ from mailgate.config.values import Role as Role
 __all__ = [
     "DEFAULT_LISTENERS",
     "TLS_LEVELS",
+    "Aliases",
     "Config",
     "ConfigError",
     "DNSConfig",
@@ -75,6 +77,7 @@ __all__ = [
     "Listener",
     "LogConfig",
     "Policy",
+    "QueueConfig",
     "Relay",
     "Relayhost",
     "Route",

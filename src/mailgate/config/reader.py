@@ -36,7 +36,8 @@ _T = TypeVar("_T")
 _SECTIONS: dict[str, tuple[str, ...]] = {
     "listen": ("role", "address"),
     "tls": ("cert", "key"),
-    "domains": ("local", "catch_all", "mailboxes", "postmaster"),
+    "domains": ("local", "catch_all", "mailboxes", "postmaster", "recipient_delimiter",
+                "aliases_file"),
     "relay": ("networks",),
     "limits": ("message_size", "recipients", "connections", "connections_per_ip", "hops"),
     "timeouts": ("command", "data_block", "min_data_rate", "tls_handshake", "stress_command",
@@ -53,6 +54,8 @@ _SECTIONS: dict[str, tuple[str, ...]] = {
     "web": ("address", "allowed_hosts"),
     "server": ("workers",),
     "log": ("level", "format"),
+    "aliases": (),  # keys are local parts or addresses
+    "queue": ("keep_records",),
 }
 _ROOT_KEYS = ("hostname", "data_dir", *_SECTIONS)
 _BARE_KEY_RE = re.compile(r"[A-Za-z0-9_-]+\Z")
@@ -158,7 +161,7 @@ class _Reader:
         if not isinstance(value, dict):
             self.report(name, value, f"must be a table: put its keys under a [{name}] header")
             return {}
-        if name not in ("routes", "tls_policy"):
+        if name not in ("routes", "tls_policy", "aliases"):
             self.check_keys(value, (name,), _SECTIONS[name])
         return value
 

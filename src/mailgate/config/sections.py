@@ -14,6 +14,15 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import cast
 
+from mailgate.config.aliases import (
+    DEFAULT_ALIASES,
+    AliasError,
+    Aliases,
+    QueueConfig,
+    expand,
+    parse_aliases_file,
+    parse_target,
+)
 from mailgate.config.reader import (
     _ROOT_KEYS,
     _SECTIONS,
@@ -131,13 +140,18 @@ def _build(doc: Mapping[str, object], r: _Reader, source: str | None) -> Config:
     lg = r.section(doc, "log")
     log = LogConfig(cast(LogLevel, r.get(lg, ("log",), "level", _choice(LOG_LEVELS), "info")),
                     cast(LogFormat, r.get(lg, ("log",), "format", _choice(LOG_FORMATS), "text")))
+    aliases = _aliases(r.section(doc, "aliases"), r, domains)
+    qt = r.section(doc, "queue")
+    queue = QueueConfig(r.get(qt, ("queue",), "keep_records", _duration(True),
+                              QueueConfig().keep_records))
 
     if r.problems:
         raise ConfigError(r.problems)
     return Config(hostname=hostname, data_dir=data_dir, listen=listeners, tls=tls,
                   domains=domains, relay=relay, limits=limits, timeouts=timeouts, dns=dns,
                   policy=policy, submission=submission, delivery=delivery, routes=routes,
-                  tls_policy=tls_policy, web=web, server=server, log=log, source=source)
+                  tls_policy=tls_policy, web=web, server=server, log=log, aliases=aliases,
+                  queue=queue, source=source)
 
 
 def _listeners(doc: Mapping[str, object], r: _Reader) -> tuple[Listener, ...]:
@@ -206,12 +220,103 @@ def _domains(d: Mapping[str, object], r: _Reader) -> Domains:
             r.report("domains.postmaster", d.get("postmaster"),
                      f"must be a local address: {domain} is not one of domains.local "
                      f"({', '.join(local)})")
+    # catch_all: true (every local domain), false, or a list of local domains. Left out,
+    # it is true only for the zero-config domain list (localhost, which only this host
+    # reaches); a configuration that names its domains accepts known recipients only.
+    catch_all, catch_all_domains = "local" not in d, frozenset[str]()
+    if isinstance(d.get("catch_all"), list):
+        catch_all = False
+        catch_all_domains = frozenset(r.get_list(d, path, "catch_all", _domain_value, (),
+                                                 example='["example.org"]'))
+        for name in sorted(catch_all_domains - set(local)):
+            r.report("domains.catch_all", d["catch_all"],
+                     f"{name} is not one of domains.local ({', '.join(local)})")
+    else:
+        catch_all = r.get(d, path, "catch_all", _boolean_or_domains, catch_all)
+    delimiter = r.get(d, path, "recipient_delimiter", _delimiter, "+")
     return Domains(
         local=tuple(dict.fromkeys(local)),
-        catch_all=r.get(d, path, "catch_all", _boolean, True),
+        catch_all=catch_all,
         mailboxes=frozenset(mailboxes),
         postmaster=postmaster,
+        catch_all_domains=catch_all_domains,
+        recipient_delimiter=delimiter,
+        aliases_file=r.get(d, path, "aliases_file", r.file, None),
     )
+
+
+def _boolean_or_domains(value: object) -> bool:
+    if not isinstance(value, bool):
+        raise _Bad('must be true, false, or a list of local domains like ["example.org"]')
+    return value
+
+
+def _delimiter(value: object) -> str:
+    text = _string(value)
+    if len(text) > 1 or (text and (text.isalnum() or text in "@.\"" or not text.isprintable()
+                                   or text.isspace())):
+        raise _Bad('must be one character such as "+" or "-" (not a letter, digit, @ or '
+                   'dot), or "" for none')
+    return text
+
+
+def _aliases(t: Mapping[str, object], r: _Reader, domains: Domains) -> Aliases:
+    """[aliases] and domains.aliases_file, merged, checked for loops once loaded."""
+    table: dict[str, tuple[str, ...]] = dict(DEFAULT_ALIASES)
+    where: dict[str, str] = {}
+    sources: list[tuple[str, Mapping[str, object]]] = []
+    if domains.aliases_file is not None:
+        entries, problems = parse_aliases_file(domains.aliases_file)
+        for problem in problems:
+            r.report_key("domains.aliases_file", problem)
+        sources.append((str(domains.aliases_file), dict(entries)))
+    sources.append(("[aliases]", t))
+    for origin, entries_ in sources:
+        for name, value in entries_.items():
+            key = _key("aliases", name) if origin == "[aliases]" else f"{origin}: {name}"
+            try:
+                alias = _alias_key(name, domains)
+                items = value if isinstance(value, list | tuple) else [value]
+                if not items:
+                    raise _Bad("must name at least one address")
+                targets = tuple(dict.fromkeys(
+                    item if origin != "[aliases]" else parse_target(item) for item in items))
+            except _Bad as exc:
+                r.report(key, value, str(exc))
+                continue
+            if alias in where:
+                r.report(key, value, f"{alias} is already defined in {where[alias]}")
+                continue
+            where[alias] = origin
+            table[alias] = cast(tuple[str, ...], targets)
+    aliases = Aliases(MappingProxyType(table))
+    for alias in table:
+        local, at, domain = alias.rpartition("@")
+        for dom in [domain] if at else domains.local:
+            try:
+                expand(aliases, local if at else alias, dom, is_local=domains.is_local,
+                       delimiter=domains.recipient_delimiter)
+            except AliasError as exc:
+                r.report_key(_key("aliases", alias), str(exc))
+                return Aliases()
+    return aliases
+
+
+def _alias_key(name: str, domains: Domains) -> str:
+    """`info` or `info@example.org` (a local domain), as the table keys it."""
+    local, at, domain = name.strip().rpartition("@")
+    if not at:
+        local = name.strip()
+    if not local or any(c.isspace() or c in '<>",@' or not c.isprintable() for c in local):
+        raise _Bad("the key must be a local part like info, or an address like "
+                   '"info@example.org"')
+    if not at:
+        return local.lower()
+    dom = _domain(domain)
+    if not domains.is_local(dom):
+        raise _Bad(f"the key's domain {dom} is not one of domains.local "
+                   f"({', '.join(domains.local)}): only local addresses are aliased")
+    return f"{local.lower()}@{dom}"
 
 
 def _submission(t: Mapping[str, object], r: _Reader, domains: Domains) -> Submission:

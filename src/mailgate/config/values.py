@@ -13,6 +13,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Literal
 
+from mailgate.config.aliases import Aliases, QueueConfig
 from mailgate.config.syntax import _join_hostport, _lookup_domain
 
 Role = Literal["mx", "submission", "smtps"]
@@ -94,6 +95,16 @@ class Domains:
     # Where mail for <postmaster> and postmaster@<any local domain> goes (RFC 5321 4.5.1);
     # None: postmaster@<the first local domain>, a Maildir of its own.
     postmaster: str | None = None
+    # Local domains that accept any local part, besides all of them when `catch_all`.
+    catch_all_domains: frozenset[str] = frozenset()
+    # `bob+tag@` is bob's (his aliases, his mailbox) unless bob+tag is known itself;
+    # "" turns plus-addressing off.
+    recipient_delimiter: str = "+"
+    aliases_file: Path | None = None  # aliases(5) format, read with the configuration
+
+    def catches_all(self, domain: str) -> bool:
+        """Whether every local part at this local domain is accepted (catch-all)."""
+        return self.catch_all or _lookup_domain(domain) in self.catch_all_domains
 
     @property
     def postmaster_mailbox(self) -> str:
@@ -306,6 +317,8 @@ class Config:
     web: WebConfig = WebConfig()
     server: ServerConfig = ServerConfig()
     log: LogConfig = LogConfig()
+    aliases: Aliases = field(default_factory=Aliases)
+    queue: QueueConfig = field(default_factory=QueueConfig)
     source: str | None = None
 
     def route_for(self, domain: str) -> Route | None:

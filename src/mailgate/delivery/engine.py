@@ -44,7 +44,7 @@ import ssl
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from mailgate import metrics
@@ -554,7 +554,10 @@ class DeliveryEngine(Worker):
             log.info("%s: a bounce (from <>) failed: dropped, never bounced", msg.id)
             return None
         try:
-            shown = await asyncio.to_thread(self.queue.show, msg.id, True)
+            # The content from the claim: once every recipient is final the queue has
+            # already deleted its own copy (retention).
+            shown = replace(await asyncio.to_thread(self.queue.show, msg.id),
+                            content=msg.content)
         except NotFound:
             return None  # deleted meanwhile
         failed_ids = {r.id for r in item.recipients}

@@ -16,7 +16,7 @@ import enum
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
@@ -103,15 +103,54 @@ class NewMessage:
     def size(self) -> int:
         return self.spool.size if self.spool is not None else len(self.content)
 
+    def with_id(self, new_id: str) -> NewMessage:
+        """The message under another queue id: what a backend does when the id the caller
+        chose is taken (a clash must never reach the client as an error).
+
+        A caller-chosen id appears in the content once, in mailgate's own trace field at
+        the top (`... with ESMTP id <qid>;`, or `id <qid>` at the end of a line, after a
+        space or a tab); that one occurrence is rewritten, in the spool's head (kept in
+        memory, so the body is never read) or in `content`. The spool's head is changed
+        in place."""
+        old = f"id {self.id}".encode() if self.id else b""
+        new = f"id {new_id}".encode()
+        if self.spool is not None:
+            if old:
+                self.spool.head = _replace_in_head(self.spool.head, old, new)
+            return replace(self, id=new_id)
+        content = _replace_in_head(bytes(self.content), old, new) if old else self.content
+        return replace(self, id=new_id, content=content)
+
+
+def _replace_in_head(data: bytes, old: bytes, new: bytes) -> bytes:
+    """`old` replaced once within the header section of `data` (the trace field mailgate
+    wrote comes first; nothing in the body is touched)."""
+    end = data.find(b"\r\n\r\n")
+    head = data if end < 0 else data[:end + 2]
+    at = head.find(old)
+    # A whole word: after a space or tab, before `;` or the line's end (not a longer id
+    # that starts with this one, nor "pid ...").
+    while at >= 0 and not (head[at - 1:at] in (b" ", b"\t")
+                           and head[at + len(old):at + len(old) + 1] in (b";", b"\r")):
+        at = head.find(old, at + 1)
+    return data if at < 0 else data[:at] + new + data[at + len(old):]
+
 
 def new_queue_id(now: float | None = None) -> str:
-    """A queue id: 12 hex digits of Unix milliseconds, then 6 random hex digits.
+    """A queue id: 12 hex digits of Unix milliseconds, then 10 random hex digits.
 
     Time first so ids sort roughly by arrival (handy in logs and file names); the random
-    part keeps ids from different processes apart without coordination, and the backend's
-    UNIQUE constraint catches the one-in-sixteen-million clash within one millisecond."""
+    part (40 bits: a clash needs a million ids in one millisecond to become likely) keeps
+    ids apart without coordination. A clash that still happens is caught by the backend,
+    which stores the message under a fresh id (`NewMessage.with_id`): it is never an error
+    (the 24 random bits ids once had made one in about a million messages fail)."""
     ms = int((time.time() if now is None else now) * 1000)
-    return f"{ms:012x}{secrets.token_hex(3)}"
+    return f"{ms:012x}{_random_hex(5)}"
+
+
+def _random_hex(nbytes: int) -> str:
+    """The random part of an id (a function of its own so a test can force a clash)."""
+    return secrets.token_hex(nbytes)
 
 
 def domain_of(address: str) -> str:
@@ -177,6 +216,10 @@ class QueuedMessage:
     body_8bit: bool = False
     content: bytes | None = None
     attempts: tuple[tuple[int, Attempt], ...] = field(default=())  # (recipient id, attempt)
+    # When the last recipient became final (delivered or failed): the content was
+    # deleted then, and the record stays until `purge` (`[queue] keep_records`). None
+    # while the message is live (a recipient queued, deferred or held).
+    finished_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,7 +258,11 @@ class Queue(Protocol):
     thread (`asyncio.to_thread`) or through the backend's own async wrapper."""
 
     def enqueue(self, message: NewMessage) -> str:
-        """Store durably; return the queue id. Raises QueueFull on storage errors."""
+        """Store durably; return the queue id. Raises QueueFull on storage errors.
+
+        When `message.id` is already taken, the message is stored under a fresh id
+        (`message.with_id(new_queue_id())`, which also rewrites the id in its trace
+        field) and that id is returned: a clash is never an error."""
         ...
 
     async def enqueue_async(self, message: NewMessage) -> str:
@@ -245,7 +292,12 @@ class Queue(Protocol):
     def record(self, recipient_id: int, attempt: Attempt, next_attempt: float | None = None,
                claim_token: str | None = None) -> None:
         """Store an attempt and move the recipient to delivered / deferred (with
-        next_attempt) / failed according to attempt.outcome; releases the claim."""
+        next_attempt) / failed according to attempt.outcome; releases the claim.
+
+        Retention: when this leaves every recipient of the message final (delivered or
+        failed), in the same transaction the message's content is deleted and its
+        `finished_at` set to now; the record (envelope, recipients, attempts) stays for
+        the listings until `purge`."""
         ...
 
     async def record_async(self, recipient_id: int, attempt: Attempt,
@@ -274,8 +326,12 @@ class Queue(Protocol):
     def list(self, state: RecipientState | None = None, limit: int = 100, offset: int = 0,
              sender: str | None = None, recipient_domain: str | None = None, *,
              queued_before: float | None = None, before: str | None = None,
-             after: str | None = None) -> list[QueuedMessage]:
+             after: str | None = None, live_only: bool = False) -> list[QueuedMessage]:
         """Messages, newest first, with their recipients (no content).
+
+        `live_only` keeps messages that are not finished (`finished_at` is None: some
+        recipient is queued, deferred or held), what `queue list`, mailq and the admin
+        show by default; False includes the finished ones still on record.
 
         `queued_before` keeps messages queued before that Unix time (the age filter).
         `before` / `after` page by key: only messages queued before / after the message
@@ -307,6 +363,14 @@ class Queue(Protocol):
 
     def counts(self) -> dict[str, int]:
         """Recipients per state."""
+        ...
+
+    def purge(self, finished_before: float, limit: int = 1000) -> int:
+        """Remove the records (message, recipients, attempts) of up to `limit` messages
+        finished before that Unix time; return how many. Live messages are never touched.
+        The server calls it periodically with now - `[queue] keep_records`, in small
+        batches so that no one transaction holds the writer for long; `mailgate queue
+        purge` calls it until it returns 0."""
         ...
 
     def activity(self, since: float, bucket_seconds: float, until: float | None = None

@@ -10,6 +10,12 @@ The first 256 KiB stay in memory and the file is made only when a message grows 
 them: most mail is a few KiB, and a file created and removed for each such message would
 cost more than the message itself.
 
+What mailgate itself puts at the top of a message (its Received: field, and on
+submission the Date: and Message-ID: a client left out) is the spool's `head`: kept in
+memory apart from the body, counted in `size` and read first by `chunks`, so it can be
+written last (once the header section has been seen) or rewritten (the queue id, when the
+backend must choose another) without reading or copying the body.
+
 The file is only a waiting room: the message is durable once the queue's commit is,
 and the file is removed when `enqueue` returns (stored or not). Files left by a crash
 are removed at the next start (`clean`). Files are created owner-only (0600), with
@@ -53,23 +59,29 @@ def clean(directory: Path) -> int:
 class SpoolFile:
     """One message's content, appended in pieces; `size` counts every byte written."""
 
-    __slots__ = ("_buffer", "_fd", "path", "size")
+    __slots__ = ("_body", "_buffer", "_fd", "head", "path")
 
-    def __init__(self, directory: Path, name: str) -> None:
+    def __init__(self, directory: Path, name: str, head: bytes = b"") -> None:
         self.path = directory / name
         self._fd = -1  # no file until the content outgrows the buffer
         self._buffer = bytearray()
-        self.size = 0
+        self._body = 0  # bytes written (to the buffer or the file)
+        self.head = head  # mailgate's own fields, before the body; may be replaced
+
+    @property
+    def size(self) -> int:
+        """Every byte of the content: the head and what was written."""
+        return len(self.head) + self._body
 
     @property
     def spilled(self) -> bool:
         """The content went to a file (it outgrew the in-memory buffer)."""
-        return self.size > len(self._buffer)
+        return self._body > len(self._buffer)
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         """Append; writes to the file once the buffer holds enough (page cache speed).
         OSError (disk full, ...) leaves the spool unusable: `discard` it."""
-        self.size += len(data)
+        self._body += len(data)
         self._buffer += data
         if len(self._buffer) >= _BUFFER:
             if self._fd < 0:
@@ -97,7 +109,9 @@ class SpoolFile:
                 self._fd = -1
 
     def chunks(self, size: int = _READ) -> Iterator[bytes]:
-        """The content, in pieces of at most `size` bytes (after `finish`)."""
+        """The content, head first, in pieces of at most `size` bytes (after `finish`)."""
+        if self.head:
+            yield self.head
         if not self.spilled:
             if self._buffer:
                 yield bytes(self._buffer)
@@ -118,7 +132,8 @@ class SpoolFile:
             self._fd = -1
         spilled = self.spilled
         self._buffer = bytearray()
-        self.size = 0
+        self._body = 0
+        self.head = b""
         if spilled:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.path)

@@ -21,7 +21,7 @@ from mailgate.queue import NewMessage, NewRecipient
 from mailgate.queue.spool import SpoolFile
 from mailgate.server.policy import ConnectionInfo
 from mailgate.smtp.server import MailFrom, RcptTo
-from mailgate.smtp.trace import HopCounter
+from mailgate.smtp.trace import HopCounter, missing_fields
 
 __all__ = ["Incoming", "new_message", "received_header"]
 
@@ -52,11 +52,9 @@ class Incoming:
         self.hops = HopCounter()
         self.spool: SpoolFile | None = None
         self.error: OSError | None = None
-        try:
-            self.spool = SpoolFile(spool_dir, qid)
-            self.spool.write(trace)
-        except OSError as exc:
-            self._failed(exc)
+        # The trace field is the spool's head, kept apart from the body: the fields a
+        # submission lacks go after it at the end, and the backend may rewrite its id.
+        self.spool = SpoolFile(spool_dir, qid, head=trace)
 
     def write(self, data: bytes) -> None:
         self.hops.feed(data)
@@ -66,6 +64,11 @@ class Incoming:
             self.spool.write(data)
         except OSError as exc:
             self._failed(exc)
+
+    def submission_fixups(self, spool: SpoolFile, hostname: str) -> None:
+        """Add the Date: and Message-ID: fields the message lacks (RFC 6409 8.2, 8.3),
+        after the trace field: for the submission ports only, never on the MX."""
+        spool.head += missing_fields(self.hops, hostname)
 
     def take(self) -> SpoolFile | None:
         """The spool file, now the caller's to finish or discard."""

@@ -490,12 +490,17 @@ class SMTPConnection(asyncio.Protocol):
         ev = self._pending_rcpt
         self._pending_rcpt = None
         if (reply is None or reply.code // 100 == 2) and ev is not None:
-            # The envelope keeps the recipient as it will be delivered: the postmaster's
-            # mailbox for <postmaster>, so what was judged local stays local.
-            final = self.server.policy.final_recipient(ev.recipient)
-            if all(r.recipient != final for r in self._rcpts):  # one copy per mailbox
-                self._rcpts.append(ev if final is ev.recipient
-                                   else dataclasses.replace(ev, recipient=final))
+            # The envelope keeps the recipients as they will be delivered: aliases
+            # expanded, the postmaster's mailbox for <postmaster>, bob for bob+tag; the
+            # address as given stays the ORCPT (RFC 3461 4.2) for notices.
+            finals = self.server.policy.final_recipients(ev.recipient) or [ev.recipient]
+            params = ev.params
+            if finals != [ev.recipient] and params.orcpt is None:
+                params = dataclasses.replace(params, orcpt=("rfc822", str(ev.recipient)))
+            for final in finals:
+                if all(r.recipient != final for r in self._rcpts):  # one copy per mailbox
+                    self._rcpts.append(ev if final is ev.recipient else
+                                       dataclasses.replace(ev, recipient=final, params=params))
         elif reply is not None:
             log.info("reject: RCPT from %s[%s]: %s; from=<%s> to=<%s>", self.info.helo,
                      self.info.ip, reply, self._sender.sender if self._sender else "",
@@ -587,6 +592,8 @@ class SMTPConnection(asyncio.Protocol):
             srv.stats.refused += 1
             metrics.message_refused()
             return TOO_MANY_HOPS
+        if self.role != "mx":
+            incoming.submission_fixups(spool, srv.config.hostname)
         try:
             spool.finish()
         except OSError as exc:

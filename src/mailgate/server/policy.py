@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from mailgate.codes.reply import Reply
 from mailgate.config import Config
+from mailgate.config.aliases import AliasError, expand
 from mailgate.dns import Resolver, null_mx_reply
 from mailgate.idn import DomainError, canonical_domain
 from mailgate.smtp.address import Address
@@ -112,14 +113,60 @@ class Policy:
         return self.may_relay(conn)
 
     def final_recipient(self, rcpt: Address) -> Address:
-        """The recipient as it is queued: `<postmaster>` and postmaster@<a local domain>
-        become the configured postmaster mailbox (RFC 5321 4.5.1), so they are always
-        delivered here and never relayed; anything else is kept as it is."""
+        """The one recipient an address becomes when it is no alias: `<postmaster>` and
+        postmaster@<a local domain> become the configured postmaster mailbox (RFC 5321
+        4.5.1), so they are always delivered here and never relayed; anything else is
+        kept as it is. See `final_recipients` for aliases and plus-addresses."""
         if rcpt.is_postmaster or (rcpt.local.lower() == "postmaster" and not rcpt.is_literal
                                   and self.is_local(rcpt.domain)):
             local, _, domain = self.config.domains.postmaster_mailbox.rpartition("@")
             return Address(local, domain)
         return rcpt
+
+    def final_recipients(self, rcpt: Address) -> list[Address] | None:
+        """What an accepted recipient is queued as (aliases are expanded once, here, when
+        the message is accepted): remote addresses as they are; for a local address, its
+        aliases' targets (recursively) or its own mailbox (`bob+tag` becomes `bob` when
+        only bob is known). None when a local address is nobody's: no alias, no mailbox
+        and no catch-all (550 5.1.1 at RCPT)."""
+        if rcpt.is_postmaster:
+            rcpt = self.final_recipient(rcpt)
+        if rcpt.is_literal or not self.is_local(rcpt.domain):
+            return [rcpt]
+        domains = self.config.domains
+        try:
+            expanded = expand(self.config.aliases, rcpt.local, rcpt.domain,
+                              is_local=self.is_local, delimiter=domains.recipient_delimiter)
+        except AliasError:  # the configuration was checked; a plus-address can still
+            return None     # reach a loop the check did not walk
+        if expanded is None:
+            mailbox = self._mailbox(rcpt.local, rcpt.domain)
+            return None if mailbox is None else [self.final_recipient(mailbox)]
+        out: list[Address] = []
+        for local, domain in expanded:
+            if not self.is_local(domain):
+                out.append(Address(local, domain))
+            else:  # an administrator named it: its own mailbox even if none exists yet
+                out.append(self.final_recipient(self._mailbox(local, domain)
+                                                or Address(local, domain)))
+        return list(dict.fromkeys(out))
+
+    def _mailbox(self, local: str, domain: str) -> Address | None:
+        """The local mailbox local@domain is delivered to: itself when known (listed in
+        [domains] mailboxes, a user in the users file, postmaster, or any name at a
+        catch-all domain), else its base when it is a plus-address and the base is known
+        (at a catch-all domain, always its base); None for nobody."""
+        domains = self.config.domains
+        delimiter = domains.recipient_delimiter
+        names = [local]
+        if delimiter and delimiter in local[1:]:
+            base = local[: local.index(delimiter, 1)]
+            names = [base] if domains.catches_all(domain) else [local, base]
+        for name in names:
+            if (domains.catches_all(domain) or domains.has_mailbox(name, domain)
+                    or name in self.users or f"{name}@{domain}" in self.users):
+                return Address(name, domain)
+        return None
 
     def owns_sender(self, user: str, sender: Address) -> bool:
         """Whether the authenticated `user` may use `sender` as the envelope sender.
@@ -174,7 +221,7 @@ class Policy:
         if rcpt.is_postmaster:
             return None  # RFC 5321 4.5.1: postmaster is always accepted
         if not rcpt.is_literal and self.is_local(rcpt.domain):
-            return None if self._known_local(rcpt) else UNKNOWN_USER
+            return None if self.final_recipients(rcpt) else UNKNOWN_USER
         if not self.may_relay(conn):
             return RELAY_DENIED
         if (self.config.policy.recipient_null_mx_check and self.resolver is not None
@@ -190,11 +237,6 @@ class Policy:
         assert self.resolver is not None
         null = await self.resolver.is_null_mx(ev.recipient.ascii_domain)
         return RECIPIENT_NULL_MX if null else None
-
-    def _known_local(self, rcpt: Address) -> bool:
-        domains = self.config.domains
-        return (domains.catch_all or domains.has_mailbox(rcpt.local, rcpt.domain)
-                or rcpt.local in self.users)
 
     def auth_blocked(self, conn: ConnectionInfo, now: float | None = None) -> bool:
         """Too many recent failures from this IP: refuse before checking the password."""

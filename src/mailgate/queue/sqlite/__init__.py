@@ -239,7 +239,7 @@ class SQLiteQueue(GroupCommitWriter):
         def op(conn: sqlite3.Connection) -> None:
             now = time.time()
             row = conn.execute(
-                "SELECT state, claim_token, claim_until FROM recipients WHERE id = ?",
+                "SELECT msg_seq, state, claim_token, claim_until FROM recipients WHERE id = ?",
                 (recipient_id,),
             ).fetchone()
             if row is None:
@@ -300,6 +300,8 @@ class SQLiteQueue(GroupCommitWriter):
                     recipient_id,
                 ),
             )
+            if new_state in FINAL_STATES and state not in FINAL_STATES:
+                _finish_if_done(conn, row["msg_seq"], now)
 
         return op
 
@@ -402,6 +404,7 @@ class SQLiteQueue(GroupCommitWriter):
         queued_before: float | None = None,
         before: str | None = None,
         after: str | None = None,
+        live_only: bool = False,
     ) -> builtins.list[QueuedMessage]:
         """Messages, most recently queued first, with their recipients (no content).
 
@@ -428,6 +431,8 @@ class SQLiteQueue(GroupCommitWriter):
         if queued_before is not None:
             where.append("m.queued_at < ?")
             params.append(queued_before)
+        if live_only:
+            where.append("m.finished_at IS NULL")
         newer = after is not None
         order = "ASC" if newer else "DESC"
         if rcpt:
@@ -435,6 +440,10 @@ class SQLiteQueue(GroupCommitWriter):
             # page comes out in order without sorting every match.
             join = " JOIN messages m ON m.seq = r.msg_seq" if len(where) > len(rcpt) else ""
             base = f"SELECT DISTINCT r.msg_seq FROM recipients r{join}"
+        elif live_only and sender is None:
+            # The partial index of live messages, in seq order: finished records,
+            # however many, are never stepped over.
+            base = "SELECT m.seq FROM messages m INDEXED BY messages_live"
         else:
             base = "SELECT m.seq FROM messages m"
 
@@ -570,6 +579,21 @@ class SQLiteQueue(GroupCommitWriter):
 
         return self._read("count the queue", read)
 
+    def purge(self, finished_before: float, limit: int = 1000) -> int:
+        """Remove the records of up to `limit` messages finished before that time, oldest
+        first; see `Queue.purge`. The foreign keys cascade to recipients and attempts."""
+        if limit <= 0:
+            return 0
+
+        def op(conn: sqlite3.Connection) -> int:
+            return conn.execute(
+                "DELETE FROM messages WHERE seq IN (SELECT seq FROM messages INDEXED BY "
+                "messages_finished WHERE finished_at < ? ORDER BY finished_at LIMIT ?)",
+                (finished_before, limit),
+            ).rowcount
+
+        return self._call(op, "purge finished messages")
+
     def activity(
         self, since: float, bucket_seconds: float, until: float | None = None
     ) -> builtins.list[ActivityBucket]:
@@ -615,3 +639,16 @@ class SQLiteQueue(GroupCommitWriter):
             "check the queue",
             lambda conn: [str(row[0]) for row in conn.execute("PRAGMA integrity_check")],
         )
+
+
+def _finish_if_done(conn: sqlite3.Connection, seq: int, now: float) -> None:
+    """Retention: once no recipient of the message is left to deliver, its content goes
+    (it is what takes the space) and the message is finished as of now; the record stays
+    for the listings until `purge`. One probe of the message's own recipients."""
+    left = conn.execute(
+        "SELECT 1 FROM recipients INDEXED BY recipients_message WHERE msg_seq = ? "
+        "AND state NOT IN ('delivered', 'failed') LIMIT 1", (seq,)).fetchone()
+    if left is None:
+        conn.execute("UPDATE messages SET finished_at = ? WHERE seq = ? AND finished_at IS NULL",
+                     (now, seq))
+        conn.execute("DELETE FROM contents WHERE seq = ?", (seq,))

@@ -21,7 +21,6 @@ from mailgate.queue import (
     NewMessage,
     NotFound,
     QueuedMessage,
-    QueueError,
     Recipient,
     RecipientState,
     new_queue_id,
@@ -41,7 +40,7 @@ __all__ = [
 
 _MESSAGE_COLUMNS = (
     "seq, id, sender, received_at, size, client_address, client_helo, protocol, "
-    "authenticated_as, envid, ret, smtputf8, body_8bit"
+    "authenticated_as, envid, ret, smtputf8, body_8bit, finished_at"
 )
 _RECIPIENT_COLUMNS = (
     "id, msg_seq, address, state, attempts, next_attempt, orcpt, notify, "
@@ -135,8 +134,13 @@ class EnqueueOp(Joinable[str]):
             ).fetchone()
             if row is not None:
                 break
-            if message.id:  # the caller's id (already in its Received header) is taken
-                raise QueueError(f"could not queue the message: id {message.id} exists")
+            if message.id:
+                # The caller's id (already in its trace field) is taken: the message
+                # goes in under a fresh one, the trace field rewritten to match. Kept
+                # on the op, so a rerun of the batch uses the new id too.
+                message = self.message = message.with_id(new_queue_id(now))
+                if not self.spooled:
+                    self.content = bytes(message.content)
         seq = row[0]
         self.store_content(conn, seq)
         conn.executemany(
@@ -287,6 +291,7 @@ def load_messages(
                 smtputf8=bool(m["smtputf8"]),
                 body_8bit=bool(m["body_8bit"]),
                 content=bodies.get(seq) if content else None,
+                finished_at=m["finished_at"],
             )
         )
     return result

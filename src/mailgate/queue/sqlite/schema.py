@@ -14,7 +14,7 @@ from mailgate.queue import QueueError
 
 __all__ = ["SCHEMA_VERSION", "create_schema"]
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 # Messages live in `messages` (envelope and metadata, small rows) and their bodies in
 # `contents`: list and show scan many message rows, and with bodies inline each row would
@@ -39,6 +39,15 @@ _OWNERS_TABLE = """CREATE TABLE owners (
     )"""
 _OWNER_INDEX = (
     "CREATE INDEX recipients_owner ON recipients (claim_owner) WHERE claim_owner IS NOT NULL")
+# Retention (version 4): `finished_at` is set, and the content deleted, when a message's
+# last recipient becomes final. Live messages are those without it: listed by default,
+# walked in seq order through a partial index that holds only them, so a queue with a
+# million delivered records lists its ten live messages at once; the purge walks
+# the finished ones oldest first.
+_RETENTION_INDEXES = (
+    "CREATE INDEX messages_live ON messages (seq) WHERE finished_at IS NULL",
+    "CREATE INDEX messages_finished ON messages (finished_at) WHERE finished_at IS NOT NULL",
+)
 _SCHEMA = (
     """CREATE TABLE messages (
         seq INTEGER PRIMARY KEY,
@@ -54,7 +63,8 @@ _SCHEMA = (
         envid TEXT,
         ret TEXT,
         smtputf8 INTEGER NOT NULL,
-        body_8bit INTEGER NOT NULL
+        body_8bit INTEGER NOT NULL,
+        finished_at REAL
     )""",
     "CREATE INDEX messages_sender ON messages (sender COLLATE NOCASE, seq)",
     """CREATE TABLE contents (
@@ -103,6 +113,7 @@ _SCHEMA = (
     "CREATE INDEX attempts_recipient ON attempts (recipient_id)",
     _OWNERS_TABLE,
     _OWNER_INDEX,
+    *_RETENTION_INDEXES,
 )
 # What takes a file from the version before to each version, run by _create_schema in the
 # transaction that opens the file, oldest step first. A step only adds (a column with a
@@ -117,6 +128,16 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
         "ALTER TABLE recipients ADD COLUMN claim_owner TEXT",
         _OWNERS_TABLE,
         _OWNER_INDEX),
+    # 4: retention. Messages whose recipients are all final already are finished as of
+    # their last recipient's update, and their content goes, as it would have with this
+    # version; the records stay until [queue] keep_records has passed.
+    4: ("ALTER TABLE messages ADD COLUMN finished_at REAL",
+        "UPDATE messages SET finished_at = (SELECT max(updated_at) FROM recipients r "
+        "WHERE r.msg_seq = messages.seq) WHERE NOT EXISTS (SELECT 1 FROM recipients r "
+        "WHERE r.msg_seq = messages.seq AND r.state NOT IN ('delivered', 'failed'))",
+        "DELETE FROM contents WHERE seq IN (SELECT seq FROM messages "
+        "WHERE finished_at IS NOT NULL)",
+        *_RETENTION_INDEXES),
 }
 # Indexes added after version 1 first shipped: made on every open when missing (a file
 # written by an older mailgate gets them then; older code ignores them). They cover the

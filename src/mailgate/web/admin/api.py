@@ -222,6 +222,12 @@ OPENAPI_COMPONENTS: dict[str, Any] = {
                              "received_at": {"type": "number"}, "size": {"type": "integer"},
                              "client": {"type": "object"}, "dsn": {"type": "object"},
                              "smtputf8": {"type": "boolean"}, "body_8bit": {"type": "boolean"},
+                             "finished_at": {
+                                 "type": ["number", "null"],
+                                 "description": "when the last recipient became final (its "
+                                                "content is deleted then; the record is "
+                                                "kept for [queue] keep_records); null "
+                                                "while live"},
                              "recipients": {"type": "array", "items": {
                                  "$ref": "#/components/schemas/QueueRecipient"}},
                              "attempts": {"type": "array", "items": {
@@ -281,6 +287,9 @@ def _filter_params() -> list[dict[str, Any]]:
           "Page of messages older than this one (`older` of a page)"),
         q("after", {"type": "string", "pattern": ID_PATTERN},
           "Page of messages newer than this one (`newer` of a page)"),
+        q("all", {"type": "string", "enum": ["1", "true", "0", "false"]},
+          "1 or true: finished messages too (delivered or bounced, kept for "
+          "[queue] keep_records); by default only live ones"),
     ]
 
 

@@ -110,6 +110,9 @@ class Filters:
     limit: int = PAGE_SIZE
     before: str | None = None
     after: str | None = None
+    # Finished messages too (delivered or bounced, on record for [queue] keep_records);
+    # by default only the live queue, as `mailgate queue list`.
+    history: bool = False
 
     def query(self, **changes: object) -> str:
         """The query string of these filters, with `changes` (None drops a key)."""
@@ -119,6 +122,7 @@ class Filters:
             "sender": None if self.sender is None else (self.sender or "<>"),
             "older_than": None if self.older_than is None else f"{self.older_than:g}",
             "limit": self.limit if self.limit != PAGE_SIZE else None,
+            "all": "1" if self.history else None,
         }
         values.update(changes)
         return urlencode({k: v for k, v in values.items() if v not in (None, "")})
@@ -127,7 +131,7 @@ class Filters:
         return {
             "state": self.state.value if self.state else None, "domain": self.domain,
             "sender": self.sender, "older_than": self.older_than, "limit": self.limit,
-            "before": self.before, "after": self.after,
+            "before": self.before, "after": self.after, "all": self.history,
         }
 
 
@@ -202,8 +206,16 @@ def parse_filters(params: Mapping[str, str], strict: bool = False, lang: str = "
                 errors.append(words["bad_cursor"].format(name=repr(name)))
                 cursor = None
         cursors[name] = cursor
+    history = False
+    text = value("all")
+    if text is not None:
+        if text in ("1", "true") or (not strict and text.lower() in ("on", "yes")):
+            history = True
+        elif text not in ("0", "false") and (strict or text != ""):
+            errors.append(f"'all' {text!r} must be 1 or true (finished messages too), "
+                          "or 0 or false.")
     return Filters(state, domain, sender, older_than, limit, cursors["before"],
-                   cursors["after"]), errors
+                   cursors["after"], history), errors
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,7 +234,7 @@ async def _load_page(ctx: WebContext, f: Filters, lang: str = "en") -> _Page:
     def fetch(before: str | None, after: str | None) -> list[QueuedMessage]:
         return queue.list(state=f.state, limit=f.limit + 1, sender=f.sender,
                           recipient_domain=f.domain, queued_before=cutoff,
-                          before=before, after=after)
+                          before=before, after=after, live_only=not f.history)
 
     notice = None
     try:
@@ -230,7 +242,8 @@ async def _load_page(ctx: WebContext, f: Filters, lang: str = "en") -> _Page:
     except NotFound:
         notice = admin_words(lang)["page_left"]
         found = await ctx.run(fetch, None, None)
-        f = Filters(f.state, f.domain, f.sender, f.older_than, f.limit)
+        f = Filters(f.state, f.domain, f.sender, f.older_than, f.limit,
+                    history=f.history)
     more = len(found) > f.limit
     newer: str | None
     older: str | None
