@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mailgate.codes import registry as reg
+from mailgate.codes import vendors
 from mailgate.codes.reply import (
     Reply,
     ReplyError,
@@ -90,6 +91,8 @@ class ReplyExplanation:
     lang: str
     parts: tuple[Explanation, ...]
     notes: tuple[str, ...] = field(default=())
+    # What a provider means by this reply, where it is known (codes/vendors.py).
+    vendor: tuple[vendors.VendorExplanation, ...] = field(default=())
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -103,6 +106,7 @@ class ReplyExplanation:
             "lang": self.lang,
             "parts": [p.to_json() for p in self.parts],
             "notes": list(self.notes),
+            "vendor": [v.to_json() for v in self.vendor],
         }
 
 
@@ -240,7 +244,9 @@ def explain_reply(reply: Reply | str, lang: str = "en") -> ReplyExplanation:
         first = r.lines[0].split(" ", 1)[0]
         if re.fullmatch(r"[245]\.[0-9]{1,3}\.[0-9]{1,3}", first):
             notes.append(_t(lang, "mismatch_note", enhanced=first, code=r.code))
-    return ReplyExplanation(reply=r, lang=lang, parts=tuple(parts), notes=tuple(notes))
+    vendor = vendors.explain_vendor(r.code, r.enhanced, " ".join(r.lines), lang)
+    return ReplyExplanation(reply=r, lang=lang, parts=tuple(parts), notes=tuple(notes),
+                            vendor=vendor)
 
 
 def explain(query: str, lang: str = "en") -> Explanation | ReplyExplanation:
