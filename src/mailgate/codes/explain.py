@@ -238,13 +238,15 @@ def explain_reply(reply: Reply | str, lang: str = "en") -> ReplyExplanation:
     r = parse_reply(reply) if isinstance(reply, str) else reply
     parts = [_basic(r.code, lang)]
     notes: list[str] = []
+    seen = r.enhanced  # the enhanced code as written, even of another class (vendors)
     if r.enhanced is not None:
         parts.append(explain_code(r.enhanced, lang))
     else:
         first = r.lines[0].split(" ", 1)[0]
         if re.fullmatch(r"[245]\.[0-9]{1,3}\.[0-9]{1,3}", first):
             notes.append(_t(lang, "mismatch_note", enhanced=first, code=r.code))
-    vendor = vendors.explain_vendor(r.code, r.enhanced, " ".join(r.lines), lang)
+            seen = first
+    vendor = vendors.explain_vendor(r.code, seen, " ".join(r.lines), lang)
     return ReplyExplanation(reply=r, lang=lang, parts=tuple(parts), notes=tuple(notes),
                             vendor=vendor)
 

@@ -102,6 +102,9 @@ def explain_text(text: str, lang: str = "en") -> Explanation | ReplyExplanation 
             error = exc
     else:
         error = ReplyError("not a reply")
+    if len(str(error)) > 300:  # never echo a long paste back
+        error = ReplyError(f"no reply code found in the pasted text ({len(text)} characters): "
+                           "paste the reply line, or a log line holding it.")
     p = read_paste(text)
     if p.empty:
         raise error
