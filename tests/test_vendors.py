@@ -31,6 +31,10 @@ def test_there_is_vendor_knowledge() -> None:
     assert len(ids) >= 50
 
 
+def test_every_pattern_compiles() -> None:
+    vendors.check()
+
+
 @pytest.mark.parametrize("entry", vendors.entries(), ids=lambda e: e.id)
 def test_entry_is_complete(entry: vendors.Entry) -> None:
     assert entry.sources, f"{entry.id}: no source"
@@ -102,7 +106,7 @@ def test_a_bad_pattern_is_a_data_error(tmp_path: pytest.TempPathFactory,
     vendors.clear_caches()
     try:
         with pytest.raises(reg.DataError, match="broken"):
-            vendors.entries()
+            vendors.check()
     finally:
         monkeypatch.undo()
         reg.clear_caches()

@@ -32,14 +32,13 @@ def explain(codes: tuple[str, ...], lang: str | None, fmt: str) -> None:
     mailgate explain "556 5.1.10 Recipient address has null MX"
     mailgate explain "host mx[192.0.2.1] said: 550 5.1.1 <u@example.com>: User unknown"
     """
-    from mailgate.codes.paste import MAX_PASTE
     from mailgate.codes.pasted import explain_text, render_any
     from mailgate.codes.reply import ReplyError
 
     lang = lang or default_lang()
     results = []
     for arg in codes:
-        text = sys.stdin.read(MAX_PASTE + 1) if arg == "-" else arg
+        text = _read_stdin() if arg == "-" else arg
         try:
             results.append(explain_text(text, lang))
         except ReplyError as exc:
@@ -55,6 +54,12 @@ def explain(codes: tuple[str, ...], lang: str | None, fmt: str) -> None:
         if i and fmt in ("text", "markdown"):
             sys.stdout.write("\n")
         sys.stdout.write(render_any(r, fmt, color=color))
+
+
+def _read_stdin() -> str:
+    from mailgate.codes.paste import MAX_PASTE
+
+    return sys.stdin.read(MAX_PASTE + 1)
 
 
 @main.command()

@@ -12,7 +12,7 @@ import dataclasses
 import json
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mailgate.codes import vendors
 from mailgate.codes.explain import (
@@ -22,9 +22,11 @@ from mailgate.codes.explain import (
     explain_code,
     explain_reply,
 )
-from mailgate.codes.paste import MAX_PASTE, Pasted, read_paste
 from mailgate.codes.render import Doc, explanation_doc, to_html, to_markdown, to_text
 from mailgate.codes.reply import ReplyError, parse_reply
+
+if TYPE_CHECKING:  # the paste reader is imported when a paste is read (its patterns cost)
+    from mailgate.codes.paste import Pasted
 
 __all__ = ["PasteExplanation", "explain_paste", "explain_text", "paste_doc", "render_any"]
 
@@ -51,6 +53,8 @@ class PasteExplanation:
 
 
 def _notes(p: Pasted, lang: str) -> tuple[str, ...]:
+    from mailgate.codes.paste import MAX_PASTE
+
     templates = vendors.words(lang)["notes"]
     out = []
     for key in p.notes:
@@ -105,6 +109,8 @@ def explain_text(text: str, lang: str = "en") -> Explanation | ReplyExplanation 
     if len(str(error)) > 300:  # never echo a long paste back
         error = ReplyError(f"no reply code found in the pasted text ({len(text)} characters): "
                            "paste the reply line, or a log line holding it.")
+    from mailgate.codes.paste import read_paste
+
     p = read_paste(text)
     if p.empty:
         raise error

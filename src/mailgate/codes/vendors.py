@@ -32,6 +32,7 @@ __all__ = [
     "ACTORS",
     "Entry",
     "VendorExplanation",
+    "check",
     "entries",
     "explain_vendor",
     "match",
@@ -53,7 +54,7 @@ class Entry:
     provider: str
     codes: tuple[int, ...]
     enhanced: tuple[tuple[int, int, int, int], ...]  # (class, subject, low, high) detail range
-    text: re.Pattern[str] | None
+    text_pattern: str | None  # compiled on first use (`text`): compiling all costs ~10 ms
     actors: tuple[str, ...]
     registry: str  # the registry key whose meaning this replaces ("" when it does not)
     sources: tuple[str, ...]
@@ -62,27 +63,60 @@ class Entry:
     file: str
     needs_provider: bool = False  # fits only a reply that shows the provider's hand
 
+    @property
+    def text(self) -> re.Pattern[str] | None:
+        return _rx(f"[entries.{self.id}] in {self.file}", self.text_pattern)
+
 
 @dataclass(frozen=True, slots=True)
 class Provider:
     id: str
-    hosts: re.Pattern[str] | None
-    marks: re.Pattern[str] | None
+    hosts_pattern: str | None
+    marks_pattern: str | None
+
+    @property
+    def hosts(self) -> re.Pattern[str] | None:
+        return _rx(f"[providers.{self.id}] hosts", self.hosts_pattern)
+
+    @property
+    def marks(self) -> re.Pattern[str] | None:
+        return _rx(f"[providers.{self.id}] marks", self.marks_pattern)
 
 
 def _folder() -> Path:
     return reg.data_root() / "vendors"
 
 
-def _compile(where: str, pattern: object) -> re.Pattern[str] | None:
+def _pattern(where: str, pattern: object) -> str | None:
     if pattern in (None, ""):
         return None
     if not isinstance(pattern, str):
         raise reg.DataError(f"{where}: a pattern must be a string")
-    try:
-        return re.compile(pattern, re.IGNORECASE)
-    except re.error as exc:
-        raise reg.DataError(f"{where}: bad regular expression: {exc}") from None
+    return pattern
+
+
+_COMPILED: dict[str, re.Pattern[str]] = {}
+
+
+def _rx(where: str, pattern: str | None) -> re.Pattern[str] | None:
+    """A pattern compiled (case-insensitive) the first time it is needed."""
+    if pattern is None:
+        return None
+    rx = _COMPILED.get(pattern)
+    if rx is None:
+        try:
+            rx = _COMPILED[pattern] = re.compile(pattern, re.IGNORECASE)
+        except re.error as exc:
+            raise reg.DataError(f"{where}: bad regular expression: {exc}") from None
+    return rx
+
+
+def check() -> None:
+    """Compile every pattern now: DataError naming the first bad one (for tests)."""
+    for p in providers().values():
+        _ = (p.hosts, p.marks)
+    for e in entries():
+        _ = e.text
 
 
 def _enhanced_ranges(where: str, values: list[str]) -> tuple[tuple[int, int, int, int], ...]:
@@ -106,8 +140,8 @@ def _facts() -> tuple[dict[str, Provider], tuple[Entry, ...]]:
         for pid, raw in data.get("providers", {}).items():
             if pid in providers:
                 raise reg.DataError(f"{path.name}: provider {pid} is defined twice")
-            providers[pid] = Provider(pid, _compile(f"{path.name} {pid} hosts", raw.get("hosts")),
-                                      _compile(f"{path.name} {pid} marks", raw.get("marks")))
+            providers[pid] = Provider(pid, _pattern(f"{path.name} {pid} hosts", raw.get("hosts")),
+                                      _pattern(f"{path.name} {pid} marks", raw.get("marks")))
         for eid, raw in data.get("entries", {}).items():
             where = f"{path.name} [entries.{eid}]"
             if eid in seen:
@@ -117,14 +151,14 @@ def _facts() -> tuple[dict[str, Provider], tuple[Entry, ...]]:
                 id=eid, provider=str(raw.get("provider", ANY)),
                 codes=tuple(int(c) for c in raw.get("codes", ())),
                 enhanced=_enhanced_ranges(where, list(raw.get("enhanced", ()))),
-                text=_compile(where, raw.get("text")),
+                text_pattern=_pattern(where, raw.get("text")),
                 actors=tuple(raw.get("actors", ())),
                 registry=str(raw.get("registry", "")),
                 sources=tuple(raw.get("sources", ())),
                 examples=tuple(raw.get("examples", ())),
                 related=tuple(raw.get("related", ())),
                 file=path.name,
-                needs_provider=bool(raw.get("needs_provider", raw.get("text") is None)),
+                needs_provider=bool(raw.get("needs_provider", not raw.get("text"))),
             ))
     return providers, tuple(found)
 
@@ -199,15 +233,16 @@ def match(code: int | None, enhanced: str | None, text: str,
             continue
         if not _enhanced_fits(e, enhanced):
             continue
-        if e.text is not None and not e.text.search(text):
+        rx = e.text
+        if rx is not None and not rx.search(text):
             continue
         seen = _recognised(e.provider, host, text)
         if e.needs_provider and not seen:
             continue
         by = tuple(name for name, hit in (("code", bool(e.codes)), ("enhanced", bool(e.enhanced)),
-                                          ("text", e.text is not None),
+                                          ("text", rx is not None),
                                           (seen, seen in ("host", "marks"))) if hit)
-        score = (4 if e.text is not None else 0) + (2 if e.enhanced else 0) + (
+        score = (4 if rx is not None else 0) + (2 if e.enhanced else 0) + (
             1 if e.codes else 0) + (2 if seen in ("host", "marks") else 0)
         out.append((score, i, e, by))
     out.sort(key=lambda t: (-t[0], t[1]))
@@ -300,3 +335,4 @@ def explain_vendor(code: int | None, enhanced: str | None, text: str, lang: str 
 def clear_caches() -> None:
     _facts.cache_clear()
     words.cache_clear()
+    _COMPILED.clear()
