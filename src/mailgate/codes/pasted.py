@@ -22,7 +22,7 @@ from mailgate.codes.explain import (
     explain_code,
     explain_reply,
 )
-from mailgate.codes.render import Doc, explanation_doc, to_html, to_markdown, to_text
+from mailgate.codes.render import Block, Doc, explanation_doc, to_html, to_markdown, to_text
 from mailgate.codes.reply import ReplyError, parse_reply
 
 if TYPE_CHECKING:  # the paste reader is imported when a paste is read (its patterns cost)
@@ -134,9 +134,10 @@ def paste_doc(x: PasteExplanation) -> Doc:
                       str(lab["found_at"]).format(value=f.value, where=where)))
     doc.fields(facts)
     doc.bullets(list(x.notes))
-    if x.reply is not None:
-        inner = explanation_doc(x.reply)
-        doc.blocks.extend(inner.blocks)
+    if x.reply is not None:  # the reply's own layout, its headings one level down
+        doc.blocks.extend(Block(b.kind, b.text, min(6, b.level + 1), b.items, b.pairs)
+                          if b.kind == "heading" else b
+                          for b in explanation_doc(x.reply).blocks)
     else:
         for v in x.vendor:
             doc.heading(v.heading, 2)
