@@ -102,3 +102,10 @@ def test_the_code_search_finds_a_pasted_line(client: TestClient) -> None:
     codes = [c["key"] for c in data["codes"]] if isinstance(data, dict) else [
         c["key"] for c in data]
     assert codes == ["550", "X.1.10"]
+
+
+def test_the_paste_is_escaped(client: TestClient) -> None:
+    hostile = "550 5.1.1 </textarea><script>alert(1)</script> <b>x</b>"
+    r = client.get("/explain", params={"q": hostile})
+    assert "<script>alert(1)</script>" not in r.text
+    assert "&lt;/textarea&gt;&lt;script&gt;" in r.text
