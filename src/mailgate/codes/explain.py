@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mailgate.codes import registry as reg
-from mailgate.codes import vendors
 from mailgate.codes.reply import (
     Reply,
     ReplyError,
@@ -15,6 +14,9 @@ from mailgate.codes.reply import (
     parse_enhanced_code,
     parse_reply,
 )
+
+if TYPE_CHECKING:  # imported when a reply is explained: a code alone does not pay for it
+    from mailgate.codes import vendors
 
 __all__ = ["Explanation", "ReplyExplanation", "explain", "explain_code", "explain_reply"]
 
@@ -246,6 +248,8 @@ def explain_reply(reply: Reply | str, lang: str = "en") -> ReplyExplanation:
         if re.fullmatch(r"[245]\.[0-9]{1,3}\.[0-9]{1,3}", first):
             notes.append(_t(lang, "mismatch_note", enhanced=first, code=r.code))
             seen = first
+    from mailgate.codes import vendors
+
     vendor = vendors.explain_vendor(r.code, seen, " ".join(r.lines), lang)
     return ReplyExplanation(reply=r, lang=lang, parts=tuple(parts), notes=tuple(notes),
                             vendor=vendor)

@@ -14,7 +14,6 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from mailgate.codes import vendors
 from mailgate.codes.explain import (
     Explanation,
     ReplyExplanation,
@@ -25,7 +24,8 @@ from mailgate.codes.explain import (
 from mailgate.codes.render import Block, Doc, explanation_doc, to_html, to_markdown, to_text
 from mailgate.codes.reply import ReplyError, parse_reply
 
-if TYPE_CHECKING:  # the paste reader is imported when a paste is read (its patterns cost)
+if TYPE_CHECKING:  # imported when a paste is read: a code alone does not pay for them
+    from mailgate.codes import vendors
     from mailgate.codes.paste import Pasted
 
 __all__ = ["PasteExplanation", "explain_paste", "explain_text", "paste_doc", "render_any"]
@@ -53,6 +53,7 @@ class PasteExplanation:
 
 
 def _notes(p: Pasted, lang: str) -> tuple[str, ...]:
+    from mailgate.codes import vendors
     from mailgate.codes.paste import MAX_PASTE
 
     templates = vendors.words(lang)["notes"]
@@ -69,6 +70,8 @@ def _status(p: Pasted) -> str | None:
 
 def explain_paste(p: Pasted, lang: str = "en") -> PasteExplanation:
     """Explain what `read_paste` found. ReplyError when it found no code at all."""
+    from mailgate.codes import vendors
+
     if p.empty:
         raise ReplyError("no reply code found: paste a reply line, a log line with one, "
                          "or a code such as 550 or 5.1.1.")
@@ -122,6 +125,8 @@ def explain_text(text: str, lang: str = "en") -> Explanation | ReplyExplanation 
 
 def paste_doc(x: PasteExplanation) -> Doc:
     """The layout: what was found where, the notes, then the explanation of each part."""
+    from mailgate.codes import vendors
+
     w = vendors.words(x.lang)
     lab, parts, forms = w["labels"], w["parts"], w["forms"]
     p = x.pasted
