@@ -122,6 +122,10 @@ def test_postfix_bounce_line() -> None:
     assert p.text == "<u@example.com>: Recipient address rejected: User unknown"
     where = {f.part: (f.line, f.column) for f in p.found}
     assert where["host"] == (1, 23) and where["code"] == (1, 55)
+    out = " ".join(_cli("explain", "host mx.example.com[192.0.2.1] said: 550 5.1.1 No such "
+                        "user (in reply to RCPT TO command)").split())
+    assert "Command it answered: RCPT TO (line 1, column" in out
+    assert "it refused this recipient. Other recipients of the same message" in out
 
 
 def test_postfix_line_wrapped_in_a_bounce() -> None:

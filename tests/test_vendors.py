@@ -83,12 +83,16 @@ def test_languages_share_vendor_word_keys_and_placeholders() -> None:
     base = vendors.words("en")
     for lang in LANGS:
         other = vendors.words(lang)
-        for table in ("actors", "labels", "parts", "forms", "notes", "providers"):
+        for table in ("actors", "labels", "parts", "forms", "notes", "providers", "commands"):
             assert set(other[table]) == set(base[table]), (lang, table)
             for k, v in base[table].items():
                 assert _placeholders(str(other[table][k])) == _placeholders(str(v)), (
                     lang, table, k)
     assert set(base["actors"]) == set(vendors.ACTORS)
+    # Every command the paste reader can name has its words.
+    from mailgate.codes.paste import _COMMANDS
+
+    assert set(_COMMANDS.values()) <= set(base["commands"])
 
 
 def test_a_bad_pattern_is_a_data_error(tmp_path: pytest.TempPathFactory,

@@ -138,6 +138,8 @@ def paste_doc(x: PasteExplanation) -> Doc:
         facts.append((str(parts.get(f.part, f.part)),
                       str(lab["found_at"]).format(value=f.value, where=where)))
     doc.fields(facts)
+    if p.command is not None and p.command in w.get("commands", {}):
+        doc.para(str(w["commands"][p.command]))
     doc.bullets(list(x.notes))
     if x.reply is not None:  # the reply's own layout, its headings one level down
         doc.blocks.extend(Block(b.kind, b.text, min(6, b.level + 1), b.items, b.pairs)
