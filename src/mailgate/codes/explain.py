@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mailgate.codes import registry as reg
 from mailgate.codes.reply import (
@@ -14,6 +14,9 @@ from mailgate.codes.reply import (
     parse_enhanced_code,
     parse_reply,
 )
+
+if TYPE_CHECKING:  # imported when a reply is explained: a code alone does not pay for it
+    from mailgate.codes import vendors
 
 __all__ = ["Explanation", "ReplyExplanation", "explain", "explain_code", "explain_reply"]
 
@@ -90,6 +93,8 @@ class ReplyExplanation:
     lang: str
     parts: tuple[Explanation, ...]
     notes: tuple[str, ...] = field(default=())
+    # What a provider means by this reply, where it is known (codes/vendors.py).
+    vendor: tuple[vendors.VendorExplanation, ...] = field(default=())
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -103,6 +108,7 @@ class ReplyExplanation:
             "lang": self.lang,
             "parts": [p.to_json() for p in self.parts],
             "notes": list(self.notes),
+            "vendor": [v.to_json() for v in self.vendor],
         }
 
 
@@ -234,13 +240,19 @@ def explain_reply(reply: Reply | str, lang: str = "en") -> ReplyExplanation:
     r = parse_reply(reply) if isinstance(reply, str) else reply
     parts = [_basic(r.code, lang)]
     notes: list[str] = []
+    seen = r.enhanced  # the enhanced code as written, even of another class (vendors)
     if r.enhanced is not None:
         parts.append(explain_code(r.enhanced, lang))
     else:
         first = r.lines[0].split(" ", 1)[0]
         if re.fullmatch(r"[245]\.[0-9]{1,3}\.[0-9]{1,3}", first):
             notes.append(_t(lang, "mismatch_note", enhanced=first, code=r.code))
-    return ReplyExplanation(reply=r, lang=lang, parts=tuple(parts), notes=tuple(notes))
+            seen = first
+    from mailgate.codes import vendors
+
+    vendor = vendors.explain_vendor(r.code, seen, " ".join(r.lines), lang)
+    return ReplyExplanation(reply=r, lang=lang, parts=tuple(parts), notes=tuple(notes),
+                            vendor=vendor)
 
 
 def explain(query: str, lang: str = "en") -> Explanation | ReplyExplanation:

@@ -107,6 +107,11 @@ def explanation_doc(x: Explanation | ReplyExplanation) -> Doc:
         (lab["reply"], f"{r.code}" + (f" {r.enhanced}" if r.enhanced else "")),
         (lab["text"], r.text),
     ])
+    for v in x.vendor:  # a provider's own meaning comes first (codes/vendors.py)
+        doc.heading(v.heading, 2)
+        for p in v.paragraphs:
+            doc.para(p)
+        doc.fields(list(v.facts))
     for part in x.parts:
         _code_section(doc, part, 2)
     doc.bullets(list(x.notes))

@@ -107,7 +107,7 @@ class Chrome:
     lang: str
     html_lang: str
     t: Mapping[str, str]
-    section: str  # codes | compare | admin | ""
+    section: str  # codes | compare | explain | admin | ""
     switch: tuple[tuple[str, str, str, str | None], ...]  # (lang, html lang, name, href)
     css_url: str = CSS_URL
 
@@ -118,7 +118,7 @@ def _url(path: str, params: Iterable[tuple[str, str]]) -> str:
 
 
 def _section(path: str) -> str:
-    for name in ("codes", "compare", "admin"):
+    for name in ("codes", "compare", "explain", "admin"):
         if path == f"/{name}" or path.startswith(f"/{name}/"):
             return name
     return ""

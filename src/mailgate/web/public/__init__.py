@@ -31,13 +31,13 @@ from typing import Any
 from starlette.routing import BaseRoute
 from starlette.types import ExceptionHandler
 
-from mailgate.web.public import api, pages
+from mailgate.web.public import api, explain, pages
 
 __all__ = ["exception_handlers", "routes"]
 
 
 def routes() -> list[BaseRoute]:
-    return [*pages.routes(), *api.routes()]
+    return [*pages.routes(), *explain.routes(), *api.routes()]
 
 
 def exception_handlers() -> dict[Any, ExceptionHandler]:

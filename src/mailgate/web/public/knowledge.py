@@ -21,6 +21,7 @@ from starlette.responses import JSONResponse
 from mailgate.codes import registry as reg
 from mailgate.codes.compare import Comparison, compare
 from mailgate.codes.explain import Explanation, explain_code
+from mailgate.codes.paste import read_paste
 from mailgate.codes.render import render
 from mailgate.codes.reply import ReplyError
 
@@ -31,8 +32,10 @@ __all__ = [
     "code_keys",
     "comparison",
     "explanation",
+    "holds_reply",
     "lookup",
     "normalize_query",
+    "pasted_codes",
     "search",
     "suggest",
 ]
@@ -166,7 +169,27 @@ def search(q: str) -> tuple[str, ...]:
             total += s
         else:
             scored.append((-total, i, entry.key))
-    return tuple(k for _, _, k in sorted(scored))
+    found = tuple(k for _, _, k in sorted(scored))
+    return found or pasted_codes(q)
+
+
+def pasted_codes(q: str) -> tuple[str, ...]:
+    """The registered codes of a reply pasted into the search box (a reply line, a log
+    line, a Diagnostic-Code field): its basic code, then its enhanced code's key."""
+    p = read_paste(q[:MAX_QUERY])
+    keys = []
+    if p.code is not None and f"{p.code:03d}" in reg.registry():
+        keys.append(f"{p.code:03d}")
+    if p.enhanced is not None:
+        key = "X." + p.enhanced.split(".", 1)[1]
+        if key in reg.registry():
+            keys.append(key)
+    return tuple(keys)
+
+
+def holds_reply(q: str) -> bool:
+    """Whether a search is a pasted reply (a code and words), worth explaining whole."""
+    return len(q.split()) > 1 and bool(pasted_codes(q))
 
 
 def suggest(text: str, limit: int = SUGGESTIONS) -> list[str]:

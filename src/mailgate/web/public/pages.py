@@ -15,7 +15,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 from markupsafe import Markup
 from starlette.exceptions import HTTPException
@@ -39,6 +39,7 @@ from mailgate.web.public.knowledge import (
     code_keys,
     comparison,
     explanation,
+    holds_reply,
     lookup,
     normalize_query,
     search,
@@ -231,10 +232,11 @@ def _index_page(q: str, lang: str) -> bytes:
                if k in prose]
     results = [_row(k, lang) for k in search(q)] if q else None
     params = (("q", q),) if q else ()
+    explain_href = f"/explain?{urlencode({'q': q})}" if q and holds_reply(q) else None
     return _page(
         "public/codes.html", chrome_at(lang, "/codes", params),
         q=q, results=results, basic=basic, enhanced=enhanced, classes=classes,
-        js_url=JS_URL,
+        js_url=JS_URL, explain_href=explain_href,
     )
 
 
