@@ -70,29 +70,51 @@ def _join(items: list[str], lang: str) -> str:
 
 
 def _when_phrase(e: Explanation, lang: str) -> str:
-    """Where a code appears, as a phrase, from its phases (basic) or pairings (enhanced)."""
+    """Where a code appears, as a phrase, from its phases (basic) or pairings (enhanced):
+    the basic codes the IANA entry lists (`Any`: any of its class; `not given`: none),
+    then those it is sent with in practice (the registry's `used_with`)."""
     ui = reg.ui(lang)
     if e.kind == "basic":
         phrases = [ui["phases"][p] for p in e.phases if p in ui["phases"]]
         return _join(phrases, lang) if phrases else _t(lang, "when_unknown")
-    basics = [c for c in e.associated if c.isdigit()]
-    if e.klass is not None:
-        basics = [c for c in basics if c[0] == str(e.klass)]
+    info = reg.registry().get(e.key)
+    words = info.associated.strip().lower() if info is not None else "not given"
+    own = str(e.klass) if e.klass is not None else ""
+    basics = [c for c in e.associated if c.isdigit() and (not own or c[0] == own)]
+    used = [c for c in e.used_with if not own or c[0] == own]
     if basics:
-        return _t(lang, "when_enhanced", codes=", ".join(basics))
-    return _t(lang, "when_enhanced_any")
+        phrase = _t(lang, "when_enhanced", codes=", ".join(basics))
+    elif words == "any" or (own and f"{own}xx" in words.replace("(", " ").split()):
+        phrase = _t(lang, "when_enhanced_any")
+    elif words in ("not given", "-", ""):
+        phrase = _t(lang, "when_enhanced_not_given")
+    else:  # the registry lists basic codes, none of this class
+        phrase = _t(lang, "when_enhanced_other_class",
+                    codes=", ".join(c for c in e.associated if c.isdigit()))
+    if used:
+        phrase += _t(lang, "when_enhanced_used", codes=", ".join(used))
+    return phrase
 
 
 def _client_action(e: Explanation, lang: str) -> str:
-    actions = reg.ui(lang)["basic_class_client_action"]
-    return str(actions[str(e.klass)]) if e.klass is not None else "-"
+    """What the client does after the code: its class's rule, and any exception the
+    RFCs make for one command (552 to RCPT is treated as 452)."""
+    ui = reg.ui(lang)
+    actions = ui["basic_class_client_action"]
+    if e.klass is None:
+        return "-"
+    out = str(actions[str(e.klass)])
+    for phase, as_code in e.treat_as:
+        out += _t(lang, "client_treat_as", phase=ui["phases"][phase], as_code=as_code,
+                  ref=e.treat_as_ref, action=actions[as_code[0]])
+    return out
 
 
 def _fix_phrase(e: Explanation, lang: str) -> str:
+    """The first sentence of the advice for this code's own class (explain chose it)."""
     if e.outcome == "success":
         return _t(lang, "nothing_to_fix")
-    sep = _punctuation(lang)["sentence_sep"]
-    return f"{_t(lang, 'needs_action')}{sep}{_first_sentence(e.fix, lang)}"
+    return _first_sentence(e.fix, lang)
 
 
 def _first_sentence(text: str, lang: str) -> str:
@@ -111,6 +133,16 @@ def _paired(a: Explanation, b: Explanation) -> tuple[Explanation, Explanation] |
     if basic.code in enh.associated or enh.key in basic.associated:
         return basic, enh
     return None
+
+
+def _used_together(a: Explanation, b: Explanation) -> tuple[Explanation, Explanation] | None:
+    """(basic, enhanced) when they are sent together outside the IANA entry's list."""
+    if {a.kind, b.kind} != {"basic", "enhanced"}:
+        return None
+    basic, enh = (a, b) if a.kind == "basic" else (b, a)
+    if enh.klass is not None and basic.klass != enh.klass:
+        return None
+    return (basic, enh) if basic.code in enh.used_with else None
 
 
 def compare(code_a: str, code_b: str, lang: str = "en") -> Comparison:
@@ -167,6 +199,10 @@ def compare(code_a: str, code_b: str, lang: str = "en") -> Comparison:
     if pair is not None:
         diffs.append(_t(lang, "diff_pair", a=a.code, b=b.code, basic=pair[0].code,
                         enhanced=pair[1].code))
+    else:
+        used = _used_together(a, b)
+        if used is not None:
+            diffs.append(_t(lang, "diff_pair_used", basic=used[0].code, enhanced=used[1].code))
     if a.standard != b.standard and a.registered and b.registered:
         nonstd, std = (a, b) if not a.standard else (b, a)
         diffs.append(
