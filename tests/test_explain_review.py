@@ -160,7 +160,7 @@ def test_not_given_is_not_rendered_as_any(lang: str) -> None:
 
 # --- Input ------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("text", ["5.01.1", "5.1.01", "4.00.0", "2.0.000"])
+@pytest.mark.parametrize("text", ["5.01.1", "5.1.01", "4.00.0", "2.0.000", "X.01.10"])
 def test_leading_zeros_are_refused(text: str) -> None:
     with pytest.raises(ReplyError, match="leading zero"):
         explain(text)
@@ -226,3 +226,82 @@ def test_cli_errors_in_chinese_and_cut_short() -> None:
     assert r.exit_code == 2 and len(r.output) < 300
     r = CliRunner().invoke(main, ["explain", "\uff15\uff15\uff16"])
     assert r.exit_code == 0 and "556" in r.output
+
+
+# --- zh entries that said something else than en -----------------------------------------
+
+FACT = re.compile(
+    r"(?<![0-9.\u00a7])(?:[2-5][0-9][0-9]|[245X]\.[0-9]{1,3}\.[0-9]{1,3}|\u00a7[0-9.]*[0-9])"
+    r"(?![0-9])")
+
+
+def _facts(p: reg.Prose) -> set[str]:
+    return set(FACT.findall(" ".join((p.description, p.when, p.fix, *p.fix_by_class.values()))))
+
+
+@pytest.mark.parametrize("key", ["211", "221", "534", "X.6.9"])
+def test_zh_says_what_en_says(key: str) -> None:
+    # The codes and RFC sections each language cites are the same.
+    en, zh = reg.prose("en")[key], reg.prose("zh")[key]
+    assert _facts(en) == _facts(zh), (_facts(en) ^ _facts(zh))
+
+
+def test_zh_no_longer_contradicts_en() -> None:
+    zh = reg.prose("zh")
+    assert "214" in zh["211"].description  # RFC 5321 lists 211 with 214 for HELP
+    # not "permanent": another mechanism may work
+    assert "\u6c38\u4e45" not in zh["534"].description
+    assert "554" not in zh["X.6.9"].description  # the registry pairs X.6.9 with 550
+
+
+# --- Terminal colour ------------------------------------------------------------------
+
+def _run_on_a_pty(*args: str, env: dict[str, str]) -> str:
+    """`python -m mailgate ARGS` with its output on a pseudo-terminal, as a person runs it."""
+    import os
+    import pty
+    import subprocess
+    import sys
+
+    master, slave = pty.openpty()
+    full = {k: v for k, v in os.environ.items() if k not in ("NO_COLOR", "FORCE_COLOR")}
+    full.update(env)
+    proc = subprocess.Popen([sys.executable, "-m", "mailgate", *args], stdout=slave,
+                            stderr=slave, stdin=subprocess.DEVNULL, env=full)
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            data = os.read(master, 65536)
+        except OSError:  # EIO: the other side is closed
+            break
+        if not data:
+            break
+        chunks.append(data)
+    os.close(master)
+    assert proc.wait(timeout=60) == 0
+    return b"".join(chunks).decode("utf-8", "replace")
+
+
+def test_colour_appears_on_a_terminal() -> None:
+    out = _run_on_a_pty("explain", "556", env={"TERM": "xterm-256color"})
+    assert "\x1b[" in out and "556" in out
+
+
+def test_no_colour_when_asked_or_piped() -> None:
+    import subprocess
+    import sys
+
+    out = _run_on_a_pty("explain", "556", env={"TERM": "xterm-256color", "NO_COLOR": "1"})
+    assert "\x1b[" not in out and "556" in out
+    piped = subprocess.run([sys.executable, "-m", "mailgate", "explain", "556"],
+                           capture_output=True, text=True, check=True, timeout=60)
+    assert "\x1b[" not in piped.stdout
+
+
+def test_render_colour_switch() -> None:
+    from mailgate.codes.render import render
+
+    e = explain_code("556")
+    assert "\x1b[" in render(e, "text", color=True)
+    assert "\x1b[" not in render(e, "text", color=False)

@@ -22,7 +22,8 @@ __all__ = ["Explanation", "ReplyExplanation", "explain", "explain_code", "explai
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
-_KEY_RE = re.compile(r"X\.([0-9]{1,3})\.([0-9]{1,3})\Z")
+_KEY_RE = re.compile(r"X\.(0|[1-9][0-9]{0,2})\.(0|[1-9][0-9]{0,2})\Z")
+_ZERO_KEY_RE = re.compile(r"X\.[0-9]{1,3}\.[0-9]{1,3}\Z")  # X.01.10: leading zeros
 
 
 @dataclass(frozen=True, slots=True)
@@ -306,6 +307,8 @@ def explain_code(code: str, lang: str = "en") -> Explanation:
     m = _KEY_RE.match(s)
     if m:
         return _enhanced(None, int(m.group(1)), int(m.group(2)), lang)
+    if _ZERO_KEY_RE.match(s):
+        raise ReplyError(key="enhanced_leading_zero", text=s)
     if "." in s:
         e = parse_enhanced_code(s)
         return _enhanced(e.klass, e.subject, e.detail, lang)

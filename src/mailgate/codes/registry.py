@@ -35,6 +35,8 @@ CLASS_FIX_FIELDS = {2: "fix_2", 4: "fix_4", 5: "fix_5"}
 # the words of the web pages, of bounce notices and of `mailgate check`/`probe`.
 WORD_FILES = ("web", "notices", "diagnostics")
 LANGUAGE_FILES = ("ui.toml", *(f"{name}.toml" for name in WORD_FILES))
+# A language's glossary (optional): its words for the terms, not code prose.
+GLOSSARY_FILE = "glossary.toml"
 
 
 class DataError(RuntimeError):
@@ -203,7 +205,7 @@ def prose(lang: str) -> dict[str, Prose]:
     folder = _folder(lang)
     out: dict[str, Prose] = {}
     for path in sorted(folder.glob("*.toml")):
-        if path.name in LANGUAGE_FILES:
+        if path.name in LANGUAGE_FILES or path.name == GLOSSARY_FILE:
             continue
         for key, raw in _load_toml(path).get("codes", {}).items():
             by_class = {
@@ -216,6 +218,16 @@ def prose(lang: str) -> dict[str, Prose]:
                 pairings={str(k): str(v).strip() for k, v in raw.get("pairings", {}).items()},
             )
     return out
+
+
+@functools.cache
+def glossary(lang: str) -> dict[str, str]:
+    """The language's glossary (`<lang>/glossary.toml`): term -> the one word used for
+    it; empty for a language without one. tests/test_glossary.py enforces it."""
+    path = _folder(lang) / GLOSSARY_FILE
+    if not path.is_file():
+        return {}
+    return {name: str(t.get(lang, "")) for name, t in _load_toml(path).get("terms", {}).items()}
 
 
 @functools.cache
@@ -251,5 +263,5 @@ def words(lang: str, name: str) -> dict[str, str]:
 
 def clear_caches() -> None:
     """Forget everything read, and the data root (after changing `MAILGATE_CODES_DATA`)."""
-    for f in (data_root, registry, languages, prose, ui, word_file, words):
+    for f in (data_root, registry, languages, prose, glossary, ui, word_file, words):
         f.cache_clear()

@@ -177,13 +177,31 @@ def to_html(doc: Doc) -> str:
     )
 
 
+def _terminal() -> tuple[bool, int | None]:
+    """Whether standard output is a terminal that shows colour (rich's reading of it:
+    a tty, TERM not dumb, NO_COLOR unset, or FORCE_COLOR set), and its width."""
+    from rich.console import Console
+
+    out = Console(highlight=False)
+    color = out.is_terminal and out.color_system is not None and not out.no_color
+    return color, (out.width if out.is_terminal else None)
+
+
 def to_text(doc: Doc, color: bool | None = None, width: int | None = None) -> str:
-    """Terminal text with rich: bold headings, aligned fields, wrapped paragraphs."""
+    """Terminal text with rich: bold headings, aligned fields, wrapped paragraphs.
+
+    `color=None` asks standard output: colour and its width when it is a terminal that
+    shows colour, plain text otherwise. (The text is written to a buffer first, which
+    is never a terminal: asking the buffer gave plain text on every terminal.)
+    """
     from rich.console import Console
     from rich.text import Text
 
+    if color is None:
+        color, tty_width = _terminal()
+        width = width or tty_width
     console = Console(
-        record=True, force_terminal=color, no_color=color is False, width=width,
+        record=True, force_terminal=color, no_color=not color, width=width,
         highlight=False, soft_wrap=False, file=io.StringIO(),
     )
     for i, b in enumerate(doc.blocks):
@@ -207,7 +225,7 @@ def to_text(doc: Doc, color: bool | None = None, width: int | None = None) -> st
         elif b.kind == "bullets":
             for item in b.items:
                 console.print(Text(f"• {item}"))
-    return console.export_text(styles=bool(color))
+    return console.export_text(styles=color)
 
 
 def render(
