@@ -305,3 +305,22 @@ def test_render_colour_switch() -> None:
     e = explain_code("556")
     assert "\x1b[" in render(e, "text", color=True)
     assert "\x1b[" not in render(e, "text", color=False)
+
+
+# --- Chinese comparisons read as a person writes them -------------------------------------
+
+def test_zh_comparisons_do_not_read_as_machine_made() -> None:
+    chained = re.compile("\u4f5c\u4e3a\u5bf9 \\S+ \u7684\u56de\u590d\u6216")  # "as reply to X or"
+    keys = BASIC + [f"5{k[1:]}" for k in ENHANCED]
+    for code in keys:
+        c = compare(code, "421" if code.startswith("5") else "550", "zh")
+        text = " ".join(c.differences)
+        assert not chained.search(text), text
+        assert not re.search(r"[0-9], [0-9]", text), text  # lists of codes use the zh comma
+        assert "\u9700\u8981\u5904\u7406\uff1a" not in text  # no "needs action:" label
+        # the class line does not say the same thing twice ("permanent failure, i.e.
+        # permanent failure")
+        first = c.differences[0]
+        for word in reg.ui("zh")["outcome"].values():
+            assert first.count(str(word)) <= 2, first
+    assert "MAIL FROM\u3001RCPT TO" in " ".join(compare("452", "552", "zh").differences)

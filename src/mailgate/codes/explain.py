@@ -160,7 +160,8 @@ def _basic(code: int, lang: str) -> Explanation:
         )
     notes = []
     if not info.standard:
-        notes.append(_t(lang, "nonstandard_note", code=key, see=", ".join(info.see) or "?"))
+        see = str(ui["punctuation"]["list_sep"]).join(info.see)
+        notes.append(_t(lang, "nonstandard_note", code=key, see=see or "?"))
     for phase, as_code in info.treat_as:
         notes.append(_t(
             lang, "treat_as_note", code=key, phase=ui["phases"][phase], as_code=as_code,
