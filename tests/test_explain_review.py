@@ -169,6 +169,7 @@ def test_leading_zeros_are_refused(text: str) -> None:
 def test_leading_zero_enhanced_code_in_a_reply_stays_text() -> None:
     x = explain("550 5.01.1 no such user")
     assert isinstance(x, ReplyExplanation) and x.reply.enhanced is None
+    assert len(x.notes) == 1 and "leading zeros" in x.notes[0] and "match" not in x.notes[0]
 
 
 @pytest.mark.parametrize(("typed", "code"), [

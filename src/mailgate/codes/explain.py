@@ -332,7 +332,10 @@ def explain_reply(reply: Reply | str, lang: str = "en") -> ReplyExplanation:
     else:
         first = r.lines[0].split(" ", 1)[0]
         if re.fullmatch(r"[245]\.[0-9]{1,3}\.[0-9]{1,3}", first):
-            notes.append(_t(lang, "mismatch_note", enhanced=first, code=r.code))
+            if any(len(n) > 1 and n[0] == "0" for n in first.split(".")[1:]):
+                notes.append(_t(lang, "leading_zero_note", enhanced=first))
+            else:
+                notes.append(_t(lang, "mismatch_note", enhanced=first, code=r.code))
     return ReplyExplanation(reply=r, lang=lang, parts=tuple(parts), notes=tuple(notes))
 
 
