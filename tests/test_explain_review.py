@@ -325,3 +325,11 @@ def test_zh_comparisons_do_not_read_as_machine_made() -> None:
         for word in reg.ui("zh")["outcome"].values():
             assert first.count(str(word)) <= 2, first
     assert "MAIL FROM\u3001RCPT TO" in " ".join(compare("452", "552", "zh").differences)
+
+
+@pytest.mark.parametrize("key", ["421", "451", "250", "501", "552"])
+def test_zh_cites_what_en_cites_for_replies_mailgate_sends(key: str) -> None:
+    # Basic codes mailgate sends itself: zh names every enhanced code and RFC section
+    # that en names (zh may say more).
+    en, zh = reg.prose("en")[key], reg.prose("zh")[key]
+    assert _facts(en) <= _facts(zh), _facts(en) - _facts(zh)
