@@ -333,3 +333,25 @@ def test_zh_cites_what_en_cites_for_replies_mailgate_sends(key: str) -> None:
     # that en names (zh may say more).
     en, zh = reg.prose("en")[key], reg.prose("zh")[key]
     assert _facts(en) <= _facts(zh), _facts(en) - _facts(zh)
+
+
+def test_an_error_without_its_template_is_still_one_sentence(
+    tmp_path: object, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import shutil
+    from pathlib import Path
+
+    root = Path(str(tmp_path)) / "data"
+    shutil.copytree(reg.DATA, root)
+    ui = root / "en" / "ui.toml"
+    ui.write_text(ui.read_text(encoding="utf-8").replace("\nline_no_code = ", "\nx_gone = "),
+                  encoding="utf-8")
+    monkeypatch.setenv(reg.DATA_ENV, str(root))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(Path(str(tmp_path)) / "cache"))
+    reg.clear_caches()
+    try:
+        with pytest.raises(ReplyError, match="line_no_code"):
+            explain("x" * 1000 + " y")
+    finally:
+        monkeypatch.undo()
+        reg.clear_caches()

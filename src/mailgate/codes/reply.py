@@ -56,7 +56,13 @@ class ReplyError(ValueError):
             return str(self)
         from mailgate.codes import registry
 
-        return str(registry.ui(lang)["errors"][self.key]).format(**self.params)
+        try:
+            return str(registry.ui(lang)["errors"][self.key]).format(**self.params)
+        except (KeyError, IndexError, ValueError, OSError, registry.DataError):
+            # A data root without this template (an old copy, a half-made language)
+            # must not turn a refused input into a crash: say which error it was.
+            args = ", ".join(f"{k}={v!r}" for k, v in self.params.items())
+            return f"{self.key}({args})"
 
 
 class ReplyClass(enum.IntEnum):
