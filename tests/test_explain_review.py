@@ -355,3 +355,15 @@ def test_an_error_without_its_template_is_still_one_sentence(
     finally:
         monkeypatch.undo()
         reg.clear_caches()
+
+
+@pytest.mark.parametrize("fmt", ["text", "markdown", "html", "json"])
+def test_a_hostile_reply_text_cannot_command_the_terminal(fmt: str) -> None:
+    from mailgate.codes.render import render
+
+    evil = "550 5.1.1 no\x1b]0;owned\x07 user\x1b[2J\u202e\x9b"
+    for color in (False, True):
+        out = render(explain(evil), fmt, color=color)
+        styled = re.sub(r"\x1b\[[0-9;]*m", "", out) if color and fmt == "text" else out
+        assert not re.search("[\x00-\x09\x0b-\x1f\x7f-\x9f\u202e]", styled), repr(out[:200])
+        assert "\\x1b" in out or "\\u001b" in out  # shown, not dropped
