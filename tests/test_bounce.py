@@ -533,9 +533,9 @@ def test_chinese_text_part() -> None:
     text = p.text
     assert "No connection was attempted" in " ".join(text.split())  # English first
     assert "—— 中文说明 ——" in text
-    assert "收件人的域名 nullmx.example 发布了 null MX 记录（RFC 7505）" in text
+    assert "收件人的域名 nullmx.example 发布了空 MX 记录（RFC 7505）" in text
     assert "邮件系统没有尝试连接任何服务器" in text
-    assert "收件域名声明 null MX" in text  # the knowledge base's Chinese title
+    assert "收件域名声明空 MX" in text  # the knowledge base's Chinese title
     assert text.index("Delivery failed permanently") < text.index("中文说明")
 
 

@@ -273,7 +273,7 @@ def test_check_chinese_headings(resolver: Resolver) -> None:
     text = do_check(resolver, "null.test").render("text", "zh")
     for heading in ("域名：", "路由：", "含义：", "投递：", "代码说明：", "结论："):
         assert heading in text
-    assert "收件域名声明 null MX" in text  # the knowledge base, in Chinese
+    assert "收件域名声明空 MX" in text  # the knowledge base, in Chinese
     data = do_check(resolver, "null.test").to_json("zh")
     assert data["lang"] == "zh" and "不接收任何邮件" in data["verdict"]["text"]
 

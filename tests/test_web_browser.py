@@ -148,7 +148,7 @@ def test_public_pages_and_admin_retry_in_chromium(site: Site) -> None:
         page.locator(".lang-switch a", has_text="中文").click()
         page.wait_for_url("**/compare/221/556?lang=zh")
         expect(page.locator("html")).to_have_attribute("lang", "zh-CN")
-        expect(page.locator("h1")).to_contain_text("对比")
+        expect(page.locator("h1")).to_contain_text("的区别")
         expect(page.locator("h2, h3").filter(has_text="描述").first).to_be_visible()
         shot("05-compare-zh")
         page.goto(f"{base}/codes/556")  # the choice is remembered

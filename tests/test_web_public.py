@@ -332,7 +332,7 @@ def test_lang_parameter_sets_a_cookie_and_keeps_the_page(client: TestClient) -> 
     assert '<html lang="zh-CN">' in r.text
     for heading in ("主要区别", "何时使用哪个"):
         assert f"<h2>{heading}</h2>" in r.text
-    assert "SMTP 221 " in r.text and " 对比 556 " in r.text
+    assert "SMTP 221（" in r.text and "与 556（" in r.text and "的区别" in r.text
     # The switch links to the same page in the other language.
     assert "/compare/221/556?lang=en" in hrefs(r.text)
     r = client.get("/compare/221/556", params={"lang": "en"})

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import re
+import unicodedata
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from mailgate.codes import registry as reg
 from mailgate.codes.reply import (
@@ -20,7 +23,10 @@ if TYPE_CHECKING:  # imported when a reply is explained: a code alone does not p
 
 __all__ = ["Explanation", "ReplyExplanation", "explain", "explain_code", "explain_reply"]
 
-_KEY_RE = re.compile(r"X\.([0-9]{1,3})\.([0-9]{1,3})\Z")
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+_KEY_RE = re.compile(r"X\.(0|[1-9][0-9]{0,2})\.(0|[1-9][0-9]{0,2})\Z")
+_ZERO_KEY_RE = re.compile(r"X\.[0-9]{1,3}\.[0-9]{1,3}\Z")  # X.01.10: leading zeros
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +59,9 @@ class Explanation:
     closes: bool
     deprecated: bool
     notes: tuple[str, ...] = ()
+    used_with: tuple[str, ...] = ()  # enhanced: basic codes it is sent with beyond IANA's list
+    treat_as: tuple[tuple[str, str], ...] = ()  # basic: (phase, code) read as that code there
+    treat_as_ref: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -82,6 +91,7 @@ class Explanation:
             "closes_connection": self.closes,
             "deprecated": self.deprecated,
             "notes": list(self.notes),
+            "used_with": list(self.used_with),
         }
 
 
@@ -156,7 +166,13 @@ def _basic(code: int, lang: str) -> Explanation:
         )
     notes = []
     if not info.standard:
-        notes.append(_t(lang, "nonstandard_note", code=key, see=", ".join(info.see) or "?"))
+        see = str(ui["punctuation"]["list_sep"]).join(info.see)
+        notes.append(_t(lang, "nonstandard_note", code=key, see=see or "?"))
+    for phase, as_code in info.treat_as:
+        notes.append(_t(
+            lang, "treat_as_note", code=key, phase=ui["phases"][phase], as_code=as_code,
+            ref=info.treat_as_ref, action=ui["basic_class_client_action"][as_code[0]],
+        ))
     return Explanation(
         code=key, key=key, kind="basic", lang=lang, registered=True, standard=info.standard,
         klass=int(d1), class_name=class_name, class_meaning=class_meaning, outcome=outcome,
@@ -165,6 +181,7 @@ def _basic(code: int, lang: str) -> Explanation:
         reference_text=info.reference_text, rfcs=info.rfcs, related=info.related,
         associated=info.associated_codes, see=info.see, phases=info.phases,
         closes=info.closes, deprecated=False, notes=tuple(notes),
+        treat_as=info.treat_as, treat_as_ref=info.treat_as_ref,
     )
 
 
@@ -175,10 +192,7 @@ def _enhanced(klass: int | None, subject: int, detail: int, lang: str) -> Explan
     subj_key = f"X.{subject}.X"
     subj = _prose(lang, subj_key)
     if subj is None or subj_key not in reg.registry():
-        raise ReplyError(
-            f"{shown} is not an enhanced status code: subject {subject} is not defined "
-            "(RFC 3463 defines subjects 0 to 7)."
-        )
+        raise ReplyError(key="enhanced_subject", text=shown, subject=subject)
     if klass is None:
         class_name = class_meaning = outcome = ""
     else:
@@ -214,19 +228,94 @@ def _enhanced(klass: int | None, subject: int, detail: int, lang: str) -> Explan
         code=shown, key=key, kind="enhanced", lang=lang, registered=True, standard=True,
         klass=klass, class_name=class_name, class_meaning=class_meaning, outcome=outcome,
         subject=subj.title, subject_meaning=subj.summary,
-        title=p.title, summary=p.summary, description=p.description, when=p.when, fix=p.fix,
+        title=p.title, summary=p.summary, description=p.description, when=p.when,
+        fix=_fix_for_class(p, klass, shown, lang),
         reference_text=info.reference_text, rfcs=info.rfcs, related=info.related,
         associated=info.associated_codes, see=(), phases=(), closes=False,
-        deprecated=info.deprecated, notes=tuple(notes),
+        deprecated=info.deprecated, notes=tuple(notes), used_with=info.used_with,
     )
 
 
+def _pairing_note(code: int, enhanced: str, lang: str) -> str | None:
+    """What the pairing of a reply's two codes means, when the IANA entry of the
+    enhanced code does not list the basic one: the data's sentence for a pairing in
+    use, or a note that the registry pairs it otherwise."""
+    key = "X." + enhanced.split(".", 1)[1]
+    info = reg.registry().get(key)
+    p = _prose(lang, key)
+    basic = f"{code:03d}"
+    if info is None or p is None or info.listed_with(basic):
+        return None
+    if basic in info.used_with and basic in p.pairings:
+        return p.pairings[basic]
+    if info.listed_with(basic) is None:
+        return _t(lang, "pairing_not_given", code=basic, enhanced=enhanced, key=key)
+    return _t(lang, "pairing_unlisted", code=basic, enhanced=enhanced, key=key,
+              listed=", ".join(info.associated_codes) or info.associated)
+
+
+def _fix_for_class(p: reg.Prose, klass: int | None, shown: str, lang: str) -> str:
+    """The advice for this class only: `fix_<class>` when the data has it; for 2.x.x
+    without one, that a success needs no fixing; else `fix` (the registry form's)."""
+    if klass is None:
+        return p.fix
+    own = p.fix_by_class.get(klass)
+    if own:
+        return own
+    if klass == 2:
+        return _t(lang, "fix_success", code=shown)
+    return p.fix
+
+
+def _localised(fn: Callable[_P, _R]) -> Callable[_P, _R]:
+    """Errors of `fn` in the language asked for (its `lang` argument, second or named)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        try:
+            return fn(*args, **kwargs)
+        except ReplyError as exc:
+            lang = str(kwargs.get("lang", args[1] if len(args) > 1 else "en"))
+            if not exc.key or lang == "en":
+                raise
+            raise ReplyError(exc.text(lang), key=exc.key, **exc.params) from None
+
+    return wrapper
+
+
+def normalise(text: str) -> str:
+    """A code as people type it, in one form: NFKC (full-width digits are digits, an
+    ideographic space a space), surrounding white space removed."""
+    return unicodedata.normalize("NFKC", text).strip()
+
+
+def _normalise_reply(text: str) -> str:
+    """A reply with the codes at the start of each line in NFKC form and its text as
+    written (NFKC would also turn the text's full-width punctuation into ASCII)."""
+    out = []
+    for line in text.strip().split("\n"):
+        i = 0
+        while i < len(line):
+            ch = unicodedata.normalize("NFKC", line[i])
+            if not ch or any(c not in _HEAD_CHARS for c in ch):
+                break
+            i += 1
+        out.append(unicodedata.normalize("NFKC", line[:i]) + line[i:])
+    return "\n".join(out).strip()
+
+
+_HEAD_CHARS = frozenset("0123456789.- \r")
+
+
+@_localised
 def explain_code(code: str, lang: str = "en") -> Explanation:
     """Explain `556`, `5.1.10` or the registry form `X.1.10`; ReplyError if malformed."""
-    s = code.strip()
+    s = normalise(code)
     m = _KEY_RE.match(s)
     if m:
         return _enhanced(None, int(m.group(1)), int(m.group(2)), lang)
+    if _ZERO_KEY_RE.match(s):
+        raise ReplyError(key="enhanced_leading_zero", text=s)
     if "." in s:
         e = parse_enhanced_code(s)
         return _enhanced(e.klass, e.subject, e.detail, lang)
@@ -235,18 +324,25 @@ def explain_code(code: str, lang: str = "en") -> Explanation:
     return _basic(parse_basic_code(s), lang)
 
 
+@_localised
 def explain_reply(reply: Reply | str, lang: str = "en") -> ReplyExplanation:
     """Explain a whole reply: its basic code, its enhanced code, and any inconsistency."""
-    r = parse_reply(reply) if isinstance(reply, str) else reply
+    r = parse_reply(_normalise_reply(reply)) if isinstance(reply, str) else reply
     parts = [_basic(r.code, lang)]
     notes: list[str] = []
     seen = r.enhanced  # the enhanced code as written, even of another class (vendors)
     if r.enhanced is not None:
         parts.append(explain_code(r.enhanced, lang))
+        note = _pairing_note(r.code, r.enhanced, lang)
+        if note:
+            notes.append(note)
     else:
         first = r.lines[0].split(" ", 1)[0]
         if re.fullmatch(r"[245]\.[0-9]{1,3}\.[0-9]{1,3}", first):
-            notes.append(_t(lang, "mismatch_note", enhanced=first, code=r.code))
+            if any(len(n) > 1 and n[0] == "0" for n in first.split(".")[1:]):
+                notes.append(_t(lang, "leading_zero_note", enhanced=first))
+            else:
+                notes.append(_t(lang, "mismatch_note", enhanced=first, code=r.code))
             seen = first
     from mailgate.codes import vendors
 
@@ -255,16 +351,14 @@ def explain_reply(reply: Reply | str, lang: str = "en") -> ReplyExplanation:
                             vendor=vendor)
 
 
+@_localised
 def explain(query: str, lang: str = "en") -> Explanation | ReplyExplanation:
     """A code alone, or a whole reply line such as `556 5.1.10 Recipient has null MX`."""
-    s = query.strip()
+    s = normalise(query)
     if not s:
-        raise ReplyError("nothing to explain: give a code such as 556 or 5.1.10, or a reply line.")
+        raise ReplyError(key="nothing_to_explain")
     if " " not in s and "\n" not in s and "-" not in s:
         if not (s[0].isdigit() or s.startswith("X.")):
-            raise ReplyError(
-                f"{s!r} is not a reply code: give three digits (556), an enhanced status "
-                "code (5.1.10) or a whole reply line."
-            )
+            raise ReplyError(key="not_a_code", text=s)
         return explain_code(s, lang)
-    return explain_reply(s, lang)
+    return explain_reply(query, lang)

@@ -73,8 +73,7 @@ def explain_paste(p: Pasted, lang: str = "en") -> PasteExplanation:
     from mailgate.codes import vendors
 
     if p.empty:
-        raise ReplyError("no reply code found: paste a reply line, a log line with one, "
-                         "or a code such as 550 or 5.1.1.")
+        raise ReplyError(key="paste_empty")
     vendor = vendors.explain_vendor(p.code, p.enhanced, p.text, lang, host=p.host)
     reply: ReplyExplanation | None = None
     codes: tuple[Explanation, ...] = ()
@@ -108,10 +107,11 @@ def explain_text(text: str, lang: str = "en") -> Explanation | ReplyExplanation 
         except ReplyError as exc:
             error = exc
     else:
-        error = ReplyError("not a reply")
+        error = ReplyError(key="paste_no_code", size=len(text))
     if len(str(error)) > 300:  # never echo a long paste back
-        error = ReplyError(f"no reply code found in the pasted text ({len(text)} characters): "
-                           "paste the reply line, or a log line holding it.")
+        error = ReplyError(key="paste_no_code", size=len(text))
+    if re.fullmatch(r"[0-9Xx]{1,3}(?:\.[0-9]{1,4}){1,3}", s):
+        raise error  # one enhanced code the strict reader refused (5.01.1): not a paste
     from mailgate.codes.paste import read_paste
 
     p = read_paste(text)

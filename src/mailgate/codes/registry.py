@@ -15,6 +15,7 @@ touching the package); it is read when a function here is first called, and
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import marshal
@@ -28,10 +29,14 @@ from typing import Any
 DATA = Path(__file__).parent / "data"
 DATA_ENV = "MAILGATE_CODES_DATA"
 PROSE_FIELDS = ("title", "summary", "description", "when", "fix")
+# Optional per-class advice of an enhanced code (docs/codes-data.md).
+CLASS_FIX_FIELDS = {2: "fix_2", 4: "fix_4", 5: "fix_5"}
 # The files of a language folder other than code prose: labels and templates (ui), and
 # the words of the web pages, of bounce notices and of `mailgate check`/`probe`.
 WORD_FILES = ("web", "notices", "diagnostics")
 LANGUAGE_FILES = ("ui.toml", *(f"{name}.toml" for name in WORD_FILES))
+# A language's glossary (optional): its words for the terms, not code prose.
+GLOSSARY_FILE = "glossary.toml"
 
 
 class DataError(RuntimeError):
@@ -53,6 +58,24 @@ class CodeInfo:
     phases: tuple[str, ...] = ()
     closes: bool = False
     deprecated: bool = False
+    # Enhanced codes: basic codes it is sent with in practice (mailgate's own replies
+    # among them) that the IANA entry does not list; each has a sentence in the prose.
+    used_with: tuple[str, ...] = ()
+    # Basic codes: (phase, code) — in reply to that command the client is to treat this
+    # code as the other one (552 to RCPT is 452: RFC 5321 4.5.3.1.10), and where it says so.
+    treat_as: tuple[tuple[str, str], ...] = ()
+    treat_as_ref: str = ""
+
+    def listed_with(self, code: str) -> bool | None:
+        """Whether the IANA entry pairs this enhanced code with basic `code`: True when
+        it lists it (or says `Any`, or `5XX` for a 5xx code), None when it names no
+        basic code (`not given`), False when it names others."""
+        words = self.associated.strip().lower()
+        if words in ("not given", "-", ""):
+            return None
+        if words == "any" or code in self.associated_codes:
+            return True
+        return f"{code[0]}xx" in words.replace("(", " ").split()
 
     @property
     def associated_codes(self) -> tuple[str, ...]:
@@ -74,6 +97,12 @@ class Prose:
     description: str
     when: str
     fix: str
+    # Enhanced codes: advice for one class (`fix_4 = ...` in the data), used instead of
+    # `fix` when explaining 4.Y.Z; `fix` stays the advice for the registry form X.Y.Z.
+    fix_by_class: dict[int, str] = dataclasses.field(default_factory=dict, hash=False)
+    # Enhanced codes: for each basic code of the registry's `used_with`, what that
+    # pairing means (`[codes."X.7.0".pairings] "421" = "..."`).
+    pairings: dict[str, str] = dataclasses.field(default_factory=dict, hash=False)
 
 
 @functools.cache
@@ -141,6 +170,9 @@ def registry() -> dict[str, CodeInfo]:
                 phases=tuple(raw.get("phases", ())),
                 closes=raw.get("closes", False),
                 deprecated=raw.get("deprecated", False),
+                used_with=tuple(raw.get("used_with", ())),
+                treat_as=tuple((str(k), str(v)) for k, v in raw.get("treat_as", {}).items()),
+                treat_as_ref=raw.get("treat_as_ref", ""),
             )
     return out
 
@@ -173,11 +205,29 @@ def prose(lang: str) -> dict[str, Prose]:
     folder = _folder(lang)
     out: dict[str, Prose] = {}
     for path in sorted(folder.glob("*.toml")):
-        if path.name in LANGUAGE_FILES:
+        if path.name in LANGUAGE_FILES or path.name == GLOSSARY_FILE:
             continue
         for key, raw in _load_toml(path).get("codes", {}).items():
-            out[key] = Prose(**{f: str(raw.get(f, "")).strip() for f in PROSE_FIELDS})
+            by_class = {
+                klass: str(raw[name]).strip()
+                for klass, name in CLASS_FIX_FIELDS.items() if name in raw
+            }
+            out[key] = Prose(
+                **{f: str(raw.get(f, "")).strip() for f in PROSE_FIELDS},
+                fix_by_class=by_class,
+                pairings={str(k): str(v).strip() for k, v in raw.get("pairings", {}).items()},
+            )
     return out
+
+
+@functools.cache
+def glossary(lang: str) -> dict[str, str]:
+    """The language's glossary (`<lang>/glossary.toml`): term -> the one word used for
+    it; empty for a language without one. tests/test_glossary.py enforces it."""
+    path = _folder(lang) / GLOSSARY_FILE
+    if not path.is_file():
+        return {}
+    return {name: str(t.get(lang, "")) for name, t in _load_toml(path).get("terms", {}).items()}
 
 
 @functools.cache
@@ -213,5 +263,5 @@ def words(lang: str, name: str) -> dict[str, str]:
 
 def clear_caches() -> None:
     """Forget everything read, and the data root (after changing `MAILGATE_CODES_DATA`)."""
-    for f in (data_root, registry, languages, prose, ui, word_file, words):
+    for f in (data_root, registry, languages, prose, glossary, ui, word_file, words):
         f.cache_clear()

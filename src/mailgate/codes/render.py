@@ -10,6 +10,7 @@ from __future__ import annotations
 import html
 import io
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +21,31 @@ from mailgate.codes.explain import Explanation, ReplyExplanation
 __all__ = ["FORMATS", "Doc", "comparison_doc", "explanation_doc", "render"]
 
 FORMATS = ("text", "markdown", "json", "html")
+
+# What a reply's text may carry that must not reach a terminal raw: C0 controls but the
+# line break, DEL, C1 controls, and the bidirectional overrides ("Trojan Source"). An
+# explained reply is text from a stranger (a remote server, a pasted bounce); ESC in it
+# would set the window title or clear the screen. Shown as escapes instead (`\x1b`), as
+# mailgate.textsafe does for the queue commands (codes cannot import it: same layer).
+_UNSAFE = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+_JSON_UNSAFE = re.compile("[\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def _printable(text: str) -> str:
+    return _UNSAFE.sub(
+        lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100
+        else f"\\u{ord(m.group()):04x}", text)
+
+
+def _safe(doc: Doc) -> Doc:
+    """The document with every string printable."""
+    return Doc(
+        title=_printable(doc.title), lang=doc.lang,
+        blocks=[Block(b.kind, text=_printable(b.text), level=b.level,
+                      items=[_printable(t) for t in b.items],
+                      pairs=[(_printable(k), _printable(v)) for k, v in b.pairs])
+                for b in doc.blocks],
+    )
 
 
 @dataclass
@@ -182,13 +208,31 @@ def to_html(doc: Doc) -> str:
     )
 
 
+def _terminal() -> tuple[bool, int | None]:
+    """Whether standard output is a terminal that shows colour (rich's reading of it:
+    a tty, TERM not dumb, NO_COLOR unset, or FORCE_COLOR set), and its width."""
+    from rich.console import Console
+
+    out = Console(highlight=False)
+    color = out.is_terminal and out.color_system is not None and not out.no_color
+    return color, (out.width if out.is_terminal else None)
+
+
 def to_text(doc: Doc, color: bool | None = None, width: int | None = None) -> str:
-    """Terminal text with rich: bold headings, aligned fields, wrapped paragraphs."""
+    """Terminal text with rich: bold headings, aligned fields, wrapped paragraphs.
+
+    `color=None` asks standard output: colour and its width when it is a terminal that
+    shows colour, plain text otherwise. (The text is written to a buffer first, which
+    is never a terminal: asking the buffer gave plain text on every terminal.)
+    """
     from rich.console import Console
     from rich.text import Text
 
+    if color is None:
+        color, tty_width = _terminal()
+        width = width or tty_width
     console = Console(
-        record=True, force_terminal=color, no_color=color is False, width=width,
+        record=True, force_terminal=color, no_color=not color, width=width,
         highlight=False, soft_wrap=False, file=io.StringIO(),
     )
     for i, b in enumerate(doc.blocks):
@@ -212,7 +256,7 @@ def to_text(doc: Doc, color: bool | None = None, width: int | None = None) -> st
         elif b.kind == "bullets":
             for item in b.items:
                 console.print(Text(f"• {item}"))
-    return console.export_text(styles=bool(color))
+    return console.export_text(styles=color)
 
 
 def render(
@@ -227,8 +271,9 @@ def render(
         data["type"] = "comparison" if isinstance(x, Comparison) else (
             "reply" if isinstance(x, ReplyExplanation) else "code"
         )
-        return json.dumps(data, ensure_ascii=False, indent=2) + "\n"
-    doc = comparison_doc(x) if isinstance(x, Comparison) else explanation_doc(x)
+        out = json.dumps(data, ensure_ascii=False, indent=2) + "\n"
+        return _JSON_UNSAFE.sub(lambda m: f"\\u{ord(m.group()):04x}", out)
+    doc = _safe(comparison_doc(x) if isinstance(x, Comparison) else explanation_doc(x))
     if fmt == "markdown":
         return to_markdown(doc)
     if fmt == "html":

@@ -25,8 +25,44 @@ __all__ = [
 ]
 
 
+# An error message shows at most this much of the input it is about (an input may be
+# 100,000 characters long; the message must still be one short sentence).
+ECHO_LIMIT = 40
+
+
+def _short(value: object) -> object:
+    if isinstance(value, str) and len(value) > ECHO_LIMIT:
+        return value[:ECHO_LIMIT] + "\u2026"
+    return value
+
+
 class ReplyError(ValueError):
-    """Input that is not a well-formed SMTP reply or code; the message says why."""
+    """Input that is not a well-formed SMTP reply or code; the message says why.
+
+    The words are data: `key` names a template of the `[errors]` table of ui.toml and
+    `params` fill it in (string values cut to `ECHO_LIMIT` characters). `str()` is the
+    English text; `text(lang)` the same in another language. A plain message (no key)
+    is kept as given, for callers outside this package.
+    """
+
+    def __init__(self, message: str = "", *, key: str = "", **params: object) -> None:
+        self.key = key
+        self.params = {name: _short(value) for name, value in params.items()}
+        super().__init__(message or (self.text("en") if key else ""))
+
+    def text(self, lang: str) -> str:
+        """The message in `lang` (its `[errors]` template), or as given without a key."""
+        if not self.key:
+            return str(self)
+        from mailgate.codes import registry
+
+        try:
+            return str(registry.ui(lang)["errors"][self.key]).format(**self.params)
+        except (KeyError, IndexError, ValueError, OSError, registry.DataError):
+            # A data root without this template (an old copy, a half-made language)
+            # must not turn a refused input into a crash: say which error it was.
+            args = ", ".join(f"{k}={v!r}" for k, v in self.params.items())
+            return f"{self.key}({args})"
 
 
 class ReplyClass(enum.IntEnum):
@@ -73,9 +109,11 @@ class Subject(enum.IntEnum):
 # carrying one is still a reply, so only `strict` parsing refuses them.
 _BASIC_RE = re.compile(r"[2-5][0-5][0-9]\Z")
 _LOOSE_BASIC_RE = re.compile(r"[2-5][0-9][0-9]\Z")
-# RFC 3463 / RFC 2034: class "." 1*3digit "." 1*3digit
-_ENHANCED_RE = re.compile(r"([245])\.([0-9]{1,3})\.([0-9]{1,3})\Z")
-_ENHANCED_PREFIX_RE = re.compile(r"([245])\.([0-9]{1,3})\.([0-9]{1,3})(?: |\Z)")
+# RFC 3463 / RFC 2034: class "." 1*3digit "." 1*3digit, and (RFC 3463 section 2) "each
+# numeric sub-code within the status-code MUST be expressed without leading zero digits".
+_NUM = r"(0|[1-9][0-9]{0,2})"
+_ENHANCED_RE = re.compile(rf"([245])\.{_NUM}\.{_NUM}\Z")
+_ENHANCED_PREFIX_RE = re.compile(rf"([245])\.{_NUM}\.{_NUM}(?: |\Z)")
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -110,15 +148,13 @@ def parse_basic_code(text: str, strict: bool = True) -> int:
     """
     s = text.strip()
     if not s.isascii() or not s.isdigit():
-        raise ReplyError(f"{text!r} is not an SMTP reply code: a reply code is three digits.")
+        raise ReplyError(key="basic_not_digits", text=text)
     if len(s) != 3:
-        raise ReplyError(f"{s} is not an SMTP reply code: a reply code has exactly three digits.")
+        raise ReplyError(key="basic_length", text=s)
     if not (_BASIC_RE if strict else _LOOSE_BASIC_RE).match(s):
         if s[0] not in "2345":
-            raise ReplyError(
-                f"{s} is not an SMTP reply code: the first digit must be 2, 3, 4 or 5."
-            )
-        raise ReplyError(f"{s} is not an SMTP reply code: the second digit must be 0 to 5.")
+            raise ReplyError(key="basic_first_digit", text=s)
+        raise ReplyError(key="basic_second_digit", text=s)
     return int(s)
 
 
@@ -129,17 +165,12 @@ def parse_enhanced_code(text: str) -> EnhancedCode:
     if m is None:
         parts = s.split(".")
         if len(parts) != 3 or not all(p.isascii() and p.isdigit() for p in parts):
-            raise ReplyError(
-                f"{text!r} is not an enhanced status code: it must look like 5.1.10 "
-                "(class.subject.detail)."
-            )
+            raise ReplyError(key="enhanced_form", text=text)
         if parts[0] not in ("2", "4", "5"):
-            raise ReplyError(
-                f"{s} is not an enhanced status code: the class must be 2, 4 or 5."
-            )
-        raise ReplyError(
-            f"{s} is not an enhanced status code: subject and detail have 1 to 3 digits each."
-        )
+            raise ReplyError(key="enhanced_class", text=s)
+        if any(len(p) > 1 and p.startswith("0") for p in parts[1:]):
+            raise ReplyError(key="enhanced_leading_zero", text=s)
+        raise ReplyError(key="enhanced_digits", text=s)
     return EnhancedCode(int(m.group(1)), int(m.group(2)), int(m.group(3)))
 
 
@@ -153,19 +184,17 @@ class Reply:
 
     def __post_init__(self) -> None:
         if not _LOOSE_BASIC_RE.match(str(self.code)):
-            raise ReplyError(f"{self.code} is not an SMTP reply code.")
+            raise ReplyError(key="reply_code", code=self.code)
         if self.enhanced is not None:
             e = parse_enhanced_code(self.enhanced)
             if e.klass != self.code // 100:
-                raise ReplyError(
-                    f"enhanced code {self.enhanced} does not match reply {self.code}: "
-                    "its class must equal the reply's first digit."
-                )
+                raise ReplyError(key="reply_class_mismatch", enhanced=self.enhanced,
+                                 code=self.code)
         if not self.lines:
-            raise ReplyError("a reply has at least one line of text (it may be empty).")
+            raise ReplyError(key="reply_no_lines")
         for line in self.lines:
             if "\r" in line or "\n" in line:
-                raise ReplyError("reply text lines may not contain CR or LF.")
+                raise ReplyError(key="reply_line_break")
 
     @classmethod
     def make(cls, code: int, enhanced: str | None, text: str = "") -> Reply:
@@ -241,19 +270,15 @@ def parse_reply_line(line: str) -> tuple[int, bool, str]:
     (continuation), then text; a last line may be the bare code.
     """
     if len(line) < 3:
-        raise ReplyError(
-            f"reply line {line!r} is too short: it must start with a three-digit code."
-        )
+        raise ReplyError(key="line_short", text=line)
     code = parse_basic_code(line[:3], strict=False) if line[:3].isdigit() else None
     if code is None:
-        raise ReplyError(f"reply line {line!r} does not start with a three-digit reply code.")
+        raise ReplyError(key="line_no_code", text=line)
     if len(line) == 3:
         return code, True, ""
     sep = line[3]
     if sep not in " -":
-        raise ReplyError(
-            f"reply line {line!r}: the code must be followed by a space or a hyphen."
-        )
+        raise ReplyError(key="line_separator", text=line)
     return code, sep == " ", line[4:]
 
 
@@ -269,14 +294,14 @@ def parse_reply(data: str | bytes) -> Reply:
         try:
             data = data.decode("utf-8")
         except UnicodeDecodeError as exc:
-            raise ReplyError("reply is not valid UTF-8 text.") from exc
+            raise ReplyError(key="reply_not_utf8") from exc
     text = data.replace("\r\n", "\n")
     if text.endswith("\n"):
         text = text[:-1]
     if not text:
-        raise ReplyError("empty reply: expected a three-digit code and text.")
+        raise ReplyError(key="reply_empty")
     if "\r" in text:
-        raise ReplyError("reply contains a bare carriage return.")
+        raise ReplyError(key="reply_bare_cr")
     raw = text.split("\n")
     code: int | None = None
     bodies: list[str] = []
@@ -285,13 +310,11 @@ def parse_reply(data: str | bytes) -> Reply:
         if code is None:
             code = c
         elif c != code:
-            raise ReplyError(f"reply mixes codes {code} and {c} in one reply.")
+            raise ReplyError(key="reply_mixed_codes", a=code, b=c)
         if last != (i == len(raw) - 1):
             if last:
-                raise ReplyError(
-                    f"line {i + 1} of the reply ends it (code then space) but more lines follow."
-                )
-            raise ReplyError("the last line of the reply continues (code then hyphen).")
+                raise ReplyError(key="reply_ends_early", line=i + 1)
+            raise ReplyError(key="reply_continues")
         bodies.append(body)
     assert code is not None
     enhanced: str | None = None

@@ -272,9 +272,15 @@ def _error_json(message: str, status: int, suggestions: Iterable[str] = ()) -> J
 
 
 def _tidy(code: str) -> str:
-    """Forgive what people type: spaces around, a lower-case x (`x.1.10`)."""
+    """Forgive what people type in a URL: spaces around, a lower-case x (`x.1.10`), and
+    leading zeros (`5.01.010`), which RFC 3463 forbids in a code: the page redirects to
+    the code as it must be written."""
     s = code.strip()
-    return "X" + s[1:] if re.fullmatch(r"x\.[0-9]+\.[0-9]+", s) else s
+    m = re.fullmatch(r"([245xX])\.([0-9]{1,3})\.([0-9]{1,3})", s)
+    if m:
+        first = "X" if m.group(1) in "xX" else m.group(1)
+        return f"{first}.{int(m.group(2))}.{int(m.group(3))}"
+    return s
 
 
 def _check_code(code: str, lang: str) -> str:
