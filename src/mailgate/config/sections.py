@@ -14,6 +14,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import cast
 
+from mailgate.config.mailstore import _auth, _check_lmtp_routes, _maildir, _server_user
 from mailgate.config.reader import (
     _ROOT_KEYS,
     _SECTIONS,
@@ -124,7 +125,11 @@ def _build(doc: Mapping[str, object], r: _Reader, source: str | None) -> Config:
            else WebConfig(True, *web_address, tuple(dict.fromkeys(allowed_hosts))))
 
     s = r.section(doc, "server")
-    server = ServerConfig(r.get(s, ("server",), "workers", _integer(1), 1))
+    server = ServerConfig(r.get(s, ("server",), "workers", _integer(1), 1),
+                          r.get(s, ("server",), "user", _server_user, None))
+    _check_lmtp_routes(routes, r, domains)
+    maildir = _maildir(r.section(doc, "maildir"), r, domains)
+    auth = _auth(r.section(doc, "auth"), r)
 
     lg = r.section(doc, "log")
     log = LogConfig(cast(LogLevel, r.get(lg, ("log",), "level", _choice(LOG_LEVELS), "info")))
@@ -134,7 +139,8 @@ def _build(doc: Mapping[str, object], r: _Reader, source: str | None) -> Config:
     return Config(hostname=hostname, data_dir=data_dir, listen=listeners, tls=tls,
                   domains=domains, relay=relay, limits=limits, timeouts=timeouts, dns=dns,
                   policy=policy, submission=submission, delivery=delivery, routes=routes,
-                  tls_policy=tls_policy, web=web, server=server, log=log, source=source)
+                  tls_policy=tls_policy, web=web, server=server, log=log, maildir=maildir,
+                  auth=auth, source=source)
 
 
 def _listeners(doc: Mapping[str, object], r: _Reader) -> tuple[Listener, ...]:
