@@ -133,8 +133,6 @@ def _code_paths() -> list[str]:
     installed packages, mailgate itself."""
     import sysconfig
 
-    import mailgate
-
     paths = sysconfig.get_paths()
     return [p for p in (paths.get("stdlib"), paths.get("purelib"),
-                        os.path.dirname(mailgate.__file__)) if p]
+                        os.path.dirname(os.path.abspath(__file__))) if p]

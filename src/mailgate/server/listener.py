@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import cast
 
-from mailgate import hashing, metrics
+from mailgate import metrics
 from mailgate.codes.reply import Reply
 from mailgate.config import Config, Listener
 from mailgate.queue import Enqueue, QueueFull, new_queue_id
@@ -558,12 +558,13 @@ class SMTPConnection(asyncio.Protocol):
             metrics.auth_refused()
             return AUTH_TOO_MANY
         try:
-            # The password pool, never the default executor that delivery uses: a burst
-            # of AUTH attempts must not stall anything else (hashing.py).
-            ok = await hashing.check(policy.check_password, ev)
+            ok = await policy.authenticate(self.info, ev)
         except BaseException:
             policy.auth_release(reservation)  # our failure, not the client's
             raise
+        if ok is None:  # the password database cannot answer now: not the client's fault
+            policy.auth_release(reservation)
+            return replies.AUTH_TEMPFAIL
         if ok:
             policy.auth_release(reservation)
             log.info("auth: %s[%s] authenticated as %s", self.info.helo, self.info.ip,
