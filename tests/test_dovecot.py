@@ -222,9 +222,11 @@ def test_lmtp_delivers_into_dovecot_with_one_reply_per_recipient(
         messages = wait_until("the message and its bounce in Dovecot", both, 30)
     bodies = [body for body, _ in messages]
     [original] = [b for b in bodies if b.endswith(CONTENT)]
+    # Dovecot adds Return-Path (the final delivery, RFC 5321 4.4); mailgate does not.
     assert original.startswith(b"Return-Path: <mgtest@localhost>\r\n")
+    assert original.count(b"Return-Path:") == 1
     [bounce] = [b for b in bodies if b is not original]
-    assert b"Return-Path: <>" in bounce
+    assert bounce.startswith(b"Return-Path: <>\r\n")
     assert b"nobody@localhost" in bounce and b"5.1.1" in bounce
 
 

@@ -56,6 +56,12 @@ def test_system_users_own_their_mail_and_nobody_else_does() -> None:
         mailbox_for(system, Path("/d"), "root@localhost")
 
 
+def test_a_maildir_entry_for_an_lmtp_domain_is_an_error() -> None:
+    with pytest.raises(ConfigError, match="is delivered by LMTP"):
+        parse_config('[routes]\n"localhost" = "lmtp:unix:/run/lmtp"\n'
+                     '[maildir]\n"bob@localhost" = { owner = "bob" }\n', "m.toml")
+
+
 @pytest.mark.parametrize(("entry", "why"), [
     ('"example.org" = "system"', "example.org is not one of domains.local"),
     ('"localhost" = { owner = "0:5" }', "must not be root"),

@@ -149,10 +149,18 @@ def _absolute(value: object) -> Path:
     return Path(text)
 
 
-def _check_lmtp_routes(routes: Mapping[str, Route], r: _Reader, domains: Domains) -> None:
-    """An "lmtp:" route delivers a local domain's mail: its domain must be local."""
+def _check_lmtp_routes(routes: Mapping[str, Route], r: _Reader, domains: Domains,
+                       maildir: Mapping[str, MaildirOwner]) -> None:
+    """An "lmtp:" route delivers a local domain's mail: its domain must be local, and
+    a [maildir] entry for it would never be used."""
     for domain, route in routes.items():
         if route.lmtp and domain not in domains.local:
             r.report(_key("routes", domain), route.nexthop,
                      f"LMTP delivers local mail, and {domain} is not one of domains.local "
                      f"({', '.join(domains.local)})")
+        elif route.lmtp:
+            for key in maildir:
+                if key.rpartition("@")[2] == domain:
+                    r.report_key(_key("maildir", key), f"{domain} is delivered by LMTP "
+                                 f"({_key('routes', domain)}), never into Maildirs; drop "
+                                 "one of the two")

@@ -127,8 +127,8 @@ def _build(doc: Mapping[str, object], r: _Reader, source: str | None) -> Config:
     s = r.section(doc, "server")
     server = ServerConfig(r.get(s, ("server",), "workers", _integer(1), 1),
                           r.get(s, ("server",), "user", _server_user, None))
-    _check_lmtp_routes(routes, r, domains)
     maildir = _maildir(r.section(doc, "maildir"), r, domains)
+    _check_lmtp_routes(routes, r, domains, maildir)
     auth = _auth(r.section(doc, "auth"), r)
 
     lg = r.section(doc, "log")

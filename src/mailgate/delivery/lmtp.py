@@ -77,8 +77,24 @@ class LMTPDelivery(LocalDelivery):
             except QueueError:
                 raise
             except Exception as exc:
-                for item, _ in units:  # pinned on each of the hop's messages in turn
-                    await self.quarantine(item, exc, f"delivering it by {route.nexthop}")
+                if len(units) == 1:
+                    await self.quarantine(units[0][0], exc, f"delivering it by {route.nexthop}")
+                    continue
+                # Not pinned on one message: each undecided one alone, holding the one
+                # that fails alone.
+                self.log.error("LMTP delivery by %s failed; delivering its messages one by "
+                               "one", route.nexthop, exc_info=exc)
+                for item, rcpts in units:
+                    left = [r for r in rcpts if r.id not in self._recorded]
+                    if not left:
+                        continue
+                    try:
+                        await self._deliver_hop(route, [(item, left)])
+                    except QueueError:
+                        raise
+                    except Exception as alone:
+                        await self.quarantine(item, alone,
+                                              f"delivering it by {route.nexthop}")
 
     async def _deliver_hop(self, route: Route,
                            units: list[tuple[WorkItem, list[Recipient]]]) -> None:
@@ -86,12 +102,13 @@ class LMTPDelivery(LocalDelivery):
         for item, rcpts in units:
             msg = item.message
             assert msg.content is not None
-            content = f"Return-Path: <{msg.sender}>\r\n".encode("utf-8", "surrogateescape")
             env = Envelope(sender=_path(msg.sender, allow_null=True),
                            recipients=tuple(ClientRecipient(_path(r.address))
                                             for r in rcpts),
                            smtputf8=msg.smtputf8)
-            messages.append((env, content + msg.content))
+            # No Return-Path: the store is the final delivery and adds it (RFC 5321
+            # 4.4), from MAIL FROM; one here would make two.
+            messages.append((env, msg.content))
         # The store names itself in its greeting, often with this host's own name: no
         # loop check (an LMTP server delivers, it never relays back).
         session = ClientSession(ClientConfig(helo_name=self.config.hostname, tls="never",
