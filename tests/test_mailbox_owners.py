@@ -19,6 +19,7 @@ from mailgate.delivery.helper import start_helper
 from mailgate.delivery.maildir import MaildirError, NoMailbox, mailbox_for
 from mailgate.privileges import RunAs, own_data_dir, target_user
 from mailgate.queue.sqlite import SQLiteQueue
+from tests.support.dovecot import free_port
 from tests.support.live import LiveServer, live_config
 from tests.support.needs import need
 from tests.support.smtpwire import wait_until
@@ -205,3 +206,22 @@ def test_the_data_directory_is_given_to_the_user_without_following_links(
     assert os.lstat(data / "link").st_uid == NOBODY.pw_uid
     assert outside.stat().st_uid == 0  # what the link points to is not touched
     assert own_data_dir(data, user) == 0
+
+
+def test_serve_as_root_with_no_such_user_is_one_sentence(tmp_path: Path) -> None:
+    need(os.geteuid() == 0, "root (serve drops root only when started as root)")
+    import subprocess
+    import sys
+
+    config = tmp_path / "m.toml"
+    config.write_text(f'data_dir = "{tmp_path / "data"}"\n[[listen]]\nrole = "mx"\n'
+                      f'address = "127.0.0.1:{free_port()}"\n[web]\naddress = ""\n'
+                      '[server]\nuser = "no-such-user-x"\n')
+    src = str(Path(__file__).resolve().parent.parent / "src")
+    done = subprocess.run([sys.executable, "-m", "mailgate", "serve", "--config",
+                           str(config)], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": src}, check=False)
+    assert done.returncode == 2, done.stderr
+    [line] = done.stderr.strip().splitlines()
+    assert line.startswith("mailgate: ") and "'no-such-user-x'" in line
+    assert "useradd --system" in line and "Traceback" not in done.stderr
