@@ -25,7 +25,7 @@ from pathlib import Path
 from mailgate.config import Config
 from mailgate.datadir import StartupError
 
-__all__ = ["DEFAULT_USER", "RunAs", "drop", "own_data_dir", "target_user"]
+__all__ = ["DEFAULT_USER", "RunAs", "drop", "own_data_dir", "target_user", "warn_root"]
 
 log = logging.getLogger("mailgate")
 
@@ -58,9 +58,7 @@ def target_user(config: Config, euid: int | None = None) -> RunAs | None:
         return None
     name = wanted or DEFAULT_USER
     if name == "root":
-        log.warning('running as root because server.user = "root": every bug in mailgate '
-                    "is then a bug with root's powers")
-        return None
+        return None  # `run` warns once the ports are bound (`warn_root`)
     try:
         entry = pwd.getpwnam(name)
     except KeyError:
@@ -73,6 +71,11 @@ def target_user(config: Config, euid: int | None = None) -> RunAs | None:
         raise StartupError(f"server.user {name!r} has uid or gid 0, which is root; name an "
                            "unprivileged user (or \"root\" to keep root on purpose).")
     return RunAs(name, entry.pw_uid, entry.pw_gid)
+
+
+def warn_root() -> None:
+    log.warning('running as root because server.user = "root": every bug in mailgate is '
+                "then a bug with root's powers")
 
 
 def own_data_dir(path: Path, user: RunAs) -> int:

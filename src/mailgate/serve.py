@@ -485,6 +485,8 @@ def run(config: Config) -> int:
         if user is not None:
             privileges.own_data_dir(config.data_dir, user)
             privileges.drop(user)
+        else:
+            privileges.warn_root()
     if workers == 1:
         asyncio.run(serve(config, bound=bound, helper=helpers[0], tls=tls))
         return 0
