@@ -113,8 +113,9 @@ class ScriptedLMTP:
     """An LMTP server on a Unix socket: per recipient, the reply its local part names
     (`ok`, `full`: 452, `gone`: 550 at RCPT); what it received is kept."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    def __init__(self, path: Path | None) -> None:
+        self.path = path  # None: TCP on a free loopback port (`port`)
+        self.port = 0
         self.received: list[bytes] = []
         self.loop = asyncio.new_event_loop()
         self.ready = threading.Event()
@@ -123,7 +124,9 @@ class ScriptedLMTP:
     def _run(self) -> None:
         asyncio.set_event_loop(self.loop)
         server = self.loop.run_until_complete(
-            asyncio.start_unix_server(self._client, str(self.path)))
+            asyncio.start_unix_server(self._client, str(self.path)) if self.path is not None
+            else asyncio.start_server(self._client, "127.0.0.1", 0))
+        self.port = int(server.sockets[0].getsockname()[1]) if self.path is None else 0
         self.server = server
         self.ready.set()
         self.loop.run_forever()
@@ -173,9 +176,9 @@ class ScriptedLMTP:
         self.thread.join(10)
 
 
-@pytest.fixture
-def lmtp_server(tmp_path: Path) -> Iterator[ScriptedLMTP]:
-    with ScriptedLMTP(tmp_path / "lmtp.sock") as server:
+@pytest.fixture(params=["unix", "tcp"])
+def lmtp_server(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[ScriptedLMTP]:
+    with ScriptedLMTP(tmp_path / "lmtp.sock" if request.param == "unix" else None) as server:
         yield server
 
 
@@ -183,7 +186,9 @@ def test_one_message_three_outcomes_recorded_per_recipient(
         tmp_path: Path, lmtp_server: ScriptedLMTP) -> None:
     import smtplib
 
-    route = Route("localhost", "localhost", 0, False, lmtp=True, unix=str(lmtp_server.path))
+    route = (Route("localhost", "localhost", 0, False, lmtp=True, unix=str(lmtp_server.path))
+             if lmtp_server.path is not None else
+             Route("localhost", "127.0.0.1", lmtp_server.port, False, lmtp=True))
     config = dataclasses.replace(live_config(tmp_path / "data"),
                                  routes=MappingProxyType({"localhost": route}))
     with LiveServer(config) as live:
