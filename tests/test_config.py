@@ -71,7 +71,7 @@ def test_zero_config_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
                                                                "127.0.0.1:2587"]
     assert c.tls == TLSConfig(None, None)
     assert c.tls.self_signed
-    assert c.domains == Domains(("localhost",), True, frozenset())
+    assert c.domains == Domains(("localhost", "localhost.localdomain"), True, frozenset())
     assert c.relay.networks == (ip_network("127.0.0.0/8"), ip_network("::1/128"))
     assert c.limits == Limits(25 * 1024 * 1024, 100, 1000, 50)
     assert c.timeouts == Timeouts(300.0, 180.0)
@@ -622,7 +622,7 @@ def test_bad_networks(network: str, why: str) -> None:
          '"smtps:" for TLS from the first byte), or "lmtp:unix:/path" or '
          '"lmtp:[host]:port" for a local domain'),
         ("example.org", "lmtp:[127.0.0.2]:24", "LMTP delivers local mail, and example.org "
-         "is not one of domains.local (localhost)"),
+         "is not one of domains.local (localhost, localhost.localdomain)"),
         ("example.org", "lmtp:unix:run/lmtp", 'the LMTP socket must be an absolute path, like '
          '"lmtp:unix:/run/dovecot/lmtp"'),
         ("example.org", "smtp:[127.0.0.2]:x", 'is not host:port; write it like '

@@ -602,6 +602,16 @@ def test_cli_check_exit_codes(dns_server: DNSServer) -> None:
     assert zh.returncode == 1 and "结论：" in zh.stdout
 
 
+def test_cli_check_localhost_is_local_without_config(dns_server: DNSServer) -> None:
+    """Next to a zero-config `mailgate serve`, `check localhost` must not say "not
+    deliverable": the defaults it runs with make localhost a local domain."""
+    run = cli("check", "localhost", "--nameserver", dns_server.address, "--timeout", "3",
+              "--format", "json")
+    assert run.returncode == 0, run.stdout + run.stderr
+    data = json.loads(run.stdout)
+    assert data["local"] is True and data["verdict"]["result"] == "local"
+
+
 def test_cli_probe_exit_codes(dns_server: DNSServer, mx2_only: MTA) -> None:
     ns = ["--nameserver", dns_server.address, "--port", str(mx2_only.port), "--timeout", "2"]
     ok = cli("probe", "pref.test", *ns, "--rcpt", "good@pref.test", "--helo", "probe.test")

@@ -156,17 +156,18 @@ def test_public_pages_and_admin_retry_in_chromium(site: Site) -> None:
         expect(page.locator("h2, h3").filter(has_text="如何修复").first).to_be_visible()
         shot("06-code-556-zh")
 
-        # 6. Log in to the admin (the nav link; the login page comes first).
+        # 6. Log in to the admin (the nav link; the login page comes first). 中文 was
+        #    chosen above, so the admin is in Chinese too.
         page.locator('.site-nav a[href="/admin"]').click()
         page.wait_for_url("**/admin/login*")
         shot("07-admin-login")
         page.fill("#password", "not the password")
         page.locator("form.login button[type=submit]").click()
-        expect(page.locator("#login-error")).to_have_text("Wrong password.")
+        expect(page.locator("#login-error")).to_have_text("密码错误。")
         page.fill("#password", PASSWORD)
         page.locator("form.login button[type=submit]").click()
         page.wait_for_url(f"{base}/admin")
-        expect(page.locator("h1")).to_have_text("Dashboard")
+        expect(page.locator("h1")).to_have_text("概览")
         expect(page.locator('[data-metric="queue-deferred"]')).to_have_text("1")
         expect(page.locator("svg.admin-chart")).to_be_visible()
         shot("08-admin-dashboard")
@@ -176,7 +177,7 @@ def test_public_pages_and_admin_retry_in_chromium(site: Site) -> None:
         page.wait_for_url("**/admin/queue")
         row = page.locator("table.queue tbody tr", has_text=site.message_id)
         expect(row).to_have_count(1)
-        expect(row.locator(".state")).to_have_text("deferred")
+        expect(row.locator(".state")).to_have_text("已推迟")
         expect(row.locator('a[href="/codes/450"]')).to_be_visible()
         page.select_option("#f-state", "deferred")
         page.locator("form.filters button[type=submit]").click()
@@ -192,11 +193,11 @@ def test_public_pages_and_admin_retry_in_chromium(site: Site) -> None:
         expect(attempt).to_contain_text("Mailbox busy, try again later")
         expect(attempt.locator('a[href="/codes/450"]')).to_be_visible()
         expect(attempt.locator('a[href="/codes/4.2.1"]')).to_be_visible()
-        expect(page.locator(".recipient .next")).not_to_have_text("due now")
+        expect(page.locator(".recipient .next")).not_to_have_text("立即")
         shot("10-admin-message")
 
         # 9. Retry: dismissing the dialog does nothing; accepting it makes the work due.
-        retry = page.locator("form.action", has=page.get_by_role("button", name="Retry now"))
+        retry = page.locator("form.action", has=page.get_by_role("button", name="立即重试"))
         dialogs: list[str] = []
 
         def dismiss(dialog: Dialog) -> None:
@@ -206,7 +207,7 @@ def test_public_pages_and_admin_retry_in_chromium(site: Site) -> None:
         page.once("dialog", dismiss)
         retry.locator("button").click()
         page.wait_for_timeout(200)
-        assert dialogs == [f"Retry message {site.message_id} now?"]
+        assert dialogs == [f"现在重试邮件 {site.message_id}？"]
         assert site.due == []
 
         def accept(dialog: Dialog) -> None:
@@ -215,9 +216,9 @@ def test_public_pages_and_admin_retry_in_chromium(site: Site) -> None:
 
         page.once("dialog", accept)
         retry.locator("button").click()
-        expect(page.locator(".flash")).to_have_text("1 recipient due now.")
-        expect(page.locator(".recipient .next")).to_have_text("due now")
-        expect(page.locator(".recipient h3 .state")).to_have_text("deferred")
+        expect(page.locator(".flash")).to_have_text("1 个收件人已设为立即投递。")
+        expect(page.locator(".recipient .next")).to_have_text("立即")
+        expect(page.locator(".recipient h3 .state")).to_have_text("已推迟")
         shot("11-admin-retried")
         assert len(dialogs) == 2
         assert len(site.due) == 1
@@ -226,4 +227,50 @@ def test_public_pages_and_admin_retry_in_chromium(site: Site) -> None:
         assert r.next_attempt is not None and r.next_attempt <= time.time()
 
         assert errors == []
+        browser.close()
+
+
+def test_admin_in_chinese_fits_a_laptop_and_a_phone(site: Site) -> None:
+    """The admin chosen in 中文 is Chinese, and its queue and message pages never push the
+    page wider than the window, with long addresses and reply texts, at 1,280 px and on
+    a 390 px phone (measured by the browser: the document is no wider than the view)."""
+    need_tool("chromium", path=str(CHROMIUM))
+    from playwright.sync_api import expect, sync_playwright
+
+    long_rcpt = "first.recipient.with.a.long.name@another-very-long-domain-name.example.org"
+    for i in range(3):
+        qid = site.queue.enqueue(NewMessage(
+            sender=f"a-very-long-sender-address-for-testing-{i}@subdomain.example-company.com",
+            recipients=[NewRecipient(long_rcpt), NewRecipient("b@example.org")],
+            content=b"Subject: x\r\n\r\nx\r\n", received_at=time.time(),
+            client_address="192.0.2.1", client_helo="client.example"))
+        for r in site.queue.show(qid).recipients:
+            site.queue.record(r.id, Attempt(
+                at=time.time(), host="mx.another-very-long-domain-name.example.org"
+                "[192.0.2.25]:25", code=450, enhanced="4.2.1",
+                text="Mailbox temporarily unavailable, try again later " * 4,
+                outcome="deferred"), next_attempt=time.time() + 3600)
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS,
+                                    headless=True)
+        for width, height in ((1280, 900), (390, 844)):
+            context = browser.new_context(locale="zh-CN",
+                                          viewport={"width": width, "height": height})
+            context.set_default_timeout(TIMEOUT_MS)
+            page = context.new_page()
+            page.goto(f"{site.url}/admin/login?lang=zh")
+            expect(page.locator("h1")).to_have_text("管理员登录")
+            page.fill("#password", PASSWORD)
+            page.locator("form.login button[type=submit]").click()
+            page.wait_for_url(f"{site.url}/admin")
+            for path in ("/admin/queue", f"/admin/message/{qid}", "/admin"):
+                page.goto(site.url + path)
+                expect(page.locator("html")).to_have_attribute("lang", "zh-CN")
+                wide = page.evaluate("document.documentElement.scrollWidth")
+                page.screenshot(path=str(ARTIFACTS / f"zh-{width}{path.replace('/', '-')}.png"),
+                                full_page=True)
+                assert wide <= width, f"{path} at {width} px is {wide} px wide"
+            expect(page.locator("h1")).to_have_text("概览")
+            context.close()
         browser.close()

@@ -53,7 +53,7 @@ from mailgate.queue.spool import spool_dir
 from mailgate.server.listener import SMTPServer
 from mailgate.server.policy import Policy
 from mailgate.server.tls import ensure_self_signed, server_context
-from mailgate.textsafe import SafeFormatter
+from mailgate.textsafe import JSONFormatter, SafeFormatter
 from mailgate.users import UserDB
 
 __all__ = ["Bound", "StartupError", "bind_socket", "check_ports", "configure_logging", "run",
@@ -62,14 +62,15 @@ __all__ = ["Bound", "StartupError", "bind_socket", "check_ports", "configure_log
 log = logging.getLogger("mailgate")
 
 
-def configure_logging(level: str, stream: TextIO | None = None) -> None:
-    """One line per decision, Postfix style: `time mailgate[pid]: component: message`.
+def configure_logging(level: str, stream: TextIO | None = None, fmt: str = "text") -> None:
+    """One line per decision, Postfix style: `time mailgate[pid]: component: message`, on
+    stderr (journald keeps it under systemd); with `fmt` "json", one JSON object a line.
 
     Log lines carry what clients chose (HELO names, addresses, ENVIDs, user names): the
     formatter shows their control characters as escapes, so none reaches a terminal
     tailing the log as itself, and none forges a line."""
     handler = logging.StreamHandler(stream or sys.stderr)
-    handler.setFormatter(SafeFormatter(
+    handler.setFormatter(JSONFormatter() if fmt == "json" else SafeFormatter(
         "%(asctime)s mailgate[%(process)d]: %(name)s: %(message)s", "%b %d %H:%M:%S"))
     logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO),
                         handlers=[handler])
@@ -97,6 +98,28 @@ def _tls(config: Config) -> TLS:
     else:
         cert, key = ensure_self_signed(config.data_dir, config.hostname)
     return server_context(cert, key), cert, key
+
+
+def reload(tls_ctx: ssl.SSLContext, cert: Path, key: Path, users: UserDB) -> None:
+    """SIGHUP: read the certificate and the user file again; no connection is dropped.
+
+    The new certificate and key are checked in a context of their own first, so a
+    half-copied or mismatched pair leaves the one in service untouched (and says so).
+    Connections already in TLS keep their session; new handshakes get the new pair.
+    """
+    try:
+        server_context(cert, key)
+        tls_ctx.load_cert_chain(cert, key)
+    except (ValueError, OSError, ssl.SSLError) as exc:
+        log.error("SIGHUP: kept the certificate in service: %s", exc)
+    else:
+        log.info("SIGHUP: reloaded the TLS certificate %s", cert)
+    try:
+        users.reload()
+    except (ValueError, OSError) as exc:
+        log.error("SIGHUP: could not read the user file %s: %s", users.path, exc)
+    else:
+        log.info("SIGHUP: reloaded the user file (%d users)", len(users.names()))
 
 
 def banner(config: Config, server: SMTPServer, cert: Path, workers: int) -> str:
@@ -209,7 +232,7 @@ async def serve(config: Config, *, reuse_port: bool = False, workers: int = 1,
     queue = open_queue(config)
     users = UserDB(config.data_dir / "users.json")
     resolver = Resolver(nameservers=list(config.dns.nameservers))
-    tls_ctx, cert, _ = tls if tls is not None else _tls(config)
+    tls_ctx, cert, key = tls if tls is not None else _tls(config)
     policy = policy_factory(config, resolver, users)
 
     def on_queued(qid: str, rcpts: list[str]) -> None:
@@ -263,6 +286,8 @@ async def serve(config: Config, *, reuse_port: bool = False, workers: int = 1,
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
+    with contextlib.suppress(NotImplementedError, RuntimeError):
+        loop.add_signal_handler(signal.SIGHUP, reload, tls_ctx, cert, key, users)
     try:
         recovered = await asyncio.to_thread(queue.recover_claims)
     except QueueError as exc:
@@ -469,7 +494,7 @@ def run(config: Config) -> int:
 
     As root: bind the ports, fork a mailbox helper per worker, give the data directory
     to `server.user` and become it, then serve (docs/security.md)."""
-    configure_logging(config.log.level)
+    configure_logging(config.log.level, fmt=config.log.format)
     _event_loop_policy()
     workers = max(1, config.server.workers)
     prepare_data_dir(config.data_dir)
@@ -527,6 +552,7 @@ def run(config: Config) -> int:
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
+    signal.signal(signal.SIGHUP, forward)  # each worker reloads its own copy
     status = 0
     for pid in children:
         _, st = os.waitpid(pid, 0)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import re
 
-__all__ = ["SafeFormatter", "json_printable", "printable"]
+__all__ = ["JSONFormatter", "SafeFormatter", "json_printable", "printable"]
 
 # C0 controls, DEL, C1 controls, and the Unicode bidirectional overrides and isolates
 # (which reorder what follows them on screen, "Trojan Source").
@@ -59,3 +59,25 @@ class SafeFormatter(logging.Formatter):
 
     def formatStack(self, stack_info: str) -> str:
         return printable(super().formatStack(stack_info), keep="\t\n")
+
+
+class JSONFormatter(logging.Formatter):
+    """One JSON object per line (`--log-format json`): time (RFC 3339, UTC), level,
+    logger, pid, message, and the traceback as `exc` when there is one. Client strings
+    in the message are JSON-escaped, so none breaks the line or the terminal."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        import datetime
+        import json
+
+        when = datetime.datetime.fromtimestamp(record.created, datetime.UTC)
+        doc: dict[str, object] = {
+            "time": when.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "pid": record.process,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            doc["exc"] = self.formatException(record.exc_info)
+        return json_printable(json.dumps(doc, ensure_ascii=False))

@@ -57,6 +57,11 @@ class UserDB:
         write_private_json(self.path, {"users": self._users})
         self._mtime = self.path.stat().st_mtime
 
+    def reload(self) -> None:
+        """Read the file again even if its modification time looks unchanged."""
+        self._mtime = None
+        self._load()
+
     def names(self) -> list[str]:
         self._load()
         return sorted(self._users)

@@ -34,8 +34,9 @@ def check(domain: str, nameservers: tuple[str, ...], config_path: Path | None,
     """Where mail for DOMAIN would go, and what that means for delivery.
 
     Shows the MX hosts with preferences and addresses, an implicit MX, a null MX
-    (RFC 7505), or the DNS failure, each explained; with --config also local domains,
-    [routes] entries and the relayhost.
+    (RFC 7505), or the DNS failure, each explained; also the local domains, [routes]
+    entries and relayhost of --config (without it, of the zero-config defaults that a
+    plain `mailgate serve` runs with: `check localhost` says it is delivered locally).
     Exit status: 0 deliverable, 1 null MX or permanent failure, 75 temporary failure,
     2 bad input.
     """
@@ -45,9 +46,11 @@ def check(domain: str, nameservers: tuple[str, ...], config_path: Path | None,
     from mailgate.dns import Resolver
 
     timeout = _diag_seconds("--timeout", timeout_text)
-    config = _load_config(config_path) if config_path is not None else None
+    # Without --config, the zero-config defaults that a plain `mailgate serve` runs with:
+    # `check localhost` next to such a server must say that mailgate delivers it itself.
+    config = _load_config(config_path)
     servers = _diag_nameservers(nameservers)
-    if not servers and config is not None:
+    if not servers and config_path is not None:
         servers = list(config.dns.nameservers)
     try:
         resolver = Resolver(servers, timeout=timeout)

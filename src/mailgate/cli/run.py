@@ -19,12 +19,19 @@ from mailgate.cli._common import (
 
 @main.command()
 @_config_option
-def serve(config_path: Path | None) -> None:
+@click.option("--log-format", "log_format", type=click.Choice(["text", "json"]), default=None,
+              help="Log lines as text or one JSON object each (default: [log] format, text).")
+def serve(config_path: Path | None, log_format: str | None) -> None:
     """Run the mail server (with no options: zero-config on loopback ports)."""
+    import dataclasses
+
     from mailgate.queue import QueueError
     from mailgate.serve import StartupError, run
 
     config = _load_config(config_path)
+    if log_format is not None:
+        config = dataclasses.replace(
+            config, log=dataclasses.replace(config.log, format=log_format))  # type: ignore[arg-type]
     try:
         status = run(config)
     except StartupError as exc:

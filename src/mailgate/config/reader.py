@@ -52,7 +52,7 @@ _SECTIONS: dict[str, tuple[str, ...]] = {
     "tls_policy": (),  # keys are domains or next hops
     "web": ("address", "allowed_hosts"),
     "server": ("workers", "user"),
-    "log": ("level",),
+    "log": ("level", "format"),
     "maildir": (),  # keys are domains or addresses
     "auth": ("backend", "dovecot_socket", "timeout"),
 }

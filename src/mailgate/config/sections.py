@@ -41,6 +41,7 @@ from mailgate.config.syntax import _Bad, _domain, _join_hostport, _nexthop
 from mailgate.config.values import (
     BARE_NEWLINES,
     DEFAULT_LISTENERS,
+    LOG_FORMATS,
     LOG_LEVELS,
     MIN_MESSAGE_SIZE,
     MIN_RECIPIENTS,
@@ -55,6 +56,7 @@ from mailgate.config.values import (
     Limits,
     Listener,
     LogConfig,
+    LogFormat,
     LogLevel,
     Policy,
     Relay,
@@ -132,7 +134,8 @@ def _build(doc: Mapping[str, object], r: _Reader, source: str | None) -> Config:
     auth = _auth(r.section(doc, "auth"), r)
 
     lg = r.section(doc, "log")
-    log = LogConfig(cast(LogLevel, r.get(lg, ("log",), "level", _choice(LOG_LEVELS), "info")))
+    log = LogConfig(cast(LogLevel, r.get(lg, ("log",), "level", _choice(LOG_LEVELS), "info")),
+                    cast(LogFormat, r.get(lg, ("log",), "format", _choice(LOG_FORMATS), "text")))
 
     if r.problems:
         raise ConfigError(r.problems)

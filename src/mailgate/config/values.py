@@ -27,6 +27,8 @@ Network = IPv4Network | IPv6Network
 ROLES: tuple[Role, ...] = ("mx", "submission", "smtps")
 BARE_NEWLINES: tuple[BareNewlines, ...] = ("normalize", "reject")
 LOG_LEVELS: tuple[LogLevel, ...] = ("debug", "info", "warning", "error")
+LogFormat = Literal["text", "json"]
+LOG_FORMATS: tuple[LogFormat, ...] = ("text", "json")
 TLS_LEVELS: tuple[TLSLevel, ...] = ("none", "may", "encrypt", "verify")  # weakest first
 
 KiB = 1024
@@ -84,7 +86,9 @@ class TLSConfig:
 class Domains:
     """Local domains (delivered to Maildirs) and who in them exists."""
 
-    local: tuple[str, ...] = ("localhost",)  # lower-case A-labels
+    # lower-case A-labels. localhost.localdomain too: programs that insist on a dot in
+    # the domain of an address (git send-email) can then address local mail.
+    local: tuple[str, ...] = ("localhost", "localhost.localdomain")
     catch_all: bool = True
     mailboxes: frozenset[str] = frozenset()  # "user@domain", lower case
     # Where mail for <postmaster> and postmaster@<any local domain> goes (RFC 5321 4.5.1);
@@ -304,6 +308,7 @@ class AuthConfig:
 @dataclass(frozen=True, slots=True)
 class LogConfig:
     level: LogLevel = "info"
+    format: LogFormat = "text"  # json: one object per line, for journald/Loki/Elastic
 
 
 def _default_data_dir() -> Path:

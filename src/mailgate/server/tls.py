@@ -1,8 +1,9 @@
 """TLS for the listeners: the configured certificate, or a self-signed one made once.
 
 A fresh `mailgate serve` must offer STARTTLS out of the box, so on first start it
-writes a self-signed certificate for the hostname into the data directory (EC P-256,
-valid ten years); peers doing opportunistic TLS accept it, as they do for most MX hosts.
+writes a self-signed certificate for the hostname (and localhost, 127.0.0.1, ::1) into
+the data directory (EC P-256, valid ten years); peers doing opportunistic TLS accept
+it, as they do for most MX hosts.
 """
 
 from __future__ import annotations
@@ -31,10 +32,14 @@ def ensure_self_signed(data_dir: Path, hostname: str) -> tuple[Path, Path]:
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname)])
     now = datetime.datetime.now(datetime.UTC)
+    # The hostname, and always the loopback names: local programs (git send-email,
+    # msmtp, a webmail on the same machine) connect to `localhost` or 127.0.0.1 and
+    # check the name even when they have been told to trust this certificate.
     sans: list[x509.GeneralName] = [x509.DNSName(hostname)]
-    if hostname == "localhost":
-        sans.append(x509.IPAddress(ipaddress.ip_address("127.0.0.1")))
-        sans.append(x509.IPAddress(ipaddress.ip_address("::1")))
+    if hostname != "localhost":
+        sans.append(x509.DNSName("localhost"))
+    sans.append(x509.IPAddress(ipaddress.ip_address("127.0.0.1")))
+    sans.append(x509.IPAddress(ipaddress.ip_address("::1")))
     cert = (
         x509.CertificateBuilder()
         .subject_name(name)

@@ -16,25 +16,41 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import jinja2
 from starlette.templating import Jinja2Templates
 
 from mailgate.config import Config
 from mailgate.queue import Queue
 from mailgate.web.auth import AdminAuth
 
-__all__ = ["HERE", "SESSION_MAX_AGE", "WebContext", "static_version", "templates"]
+__all__ = ["HERE", "SESSION_MAX_AGE", "STATIC_FILES", "WebContext", "static_version",
+           "templates"]
 
 HERE = Path(__file__).parent
-templates = Jinja2Templates(directory=str(HERE / "templates"))
 SESSION_MAX_AGE = 8 * 3600  # an admin session expires after eight hours
+
+
+def _read_folder(folder: Path) -> dict[str, bytes]:
+    """Every file under `folder`, by its path relative to it ("admin/queue.html")."""
+    return {p.relative_to(folder).as_posix(): p.read_bytes()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+# Templates and static files are read into memory once, when the web app is imported
+# at start: a `pip install` of a new version under a running server replaces (or
+# removes) these files, and a page must not turn into a 500 until the restart.
+TEMPLATE_SOURCES = {name: data.decode("utf-8")
+                    for name, data in _read_folder(HERE / "templates").items()}
+STATIC_FILES = _read_folder(HERE / "static")
+templates = Jinja2Templates(env=jinja2.Environment(
+    loader=jinja2.DictLoader(TEMPLATE_SOURCES), autoescape=jinja2.select_autoescape(),
+    auto_reload=False))
 
 
 def static_version(name: str) -> str:
     """A short content hash of a file in /static, so a changed one is fetched again."""
-    try:
-        return hashlib.sha256((HERE / "static" / name).read_bytes()).hexdigest()[:10]
-    except OSError:
-        return "0"
+    data = STATIC_FILES.get(name)
+    return hashlib.sha256(data).hexdigest()[:10] if data is not None else "0"
 
 
 @dataclass

@@ -18,8 +18,9 @@ from starlette.routing import BaseRoute, Route
 
 from mailgate import hashing
 from mailgate.web.admin import session
-from mailgate.web.admin.render import _error_page, _render
+from mailgate.web.admin.render import _error_page, _render, _w, _wn
 from mailgate.web.admin.session import _client, _csrf_error, _ctx, _form, _logged_in, _state
+from mailgate.web.lang import pick_lang
 
 __all__ = ["login_page", "login_submit", "logout", "routes"]
 
@@ -41,7 +42,7 @@ def _safe_next(value: object) -> str:
 def _login_form(request: Request, error: str | None = None, status: int = 200,
                 headers: Mapping[str, str] | None = None, next_url: object = None) -> Response:
     return _render(request, "admin/login.html", {
-        "title": "Log in",
+        "title": _w(request, "login_title"),
         "error": error,
         "next": _safe_next(next_url or request.query_params.get("next")),
         "has_password": _ctx(request).auth.has_password,
@@ -50,10 +51,8 @@ def _login_form(request: Request, error: str | None = None, status: int = 200,
 
 def _too_many(request: Request, wait: float, back: object = None) -> Response:
     minutes = max(1, math.ceil(wait / 60))
-    return _login_form(
-        request, f"Too many failed logins: try again in {minutes} "
-        f"minute{'s' if minutes != 1 else ''}.", 429, {"Retry-After": str(math.ceil(wait))},
-        next_url=back)
+    return _login_form(request, _wn(request, "too_many", minutes), 429,
+                       {"Retry-After": str(math.ceil(wait))}, next_url=back)
 
 
 async def login_submit(request: Request) -> Response:
@@ -64,14 +63,14 @@ async def login_submit(request: Request) -> Response:
         return _too_many(request, wait)
     form = await _form(request)
     if form is None:
-        return _login_form(request, "The form could not be read; try again.", 400)
+        return _login_form(request, _w(request, "form_unreadable_retry"), 400)
     back = form.get("next")
-    problem = _csrf_error(request, form.get("csrf"))
+    problem = _csrf_error(request, form.get("csrf"), pick_lang(request))
     if problem is not None:
         return _login_form(request, problem, 403, next_url=back)
     password = form.get("password")
     if not isinstance(password, str) or not password:
-        return _login_form(request, "Enter the admin password.", 400, next_url=back)
+        return _login_form(request, _w(request, "enter_password"), 400, next_url=back)
     # Take the failure slot first, check the password after: parallel logins cannot
     # all pass the limit while the first ones are still being checked.
     stamp = session._now()
@@ -80,7 +79,7 @@ async def login_submit(request: Request) -> Response:
         return _too_many(request, wait, back)
     ok = len(password) <= 1024 and await hashing.check(_ctx(request).auth.verify, password)
     if not ok:
-        return _login_form(request, "Wrong password.", 401, next_url=back)
+        return _login_form(request, _w(request, "wrong_password"), 401, next_url=back)
     state.limiter.release(client, stamp)
     target = _safe_next(form.get("next"))
     request.session.clear()  # a fresh session: nothing from before the login carries over
@@ -95,9 +94,9 @@ async def login_submit(request: Request) -> Response:
 async def logout(request: Request) -> Response:
     form = await _form(request)
     token = form.get("csrf") if form is not None else None
-    if _logged_in(request) and _csrf_error(request, token) is not None:
-        return _error_page(request, 403, "Not logged out",
-                           _csrf_error(request, token) or "")
+    problem = _csrf_error(request, token, pick_lang(request)) if _logged_in(request) else None
+    if problem is not None:
+        return _error_page(request, 403, _w(request, "not_logged_out"), problem)
     _state(request).sessions.close(request.session.get("sid"))  # copies of the cookie too
     request.session.clear()
     return RedirectResponse("/admin/login", status_code=303)

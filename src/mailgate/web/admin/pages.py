@@ -35,9 +35,20 @@ from mailgate.queue import (
     RecipientState,
 )
 from mailgate.web.admin import session
-from mailgate.web.admin.render import _ago, _error_page, _no_queue, _page, _render, _when
+from mailgate.web.admin.render import (
+    _ago,
+    _error_page,
+    _no_queue,
+    _page,
+    _render,
+    _w,
+    _when,
+    _wn,
+    admin_words,
+)
 from mailgate.web.admin.session import _csrf_error, _ctx, _flash, _form
 from mailgate.web.context import WebContext
+from mailgate.web.lang import pick_lang
 
 __all__ = ["ACTIONS", "Filters", "chart_svg", "parse_filters", "routes"]
 
@@ -58,12 +69,12 @@ NUMBER_PATTERN = r"^-?[0-9]{1,12}(?:\.[0-9]{1,20})?(?:[eE][-+]?[0-9]{1,3})?$"
 ID_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"
 
 
-def _next_label(r: Recipient, now: float) -> str:
+def _next_label(r: Recipient, now: float, lang: str = "en") -> str:
     if r.state in FINAL_STATES or r.state is RecipientState.HELD or r.next_attempt is None:
         return "-"
     if r.next_attempt <= now:
-        return "due now"
-    return f"{_when(r.next_attempt)} ({_ago(r.next_attempt, now)})"
+        return admin_words(lang)["due_now"]
+    return f"{_when(r.next_attempt)} ({_ago(r.next_attempt, now, lang)})"
 
 
 def _headers(content: bytes) -> list[tuple[str, str]]:
@@ -120,7 +131,7 @@ class Filters:
         }
 
 
-def parse_filters(params: Mapping[str, str], strict: bool = False
+def parse_filters(params: Mapping[str, str], strict: bool = False, lang: str = "en"
                   ) -> tuple[Filters, list[str]]:
     """Filters from a query string; a list of sentences for whatever is wrong.
 
@@ -128,6 +139,7 @@ def parse_filters(params: Mapping[str, str], strict: bool = False
     `<user@example.org>`, empty fields); the API (`strict`) takes exactly what its
     OpenAPI schema describes, checked with the very patterns the schema publishes."""
     errors: list[str] = []
+    words = admin_words(lang)
 
     def value(name: str) -> str | None:
         raw = params.get(name)
@@ -145,8 +157,8 @@ def parse_filters(params: Mapping[str, str], strict: bool = False
         try:
             state = RecipientState(text if strict else text.lower())
         except ValueError:
-            errors.append(f"State {text!r} is not one of: "
-                          + ", ".join(s.value for s in RecipientState) + ".")
+            errors.append(words["bad_state"].format(
+                value=repr(text), states=", ".join(s.value for s in RecipientState)))
     domain = value("domain")
     if domain is not None and not strict:
         domain = domain.lower().lstrip("@") or None
@@ -154,8 +166,7 @@ def parse_filters(params: Mapping[str, str], strict: bool = False
         if ok(DOMAIN_PATTERN, domain):
             domain = domain.rstrip("\n").lower() or None
         else:
-            errors.append("Recipient domain must be a domain name such as example.org "
-                          "(no spaces, no @, at most 253 characters).")
+            errors.append(words["bad_domain"])
             domain = None
     sender = value("sender")
     if sender is not None and not strict and sender.startswith("<") and sender.endswith(">"):
@@ -164,8 +175,7 @@ def parse_filters(params: Mapping[str, str], strict: bool = False
         if ok(SENDER_PATTERN, sender):
             sender = "" if sender == "<>" else sender.rstrip("\n") or None
         else:
-            errors.append("Sender must be one address such as user@example.org, or <> "
-                          "for the null sender (no spaces, at most 320 characters).")
+            errors.append(words["bad_sender"])
             sender = None
     older_than = None
     text = value("older_than")
@@ -174,16 +184,14 @@ def parse_filters(params: Mapping[str, str], strict: bool = False
         if math.isfinite(number) and 0 <= number <= MAX_AGE_HOURS:
             older_than = number
         else:
-            errors.append(f"Age {text!r} is not a number of hours: give one such as 2 "
-                          f"or 0.5 (0 to {MAX_AGE_HOURS}).")
+            errors.append(words["bad_age"].format(value=repr(text), max=MAX_AGE_HOURS))
     limit = PAGE_SIZE
     text = value("limit")
     if text is not None:
         if ok(r"^[0-9]{1,9}$", text) and 1 <= int(text) <= MAX_PAGE_SIZE:
             limit = int(text)
         else:
-            errors.append(f"Page size {text!r} must be a whole number from 1 to "
-                          f"{MAX_PAGE_SIZE}.")
+            errors.append(words["bad_limit"].format(value=repr(text), max=MAX_PAGE_SIZE))
     cursors: dict[str, str | None] = {}
     for name in ("before", "after"):
         cursor = value(name)
@@ -191,7 +199,7 @@ def parse_filters(params: Mapping[str, str], strict: bool = False
             if ok(ID_PATTERN, cursor):
                 cursor = cursor.rstrip("\n")
             else:
-                errors.append(f"{name!r} must be a message id from a previous page.")
+                errors.append(words["bad_cursor"].format(name=repr(name)))
                 cursor = None
         cursors[name] = cursor
     return Filters(state, domain, sender, older_than, limit, cursors["before"],
@@ -206,7 +214,7 @@ class _Page:
     notice: str | None = None
 
 
-async def _load_page(ctx: WebContext, f: Filters) -> _Page:
+async def _load_page(ctx: WebContext, f: Filters, lang: str = "en") -> _Page:
     assert ctx.queue is not None
     queue = ctx.queue
     cutoff = None if f.older_than is None else session._now() - f.older_than * 3600
@@ -220,8 +228,7 @@ async def _load_page(ctx: WebContext, f: Filters) -> _Page:
     try:
         found: list[QueuedMessage] = await ctx.run(fetch, f.before, f.after)
     except NotFound:
-        notice = ("The message this page started from has left the queue; "
-                  "here are the newest messages.")
+        notice = admin_words(lang)["page_left"]
         found = await ctx.run(fetch, None, None)
         f = Filters(f.state, f.domain, f.sender, f.older_than, f.limit)
     more = len(found) > f.limit
@@ -258,7 +265,7 @@ _SERIES = (("accepted", "accepted"), ("delivered", "delivered"),
            ("deferred", "deferred"), ("bounced", "bounced"))
 
 
-def chart_svg(buckets: list[ActivityBucket]) -> Markup:
+def chart_svg(buckets: list[ActivityBucket], lang: str = "en") -> Markup:
     """Grouped bars per bucket (accepted, delivered, deferred, bounced), as inline SVG."""
     width, height, left, top, bottom = 720, 200, 40, 12, 28
     plot_w, plot_h = width - left - 8, height - top - bottom
@@ -267,10 +274,11 @@ def chart_svg(buckets: list[ActivityBucket]) -> Markup:
     n = max(1, len(buckets))
     slot = plot_w / n
     bar = max(1.0, (slot - 4) / len(_SERIES))
+    words = admin_words(lang)
     parts = [
         f'<svg class="admin-chart" viewBox="0 0 {width} {height}" width="100%" '
         f'role="img" aria-labelledby="chart-title" preserveAspectRatio="xMidYMid meet">',
-        '<title id="chart-title">Messages per hour over the last 24 hours</title>',
+        f'<title id="chart-title">{escape(words["chart_title"])}</title>',
     ]
     for i in range(5):
         value = ymax * i / 4
@@ -291,7 +299,7 @@ def chart_svg(buckets: list[ActivityBucket]) -> Markup:
             parts.append(
                 f'<rect class="bar {css}" x="{x:.1f}" y="{y:.1f}" width="{bar:.1f}" '
                 f'height="{h:.1f}"><title>{escape(label)}-{escape(end)} UTC: {value} '
-                f'{name}</title></rect>'
+                f'{escape(words["legend_" + name])}</title></rect>'
             )
         if i % 3 == 0:
             parts.append(f'<text class="axis" x="{x0 + slot / 2 - 2:.1f}" '
@@ -363,12 +371,12 @@ async def dashboard(request: Request) -> Response:
     try:
         stats = await _stats(ctx)
     except QueueError as exc:
-        return _error_page(request, 503, "Queue unavailable", str(exc))
+        return _error_page(request, 503, _w(request, "queue_unavailable"), str(exc))
     return _render(request, "admin/dashboard.html", {
-        "title": "Dashboard",
+        "title": _w(request, "dashboard"),
         "page_id": "dashboard",
         "stats": stats,
-        "chart": chart_svg(stats["_buckets"]),
+        "chart": chart_svg(stats["_buckets"], pick_lang(request)),
         "buckets": stats["_buckets"],
         "states": [s.value for s in RecipientState],
     })
@@ -379,17 +387,18 @@ async def queue_page(request: Request) -> Response:
     ctx = _ctx(request)
     if ctx.queue is None:
         return _no_queue(request)
-    f, errors = parse_filters(request.query_params)
-    base = {"title": "Queue", "page_id": "queue", "filters": f,
+    lang = pick_lang(request)
+    f, errors = parse_filters(request.query_params, lang=lang)
+    base = {"title": _w(request, "queue"), "page_id": "queue", "filters": f,
             "states": [s.value for s in RecipientState], "form": request.query_params}
     if errors:
         return _render(request, "admin/queue.html", {**base, "errors": errors, "page": None,
                                                      "counts": None}, 400)
     try:
-        page = await _load_page(ctx, f)
+        page = await _load_page(ctx, f, lang)
         counts = await ctx.run(ctx.queue.counts)
     except QueueError as exc:
-        return _error_page(request, 503, "Queue unavailable", str(exc))
+        return _error_page(request, 503, _w(request, "queue_unavailable"), str(exc))
     return _render(request, "admin/queue.html", {**base, "errors": [], "page": page,
                                                  "counts": counts})
 
@@ -400,16 +409,15 @@ async def _message(request: Request) -> QueuedMessage | Response:
         return _no_queue(request)
     message_id = request.path_params["id"]
     if not _ID_RE.match(message_id):
-        return _error_page(request, 404, "No such message",
-                           f"{message_id!r} is not a queue id.")
+        return _error_page(request, 404, _w(request, "no_message"),
+                           _w(request, "not_a_queue_id", value=repr(message_id)))
     try:
         msg: QueuedMessage = await ctx.run(ctx.queue.show, message_id, True)
     except NotFound:
-        return _error_page(request, 404, "No such message",
-                           f"Message {message_id} is not in the queue: it may have been "
-                           "delivered and removed, or deleted.")
+        return _error_page(request, 404, _w(request, "no_message"),
+                           _w(request, "not_in_queue", id=message_id))
     except QueueError as exc:
-        return _error_page(request, 503, "Queue unavailable", str(exc))
+        return _error_page(request, 503, _w(request, "queue_unavailable"), str(exc))
     return msg
 
 
@@ -429,25 +437,24 @@ async def message_page(request: Request) -> Response:
     attempts: dict[int, list[Any]] = {r.id: [] for r in msg.recipients}
     for rid, attempt in msg.attempts:
         attempts.setdefault(rid, []).append(attempt)
+    lang = pick_lang(request)
     return _render(request, "admin/message.html", {
-        "title": f"Message {msg.id}",
+        "title": _w(request, "message_title", id=msg.id),
         "m": msg,
         "headers": _headers(msg.content or b""),
         "attempts": attempts,
-        "next_label": lambda r: _next_label(r, now),
+        "next_label": lambda r: _next_label(r, now, lang),
         "possible": _possible(msg),
         "actions": ACTIONS,
     })
 
 
+# Each action's button label and the sentence that asks for confirmation (word keys).
 _CONFIRM = {
-    "retry": ("Retry now", "Make the queued and deferred recipients of this message due "
-              "now; delivery tries them at once."),
-    "hold": ("Hold", "Put the undelivered recipients of this message on hold: no delivery "
-             "until you release them."),
-    "release": ("Release", "Release the held recipients of this message: they are due now."),
-    "delete": ("Delete", "Delete this message, its recipients and every attempt. It will "
-               "not be delivered and no bounce is sent. This cannot be undone."),
+    "retry": ("retry_now", "confirm_retry"),
+    "hold": ("hold", "confirm_hold"),
+    "release": ("release", "confirm_release"),
+    "delete": ("delete", "confirm_delete"),
 }
 
 
@@ -456,15 +463,17 @@ async def message_action(request: Request) -> Response:
     ctx = _ctx(request)
     action = request.path_params["action"]
     if action not in ACTIONS:
-        return _error_page(request, 404, "No such action",
-                           f"{action!r} is not an action: use one of {', '.join(ACTIONS)}.")
+        return _error_page(request, 404, _w(request, "no_action"),
+                           _w(request, "not_an_action", value=repr(action),
+                              actions=", ".join(ACTIONS)))
     if request.method == "POST":
         form = await _form(request)
         if form is None:
-            return _error_page(request, 400, "Bad form", "The form could not be read.")
-        problem = _csrf_error(request, form.get("csrf"))
+            return _error_page(request, 400, _w(request, "bad_form"),
+                               _w(request, "form_unreadable"))
+        problem = _csrf_error(request, form.get("csrf"), pick_lang(request))
         if problem is not None:
-            return _error_page(request, 403, "Refused", problem)
+            return _error_page(request, 403, _w(request, "refused_title"), problem)
         confirmed = form.get("confirmed") == "1"
     else:
         confirmed = False
@@ -472,7 +481,8 @@ async def message_action(request: Request) -> Response:
     if isinstance(msg, Response):
         return msg
     if not confirmed:
-        label, text = _CONFIRM[action]
+        label_key, text_key = _CONFIRM[action]
+        label, text = _w(request, label_key), _w(request, text_key)
         return _render(request, "admin/confirm.html", {
             "title": f"{label}: {msg.id}", "m": msg, "action": action, "label": label,
             "text": text,
@@ -480,15 +490,14 @@ async def message_action(request: Request) -> Response:
     try:
         n = await _act(ctx, action, msg.id)
     except NotFound:
-        return _error_page(request, 404, "No such message",
-                           f"Message {msg.id} left the queue before the {action}.")
+        return _error_page(request, 404, _w(request, "no_message"),
+                           _w(request, "left_queue", id=msg.id, action=action))
     except QueueError as exc:
-        return _error_page(request, 503, "Queue unavailable", str(exc))
+        return _error_page(request, 503, _w(request, "queue_unavailable"), str(exc))
     if action == "delete":
-        _flash(request, f"Message {msg.id} deleted.")
+        _flash(request, _w(request, "deleted", id=msg.id))
         return RedirectResponse("/admin/queue", status_code=303)
-    done = {"retry": "due now", "hold": "held", "release": "released, due now"}[action]
-    _flash(request, f"{n} recipient{'s' if n != 1 else ''} {done}.")
+    _flash(request, _wn(request, f"done_{action}", n))
     return RedirectResponse(f"/admin/message/{msg.id}", status_code=303)
 
 
@@ -515,7 +524,7 @@ async def _act(ctx: WebContext, action: str, message_id: str) -> int:
 async def admin_unknown(request: Request) -> Response:
     if request.path_params.get("rest", "") == "":
         return RedirectResponse("/admin", status_code=307)
-    return _error_page(request, 404, "Not found", "There is no admin page here.")
+    return _error_page(request, 404, _w(request, "not_found"), _w(request, "no_admin_page"))
 
 
 def routes() -> list[BaseRoute]:

@@ -5,21 +5,23 @@ page, and `_page`, which sends whoever is not logged in to the login page.
 
 from __future__ import annotations
 
+import functools
 import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 from urllib.parse import urlencode
 
+from markupsafe import Markup, escape
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
 from mailgate.web.admin import session
 from mailgate.web.admin.session import _csrf, _logged_in
 from mailgate.web.context import static_version, templates
-from mailgate.web.lang import remember_lang
+from mailgate.web.lang import pick_lang, remember_lang, web_text
 
-__all__ = ["ADMIN_CSS_URL", "ADMIN_JS_URL", "Endpoint", "code_url"]
+__all__ = ["ADMIN_CSS_URL", "ADMIN_JS_URL", "Endpoint", "admin_words", "code_url"]
 
 _BASIC_RE = re.compile(r"[2-5][0-9][0-9]\Z")
 _ENHANCED_RE = re.compile(r"[245]\.[0-9]{1,3}\.[0-9]{1,3}\Z")
@@ -40,21 +42,46 @@ def _iso(ts: float | None) -> str:
     return "" if ts is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
 
 
-def _ago(ts: float | None, now: float | None = None) -> str:
+@functools.cache
+def admin_words(lang: str) -> Mapping[str, str]:
+    """The admin pages' words in `lang`: `[words.admin]` of codes/data/<lang>/web.toml."""
+    prefix = "admin_ui."
+    return {k[len(prefix):]: v for k, v in web_text(lang).items() if k.startswith(prefix)}
+
+
+def _w(request: Request, key: str, **fill: object) -> str:
+    """One admin sentence in the request's language, its {placeholders} filled."""
+    text = admin_words(pick_lang(request))[key]
+    return text.format(**fill) if fill else text
+
+
+def _wn(request: Request, key: str, n: int, **fill: object) -> str:
+    """`key_one` or `key_many` by `n` (languages without plurals give both the same)."""
+    return _w(request, f"{key}_{'one' if n == 1 else 'many'}", n=n, **fill)
+
+
+def _ago(ts: float | None, now: float | None = None, lang: str = "en") -> str:
     if ts is None:
         return ""
+    words = admin_words(lang)
     delta = (now if now is not None else session._now()) - ts
     future = delta < 0
     delta = abs(delta)
     if delta < 60:
-        text = f"{int(delta)} s"
+        text = words["seconds"].format(n=int(delta))
     elif delta < 3600:
-        text = f"{int(delta // 60)} min"
+        text = words["minutes"].format(n=int(delta // 60))
     elif delta < 86400 * 2:
-        text = f"{delta / 3600:.1f} h".replace(".0 h", " h")
+        text = words["hours"].format(n=f"{delta / 3600:.1f}".removesuffix(".0"))
     else:
-        text = f"{int(delta // 86400)} d"
-    return f"in {text}" if future else f"{text} ago"
+        text = words["days"].format(n=int(delta // 86400))
+    return words["in" if future else "ago"].format(t=text)
+
+
+def _with_code(text: str, **commands: str) -> Markup:
+    """`text` HTML-escaped, each {name} in it replaced by <code>command</code>."""
+    return Markup(escape(text)).format(**{
+        name: Markup("<code>{}</code>").format(cmd) for name, cmd in commands.items()})
 
 
 def _size(n: int) -> str:
@@ -84,6 +111,7 @@ _FMT: dict[str, Any] = {
 def _render(request: Request, name: str, context: dict[str, Any],
             status_code: int = 200, headers: Mapping[str, str] | None = None) -> Response:
     logged_in = request.session.get("admin") is True
+    lang = pick_lang(request)
     data: dict[str, Any] = {
         "section": "admin",
         "logged_in": logged_in,
@@ -94,6 +122,9 @@ def _render(request: Request, name: str, context: dict[str, Any],
         "admin_js": ADMIN_JS_URL,
         "page_id": "",
         **_FMT,
+        "ago": functools.partial(_ago, lang=lang),
+        "w": admin_words(lang),
+        "with_code": _with_code,
         **context,
     }
     response = templates.TemplateResponse(request, name, data, status_code=status_code,
@@ -129,5 +160,4 @@ def _page(fn: Endpoint) -> Endpoint:
 
 
 def _no_queue(request: Request) -> Response:
-    return _error_page(request, 503, "No queue",
-                       "This web app runs without a mail queue (no server attached).")
+    return _error_page(request, 503, _w(request, "no_queue"), _w(request, "no_queue_text"))

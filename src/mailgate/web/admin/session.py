@@ -28,6 +28,7 @@ from starlette.datastructures import FormData
 from starlette.requests import Request
 
 from mailgate.web.context import SESSION_MAX_AGE, WebContext
+from mailgate.web.lang import web_text
 from mailgate.web.tokens import TokenStore
 
 __all__ = ["LOGIN_FAILURES", "LOGIN_FAILURES_ALL", "LOGIN_WINDOW"]
@@ -240,16 +241,19 @@ def _same_origin(request: Request) -> bool:
     return bool(netloc) and netloc == request.url.netloc.lower()
 
 
-def _csrf_error(request: Request, token: object) -> str | None:
-    """Why this unsafe request must be refused, or None when it may go on."""
+def _csrf_error(request: Request, token: object, lang: str = "en") -> str | None:
+    """Why this unsafe request must be refused (a sentence in `lang`), or None when it
+    may go on."""
+    problem = None
     if not _same_origin(request):
-        return "This request came from another site (Origin/Referer); it was refused."
-    expected = request.session.get("csrf")
-    if not isinstance(expected, str) or not isinstance(token, str) or not token:
-        return "The form's security token is missing; reload the page and try again."
-    if not hmac.compare_digest(token.encode(), expected.encode()):
-        return "The form's security token does not match; reload the page and try again."
-    return None
+        problem = "csrf_other_site"
+    else:
+        expected = request.session.get("csrf")
+        if not isinstance(expected, str) or not isinstance(token, str) or not token:
+            problem = "csrf_missing"
+        elif not hmac.compare_digest(token.encode(), expected.encode()):
+            problem = "csrf_mismatch"
+    return None if problem is None else web_text(lang)[f"admin_ui.{problem}"]
 
 
 async def _form(request: Request) -> FormData | None:

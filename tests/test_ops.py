@@ -1,0 +1,231 @@
+"""Running mailgate as a service: the default certificate, SIGHUP, the unit file.
+
+Each test drives the real thing: a TLS handshake that checks the name, `mailgate
+serve` as a child process sent a real SIGHUP, systemd's own verifier.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+from mailgate.server.tls import ensure_self_signed, server_context
+from tests.support.needs import need_tool
+from tests.support.smtpwire import Wire, wait_until
+from tests.support.tlscerts import TestCA
+from tests.test_server_durability import Serve, free_port, write_config
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _handshake(server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext, name: str) -> None:
+    """A real TLS handshake over a socket pair; raises what the client's check raises."""
+    a, b = socket.socketpair()
+    errors: list[BaseException] = []
+
+    def serve_side() -> None:
+        try:
+            with server_ctx.wrap_socket(a, server_side=True) as s:
+                s.recv(1)
+        except (OSError, ssl.SSLError) as exc:
+            errors.append(exc)
+
+    t = threading.Thread(target=serve_side, daemon=True)
+    t.start()
+    try:
+        with client_ctx.wrap_socket(b, server_hostname=name) as c:
+            c.sendall(b"x")
+    finally:
+        t.join(10)
+        a.close()
+        b.close()
+
+
+def test_the_self_signed_certificate_names_localhost_too(tmp_path: Path) -> None:
+    """Local programs connect to `localhost` and check the name even when told to trust
+    the certificate (git send-email, msmtp with tls_trust_file): the default certificate
+    of a server named mx.example.test must also be valid for localhost and 127.0.0.1."""
+    cert, key = ensure_self_signed(tmp_path, "mx.example.test")
+    server = server_context(cert, key)
+    for name in ("mx.example.test", "localhost", "127.0.0.1"):
+        client = ssl.create_default_context(cafile=str(cert))
+        _handshake(server, client, name)
+    client = ssl.create_default_context(cafile=str(cert))
+    try:
+        _handshake(server, client, "other.example.test")
+    except ssl.SSLCertVerificationError:
+        pass
+    else:
+        raise AssertionError("the certificate must not be valid for any name at all")
+
+
+def _peer_cert(w: Wire) -> bytes:
+    sock = w.sock
+    assert isinstance(sock, ssl.SSLSocket)
+    der = sock.getpeercert(binary_form=True)
+    assert der is not None
+    return der
+
+
+def test_sighup_reloads_the_certificate_without_dropping_connections(tmp_path: Path) -> None:
+    ca = TestCA.create(tmp_path / "ca")
+    live_cert, live_key = tmp_path / "live.crt", tmp_path / "live.key"
+    old_cert, old_key = ca.issue("localhost")  # issue() names its files after the host:
+    shutil.copy(old_cert, live_cert)           # copy each pair before the next one
+    shutil.copy(old_key, live_key)
+    old_der = ssl.PEM_cert_to_DER_cert(live_cert.read_text())
+    new_cert, new_key = ca.issue("localhost")
+    port = free_port()
+    config = write_config(tmp_path, port, tls={"cert": str(live_cert), "key": str(live_key)})
+    log = tmp_path / "serve.log"
+    with Serve(config, port, log) as srv:
+        before = Wire(port)
+        before.greeting()
+        before.ehlo()
+        assert before.cmd("STARTTLS").startswith("220")
+        before.starttls()
+        first = _peer_cert(before)
+        assert first == old_der
+
+        # A broken pair (the new certificate with the old key) is refused and the
+        # certificate in service stays: a half-finished copy must not take TLS down.
+        shutil.copy(new_cert, live_cert)
+        os.kill(srv.proc.pid, signal.SIGHUP)
+        wait_until("the refusal in the log", lambda: "kept the certificate" in srv.logs())
+        with Wire(port) as w:
+            w.greeting()
+            w.ehlo()
+            assert w.cmd("STARTTLS").startswith("220")
+            w.starttls()
+            assert _peer_cert(w) == first
+
+        shutil.copy(new_key, live_key)
+        os.kill(srv.proc.pid, signal.SIGHUP)
+        wait_until("the reload in the log", lambda: "reloaded the TLS certificate" in srv.logs())
+        with Wire(port) as w:
+            w.greeting()
+            w.ehlo()
+            assert w.cmd("STARTTLS").startswith("220")
+            w.starttls()
+            assert _peer_cert(w) == ssl.PEM_cert_to_DER_cert(new_cert.read_text())
+        # The session opened before both signals is still there, still in TLS.
+        assert before.cmd("EHLO client.test").startswith("250")
+        assert before.cmd("NOOP").startswith("250")
+        assert before.cmd("QUIT").startswith("221")
+        before.close()
+        assert srv.proc.poll() is None, srv.logs()
+
+
+def test_the_systemd_unit_passes_systemd_analyze(tmp_path: Path) -> None:
+    analyze = need_tool("systemd-analyze", "systemd")
+    unit = ROOT / "contrib" / "mailgate.service"
+    text = unit.read_text()
+    # The unit names /usr/local/bin/mailgate; verify checks that ExecStart exists, so a
+    # copy points at this environment's own `mailgate` instead.
+    exe = shutil.which("mailgate")
+    assert exe is not None, "mailgate is not on PATH: install the package (pip install -e .)"
+    copy = tmp_path / "mailgate.service"
+    copy.write_text(text.replace("/usr/local/bin/mailgate", exe))
+    run = subprocess.run([analyze, "verify", str(copy)], capture_output=True, text=True,
+                         timeout=60, check=False)
+    problems = [line for line in (run.stdout + run.stderr).splitlines()
+                if "mailgate.service" in line]
+    assert run.returncode == 0 and not problems, run.stdout + run.stderr
+    for needed in ("ExecReload=/bin/kill -HUP $MAINPID", "NoNewPrivileges=yes",
+                   "CapabilityBoundingSet=CAP_NET_BIND_SERVICE", "ProtectSystem=strict"):
+        assert needed in text, needed
+
+
+def test_log_format_json_gives_one_object_per_line(tmp_path: Path) -> None:
+    """`--log-format json`: every line of the log parses as JSON, with the fields a log
+    pipeline indexes; a client's control characters stay escaped inside the string."""
+    import json
+
+    port = free_port()
+    config = write_config(tmp_path, port)
+    log = tmp_path / "serve.log"
+    with log.open("ab") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "mailgate", "serve", "--config", str(config),
+             "--log-format", "json"], stdin=subprocess.DEVNULL, stdout=err, stderr=err)
+    try:
+        def greets() -> bool:
+            try:
+                with Wire(port, timeout=2) as w:
+                    return w.greeting().startswith("220 ")
+            except OSError:
+                return False
+
+        wait_until("the server to greet", greets)
+        with Wire(port) as w:
+            w.greeting()
+            w.cmd("EHLO evil\x1b[31m.test")
+            w.cmd("QUIT")
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    lines = [line for line in log.read_text().splitlines()
+             if line.startswith("{")]
+    assert lines, log.read_text()
+    for line in lines:
+        doc = json.loads(line)
+        assert {"time", "level", "logger", "pid", "message"} <= doc.keys(), doc
+        assert "\x1b" not in line
+    assert any(json.loads(line)["message"].startswith("shutting down") for line in lines)
+
+
+def test_pages_survive_a_reinstall_under_the_running_server(tmp_path: Path) -> None:
+    """`pip install` of a new version replaces the package's files under a running
+    server. The web pages must keep working until the restart: templates, static
+    files and prose are read once at start. (Before, every page became a 500.)"""
+    import urllib.request
+
+    site = tmp_path / "site"
+    shutil.copytree(ROOT / "src" / "mailgate", site / "mailgate",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    smtp_port, web_port = free_port(), free_port()
+    config = write_config(tmp_path, smtp_port)
+    text = config.read_text().replace('[web]\naddress = ""',
+                                      f'[web]\naddress = "127.0.0.1:{web_port}"')
+    config.write_text(text)
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    log = tmp_path / "serve.log"
+    with log.open("ab") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "mailgate", "serve", "--config",
+                                 str(config)], stdin=subprocess.DEVNULL, stdout=err,
+                                stderr=err, env=env, cwd=tmp_path)
+    base = f"http://127.0.0.1:{web_port}"
+    pages = ["/", "/codes/556", "/compare/221/556", "/static/style.css",
+             "/admin/login", "/?lang=zh"]
+
+    def get(path: str) -> int:
+        req = urllib.request.Request(base + path, headers={"Host": "127.0.0.1"})
+        try:
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                return int(resp.status)
+        except urllib.error.HTTPError as exc:
+            return int(exc.code)
+
+    def up() -> bool:
+        try:
+            return get("/") == 200
+        except OSError:
+            return False
+
+    try:
+        wait_until("the web page", up, 30)
+        assert {p: get(p) for p in pages} == dict.fromkeys(pages, 200)
+        # What a reinstall does to the old version's files: they are gone.
+        for folder in ("web/templates", "web/static", "codes/data"):
+            shutil.rmtree(site / "mailgate" / folder)
+        assert {p: get(p) for p in pages} == dict.fromkeys(pages, 200), log.read_text()
+    finally:
+        proc.terminate()
+        proc.wait(30)
