@@ -29,7 +29,13 @@ from mailgate.server.policy import ConnectionInfo, Policy
 from mailgate.smtp.server import AuthAttempt
 from mailgate.users import UserDB
 from tests.support.live import LiveServer, live_config
-from tests.support.smtpwire import Wire, loopback_config, wait_for_files, wait_until
+from tests.support.smtpwire import (
+    Wire,
+    loopback_config,
+    wait_for_files,
+    wait_until,
+    wire_form,
+)
 
 if TYPE_CHECKING:
     from tests.support.dnsserver import DNSServer
@@ -90,7 +96,7 @@ def test_bare_postmaster_is_delivered_to_the_local_postmaster(stranger_mx: LiveS
         assert reply.startswith("250 2.0.0 Ok: queued as "), reply
     # RFC 5321 4.5.1: the postmaster of the first local domain gets it, here.
     (path,) = wait_for_files(stranger_mx.maildir / "example.test" / "postmaster" / "new", 1)
-    assert path.read_bytes().endswith(MESSAGE)
+    assert wire_form(path.read_bytes()).endswith(MESSAGE)
     assert rows(stranger_mx.config, "SELECT count(*) FROM recipients WHERE domain = ''") == [(0,)]
     # Nothing goes out and no bounce is owed: the only message is the one accepted.
     assert rows(stranger_mx.config, "SELECT count(*) FROM messages") >= [(1,)]
@@ -386,7 +392,7 @@ def test_a_big_message_streams_through_the_spool_byte_for_byte(tmp_path: Path) -
         w.ehlo()
         assert send(w, "a@example.org", ["big@localhost"], content).startswith("250")
         (path,) = wait_for_files(srv.maildir / "localhost" / "big" / "new", 1)
-        assert path.read_bytes().endswith(content)
+        assert wire_form(path.read_bytes()).endswith(content)
         assert list((config.data_dir / "spool").iterdir()) == []  # removed once queued
 
 

@@ -619,10 +619,12 @@ def test_bad_networks(network: str, why: str) -> None:
     [
         ("example.org", "127.0.0.2:2526", 'must look like "smtp:[host]:port" or '
          '"smtp:host:port" (brackets: connect to host as is; none: look up its MX; '
-         '"smtps:" for TLS from the first byte)'),
-        ("example.org", "lmtp:[127.0.0.2]:24", 'must look like "smtp:[host]:port" or '
-         '"smtp:host:port" (brackets: connect to host as is; none: look up its MX; '
-         '"smtps:" for TLS from the first byte)'),
+         '"smtps:" for TLS from the first byte), or "lmtp:unix:/path" or '
+         '"lmtp:[host]:port" for a local domain'),
+        ("example.org", "lmtp:[127.0.0.2]:24", "LMTP delivers local mail, and example.org "
+         "is not one of domains.local (localhost, localhost.localdomain)"),
+        ("example.org", "lmtp:unix:run/lmtp", 'the LMTP socket must be an absolute path, like '
+         '"lmtp:unix:/run/dovecot/lmtp"'),
         ("example.org", "smtp:[127.0.0.2]:x", 'is not host:port; write it like '
          '"smtp:[127.0.0.2]:2526"'),
         ("example.org", "smtp:::1:25", 'an IPv6 address needs brackets, like "[::1]:2525"'),
@@ -841,7 +843,7 @@ def test_the_documented_example_has_every_key() -> None:
     for section, keys in _SECTIONS.items():
         tables = doc[section] if section == "listen" else [doc[section]]
         for table in tables:
-            if section not in ("routes", "tls_policy", "aliases"):  # keys are names there
+            if section not in ("routes", "tls_policy", "aliases", "maildir"):  # names, domains
                 assert set(table) == set(keys), section
 
 
@@ -989,7 +991,7 @@ OFFERED = (
 )  # fmt: skip
 
 # The parts of config/, highest first: each imports only parts after it.
-PARTS = ("", ".sections", ".reader", ".values", ".aliases", ".syntax")
+PARTS = ("", ".sections", ".mailstore", ".reader", ".values", ".aliases", ".syntax")
 
 
 def test_the_package_offers_every_name_the_module_did() -> None:

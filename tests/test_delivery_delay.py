@@ -24,6 +24,7 @@ from mailgate.queue.report import message_json, show_text
 from mailgate.queue.sqlite import SQLiteQueue
 from tests import test_delivery
 from tests.support.fakemx import DSN, FakeMX, parse_dsn
+from tests.support.smtpwire import wire_form
 from tests.test_delivery import CONTENT, RETRY, Outbound
 
 pytest_plugins = ["tests.support.dnsserver", "tests.support.fakemx"]
@@ -59,7 +60,7 @@ def mailbox(out: Outbound, user: str = "alice") -> list[bytes]:
         # `seconds.M<microseconds>P<pid>Q<count>.host`: the numbers, not the text, sort.
         return tuple(int(n) for n in re.findall(r"\d+", path.name.split(",")[0])[:4])
 
-    return [p.read_bytes() for p in sorted(new.iterdir(), key=order)]
+    return [wire_form(p.read_bytes()) for p in sorted(new.iterdir(), key=order)]
 
 
 def notices(out: Outbound) -> list[DSN]:

@@ -37,6 +37,7 @@ from mailgate.users import UserDB
 from tests.support.fakemx import DSN, MX1, MX2, FakeMX, parse_dsn, wait_until
 from tests.support.live import LiveServer, live_config
 from tests.support.needs import need, need_tool
+from tests.support.smtpwire import wire_form
 from tests.support.tlscerts import TestCA
 
 if TYPE_CHECKING:
@@ -108,7 +109,7 @@ class Mailgate:
         assert len(files) == n, files
         out = []
         for f in files:
-            data = f.read_bytes()
+            data = wire_form(f.read_bytes())
             assert data.startswith(b"Return-Path: <>\r\n"), data[:200]
             out.append(parse_dsn(data))
         return out
@@ -303,7 +304,7 @@ def test_local_and_remote_recipients_of_one_message(
                            ("refuse-550@one.test", FAILED)):
         mg.wait(qid, address, state)
     [copy] = mg.maildir_files("bob")
-    assert copy.read_bytes().endswith(CONTENT)
+    assert wire_form(copy.read_bytes()).endswith(CONTENT)
     assert mx1.all_rcpts() == ["carol@one.test"]
     [dsn] = mg.wait_dsns(1)
     assert [r["final-recipient"] for r in dsn.recipients] == ["rfc822; refuse-550@one.test"]
@@ -637,7 +638,7 @@ def test_relayhost_auth_at_a_second_mailgate(
         box = b.maildir / "b.test" / "carol" / "new"
         [file] = wait_until(lambda: list(box.iterdir()) if box.is_dir() else None, 10,
                             "the message in B's Maildir")
-        data = file.read_bytes()
+        data = wire_form(file.read_bytes())
         assert data.endswith(CONTENT)
         # B's trace header: submitted over TLS, authenticated (RFC 3848 ESMTPSA).
         received = data.split(b"\r\n\r\n", 1)[0].split(b"Received:")[1]

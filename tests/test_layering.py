@@ -45,6 +45,8 @@ LAYERS: Mapping[str, int] = {
     "queue": 2,  # the durable queue (codes to explain, textsafe, config)
     "users": 2,  # AUTH users and the admin password: for server (AUTH) and web (login)
     "hashing": 2,  # the password-check thread pool: for server (AUTH) and web (login)
+    "dovecot_auth": 2,  # AUTH asked of Dovecot's auth service: for server (AUTH)
+    "privileges": 2,  # whom serve runs as: the user switch, the data directory's owner
     # 3: the SMTP faces: receiving and sending. Neither knows the other.
     "server": 3,  # listeners and policy: smtp, queue, dns, users, hashing
     "delivery": 3,  # local and outbound delivery: smtp, queue, dns

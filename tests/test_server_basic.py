@@ -43,8 +43,13 @@ def test_local_mail_lands_in_the_maildir_byte_for_byte(live_server: LiveServer) 
         c.sendmail("alice@example.org", ["bob@localhost"], MESSAGE)
     files = wait_for_files(live_server.maildir / "localhost" / "bob" / "new", 1)
     data = files[0].read_bytes()
-    assert data.startswith(b"Return-Path: <alice@example.org>\r\nReceived: from client.test")
-    assert data.endswith(b"\r\n" + MESSAGE)
+    # LF line ends in the file, as Dovecot and mail readers expect (docs/delivery.md),
+    # and Dovecot's sizes in the name: S= the file's, W= with CRLF (RFC 822 size).
+    assert b"\r" not in data
+    assert data.startswith(b"Return-Path: <alice@example.org>\nReceived: from client.test")
+    assert data.endswith(b"\n" + MESSAGE.replace(b"\r\n", b"\n"))
+    lines = data.count(b"\n")
+    assert files[0].name.endswith(f",S={len(data)},W={len(data) + lines}")
 
 
 def test_queued_reply_names_the_queue_id(live_server: LiveServer) -> None:

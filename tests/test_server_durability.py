@@ -61,6 +61,10 @@ def write_config(folder: Path, port: int, *, relayhost: str = f"[127.0.0.1]:{DEA
         "[web]",
         'address = ""',
     ]
+    # As root, `serve` would drop to the mailgate user, which cannot enter pytest's
+    # private temporary folders: these tests are about durability, not privileges.
+    if os.geteuid() == 0:
+        sections = {**sections, "server": {"user": "root", **sections.get("server", {})}}
     for name, values in sections.items():
         lines.append(f"[{name}]")
         lines += [f"{k} = {json.dumps(v)}" for k, v in values.items()]

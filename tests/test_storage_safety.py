@@ -209,7 +209,10 @@ def serve_process(tmp_path: Path, data: Path, smtp: int, web: int, workers: int 
                       f'[[listen]]\nrole = "mx"\naddress = "127.0.0.1:{smtp}"\n'
                       f'[[listen]]\nrole = "submission"\naddress = "127.0.0.1:{free_port()}"\n'
                       f'[web]\naddress = "127.0.0.1:{web}"\n'
-                      f'[server]\nworkers = {workers}\n')
+                      f'[server]\nworkers = {workers}\n'
+                      # As root, serve would drop to the mailgate user, which cannot
+                      # enter pytest's private temporary folders.
+                      + ('user = "root"\n' if os.geteuid() == 0 else ''))
     env = {**os.environ, "PYTHONPATH": SRC}
     return subprocess.run([sys.executable, "-m", "mailgate", "serve", "--config", str(config)],
                           capture_output=True, text=True, env=env, timeout=30, check=False)

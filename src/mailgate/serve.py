@@ -14,6 +14,10 @@ server is not stopping (an exception, or a return) is logged with its traceback,
 start, before any worker claims work, the claims of processes that died (kill -9, a
 crash, a reboot) are taken back (`Queue.recover_claims`), so their work is due at once
 rather than when its lease (5 or 15 minutes) ends.
+
+Started as root (`run`), it binds every port, forks the mailbox helper (one per worker
+process; `delivery/helper.py`), gives the data directory to its user and drops root for
+good (`privileges.py`) before it reads a byte from the network.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import pwd
 import resource
 import signal
 import socket
@@ -30,13 +35,16 @@ import sys
 import time
 import traceback
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TextIO
 
-from mailgate import metrics
+from mailgate import metrics, privileges
 from mailgate.config import Config
 from mailgate.datadir import StartupError, prepare_data_dir
 from mailgate.delivery.engine import DeliveryEngine
+from mailgate.delivery.helper import HelperClient, start_helper
+from mailgate.delivery.lmtp import LMTPDelivery
 from mailgate.delivery.local import LocalDelivery
 from mailgate.dns import Resolver
 from mailgate.queue import NewMessage, Queue, QueueError, domain_of
@@ -49,8 +57,8 @@ from mailgate.server.tls import ensure_self_signed, server_context
 from mailgate.textsafe import JSONFormatter, SafeFormatter
 from mailgate.users import UserDB
 
-__all__ = ["StartupError", "bind_socket", "check_ports", "configure_logging", "run", "serve",
-           "supervise"]
+__all__ = ["Bound", "StartupError", "bind_socket", "check_ports", "configure_logging", "run",
+           "serve", "supervise"]
 
 log = logging.getLogger("mailgate")
 
@@ -69,7 +77,22 @@ def configure_logging(level: str, stream: TextIO | None = None, fmt: str = "text
                         handlers=[handler])
 
 
-def _tls(config: Config) -> tuple[ssl.SSLContext, Path, Path]:
+TLS = tuple[ssl.SSLContext, Path, Path]
+
+
+@dataclass
+class Bound:
+    """Sockets bound before `serve` starts (by root, before dropping it): the SMTP
+    listeners in `config.listen` order, and the web page's (None: no web page)."""
+
+    smtp: list[socket.socket]
+    web: socket.socket | None
+
+    def all(self) -> list[socket.socket]:
+        return [*self.smtp, *([self.web] if self.web is not None else [])]
+
+
+def _tls(config: Config) -> TLS:
     if config.tls.cert is not None:
         cert = config.tls.cert
         key = config.tls.key or cert
@@ -119,8 +142,14 @@ def banner(config: Config, server: SMTPServer, cert: Path, workers: int) -> str:
         " (others must AUTH on submission)",
         "  DNS        " + (", ".join(f"{h}:{p}" for h, p in config.dns.nameservers)
                            or "system resolver"),
-        f"  users      {d / 'users.json'} (add with: mailgate user add NAME)",
+        f"  users      {d / 'users.json'} (add with: mailgate user add NAME)"
+        if config.auth.backend == "file" else
+        f"  users      Dovecot's auth service at {config.auth.dovecot_socket}",
+        f"  runs as    {_user_name()}",
     ]
+    lmtp = [r.nexthop for d, r in config.routes.items() if config.lmtp_route(d)]
+    if lmtp:
+        lines.append(f"  LMTP       {', '.join(sorted(set(lmtp)))}")
     return "\n".join(lines)
 
 
@@ -132,6 +161,13 @@ def _catch_all_note(config: Config) -> str:
         return (" (known recipients only; any local part at "
                 f"{', '.join(sorted(domains.catch_all_domains))})")
     return " (known recipients only: users, mailboxes, aliases)"
+
+
+def _user_name() -> str:
+    try:
+        return f"{pwd.getpwuid(os.geteuid()).pw_name} (uid {os.geteuid()})"
+    except KeyError:
+        return f"uid {os.geteuid()}"
 
 
 class Worker(Protocol):
@@ -190,24 +226,31 @@ async def serve(config: Config, *, reuse_port: bool = False, workers: int = 1,
                 stop: asyncio.Event | None = None,
                 policy_factory: Callable[[Config, Resolver, UserDB], Policy] = Policy,
                 web: bool | None = None,
+                bound: Bound | None = None,
+                helper: HelperClient | None = None,
+                tls: TLS | None = None,
                 ) -> None:
     """Run until SIGTERM/SIGINT (or `stop` is set), then shut down gracefully.
 
     `policy_factory` makes the policy (tests pass a subclass with decisions of their own).
     `web` says whether this process runs the web face (when `[web]` enables it); by
-    default the one that prints the banner (`ready` None) does.
+    default the one that prints the banner (`ready` None) does. `bound`, `helper` and
+    `tls` are what `run` prepared as root: the sockets, the mailbox helper, the TLS
+    context (its key may be readable by root only).
     """
     prepare_data_dir(config.data_dir)
     queue = open_queue(config)
     users = UserDB(config.data_dir / "users.json")
     resolver = Resolver(nameservers=list(config.dns.nameservers))
-    tls_ctx, cert, key = _tls(config)
+    tls_ctx, cert, key = tls if tls is not None else _tls(config)
     policy = policy_factory(config, resolver, users)
 
     def on_queued(qid: str, rcpts: list[str]) -> None:
         domains = {domain_of(r) for r in rcpts}
         if any(config.domains.is_local(d) for d in domains):
             local.wake()
+            if lmtp is not None:
+                lmtp.wake()
         if any(not config.domains.is_local(d) for d in domains):
             outbound.wake()
 
@@ -217,7 +260,10 @@ async def serve(config: Config, *, reuse_port: bool = False, workers: int = 1,
         on_queued(qid, [r.address for r in message.recipients])
         return qid
 
-    local = LocalDelivery(config, queue, enqueue)
+    local = LocalDelivery(config, queue, enqueue, helper)
+    # The LMTP target only when a local domain is routed "lmtp:".
+    lmtp = LMTPDelivery(config, queue, enqueue, helper) if any(
+        config.lmtp_route(d) for d in config.domains.local) else None
     outbound = DeliveryEngine(config, queue, resolver, enqueue)
     spool = spool_dir(config.data_dir)
     if workers == 1 and (left := clean_spool(spool)):  # with workers, a sibling's may be live
@@ -228,7 +274,8 @@ async def serve(config: Config, *, reuse_port: bool = False, workers: int = 1,
     # password): a failure is one sentence naming the address, not a traceback later.
     try:
         try:
-            await server.start(reuse_port=reuse_port)
+            await server.start(reuse_port=reuse_port,
+                               bound=bound.smtp if bound is not None else None)
         except OSError as exc:
             failed = config.listen[len(server.servers)]
             # asyncio words it "error while attempting to bind on address (...): ...".
@@ -237,7 +284,8 @@ async def serve(config: Config, *, reuse_port: bool = False, workers: int = 1,
                                f"({failed.role}): {reason}.") from exc
         web_server, web_task, web_note = await _start_web(
             config, queue, server, outbound, local,
-            first=ready is None if web is None else web)
+            first=ready is None if web is None else web,
+            sock=bound.web if bound is not None else None)
     except BaseException:
         for listening in server.servers:
             listening.close()
@@ -261,6 +309,7 @@ async def serve(config: Config, *, reuse_port: bool = False, workers: int = 1,
                      "or kill); due now", recovered)
     purge_task = loop.create_task(purge_finished(queue, config, stop))
     local_task = loop.create_task(supervise("local", local))
+    lmtp_task = loop.create_task(supervise("lmtp", lmtp)) if lmtp is not None else None
     outbound_task = loop.create_task(supervise("outbound", outbound))
     if ready is not None:
         ready(server)
@@ -274,12 +323,16 @@ async def serve(config: Config, *, reuse_port: bool = False, workers: int = 1,
         with contextlib.suppress(asyncio.CancelledError, TimeoutError):
             await asyncio.wait_for(web_task, 10.0)
     local.stop()
+    if lmtp is not None:
+        lmtp.stop()
     outbound.stop()
     # Conversations under way get 30 s to finish; the outbound engine then gives back
     # what it claimed and did not record, so a restart resumes it at once (at-least-once:
     # a message cut off mid-DATA may go twice, none is lost). Local delivery gives back
     # the messages of its batch it has not started.
-    for task in (local_task, outbound_task, purge_task):
+    for task in (local_task, lmtp_task, outbound_task, purge_task):
+        if task is None:
+            continue
         with contextlib.suppress(asyncio.CancelledError, TimeoutError):
             await asyncio.wait_for(task, 30.0)
     queue.close()
@@ -345,14 +398,18 @@ def check_ports(config: Config, reuse_port: bool) -> None:
 
 async def _start_web(config: Config, queue: Queue, server: SMTPServer,
                      outbound: DeliveryEngine, local: LocalDelivery, first: bool,
+                     sock: socket.socket | None = None,
                      ) -> tuple[Any, asyncio.Task[None] | None, str]:
     """The web page in this process's event loop (uvicorn); only the first worker runs it.
 
-    The socket is bound here, before the admin password is made: uvicorn would bind it
-    only once running, after the banner, and report a busy port with a traceback."""
+    The socket is bound here (unless `sock` was bound already), before the admin
+    password is made: uvicorn would bind it only once running, after the banner, and
+    report a busy port with a traceback."""
     if not config.web.enabled or not first:
+        if sock is not None:
+            sock.close()
         return None, None, ""
-    sock = bind_socket(config.web.host, config.web.port)
+    sock = sock if sock is not None else bind_socket(config.web.host, config.web.port)
     try:
         return await _run_web(config, queue, server, outbound, local, sock)
     except BaseException:
@@ -449,17 +506,49 @@ def _event_loop_policy() -> None:
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
+def bind_all(config: Config) -> Bound:
+    """Every socket `serve` listens on, bound now (as root, for ports below 1024); the
+    worker processes share them."""
+    socks: list[socket.socket] = []
+    try:
+        for listener in config.listen:
+            socks.append(bind_socket(listener.host, listener.port))
+        web = bind_socket(config.web.host, config.web.port) if config.web.enabled else None
+    except BaseException:
+        for sock in socks:
+            sock.close()
+        raise
+    return Bound(socks, web)
+
+
 def run(config: Config) -> int:
-    """Serve with `config.server.workers` processes; return the exit status."""
+    """Serve with `config.server.workers` processes; return the exit status.
+
+    As root: bind the ports, fork a mailbox helper per worker, give the data directory
+    to `server.user` and become it, then serve (docs/security.md)."""
     configure_logging(config.log.level, fmt=config.log.format)
     _event_loop_policy()
     workers = max(1, config.server.workers)
     prepare_data_dir(config.data_dir)
-    _tls(config)  # make the self-signed certificate once, before any worker needs it
+    tls = _tls(config)  # the self-signed certificate once, and the key read as root
+    user = privileges.target_user(config)
+    bound: Bound | None = None
+    helpers: list[HelperClient | None] = [None] * workers
+    if os.geteuid() == 0:
+        bound = bind_all(config)
+        for i in range(workers):  # a helper keeps no port and no other helper's socket
+            helpers[i] = start_helper(config, [*bound.all(), *(
+                h.sock for h in helpers[:i] if h is not None)])
+        if user is not None:
+            privileges.own_data_dir(config.data_dir, user)
+            privileges.drop(user)
+        else:
+            privileges.warn_root()
     if workers == 1:
-        asyncio.run(serve(config))
+        asyncio.run(serve(config, bound=bound, helper=helpers[0], tls=tls))
         return 0
-    check_ports(config, reuse_port=True)
+    if bound is None:
+        check_ports(config, reuse_port=True)
     clean_spool(spool_dir(config.data_dir))  # before the workers: none of theirs is live yet
     children: list[int] = []
     for i in range(workers):
@@ -467,8 +556,12 @@ def run(config: Config) -> int:
         if pid == 0:  # child
             status = 1
             try:
-                asyncio.run(serve(config, reuse_port=True, workers=workers,
-                                  ready=(lambda s: None) if i else None))
+                for j, other in enumerate(helpers):
+                    if j != i and other is not None:
+                        other.close()
+                asyncio.run(serve(config, reuse_port=bound is None, workers=workers,
+                                  ready=(lambda s: None) if i else None, bound=bound,
+                                  helper=helpers[i], tls=tls))
                 status = 0
             except StartupError as exc:
                 print(f"mailgate: {exc}", file=sys.stderr, flush=True)
@@ -477,6 +570,12 @@ def run(config: Config) -> int:
             finally:
                 os._exit(status)
         children.append(pid)
+    for helper in helpers:
+        if helper is not None:
+            helper.close()
+    if bound is not None:
+        for sock in bound.all():
+            sock.close()
 
     def forward(signum: int, _frame: object) -> None:
         for pid in children:

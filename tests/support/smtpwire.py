@@ -101,8 +101,19 @@ class Delivered:
     content: bytes
 
 
+def wire_form(data: bytes) -> bytes:
+    """A Maildir file's bytes (LF line ends, docs/delivery.md) back in the form the
+    queue and the wire have them, CRLF; AssertionError if the file has CRLF itself."""
+    assert b"\r\n" not in data, f"a Maildir file with CRLF line ends: {data[:200]!r}"
+    return data.replace(b"\n", b"\r\n")
+
+
 def parse_delivered(data: bytes) -> Delivered:
-    """Split a delivered file; AssertionError when the trace headers are not as expected."""
+    """Split a delivered file; AssertionError when the trace headers are not as expected.
+
+    Maildir files have LF line ends (docs/delivery.md); `content` is given back in the
+    wire form, CRLF, as the client sent it."""
+    data = wire_form(data)
     first, sep, rest = data.partition(b"\r\n")
     assert sep and first.startswith(b"Return-Path: <") and first.endswith(b">"), data[:200]
     m = _RECEIVED.match(rest)

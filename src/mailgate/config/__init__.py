@@ -11,6 +11,7 @@ The keys, their types and defaults are documented in docs/configuration.md.
 The package's parts, each importing only those listed after it:
 
   sections.py   the section builders: TOML document -> Config, every problem collected
+  mailstore.py  the builders of [maildir], [auth], server.user and the LMTP route check
   reader.py     _Reader (key paths, the problem sentences) and the value converters
   values.py     the frozen settings: Config, Listener, Domains, Limits, ... and ConfigError
   syntax.py     sizes, durations, domain names, host:port, next hops
@@ -34,6 +35,7 @@ from mailgate.config.values import BARE_NEWLINES as BARE_NEWLINES
 from mailgate.config.values import (
     DEFAULT_LISTENERS,
     TLS_LEVELS,
+    AuthConfig,
     Config,
     ConfigError,
     Delivery,
@@ -42,6 +44,7 @@ from mailgate.config.values import (
     Limits,
     Listener,
     LogConfig,
+    MaildirOwner,
     Policy,
     Relay,
     Relayhost,
@@ -68,6 +71,7 @@ __all__ = [
     "DEFAULT_LISTENERS",
     "TLS_LEVELS",
     "Aliases",
+    "AuthConfig",
     "Config",
     "ConfigError",
     "DNSConfig",
@@ -76,6 +80,7 @@ __all__ = [
     "Limits",
     "Listener",
     "LogConfig",
+    "MaildirOwner",
     "Policy",
     "QueueConfig",
     "Relay",

@@ -52,10 +52,12 @@ _SECTIONS: dict[str, tuple[str, ...]] = {
     "routes": (),  # keys are domains
     "tls_policy": (),  # keys are domains or next hops
     "web": ("address", "allowed_hosts"),
-    "server": ("workers",),
+    "server": ("workers", "user"),
     "log": ("level", "format"),
     "aliases": (),  # keys are local parts or addresses
     "queue": ("keep_records",),
+    "maildir": (),  # keys are domains or addresses
+    "auth": ("backend", "dovecot_socket", "timeout"),
 }
 _ROOT_KEYS = ("hostname", "data_dir", *_SECTIONS)
 _BARE_KEY_RE = re.compile(r"[A-Za-z0-9_-]+\Z")
@@ -161,7 +163,7 @@ class _Reader:
         if not isinstance(value, dict):
             self.report(name, value, f"must be a table: put its keys under a [{name}] header")
             return {}
-        if name not in ("routes", "tls_policy", "aliases"):
+        if name not in ("routes", "tls_policy", "aliases", "maildir"):
             self.check_keys(value, (name,), _SECTIONS[name])
         return value
 
@@ -337,15 +339,30 @@ def _scheme(text: str, default_port: int) -> tuple[str, int, bool]:
     return text.removeprefix("smtp:"), default_port, False
 
 
-def _route(default_port: int) -> Callable[[object], tuple[str, int, bool, bool]]:
-    def convert(value: object) -> tuple[str, int, bool, bool]:
+RouteHop = tuple[str, int, bool, bool, bool, str | None]
+LMTP_PORT = 24  # RFC 2033 has no port of its own; 24 is what Dovecot and Cyrus use
+
+
+def _route(default_port: int) -> Callable[[object], RouteHop]:
+    """(host, port, mx_lookup, implicit_tls, lmtp, unix socket path)."""
+    def convert(value: object) -> RouteHop:
         text = _string(value)
+        if text.startswith("lmtp:unix:"):
+            path = text[10:]
+            if not path.startswith("/"):
+                raise _Bad('the LMTP socket must be an absolute path, like '
+                           '"lmtp:unix:/run/dovecot/lmtp"')
+            return ("localhost", 0, False, False, True, path)
+        if text.startswith("lmtp:"):
+            host, port, _ = _nexthop(text[5:], LMTP_PORT, "lmtp:[127.0.0.1]:24")
+            return (host, port, False, False, True, None)  # never an MX look-up
         if not text.startswith(("smtp:", "smtps:")):
             raise _Bad('must look like "smtp:[host]:port" or "smtp:host:port" '
                        '(brackets: connect to host as is; none: look up its MX; '
-                       '"smtps:" for TLS from the first byte)')
+                       '"smtps:" for TLS from the first byte), or "lmtp:unix:/path" or '
+                       '"lmtp:[host]:port" for a local domain')
         rest, port, implicit = _scheme(text, default_port)
-        return (*_nexthop(rest, port, "smtp:[127.0.0.2]:2526"), implicit)
+        return (*_nexthop(rest, port, "smtp:[127.0.0.2]:2526"), implicit, False, None)
     return convert
 
 

@@ -23,6 +23,7 @@ from mailgate.config.aliases import (
     parse_aliases_file,
     parse_target,
 )
+from mailgate.config.mailstore import _auth, _check_lmtp_routes, _maildir, _server_user
 from mailgate.config.reader import (
     _ROOT_KEYS,
     _SECTIONS,
@@ -135,7 +136,11 @@ def _build(doc: Mapping[str, object], r: _Reader, source: str | None) -> Config:
            else WebConfig(True, *web_address, tuple(dict.fromkeys(allowed_hosts))))
 
     s = r.section(doc, "server")
-    server = ServerConfig(r.get(s, ("server",), "workers", _integer(1), 1))
+    server = ServerConfig(r.get(s, ("server",), "workers", _integer(1), 1),
+                          r.get(s, ("server",), "user", _server_user, None))
+    maildir = _maildir(r.section(doc, "maildir"), r, domains)
+    _check_lmtp_routes(routes, r, domains, maildir)
+    auth = _auth(r.section(doc, "auth"), r)
 
     lg = r.section(doc, "log")
     log = LogConfig(cast(LogLevel, r.get(lg, ("log",), "level", _choice(LOG_LEVELS), "info")),
@@ -151,7 +156,8 @@ def _build(doc: Mapping[str, object], r: _Reader, source: str | None) -> Config:
                   domains=domains, relay=relay, limits=limits, timeouts=timeouts, dns=dns,
                   policy=policy, submission=submission, delivery=delivery, routes=routes,
                   tls_policy=tls_policy, web=web, server=server, log=log, aliases=aliases,
-                  queue=queue, source=source)
+                  queue=queue, maildir=maildir,
+                  auth=auth, source=source)
 
 
 def _listeners(doc: Mapping[str, object], r: _Reader) -> tuple[Listener, ...]:

@@ -229,11 +229,17 @@ class Route:
     port: int
     mx_lookup: bool
     implicit_tls: bool = False  # "smtps:": TLS from the first byte (RFC 8314), no STARTTLS
+    # "lmtp:" (RFC 2033), for a local domain: delivered by LMTP to `host`:`port`, or to
+    # the Unix socket `unix` when that is set ("lmtp:unix:/path").
+    lmtp: bool = False
+    unix: str | None = None
 
     @property
     def nexthop(self) -> str:
-        """`smtp:[host]:port` or `smtps:host:port`, as it is written in the file."""
-        scheme = "smtps:" if self.implicit_tls else "smtp:"
+        """`smtp:[host]:port`, `smtps:host:port`, `lmtp:unix:/path`, as in the file."""
+        if self.unix is not None:
+            return f"lmtp:unix:{self.unix}"
+        scheme = "lmtp:" if self.lmtp else "smtps:" if self.implicit_tls else "smtp:"
         return scheme + _join_hostport(self.host, self.port, brackets=not self.mx_lookup)
 
 
@@ -275,6 +281,39 @@ class WebConfig:
 @dataclass(frozen=True, slots=True)
 class ServerConfig:
     workers: int = 1  # processes sharing the listening sockets (SO_REUSEPORT)
+    # The user `serve` runs as once its ports are bound, when started as root; None:
+    # "mailgate". "root" keeps root (said explicitly, never by default).
+    user: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MaildirOwner:
+    """A [maildir] entry: whose Maildir it is and where (docs/delivery.md).
+
+    `user` is a system user (looked up when delivering) or None with `uid`/`gid`;
+    `system` makes each local part a system user with its own `~/Maildir`. `path` is
+    a template: `%d` the domain, `%n` the local part, `~/` the owner's home; None:
+    `~/Maildir` of a named owner."""
+
+    key: str  # a domain or an address (lower case, A-labels)
+    user: str | None = None
+    uid: int | None = None
+    gid: int | None = None
+    path: str | None = None
+    system: bool = False
+
+
+AuthBackend = Literal["file", "dovecot"]
+AUTH_BACKENDS: tuple[AuthBackend, ...] = ("file", "dovecot")
+
+
+@dataclass(frozen=True, slots=True)
+class AuthConfig:
+    """Whom SMTP AUTH asks: mailgate's users file, or Dovecot's auth service."""
+
+    backend: AuthBackend = "file"
+    dovecot_socket: Path = Path("/run/dovecot/auth-client")
+    timeout: float = 10.0  # seconds for one whole exchange with Dovecot
 
 
 @dataclass(frozen=True, slots=True)
@@ -319,7 +358,23 @@ class Config:
     log: LogConfig = LogConfig()
     aliases: Aliases = field(default_factory=Aliases)
     queue: QueueConfig = field(default_factory=QueueConfig)
+    # [maildir]: a domain or an address -> who owns its Maildir and where it is
+    maildir: Mapping[str, MaildirOwner] = field(default_factory=lambda: MappingProxyType({}))
+    auth: AuthConfig = AuthConfig()
     source: str | None = None
+
+    def maildir_owner(self, address: str) -> MaildirOwner | None:
+        """The [maildir] entry for `address` (the address's own, else its domain's)."""
+        local, _, domain = address.rpartition("@")
+        name = _lookup_domain(domain)
+        if name is None:
+            return None
+        return self.maildir.get(f"{local.lower()}@{name}") or self.maildir.get(name)
+
+    def lmtp_route(self, domain: str) -> Route | None:
+        """The "lmtp:" [routes] entry of a local domain, if it has one."""
+        route = self.route_for(domain)
+        return route if route is not None and route.lmtp else None
 
     def route_for(self, domain: str) -> Route | None:
         """The [routes] override for `domain` (any case, U- or A-label), if any."""

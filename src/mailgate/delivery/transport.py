@@ -108,6 +108,7 @@ async def run_client(
     on_event: Callable[[Event], None] | None = None,
     run: ClientRun | None = None,
     tap: Tap | None = None,
+    unix_path: str | None = None,
 ) -> ClientRun:
     """Connect, hand the session every message, run it to the end, close.
 
@@ -116,26 +117,29 @@ async def run_client(
     the ClientRun filled in as the conversation goes (an `on_event` callback may read
     it: the TLS in use, what EHLO offered). `timeouts` may also hold "close": how long to
     wait for the connection to go at the end (5 s otherwise). `tap` sees the bytes.
+    `unix_path` connects to that Unix socket instead of host:port (LMTP; `host` is then
+    only the name shown).
     """
     limits = {**STAGE_TIMEOUTS, **(timeouts or {})}
     ctx = tls_context or opportunistic_context()
     try:
-        reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(
+        connecting = (
+            asyncio.open_unix_connection(unix_path, limit=1 << 20) if unix_path is not None
+            else asyncio.open_connection(
                 host, port, ssl=ctx if implicit_tls else None,
                 server_hostname=(server_hostname or host) if implicit_tls else None,
                 local_addr=(local_address, 0) if local_address else None,
                 limit=1 << 20,
-            ),
-            limits["connection"],
-        )
+            ))
+        reader, writer = await asyncio.wait_for(connecting, limits["connection"])
     except ssl.SSLError as exc:
         raise ConnectError(f"TLS with {host} port {port} failed: {tls_failure(exc)}",
                            tls=True) from exc
     except (OSError, TimeoutError) as exc:
-        raise ConnectError(f"cannot connect to {host} port {port}: {exc or 'timed out'}") from exc
+        where = unix_path if unix_path is not None else f"{host} port {port}"
+        raise ConnectError(f"cannot connect to {where}: {exc or 'timed out'}") from exc
     run = run if run is not None else ClientRun()
-    run.peer = f"{host}:{port}"
+    run.peer = unix_path if unix_path is not None else f"{host}:{port}"
     run.tls = _tls_name(writer) if implicit_tls else None
     for env, content in messages:
         session.send(env, content)

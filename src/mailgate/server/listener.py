@@ -24,14 +24,15 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import socket
 import ssl
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import cast
 
-from mailgate import hashing, metrics
+from mailgate import metrics
 from mailgate.codes.reply import Reply
 from mailgate.config import Config, Listener
 from mailgate.queue import Enqueue, QueueFull, new_queue_id
@@ -138,18 +139,25 @@ class SMTPServer:
                 auth_requires_tls=True,
             )
 
-    async def start(self, reuse_port: bool = False) -> None:
+    async def start(self, reuse_port: bool = False,
+                    bound: Sequence[socket.socket] | None = None) -> None:
+        """Listen on every configured address; `bound`: on these sockets, already bound
+        in listener order (by `serve` as root, before it dropped privileges)."""
         loop = asyncio.get_running_loop()
-        for listener in self.config.listen:
+        for index, listener in enumerate(self.config.listen):
             if listener.role == "smtps" and self.tls_context is None:
                 raise ValueError("an smtps listener needs a TLS certificate")
             # No ssl= here, even for smtps: asyncio would run the handshake before the
             # connection is counted, so handshakes in progress would escape the limits.
             # SMTPConnection starts TLS itself once the connection holds a slot.
-            server = await loop.create_server(
-                self._factory(listener), host=listener.host, port=listener.port,
-                reuse_address=True, reuse_port=reuse_port or None, backlog=1024,
-            )
+            if bound is not None:
+                server = await loop.create_server(self._factory(listener),
+                                                  sock=bound[index], backlog=1024)
+            else:
+                server = await loop.create_server(
+                    self._factory(listener), host=listener.host, port=listener.port,
+                    reuse_address=True, reuse_port=reuse_port or None, backlog=1024,
+                )
             self.servers.append(server)
 
     def sockets(self) -> list[tuple[str, str, int]]:
@@ -555,12 +563,13 @@ class SMTPConnection(asyncio.Protocol):
             metrics.auth_refused()
             return AUTH_TOO_MANY
         try:
-            # The password pool, never the default executor that delivery uses: a burst
-            # of AUTH attempts must not stall anything else (hashing.py).
-            ok = await hashing.check(policy.check_password, ev)
+            ok = await policy.authenticate(self.info, ev)
         except BaseException:
             policy.auth_release(reservation)  # our failure, not the client's
             raise
+        if ok is None:  # the password database cannot answer now: not the client's fault
+            policy.auth_release(reservation)
+            return replies.AUTH_TEMPFAIL
         if ok:
             policy.auth_release(reservation)
             log.info("auth: %s[%s] authenticated as %s", self.info.helo, self.info.ip,

@@ -14,10 +14,12 @@ import time
 from collections import defaultdict, deque
 from dataclasses import dataclass
 
+from mailgate import hashing
 from mailgate.codes.reply import Reply
 from mailgate.config import Config
 from mailgate.config.aliases import AliasError, expand
 from mailgate.dns import Resolver, null_mx_reply
+from mailgate.dovecot_auth import DovecotAuth
 from mailgate.idn import DomainError, canonical_domain
 from mailgate.smtp.address import Address
 from mailgate.smtp.server import AuthAttempt, MailFrom, RcptTo
@@ -94,6 +96,11 @@ class Policy:
         self.config = config
         self.resolver = resolver
         self.users = users
+        # [auth] backend = "dovecot": Dovecot's auth service checks passwords instead
+        # of users.json (dovecot_auth.py).
+        auth = config.auth
+        self.dovecot = (DovecotAuth(auth.dovecot_socket, auth.timeout)
+                        if auth.backend == "dovecot" else None)
         self._auth_fails: dict[str, deque[float]] = defaultdict(deque)
         self._user_fails: dict[str, deque[float]] = defaultdict(deque)
         self._swept_at = float("-inf")
@@ -302,6 +309,18 @@ class Policy:
         if conn.auth_failures >= self.AUTH_FAILS_PER_CONNECTION or self.auth_blocked(conn, now):
             return AUTH_TOO_MANY
         return None
+
+    async def authenticate(self, conn: ConnectionInfo, ev: AuthAttempt) -> bool | None:
+        """Whether the credentials are right; None when the backend cannot say now
+        (Dovecot unreachable): a temporary failure, not the client's."""
+        if self.dovecot is None:
+            # The password pool, never the default executor that delivery uses: a burst
+            # of AUTH attempts must not stall anything else (hashing.py).
+            return await hashing.check(self.check_password, ev)
+        if ev.authzid and ev.authzid.lower() != ev.username.lower():
+            return False  # no proxy authorization
+        return await self.dovecot.verify(ev.username, ev.password, remote_ip=conn.ip,
+                                         secured=conn.tls)
 
     def check_password(self, ev: AuthAttempt) -> bool:
         """Blocking (scrypt): run it in a thread."""

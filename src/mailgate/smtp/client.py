@@ -350,13 +350,15 @@ class ClientSession:
     def _hello(self, extended: bool) -> None:
         self._phase = _Phase.HELLO
         verb, exp = ("EHLO", _Exp.EHLO) if extended else ("HELO", _Exp.HELO)
+        if self.config.lmtp:
+            verb = "LHLO"  # RFC 2033 4.1
         self._command(f"{verb} {self.config.helo_name}", exp)
 
     def _on_ehlo(self, reply: Reply, _: int) -> None:
         if reply.is_success:
             self.capabilities = Capabilities.from_ehlo(reply)
             self._after_hello()
-        elif reply.code in (500, 502):  # RFC 5321 4.1.4: an old server, try HELO
+        elif reply.code in (500, 502) and not self.config.lmtp:  # RFC 5321 4.1.4: try HELO
             self._hello(extended=False)
         else:
             self._fail(Outcome(reply, True, "ehlo"), quit=True)
@@ -558,17 +560,21 @@ class ClientSession:
                 # A server that says 354 with nobody to deliver to: end the (empty)
                 # message at once, there is no other way out of DATA.
                 self._out += b".\r\n"
-            self._pending.append((_Exp.DATA_END, 0))
+            # LMTP (RFC 2033 4.2): one reply per accepted recipient, in RCPT order.
+            replies = len(txn.accepted) if self.config.lmtp and not txn.data_decided else 1
+            self._pending.extend((_Exp.DATA_END, k) for k in range(max(1, replies)))
             return
         if not txn.data_decided:
             txn.decide(txn.accepted, Outcome(reply, True, "data"))
             txn.data_decided = True
         self._txn_step(txn)
 
-    def _on_data_end(self, reply: Reply, _: int) -> None:
+    def _on_data_end(self, reply: Reply, k: int) -> None:
         txn = self._txn
         assert txn is not None
-        if not txn.data_decided:
+        if self.config.lmtp and not txn.data_decided and k < len(txn.accepted):
+            txn.decide([txn.accepted[k]], Outcome(reply, True, "end-of-data"))
+        elif not txn.data_decided:
             txn.decide(txn.accepted, Outcome(reply, True, "end-of-data"))
             txn.data_decided = True
         txn.completed = True  # after the end-of-data reply the server has reset

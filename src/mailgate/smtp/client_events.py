@@ -156,6 +156,9 @@ class ClientConfig:
     # This MTA's own name: a server that greets with it is this MTA again, and the mail
     # would loop (Postfix: "mail for X loops back to myself"). None: no such check.
     loop_name: str | None = None
+    # LMTP (RFC 2033): LHLO instead of EHLO (no HELO fallback), and after the message
+    # one reply per accepted recipient instead of one for the whole message.
+    lmtp: bool = False
 
     def __post_init__(self) -> None:
         if self.tls not in ("never", "may", "require"):

@@ -68,3 +68,5 @@ AUTH_MALFORMED = R(501, "5.5.2", "Malformed authentication response")
 AUTH_LINE_TOO_LONG = R(500, "5.5.6", "Authentication exchange line is too long")
 AUTH_NEEDS_TLS = R(538, "5.7.11", "Encryption required for requested authentication mechanism")
 AUTH_FAILED = R(535, "5.7.8", "Authentication credentials invalid")
+# RFC 4954 6: the password database could not be asked (Dovecot's auth unreachable).
+AUTH_TEMPFAIL = R(454, "4.7.0", "Temporary authentication failure")
