@@ -127,15 +127,15 @@ def test_sendmail_t_i_queues_through_the_server_with_date_and_message_id(
         assert out.returncode == 0, out.stderr
         [path] = wait_for_files(srv.maildir / "localhost" / "bob" / "new", 1)
     delivered = path.read_bytes()
-    head = delivered.split(b"\r\n\r\n")[0]
+    head = delivered.split(b"\n\n")[0]
     # Through the submission listener (a Received field of its own), from the user who ran
     # it; the fields the message lacked were added, once.
-    assert re.search(rb"^Received: from localhost \(\[127.0.0.1\]\)\r\n"
+    assert re.search(rb"^Received: from localhost \(\[127.0.0.1\]\)\n"
                      rb"\tby localhost \(mailgate\) with ESMTP id", head, re.M)
     assert len(re.findall(rb"^Date: ", head, re.M)) == 1
-    assert len(re.findall(rb"^Message-ID: <[^@>]+@localhost>\r$", head, re.M)) == 1
-    assert re.search(rb"^From: \S+@localhost\r$", head, re.M)
-    assert delivered.endswith(b"\r\n\r\nhi\r\n")
+    assert len(re.findall(rb"^Message-ID: <[^@>]+@localhost>$", head, re.M)) == 1
+    assert re.search(rb"^From: \S+@localhost$", head, re.M)
+    assert delivered.endswith(b"\n\nhi\n")
 
 
 def test_a_line_with_a_dot_ends_the_message_without_i(bin_dir: Path, tmp_path: Path) -> None:
@@ -147,8 +147,8 @@ def test_a_line_with_a_dot_ends_the_message_without_i(bin_dir: Path, tmp_path: P
         assert out.returncode == 0, out.stderr
         [path] = wait_for_files(srv.maildir / "localhost" / "carol" / "new", 1)
     delivered = path.read_bytes()
-    assert delivered.endswith(b"\r\n\r\nfirst\r\n") and b"not sent" not in delivered
-    assert b'\r\nFrom: Cron Daemon <' in delivered
+    assert delivered.endswith(b"\n\nfirst\n") and b"not sent" not in delivered
+    assert b"\nFrom: Cron Daemon <" in delivered
 
 
 def test_an_unknown_local_user_exits_67(bin_dir: Path, tmp_path: Path,
@@ -202,7 +202,7 @@ def test_cron_style_use_with_the_server_stopped_loses_nothing(
     delivered = path.read_bytes()
     assert f"(mailgate-sendmail, from userid {os.getuid()})".encode() in delivered
     assert f"id {qid};".encode() in delivered
-    assert re.search(rb"^Message-ID: <.+@localhost>\r$", delivered, re.M)
+    assert re.search(rb"^Message-ID: <.+@localhost>$", delivered, re.M)
     assert re.search(rb"^Date: ", delivered, re.M)
     assert run(bin_dir, "mailq", "-C", str(config)).stdout == b"Mail queue is empty\n"
 
