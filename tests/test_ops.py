@@ -229,3 +229,33 @@ def test_pages_survive_a_reinstall_under_the_running_server(tmp_path: Path) -> N
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+def test_sighup_reloads_the_aliases_and_keeps_them_when_the_file_has_a_loop(
+        tmp_path: Path) -> None:
+    """`[domains] aliases_file` is read again on SIGHUP: a new alias is accepted at once,
+    with no connection dropped; a file with a loop leaves the aliases in service."""
+    aliases = tmp_path / "aliases"
+    aliases.write_text("sales: bob\n")
+    port = free_port()
+    config = write_config(tmp_path, port, domains={"local": ["localhost"],
+                                                   "aliases_file": str(aliases)})
+    with Serve(config, port, tmp_path / "serve.log") as srv, Wire(port) as w:
+        w.greeting()
+        w.ehlo()
+        assert w.cmd("MAIL FROM:<a@client.test>").startswith("250")
+        assert w.cmd("RCPT TO:<sales@localhost>").startswith("250")
+        assert w.cmd("RCPT TO:<support@localhost>").startswith("550 5.1.1")
+
+        aliases.write_text("sales: bob\nsupport: bob, sales\n")
+        os.kill(srv.proc.pid, signal.SIGHUP)
+        wait_until("the reload in the log", lambda: "reloaded the aliases" in srv.logs())
+        assert w.cmd("RCPT TO:<support@localhost>").startswith("250")
+
+        aliases.write_text("sales: support\nsupport: sales\n")  # a loop: refused
+        os.kill(srv.proc.pid, signal.SIGHUP)
+        wait_until("the refusal in the log", lambda: "kept the aliases" in srv.logs())
+        assert w.cmd("RCPT TO:<support@localhost>").startswith("250")
+        assert w.cmd("RSET").startswith("250")
+        assert w.cmd("QUIT").startswith("221")
+        assert srv.proc.poll() is None, srv.logs()
