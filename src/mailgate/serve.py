@@ -45,7 +45,7 @@ from mailgate.config import Config, ConfigError, load_config
 from mailgate.datadir import StartupError, prepare_data_dir
 from mailgate.delivery.engine import DeliveryEngine
 from mailgate.delivery.helper import HelperClient, start_helper
-from mailgate.delivery.lmtp import LMTPDelivery
+from mailgate.delivery.lmtp import LMTPDelivery, StoreRecipients
 from mailgate.delivery.local import LocalDelivery
 from mailgate.dns import Resolver
 from mailgate.queue import NewMessage, Queue, QueueError, domain_of
@@ -265,6 +265,8 @@ async def serve(config: Config, *, reuse_port: bool = False, workers: int = 1,
     resolver = Resolver(nameservers=list(config.dns.nameservers))
     tls_ctx, cert, key = tls if tls is not None else _tls(config)
     policy = policy_factory(config, resolver, users)
+    if any(config.lmtp_route(d) is not None for d in config.domains.local):
+        policy.store_check = StoreRecipients(config.hostname).has
 
     def on_queued(qid: str, rcpts: list[str]) -> None:
         domains = {domain_of(r) for r in rcpts}
