@@ -204,6 +204,9 @@ def test_pages_survive_a_reinstall_under_the_running_server(tmp_path: Path) -> N
     base = f"http://127.0.0.1:{web_port}"
     pages = ["/", "/codes/556", "/compare/221/556", "/static/style.css",
              "/admin/login", "/?lang=zh"]
+    # A provider's reply, first asked for after the reinstall: vendors' meanings too
+    # must have been read at start, not at the first paste.
+    paste = "/explain?q=550+5.1.10+RESOLVER.ADR.RecipientNotFound%3B+not+found&lang=zh"
 
     def get(path: str) -> int:
         req = urllib.request.Request(base + path, headers={"Host": "127.0.0.1"})
@@ -226,6 +229,9 @@ def test_pages_survive_a_reinstall_under_the_running_server(tmp_path: Path) -> N
         for folder in ("web/templates", "web/static", "codes/data"):
             shutil.rmtree(site / "mailgate" / folder)
         assert {p: get(p) for p in pages} == dict.fromkeys(pages, 200), log.read_text()
+        req = urllib.request.Request(base + paste, headers={"Host": "127.0.0.1"})
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            assert b"Microsoft" in resp.read()  # the provider's own meaning was found
     finally:
         proc.terminate()
         proc.wait(30)
