@@ -150,13 +150,56 @@ def test_a_directory_is_no_key_file(tmp_path: Path) -> None:
     assert f"cannot read the key file {tmp_path / 'keys'}: Is a directory" in text
 
 
-def test_unreadable_key_file_names_the_file(tmp_path: Path) -> None:
-    if os.geteuid() == 0:
-        pytest.skip("root reads any file")
-    path = write(tmp_path / "k", rsa_pem(1024))
-    path.chmod(0)
-    text = problems('[dkim."example.org"]\nselector = "s"\nkey_file = "k"\n', tmp_path)
-    assert f"cannot read the key file {path}: Permission denied" in text
+def test_a_key_file_this_user_cannot_read_stops_serve_only() -> None:
+    """Permission denied: other commands still load the configuration (sendmail, queue
+    run by the mail user); `serve` refuses to start, naming the file. Run as nobody."""
+    import shutil
+    import tempfile
+
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("setpriv (util-linux) is not installed")
+    if os.geteuid() != 0:
+        pytest.skip("needs root to run a command as nobody")
+    with tempfile.TemporaryDirectory() as name:  # pytest's tmp_path is root's alone
+        tmp_path = Path(name)
+        tmp_path.chmod(0o755)
+        _run_as_nobody(setpriv, tmp_path)
+
+
+def _run_as_nobody(setpriv: str, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    write(tmp_path / "k", rsa_pem(1024))
+    conf = tmp_path / "mailgate.toml"
+    conf.write_text('data_dir = "/nonexistent/data"\n'
+                    '[dkim."example.org"]\nselector = "s"\nkey_file = "k"\n')
+    conf.chmod(0o644)
+    code = ("import sys; from pathlib import Path; from mailgate.config import load_config;"
+            "from mailgate.config.dkim import unreadable_keys, keys_for;"
+            "c = load_config(Path(sys.argv[1]));"
+            "print(keys_for(c.dkim, 'example.org'), unreadable_keys(c.dkim))")
+    src = Path(__file__).resolve().parent.parent / "src"
+    probe = subprocess.run([setpriv, "--reuid=nobody", "--regid=nogroup", "--clear-groups",
+                            sys.executable, "-c", "print(1)"], capture_output=True, check=False)
+    if probe.returncode != 0:
+        pytest.skip(f"nobody cannot run this Python ({sys.executable})")
+    result = subprocess.run(
+        [setpriv, "--reuid=nobody", "--regid=nogroup", "--clear-groups", sys.executable,
+         "-c", code, str(conf)],
+        capture_output=True, text=True, check=False, env={"PYTHONPATH": str(src)})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("() [")
+    assert f"cannot read the key file {tmp_path / 'k'}: Permission denied" in result.stdout
+    serve = subprocess.run(
+        [setpriv, "--reuid=nobody", "--regid=nogroup", "--clear-groups", sys.executable,
+         "-m", "mailgate", "serve", "--config", str(conf)],
+        capture_output=True, text=True, check=False, env={"PYTHONPATH": str(src)},
+        timeout=60)
+    assert serve.returncode == 2, serve.stderr
+    assert f"cannot read the key file {tmp_path / 'k'}: Permission denied" in serve.stderr
+    assert "start serve as root" in serve.stderr
 
 
 def test_encrypted_key_and_repeated_selector(tmp_path: Path) -> None:

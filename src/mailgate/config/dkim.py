@@ -18,9 +18,11 @@ beside an RSA one, as RFC 8463 recommends):
 
 Key files are read once, when the configuration is loaded: `serve` started as root
 loads its configuration before it drops to `[server] user`, so a key may be readable by
-root only (0600 root:root), as it should be. A file that is missing, unreadable, not a
-private key, of the wrong kind for `algorithm`, or an RSA key under 1024 bits (RFC
-8301) stops startup with a sentence naming the file.
+root only (0600 root:root), as it should be. A file that is missing, not a private key,
+of the wrong kind for `algorithm`, or an RSA key under 1024 bits (RFC 8301) is a
+configuration error naming the file. One this process may not read (permission denied)
+is kept as `unreadable`: other commands, run by users who may not read keys, still
+work, and `serve` refuses to start (`unreadable_keys`).
 
 Accepted key files: PEM (PKCS#1 "RSA PRIVATE KEY" or PKCS#8 "PRIVATE KEY", RSA or
 Ed25519, as openssl and opendkim-genkey write them) and, for Ed25519, the base64 of the
@@ -48,13 +50,14 @@ from mailgate.config.dkimkey import (
     DKIMKey,
     keys_for,
     public_record,
+    unreadable_keys,
     zone_line,
 )
 from mailgate.config.reader import _choice, _key, _Reader, _string
 from mailgate.config.syntax import _Bad, _domain
 
 __all__ = ["ALGORITHMS", "DKIM_KEYS", "DKIMAlgorithm", "DKIMKey", "generate_key", "keys_for",
-           "load_key", "public_record", "zone_line"]
+           "load_key", "public_record", "unreadable_keys", "zone_line"]
 
 DKIM_KEYS = ("selector", "key_file", "algorithm")
 _SELECTOR_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
@@ -69,6 +72,11 @@ def load_key(path: Path, algorithm: DKIMAlgorithm, domain: str = "", selector: s
     """Read and check a private key file; `_Bad` says what is wrong, naming the file."""
     try:
         data = path.read_bytes()
+    except PermissionError as exc:
+        # Not this process's to read: fine for a command that does not sign (checked
+        # again where it matters: `serve` will not start with such a key).
+        return DKIMKey(domain, selector, algorithm, path, b"", "", 0,
+                       unreadable=exc.strerror or str(exc))
     except OSError as exc:
         raise _Bad(f"cannot read the key file {path}: {exc.strerror or exc}") from None
     if len(data) > 64 * 1024:

@@ -12,7 +12,7 @@ from typing import Literal
 from mailgate.config.syntax import _lookup_domain
 
 __all__ = ["ALGORITHMS", "MIN_RSA_BITS", "DKIMAlgorithm", "DKIMKey", "keys_for",
-           "public_record", "zone_line"]
+           "public_record", "unreadable_keys", "zone_line"]
 
 DKIMAlgorithm = Literal["rsa-sha256", "ed25519-sha256"]
 ALGORITHMS: tuple[DKIMAlgorithm, ...] = ("rsa-sha256", "ed25519-sha256")
@@ -33,6 +33,11 @@ class DKIMKey:
     private: bytes = field(repr=False)
     public: str  # base64, as published in p=
     bits: int  # RSA modulus size; 256 for Ed25519
+    # Why the key file could not be read by this process (permission denied), when it
+    # could not: a command run by a user who may not read the key (`mailgate queue` as
+    # the mail user, sendmail) still loads the configuration; `serve` refuses to start
+    # (`unreadable_keys`). The key is then empty and never used.
+    unreadable: str | None = None
 
     @property
     def record_name(self) -> str:
@@ -54,11 +59,19 @@ def keys_for(table: Mapping[str, tuple[DKIMKey, ...]], domain: str
     while name:
         found = table.get(name)
         if found:
-            return found
+            return tuple(key for key in found if key.unreadable is None)
         _, dot, name = name.partition(".")
         if not dot:
             break
     return ()
+
+
+def unreadable_keys(table: Mapping[str, tuple[DKIMKey, ...]]) -> list[str]:
+    """One sentence per key file this process could not read (for `serve`'s start)."""
+    return [f"dkim.{key.domain}: cannot read the key file {key.key_file}: {key.unreadable} "
+            "(the keys are read before root is dropped: start serve as root, or let its "
+            "user read the file)"
+            for keys in table.values() for key in keys if key.unreadable is not None]
 
 
 def public_record(key: DKIMKey) -> str:
