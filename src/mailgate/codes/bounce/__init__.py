@@ -1,0 +1,356 @@
+"""Read a whole bounce: who failed (or was delayed), with what reply, and why.
+
+`read_bounce(data)` takes a message's bytes and gives a `Bounce`: what kind of message
+it is (an RFC 3464 DSN, a bounce in text, a complaint report, an auto-reply, a success
+notice, or no bounce at all), which program wrote it, and one `Recipient` per address
+it reports: the action (failed, delayed, delivered, relayed, expanded; none for the
+recipients of complaints and auto-replies), the enhanced status code, the remote reply,
+the remote server, and the reason in Sisimai's names (`reasons.py`).
+
+The reading is layered: `mime` parses the message with the standard library, `dsn`
+reads delivery-status fields, `text` reads the text written for people (qmail, Exim,
+Postfix without DSN, Gmail, Exchange, ...), `reasons` says why. Hostile input is
+expected: every part is bounded in size and in time, and what cannot be read raises
+`BounceError` with one sentence. Explanations in words are `explained.py`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from mailgate.codes.bounce import reasons
+from mailgate.codes.bounce.dsn import clean_address, parse_report, status_of
+from mailgate.codes.bounce.mime import MAX_BOUNCE, BounceError, Mail, read_mail
+from mailgate.codes.bounce.text import ADDRESS, human_text, remote_host, scan
+from mailgate.codes.paste import read_paste
+
+__all__ = ["ACTIONS", "MAX_BOUNCE", "Bounce", "BounceError", "Recipient", "read_bounce"]
+
+ACTIONS = ("failed", "delayed", "delivered", "relayed", "expanded")
+MAX_REPLY = 1000  # characters of a remote reply kept
+
+_ADDR = re.compile(ADDRESS)
+_BOUNCE_FROM = re.compile(r"mailer[-_ ]?daemon|postmaster|mail delivery|"
+                          r"delivery (?:subsystem|system|status)|mdaemon|mail administrator",
+                          re.IGNORECASE)
+_BOUNCE_SUBJECT = re.compile(
+    r"undeliver|undelivered|delivery (?:status|failure|failed|notification|report|problem|"
+    r"has failed)|failure notice|returned mail|mail delivery|returning message|could not be "
+    r"delivered|non[- ]?delivery|delivery error|not delivered|nondeliverable|bounce|"
+    r"warning: could not send|delayed mail|message delayed|mail system error|error sending|"
+    r"failed mail|rejected|unable to deliver", re.IGNORECASE)
+_AUTO_SUBJECT = re.compile(
+    r"^\s*(?:auto(?:matic)?[ \-]?(?:reply|response|antwort|r\u00e9ponse)|auto:|"
+    r"out of (?:the )?office|away|vacation|abwesen|on leave|absence|"
+    r"\u81ea\u52d5\u5fdc\u7b54|\u81ea\u52a8\u56de\u590d)",
+    re.IGNORECASE)
+_DELAY = re.compile(
+    r"\bdelayed\b|has not (?:yet )?been delivered|not yet been delivered|will (?:continue|keep) "
+    r"(?:trying|to try)|will (?:be )?retr(?:y|ied)|still trying|delivery (?:status )?notification "
+    r"\(delay\)|warning: could not send|temporar(?:y|ily) (?:failure|deferred|unable)|"
+    r"delivery attempts will continue|\bdeferred\b", re.IGNORECASE)
+_PERMANENT = re.compile(r"permanent|gave up|giving up|given up|could not be delivered|"
+                        r"undeliverable|failed|fatal", re.IGNORECASE)
+_FORMS = [
+    ("qmail", re.compile(r"This is the qmail-send program|\(#[45]\.[0-9]{1,3}\.[0-9]{1,3}\)")),
+    ("gmail", re.compile(r"Google tried to deliver|mail delivery subsystem <mailer-daemon@google",
+                         re.IGNORECASE)),
+    ("exchange", re.compile(r"Microsoft Exchange|Diagnostic information for administrators|"
+                            r"Remote Server returned|RESOLVER\.|protection\.outlook\.com",
+                            re.IGNORECASE)),
+    ("yahoo", re.compile(r"Sorry, we were unable to deliver your message|yahoo", re.IGNORECASE)),
+    ("exim", re.compile(r"This message was created automatically by mail delivery software|"
+                        r"SMTP error from remote mail server|\(Exim ", re.IGNORECASE)),
+    ("postfix", re.compile(r"This is the mail system at host|X-Postfix|\(Postfix\)")),
+    ("sendmail", re.compile(r"Transcript of session follows|The following addresses had "
+                            r"permanent fatal errors|\(8\.[0-9]{1,2}\.[0-9]{1,2}")),
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Recipient:
+    """One recipient a bounce reports."""
+
+    address: str
+    action: str | None  # one of ACTIONS; None for complaints and auto-replies
+    status: str | None  # the enhanced status code
+    reply: str | None  # the remote server's reply (or the reporting program's words)
+    reason: str  # Sisimai's name for why (reasons.REASONS)
+    remote_mta: str | None
+    code: int | None = None  # the basic reply code, when a reply was found
+    command: str | None = None  # the SMTP command the reply answered
+    original_recipient: str | None = None
+    diagnostic_type: str | None = None  # smtp, x-unix, ... (DSN's Diagnostic-Code type)
+    status_from: str = "none"  # dsn | reply | reason | none: where the status came from
+
+    @property
+    def failed(self) -> bool:
+        return self.action in ("failed", "delayed")
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "address": self.address, "action": self.action, "status": self.status,
+            "reply": self.reply, "reason": self.reason, "remote_mta": self.remote_mta,
+            "code": self.code, "command": self.command,
+            "original_recipient": self.original_recipient,
+            "diagnostic_type": self.diagnostic_type, "status_from": self.status_from,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Bounce:
+    """What a message reports. `kind`: dsn, bounce (text), complaint (ARF), auto-reply,
+    success (every recipient delivered), or none (not a report of any kind)."""
+
+    kind: str
+    form: str  # rfc3464, arf, rfc3834, qmail, exim, postfix, sendmail, gmail, exchange, ...
+    subject: str
+    reporting_mta: str | None
+    recipients: tuple[Recipient, ...]
+    feedback_type: str | None = None
+    truncated: bool = False
+
+    @property
+    def failed(self) -> tuple[Recipient, ...]:
+        return tuple(r for r in self.recipients if r.failed)
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "kind": self.kind, "form": self.form, "subject": self.subject,
+            "reporting_mta": self.reporting_mta, "feedback_type": self.feedback_type,
+            "truncated": self.truncated,
+            "recipients": [r.to_json() for r in self.recipients],
+        }
+
+
+def _host(value: str) -> str | None:
+    v = value.split(";", 1)[1] if ";" in value[:20] else value
+    v = v.strip().strip("[]<> ").split()[0] if v.strip() else ""
+    return v.rstrip(".").lower()[:255] or None
+
+
+def _action(raw: str, status: str | None) -> str:
+    word = raw.strip().lower().split(" ")[0].split("(")[0] if raw.strip() else ""
+    if word in ACTIONS:
+        return word
+    if word in ("expired", "deleted", "undeliverable", "failure", "error", "bounced"):
+        return "failed"
+    if word in ("delay", "deferred", "retry", "retrying"):
+        return "delayed"
+    if word in ("deliverable", "success", "sent", "succeeded"):
+        return "delivered"
+    if status and status[0] == "4":
+        return "delayed"
+    if status and status[0] == "2":
+        return "delivered"
+    return "failed"
+
+
+def _reply_of(diag: str) -> tuple[str | None, str | None, int | None, str | None, str | None]:
+    """A Diagnostic-Code value -> (type, reply text, code, enhanced, command)."""
+    dtype = None
+    text = diag
+    m = re.match(r"\s{0,4}([A-Za-z][A-Za-z0-9\-]{0,20})\s{0,4};\s{0,8}", diag)
+    if m:
+        dtype, text = m.group(1).lower(), diag[m.end():]
+    text = " ".join(text.split())[:MAX_REPLY]
+    if not text:
+        return dtype, None, None, None, None
+    p = read_paste(text)
+    return dtype, text, p.code, p.enhanced, p.command
+
+
+def _from_dsn(mail: Mail, text_body: str) -> list[Recipient]:
+    fields = []
+    for report in mail.reports:
+        fields.extend(parse_report(report))
+    scanned: dict[str, object] | None = None
+    out: list[Recipient] = []
+    for f in fields[:500]:
+        d = f.fields
+        address = clean_address(d.get("final-recipient") or d.get("original-recipient")
+                                or d.get("x-actual-recipient") or "")
+        if not address:
+            continue
+        original = clean_address(d.get("original-recipient", "")) or None
+        status = status_of(d.get("status", ""))
+        dtype, reply, code, enhanced, command = _reply_of(d.get("diagnostic-code", ""))
+        remote = _host(d["remote-mta"]) if d.get("remote-mta") else None
+        if reply is None or code is None:
+            if scanned is None:
+                scanned = {r.address: r for r in scan(text_body, set(), [address])}
+            t = scanned.get(address)
+            if t is not None and t.pasted is not None:  # type: ignore[attr-defined]
+                p = t.pasted  # type: ignore[attr-defined]
+                reply = reply or " ".join(p.text.split())[:MAX_REPLY] or None
+                if p.code is not None and reply and str(p.code) not in reply[:4]:
+                    reply = f"{p.code} {reply}"
+                code, enhanced = code or p.code, enhanced or p.enhanced
+                command = command or p.command
+                remote = remote or t.remote_mta  # type: ignore[attr-defined]
+        if remote is None and reply:
+            remote = remote_host(reply)
+        status_from = "dsn" if status else "none"
+        if enhanced and (status is None or (status.endswith(".0.0") and enhanced[0] == status[0])):
+            status, status_from = enhanced, "reply"
+        action = _action(d.get("action", ""), status)
+        if command is None and d.get("x-postfix-smtp-command"):
+            command = d["x-postfix-smtp-command"].split()[0].upper()
+        reason = reasons.classify(status, reply or "", action, command, dtype, code)
+        if action in ("delivered", "relayed", "expanded"):
+            reason = "delivered"
+        if status is None and action in ("failed", "delayed"):
+            status = reasons.default_status(reason, temporary=action == "delayed")
+            status_from = "reason" if status else "none"
+        out.append(Recipient(address=address, action=action, status=status, reply=reply,
+                             reason=reason, remote_mta=remote, code=code, command=command,
+                             original_recipient=original if original != address else None,
+                             diagnostic_type=dtype, status_from=status_from))
+    return out
+
+
+def _addresses(value: str) -> list[str]:
+    return [m.group(0).lower() for m in _ADDR.finditer(value or "")]
+
+
+def _original_to(mail: Mail) -> list[str]:
+    for block in mail.original:
+        m = re.search(r"^To:[ \t]{0,8}(.{0,400})", block, re.MULTILINE | re.IGNORECASE)
+        if m:
+            return _addresses(m.group(1))[:50]
+    return []
+
+
+def _from_text(mail: Mail, body: str, delayed: bool) -> list[Recipient]:
+    exclude = set(_addresses(mail.header("to"))) | set(_addresses(mail.header("from")))
+    hint = _addresses(mail.header("x-failed-recipients")) or _original_to(mail)
+    out: list[Recipient] = []
+    for t in scan(body, exclude, hint):
+        p = t.pasted
+        reply = None
+        status = None
+        code = None
+        if p is not None:
+            reply = " ".join(p.text.split())[:MAX_REPLY] or None
+            code = p.code
+            if code is not None:
+                reply = f"{code} {p.enhanced + ' ' if p.enhanced else ''}{reply or ''}".strip()
+            status = p.enhanced
+        else:
+            reply = _program_words(t.block, t.address)
+        context = " ".join(t.block.split())[:reasons.MAX_TEXT]
+        action = "delayed" if delayed or (code is not None and code < 500 and not status
+                                          and not _PERMANENT.search(context)) else "failed"
+        if status and status[0] == "4" and not _PERMANENT.search(context):
+            action = "delayed"
+        reason = reasons.classify(status, (reply or "") + " " + context, action, t.command,
+                                  None, code)
+        status_from = "reply" if status else "none"
+        if status is None:
+            status = reasons.default_status(reason, temporary=action == "delayed")
+            status_from = "reason" if status else "none"
+        out.append(Recipient(address=t.address, action=action, status=status, reply=reply,
+                             reason=reason, remote_mta=t.remote_mta, code=code,
+                             command=t.command, status_from=status_from))
+    return out
+
+
+def _program_words(block: str, address: str) -> str | None:
+    """The reporting program's own words about a recipient (no SMTP reply found):
+    the rest of its lines, as far as the next blank line."""
+    at = block.lower().find(address)
+    rest = block[at + len(address):] if at >= 0 else block
+    rest = rest.lstrip(">:;,. \t").split("\n\n", 1)[0]
+    words = " ".join(rest.split())[:MAX_REPLY]
+    return words or None
+
+
+def _form(mail: Mail, body: str) -> str:
+    sample = "\n".join([mail.header("from"), mail.header("x-mailer"),
+                        mail.header("received"), body[:6000]])
+    for name, rx in _FORMS:
+        if rx.search(sample):
+            return name
+    return "rfc3464" if mail.reports else "text"
+
+
+def _complaint(mail: Mail) -> Bounce:
+    fields: dict[str, str] = {}
+    for report in mail.feedback:
+        for line in report.splitlines():
+            k, _, v = line.partition(":")
+            if v and k.strip().lower() not in fields:
+                fields[k.strip().lower()] = v.strip()
+    addrs = (_addresses(fields.get("original-rcpt-to", "")) or _original_to(mail)
+             or _addresses(mail.header("to")))
+    mta = fields.get("reporting-mta")
+    recips = tuple(Recipient(address=a, action=None, status=None, reply=None,
+                             reason="feedback", remote_mta=None) for a in addrs[:50])
+    return Bounce(kind="complaint", form="arf", subject=mail.header("subject"),
+                  reporting_mta=_host(mta) if mta else None, recipients=recips,
+                  feedback_type=(fields.get("feedback-type") or "").lower() or None,
+                  truncated=mail.truncated)
+
+
+def _is_auto_reply(mail: Mail) -> bool:
+    h = mail.header
+    auto = h("auto-submitted").lower().startswith("auto-replied")
+    marked = bool(h("x-autoreply") or h("x-autorespond") or h("x-autoresponder")
+                  or h("precedence").lower() == "auto_reply" or h("x-mail-autoreply"))
+    subject = h("subject")
+    return (auto or marked or bool(_AUTO_SUBJECT.match(subject))) and \
+        not _BOUNCE_FROM.search(h("from")) and not _BOUNCE_SUBJECT.search(subject) \
+        and not h("x-failed-recipients")
+
+
+def _looks_like_bounce(mail: Mail, body: str) -> bool:
+    h = mail.header
+    if h("x-failed-recipients") or _BOUNCE_FROM.search(h("from")) or \
+            _BOUNCE_SUBJECT.search(h("subject")):
+        return True
+    return bool(re.search(r"could not be delivered|undeliverable|delivery (?:has )?failed|"
+                          r"permanent (?:error|failure)|following address(?:es)? failed|"
+                          r"failed permanently|unable to deliver|not be delivered", body[:8000],
+                          re.IGNORECASE))
+
+
+def read_bounce(data: bytes) -> Bounce:
+    """Read one message. BounceError when it cannot be read as mail at all."""
+    mail = read_mail(data)
+    subject = " ".join(mail.header("subject").split())[:300]
+    if mail.feedback or mail.report_type == "feedback-report":
+        return _complaint(mail)
+    body = human_text(mail.texts)
+    mta = None
+    for report in mail.reports:
+        m = re.search(r"^Reporting-MTA:[ \t]{0,8}(.{1,300})", report, re.MULTILINE | re.IGNORECASE)
+        if m:
+            mta = _host(m.group(1))
+            break
+    recips: list[Recipient] = _from_dsn(mail, body) if mail.reports else []
+    kind = "dsn" if recips else "none"
+    if not recips:
+        if _is_auto_reply(mail):
+            addrs = _addresses(mail.header("from"))[:1]
+            r = tuple(Recipient(address=a, action=None, status=None, reply=None,
+                                reason="vacation", remote_mta=None) for a in addrs)
+            return Bounce(kind="auto-reply", form="rfc3834", subject=subject,
+                          reporting_mta=None, recipients=r, truncated=mail.truncated)
+        if _looks_like_bounce(mail, body):
+            delayed = bool(_DELAY.search(subject) or (
+                _DELAY.search(body[:3000]) and not _PERMANENT.search(body[:3000])))
+            recips = _from_text(mail, body, delayed)
+            kind = "bounce" if recips else "none"
+    if recips and all(r.action in ("delivered", "relayed", "expanded") for r in recips):
+        kind = "success"
+    if mta is None and kind == "bounce":
+        mta = remote_host(mail.header("received")) or _host_of_from(mail)
+    return Bounce(kind=kind, form=_form(mail, body) if kind != "none" else "none",
+                  subject=subject, reporting_mta=mta, recipients=tuple(recips),
+                  truncated=mail.truncated)
+
+
+def _host_of_from(mail: Mail) -> str | None:
+    addrs = _addresses(mail.header("from"))
+    return addrs[0].split("@", 1)[1] if addrs else None
