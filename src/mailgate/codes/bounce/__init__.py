@@ -223,10 +223,10 @@ def _original_to(mail: Mail) -> list[str]:
 
 
 def _from_text(mail: Mail, body: str, delayed: bool) -> list[Recipient]:
-    exclude = set(_addresses(mail.header("to"))) | set(_addresses(mail.header("from")))
+    exclude = set(_addresses(mail.header("from")))
     hint = _addresses(mail.header("x-failed-recipients")) or _original_to(mail)
     out: list[Recipient] = []
-    for t in scan(body, exclude, hint):
+    for t in scan(body, exclude, hint, frozenset(_addresses(mail.header("to")))):
         p = t.pasted
         reply = None
         status = None
@@ -277,13 +277,18 @@ def _form(mail: Mail, body: str) -> str:
 
 def _complaint(mail: Mail) -> Bounce:
     fields: dict[str, str] = {}
+    rcpt_to: list[str] = []
     for report in mail.feedback:
         for line in report.splitlines():
             k, _, v = line.partition(":")
-            if v and k.strip().lower() not in fields:
-                fields[k.strip().lower()] = v.strip()
-    addrs = (_addresses(fields.get("original-rcpt-to", "")) or _original_to(mail)
-             or _addresses(mail.header("to")))
+            key = k.strip().lower()
+            if key in ("original-rcpt-to", "removal-recipient"):
+                rcpt_to += [a for a in _addresses(v) if a not in rcpt_to]
+            elif v and key not in fields:
+                fields[key] = v.strip()
+    # The complained-about recipient; never the complaint's own To (the sender's
+    # feedback address): with neither field nor returned header, none is known.
+    addrs = rcpt_to or _original_to(mail)
     mta = fields.get("reporting-mta")
     recips = tuple(Recipient(address=a, action=None, status=None, reply=None,
                              reason="feedback", remote_mta=None) for a in addrs[:50])
@@ -291,6 +296,79 @@ def _complaint(mail: Mail) -> Bounce:
                   reporting_mta=_host(mta) if mta else None, recipients=recips,
                   feedback_type=(fields.get("feedback-type") or "").lower() or None,
                   truncated=mail.truncated)
+
+
+_COMPLAINT_SUBJECT = re.compile(r"complaint about message from|abuse report|"
+                                r"feedback report|spam report", re.IGNORECASE)
+_DSN_IN_TEXT = re.compile(r"^(?:Reporting-MTA|Final-Recipient|Original-Recipient)[ \t]{0,4}:",
+                          re.MULTILINE | re.IGNORECASE)
+
+
+def _reports_in_text(mail: Mail) -> None:
+    """Delivery-status fields written into a text part (a DSN that lost its MIME)."""
+    for text in mail.texts[:4]:
+        m = _DSN_IN_TEXT.search(text)
+        if m and re.search(r"^(?:Final|Original)-Recipient[ \t]{0,4}:", text[m.start():],
+                           re.MULTILINE | re.IGNORECASE):
+            mail.reports.append(text[m.start():])
+            return
+
+
+def _amazon_ses(body: str, mail: Mail) -> Bounce | None:
+    """An Amazon SES notification (JSON, often through SNS): bounces, complaints and
+    deliveries, as AWS documents them."""
+    import json
+
+    try:
+        end = body.rfind("}")
+        data = json.loads(body[body.find("{"):end + 1]) if end > 0 else None
+        if isinstance(data, dict) and isinstance(data.get("Message"), str):
+            data = json.loads(data["Message"])  # wrapped by SNS
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(data, dict):
+        return None
+    kind = str(data.get("notificationType") or data.get("eventType") or "").lower()
+    out: list[Recipient] = []
+    if kind == "bounce" and isinstance(data.get("bounce"), dict):
+        b = data["bounce"]
+        for r in b.get("bouncedRecipients", [])[:500]:
+            if not isinstance(r, dict) or not r.get("emailAddress"):
+                continue
+            dtype, reply, code, enhanced, command = _reply_of(str(r.get("diagnosticCode") or ""))
+            status = status_of(str(r.get("status") or "")) or enhanced
+            action = _action(str(r.get("action") or ""), status)
+            reason = reasons.classify(status, reply or "", action, command, dtype, code)
+            out.append(Recipient(address=clean_address(str(r["emailAddress"])), action=action,
+                                 status=status, reply=reply, reason=reason,
+                                 remote_mta=_host(str(b.get("reportingMTA") or "")) or None,
+                                 code=code, command=command, diagnostic_type=dtype,
+                                 status_from="dsn" if r.get("status") else "none"))
+        return Bounce(kind="dsn", form="amazonses", subject=mail.header("subject"),
+                      reporting_mta=None, recipients=tuple(out))
+    if kind == "complaint" and isinstance(data.get("complaint"), dict):
+        for r in data["complaint"].get("complainedRecipients", [])[:500]:
+            if isinstance(r, dict) and r.get("emailAddress"):
+                out.append(Recipient(address=clean_address(str(r["emailAddress"])),
+                                     action=None, status=None, reply=None, reason="feedback",
+                                     remote_mta=None))
+        return Bounce(kind="complaint", form="amazonses", subject=mail.header("subject"),
+                      reporting_mta=None, recipients=tuple(out),
+                      feedback_type=str(data["complaint"].get("complaintFeedbackType") or "")
+                      or None)
+    if kind == "delivery" and isinstance(data.get("delivery"), dict):
+        d = data["delivery"]
+        reply = str(d.get("smtpResponse") or "") or None
+        p = read_paste(reply) if reply else None
+        for a in d.get("recipients", [])[:500]:
+            out.append(Recipient(address=clean_address(str(a)), action="delivered",
+                                 status=(p.enhanced if p else None) or "2.0.0", reply=reply,
+                                 reason="delivered",
+                                 remote_mta=_host(str(d.get("reportingMTA") or "")) or None,
+                                 code=p.code if p else None, status_from="reply"))
+        return Bounce(kind="success", form="amazonses", subject=mail.header("subject"),
+                      reporting_mta=None, recipients=tuple(out))
+    return None
 
 
 def _is_auto_reply(mail: Mail) -> bool:
@@ -319,9 +397,16 @@ def read_bounce(data: bytes) -> Bounce:
     """Read one message. BounceError when it cannot be read as mail at all."""
     mail = read_mail(data)
     subject = " ".join(mail.header("subject").split())[:300]
-    if mail.feedback or mail.report_type == "feedback-report":
+    if mail.feedback or mail.report_type == "feedback-report" or (
+            mail.original and _COMPLAINT_SUBJECT.search(subject) and not mail.reports):
         return _complaint(mail)
     body = human_text(mail.texts)
+    if not mail.reports:
+        _reports_in_text(mail)
+    if not mail.reports and body.lstrip().startswith("{"):
+        ses = _amazon_ses(body, mail)
+        if ses is not None:
+            return ses
     mta = None
     for report in mail.reports:
         m = re.search(r"^Reporting-MTA:[ \t]{0,8}(.{1,300})", report, re.MULTILINE | re.IGNORECASE)

@@ -24,21 +24,25 @@ MAX_RECIPIENTS = 500
 ADDRESS = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~.\-]{1,64}@[A-Za-z0-9][A-Za-z0-9.\-]{0,252}[A-Za-z0-9]"
 # Lines that name a failed recipient, each capturing the address.
 _LEADS = [
-    # the address alone on its line, maybe in <>, maybe with a colon (qmail, Exim, Gmail)
-    re.compile(rf"^[ \t]{{0,16}}(?:\"[^\"\n]{{0,80}}\"[ \t]{{0,4}})?<?(?:mailto:)?({ADDRESS})>?"
-               r"[ \t]{0,4}:?[ \t]{0,8}$", re.MULTILINE),
+    # the address alone on its line, maybe in <> or quotes, maybe a bullet before it and a
+    # colon after it (qmail, Exim, Gmail, GMX)
+    re.compile(rf"^[ \t]{{0,16}}(?:[*\-+\u2022][ \t]{{1,4}})?(?:\"[^\"\n]{{0,80}}\"[ \t]{{0,4}})?"
+               rf"[\"<]{{0,2}}(?:mailto:)?({ADDRESS})[\">]{{0,2}}[ \t]{{0,4}}:?[ \t]{{0,8}}$",
+               re.MULTILINE),
     # Postfix's text, qmail on one line: <addr> (expanded from <x>): reason
     re.compile(rf"^[ \t]{{0,16}}<({ADDRESS})>[ \t]{{0,4}}(?:\(expanded from [^)\n]{{0,300}}\))?"
                r"[ \t]{0,4}[:.]", re.MULTILINE),
-    # Exchange: Name<mailto:addr>, or "addr" on a line before the reply
+    # Exchange: Name<mailto:addr>
     re.compile(rf"^[^\n<]{{0,120}}<mailto:({ADDRESS})>", re.MULTILINE),
-    # labelled: Recipient: addr, Original-Recipient addr, To: <addr>
-    re.compile(rf"^[ \t]{{0,16}}(?:Failed |Original |Invalid |Unknown )?(?:Recipient(?: address)?|"
-               rf"Address|Addressed To|To|Destinataire|Empf\u00e4nger)[ \t]{{0,4}}:[ \t]{{0,8}}"
-               rf"(?:[^<\n]{{0,80}}<)?({ADDRESS})>?", re.MULTILINE | re.IGNORECASE),
-    # the address then its reason on one line: addr: 550 ..., addr (reason), addr ... said
-    re.compile(rf"^[ \t]{{0,16}}<?({ADDRESS})>?[ \t]{{0,4}}(?::|\(|\.\.\.|-{{1,2}}|on )"
-               r"[ \t]{0,4}(?=\S)", re.MULTILINE),
+    # a short label, then the address to the end of the line: Recipient: addr,
+    # Delivery failed: addr, User's mailbox is full: <addr> (not a sender's label)
+    re.compile(rf"^[ \t]{{0,16}}(?!(?:MAIL FROM|From|Sender|Reply-To|Return-Path|Envelope-From|"
+               rf"Sent by|Cc|Bcc)\b)[A-Za-z][A-Za-z'/ \-]{{0,40}}:[ \t]{{0,8}}"
+               rf"(?:[^<\n]{{0,80}}<)?({ADDRESS})>?[ \t.]{{0,4}}$",
+               re.MULTILINE | re.IGNORECASE),
+    # the address then its reason on one line: addr: 550 ..., addr (reason), addr [reason]
+    re.compile(rf"^[ \t]{{0,16}}[\"<]{{0,2}}({ADDRESS})[\">]{{0,2}}[ \t]{{0,4}}"
+               r"(?::|\(|\[|\.\.\.|-{1,2}|on )[ \t]{0,4}(?=\S)", re.MULTILINE),
 ]
 # Weaker: an address a sentence sends to (used when no line names one).
 _SENT_TO = re.compile(rf"(?:RCPT TO:?|to|for|recipient|address)[ \t]{{0,4}}<({ADDRESS})>|"
@@ -114,10 +118,13 @@ def remote_host(text: str) -> str | None:
     return None
 
 
-def scan(text: str, exclude: set[str], hint: list[str]) -> list[TextRecipient]:
+def scan(text: str, exclude: set[str], hint: list[str],
+         weak_exclude: frozenset[str] = frozenset()) -> list[TextRecipient]:
     """The recipients the text reports, each with its block and reply.
 
-    `exclude` are addresses that are not recipients (the bounce's own To and From);
+    `exclude` are addresses that are not recipients (the bounce's own From);
+    `weak_exclude` are not taken from a sentence or a guess (the bounce's To: the
+    sender, who is a recipient only when a line names it as one);
     `hint` are recipients known from elsewhere (X-Failed-Recipients, the original
     message's To), used when the text names none on a line of its own.
     """
@@ -142,10 +149,18 @@ def scan(text: str, exclude: set[str], hint: list[str]) -> list[TextRecipient]:
             pos = body.lower().find(h)
             found.setdefault(h, body.rfind("\n", 0, pos) + 1 if pos >= 0 else -1)
     if not found:
-        for m in _SENT_TO.finditer(body):
-            addr = (m.group(1) or m.group(2)).strip(".").lower()
-            if addr not in exclude and not _SKIP.match(addr):
-                found.setdefault(addr, body.rfind("\n", 0, m.start()) + 1)
+        hinted = [h for h in _original_to(text, len(body)) if h not in weak_exclude]
+        for h in hinted[:1]:
+            pos = body.lower().find(h)
+            found.setdefault(h, body.rfind("\n", 0, pos) + 1 if pos >= 0 else -1)
+    if not found:
+        for rx in (_SENT_TO, _ANY_ADDRESS):
+            for m in rx.finditer(body):
+                addr = next(g for g in m.groups() if g).strip(".").lower()
+                if addr not in exclude and addr not in weak_exclude and not _SKIP.match(addr):
+                    found.setdefault(addr, body.rfind("\n", 0, m.start()) + 1)
+                    break
+            if found:
                 break
     placed = sorted((pos, addr) for addr, pos in found.items() if pos >= 0)
     unplaced = [addr for addr, pos in found.items() if pos < 0]
@@ -168,6 +183,17 @@ def scan(text: str, exclude: set[str], hint: list[str]) -> list[TextRecipient]:
     return out
 
 
+_ANY_ADDRESS = re.compile(rf"({ADDRESS})")
+_TO_LINE = re.compile(rf"^To:[ \t]{{0,8}}(?:[^<\n]{{0,120}}<)?({ADDRESS})",
+                      re.MULTILINE | re.IGNORECASE)
+
+
+def _original_to(text: str, start: int) -> list[str]:
+    """The To of the returned message, when its header follows the notice as text."""
+    m = _TO_LINE.search(text, start, start + 32 * 1024)
+    return [m.group(1).lower()] if m else []
+
+
 _CODE_NEAR = re.compile(r"(?<![\w.\-])[245][0-9]{2}(?=[ \-])|[245]\.[0-9]{1,3}\.[0-9]{1,3}")
 
 
@@ -187,8 +213,8 @@ class _Body:
 
     def __init__(self, body: str) -> None:
         self.body = body
-        self._host: str | None | bool = False
-        self._command: str | None | bool = False
+        self._host: str | bool | None = False
+        self._command: str | bool | None = False
 
     @property
     def host(self) -> str | None:
