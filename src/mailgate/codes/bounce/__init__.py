@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from mailgate.codes.bounce import reasons
 from mailgate.codes.bounce.dsn import clean_address, parse_report, status_of
 from mailgate.codes.bounce.mime import MAX_BOUNCE, BounceError, Mail, read_mail
-from mailgate.codes.bounce.text import ADDRESS, human_text, remote_host, scan
+from mailgate.codes.bounce.text import ADDRESS, TextRecipient, human_text, remote_host, scan
 from mailgate.codes.paste import read_paste
 
 __all__ = ["ACTIONS", "MAX_BOUNCE", "Bounce", "BounceError", "Recipient", "read_bounce"]
@@ -82,7 +82,7 @@ class Recipient:
     command: str | None = None  # the SMTP command the reply answered
     original_recipient: str | None = None
     diagnostic_type: str | None = None  # smtp, x-unix, ... (DSN's Diagnostic-Code type)
-    status_from: str = "none"  # dsn | reply | reason | none: where the status came from
+    status_from: str = "none"  # dsn | reply | none: where the status came from
 
     @property
     def failed(self) -> bool:
@@ -147,6 +147,28 @@ def _action(raw: str, status: str | None) -> str:
     return "failed"
 
 
+_LEADING_REPLY = re.compile(r"([245][0-9]{2})(?:[ \-]{1,3}#?([245])\.([0-9]{1,3})\.([0-9]{1,3})"
+                            r"(?![0-9]|\.[0-9]))?(?=[ \-]|$)")
+
+
+_IN_REPLY_TO = re.compile(r"in reply to ([A-Za-z]{4}|end of data)\b", re.IGNORECASE)
+_AFTER = re.compile(r"after (RCPT|MAIL|DATA|end of data|EHLO|HELO|initial connection|"
+                    r"pipelined)\b|\b(RCPT|MAIL) (?:TO|FROM) (?:command|response)",
+                    re.IGNORECASE)
+
+
+def command_of(raw: str | None) -> str | None:
+    """A command as the bounce names it -> RCPT, MAIL, DATA, EHLO, HELO, CONNECT, ..."""
+    if not raw:
+        return None
+    w = raw.strip().upper()
+    if w.startswith(("END", "DATA", "BDAT")):
+        return "DATA"
+    if w.startswith(("INITIAL", "CONNECT", "GREETING")):
+        return "CONNECT"
+    return w.split()[0][:4] if w.split() else None
+
+
 def _reply_of(diag: str) -> tuple[str | None, str | None, int | None, str | None, str | None]:
     """A Diagnostic-Code value -> (type, reply text, code, enhanced, command)."""
     dtype = None
@@ -157,15 +179,21 @@ def _reply_of(diag: str) -> tuple[str | None, str | None, int | None, str | None
     text = " ".join(text.split())[:MAX_REPLY]
     if not text:
         return dtype, None, None, None, None
+    m = _LEADING_REPLY.match(text)
+    if m:  # the reply as the field begins: its code and enhanced code, as written
+        enhanced = ".".join(str(int(g)) for g in m.groups()[1:4]) if m.group(2) else None
+        c = _IN_REPLY_TO.search(text) or _AFTER.search(text)
+        command = command_of(next((g for g in c.groups() if g), None)) if c else None
+        return dtype, text, int(m.group(1)), enhanced, command
     p = read_paste(text)
-    return dtype, text, p.code, p.enhanced, p.command
+    return dtype, text, p.code, p.enhanced, command_of(p.command)
 
 
 def _from_dsn(mail: Mail, text_body: str) -> list[Recipient]:
     fields = []
     for report in mail.reports:
         fields.extend(parse_report(report))
-    scanned: dict[str, object] | None = None
+    scanned: dict[str, TextRecipient] | None = None
     out: list[Recipient] = []
     for f in fields[:500]:
         d = f.fields
@@ -177,22 +205,32 @@ def _from_dsn(mail: Mail, text_body: str) -> list[Recipient]:
         status = status_of(d.get("status", ""))
         dtype, reply, code, enhanced, command = _reply_of(d.get("diagnostic-code", ""))
         remote = _host(d["remote-mta"]) if d.get("remote-mta") else None
-        if reply is None or code is None:
+        t: TextRecipient | None = None
+        if reply is None or code is None or command is None:
             if scanned is None:
                 scanned = {r.address: r for r in scan(text_body, set(), [address])}
             t = scanned.get(address)
-            if t is not None and t.pasted is not None:  # type: ignore[attr-defined]
-                p = t.pasted  # type: ignore[attr-defined]
-                reply = reply or " ".join(p.text.split())[:MAX_REPLY] or None
-                if p.code is not None and reply and str(p.code) not in reply[:4]:
-                    reply = f"{p.code} {reply}"
-                code, enhanced = code or p.code, enhanced or p.enhanced
-                command = command or p.command
-                remote = remote or t.remote_mta  # type: ignore[attr-defined]
+            if t is not None and command is None:
+                command = command_of(t.command)
+                if command is None:
+                    c = _IN_REPLY_TO.search(t.block) or _AFTER.search(t.block)
+                    command = command_of(next((g for g in c.groups() if g), None)) if c else None
+        if (reply is None or code is None) and t is not None and t.pasted is not None:
+            p = t.pasted
+            reply = reply or " ".join(p.text.split())[:MAX_REPLY] or None
+            if p.code is not None and reply and str(p.code) not in reply[:4]:
+                reply = f"{p.code} {reply}"
+            code, enhanced = code or p.code, enhanced or p.enhanced
+            command = command or command_of(p.command)
+            remote = remote or t.remote_mta
         if remote is None and reply:
             remote = remote_host(reply)
         status_from = "dsn" if status else "none"
-        if enhanced and (status is None or (status.endswith(".0.0") and enhanced[0] == status[0])):
+        # The remote server's own code names the cause more precisely than the
+        # reporting server's summary (5.0.0, or 4.4.7 "gave up" over a 4.7.1): it wins
+        # when it is of the same class.
+        if enhanced and (status is None or (enhanced[0] == status[0] and enhanced != status
+                                            and not enhanced.endswith(".0.0"))):
             status, status_from = enhanced, "reply"
         action = _action(d.get("action", ""), status)
         if command is None and d.get("x-postfix-smtp-command"):
@@ -200,9 +238,6 @@ def _from_dsn(mail: Mail, text_body: str) -> list[Recipient]:
         reason = reasons.classify(status, reply or "", action, command, dtype, code)
         if action in ("delivered", "relayed", "expanded"):
             reason = "delivered"
-        if status is None and action in ("failed", "delayed"):
-            status = reasons.default_status(reason, temporary=action == "delayed")
-            status_from = "reason" if status else "none"
         out.append(Recipient(address=address, action=action, status=status, reply=reply,
                              reason=reason, remote_mta=remote, code=code, command=command,
                              original_recipient=original if original != address else None,
@@ -236,24 +271,36 @@ def _from_text(mail: Mail, body: str, delayed: bool) -> list[Recipient]:
             code = p.code
             if code is not None:
                 reply = f"{code} {p.enhanced + ' ' if p.enhanced else ''}{reply or ''}".strip()
-            status = p.enhanced
+            status = p.enhanced or _enhanced_in(t.block)
         else:
             reply = _program_words(t.block, t.address)
+            status = _enhanced_in(t.block)
         context = " ".join(t.block.split())[:reasons.MAX_TEXT]
         action = "delayed" if delayed or (code is not None and code < 500 and not status
                                           and not _PERMANENT.search(context)) else "failed"
         if status and status[0] == "4" and not _PERMANENT.search(context):
             action = "delayed"
-        reason = reasons.classify(status, (reply or "") + " " + context, action, t.command,
+        command = command_of(t.command)
+        if command is None:
+            c = _AFTER.search(context)
+            command = command_of(next((g for g in c.groups() if g), None)) if c else None
+        reason = reasons.classify(status, (reply or "") + " " + context, action, command,
                                   None, code)
         status_from = "reply" if status else "none"
-        if status is None:
-            status = reasons.default_status(reason, temporary=action == "delayed")
-            status_from = "reason" if status else "none"
         out.append(Recipient(address=t.address, action=action, status=status, reply=reply,
                              reason=reason, remote_mta=t.remote_mta, code=code,
-                             command=t.command, status_from=status_from))
+                             command=command, status_from=status_from))
     return out
+
+
+_ENHANCED = re.compile(r"(?<![0-9.])([245])\.([0-9]{1,3})\.([0-9]{1,3})(?![0-9]|\.[0-9])")
+
+
+def _enhanced_in(block: str) -> str | None:
+    """An enhanced code written on its own in a text bounce (`5.2.2 <u@d>... Mailbox
+    Full`, `550: 5.1.1`), when no reply around it was read."""
+    m = _ENHANCED.search(block[:4000])
+    return ".".join(str(int(g)) for g in m.groups()) if m else None
 
 
 def _program_words(block: str, address: str) -> str | None:

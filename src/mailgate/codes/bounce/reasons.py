@@ -13,7 +13,7 @@ from typing import Any
 
 from mailgate.codes import registry as reg
 
-__all__ = ["REASONS", "classify", "default_status", "tables"]
+__all__ = ["REASONS", "classify", "tables"]
 
 MAX_TEXT = 4096  # characters of reply text matched
 
@@ -27,31 +27,21 @@ REASONS = (
     "undefined", "userunknown", "vacation", "virusdetected",
 )
 
-# The status a recipient is given when the bounce gives none (its reason's usual code).
-_DEFAULT_STATUS = {
-    "userunknown": "5.1.1", "hostunknown": "5.1.2", "hasmoved": "5.1.6", "rejected": "5.1.8",
-    "notaccept": "5.1.10", "filtered": "5.2.0", "suspend": "5.2.1", "mailboxfull": "5.2.2",
-    "mesgtoobig": "5.3.4", "exceedlimit": "5.2.3", "systemfull": "5.3.1",
-    "systemerror": "5.3.0", "networkerror": "5.4.0", "expired": "5.4.7",
-    "toomanyconn": "5.5.3", "syntaxerror": "5.5.2", "contenterror": "5.6.0",
-    "securityerror": "5.7.0", "blocked": "5.7.1", "spamdetected": "5.7.1",
-    "policyviolation": "5.7.1", "virusdetected": "5.7.1", "norelaying": "5.7.1",
-    "mailererror": "5.3.0",
-}
-
-
 @functools.cache
 def tables() -> dict[str, Any]:
     """The reason tables, with each reason's patterns compiled into one expression."""
     raw = reg._load_toml(reg.data_root() / "bounce" / "reasons.toml")
-    compiled = {}
+    compiled, early = {}, {}
     for name in raw["order"]:
-        pats = raw["patterns"].get(name, {}).get("text", [])
-        if pats:
-            compiled[name] = re.compile("|".join(f"(?:{p})" for p in pats))
+        table = raw["patterns"].get(name, {})
+        if table.get("text"):
+            compiled[name] = re.compile("|".join(f"(?:{p})" for p in table["text"]))
+        if table.get("early"):
+            early[name] = re.compile("|".join(f"(?:{p})" for p in table["early"]))
     late = set(raw["late"])
     return {
-        "first": [(n, compiled[n]) for n in raw["order"] if n in compiled and n not in late],
+        "first": [(n, early[n] if n in late else compiled[n]) for n in raw["order"]
+                  if (n in compiled and n not in late) or n in early],
         "late": [(n, compiled[n]) for n in raw["order"] if n in compiled and n in late],
         "status": dict(raw["status"]),
         "prefix": dict(raw["status_prefix"]),
@@ -75,33 +65,35 @@ def classify(status: str | None, text: str, action: str | None = None,
         return "delivered"
     t = tables()
     low = text[:MAX_TEXT].lower()
-    found = _match(t["first"], low) if low else None
-    if found:
-        return found
     by_status = None
     if status and not status.endswith(".0.0"):
         by_status = t["status"].get(status) or t["prefix"].get(status.rsplit(".", 1)[0])
+    found = _match(t["first"], low) if low else None
+    if found == "userunknown" and command == "DATA":
+        return "filtered"
+    if command == "MAIL" and found is None:
+        return "rejected"  # refused at MAIL FROM: the sender (or its domain) was refused
+    if found:
+        return found
+    late = _match(t["late"], low) if low else None
+    if action == "delayed":  # still being retried: say why, not that it expired
+        return late or by_status or "expired"
     if by_status and by_status not in t["uncertain"]:
         return str(by_status)
-    late = _match(t["late"], low) if low else None
+    if status in ("4.4.7", "5.4.7"):
+        return "expired"
     if late:
         return late
+    if status and status[0] == "4":
+        return "expired"  # given up after temporary failures
     if by_status:
         return str(by_status)
-    if action == "delayed" or (status or "").startswith("4.4"):
-        return "expired"
-    if command in ("EHLO", "HELO"):
+    if command == "MAIL":
+        return "rejected"
+    if command in ("EHLO", "HELO", "CONNECT"):
         return "blocked"
     if (diagnostic_type or "").upper() in ("X-UNIX", "X-POSTFIX"):
         return "mailererror"
     if status and status.startswith(("4.6", "5.6")):
         return "contenterror"
     return "onhold" if low.strip() or code else "undefined"
-
-
-def default_status(reason: str, temporary: bool = False) -> str | None:
-    """The enhanced code a reason usually comes with, when a bounce gives none."""
-    s = _DEFAULT_STATUS.get(reason)
-    if s is None:
-        return None
-    return "4" + s[1:] if temporary else s

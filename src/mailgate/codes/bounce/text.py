@@ -68,6 +68,8 @@ _HOST_PATTERNS = [
     re.compile(r"Remote Server(?: at)? ([A-Za-z0-9][A-Za-z0-9.\-]{0,252}[A-Za-z0-9])"),
     re.compile(r"\bhost ([A-Za-z0-9][A-Za-z0-9.\-]{0,252}[A-Za-z0-9])\.? ?\[[0-9A-Fa-f:.]{2,45}\]"),
 ]
+_RCPT_FAILED = re.compile(r"need rcpt|no valid recipients|valid rcpt command must precede|"
+                          r"all rcpt commands were rejected", re.IGNORECASE)
 _TRANSCRIPT_CMD = re.compile(r"^>>> ([A-Za-z]{4})", re.MULTILINE)
 _SKIP = re.compile(r"^(?:postmaster|mailer-daemon|mailer_daemon|abuse|noreply|no-reply)@",
                    re.IGNORECASE)
@@ -237,4 +239,6 @@ def _recipient(addr: str, block: str, p: Pasted | None, body: _Body) -> TextReci
     if command is None:
         m = _TRANSCRIPT_CMD.search(block)
         command = m.group(1).upper() if m else body.command
+    if command == "DATA" and _RCPT_FAILED.search(block):
+        command = "RCPT"  # a pipelined RCPT's refusal, written under ">>> DATA"
     return TextRecipient(address=addr, block=block, pasted=p, remote_mta=host, command=command)
