@@ -259,9 +259,11 @@ def _original_to(mail: Mail) -> list[str]:
 
 def _from_text(mail: Mail, body: str, delayed: bool) -> list[Recipient]:
     exclude = set(_addresses(mail.header("from")))
-    hint = _addresses(mail.header("x-failed-recipients")) or _original_to(mail)
+    failed = _addresses(mail.header("x-failed-recipients"))
+    hint = failed or _original_to(mail)
     out: list[Recipient] = []
-    for t in scan(body, exclude, hint, frozenset(_addresses(mail.header("to")))):
+    for t in scan(body, exclude, hint, frozenset(_addresses(mail.header("to"))),
+                  trust_hint=bool(failed)):
         p = t.pasted
         reply = None
         status = None

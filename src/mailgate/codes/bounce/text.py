@@ -37,12 +37,16 @@ _LEADS = [
     # a short label, then the address to the end of the line: Recipient: addr,
     # Delivery failed: addr, User's mailbox is full: <addr> (not a sender's label)
     re.compile(rf"^[ \t]{{0,16}}(?!(?:MAIL FROM|From|Sender|Reply-To|Return-Path|Envelope-From|"
-               rf"Sent by|Cc|Bcc)\b)[A-Za-z][A-Za-z'/ \-]{{0,40}}:[ \t]{{0,8}}"
+               rf"Sent by|Cc|Bcc|Message-ID|In-Reply-To|References|Delivered-To|"
+               rf"X-[A-Za-z\-]{{1,40}})\b)[A-Za-z][A-Za-z'/ \-]{{0,40}}:[ \t]{{0,8}}"
                rf"(?:[^<\n]{{0,80}}<)?({ADDRESS})>?[ \t.]{{0,4}}$",
                re.MULTILINE | re.IGNORECASE),
     # the address then its reason on one line: addr: 550 ..., addr (reason), addr [reason]
     re.compile(rf"^[ \t]{{0,16}}[\"<]{{0,2}}({ADDRESS})[\">]{{0,2}}[ \t]{{0,4}}"
                r"(?::|\(|\[|\.\.\.|-{1,2}|on )[ \t]{0,4}(?=\S)", re.MULTILINE),
+    # Sendmail's transcript: 554 <addr>... reason; Zoho: addr Invalid Address, ...
+    re.compile(rf"^[245][0-9]{{2}}[ \-]<({ADDRESS})>\.\.\.", re.MULTILINE),
+    re.compile(rf"^({ADDRESS})[ \t]{{1,4}}(?=[A-Z][a-z])", re.MULTILINE),
 ]
 # Weaker: an address a sentence sends to (used when no line names one).
 _SENT_TO = re.compile(rf"(?:RCPT TO:?|to|for|recipient|address)[ \t]{{0,4}}<({ADDRESS})>|"
@@ -121,14 +125,16 @@ def remote_host(text: str) -> str | None:
 
 
 def scan(text: str, exclude: set[str], hint: list[str],
-         weak_exclude: frozenset[str] = frozenset()) -> list[TextRecipient]:
+         weak_exclude: frozenset[str] = frozenset(),
+         trust_hint: bool = False) -> list[TextRecipient]:
     """The recipients the text reports, each with its block and reply.
 
     `exclude` are addresses that are not recipients (the bounce's own From);
     `weak_exclude` are not taken from a sentence or a guess (the bounce's To: the
     sender, who is a recipient only when a line names it as one);
     `hint` are recipients known from elsewhere (X-Failed-Recipients, the original
-    message's To), used when the text names none on a line of its own.
+    message's To), used when the text names none on a line of its own, and over the
+    text's lines when `trust_hint` (they come from X-Failed-Recipients).
     """
     body = cut_original(text)
     found: dict[str, int] = {}
@@ -143,8 +149,8 @@ def scan(text: str, exclude: set[str], hint: list[str],
             if len(found) >= MAX_RECIPIENTS:
                 break
     hinted = [h.lower() for h in hint if h and h.lower() not in exclude]
-    if hinted and found and not set(found) & set(hinted):
-        # The text's lines name others (the sender, a list): trust the header.
+    if hinted and found and trust_hint and not set(found) & set(hinted):
+        # The text's lines name others (the sender, a list): trust X-Failed-Recipients.
         found = {}
     if not found:
         for h in hinted:
