@@ -169,6 +169,10 @@ def command_of(raw: str | None) -> str | None:
     return w.split()[0][:4] if w.split() else None
 
 
+_CODE_THEN_ENHANCED = re.compile(r"(?<![0-9.])[245][0-9]{2}[ \-]{1,2}['\"]?([245])\.([0-9]{1,3})\."
+                                 r"([0-9]{1,3})(?![0-9]|\.[0-9])")
+
+
 def _reply_of(diag: str) -> tuple[str | None, str | None, int | None, str | None, str | None]:
     """A Diagnostic-Code value -> (type, reply text, code, enhanced, command)."""
     dtype = None
@@ -186,7 +190,11 @@ def _reply_of(diag: str) -> tuple[str | None, str | None, int | None, str | None
         command = command_of(next((g for g in c.groups() if g), None)) if c else None
         return dtype, text, int(m.group(1)), enhanced, command
     p = read_paste(text)
-    return dtype, text, p.code, p.enhanced, command_of(p.command)
+    enhanced = p.enhanced
+    if enhanced is None:  # 5.1.0 - Unknown address error 550-'5.7.1 ...' (Amazon SES)
+        m2 = _CODE_THEN_ENHANCED.search(text)
+        enhanced = ".".join(str(int(g)) for g in m2.groups()) if m2 else None
+    return dtype, text, p.code, enhanced, command_of(p.command)
 
 
 def _from_dsn(mail: Mail, text_body: str) -> list[Recipient]:

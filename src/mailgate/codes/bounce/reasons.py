@@ -40,12 +40,14 @@ def tables() -> dict[str, Any]:
             early[name] = re.compile("|".join(f"(?:{p})" for p in table["early"]))
     late = set(raw["late"])
     return {
-        "first": [(n, early[n] if n in late else compiled[n]) for n in raw["order"]
-                  if (n in compiled and n not in late) or n in early],
+        # The `early` patterns first (they are specific), then each reason's own.
+        "first": [(n, early[n]) for n in raw["order"] if n in early]
+        + [(n, compiled[n]) for n in raw["order"] if n in compiled and n not in late],
         "late": [(n, compiled[n]) for n in raw["order"] if n in compiled and n in late],
         "status": dict(raw["status"]),
         "prefix": dict(raw["status_prefix"]),
         "uncertain": set(raw["uncertain"]),
+        "prefer_status": {tuple(pair) for pair in raw.get("prefer_status", ())},
         "actors": {k: tuple(v) for k, v in raw.get("actors", {}).items()},
     }
 
@@ -69,6 +71,8 @@ def classify(status: str | None, text: str, action: str | None = None,
     if status and not status.endswith(".0.0"):
         by_status = t["status"].get(status) or t["prefix"].get(status.rsplit(".", 1)[0])
     found = _match(t["first"], low) if low else None
+    if found and by_status and (found, by_status) in t["prefer_status"]:
+        return str(by_status)
     if found == "userunknown" and command == "DATA":
         return "filtered"
     if command == "MAIL" and found is None:
