@@ -207,9 +207,16 @@ def _from_dsn(mail: Mail, text_body: str) -> list[Recipient]:
         d = f.fields
         address = clean_address(d.get("final-recipient") or d.get("original-recipient")
                                 or d.get("x-actual-recipient") or "")
+        original = clean_address(d.get("original-recipient", "")) or None
+        if ("@" not in address or address.startswith("@")) and original and "@" in original \
+                and not original.startswith("@"):
+            address = original  # Final-Recipient a path or a bare domain: the original
+        elif "@" not in address or address.startswith("@"):
+            if scanned is None:
+                scanned = {r.address: r for r in scan(text_body, set(), [])}
+            address = next(iter(scanned), address)
         if not address:
             continue
-        original = clean_address(d.get("original-recipient", "")) or None
         status = status_of(d.get("status", ""))
         dtype, reply, code, enhanced, command = _reply_of(d.get("diagnostic-code", ""))
         remote = _host(d["remote-mta"]) if d.get("remote-mta") else None
@@ -376,9 +383,13 @@ def _amazon_ses(body: str, mail: Mail) -> Bounce | None:
     deliveries, as AWS documents them."""
     import json
 
+    end = body.rfind("}")
+    raw = body[body.find("{"):end + 1] if end > 0 else ""
     try:
-        end = body.rfind("}")
-        data = json.loads(body[body.find("{"):end + 1]) if end > 0 else None
+        try:
+            data = json.loads(raw) if raw else None
+        except ValueError:  # Sendmail breaks lines over 990 characters with "!", LF, space
+            data = json.loads(raw.replace("!\n ", ""))
         if isinstance(data, dict) and isinstance(data.get("Message"), str):
             data = json.loads(data["Message"])  # wrapped by SNS
     except (ValueError, RecursionError):

@@ -17,6 +17,7 @@ MAX_BLOCKS = 500
 _FIELD = re.compile(r"([A-Za-z][A-Za-z0-9\-]{0,60})[ \t]{0,8}:[ \t]{0,8}(.*)")
 _HEX = re.compile(r"\\x\{([0-9A-Fa-f]{1,6})\}")
 _ADDR = re.compile(r"[^\s<>\"'(),;:\[\]]{1,64}@[A-Za-z0-9][A-Za-z0-9.\-]{0,252}")
+_QUOTED = re.compile(r"\"[^\"\n]{1,64}\"@[A-Za-z0-9][A-Za-z0-9.\-]{0,252}")
 _STATUS = re.compile(r"([245])\.([0-9]{1,3})\.([0-9]{1,3})")
 
 
@@ -40,9 +41,13 @@ def _unhex(s: str) -> str:
 def clean_address(value: str) -> str:
     """`rfc822; <u@d>` -> `u@d`; an address found in odd forms, or the value as is."""
     v = value.split(";", 1)[1] if ";" in value[:30] else value
-    v = _unhex(v).strip().strip("<>\"' ")
+    v = _unhex(v).strip().strip("<> ")
     if v.lower().startswith("mailto:"):
         v = v[7:]
+    q = _QUOTED.search(v)
+    if q:  # a quoted local part: "first..last"@example.org
+        return q.group(0)[:320].lower()
+    v = v.strip("\"' ")
     m = _ADDR.search(v)
     return (m.group(0) if m else v)[:320].strip(".").lower() if (m or v) else ""
 
