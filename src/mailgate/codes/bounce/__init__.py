@@ -332,7 +332,7 @@ def _program_words(block: str, address: str) -> str | None:
 
 def _form(mail: Mail, body: str) -> str:
     sample = "\n".join([mail.header("from"), mail.header("x-mailer"),
-                        mail.header("received"), body[:6000]])
+                        mail.header("received"), body[:2500]])
     for name, rx in _FORMS:
         if rx.search(sample):
             return name

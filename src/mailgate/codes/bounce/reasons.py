@@ -15,7 +15,7 @@ from mailgate.codes import registry as reg
 
 __all__ = ["REASONS", "classify", "tables"]
 
-MAX_TEXT = 4096  # characters of reply text matched
+MAX_TEXT = 2048  # characters of reply text matched
 
 # Every reason mailgate gives (Sisimai's names). `feedback` and `vacation` are given to
 # the recipients of complaint reports and auto-replies, never as failures.
