@@ -77,6 +77,8 @@ def _blocks(text: str) -> list[dict[str, str]]:
             continue
         m = _FIELD.match(line)
         if not m:
+            if last is not None and len(cur[last]) < 4000:
+                cur[last] += " " + line.strip()  # a continuation line not indented
             continue
         name = m.group(1).lower()
         if name in ("final-recipient", "original-recipient") and name in cur:

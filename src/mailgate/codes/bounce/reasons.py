@@ -52,6 +52,9 @@ def tables() -> dict[str, Any]:
     }
 
 
+_LINE_CODES = re.compile(r"(?<![\w.\-])[245][0-9]{2}[ \-](?:[245]\.[0-9]{1,3}\.[0-9]{1,3}[ ])?")
+
+
 def _match(rules: list[tuple[str, re.Pattern[str]]], text: str) -> str | None:
     for name, rx in rules:
         if rx.search(text):
@@ -66,10 +69,13 @@ def classify(status: str | None, text: str, action: str | None = None,
     if status and status.startswith("2."):
         return "delivered"
     t = tables()
-    low = text[:MAX_TEXT].lower()
+    # The codes that start each line of a multi-line reply are not words: drop them.
+    low = _LINE_CODES.sub(" ", text[:MAX_TEXT].lower())
     by_status = None
     if status and not status.endswith(".0.0"):
         by_status = t["status"].get(status) or t["prefix"].get(status.rsplit(".", 1)[0])
+    if (diagnostic_type or "").upper() == "X-UNIX" and not (status or "").startswith("5.2.2"):
+        return "mailererror"  # the words of a local delivery program (procmail, a pipe)
     found = _match(t["first"], low) if low else None
     if found and by_status and (found, by_status) in t["prefer_status"]:
         return str(by_status)
