@@ -151,6 +151,7 @@ _LEADING_REPLY = re.compile(r"([245][0-9]{2})(?:[ \-]{1,3}#?([245])\.([0-9]{1,3}
                             r"(?![0-9]|\.[0-9]))?(?=[ \-]|$)")
 
 
+_CONTINUED = re.compile(r"[245][0-9]{2}-")
 _IN_REPLY_TO = re.compile(r"in reply to ([A-Za-z]{4}|end of data)\b", re.IGNORECASE)
 _AFTER = re.compile(r"after (RCPT|MAIL|DATA|end of data|EHLO|HELO|initial connection|"
                     r"pipelined)\b|\b(RCPT|MAIL) (?:TO|FROM) (?:command|response)",
@@ -221,7 +222,10 @@ def _from_dsn(mail: Mail, text_body: str) -> list[Recipient]:
         dtype, reply, code, enhanced, command = _reply_of(d.get("diagnostic-code", ""))
         remote = _host(d["remote-mta"]) if d.get("remote-mta") else None
         t: TextRecipient | None = None
-        if reply is None or code is None or command is None:
+        # A multi-line reply of which the DSN kept only the first line (`550-5.7.1 ...`):
+        # the text for people may hold it whole.
+        cut = bool(reply and _CONTINUED.match(reply))
+        if reply is None or code is None or command is None or cut:
             if scanned is None:
                 scanned = {r.address: r for r in scan(text_body, set(), [address])}
             t = scanned.get(address)
@@ -230,6 +234,10 @@ def _from_dsn(mail: Mail, text_body: str) -> list[Recipient]:
                 if command is None:
                     c = _IN_REPLY_TO.search(t.block) or _AFTER.search(t.block)
                     command = command_of(next((g for g in c.groups() if g), None)) if c else None
+        if cut and t is not None and t.pasted is not None and t.pasted.code == code and \
+                len(t.pasted.text) > len(reply or "") - 10:
+            plus = f"{t.pasted.enhanced} " if t.pasted.enhanced else ""
+            reply = f"{code} {plus}{' '.join(t.pasted.text.split())}"[:MAX_REPLY]
         if (reply is None or code is None) and t is not None and t.pasted is not None:
             p = t.pasted
             reply = reply or " ".join(p.text.split())[:MAX_REPLY] or None
@@ -301,7 +309,10 @@ def _from_text(mail: Mail, body: str, delayed: bool) -> list[Recipient]:
         if command is None:
             c = _AFTER.search(context)
             command = command_of(next((g for g in c.groups() if g), None)) if c else None
-        reason = reasons.classify(status, (reply or "") + " " + context, action, command,
+        # With a reply read, its words decide (the block may run on into lines about
+        # other recipients); without one, the whole block is the program's words.
+        words = f"{reply} {context[:300]}" if code is not None else f"{reply or ''} {context}"
+        reason = reasons.classify(status, words, action, command,
                                   None, code)
         status_from = "reply" if status else "none"
         out.append(Recipient(address=t.address, action=action, status=status, reply=reply,

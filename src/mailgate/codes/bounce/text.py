@@ -209,9 +209,33 @@ def _has_code(s: str) -> bool:
     return _CODE_NEAR.search(s) is not None
 
 
+_TRANSCRIPT_REPLY = re.compile(r"^<<< ([45][0-9]{2}[ \-][^\n]{0,1000})$", re.MULTILINE)
+
+
+def _transcript_reply(block: str) -> str | None:
+    """Sendmail's transcript: the first error reply the server sent (`<<< 550-...`),
+    all its lines."""
+    lines: list[str] = []
+    expected = -1
+    for m in _TRANSCRIPT_REPLY.finditer(block):
+        if lines and m.start() != expected:
+            break
+        lines.append(m.group(1))
+        expected = m.end() + 1
+        if m.group(1)[3] == " ":
+            break
+    return "\n".join(lines) or None
+
+
 def _reply(block: str) -> Pasted | None:
     if not _has_code(block):
         return None
+    if "<<< " in block:
+        whole = _transcript_reply(block)
+        if whole is not None and whole[3] == "-":  # a multi-line reply: read it whole
+            p = read_paste(whole)
+            if not p.empty:
+                return p
     p = read_paste(block)
     return None if p.empty else p
 
