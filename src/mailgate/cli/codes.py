@@ -82,7 +82,6 @@ def _explain_bounces(files: tuple[str, ...], lang: str, fmt: str) -> None:
     from mailgate.codes import registry as reg
     from mailgate.codes.bounce import BounceError, read_bounce
     from mailgate.codes.bounce.explained import bounce_doc, bounce_json
-    from mailgate.codes.render import to_html, to_markdown, to_text
 
     words = reg.words(lang, "bounce")
     color = None if fmt == "text" and sys.stdout.isatty() else False
@@ -108,6 +107,8 @@ def _explain_bounces(files: tuple[str, ...], lang: str, fmt: str) -> None:
         if problem is not None:
             click.echo(f"mailgate: {problem}", err=True)
             continue
+        from mailgate.codes.render import to_html, to_markdown, to_text
+
         if i and fmt in ("text", "markdown"):
             sys.stdout.write("\n")
         doc = bounce_doc(b, lang, name=shown)

@@ -9,13 +9,15 @@ code's registry title are added where they exist. `bounce_json` is the contract 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mailgate.codes import registry as reg
 from mailgate.codes.bounce import Bounce, Recipient
 from mailgate.codes.bounce import reasons as rs
 from mailgate.codes.bounce.mime import MAX_BOUNCE
-from mailgate.codes.render import Doc
+
+if TYPE_CHECKING:  # the layout is imported when text is asked for: JSON does not pay
+    from mailgate.codes.render import Doc
 
 __all__ = ["bounce_doc", "bounce_json", "reason_words"]
 
@@ -77,6 +79,8 @@ def _action_word(r: Recipient, lang: str) -> str:
 
 def bounce_doc(b: Bounce, lang: str = "en", name: str | None = None) -> Doc:
     """The layout: what the message is, then one section per failed or delayed recipient."""
+    from mailgate.codes.render import Doc
+
     w = _w(lang)
     doc = Doc(title=w["title"], lang=lang)
     doc.heading(doc.title, 1)
