@@ -246,6 +246,8 @@ def _from_dsn(mail: Mail, text_body: str) -> list[Recipient]:
             code, enhanced = code or p.code, enhanced or p.enhanced
             command = command or command_of(p.command)
             remote = remote or t.remote_mta
+        if reply is None and t is not None:  # no reply anywhere: the program's own words
+            reply = _program_words(t.block, address)
         if remote is None and reply:
             remote = remote_host(reply)
         status_from = "dsn" if status else "none"

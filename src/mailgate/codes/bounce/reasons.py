@@ -74,9 +74,11 @@ def classify(status: str | None, text: str, action: str | None = None,
     by_status = None
     if status and not status.endswith(".0.0"):
         by_status = t["status"].get(status) or t["prefix"].get(status.rsplit(".", 1)[0])
-    if (diagnostic_type or "").upper() == "X-UNIX" and not (status or "").startswith("5.2.2"):
-        return "mailererror"  # the words of a local delivery program (procmail, a pipe)
     found = _match(t["first"], low) if low else None
+    if (diagnostic_type or "").upper() == "X-UNIX":
+        # The words of a local delivery program (procmail, a pipe): its own failure,
+        # unless what it says is that the mailbox is full.
+        return "mailboxfull" if found == "mailboxfull" else "mailererror"
     if found and by_status and (found, by_status) in t["prefer_status"]:
         return str(by_status)
     if found == "userunknown" and command == "DATA":
