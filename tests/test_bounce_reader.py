@@ -194,6 +194,13 @@ def test_hostile_inputs_are_read_without_error() -> None:
         assert len(b.recipients) <= 500
 
 
+def test_a_charset_that_is_no_charset_is_read_past() -> None:
+    # An encoded word naming a charset the standard library refuses (CharsetError).
+    b = read_bounce(b"From: MAILER-DAEMON@x.example\nSubject: =?iso-8859-1\xff?q?abc?=\n\n"
+                    b"<a@b.example>: 550 5.1.1 unknown\n")
+    assert [(r.address, r.reason) for r in b.recipients] == [("a@b.example", "userunknown")]
+
+
 def test_cli_errors_are_sentences_in_the_language_asked(tmp_path: Path) -> None:
     empty = tmp_path / "empty.eml"
     empty.write_bytes(b"")

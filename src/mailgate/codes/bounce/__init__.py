@@ -16,6 +16,7 @@ expected: every part is bounded in size and in time, and what cannot be read rai
 
 from __future__ import annotations
 
+import email.errors
 import re
 from dataclasses import dataclass
 
@@ -475,7 +476,22 @@ def _looks_like_bounce(mail: Mail, body: str) -> bool:
 
 
 def read_bounce(data: bytes) -> Bounce:
-    """Read one message. BounceError when it cannot be read as mail at all."""
+    """Read one message. BounceError when it cannot be read as mail at all.
+
+    Hostile input must never escape as a traceback: what the readers below do not
+    expect of broken mail (a charset that is no charset, a header the standard library
+    refuses) is this one sentence too."""
+    try:
+        return _read_bounce(data)
+    except BounceError:
+        raise
+    except (ValueError, LookupError, UnicodeError, IndexError, TypeError, RecursionError,
+            email.errors.MessageError) as exc:
+        raise BounceError(f"The message cannot be read ({type(exc).__name__}).",
+                          key="unreadable") from None
+
+
+def _read_bounce(data: bytes) -> Bounce:
     mail = read_mail(data)
     subject = " ".join(mail.header("subject").split())[:300]
     if mail.feedback or mail.report_type == "feedback-report" or (

@@ -9,6 +9,7 @@ the text decoded from any one part (`MAX_PART_TEXT`).
 from __future__ import annotations
 
 import binascii
+import email.errors
 import email.message
 import email.parser
 import re
@@ -68,7 +69,7 @@ def _decode_header(value: str) -> str:
         return value
     try:
         return str(make_header(decode_header(value)))
-    except (ValueError, LookupError, UnicodeError, AssertionError):
+    except (ValueError, LookupError, UnicodeError, AssertionError, email.errors.MessageError):
         return value
 
 
