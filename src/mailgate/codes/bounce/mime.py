@@ -82,8 +82,60 @@ def html_to_text(html: str) -> str:
 
 
 def _parse_head(head: bytes) -> email.message.Message:
-    """A part's header fields, parsed by the standard library (headers only)."""
+    """The message's own header fields, parsed by the standard library."""
     return email.parser.BytesHeaderParser(policy=compat32).parsebytes(head + b"\n\n")
+
+
+class _Head:
+    """A part's header fields: what the walk asks of them (content type and its
+    parameters, charset, transfer encoding), read here. The standard library's feed
+    parser, run once per part, was most of the time of reading a corpus of bounces;
+    the message's own header is still parsed by it (`_parse_head`)."""
+
+    __slots__ = ("ctype", "fields", "params")
+
+    def __init__(self, head: bytes) -> None:
+        self.fields: dict[str, str] = {}
+        last = None
+        for raw in head.decode("latin-1").split("\n")[:200]:
+            if raw[:1] in (" ", "\t") and last is not None:
+                self.fields[last] += " " + raw.strip()
+                continue
+            name, sep, value = raw.partition(":")
+            if sep and name and " " not in name.strip():
+                last = name.strip().lower()
+                self.fields.setdefault(last, value.strip()[:MAX_HEADER])
+        ctype, _, rest = self.fields.get("content-type", "").partition(";")
+        ctype = ctype.strip().lower()
+        self.ctype = ctype if "/" in ctype and " " not in ctype else "text/plain"
+        self.params = _params(rest)
+
+    def get_content_type(self) -> str:
+        return self.ctype
+
+    def get_param(self, name: str) -> str | None:
+        return self.params.get(name)
+
+    def get_content_charset(self) -> str | None:
+        charset = self.params.get("charset")
+        return charset.lower() if charset else None
+
+    def get(self, name: str, default: str = "") -> str:
+        return self.fields.get(name.lower(), default)
+
+
+_PARAM = re.compile(r'\s*([A-Za-z0-9\-_.*]{1,60})\s*=\s*'
+                    r'(?:"((?:[^"\\]|\\.){0,1000})"|([^;\s]{0,1000}))')
+
+
+def _params(text: str) -> dict[str, str]:
+    """`; boundary="x"; charset=utf-8` -> {"boundary": "x", "charset": "utf-8"}."""
+    out: dict[str, str] = {}
+    for m in _PARAM.finditer(text[:2000]):
+        key = m.group(1).lower().rstrip("*")
+        value = m.group(2) if m.group(2) is not None else (m.group(3) or "")
+        out.setdefault(key, value.replace('\\"', '"'))
+    return out
 
 
 def _split(data: bytes) -> tuple[bytes, bytes]:
@@ -96,7 +148,10 @@ def _split(data: bytes) -> tuple[bytes, bytes]:
     return data[:end], data[end + 2:]
 
 
-def _decode(body: bytes, msg: email.message.Message) -> bytes:
+_Headers = email.message.Message | _Head
+
+
+def _decode(body: bytes, msg: _Headers) -> bytes:
     cte = str(msg.get("content-transfer-encoding", "")).strip().lower()
     body = body[:MAX_PART_TEXT * 4]
     try:
@@ -109,7 +164,7 @@ def _decode(body: bytes, msg: email.message.Message) -> bytes:
     return body
 
 
-def _text(body: bytes, msg: email.message.Message) -> str:
+def _text(body: bytes, msg: _Headers) -> str:
     raw = _decode(body, msg)
     charset = msg.get_content_charset() or "utf-8"
     try:
@@ -178,7 +233,7 @@ def read_mail(data: bytes) -> Mail:
     return mail
 
 
-def _walk(msg: email.message.Message, body: bytes, mail: Mail, depth: int,
+def _walk(msg: _Headers, body: bytes, mail: Mail, depth: int,
           inside_original: bool) -> None:
     mail.parts += 1
     if mail.parts > MAX_PARTS or depth > MAX_DEPTH:
@@ -198,7 +253,7 @@ def _walk(msg: email.message.Message, body: bytes, mail: Mail, depth: int,
                 and depth < 3 and not mail.reports:
             # A bounce wrapped in another (a forwarded NDR): its own report counts.
             sub = Mail(headers={}, content_type="", report_type="")
-            _walk(_parse_head(head), rest, sub, depth + 1, inside_original=True)
+            _walk(_Head(head), rest, sub, depth + 1, inside_original=True)
             mail.parts += sub.parts
             mail.reports.extend(sub.reports)
         return
@@ -212,7 +267,7 @@ def _walk(msg: email.message.Message, body: bytes, mail: Mail, depth: int,
             mail.texts.append(_text(body, msg))
         for part in parts:
             head, rest = _split(part)
-            _walk(_parse_head(head), rest, mail, depth + 1, inside_original)
+            _walk(_Head(head), rest, mail, depth + 1, inside_original)
             if mail.parts > MAX_PARTS:
                 return
         return
