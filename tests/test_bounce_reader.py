@@ -153,6 +153,33 @@ def test_reports_that_are_not_failures(name: str, kind: str, reason: str) -> Non
         assert reg.words(lang, "bounce")[f"kinds.{kind}"][:20] in " ".join(text.split())
 
 
+def test_an_amazon_ses_notification_is_read_as_json() -> None:
+    b = read_bounce(_read("amazon-ses-notification.eml"))
+    assert (b.kind, b.form) == ("dsn", "amazonses")
+    r = b.recipients[0]
+    assert (r.address, r.action, r.status, r.reason, r.code) == (
+        "rupert@example.net", "failed", "5.1.1", "userunknown", 550)
+    assert r.remote_mta == "a8-1.smtp-out.eu-west-1.amazonses.com"
+    # Sendmail breaks lines over 990 characters with "!", a line break and a space.
+    data = _read("amazon-ses-notification.eml").replace(b'"status"', b'!\n "status"', 1)
+    assert read_bounce(data).recipients[0].status == "5.1.1"
+
+
+def test_delivery_status_fields_written_as_text_are_read() -> None:
+    # An old Sendmail announces multipart/report and writes no boundary: one text.
+    data = (b"From: Mail Delivery Subsystem <MAILER-DAEMON@mail.example.org>\n"
+            b"To: alice@example.org\nSubject: Returned mail: User unknown\n"
+            b"Content-Type: multipart/report; report-type=delivery-status; boundary=\"x\"\n\n"
+            b"The original message was received at Mon, 1 Apr 2024 10:00:00 +0200\n\n"
+            b"Reporting-MTA: dns; mail.example.org\n\n"
+            b"Final-Recipient: RFC822; sybil@example.net\nAction: failed\nStatus: 5.1.1\n"
+            b"Diagnostic-Code: SMTP; 550 5.1.1 <sybil@example.net>... User unknown\n")
+    b = read_bounce(data)
+    assert b.kind == "dsn"
+    assert [(r.address, r.status, r.reason) for r in b.recipients] == [
+        ("sybil@example.net", "5.1.1", "userunknown")]
+
+
 def test_success_dsn_keeps_each_recipients_own_reply() -> None:
     b = read_bounce(_read("success-dsn.eml"))
     by = {r.address: r for r in b.recipients}
