@@ -273,7 +273,7 @@ def _from_dsn(mail: Mail, text_body: str) -> list[Recipient]:
             command = command or command_of(p.command)
             remote = remote or t.remote_mta
         if reply is None and t is not None:  # no reply anywhere: the program's own words
-            reply = _program_words(t.block, address)
+            reply = _program_words(t.block, address, t.before)
         if remote is None and reply:
             remote = remote_host(reply)
         status_from = "dsn" if status else "none"
@@ -326,7 +326,7 @@ def _from_text(mail: Mail, body: str, delayed: bool) -> list[Recipient]:
                 reply = f"{code} {p.enhanced + ' ' if p.enhanced else ''}{reply or ''}".strip()
             status = p.enhanced or _enhanced_in(t.block)
         else:
-            reply = _program_words(t.block, t.address)
+            reply = _program_words(t.block, t.address, t.before)
             status = _enhanced_in(t.block)
         context = " ".join(t.block.split())[:reasons.MAX_TEXT]
         action = "delayed" if delayed or (code is not None and code < 500 and not status
@@ -359,13 +359,17 @@ def _enhanced_in(block: str) -> str | None:
     return ".".join(str(int(g)) for g in m.groups()) if m else None
 
 
-def _program_words(block: str, address: str) -> str | None:
+def _program_words(block: str, address: str, before: str = "") -> str | None:
     """The reporting program's own words about a recipient (no SMTP reply found):
-    the rest of its lines, as far as the next blank line."""
-    at = block.lower().find(address)
-    rest = block[at + len(address):] if at >= 0 else block
-    rest = rest.lstrip(">:;,. \t").split("\n\n", 1)[0]
-    words = " ".join(rest.split())[:MAX_REPLY]
+    its lines as far as the next blank line, the address taken out (`pipe to |prog
+    u@d`); without any, the paragraph just before the address (Lotus Notes)."""
+    para = block.split("\n\n", 1)[0]
+    at = para.lower().find(address)
+    if at >= 0:
+        para = para[:at] + para[at + len(address):]
+    words = " ".join(para.replace("<>", " ").strip(">:;,. \t\n").split())[:MAX_REPLY]
+    if not words.strip("()[]<>:;,. ") and before.strip():
+        words = " ".join(before.split())[:MAX_REPLY]
     return words or None
 
 

@@ -164,6 +164,8 @@ def _decode(body: bytes, msg: _Head) -> bytes:
 def _text(body: bytes, msg: _Head) -> str:
     raw = _decode(body, msg)
     charset = msg.get_content_charset() or "utf-8"
+    if b"\x1b$" in raw[:MAX_PART_TEXT]:  # ISO-2022-JP written without saying so
+        charset = "iso-2022-jp"
     try:
         text = raw.decode(charset, errors="replace")
     except (LookupError, ValueError):

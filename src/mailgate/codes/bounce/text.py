@@ -83,10 +83,10 @@ _SKIP = re.compile(r"^(?:postmaster|mailer-daemon|mailer_daemon|abuse|noreply|no
 class TextRecipient:
     address: str
     block: str  # the text about this recipient
-
     pasted: Pasted | None  # the reply found in it, if any
     remote_mta: str | None
     command: str | None
+    before: str = ""  # the paragraph before the address (Lotus Notes writes the reason first)
 
 
 def human_text(texts: list[str]) -> str:
@@ -183,8 +183,9 @@ def scan(text: str, exclude: set[str], hint: list[str],
     if not any(replies):
         shared = _reply(body[:MAX_BLOCK * 2])
     whole = _Body(body)
-    out = [_recipient(addr, block, p or shared, whole)
-           for (addr, block), p in zip(blocks, replies, strict=True)]
+    out = [_recipient(addr, block, p or shared, whole, _before(body, pos))
+           for ((addr, block), p), (pos, _) in zip(zip(blocks, replies, strict=True), placed,
+                                                   strict=True)]
     if unplaced and shared is None and not any(replies):
         shared = _reply(body[:MAX_BLOCK * 2])
     out += [_recipient(addr, body[:MAX_BLOCK], shared, whole) for addr in unplaced]
@@ -262,7 +263,14 @@ class _Body:
         return self._command  # type: ignore[return-value]
 
 
-def _recipient(addr: str, block: str, p: Pasted | None, body: _Body) -> TextRecipient:
+def _before(body: str, pos: int) -> str:
+    """The paragraph that ends where a recipient's line starts."""
+    start = body.rfind("\n\n", max(0, pos - 500), pos)
+    return body[start + 2 if start >= 0 else max(0, pos - 500):pos]
+
+
+def _recipient(addr: str, block: str, p: Pasted | None, body: _Body,
+               before: str = "") -> TextRecipient:
     host = p.host if p is not None and p.host else None
     host = host or remote_host(block) or body.host
     command = p.command if p is not None else None
@@ -271,4 +279,5 @@ def _recipient(addr: str, block: str, p: Pasted | None, body: _Body) -> TextReci
         command = m.group(1).upper() if m else body.command
     if command == "DATA" and _RCPT_FAILED.search(block):
         command = "RCPT"  # a pipelined RCPT's refusal, written under ">>> DATA"
-    return TextRecipient(address=addr, block=block, pasted=p, remote_mta=host, command=command)
+    return TextRecipient(address=addr, block=block, pasted=p, remote_mta=host, command=command,
+                         before=before)
