@@ -228,6 +228,17 @@ def test_a_charset_that_is_no_charset_is_read_past() -> None:
     assert [(r.address, r.reason) for r in b.recipients] == [("a@b.example", "userunknown")]
 
 
+def test_a_bounce_longer_than_the_limit_is_read_from_its_beginning(tmp_path: Path) -> None:
+    big = tmp_path / "big.eml"
+    big.write_bytes(_read("qmail-mailboxfull.eml") + b"x" * (MAX_BOUNCE + 100))
+    r = CliRunner().invoke(main, ["explain", "--bounce", str(big)])
+    assert r.exit_code == 0, r.output
+    assert "frank@example.net" in r.output
+    assert f"longer than {MAX_BOUNCE} bytes" in " ".join(r.output.split())
+    r = CliRunner().invoke(main, ["explain", "--bounce", str(big), "--format", "json"])
+    assert json.loads(r.output)["truncated"] is True
+
+
 def test_cli_errors_are_sentences_in_the_language_asked(tmp_path: Path) -> None:
     empty = tmp_path / "empty.eml"
     empty.write_bytes(b"")
