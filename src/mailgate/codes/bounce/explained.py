@@ -55,19 +55,22 @@ def _status_title(status: str | None, lang: str) -> str:
     return e.title
 
 
-def _vendor(r: Recipient, lang: str) -> tuple[str, str, str]:
-    """(heading, meaning, fix) of the provider's own reading of the reply, or empties."""
+def _vendor(r: Recipient, lang: str) -> tuple[str, str, str, str]:
+    """(heading, meaning, who must act, fix) of the provider's own reading of the reply,
+    or empties."""
     if not r.reply or r.code is None:
-        return "", "", ""
+        return "", "", "", ""
     from mailgate.codes import vendors
 
     found = vendors.explain_vendor(r.code, r.status, r.reply, lang, host=r.remote_mta,
                                    limit=1)
     if not found or found[0].provider == vendors.ANY:
-        return "", "", ""
+        return "", "", "", ""
     v = found[0]
-    heading = _w(lang)["provider"].format(provider=v.provider_name)
-    return heading, f"{v.title}: {v.meaning}", v.fix
+    w = _w(lang)
+    heading = w["provider"].format(provider=v.provider_name)
+    return (heading, w["provider_line"].format(title=v.title, meaning=v.meaning),
+            w["list_sep"].join(v.actor_names), v.fix)
 
 
 def _action_word(r: Recipient, lang: str) -> str:
@@ -111,10 +114,10 @@ def bounce_doc(b: Bounce, lang: str = "en", name: str | None = None) -> Doc:
                     (w["remote_mta"], r.remote_mta or ""), (w["command"], r.command or ""),
                     (w["reason"], w["reason_line"].format(name=r.reason, title=words["title"]))])
         doc.fields([(w["meaning"], words["meaning"])])
-        heading, meaning, fix = _vendor(r, lang)
-        if heading:
+        heading, meaning, actors, fix = _vendor(r, lang)
+        if heading:  # the provider's reading is the more precise: its actors and fix
             doc.fields([(heading, meaning)])
-        doc.fields([(w["actors"], words["actors"]), (w["fix"], fix or words["fix"])])
+        doc.fields([(w["actors"], actors or words["actors"]), (w["fix"], fix or words["fix"])])
     others = [r.address for r in b.recipients if not r.failed and r not in shown]
     if others:
         doc.para(w["others"].format(list=w["list_sep"].join(others[:20])))
