@@ -94,10 +94,10 @@ class _Head:
 
     __slots__ = ("ctype", "fields", "params")
 
-    def __init__(self, head: bytes) -> None:
-        self.fields: dict[str, str] = {}
+    def __init__(self, head: bytes, fields: dict[str, str] | None = None) -> None:
+        self.fields: dict[str, str] = dict(fields or {})
         last = None
-        for raw in head.decode("latin-1").split("\n")[:200]:
+        for raw in head.decode("latin-1").split("\n")[:200] if fields is None else ():
             if raw[:1] in (" ", "\t") and last is not None:
                 self.fields[last] += " " + raw.strip()
                 continue
@@ -223,7 +223,9 @@ def read_mail(data: bytes) -> Mail:
     if not headers:
         raise BounceError("The input is not a mail message: it has no header fields.",
                           key="not_mail")
-    top = _Head(head)
+    # The fields the walk needs, as the standard library read them.
+    top = _Head(b"", {k: str(msg.get(k, "")) for k in ("content-type",
+                                                       "content-transfer-encoding")})
     mail = Mail(headers=headers, content_type=top.get_content_type(),
                 report_type=str(top.get_param("report-type") or "").lower(),
                 truncated=truncated)
