@@ -271,6 +271,15 @@ def test_every_reason_has_words_and_actors_in_every_language() -> None:
                 lang, reason)
 
 
+def test_every_reason_pattern_compiles_and_names_a_reason() -> None:
+    # The patterns compile on first use; a broken one must fail here, not in a call.
+    t = rs.tables()
+    for rule in t["first"] + t["late"]:
+        assert rule.name in rs.REASONS
+        assert rule.search("") in (True, False)
+    assert set(t["status"].values()) | set(t["prefix"].values()) <= set(rs.REASONS)
+
+
 def test_reasons_follow_status_and_text() -> None:
     assert rs.classify("5.1.1", "550 5.1.1 no such user") == "userunknown"
     assert rs.classify("5.2.2", "552 Requested mail action aborted: exceeded storage "
