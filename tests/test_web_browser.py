@@ -274,3 +274,35 @@ def test_admin_in_chinese_fits_a_laptop_and_a_phone(site: Site) -> None:
             expect(page.locator("h1")).to_have_text("概览")
             context.close()
         browser.close()
+
+
+def test_a_whole_bounce_pasted_on_explain(site: Site) -> None:
+    """/explain's second box: a whole bounce pasted and posted, each failed recipient
+    explained; in English on a laptop and in 中文 on a 390 px phone, never wider than
+    the window."""
+    need_tool("chromium", path=str(CHROMIUM))
+    from playwright.sync_api import expect, sync_playwright
+
+    bounce = (Path(__file__).parent / "data" / "bounces" / "exim-blocked.eml").read_text()
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS,
+                                    headless=True)
+        for lang, width, height, heading in (("en", 1280, 900, "What this bounce reports"),
+                                             ("zh", 390, 844, "这封退信报告了什么")):
+            context = browser.new_context(viewport={"width": width, "height": height})
+            context.set_default_timeout(TIMEOUT_MS)
+            page = context.new_page()
+            page.goto(f"{site.url}/explain?lang={lang}")
+            page.fill("#bounce", bounce)
+            page.locator("#bounce ~ button[type=submit]").click()
+            expect(page.locator("#explained-h")).to_have_text(heading)
+            expect(page.locator("article.explained")).to_contain_text("erin@example.net")
+            expect(page.locator("article.explained")).to_contain_text("zen.spamhaus.org")
+            expect(page.locator("#bounce")).to_have_value(bounce)
+            wide = page.evaluate("document.documentElement.scrollWidth")
+            page.screenshot(path=str(ARTIFACTS / f"explain-bounce-{lang}-{width}.png"),
+                            full_page=True)
+            assert wide <= width, f"/explain with a bounce at {width} px is {wide} px wide"
+            context.close()
+        browser.close()

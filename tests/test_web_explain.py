@@ -109,3 +109,50 @@ def test_the_paste_is_escaped(client: TestClient) -> None:
     r = client.get("/explain", params={"q": hostile})
     assert "<script>alert(1)</script>" not in r.text
     assert "&lt;/textarea&gt;&lt;script&gt;" in r.text
+
+
+BOUNCES = Path(__file__).parent / "data" / "bounces"
+
+
+def test_a_whole_bounce_is_explained_per_recipient(client: TestClient) -> None:
+    r = client.get("/explain")
+    assert '<textarea id="bounce" name="bounce"' in r.text and 'method="post"' in r.text
+    bounce = (BOUNCES / "m365-recipientnotfound.eml").read_text(encoding="utf-8")
+    r = client.post("/explain", data={"bounce": bounce})
+    assert r.status_code == 200
+    page = text_of(r.text)
+    assert "What this bounce reports" in page
+    assert "Recipient heidi@fabrikam.com: failed" in page
+    assert "userunknown" in page and "RESOLVER.ADR.RecipientNotFound" in page
+    assert "What Microsoft 365 / Exchange means" in page
+    # The bounce stays in its box, escaped.
+    assert html.escape("<alice@contoso.com>", quote=False) in r.text
+    r = client.post("/explain?lang=zh", data={"bounce": bounce})
+    page = text_of(r.text)
+    assert "这封退信报告了什么" in page and "收件人地址不存在" in page and "谁需要处理" in page
+
+
+def test_a_complaint_pasted_is_not_a_failure(client: TestClient) -> None:
+    arf = (BOUNCES / "arf-complaint.eml").read_text(encoding="utf-8")
+    page = text_of(client.post("/explain", data={"bounce": arf}).text)
+    assert "a complaint report (ARF, RFC 5965)" in page
+    assert ": failed" not in page
+
+
+def test_a_reply_line_in_the_bounce_box_is_explained_as_a_line(client: TestClient) -> None:
+    r = client.post("/explain", data={"bounce": POSTFIX})
+    assert r.status_code == 200
+    assert "Enhanced status code 5.1.1" in text_of(r.text)
+
+
+def test_a_bounce_box_too_large_is_413_and_nonsense_is_400(client: TestClient) -> None:
+    from mailgate.web.public.explain import MAX_WEB_BOUNCE
+
+    r = client.post("/explain", data={"bounce": "%" * (MAX_WEB_BOUNCE + 1000)})
+    assert r.status_code == 413
+    assert 'role="alert"' in r.text and str(MAX_WEB_BOUNCE) in r.text
+    r = client.post("/explain", data={"bounce": "\x00" * 100})
+    assert r.status_code == 400 and 'role="alert"' in r.text
+    r = client.post("/explain", content=b"&".join(b"a=%d" % i for i in range(50)),
+                    headers={"content-type": "application/x-www-form-urlencoded"})
+    assert r.status_code == 200  # too many fields: read as an empty form

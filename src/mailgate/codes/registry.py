@@ -32,8 +32,9 @@ PROSE_FIELDS = ("title", "summary", "description", "when", "fix")
 # Optional per-class advice of an enhanced code (docs/codes-data.md).
 CLASS_FIX_FIELDS = {2: "fix_2", 4: "fix_4", 5: "fix_5"}
 # The files of a language folder other than code prose: labels and templates (ui), and
-# the words of the web pages, of bounce notices and of `mailgate check`/`probe`.
-WORD_FILES = ("web", "notices", "diagnostics")
+# the words of the web pages, of bounce notices, of `mailgate check`/`probe` and of
+# whole bounces explained (`explain --bounce`).
+WORD_FILES = ("web", "notices", "diagnostics", "bounce")
 LANGUAGE_FILES = ("ui.toml", *(f"{name}.toml" for name in WORD_FILES))
 # A language's glossary (optional): its words for the terms, not code prose.
 GLOSSARY_FILE = "glossary.toml"
