@@ -187,7 +187,9 @@ class SQLiteQueue(GroupCommitWriter):
                 for seq, m in zip(seqs, messages, strict=True)
             ]
 
-        return self._call(op, "claim work")
+        # Not durable: a claim a power loss undoes leaves the work due, as it was, and
+        # whatever was delivered under it is recorded by commits that sync it too.
+        return self._call(op, "claim work", durable=False)
 
     def record(
         self,
@@ -317,7 +319,7 @@ class SQLiteQueue(GroupCommitWriter):
                 (claim_token,),
             )
 
-        self._call(op, "release the claim")
+        self._call(op, "release the claim", durable=False)
 
     def recover_claims(self) -> int:
         """Take back the claims of processes on this host that have ended (killed, crashed,
