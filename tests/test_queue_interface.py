@@ -14,8 +14,7 @@ from mailgate.queue.sqlite import SQLiteQueue
 
 # What SQLiteQueue has beyond the protocol, on purpose: tests and benchmarks of that
 # backend use them, nothing in src/ does.
-BACKEND_ONLY = {"integrity_check", "commit_count", "committed_requests", "checkpoint_count",
-                "lazy_commit_count"}
+BACKEND_ONLY = {"integrity_check", "commit_count", "committed_requests", "checkpoint_count"}
 
 
 def test_open_queue_makes_the_queue_in_data_dir(tmp_path: Path) -> None:

@@ -426,34 +426,6 @@ def test_concurrent_thread_enqueues_share_commits(q: SQLiteQueue) -> None:
     assert q.commit_count - before == 2  # the parked batch, then one for all 40
 
 
-def synchronous(conn: sqlite3.Connection) -> int:
-    """The writer connection's PRAGMA synchronous as its batch runs: 2 FULL, 1 NORMAL."""
-    return int(conn.execute("PRAGMA synchronous").fetchone()[0])
-
-
-def test_claims_commit_without_fsync_and_everything_else_with_it(q: SQLiteQueue) -> None:
-    """A batch of claims only commits with synchronous=NORMAL (a power loss undoing a
-    claim leaves the work due, as before it); any batch holding a durable write, an
-    enqueue before its 250 or a delivery's record, commits with FULL."""
-    assert q._call(synchronous, "look", durable=False) == 1
-    assert q._call(synchronous, "look") == 2
-    qid = q.enqueue(message())
-    lazy = q.lazy_commit_count
-    (item,) = q.claim(time.time(), limit=10, lease=60)
-    assert q.lazy_commit_count == lazy + 1
-    q.record(item.recipients[0].id, attempt("delivered"), claim_token=item.claim_token)
-    assert q.lazy_commit_count == lazy + 1
-    # Mixed in one batch: the durable one decides, for every request in it.
-    gate = blocked_writer(q)
-    lazy_one = q._submit(synchronous, "look", durable=False)
-    durable_one = q._submit(synchronous, "look")
-    commits = q.commit_count
-    gate.set()
-    assert (lazy_one.result(10), durable_one.result(10)) == (2, 2)
-    assert q.commit_count == commits + 2 and q.lazy_commit_count == lazy + 1
-    assert q.show(qid).recipients[0].state is DELIVERED
-
-
 def test_cancelled_async_enqueue_stores_nothing(q: SQLiteQueue) -> None:
     async def main() -> None:
         gate = blocked_writer(q)

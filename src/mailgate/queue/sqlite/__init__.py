@@ -187,9 +187,7 @@ class SQLiteQueue(GroupCommitWriter):
                 for seq, m in zip(seqs, messages, strict=True)
             ]
 
-        # Not durable: a claim a power loss undoes leaves the work due, as it was, and
-        # whatever was delivered under it is recorded by commits that sync it too.
-        return self._call(op, "claim work", durable=False)
+        return self._call(op, "claim work")
 
     def record(
         self,
@@ -319,7 +317,7 @@ class SQLiteQueue(GroupCommitWriter):
                 (claim_token,),
             )
 
-        self._call(op, "release the claim", durable=False)
+        self._call(op, "release the claim")
 
     def recover_claims(self) -> int:
         """Take back the claims of processes on this host that have ended (killed, crashed,

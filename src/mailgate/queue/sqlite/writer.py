@@ -16,12 +16,6 @@ serialises the writers and `busy_timeout` makes a writer wait for the lock inste
 failing. Reads use a small pool of separate connections; in WAL mode they never block the
 writer and always see a consistent snapshot.
 
-Not every write needs its fsync: a claim that a power loss undoes leaves the work due
-as it was (at-least-once delivery does not rely on it). Such requests say so
-(`durable=False`); a batch of only those commits with synchronous=NORMAL, no fsync, and
-the next durable commit syncs its frames along with its own (WAL frames are synced in
-order). A batch holding any durable request commits with FULL, as before.
-
 Requests of one `Joinable` class that wait next to each other in a batch run in one go
 (`run_together`), each in its own savepoint otherwise; a failure of the joint run falls
 back to the one-by-one path, which finds the request at fault.
@@ -92,11 +86,6 @@ class _Request(Generic[T]):
     future: Future[T]
     doing: str  # "queue the message": completes the error sentences
     weight: int  # bytes it writes, so one batch does not grow without bound
-    # Whether its caller may only go on once the write is on stable storage (an enqueue
-    # before its 250, a delivery's record). False for writes that a power loss may undo
-    # harmlessly (a claim: lost, the work is simply due again): a batch of only those
-    # commits without an fsync, and the next durable commit syncs them along with it.
-    durable: bool = True
 
 
 _STOP = object()
@@ -142,8 +131,6 @@ class GroupCommitWriter:
         self._idle: list[sqlite3.Connection] = []
         self._requests: stdqueue.SimpleQueue[_Request[Any] | object] = stdqueue.SimpleQueue()
         self._commits = 0
-        self._lazy_commits = 0
-        self._synchronous_full = True  # what the writer connection's PRAGMA says now
         self._committed_requests = 0
         self._checkpoints = 0
         self._wal_growth = 0  # pages committed since the checkpoint thread was last asked
@@ -293,15 +280,8 @@ class GroupCommitWriter:
         """Writes (enqueue, claim, record, ...) answered after a successful commit."""
         return self._committed_requests
 
-    @property
-    def lazy_commit_count(self) -> int:
-        """Commits made without an fsync: batches of writes a power loss may undo
-        harmlessly (claims), synced by the next durable commit."""
-        return self._lazy_commits
-
     def _submit(
-        self, op: Callable[[sqlite3.Connection], T], doing: str, weight: int = 0,
-        durable: bool = True,
+        self, op: Callable[[sqlite3.Connection], T], doing: str, weight: int = 0
     ) -> Future[T]:
         future: Future[T] = Future()
         with self._lock:
@@ -309,20 +289,11 @@ class GroupCommitWriter:
             # forever for a writer that has gone.
             if self._closed:
                 raise QueueError(f"could not {doing}: the queue is closed")
-            self._requests.put(_Request(op, future, doing, weight, durable))
+            self._requests.put(_Request(op, future, doing, weight))
         return future
 
-    def _call(self, op: Callable[[sqlite3.Connection], T], doing: str, weight: int = 0,
-              durable: bool = True) -> T:
-        return self._submit(op, doing, weight, durable).result()
-
-    def _synchronous(self, full: bool) -> None:
-        """FULL (the commit fsyncs the WAL) or NORMAL (it does not; in WAL mode a power
-        loss may undo the transaction, a crash of the process never does) for the next
-        commit. Set between transactions only."""
-        if full != self._synchronous_full:
-            self._wconn.execute(f"PRAGMA synchronous = {'FULL' if full else 'NORMAL'}")
-            self._synchronous_full = full
+    def _call(self, op: Callable[[sqlite3.Connection], T], doing: str, weight: int = 0) -> T:
+        return self._submit(op, doing, weight).result()
 
     def _run_writer(self) -> None:
         stop = False
@@ -383,9 +354,7 @@ class GroupCommitWriter:
             done: list[tuple[_Request[Any], Any, BaseException | None]] = []
             lost: tuple[_Request[Any], BaseException] | None = None
             again = False
-            durable = any(r.durable for r in pending)
             try:
-                self._synchronous(durable)
                 self._begin_write(conn)
                 i = 0
                 while i < len(pending) and lost is None:
@@ -426,8 +395,6 @@ class GroupCommitWriter:
                 pending = [r for r in pending if r is not lost[0]]
                 continue
             self._commits += 1
-            if not durable:
-                self._lazy_commits += 1
             self._wal_growth += _PAGES_PER_COMMIT + sum(
                 _PAGES_PER_REQUEST + request.weight // self._page_size for request, _, _ in done
             )
