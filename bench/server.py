@@ -8,6 +8,13 @@ Run by hand, as root on a Debian-like machine with the `postfix` package install
         --seconds 3 --idle 2000 --idle-servers mailgate-w1
     python3 bench/server.py --src old=/tmp/old/src --servers postfix,mailgate-w1,mailgate-w1@old
 
+The headline is end to end, as a user lives it: mailgate and Postfix each accept mail
+and relay all of it to a local `smtp-sink`, and a run lasts from smtp-source's first
+connection until the server's queue is empty again (polled every 10 ms); the CPU of the
+server's whole process tree (its reaped children included: Postfix's smtpd, cleanup, smtp)
+is taken over the same span and given per message. Rates of acceptance alone (the
+queue-only rows, and the relaying servers' smtp-source runs) are a diagnosis below it.
+
 Every server runs on 127.0.0.1 from a private temporary directory (on disk, not tmpfs:
 durability costs what the disk's fsync costs) and is measured in the same run:
 
@@ -212,6 +219,30 @@ def wait_greeting(port: int, timeout: float, proc: subprocess.Popen[bytes] | Non
     raise HarnessError(f"no 220 on port {port} within {timeout:g} s ({last})\n{tail}")
 
 
+def tree_cpu(pids: Sequence[int]) -> float:
+    """CPU seconds used by these processes (a server's tree) and the children they have
+    reaped: a Postfix smtpd or cleanup that exited counts in its master's cutime."""
+    jiffies = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        jiffies += int(fields[11]) + int(fields[12]) + int(fields[13]) + int(fields[14])
+    return jiffies / os.sysconf("SC_CLK_TCK")
+
+
+def drain(server: Server, timeout: float, poll: float = 0.01) -> int:
+    """Wait until `server` has passed on every message it accepted; 0, or how many were
+    left when `timeout` ran out. Polled every `poll` s (the end of an end-to-end run)."""
+    deadline = time.monotonic() + timeout
+    left = server.pending() or 0
+    while left and time.monotonic() < deadline:
+        time.sleep(poll)
+        left = server.pending() or 0
+    return left
+
+
 # --------------------------------------------------------------------------- servers
 
 
@@ -293,6 +324,11 @@ class Server(abc.ABC):
 
     def settle(self, timeout: float) -> str | None:
         """Wait for background work a cell left behind (relaying, delivery)."""
+        return None
+
+    def pending(self) -> int | None:
+        """Messages accepted and not yet relayed or delivered, for a server that passes
+        mail on (end to end: the run lasts until this is 0); None for one that does not."""
         return None
 
     def healthy(self) -> bool:
@@ -482,20 +518,18 @@ level = "{self.log_level}"
         finally:
             conn.close()
 
+    def pending(self) -> int | None:
+        if self.mode == "queue":
+            return None
+        rows = self._query(
+            "SELECT count(*) FROM recipients WHERE state IN ('queued', 'deferred')")
+        return int(rows[0][0]) if rows else 0  # type: ignore[call-overload]
+
     def settle(self, timeout: float) -> str | None:
         if self.mode == "queue":
             return None
-        deadline = time.monotonic() + timeout
-        started = time.monotonic()
-        left = 0
-        while time.monotonic() < deadline:
-            rows = self._query(
-                "SELECT count(*) FROM recipients WHERE state IN ('queued', 'deferred')")
-            left = int(rows[0][0]) if rows else 0  # type: ignore[call-overload]
-            if left == 0:
-                return f"drained in {time.monotonic() - started:.1f} s"
-            time.sleep(0.25)
-        return f"{left} recipients still queued after {timeout:g} s"
+        left = drain(self, timeout)
+        return (f"{left} recipients still queued after {timeout:g} s" if left else "drained")
 
     def stored(self) -> int | None:
         rows = self._query("SELECT count(*) FROM messages")
@@ -642,16 +676,12 @@ postlog   unix-dgram n  -       n       -       1       postlogd
                 n += len(files)
         return n
 
+    def pending(self) -> int | None:
+        return self.queued()
+
     def settle(self, timeout: float) -> str | None:
-        started = time.monotonic()
-        deadline = started + timeout
-        left = self.queued()
-        while left and time.monotonic() < deadline:
-            time.sleep(0.25)
-            left = self.queued()
-        if left:
-            return f"{left} messages still queued after {timeout:g} s"
-        return f"drained in {time.monotonic() - started:.1f} s"
+        left = drain(self, timeout)
+        return f"{left} messages still queued after {timeout:g} s" if left else "drained"
 
     def stored(self) -> int | None:
         """Messages relayed to the sink (status=sent in its log)."""
@@ -852,12 +882,31 @@ class Cell:
     seconds: float = 0.0
     error: str | None = None
     foreign: float = 0.0  # CPUs other programs on this machine used during the run
+    # A server that passes mail on: seconds from the last 250 until its queue was empty
+    # (None: it keeps what it accepts).
+    drain: float | None = None
+    cpu: float | None = None  # CPU seconds of the server's process tree, start to drained
 
     @property
     def rate(self) -> float | None:
+        """Messages accepted per second (smtp-source's run)."""
         if self.error is not None or self.seconds <= 0:
             return None
         return self.messages / self.seconds
+
+    @property
+    def e2e(self) -> float | None:
+        """Messages accepted and passed on per second, until the queue was empty."""
+        if self.error is not None or self.drain is None or self.seconds <= 0:
+            return None
+        return self.messages / (self.seconds + self.drain)
+
+    @property
+    def cpu_ms(self) -> float | None:
+        """CPU milliseconds per message (accepted, and passed on when it relays)."""
+        if self.error is not None or self.cpu is None or not self.messages:
+            return None
+        return 1000 * self.cpu / self.messages
 
 
 def smtp_source(port: int, size: int, sessions: int, messages: int, rcpt: str, reuse: bool,
@@ -882,16 +931,28 @@ def smtp_source(port: int, size: int, sessions: int, messages: int, rcpt: str, r
 
 
 def measure_cell(server: Server, rcpt: str, size: int, sessions: int, seconds: float,
-                 reuse: bool, known_rate: float | None = None) -> tuple[Cell, int]:
+                 reuse: bool, known_rate: float | None = None,
+                 drain_timeout: float = 180.0) -> tuple[Cell, int]:
     """A probe run (the warm-up) sizes the measured run to last about `seconds`, unless
-    an earlier round measured the rate. Returns the cell and the messages sent in all."""
+    an earlier round measured the rate. Returns the cell and the messages sent in all.
+
+    A server that passes mail on (`pending()` is not None) is measured end to end: the
+    run lasts until its queue is empty again (the probe's backlog is drained first), and
+    the CPU of its whole process tree is taken over the same span."""
     cell = Cell(size, sessions)
     sent = 0
+    relays = server.pending() is not None
+
+    def drained() -> None:
+        if relays and drain(server, drain_timeout):
+            raise HarnessError(f"the queue was not empty {drain_timeout:g} s after the run")
+
     try:
         probe = max(4 * sessions, 40)
         while True:
             elapsed = smtp_source(server.port, size, sessions, probe, rcpt, reuse, 120)
             sent += probe
+            drained()
             if known_rate or elapsed >= min(1.0, seconds / 4) or probe >= 1_000_000:
                 break
             probe = min(1_000_000, probe * max(2, math.ceil(1.0 / max(elapsed, 0.01))))
@@ -900,8 +961,14 @@ def measure_cell(server: Server, rcpt: str, size: int, sessions: int, seconds: f
             messages = max(2 * sessions, math.ceil(rate * seconds / sessions) * sessions)
             other = ForeignLoad()
             other.start()
+            cpu = tree_cpu(server.pids())
+            start = time.perf_counter()
             cell.seconds = smtp_source(server.port, size, sessions, messages, rcpt, reuse,
                                        max(120.0, 10 * seconds))
+            drained()
+            if relays:
+                cell.drain = max(0.0, time.perf_counter() - start - cell.seconds)
+            cell.cpu = tree_cpu(server.pids()) - cpu
             cell.foreign = other.stop()
             cell.messages = messages
             sent += messages
@@ -1040,8 +1107,14 @@ class Row:
         best: dict[tuple[int, int], Cell] = {}
         for key, runs in self.runs.items():
             ok = [c for c in runs if c.rate is not None]
-            best[key] = max(ok, key=lambda c: c.rate or 0.0) if ok else runs[-1]
+            # End to end where the server passes mail on: that is what the row is about.
+            best[key] = (max(ok, key=lambda c: (c.e2e or 0.0, c.rate or 0.0)) if ok
+                         else runs[-1])
         return best
+
+    @property
+    def relays(self) -> bool:
+        return any(c.drain is not None for runs in self.runs.values() for c in runs)
 
 
 def throughput_table(rows: Sequence[Row]) -> list[str]:
@@ -1063,7 +1136,8 @@ def throughput_table(rows: Sequence[Row]) -> list[str]:
 
 
 def rounds_table(rows: Sequence[Row]) -> list[str]:
-    """Every run of every cell: msgs/s, and the CPU other programs took meanwhile."""
+    """Every run of every cell: msgs/s (end to end for the relaying servers), and the CPU
+    other programs took meanwhile."""
     cols = cell_columns()
     lines = ["| server | " + " | ".join(f"{size_label(s)} ×{c}" for s, c in cols) + " |",
              "|---|" + "---:|" * len(cols)]
@@ -1072,7 +1146,8 @@ def rounds_table(rows: Sequence[Row]) -> list[str]:
         for key in cols:
             runs = row.runs.get(key, [])
             vals.append(", ".join("error" if c.rate is None else
-                                  f"{c.rate:,.0f} ({c.foreign:.1f})" for c in runs) or "–")
+                                  f"{c.e2e or c.rate:,.0f} ({c.foreign:.1f})" for c in runs)
+                        or "–")
         lines.append(f"| {row.label} | " + " | ".join(vals) + " |")
     return lines
 
@@ -1091,6 +1166,77 @@ def ratio_table(rows: Sequence[Row], base: Row | None) -> list[str]:
             vals.append("–" if a is None or not b else f"{a / b:.2f}x")
         lines.append(f"| {row.label} | " + " | ".join(vals) + " |")
     return lines
+
+
+def e2e_tables(rows: Sequence[Row], base: Row | None) -> list[str]:
+    """The headline: messages per second accepted and passed on (queue empty again),
+    for the servers that pass mail on; then the ratio to Postfix's same figure."""
+    cols = cell_columns()
+    head = "| server | " + " | ".join(f"{size_label(s)} ×{c}" for s, c in cols) + " |"
+    rule = "|---|" + "---:|" * len(cols)
+    relaying = [r for r in rows if r.relays]
+    rates, ratios = [head, rule], [head, rule]
+    for row in relaying:
+        vals, rel = [], []
+        for key in cols:
+            cell = row.cells.get(key)
+            e2e = cell.e2e if cell else None
+            busy = "*" if cell and cell.foreign > BUSY else ""
+            vals.append("error" if cell and cell.error else
+                        "–" if e2e is None else f"{e2e:,.0f}{busy}")
+            theirs = base.cells.get(key) if base else None
+            b = theirs.e2e if theirs else None
+            rel.append("–" if e2e is None or not b else f"{e2e / b:.2f}x")
+        rates.append(f"| {row.label} | " + " | ".join(vals) + " |")
+        ratios.append(f"| {row.label} | " + " | ".join(rel) + " |")
+    return [*rates, "", "Ratio to Postfix, end to end, in the same run:", "", *ratios]
+
+
+def cpu_table(rows: Sequence[Row]) -> list[str]:
+    """CPU milliseconds per message of each server's whole process tree: accepted and
+    passed on for the relaying servers, accepted only for the others."""
+    cols = cell_columns()
+    lines = ["| server | what | " + " | ".join(f"{size_label(s)} ×{c}" for s, c in cols)
+             + " |", "|---|---|" + "---:|" * len(cols)]
+    for row in rows:
+        vals = []
+        for key in cols:
+            cell = row.cells.get(key)
+            ms = cell.cpu_ms if cell else None
+            vals.append("–" if ms is None else f"{ms:.2f}")
+        what = "accept + relay" if row.relays else "accept"
+        lines.append(f"| {row.label} | {what} | " + " | ".join(vals) + " |")
+    return lines
+
+
+# Targets from issue 17: end to end, side by side with Postfix.
+TARGETS_E2E = {(2048, 20): 2.0, (2048, 1): 1.5, (102400, 20): 2.0}
+TARGET_CPU_MS = 0.6
+
+
+def targets_e2e(rows: Sequence[Row], base: Row | None) -> list[str]:
+    if base is None:
+        return ["(no Postfix row: ratios unavailable)"]
+    out = []
+    for row in rows:
+        if not (row.server.startswith("mailgate") and row.relays):
+            continue
+        for key, goal in TARGETS_E2E.items():
+            mine, theirs = row.cells.get(key), base.cells.get(key)
+            a = mine.e2e if mine else None
+            b = theirs.e2e if theirs else None
+            label = f"{size_label(key[0])} ×{key[1]}"
+            if a is None or not b:
+                out.append(f"- {row.label}: {label}: no figure")
+                continue
+            out.append(f"- {row.label}: {label} end to end = {a / b:.2f}x Postfix (target ≥ "
+                       f"{goal}x): {'met' if a / b >= goal else 'MISSED'}")
+        worst = max((c.cpu_ms for c in row.cells.values() if c.cpu_ms is not None),
+                    default=None)
+        if worst is not None:
+            out.append(f"- {row.label}: CPU per message, worst cell {worst:.2f} ms (target "
+                       f"≤ {TARGET_CPU_MS} ms): {'met' if worst <= TARGET_CPU_MS else 'MISSED'}")
+    return out
 
 
 def idle_table(results: Sequence[Idle]) -> list[str]:
@@ -1167,8 +1313,8 @@ def fs_type(path: Path) -> str:
 # --------------------------------------------------------------------------- main
 
 
-SERVERS = ("smtp-sink", "postfix", "aiosmtpd-fsync", "aiosmtpd-nofsync", "mailgate-w1",
-           "mailgate-w2", "mailgate-w2-maildir", "mailgate-w2-relay")
+SERVERS = ("smtp-sink", "postfix", "aiosmtpd-fsync", "aiosmtpd-nofsync", "mailgate-w1-relay",
+           "mailgate-w2-relay", "mailgate-w1", "mailgate-w2", "mailgate-w2-maildir")
 IDLE_SERVERS = ("mailgate-w1", "mailgate-w2", "aiosmtpd-fsync", "postfix")
 
 
@@ -1243,12 +1389,17 @@ def bench_throughput(runner: Runner, names: Sequence[str], args: argparse.Namesp
                 before = wait_quiet(args.quiet_limit, args.quiet_timeout)
                 earlier = [c.rate for c in row.runs.get((size, conc), []) if c.rate]
                 cell, sent = measure_cell(server, rcpt, size, conc, args.seconds, args.reuse,
-                                          known_rate=earlier[-1] if earlier else None)
+                                          known_rate=earlier[-1] if earlier else None,
+                                          drain_timeout=args.drain_timeout)
                 row.runs.setdefault((size, conc), []).append(cell)
                 row.sent += sent
                 settled = server.settle(args.drain_timeout)
-                shown = (f"{cell.rate:9,.0f} msgs/s ({cell.messages} in {cell.seconds:.2f} s;"
-                         f" other programs {cell.foreign:.2f} CPU, {before:.2f} before)"
+                e2e = (f", end to end {cell.e2e:,.0f} msgs/s (drained {cell.drain:.2f} s "
+                       "later)" if cell.e2e and cell.drain is not None else "")
+                cpu = f", {cell.cpu_ms:.2f} ms CPU/msg" if cell.cpu_ms is not None else ""
+                shown = (f"{cell.rate:9,.0f} msgs/s accepted ({cell.messages} in "
+                         f"{cell.seconds:.2f} s{e2e}{cpu}; other programs "
+                         f"{cell.foreign:.2f} CPU, {before:.2f} before)"
                          if cell.rate else f"ERROR {cell.error}")
                 print(f"   {server.label:52} {shown}" + (f"; {settled}" if settled else ""),
                       file=sys.stderr, flush=True)
@@ -1306,14 +1457,29 @@ def report(rows: Sequence[Row], idle: Sequence[Idle], args: argparse.Namespace,
         f"- mailgate rows without a [tag]: {REPO / 'src'}",
         *(f"- mailgate rows tagged [{tag}]: {path}" for tag, path in args.sources.items()),
         "",
-        "## Messages per second accepted",
+        "## End to end: messages per second accepted and relayed, queue drained",
+        "",
+        "From smtp-source's first connection until the server's queue is empty again"
+        " (every message passed on to its smtp-sink), for the servers that relay; the best"
+        " round counts.",
+        "",
+        *e2e_tables(rows, base),
+        "",
+        "## CPU per message (the server's whole process tree, ms)",
+        "",
+        *cpu_table(rows),
+        "",
+        "## Diagnosis: messages per second accepted (smtp-source's run alone)",
+        "",
+        "For the relaying servers, the rate while accepting with relaying under way; the"
+        " queue-only rows keep what they accept.",
         "",
         *throughput_table(rows),
         "",
         f"`*`: other programs on this (shared) machine used more than {BUSY} CPU during"
         " that run (see all runs below).",
         "",
-        "## Ratio to Postfix in the same run",
+        "Ratio to Postfix, accepted:",
         "",
         *ratio_table(rows, base),
         "",
@@ -1328,7 +1494,9 @@ def report(rows: Sequence[Row], idle: Sequence[Idle], args: argparse.Namespace,
                   *idle_table(idle), ""]
         lines += [f"- {r.label}: {r.note}" for r in idle if r.note]
         lines.append("")
-    lines += ["## Targets (issue 4)", "", *targets(rows, idle, base), "", "## Notes", ""]
+    lines += ["## Targets (issue 17: end to end)", "", *targets_e2e(rows, base), "",
+              "## Targets (issue 4: accepted, queue only)", "", *targets(rows, idle, base), "",
+              "## Notes", ""]
     for row in rows:
         check = ""
         if row.stored is not None:

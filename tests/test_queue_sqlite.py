@@ -290,7 +290,7 @@ def test_a_version_1_queue_is_migrated_and_keeps_its_mail(db: Path) -> None:
             (DEFERRED, True), (DELIVERED, False)]
         assert queue.integrity_check() == ["ok"]
     with sqlite3.connect(db) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
 
 
 def test_a_migrated_file_has_the_tables_of_a_new_one(tmp_path: Path) -> None:

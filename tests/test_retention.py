@@ -205,6 +205,12 @@ def test_a_version_3_queue_gets_its_finished_messages_finished(tmp_path: Path) -
     # Back to version 3, as an older mailgate left it: no finished_at, a delivered
     # message still holding its content.
     with sqlite3.connect(db) as conn:
+        # (Version 5's kept counts go too.)
+        for (trigger,) in conn.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'trigger'").fetchall():
+            conn.execute(f"DROP TRIGGER {trigger}")
+        conn.execute("DROP TABLE state_counts")
+        conn.execute("DROP TABLE activity_minutes")
         conn.execute("DROP INDEX messages_live")
         conn.execute("DROP INDEX messages_finished")
         conn.execute("ALTER TABLE messages DROP COLUMN finished_at")

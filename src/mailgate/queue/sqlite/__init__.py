@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import math
 import os
 import secrets
 import sqlite3
@@ -569,12 +570,14 @@ class SQLiteQueue(GroupCommitWriter):
         return self._call(op, "retry")
 
     def counts(self) -> dict[str, int]:
-        """Recipients per state, every state present (zero when none)."""
+        """Recipients per state, every state present (zero when none): the counts the
+        triggers keep (schema.py), one read of a table of five rows at any queue size."""
 
         def read(conn: sqlite3.Connection) -> dict[str, int]:
             result = {s.value: 0 for s in RecipientState}
-            for state, n in conn.execute("SELECT state, count(*) FROM recipients GROUP BY state"):
-                result[state] = n
+            for state, n in conn.execute("SELECT state, n FROM state_counts"):
+                if state in result:
+                    result[state] = n
             return result
 
         return self._read("count the queue", read)
@@ -599,9 +602,10 @@ class SQLiteQueue(GroupCommitWriter):
     ) -> builtins.list[ActivityBucket]:
         """Messages queued and attempts by outcome per bucket; see `Queue.activity`.
 
-        One count per bucket and series, each over one covering index range: SQLite
-        counts a range of index entries far faster than it groups the rows by an
-        expression (5 ms against 35 ms for a day of 100,000 messages)."""
+        The whole minutes of a bucket come from `activity_minutes` (kept by triggers,
+        schema.py): a day is at most 1,440 rows per series whatever the traffic. Only the
+        partial minutes at a bucket's edges are counted in the rows' own indexes, so
+        the cost no longer grows with how much mail the day saw."""
         if not bucket_seconds > 0:
             raise ValueError("bucket_seconds must be positive")
         end = time.time() if until is None else until
@@ -619,16 +623,26 @@ class SQLiteQueue(GroupCommitWriter):
         for outcome in ("delivered", "deferred", "failed"):
             series[outcome] = ("SELECT count(*) FROM attempts INDEXED BY attempts_outcome "
                                "WHERE outcome = ? AND at >= ? AND at < ?", (outcome,))
+        minutes = ("SELECT coalesce(sum(n), 0) FROM activity_minutes "
+                   "WHERE series = ? AND minute >= ? AND minute < ?")
+
+        def count(conn: sqlite3.Connection, name: str, lo: float, hi: float) -> int:
+            sql, pre = series[name]
+            first, last = _whole_minutes(lo, hi)
+            if first >= last:
+                return int(conn.execute(sql, (*pre, lo, hi)).fetchone()[0])
+            total = int(conn.execute(minutes, (name, first, last)).fetchone()[0])
+            if lo < first * 60:
+                total += conn.execute(sql, (*pre, lo, first * 60)).fetchone()[0]
+            if last * 60 < hi:
+                total += conn.execute(sql, (*pre, last * 60, hi)).fetchone()[0]
+            return total
 
         def read(conn: sqlite3.Connection) -> builtins.list[ActivityBucket]:
-            counts: dict[str, builtins.list[int]] = {}
-            for name, (sql, pre) in series.items():
-                counts[name] = [conn.execute(sql, (*pre, lo, hi)).fetchone()[0]
-                                for lo, hi in edges]
             return [
                 ActivityBucket(start=lo, seconds=bucket_seconds,
-                               **{name: values[i] for name, values in counts.items()})
-                for i, (lo, _) in enumerate(edges)
+                               **{name: count(conn, name, lo, hi) for name in series})
+                for lo, hi in edges
             ]
 
         return self._read("count the queue's activity", read)
@@ -639,6 +653,27 @@ class SQLiteQueue(GroupCommitWriter):
             "check the queue",
             lambda conn: [str(row[0]) for row in conn.execute("PRAGMA integrity_check")],
         )
+
+
+def _whole_minutes(lo: float, hi: float) -> tuple[int, int]:
+    """The minutes [first, last) that lie wholly within [lo, hi): the smallest `first`
+    with 60 * first >= lo and the largest `last` with 60 * last <= hi, in exact integer
+    terms (a row's minute is CAST(t AS INTEGER) / 60, see schema.py). Minutes from 1 on
+    only: a time before 60 (or negative) is never summed, its rows are counted instead.
+    first >= last when no whole minute fits."""
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        return 0, 0
+    first = max(1, math.ceil(lo / 60))
+    while first > 1 and (first - 1) * 60 >= lo:
+        first -= 1
+    while first * 60 < lo:
+        first += 1
+    last = math.floor(hi / 60)
+    while (last + 1) * 60 <= hi:
+        last += 1
+    while last * 60 > hi:
+        last -= 1
+    return first, last
 
 
 def _finish_if_done(conn: sqlite3.Connection, seq: int, now: float) -> None:
