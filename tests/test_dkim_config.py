@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from mailgate.config import ConfigError, parse_config
 from mailgate.config.dkim import keys_for, public_record
+from tests.support.needs import need, need_tool
 
 
 def rsa_pem(bits: int = 2048, pkcs8: bool = False) -> bytes:
@@ -153,14 +154,10 @@ def test_a_directory_is_no_key_file(tmp_path: Path) -> None:
 def test_a_key_file_this_user_cannot_read_stops_serve_only() -> None:
     """Permission denied: other commands still load the configuration (sendmail, queue
     run by the mail user); `serve` refuses to start, naming the file. Run as nobody."""
-    import shutil
     import tempfile
 
-    setpriv = shutil.which("setpriv")
-    if setpriv is None:
-        pytest.skip("setpriv (util-linux) is not installed")
-    if os.geteuid() != 0:
-        pytest.skip("needs root to run a command as nobody")
+    setpriv = need_tool("setpriv", "util-linux")
+    need(os.geteuid() == 0, "root, to run a command as nobody")
     with tempfile.TemporaryDirectory() as name:  # pytest's tmp_path is root's alone
         tmp_path = Path(name)
         tmp_path.chmod(0o755)
@@ -183,8 +180,7 @@ def _run_as_nobody(setpriv: str, tmp_path: Path) -> None:
     src = Path(__file__).resolve().parent.parent / "src"
     probe = subprocess.run([setpriv, "--reuid=nobody", "--regid=nogroup", "--clear-groups",
                             sys.executable, "-c", "print(1)"], capture_output=True, check=False)
-    if probe.returncode != 0:
-        pytest.skip(f"nobody cannot run this Python ({sys.executable})")
+    need(probe.returncode == 0, f"a Python nobody can run ({sys.executable} is not)")
     result = subprocess.run(
         [setpriv, "--reuid=nobody", "--regid=nogroup", "--clear-groups", sys.executable,
          "-c", code, str(conf)],
