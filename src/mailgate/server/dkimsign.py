@@ -1,0 +1,237 @@
+"""DKIM signing (RFC 6376, RFC 8463) at queue time, with dkimpy.
+
+A message is signed once, when it is queued, so that every retry and every destination
+sends the same bytes. The server signs what a client it answers for sends
+(authenticated, or in [relay] networks) when the From: domain, or a parent of it, has
+keys in [dkim] (`config.dkim`, `keys_for`); a list of keys gives one signature each
+(Ed25519 beside RSA, RFC 8463). Mail from strangers is never signed, whatever its From:.
+
+What is signed: the header fields RFC 6376 5.4.1 recommends that the message has (From,
+Subject, Date, To, Cc, Message-ID, MIME fields, List-*, ...), From once more than it
+appears (oversigned, 5.4.2: no second From: can be added without breaking the
+signature), never Received, Return-Path or Bcc; relaxed/relaxed canonicalization (3.4),
+the body whole (no l=).
+
+The message is not held in memory twice: the content streams from the spool (a file
+past 256 KiB) through the body canonicalization and hash here, piece by piece, and only
+the header section is kept (at most `MAX_HEADER` bytes). dkimpy then hashes the header
+fields and makes the signature; its own `sign` would want the whole message in one
+bytes object. `body_hash` follows dkimpy's canonicalization functions line by line; the
+tests check it against dkimpy's whole-body result and against OpenDKIM.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import email.utils
+import hashlib
+import logging
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Protocol
+
+import dkim
+import dkim.canonicalization
+import dkim.crypto
+import nacl.encoding  # here, not when first signing: serve may have dropped root by then
+import nacl.signing
+
+from mailgate.config.dkim import DKIMKey, keys_for
+
+__all__ = ["MAX_HEADER", "BodyHash", "SigningError", "from_domain", "sign", "sign_spool",
+           "signatures"]
+
+log = logging.getLogger("mailgate.dkim")
+
+MAX_HEADER = 1024 * 1024  # bytes of header section kept to sign; more is not signed
+_CANON = (b"relaxed", b"relaxed")
+
+
+class SigningError(Exception):
+    """The message cannot be signed (no From:, a header section past MAX_HEADER, ...)."""
+
+
+class BodyHash:
+    """SHA-256 of a body canonicalized as RFC 6376 3.4.3 (simple) or 3.4.4 (relaxed),
+    fed in pieces of any size: whole lines are canonicalized as they come, and empty
+    lines are held back until a line with content follows (trailing ones are ignored)."""
+
+    __slots__ = ("_empty", "_hash", "_partial", "_relaxed", "_seen")
+
+    def __init__(self, relaxed: bool = True) -> None:
+        self._relaxed = relaxed
+        self._hash = hashlib.sha256()
+        self._partial = b""  # the end of the last piece, after its last CRLF
+        self._empty = 0  # empty lines held back
+        self._seen = False  # a line with content was hashed
+
+    def update(self, data: bytes) -> None:
+        buf = self._partial + data if self._partial else data
+        cut = buf.rfind(b"\r\n")
+        if cut < 0:
+            self._partial = bytes(buf)
+            return
+        self._partial = bytes(buf[cut + 2:])
+        self._lines(bytes(buf[:cut + 2]))
+
+    def _lines(self, lines: bytes) -> None:
+        """Whole lines (ending in CRLF): canonicalized, trailing empty ones held back."""
+        if self._relaxed:
+            lines = dkim.canonicalization.compress_whitespace(
+                dkim.canonicalization.strip_trailing_whitespace(lines))
+        end = len(lines)
+        while end >= 2 and lines[end - 2:end] == b"\r\n" and (
+                end == 2 or lines[end - 4:end - 2] == b"\r\n"):
+            end -= 2
+        if end == 0:
+            self._empty += len(lines) // 2
+            return
+        if self._empty:
+            self._hash.update(b"\r\n" * self._empty)
+        self._hash.update(lines[:end])
+        self._seen = True
+        self._empty = (len(lines) - end) // 2
+
+    def digest(self) -> bytes:
+        if self._partial:  # a last line without CRLF: it gets one (RFC 6376 3.4.3, 3.4.4)
+            partial, self._partial = self._partial, b""
+            self._lines(partial + b"\r\n")
+        if not self._seen and not self._relaxed:
+            return hashlib.sha256(b"\r\n").digest()  # simple: an empty body is one CRLF
+        return self._hash.digest()
+
+
+def _split_header(chunks: Iterable[bytes]) -> tuple[bytes, bytes, Iterator[bytes]]:
+    """(the header section up to and with its last CRLF, the first piece of the body,
+    the rest of the pieces); SigningError past MAX_HEADER."""
+    header = bytearray()
+    it = iter(chunks)
+    for piece in it:
+        header += piece
+        # The empty line that ends the header section: "\r\n\r\n" (a header section
+        # starts with a field), or an empty line first (no header section at all).
+        end = 0 if header.startswith(b"\r\n") else header.find(b"\r\n\r\n")
+        if end >= 0:
+            cut = end + 2 if end else 0
+            if cut > MAX_HEADER:
+                break
+            first = bytes(header[cut + 2:])
+            del header[cut:]
+            return bytes(header), first, it
+        if len(header) > MAX_HEADER:
+            break
+    else:  # no body: the header section alone
+        if not header.endswith(b"\r\n"):
+            header += b"\r\n"
+        return bytes(header), b"", it
+    raise SigningError(f"the header section is over {MAX_HEADER} bytes")
+
+
+def _body_hash(first: bytes, rest: Iterator[bytes]) -> bytes:
+    body = BodyHash(relaxed=_CANON[1] == b"relaxed")
+    body.update(first)
+    for piece in rest:
+        body.update(piece)
+    return body.digest()
+
+
+def from_domain(header: bytes) -> str | None:
+    """The domain of the (first) From: address, lower case; None without one."""
+    for name, value in dkim.rfc822_parse(header + b"\r\n")[0]:
+        if name.lower().strip() != b"from":
+            continue
+        text = value.decode("utf-8", "surrogateescape")
+        for _, address in email.utils.getaddresses([text]):
+            local, at, domain = address.rpartition("@")
+            if at and local and domain:
+                return domain.strip().lower().rstrip(".")
+        return None
+    return None
+
+
+class _Signer(dkim.DKIM):  # type: ignore[misc]
+    """dkimpy's DKIM, signing with a body hash computed beforehand (`BodyHash`)."""
+
+    def sign_with(self, key: DKIMKey, body_hash: bytes, now: int) -> bytes:
+        algorithm = key.algorithm.encode()
+        self.signature_algorithm = algorithm
+        self.hasher = dkim.HASH_ALGORITHMS[algorithm]
+        if key.algorithm == "rsa-sha256":
+            pk = dkim.crypto.parse_pem_private_key(key.private)
+        else:
+            pk = nacl.signing.SigningKey(key.private, encoder=nacl.encoding.Base64Encoder)
+        include = tuple(x.lower() for x in self.default_sign_headers())
+        if b"from" not in include:
+            raise SigningError("the message has no From: field (RFC 5322 3.6 requires one)")
+        policy = dkim.canonicalization.CanonicalizationPolicy.from_c_value(b"/".join(_CANON))
+        fields = [
+            (b"v", b"1"),
+            (b"a", algorithm),
+            (b"c", policy.to_c_value()),
+            (b"d", key.domain.encode()),
+            (b"s", key.selector.encode()),
+            (b"t", str(now).encode()),
+            (b"h", b" : ".join(include)),
+            (b"bh", base64.b64encode(body_hash)),
+            (b"b", b"0" * 60),  # b= folds onto a line of its own (dkimpy's way)
+        ]
+        value: bytes = self.gen_header(fields, include, policy, b"DKIM-Signature", pk)
+        return b"DKIM-Signature: " + value
+
+
+def sign(chunks: Iterable[bytes], keys: Sequence[DKIMKey], *, now: float | None = None
+         ) -> bytes:
+    """DKIM-Signature fields, CRLF-ended, one per key, to put at the top of the message
+    whose content (header section, empty line, body) `chunks` yields. SigningError
+    when it cannot be signed."""
+    header, first, rest = _split_header(chunks)
+    return _sign_header(header, _body_hash(first, rest), keys, now)
+
+
+def _sign_header(header: bytes, body_hash: bytes, keys: Sequence[DKIMKey],
+                 now: float | None) -> bytes:
+    signer = _Signer(header + b"\r\n", logger=log, linesep=b"\r\n")
+    stamp = int(time.time() if now is None else now)
+    out = []
+    for key in keys:
+        try:
+            out.append(signer.sign_with(key, body_hash, stamp))
+        except dkim.DKIMException as exc:
+            raise SigningError(f"dkimpy: {exc}") from exc
+    return b"".join(out)
+
+
+def signatures(chunks: Iterable[bytes], table: Mapping[str, tuple[DKIMKey, ...]],
+               *, now: float | None = None) -> tuple[bytes, str | None]:
+    """The signatures for a message from a client mailgate answers for: one per key of
+    its From: domain (or of a parent domain); nothing when [dkim] has none, and then the
+    body is not read. Returns (the fields, the signing domain)."""
+    header, first, rest = _split_header(chunks)
+    domain = from_domain(header)
+    keys = keys_for(table, domain) if domain is not None else ()
+    if not keys:
+        return b"", None
+    return _sign_header(header, _body_hash(first, rest), keys, now), keys[0].domain
+
+
+class _Spool(Protocol):
+    head: bytes
+
+    def chunks(self, size: int = ...) -> Iterator[bytes]: ...
+
+
+async def sign_spool(spool: _Spool, table: Mapping[str, tuple[DKIMKey, ...]], qid: str
+                     ) -> None:
+    """Sign a finished spool in place: the signatures go at the top of its head. In a
+    thread (the body is read back from the file and hashed); a message that cannot be
+    signed is logged and goes unsigned (it was accepted: refusing it now would be
+    worse than sending it as every MTA without DKIM does)."""
+    try:
+        fields, domain = await asyncio.to_thread(signatures, spool.chunks(), table)
+    except (SigningError, OSError) as exc:
+        log.warning("%s: not DKIM-signed: %s", qid, exc)
+        return
+    if fields:
+        spool.head = fields + spool.head
+        log.debug("%s: DKIM-signed for %s", qid, domain)
