@@ -1,0 +1,237 @@
+"""DKIM signing end to end: a key made by `mailgate dkim keygen`, its record served by the
+tests' DNS server, a message submitted over SMTP with AUTH to a running mailgate, and
+what a real receiver (aiosmtpd) gets carries an RSA and an Ed25519 signature that both
+dkimpy and OpenDKIM verify against that DNS record. A retried delivery sends the same
+bytes; a stranger's mail is not signed."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import aiosmtplib
+import dkim
+import pytest
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+from mailgate.config import Delivery, DNSConfig, Domains, Relay, Route, parse_config
+from mailgate.delivery.engine import DeliveryEngine
+from mailgate.dns import Resolver
+from mailgate.users import UserDB
+from tests.support import opendkim
+from tests.support.fakemx import wait_until
+from tests.support.live import LiveServer, live_config
+from tests.support.smtpwire import wire_form
+
+if TYPE_CHECKING:
+    from tests.support.dnsserver import DNSServer
+
+pytest_plugins = ["tests.support.dnsserver"]
+
+TIMEOUT = 20.0
+
+
+class Receiver:
+    """An aiosmtpd MX on loopback keeping every DATA it is sent; `defer_first` answers
+    the first one 451 (the message is retried)."""
+
+    def __init__(self, defer_first: bool = False) -> None:
+        self.defer_first = defer_first
+        self.attempts: list[bytes] = []  # every DATA, deferred or not
+        self.accepted: list[bytes] = []
+        self._lock = threading.Lock()
+        with socket.socket() as probe:  # aiosmtpd's Controller cannot be given port 0
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.controller = Controller(self, hostname="127.0.0.1", port=self.port,
+                                     server_hostname="mx.example.net", ready_timeout=5.0)
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        data = envelope.original_content or b""
+        with self._lock:
+            self.attempts.append(data)
+            if self.defer_first and len(self.attempts) == 1:
+                return "451 4.3.0 try again later"
+            self.accepted.append(data)
+        return "250 2.0.0 ok"
+
+    def __enter__(self) -> Receiver:
+        self.controller.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.controller.stop()
+
+
+@pytest.fixture
+def signer_setup(tmp_path: Path, dns_server_factory: Any) -> Iterator[dict[str, Any]]:
+    """Two keys for example.org made by `mailgate dkim keygen`, the printed zone lines
+    served by a DNS server, and the [dkim] table that names the key files."""
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    lines = []
+    for selector, algorithm in (("r2026", "rsa-sha256"), ("e2026", "ed25519-sha256")):
+        run = subprocess.run(
+            [sys.executable, "-m", "mailgate", "dkim", "keygen", "example.org",
+             "--selector", selector, "--algorithm", algorithm,
+             "--out", str(keys / f"{selector}.key")],
+            capture_output=True, text=True, timeout=60, check=False)
+        assert run.returncode == 0, run.stderr
+        lines.append(run.stdout.strip())
+    server: DNSServer = dns_server_factory(
+        "example.org. SOA ns.example.org. hostmaster.example.org. 1 3600 600 86400 60\n"
+        + "\n".join(lines))
+    table = parse_config(
+        '[[dkim."example.org"]]\nselector = "r2026"\nkey_file = "keys/r2026.key"\n'
+        '[[dkim."example.org"]]\nselector = "e2026"\nkey_file = "keys/e2026.key"\n'
+        'algorithm = "ed25519-sha256"\n', "dkim.toml", base_dir=tmp_path).dkim
+    yield {"dns": server, "dkim": table, "zone": lines}
+
+
+def published(server: DNSServer) -> dict[str, str]:
+    """The DKIM records as the DNS server serves them, through mailgate's resolver."""
+    resolver = Resolver([server.nameserver], timeout=3)
+    out = {}
+    for name in ("r2026._domainkey.example.org", "e2026._domainkey.example.org"):
+        answer = asyncio.run(resolver.txt(name))
+        assert answer.status == "data", answer
+        [out[name]] = answer.records
+    return out
+
+
+def dkimpy_verify_all(message: bytes, server: DNSServer) -> list[bool]:
+    resolver = Resolver([server.nameserver], timeout=3)
+
+    def dnsfunc(name: bytes, timeout: int = 5) -> bytes | None:
+        answer = asyncio.run(resolver.txt(name.decode().rstrip(".")))
+        return answer.records[0].encode() if answer.records else None
+
+    d = dkim.DKIM(message)
+    count = sum(1 for name, _ in d.headers if name.lower() == b"dkim-signature")
+    return [bool(d.verify(idx=i, dnsfunc=dnsfunc)) for i in range(count)]
+
+
+def message(sender: str, rcpt: str, body: bytes = b"See you at noon.\r\n") -> bytes:
+    return (f"From: Alice <{sender}>\r\nTo: <{rcpt}>\r\nSubject: lunch\r\n"
+            "MIME-Version: 1.0\r\nContent-Type: text/plain\r\n\r\n").encode() + body
+
+
+def unverified() -> ssl.SSLContext:
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+async def submit(port: int, sender: str, rcpt: str, data: bytes) -> None:
+    async with aiosmtplib.SMTP(hostname="127.0.0.1", port=port, start_tls=True,
+                               tls_context=unverified(), timeout=TIMEOUT) as client:
+        await client.ehlo()  # aiosmtplib says it lazily after STARTTLS
+        await client.auth_plain("alice", "lunch secret")
+        errors, _ = await client.sendmail(sender, [rcpt], data)
+        assert errors == {}
+
+
+def start(tmp_path: Path, setup: dict[str, Any], receiver: Receiver, **changes: Any
+          ) -> LiveServer:
+    config = live_config(
+        tmp_path / "data", hostname="mx.example.org",
+        domains=Domains(local=("example.org",), catch_all=True),
+        dns=DNSConfig((setup["dns"].nameserver,)),
+        delivery=Delivery(retry_schedule=(0.5,)),
+        routes={"example.net": Route("example.net", "127.0.0.1", receiver.port, False)},
+        dkim=setup["dkim"], **changes)
+    UserDB(config.data_dir / "users.json").set_password("alice", "lunch secret")
+    return LiveServer(config)
+
+
+def test_submitted_mail_arrives_signed_twice_and_verifies(
+        tmp_path: Path, signer_setup: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(DeliveryEngine, "POLL", 0.1)
+    # The printed zone lines split long text into quoted strings of at most 255.
+    rsa_line = signer_setup["zone"][0]
+    assert rsa_line.startswith('r2026._domainkey.example.org. IN TXT "v=DKIM1; k=rsa; p=')
+    assert all(len(s) <= 255 for s in re.findall(r'"([^"]*)"', rsa_line))
+    body = b"".join(b"line %05d of a longer message\r\n" % i for i in range(12000))  # > 256 KiB
+    with Receiver() as rx, start(tmp_path, signer_setup, rx) as srv:
+        asyncio.run(submit(srv.port("submission"), "alice@example.org", "bob@example.net",
+                           message("alice@example.org", "bob@example.net", body)))
+        [got] = wait_until(lambda: list(rx.accepted), TIMEOUT, "the message at the receiver")
+    assert got.count(b"DKIM-Signature:") == 2
+    assert got.index(b"DKIM-Signature:") < got.index(b"Received:")  # at the top
+    assert dkimpy_verify_all(got, signer_setup["dns"]) == [True, True]
+    verdicts = opendkim.verify(got, published(signer_setup["dns"]))
+    assert [(v.selector, v.passed) for v in verdicts] == [("r2026", True), ("e2026", True)]
+
+
+def test_a_retry_sends_the_same_signed_bytes(
+        tmp_path: Path, signer_setup: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(DeliveryEngine, "POLL", 0.1)
+    with Receiver(defer_first=True) as rx, start(tmp_path, signer_setup, rx) as srv:
+        asyncio.run(submit(srv.port("submission"), "alice@example.org", "bob@example.net",
+                           message("alice@example.org", "bob@example.net")))
+        wait_until(lambda: rx.accepted, TIMEOUT, "the retried message at the receiver")
+    first, second = rx.attempts
+    assert first == second and b"DKIM-Signature:" in first
+    assert dkimpy_verify_all(second, signer_setup["dns"]) == [True, True]
+
+
+def test_a_strangers_mail_is_not_signed(
+        tmp_path: Path, signer_setup: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """On the MX port, a client that is neither authenticated nor in [relay] networks
+    gets no signature, even with a From: at a signing domain."""
+    monkeypatch.setattr(DeliveryEngine, "POLL", 0.1)
+    with Receiver() as rx, start(tmp_path, signer_setup, rx, relay=Relay(networks=())) as srv:
+        async def send() -> None:
+            async with aiosmtplib.SMTP(hostname="127.0.0.1", port=srv.port("mx"),
+                                       start_tls=False, timeout=TIMEOUT) as client:
+                errors, _ = await client.sendmail(
+                    "someone@example.com", ["alice@example.org"],
+                    message("ceo@example.org", "alice@example.org"))
+                assert errors == {}
+
+        asyncio.run(send())
+        box = srv.maildir / "example.org" / "alice" / "new"
+        [file] = wait_until(lambda: list(box.iterdir()) if box.is_dir() else None, TIMEOUT,
+                            "the message in alice's Maildir")
+        delivered = wire_form(file.read_bytes())
+    assert b"DKIM-Signature" not in delivered
+    assert b"From: Alice <ceo@example.org>" in delivered
+
+
+def test_sendmail_with_the_server_down_queues_signed_mail(
+        tmp_path: Path, signer_setup: dict[str, Any]) -> None:
+    """The direct path of mailgate-sendmail (no server to hand it to) signs as the server
+    would: the queued content carries signatures that verify."""
+    from mailgate.queue.sqlite import SQLiteQueue
+
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))  # bound, not listening: the server is "down"
+        port = closed.getsockname()[1]
+        conf = tmp_path / "mailgate.toml"
+        conf.write_text(
+            f'data_dir = "{tmp_path / "data"}"\n[[listen]]\nrole = "submission"\n'
+            f'address = "127.0.0.1:{port}"\n[domains]\nlocal = ["example.org"]\n'
+            '[[dkim."example.org"]]\nselector = "r2026"\nkey_file = "keys/r2026.key"\n'
+            '[[dkim."example.org"]]\nselector = "e2026"\nkey_file = "keys/e2026.key"\n'
+            'algorithm = "ed25519-sha256"\n')
+        run = subprocess.run(
+            [sys.executable, "-m", "mailgate.cli.sendmail", "-C", str(conf), "-t",
+             "-f", "alice@example.org"],
+            input=b"From: alice@example.org\nTo: bob@example.net\nSubject: cron\n\nran\n",
+            capture_output=True, timeout=60, check=False)
+    assert run.returncode == 0, run.stderr
+    with SQLiteQueue(tmp_path / "data" / "queue.db") as q:
+        [item] = q.list(limit=10)
+        content = q.show(item.id, content=True).content
+    assert content is not None and content.count(b"DKIM-Signature:") == 2
+    assert dkimpy_verify_all(content, signer_setup["dns"]) == [True, True]
