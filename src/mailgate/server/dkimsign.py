@@ -84,7 +84,9 @@ class BodyHash:
 
     def _lines(self, lines: bytes) -> None:
         """Whole lines (ending in CRLF): canonicalized, trailing empty ones held back."""
-        if self._relaxed:
+        if self._relaxed and (b"\t" in lines or b"  " in lines or b" \r\n" in lines):
+            # (only then is there whitespace to strip or compress: base64 parts and
+            # most text have none, and three scans cost less than two regex passes)
             lines = dkim.canonicalization.compress_whitespace(
                 dkim.canonicalization.strip_trailing_whitespace(lines))
         end = len(lines)
