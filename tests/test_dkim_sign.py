@@ -223,3 +223,43 @@ def test_body_hash_of_the_signature_is_base64_sha256(rsa_key: DKIMKey) -> None:
     body = MESSAGE.split(b"\r\n\r\n", 1)[1]
     expected = hashlib.sha256(dkim.canonicalization.Relaxed.canonicalize_body(body)).digest()
     assert base64.b64decode(bh.group(1)) == expected
+
+
+# --- RFC 8463 (Ed25519 for DKIM), appendix A ---------------------------------------------
+
+RFC8463_SEED = "nWGxne/9WmC6hEr0kuwsxERJxWl7MmkZcDusAxyuf2A="
+RFC8463_PUBLIC = "11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo="
+RFC8463_MESSAGE = (
+    b"From: Joe SixPack <joe@football.example.com>\r\n"
+    b"To: Suzie Q <suzie@shopping.example.net>\r\n"
+    b"Subject: Is dinner ready?\r\n"
+    b"Date: Fri, 11 Jul 2003 21:00:37 -0700 (PDT)\r\n"
+    b"Message-ID: <20030712040037.46341.5F8J@football.example.com>\r\n"
+    b"\r\n"
+    b"Hi.\r\n"
+    b"\r\n"
+    b"We lost the game.  Are you hungry yet?\r\n"
+    b"\r\n"
+    b"Joe.\r\n"
+)
+RFC8463_BODY_HASH = "2jUSOH9NhtVGCQWNr9BrIAPreKQjO6Sn7XIkfJVOzv8="
+
+
+def test_rfc8463_key_body_hash_and_signature(tmp_path: Path) -> None:
+    """The RFC's Ed25519 key, loaded as a key file, gives the RFC's public key; the
+    RFC's message gives the RFC's body hash; signing it with that key verifies against
+    the RFC's DNS record in dkimpy and OpenDKIM."""
+    from mailgate.config.dkim import load_key
+
+    path = tmp_path / "brisbane.key"
+    path.write_text(RFC8463_SEED + "\n")
+    loaded = load_key(path, "ed25519-sha256", "football.example.com", "brisbane")
+    assert loaded.public == RFC8463_PUBLIC
+    fields = sign([RFC8463_MESSAGE], [loaded])
+    bh = re.search(rb"bh=([^;]+);", fields.replace(b"\r\n ", b""))
+    assert bh is not None and bh.group(1).decode() == RFC8463_BODY_HASH
+    record = {"brisbane._domainkey.football.example.com":
+              f"v=DKIM1; k=ed25519; p={RFC8463_PUBLIC}"}
+    signed = fields + RFC8463_MESSAGE
+    assert dkimpy_verdicts(signed, record) == [True]
+    assert [v.passed for v in opendkim.verify(signed, record)] == [True]
