@@ -24,6 +24,7 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from mailgate.config import Delivery, DNSConfig, Domains, Relay, Route, parse_config
+from mailgate.config.dkim import generate_key
 from mailgate.delivery.engine import DeliveryEngine
 from mailgate.dns import Resolver
 from mailgate.users import UserDB
@@ -235,3 +236,90 @@ def test_sendmail_with_the_server_down_queues_signed_mail(
         content = q.show(item.id, content=True).content
     assert content is not None and content.count(b"DKIM-Signature:") == 2
     assert dkimpy_verify_all(content, signer_setup["dns"]) == [True, True]
+
+
+def test_serve_started_as_root_signs_with_a_root_only_key_after_dropping_root() -> None:
+    """The key file is root's alone (0600); `serve` reads it before it becomes the
+    mailgate user, and everything signing needs is loaded by then: mail it relays after
+    the drop arrives signed."""
+    import os
+    import shutil
+    import signal
+    import smtplib
+    import tempfile
+
+    from mailgate.config.dkim import load_key, public_record
+    from tests.support.dovecot import ensure_system_user, free_port
+    from tests.support.needs import need
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root: serve drops root only when started as root")
+    mailgate = ensure_system_user("mailgate")
+    src = str(Path(__file__).resolve().parent.parent / "src")
+    readable = subprocess.run(
+        ["setpriv", f"--reuid={mailgate.pw_uid}", f"--regid={mailgate.pw_gid}",
+         "--clear-groups", sys.executable, "-c", "import mailgate.serve, dkim, nacl"],
+        env={**os.environ, "PYTHONPATH": src}, cwd="/", capture_output=True, check=False)
+    need(readable.returncode == 0, f"a Python the mailgate user can read ({sys.prefix})")
+    folder = Path(tempfile.mkdtemp(prefix="mg-dkim-"))
+    folder.chmod(0o755)
+    try:
+        keys = folder / "keys"
+        keys.mkdir(mode=0o700)
+        key_file = keys / "s1.key"
+        key_file.write_bytes(generate_key("rsa-sha256"))
+        key_file.chmod(0o600)
+        key = load_key(key_file, "rsa-sha256", "example.org", "s1")
+        port = free_port()
+        with Receiver() as rx:
+            config = folder / "mailgate.toml"
+            config.write_text(
+                f'hostname = "mx.example.org"\ndata_dir = "{folder / "data"}"\n'
+                f'[[listen]]\nrole = "mx"\naddress = "127.0.0.1:{port}"\n'
+                '[web]\naddress = ""\n[policy]\nsender_null_mx_check = false\n'
+                'recipient_null_mx_check = false\n'
+                f'[routes]\n"example.net" = "smtp:[127.0.0.1]:{rx.port}"\n'
+                f'[dkim."example.org"]\nselector = "s1"\nkey_file = "{key_file}"\n')
+            log = folder / "serve.log"
+            with log.open("ab") as err:
+                proc = subprocess.Popen(
+                    [sys.executable, "-m", "mailgate", "serve", "--config", str(config)],
+                    env={**os.environ, "PYTHONPATH": src}, cwd="/",
+                    stdin=subprocess.DEVNULL, stdout=err, stderr=err)
+            try:
+                def greets() -> bool:
+                    assert proc.poll() is None, log.read_text()
+                    try:
+                        with smtplib.SMTP("127.0.0.1", port, timeout=5):
+                            return True
+                    except OSError:
+                        return False
+
+                wait_until(greets, 30, "serve to listen")
+                status = Path(f"/proc/{proc.pid}/status").read_text()
+                uid_line = next(x for x in status.splitlines() if x.startswith("Uid:"))
+                assert uid_line.split()[1:] == [str(mailgate.pw_uid)] * 4, uid_line
+                with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
+                    client.sendmail("alice@example.org", ["bob@example.net"],
+                                    message("alice@example.org", "bob@example.net"))
+                [got] = wait_until(lambda: list(rx.accepted), 30, "the relayed message")
+            finally:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(10)
+            log_text = log.read_text()
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    assert proc.returncode == 0, log_text
+    assert "not DKIM-signed" not in log_text
+    records = {key.record_name: public_record(key)}
+
+    def dnsfunc(name: bytes, timeout: int = 5) -> bytes | None:
+        text = records.get(name.decode().rstrip("."))
+        return text.encode() if text else None
+
+    assert got.count(b"DKIM-Signature:") == 1
+    assert dkim.verify(got, dnsfunc=dnsfunc)
