@@ -150,7 +150,9 @@ def from_domain(header: bytes) -> str | None:
     for name, value in dkim.rfc822_parse(header + b"\r\n")[0]:
         if name.lower().strip() != b"from":
             continue
-        text = value.decode("utf-8", "surrogateescape")
+        # The first 4 KiB are plenty for the first address, and keep the parser's work
+        # bounded whatever a client wrote.
+        text = value[:4096].decode("utf-8", "surrogateescape")
         for _, address in email.utils.getaddresses([text]):
             local, at, domain = address.rpartition("@")
             if at and local and domain:
@@ -273,4 +275,5 @@ async def sign_spool(spool: _Spool, table: Mapping[str, tuple[DKIMKey, ...]], qi
         return
     if fields:
         spool.head = fields + spool.head
-        log.debug("%s: DKIM-signed for %s", qid, domain)
+        selectors = ", ".join(k.selector for k in keys_for(table, domain or ""))
+        log.info("%s: DKIM-Signature added (d=%s, s=%s)", qid, domain, selectors)
