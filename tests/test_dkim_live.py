@@ -323,3 +323,27 @@ def test_serve_started_as_root_signs_with_a_root_only_key_after_dropping_root() 
 
     assert got.count(b"DKIM-Signature:") == 1
     assert dkim.verify(got, dnsfunc=dnsfunc)
+
+
+def test_a_message_that_cannot_be_signed_is_still_sent(
+        tmp_path: Path, signer_setup: dict[str, Any], monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A header section past 1 MiB is not signed (the signer keeps only the header in
+    memory): the message is accepted all the same, sent unsigned, and the log says why.
+    Without a From: field there is no domain to sign for: sent unsigned too."""
+    monkeypatch.setattr(DeliveryEngine, "POLL", 0.1)
+    caplog.set_level("INFO", logger="mailgate.dkim")
+    filler = b"".join(b"X-Filler-%04d: %s\r\n" % (i, b"a" * 900) for i in range(1200))
+    huge = filler + message("alice@example.org", "bob@example.net", b"big head\r\n")
+    no_from = b"To: <bob@example.net>\r\nSubject: lunch\r\n\r\nwho am I?\r\n"
+    with Receiver() as rx, start(tmp_path, signer_setup, rx) as srv:
+        for data in (huge, no_from):
+            asyncio.run(submit(srv.port("submission"), "alice@example.org",
+                               "bob@example.net", data))
+        got = wait_until(lambda: list(rx.accepted) if len(rx.accepted) == 2 else None,
+                         TIMEOUT, "both messages at the receiver")
+    assert all(b"DKIM-Signature" not in m for m in got)
+    assert {m.rsplit(b"\r\n", 2)[-2] for m in got} == {b"big head", b"who am I?"}
+    said = [r.getMessage() for r in caplog.records]
+    assert sum("not DKIM-signed: the header section is over 1048576 bytes" in m
+               for m in said) == 1, said
