@@ -56,6 +56,13 @@ class Receiver:
         self.controller = Controller(self, hostname="127.0.0.1", port=self.port,
                                      server_hostname="mx.example.net", ready_timeout=5.0)
 
+    async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope,
+                          address: str, rcpt_options: list[str]) -> str:
+        if address.startswith("refuse@"):
+            return "550 5.1.1 no such user"
+        envelope.rcpt_tos.append(address)
+        return "250 2.1.5 ok"
+
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         data = envelope.original_content or b""
         with self._lock:
@@ -144,12 +151,13 @@ async def submit(port: int, sender: str, rcpt: str, data: bytes) -> None:
 
 def start(tmp_path: Path, setup: dict[str, Any], receiver: Receiver, **changes: Any
           ) -> LiveServer:
+    changes.setdefault(
+        "routes", {"example.net": Route("example.net", "127.0.0.1", receiver.port, False)})
     config = live_config(
         tmp_path / "data", hostname="mx.example.org",
         domains=Domains(local=("example.org",), catch_all=True),
         dns=DNSConfig((setup["dns"].nameserver,)),
         delivery=Delivery(retry_schedule=(0.5,)),
-        routes={"example.net": Route("example.net", "127.0.0.1", receiver.port, False)},
         dkim=setup["dkim"], **changes)
     UserDB(config.data_dir / "users.json").set_password("alice", "lunch secret")
     return LiveServer(config)
@@ -347,3 +355,29 @@ def test_a_message_that_cannot_be_signed_is_still_sent(
     said = [r.getMessage() for r in caplog.records]
     assert sum("not DKIM-signed: the header section is over 1048576 bytes" in m
                for m in said) == 1, said
+
+
+def test_a_bounce_mailgate_writes_is_signed_for_its_host_name_s_domain(
+        tmp_path: Path, signer_setup: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """mailgate's own notices are signed too: From: MAILER-DAEMON@mx.example.org takes
+    example.org's keys (the parent domain's)."""
+    monkeypatch.setattr(DeliveryEngine, "POLL", 0.1)
+    with Receiver() as rx:
+        routes = {d: Route(d, "127.0.0.1", rx.port, False)
+                  for d in ("example.net", "gone.example")}
+        with start(tmp_path, signer_setup, rx, routes=routes) as srv:
+            async def send() -> None:
+                async with aiosmtplib.SMTP(hostname="127.0.0.1", port=srv.port("mx"),
+                                           start_tls=False, timeout=TIMEOUT) as client:
+                    errors, _ = await client.sendmail(
+                        "carol@example.net", ["refuse@gone.example"],
+                        message("carol@example.net", "refuse@gone.example"))
+                    assert errors == {}
+
+            asyncio.run(send())
+            [bounce] = wait_until(lambda: list(rx.accepted), TIMEOUT, "the bounce")
+    assert b"From: Mail Delivery System <MAILER-DAEMON@mx.example.org>" in bounce
+    assert b"550 5.1.1" in bounce
+    assert bounce.count(b"DKIM-Signature:") == 2
+    assert b"d=example.org;" in bounce
+    assert dkimpy_verify_all(bounce, signer_setup["dns"]) == [True, True]

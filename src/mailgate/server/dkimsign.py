@@ -46,8 +46,8 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa, utils
 
 from mailgate.config.dkim import DKIMKey, keys_for
 
-__all__ = ["MAX_HEADER", "BodyHash", "SigningError", "from_domain", "sign", "sign_spool",
-           "signatures"]
+__all__ = ["MAX_HEADER", "BodyHash", "SigningError", "from_domain", "sign", "sign_content",
+           "sign_spool", "signatures"]
 
 log = logging.getLogger("mailgate.dkim")
 
@@ -277,3 +277,18 @@ async def sign_spool(spool: _Spool, table: Mapping[str, tuple[DKIMKey, ...]], qi
         spool.head = fields + spool.head
         selectors = ", ".join(k.selector for k in keys_for(table, domain or ""))
         log.info("%s: DKIM-Signature added (d=%s, s=%s)", qid, domain, selectors)
+
+
+async def sign_content(content: bytes, table: Mapping[str, tuple[DKIMKey, ...]], what: str
+                       ) -> bytes:
+    """`content` (a message mailgate wrote itself: a bounce, a delay notice) with the
+    signatures of its From: domain's keys on top; as it is when there are none or they
+    cannot be made (logged)."""
+    try:
+        fields, domain = await asyncio.to_thread(signatures, [content], table)
+    except SigningError as exc:
+        log.warning("%s: not DKIM-signed: %s", what, exc)
+        return content
+    if fields:
+        log.info("%s: DKIM-Signature added (d=%s)", what, domain)
+    return fields + content
