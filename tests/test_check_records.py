@@ -248,3 +248,23 @@ def test_cli_check_with_selector_in_both_languages(dns_server_factory: Any, zone
                           "--nameserver", server.address, "--selector", "a b"],
                          capture_output=True, text=True, timeout=60, env=env, check=False)
     assert bad.returncode == 2 and "is not a selector" in bad.stderr
+
+
+def test_resolver_txt_joins_the_strings_and_says_what_failed(dns_server_factory: Any) -> None:
+    long = "v=DKIM1; k=rsa; p=" + "A" * 400
+    server: DNSServer = dns_server_factory(
+        "test. SOA ns.test. hostmaster.test. 1 3600 600 86400 60\n"
+        + txt("long.test", long) + '\nlong.test. TXT "second"\nbare.test. A 192.0.2.1\n',
+        servfail=["broken.test"])
+    resolver = Resolver([server.nameserver], timeout=3)
+    answer = asyncio.run(resolver.txt("long.test"))
+    assert answer.status == "data" and sorted(answer.records) == sorted([long, "second"])
+    assert asyncio.run(resolver.txt("bare.test")).status == "nodata"
+    assert asyncio.run(resolver.txt("nothing.test")).status == "nxdomain"
+    broken = asyncio.run(resolver.txt("broken.test"))
+    assert broken.status == "error" and "SERVFAIL" in broken.reason
+    assert asyncio.run(resolver.txt("not a name")).status == "nxdomain"
+    # Cached like the routing lookups: asked again, no new query.
+    before = server.count("long.test", "TXT")
+    asyncio.run(resolver.txt("long.test"))
+    assert server.count("long.test", "TXT") == before
