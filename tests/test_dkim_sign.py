@@ -104,6 +104,19 @@ def test_streamed_body_hash_equals_dkimpys_whole_body_hash(body: bytes, cuts: li
     assert h.digest() == expected
 
 
+def test_a_line_longer_than_many_pieces(rsa_key: DKIMKey) -> None:
+    """BDAT puts no limit on line length: a 3 MiB line fed in 4 KiB pieces hashes as
+    dkimpy hashes it whole (and is not copied over and over on the way)."""
+    body = b"x" * (3 * 1024 * 1024) + b" \t y  \r\n\r\nend\r\n\r\n"
+    for relaxed in (True, False):
+        algorithm = (dkim.canonicalization.Relaxed if relaxed
+                     else dkim.canonicalization.Simple)
+        h = BodyHash(relaxed)
+        for piece in pieces(body, 4096):
+            h.update(piece)
+        assert h.digest() == hashlib.sha256(algorithm.canonicalize_body(body)).digest()
+
+
 def test_rfc6376_body_examples() -> None:
     """RFC 6376 3.4.5: the example body under relaxed and simple canonicalization."""
     body = b" C \r\nD \t E\r\n\r\n\r\n"

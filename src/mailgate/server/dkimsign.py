@@ -69,18 +69,25 @@ class BodyHash:
     def __init__(self, relaxed: bool = True) -> None:
         self._relaxed = relaxed
         self._hash = hashlib.sha256()
-        self._partial = b""  # the end of the last piece, after its last CRLF
+        # The end of what came so far, after its last CRLF (appended to in place: a
+        # line that spans many pieces, which BDAT allows, costs no quadratic copying).
+        self._partial = bytearray()
         self._empty = 0  # empty lines held back
         self._seen = False  # a line with content was hashed
 
     def update(self, data: bytes) -> None:
-        buf = self._partial + data if self._partial else data
-        cut = buf.rfind(b"\r\n")
+        if data[:1] == b"\n" and self._partial[-1:] == b"\r":  # a CRLF across two pieces
+            line = bytes(self._partial) + b"\n"
+            self._partial.clear()
+            self._lines(line)
+            data = data[1:]
+        cut = data.rfind(b"\r\n")
         if cut < 0:
-            self._partial = bytes(buf)
+            self._partial += data
             return
-        self._partial = bytes(buf[cut + 2:])
-        self._lines(bytes(buf[:cut + 2]))
+        lines = bytes(self._partial) + data[:cut + 2] if self._partial else data[:cut + 2]
+        self._partial = bytearray(data[cut + 2:])
+        self._lines(lines)
 
     def _lines(self, lines: bytes) -> None:
         """Whole lines (ending in CRLF): canonicalized, trailing empty ones held back."""
@@ -104,8 +111,9 @@ class BodyHash:
 
     def digest(self) -> bytes:
         if self._partial:  # a last line without CRLF: it gets one (RFC 6376 3.4.3, 3.4.4)
-            partial, self._partial = self._partial, b""
-            self._lines(partial + b"\r\n")
+            partial = bytes(self._partial) + b"\r\n"
+            self._partial.clear()
+            self._lines(partial)
         if not self._seen and not self._relaxed:
             return hashlib.sha256(b"\r\n").digest()  # simple: an empty body is one CRLF
         return self._hash.digest()
@@ -117,10 +125,11 @@ def _split_header(chunks: Iterable[bytes]) -> tuple[bytes, bytes, Iterator[bytes
     header = bytearray()
     it = iter(chunks)
     for piece in it:
+        searched = max(len(header) - 3, 0)  # what came before holds no empty line
         header += piece
         # The empty line that ends the header section: "\r\n\r\n" (a header section
         # starts with a field), or an empty line first (no header section at all).
-        end = 0 if header.startswith(b"\r\n") else header.find(b"\r\n\r\n")
+        end = 0 if header.startswith(b"\r\n") else header.find(b"\r\n\r\n", searched)
         if end >= 0:
             cut = end + 2 if end else 0
             if cut > MAX_HEADER:
