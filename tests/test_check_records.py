@@ -99,6 +99,10 @@ def zone(keys: dict[str, Any]) -> str:
         'sub.good.test. A 192.0.2.1',
         # empty.test exists but publishes nothing
         'empty.test. A 192.0.2.2',
+        # hostile.test: terminal escapes in its records
+        # (dnslib reads \\DDD as octal: \\033 is ESC, \\302\\233 the UTF-8 of CSI)
+        'hostile.test. TXT "v=spf1 \\033[2J\\302\\233 -all"',
+        '_dmarc.hostile.test. TXT "v=DMARC1; p=\\033]0;owned\\007"',
     ]
     return "\n".join(lines)
 
@@ -268,3 +272,13 @@ def test_resolver_txt_joins_the_strings_and_says_what_failed(dns_server_factory:
     before = server.count("long.test", "TXT")
     asyncio.run(resolver.txt("long.test"))
     assert server.count("long.test", "TXT") == before
+
+
+def test_what_dns_says_reaches_the_terminal_escaped(resolver: Resolver) -> None:
+    report = asyncio.run(check("hostile.test", resolver))
+    text = report.render("text")
+    assert "\x1b" not in text and "\x9b" not in text and "\x07" not in text
+    assert "\\x1b[2J" in text and "\\x9b" in text
+    as_json = report.render("json")
+    assert "\x9b" not in as_json and "\\u009b" in as_json
+    assert json.loads(as_json)["authentication"][0]["record"].startswith("v=spf1 \x1b[2J")

@@ -22,12 +22,13 @@ import asyncio
 import base64
 import binascii
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from mailgate.delivery.diagnostics import _label, _t
 from mailgate.dns import Resolver, TXTAnswer
+from mailgate.textsafe import printable
 
 if TYPE_CHECKING:
     from mailgate.config import Config
@@ -80,6 +81,8 @@ class AuthReport:
         return [f.to_json(lang) for f in self.findings]
 
     def lines(self, lang: str = "en") -> list[str]:
+        """The text report's lines; what DNS said (records, names in them) is hostile
+        text: its control characters are shown as escapes, never sent to the terminal."""
         out = [_label(lang, "records.heading").rstrip()]
         shown: set[tuple[str, str]] = set()
         for f in self.findings:
@@ -93,7 +96,7 @@ class AuthReport:
             fix = f.fix(lang)
             if fix:
                 out.append(f"      {_label(lang, 'fix')}{fix}")
-        return out
+        return [printable(line) for line in out]
 
 
 async def check_records(domain: str, resolver: Resolver, config: Config | None = None,
@@ -458,7 +461,3 @@ async def _tls_rpt(domain: str, resolver: Resolver) -> list[Finding]:
         return [Finding("tls_rpt", name, "error", "syntax", {"domain": domain}, records[0])]
     return [Finding("tls_rpt", name, "ok", "ok", {"rua": ", ".join(rua)}, records[0])]
 
-
-def statuses(report: AuthReport) -> Mapping[str, Status]:
-    """kind -> its worst status, for a summary."""
-    return {kind: report.status(kind) for kind in KINDS}

@@ -35,6 +35,7 @@ from mailgate.delivery.diagnostics import (
     _t,
 )
 from mailgate.dns import NullMX, PermFail, Resolver, Route, TempFail
+from mailgate.textsafe import json_printable
 
 if TYPE_CHECKING:
     from mailgate.config import Config
@@ -119,8 +120,9 @@ class CheckReport:
         }
 
     def render(self, fmt: str = "text", lang: str = "en") -> str:
-        if fmt == "json":
-            return json.dumps(self.to_json(lang), ensure_ascii=False, indent=2) + "\n"
+        if fmt == "json":  # DNS text may hold C1 and bidi controls: escaped
+            return json_printable(json.dumps(self.to_json(lang), ensure_ascii=False,
+                                             indent=2)) + "\n"
         lines = [f"{_label(lang, 'domain')}{self.domain}"]
         notes = self.notes(lang)
         if notes:
