@@ -276,3 +276,23 @@ def test_rfc8463_key_body_hash_and_signature(tmp_path: Path) -> None:
     signed = fields + RFC8463_MESSAGE
     assert dkimpy_verdicts(signed, record) == [True]
     assert [v.passed for v in opendkim.verify(signed, record)] == [True]
+
+
+def test_signing_from_many_threads_at_once(rsa_key: DKIMKey, ed_key: DKIMKey) -> None:
+    """The server signs in worker threads, several messages at once, with one parsed
+    key object per key: every signature must still be its own message's."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    messages = [MESSAGE.replace(b"shall we?", b"shall we? %d" % i) for i in range(64)]
+    with ThreadPoolExecutor(8) as pool:
+        signed = list(pool.map(lambda m: sign([m], [rsa_key, ed_key]) + m, messages))
+    keys = records(rsa_key, ed_key)
+    assert all(dkimpy_verdicts(m, keys) == [True, True] for m in signed)
+    # What makes that hold: a signature is a value of its own, never state kept on the
+    # shared key object that the next thread's signing would overwrite.
+    from mailgate.server.dkimsign import _private_key
+
+    shared = _private_key(rsa_key.algorithm, rsa_key.private)
+    first = shared.sign(hashlib.sha256(b"one").digest())
+    second = shared.sign(hashlib.sha256(b"two").digest())
+    assert first.signature != second.signature

@@ -175,21 +175,29 @@ class _RSA:
 
     dkimpy's own RSA is pure Python: about 7 ms of CPU per signature with a 2048-bit key,
     holding the GIL, against well under 1 ms here (bench/dkim_sign.py). It is handed to
-    dkimpy's header signing the way an Ed25519 key is: `sign(digest).signature`."""
+    dkimpy's header signing the way an Ed25519 key is: `sign(digest).signature`. One
+    object serves every thread that signs with the key: `sign` keeps no state."""
 
-    __slots__ = ("_key", "signature")
+    __slots__ = ("_key",)
 
     def __init__(self, pem: bytes) -> None:
         key = serialization.load_pem_private_key(pem, password=None)
         if not isinstance(key, rsa.RSAPrivateKey):
             raise SigningError("the rsa-sha256 key is not an RSA key")
         self._key = key
-        self.signature = b""
 
-    def sign(self, digest: bytes) -> _RSA:
-        self.signature = self._key.sign(digest, padding.PKCS1v15(),
-                                        utils.Prehashed(hashes.SHA256()))
-        return self
+    def sign(self, digest: bytes) -> _Signed:
+        return _Signed(self._key.sign(digest, padding.PKCS1v15(),
+                                      utils.Prehashed(hashes.SHA256())))
+
+
+class _Signed:
+    """What dkimpy reads a signature from (as from PyNaCl's SignedMessage)."""
+
+    __slots__ = ("signature",)
+
+    def __init__(self, signature: bytes) -> None:
+        self.signature = signature
 
 
 @functools.lru_cache(maxsize=64)
