@@ -19,8 +19,10 @@ Every server runs on 127.0.0.1 from a private temporary directory (on disk, not 
 durability costs what the disk's fsync costs) and is measured in the same run:
 
 - mailgate, `python -m mailgate serve --config FILE`, with `[server] workers = 1` and
-  `workers = 2`; the queue is SQLite WAL with synchronous=FULL and a 250 is sent only
-  after the group commit's fsync. Recipients are in a domain that is not local, relayed
+  `workers = 2` (`-dkim`, `-dkim2`: with [dkim] keys for the sender's domain, each
+  message DKIM-signed with RSA 2048, or RSA 2048 and Ed25519, at queue time); the
+  queue is SQLite WAL with synchronous=FULL and a 250 is sent only after the group
+  commit's fsync. Recipients are in a domain that is not local, relayed
   for loopback clients, so the messages stay queued and no delivery work competes:
   measured is acceptance. (`[delivery] relayhost` points at a socket that never answers,
   so the outbound engine holds its first batch and sends nothing.) One more run delivers
@@ -412,10 +414,12 @@ class MailgateServer(Server):
         """`message_size`: `[limits] message_size` (the default when None)."""
         self.workers = workers
         self.message_size = message_size
-        self.mode = mode  # queue | maildir | relay
+        self.mode = mode  # queue | maildir | relay | dkim | dkim2
         self.name = f"mailgate-w{workers}" + ("" if mode == "queue" else f"-{mode}")
         what = {"queue": "queue only", "maildir": "+ Maildir delivery",
-                "relay": "+ relay to smtp-sink"}[mode]
+                "relay": "+ relay to smtp-sink",
+                "dkim": "queue only, DKIM-signed: RSA 2048",
+                "dkim2": "queue only, DKIM-signed twice: RSA 2048 + Ed25519"}[mode]
         self.label = f"mailgate workers={workers} ({what})"
         self.src = REPO / "src"
         if src is not None:  # another tree of mailgate, to compare (--src NAME=PATH)
@@ -480,7 +484,8 @@ workers = {self.workers}
 
 [log]
 level = "{self.log_level}"
-""")
+
+{self._dkim()}""")
         env = dict(os.environ)
         env["PYTHONPATH"] = str(self.src) + os.pathsep + env.get("PYTHONPATH", "")
         self.proc = self.runner.spawn(
@@ -493,6 +498,24 @@ level = "{self.log_level}"
             while len(self.pids()) < self.workers + 1 and time.monotonic() < deadline:
                 time.sleep(0.1)
             time.sleep(0.5)
+
+    def _dkim(self) -> str:
+        """The [dkim] tables of the dkim modes: keys for the sender's domain (smtp-source
+        writes From: with the envelope sender), made by `mailgate dkim keygen`."""
+        if not self.mode.startswith("dkim"):
+            return ""
+        algorithms = ["rsa-sha256"] + (["ed25519-sha256"] if self.mode == "dkim2" else [])
+        domain = SENDER.rpartition("@")[2]
+        tables = []
+        for n, algorithm in enumerate(algorithms):
+            key = self.dir / f"dkim{n}.key"
+            subprocess.run([sys.executable, "-m", "mailgate", "dkim", "keygen", domain,
+                            "--selector", f"s{n}", "--algorithm", algorithm, "--out",
+                            str(key)], env={**os.environ, "PYTHONPATH": str(self.src)},
+                           check=True, capture_output=True)
+            tables.append(f'[[dkim."{domain}"]]\nselector = "s{n}"\nkey_file = "{key}"\n'
+                          f'algorithm = "{algorithm}"\n')
+        return "\n".join(tables)
 
     def stop(self) -> None:
         if self.hole is not None:  # pending outbound connections fail at once
@@ -526,7 +549,7 @@ level = "{self.log_level}"
         return int(rows[0][0]) if rows else 0  # type: ignore[call-overload]
 
     def settle(self, timeout: float) -> str | None:
-        if self.mode == "queue":
+        if self.mode in ("queue", "dkim", "dkim2"):  # nothing is delivered: nothing to wait
             return None
         left = drain(self, timeout)
         return (f"{left} recipients still queued after {timeout:g} s" if left else "drained")

@@ -39,6 +39,7 @@ import dns.nameserver
 import dns.rdatatype
 import dns.resolver
 from dns.rdtypes.ANY.MX import MX
+from dns.rdtypes.ANY.TXT import TXT
 
 from mailgate import metrics
 from mailgate.codes.reply import Reply
@@ -212,9 +213,21 @@ class _Answer:
     mx: tuple[tuple[int, str], ...] = ()
     addresses: tuple[str, ...] = ()
     reason: str = ""
+    texts: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class TXTAnswer:
+    """`Resolver.txt`: status "data" (with `records`), "nodata", "nxdomain" or "error"
+    (with `reason`: a temporary failure, try again later)."""
+
+    status: _Status
+    records: tuple[str, ...]
+    reason: str = ""
 
 
 _MX = dns.rdatatype.MX
+_TXT = dns.rdatatype.TXT
 _A = dns.rdatatype.A
 _AAAA = dns.rdatatype.AAAA
 
@@ -322,6 +335,16 @@ class Resolver:
         if failure:
             return TempFail(host, failure)
         return PermFail(host, f"the host {name} has no address", "5.4.4")
+
+    async def txt(self, name: str) -> TXTAnswer:
+        """The TXT records at `name` (SPF, DKIM keys, DMARC, MTA-STS, TLS-RPT), each one
+        string with its pieces joined (RFC 7208 3.3, RFC 6376 3.6.2.2); cached like the
+        routing lookups. A name that is not a domain name is "nxdomain"."""
+        qname = _ascii_name(name)
+        if qname is None or qname.startswith("["):
+            return TXTAnswer("nxdomain", (), f"{name!r} is not a domain name")
+        answer = await self._query(qname, _TXT)
+        return TXTAnswer(answer.status, answer.texts, answer.reason)
 
     def clear_cache(self) -> None:
         self._cache.clear()
@@ -461,6 +484,10 @@ class Resolver:
                 if isinstance(rd, MX)
             )
             return _Answer("data", ttl, mx=mx)
+        if rdtype == _TXT:
+            texts = tuple(b"".join(rd.strings).decode("utf-8", "replace") for rd in rrset
+                          if isinstance(rd, TXT))
+            return _Answer("data", ttl, texts=texts)
         return _Answer("data", ttl, addresses=tuple(rd.to_text() for rd in rrset))
 
 

@@ -52,6 +52,7 @@ from mailgate.queue import NewMessage, Queue, QueueError, domain_of
 from mailgate.queue.backends import open_queue
 from mailgate.queue.spool import clean as clean_spool
 from mailgate.queue.spool import spool_dir
+from mailgate.server.dkimsign import sign_content
 from mailgate.server.listener import SMTPServer
 from mailgate.server.policy import Policy
 from mailgate.server.tls import ensure_self_signed, server_context
@@ -278,7 +279,11 @@ async def serve(config: Config, *, reuse_port: bool = False, workers: int = 1,
             outbound.wake()
 
     async def enqueue(message: NewMessage) -> str:
-        """Queue a message mailgate wrote itself (a bounce) and wake whoever delivers it."""
+        """Queue a message mailgate wrote itself (a bounce) and wake whoever delivers it;
+        signed like its users' mail when [dkim] has keys for its From: domain."""
+        if config.dkim and message.spool is None:
+            message = dataclasses.replace(message, content=await sign_content(
+                bytes(message.content), config.dkim, "a notice mailgate wrote"))
         qid = await queue.enqueue_async(message)
         on_queued(qid, [r.address for r in message.recipients])
         return qid

@@ -25,20 +25,25 @@ from mailgate.cli._common import (
 @click.argument("domain")
 @_diag_nameserver
 @_config_option
+@click.option("--selector", "selectors", multiple=True, metavar="S",
+              help="A DKIM selector whose key record to check (repeatable); the [dkim] "
+                   "keys of --config for DOMAIN are checked too.")
 @click.option("--timeout", "timeout_text", default="5", show_default=True,
               help="Seconds per DNS lookup.")
 @_diag_format
 @_lang_option
 def check(domain: str, nameservers: tuple[str, ...], config_path: Path | None,
-          timeout_text: str, fmt: str, lang: str | None) -> None:
-    """Where mail for DOMAIN would go, and what that means for delivery.
+          selectors: tuple[str, ...], timeout_text: str, fmt: str, lang: str | None) -> None:
+    """Where mail for DOMAIN would go, and how receivers authenticate mail from it.
 
     Shows the MX hosts with preferences and addresses, an implicit MX, a null MX
     (RFC 7505), or the DNS failure, each explained; also the local domains, [routes]
     entries and relayhost of --config (without it, of the zero-config defaults that a
     plain `mailgate serve` runs with: `check localhost` says it is delivered locally).
-    Exit status: 0 deliverable, 1 null MX or permanent failure, 75 temporary failure,
-    2 bad input.
+    Then the SPF, DKIM (--selector), DMARC, MTA-STS and TLS-RPT records, what is wrong
+    with them and how to fix it.
+    Exit status (routing only): 0 deliverable, 1 null MX or permanent failure,
+    75 temporary failure, 2 bad input.
     """
     import asyncio
 
@@ -54,7 +59,7 @@ def check(domain: str, nameservers: tuple[str, ...], config_path: Path | None,
         servers = list(config.dns.nameservers)
     try:
         resolver = Resolver(servers, timeout=timeout)
-        report = asyncio.run(do_check(domain, resolver, config))
+        report = asyncio.run(do_check(domain, resolver, config, selectors=selectors))
     except ValueError as exc:
         fail(str(exc))
     sys.stdout.write(report.render(fmt, lang or default_lang()))

@@ -70,3 +70,6 @@ def keygen(domain: str, selector: str, algorithm: str, bits: int, out: Path | No
     click.echo(f"; private key written to {path} (mode 0600); publish this record:",
                err=True)
     click.echo(zone_line(f"{selector}._domainkey.{name}", public_record(key)))
+    click.echo(f'; then add to the configuration:\n; [[dkim."{name}"]]\n; selector = '
+               f'"{selector}"\n; key_file = "{path.absolute()}"\n; algorithm = "{algorithm}"',
+               err=True)

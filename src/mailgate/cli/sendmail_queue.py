@@ -22,6 +22,7 @@ import email.policy
 import email.utils
 import os
 import re
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -169,6 +170,19 @@ def become_queue_owner(data_dir: Path) -> None:
     os.setuid(st.st_uid)
 
 
+def _dkim_signed(config: Config, content: bytes, qid: str) -> bytes:
+    """`content` with the DKIM signatures of its From: domain's keys ([dkim]) on top;
+    as it is when they cannot be made (said on stderr) or this user may not read them."""
+    from mailgate.server.dkimsign import SigningError, signatures
+
+    try:
+        fields, _ = signatures([content], config.dkim)
+    except SigningError as exc:
+        print(f"sendmail: {qid}: not DKIM-signed: {exc}", file=sys.stderr)
+        return content
+    return fields + content
+
+
 def queue_directly(config: Config, message: Submission) -> str:
     """Write the message into the queue (the server is down); its queue id. Recipients
     are checked and expanded as the server would at RCPT; UnknownRecipients after the
@@ -200,13 +214,16 @@ def queue_directly(config: Config, message: Submission) -> str:
     trace = (f"Received: by {config.hostname} (mailgate-sendmail, from userid "
              f"{os.getuid()})\r\n\tid {qid};\r\n\t{email.utils.formatdate(now, localtime=True)}"
              "\r\n").encode()
+    content = trace + message.content
+    if config.dkim:  # signed here as the server signs what local users hand it
+        content = _dkim_signed(config, content, qid)
     become_queue_owner(config.data_dir)
     prepare_data_dir(config.data_dir)
     queue = open_queue(config)
     try:
         qid = queue.enqueue(NewMessage(
             sender=message.sender, recipients=list(final.values()),
-            content=trace + message.content, received_at=now, client_address="127.0.0.1",
+            content=content, received_at=now, client_address="127.0.0.1",
             client_helo=config.hostname, protocol="local", envid=message.envid,
             ret=message.ret, id=qid,
             smtputf8=not all(str(r).isascii() for r in (message.sender, *final)),

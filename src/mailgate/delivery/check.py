@@ -7,17 +7,25 @@ or a DNS failure and what delivery does about it (deferred with 4.4.3 and retrie
 bounced with its code). With a Config it also says when the domain is local, or when a
 `[routes]` entry or the relayhost sends its mail somewhere else.
 
+It then reads the records receivers authenticate the domain's mail with (SPF, DKIM
+selectors, DMARC, MTA-STS, TLS-RPT: authrecords.py) and says what is wrong with them
+and how to fix it; those findings do not change the exit status, which is about routing.
+
 The report renders as plain text and as JSON (docs/cli.md), in any of the knowledge
 base's languages (diagnostics.py has the words and the route layout probe shares).
 """
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import json
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
+from mailgate.delivery.authrecords import AuthReport, check_records
 from mailgate.delivery.diagnostics import (
     EX_TEMPFAIL,
     _ascii,
@@ -27,6 +35,7 @@ from mailgate.delivery.diagnostics import (
     _t,
 )
 from mailgate.dns import NullMX, PermFail, Resolver, Route, TempFail
+from mailgate.textsafe import json_printable
 
 if TYPE_CHECKING:
     from mailgate.config import Config
@@ -49,6 +58,7 @@ class CheckReport:
     nexthop_route: Route | None = None  # where that next hop resolves to
     nexthop_direct: bool = False  # [host]: its addresses, no MX lookup
     tls: str = ""  # the outbound TLS level (Config.tls_level_for), with a configuration
+    auth: AuthReport | None = None  # the domain's SPF, DKIM, DMARC, ... records
 
     @property
     def effective(self) -> Route | None:
@@ -104,13 +114,15 @@ class CheckReport:
             "nexthop": nexthop,
             "tls_level": self.tls or None,
             "notes": self.notes(lang),
+            "authentication": self.auth.to_json(lang) if self.auth is not None else None,
             "verdict": {"result": self.result, "text": self.verdict(lang)},
             "exit_status": self.exit_status,
         }
 
     def render(self, fmt: str = "text", lang: str = "en") -> str:
-        if fmt == "json":
-            return json.dumps(self.to_json(lang), ensure_ascii=False, indent=2) + "\n"
+        if fmt == "json":  # DNS text may hold C1 and bidi controls: escaped
+            return json_printable(json.dumps(self.to_json(lang), ensure_ascii=False,
+                                             indent=2)) + "\n"
         lines = [f"{_label(lang, 'domain')}{self.domain}"]
         notes = self.notes(lang)
         if notes:
@@ -123,18 +135,31 @@ class CheckReport:
             lines.extend(_route_text(self.route, lang, self.port, heading="dns_unused"))
         else:
             lines.extend(_route_text(self.route, lang, self.port))
+        if self.auth is not None:
+            lines.extend(self.auth.lines(lang))
         lines.append(f"{_label(lang, 'verdict')}{self.verdict(lang)}")
         return "\n".join(lines) + "\n"
 
 
-async def check(domain: str, resolver: Resolver, config: Config | None = None) -> CheckReport:
-    """The route for `domain`, with the configuration's say when a Config is given.
+async def check(domain: str, resolver: Resolver, config: Config | None = None, *,
+                selectors: Sequence[str] = (), records: bool = True) -> CheckReport:
+    """The route for `domain`, with the configuration's say when a Config is given, and
+    (`records`) its authentication records, DKIM for `selectors` and the [dkim] keys.
 
-    ValueError when `domain` is not a domain name (or an address literal).
+    ValueError when `domain` is not a domain name (or an address literal), or a
+    selector is not one.
     """
     domain = _valid_domain(domain)
-    route = await resolver.resolve(domain)
-    report = CheckReport(domain, route)
+    for selector in selectors:
+        if not re.fullmatch(r"[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*", selector) or len(
+                selector) > 200:
+            raise ValueError(f"--selector {selector!r} is not a selector (letters, digits, "
+                             "hyphens and dots, like s2026).")
+    route, auth = await asyncio.gather(
+        resolver.resolve(domain),
+        check_records(domain, resolver, config, selectors)
+        if records and not domain.startswith("[") else _none())
+    report = CheckReport(domain, route, auth=auth)
     if config is None:
         return report
     report.port = config.delivery.smtp_port
@@ -160,6 +185,10 @@ async def check(domain: str, resolver: Resolver, config: Config | None = None) -
     )
     return report
 
+
+
+async def _none() -> None:
+    return None
 
 
 def _valid_domain(text: str) -> str:

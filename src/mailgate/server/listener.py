@@ -37,6 +37,7 @@ from mailgate.codes.reply import Reply
 from mailgate.config import Config, Listener
 from mailgate.queue import Enqueue, QueueFull, new_queue_id
 from mailgate.queue.spool import SpoolFile
+from mailgate.server.dkimsign import sign_spool
 from mailgate.server.incoming import Incoming, new_message, received_header
 from mailgate.server.policy import AUTH_TOO_MANY, ConnectionInfo, Policy
 from mailgate.smtp import replies
@@ -608,8 +609,10 @@ class SMTPConnection(asyncio.Protocol):
         except OSError as exc:
             log.error("cannot spool the message from [%s]: %s", self.info.ip, exc)
             return SPOOL_FAILED
-        msg = new_message(incoming.qid, self.info, sender, self._rcpts, spool,
-                          trusted=srv.policy.trusted(self.info))
+        trusted = srv.policy.trusted(self.info)
+        if trusted and srv.config.dkim:  # signed once, here: every retry sends these bytes
+            await sign_spool(spool, srv.config.dkim, incoming.qid)
+        msg = new_message(incoming.qid, self.info, sender, self._rcpts, spool, trusted=trusted)
         try:
             qid = await srv.enqueue(msg)
         except QueueFull as exc:
