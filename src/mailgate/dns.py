@@ -39,6 +39,7 @@ import dns.nameserver
 import dns.rdatatype
 import dns.resolver
 from dns.rdtypes.ANY.MX import MX
+from dns.rdtypes.ANY.TXT import TXT
 
 from mailgate import metrics
 from mailgate.codes.reply import Reply
@@ -51,6 +52,7 @@ __all__ = [
     "MXHosts",
     "NullMX",
     "PermFail",
+    "Records",
     "Resolver",
     "Route",
     "TempFail",
@@ -210,13 +212,28 @@ class _Answer:
     status: _Status
     ttl: float
     mx: tuple[tuple[int, str], ...] = ()
-    addresses: tuple[str, ...] = ()
+    addresses: tuple[str, ...] = ()  # A, AAAA; PTR targets (without the final dot)
     reason: str = ""
+    txt: tuple[tuple[bytes, ...], ...] = ()  # TXT: each record's strings
 
 
 _MX = dns.rdatatype.MX
 _A = dns.rdatatype.A
 _AAAA = dns.rdatatype.AAAA
+_TXT = dns.rdatatype.TXT
+_PTR = dns.rdatatype.PTR
+
+
+@dataclass(frozen=True, slots=True)
+class Records:
+    """One lookup's answer for `Resolver.records`: `status` is data, nodata, nxdomain or
+    error (a temporary failure: `reason` says which)."""
+
+    status: _Status
+    mx: tuple[tuple[int, str], ...] = ()
+    addresses: tuple[str, ...] = ()
+    txt: tuple[tuple[bytes, ...], ...] = ()
+    reason: str = ""
 
 
 class Resolver:
@@ -322,6 +339,18 @@ class Resolver:
         if failure:
             return TempFail(host, failure)
         return PermFail(host, f"the host {name} has no address", "5.4.4")
+
+    async def records(self, name: str, rdtype: str) -> Records:
+        """Any of A, AAAA, MX, TXT, PTR for `name` (A-labels), through the same cache and
+        nameservers as routing: what SPF, DKIM and DMARC verification ask
+        (`server/authcheck`). CNAMEs are followed by the resolver."""
+        kind = dns.rdatatype.from_text(rdtype)
+        ascii_name = _ascii_name(name)
+        if ascii_name is None:
+            return Records("nxdomain", reason=f"{name!r} is not a valid domain name")
+        answer = await self._query(ascii_name, kind)
+        return Records(answer.status, mx=answer.mx, addresses=answer.addresses,
+                       txt=answer.txt, reason=answer.reason)
 
     def clear_cache(self) -> None:
         self._cache.clear()
@@ -461,6 +490,12 @@ class Resolver:
                 if isinstance(rd, MX)
             )
             return _Answer("data", ttl, mx=mx)
+        if rdtype == _TXT:
+            return _Answer("data", ttl, txt=tuple(tuple(rd.strings) for rd in rrset
+                                                  if isinstance(rd, TXT)))
+        if rdtype == _PTR:
+            return _Answer("data", ttl, addresses=tuple(rd.to_text().rstrip(".").lower()
+                                                        for rd in rrset))
         return _Answer("data", ttl, addresses=tuple(rd.to_text() for rd in rrset))
 
 

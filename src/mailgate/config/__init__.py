@@ -35,6 +35,7 @@ from mailgate.config.values import BARE_NEWLINES as BARE_NEWLINES
 from mailgate.config.values import (
     DEFAULT_LISTENERS,
     TLS_LEVELS,
+    AuthChecks,
     AuthConfig,
     Config,
     ConfigError,
@@ -71,6 +72,7 @@ __all__ = [
     "DEFAULT_LISTENERS",
     "TLS_LEVELS",
     "Aliases",
+    "AuthChecks",
     "AuthConfig",
     "Config",
     "ConfigError",

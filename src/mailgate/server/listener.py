@@ -542,7 +542,8 @@ class SMTPConnection(asyncio.Protocol):
         self._data_bytes = 0
         qid = new_queue_id()
         trace = received_header(self.info, self.server.config.hostname, qid, self._rcpts)
-        self._incoming = Incoming(self.server.spool_dir, qid, trace, self.info.ip)
+        self._incoming = Incoming(self.server.spool_dir, qid, trace, self.info.ip,
+                                  self.server.config.hostname)
 
     def _drop_spool(self) -> None:
         if self._incoming is not None:
@@ -608,6 +609,14 @@ class SMTPConnection(asyncio.Protocol):
         except OSError as exc:
             log.error("cannot spool the message from [%s]: %s", self.info.ip, exc)
             return SPOOL_FAILED
+        verdict = await srv.policy.verify_message(self.info, spool)
+        if verdict is not None:
+            log.info("%s: auth: %s; from=<%s>", incoming.qid, verdict.summary, sender.sender)
+            if verdict.reply is not None:
+                srv.stats.refused += 1
+                metrics.message_refused()
+                return verdict.reply
+            spool.head += verdict.header
         msg = new_message(incoming.qid, self.info, sender, self._rcpts, spool,
                           trusted=srv.policy.trusted(self.info))
         try:

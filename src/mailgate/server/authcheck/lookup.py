@@ -1,0 +1,62 @@
+"""DNS for the verification libraries, answered by mailgate's own resolver.
+
+pyspf and dkimpy ask DNS through blocking callbacks. Verification runs in a worker
+thread (`verify.py`), so a callback may block; `DNSBridge.query` hands each lookup to
+`Resolver.records` on the event loop (`asyncio.run_coroutine_threadsafe`) and waits for
+it there. Every answer thus comes from the `[dns] nameservers` mailgate uses for
+everything else, through the same cache, and the event loop itself never blocks.
+
+Each message's lookups are bounded twice: in number (`max_lookups`: SPF's own limits
+of RFC 7208 4.6.4 apply inside pyspf, this one caps the whole message: DKIM keys of
+many signatures, ARC sets, DMARC) and in time (one deadline for all of them). Past
+either, a lookup fails as a temporary error, which the caller reports as `temperror`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import time
+
+from mailgate.dns import Records, Resolver
+
+__all__ = ["DNSBridge", "DNSTempError"]
+
+
+class DNSTempError(Exception):
+    """DNS could not answer now (or the message's lookup budget is spent)."""
+
+
+class DNSBridge:
+    """Blocking lookups for one message's checks, from a worker thread."""
+
+    def __init__(self, resolver: Resolver, loop: asyncio.AbstractEventLoop, *,
+                 max_lookups: int, timeout: float) -> None:
+        self.resolver = resolver
+        self.loop = loop
+        self.max_lookups = max_lookups
+        self.deadline = time.monotonic() + timeout
+        self.lookups = 0
+
+    def query(self, name: str, rdtype: str) -> Records:
+        """The answer for `name` `rdtype`; DNSTempError when DNS cannot say now."""
+        if self.lookups >= self.max_lookups:
+            raise DNSTempError(f"more than {self.max_lookups} DNS lookups for one message")
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise DNSTempError("out of time for DNS lookups")
+        self.lookups += 1
+        future = asyncio.run_coroutine_threadsafe(
+            self.resolver.records(name, rdtype), self.loop)
+        try:
+            answer = future.result(timeout=left)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            raise DNSTempError(f"no DNS answer for {name} {rdtype} in time") from None
+        if answer.status == "error":
+            raise DNSTempError(answer.reason)
+        return answer
+
+    def txt(self, name: str) -> list[bytes]:
+        """The TXT records of `name`, each one's strings joined (RFC 7208 3.3)."""
+        return [b"".join(strings) for strings in self.query(name, "TXT").txt]

@@ -1,0 +1,387 @@
+"""Inbound authentication against the live server: SPF, DKIM, DMARC, ARC (issue 15).
+
+The tests' DNS server on loopback publishes the records; mailgate's `[dns]
+nameservers` points at it, so every lookup the checks make is answered there (and
+counted). Messages are signed here with dkimpy and keys made for the test. The client
+connects from 127.0.0.1, which `[relay] networks` leaves out, so it is a stranger and
+the checks apply. What mailgate wrote is read back from the Maildir and parsed with
+`authres`, an independent parser of RFC 8601.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import smtplib
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import authres
+import dkim
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
+
+from mailgate.config import (
+    AuthChecks,
+    Config,
+    ConfigError,
+    DNSConfig,
+    Domains,
+    Relay,
+    parse_config,
+)
+from tests.support.live import LiveServer, live_config
+
+if TYPE_CHECKING:
+    from tests.support.dnsserver import DNSServer
+
+pytest_plugins = ["tests.support.live", "tests.support.dnsserver"]
+
+HOST = "mx.example.net"
+ALL_ON = AuthChecks()
+
+
+@dataclasses.dataclass(frozen=True)
+class Key:
+    private: bytes  # PEM, as dkimpy signs with it
+    record: str  # the TXT record's text
+
+    @classmethod
+    def rsa(cls) -> Key:
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        pem = key.private_bytes(serialization.Encoding.PEM,
+                                serialization.PrivateFormat.TraditionalOpenSSL,
+                                serialization.NoEncryption())
+        der = key.public_key().public_bytes(serialization.Encoding.DER,
+                                            serialization.PublicFormat.SubjectPublicKeyInfo)
+        return cls(pem, "v=DKIM1; k=rsa; p=" + base64.b64encode(der).decode())
+
+    @classmethod
+    def ed25519(cls) -> Key:
+        key = ed25519.Ed25519PrivateKey.generate()
+        raw = key.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
+                                serialization.NoEncryption())
+        pub = key.public_key().public_bytes(serialization.Encoding.Raw,
+                                            serialization.PublicFormat.Raw)
+        return cls(base64.b64encode(raw), "v=DKIM1; k=ed25519; p=" +
+                   base64.b64encode(pub).decode())
+
+    def zone(self, name: str) -> str:
+        """`name TXT "..." "..."`: strings of at most 255 characters (RFC 1035)."""
+        parts = [self.record[i:i + 255] for i in range(0, len(self.record), 255)]
+        return f"{name} TXT " + " ".join(f'"{p}"' for p in parts)
+
+
+@pytest.fixture(scope="module")
+def keys() -> dict[str, Key]:
+    return {"good": Key.rsa(), "ed": Key.ed25519(), "fwd": Key.rsa(), "other": Key.rsa()}
+
+
+def zone(keys: dict[str, Key]) -> str:
+    includes = " ".join(f"include:i{n}.limit.test" for n in range(11))
+    return "\n".join([
+        "test. SOA ns.test. hostmaster.test. 1 3600 600 86400 60",
+        # good.test: SPF lets loopback send; DKIM keys (RSA and Ed25519); p=reject
+        'good.test. TXT "v=spf1 ip4:127.0.0.0/8 -all"',
+        keys["good"].zone("sel._domainkey.good.test."),
+        keys["ed"].zone("ed._domainkey.good.test."),
+        'good.test. TXT "some other text"',
+        '_dmarc.good.test. TXT "v=DMARC1; p=reject"',
+        # strict.test: p=reject, and loopback is no sender of its mail
+        'strict.test. TXT "v=spf1 ip4:192.0.2.1 -all"',
+        '_dmarc.strict.test. TXT "v=DMARC1; p=reject; rua=mailto:d@strict.test"',
+        # a subdomain found through its organizational domain's record, sp= applies
+        'sub.strict.test. TXT "v=spf1 -all"',
+        # quar.test: p=quarantine
+        'quar.test. TXT "v=spf1 -all"',
+        '_dmarc.quar.test. TXT "v=DMARC1; p=quarantine"',
+        # nopolicy.test: SPF softfail, p=none
+        'nopolicy.test. TXT "v=spf1 ~all"',
+        '_dmarc.nopolicy.test. TXT "v=DMARC1; p=none"',
+        # two DMARC records: no policy at all (RFC 7489 6.6.3)
+        'twice.test. TXT "v=spf1 -all"',
+        '_dmarc.twice.test. TXT "v=DMARC1; p=reject"',
+        '_dmarc.twice.test. TXT "v=DMARC1; p=none"',
+        # flaky.test: its DMARC record cannot be looked up (SERVFAIL)
+        'flaky.test. TXT "v=spf1 -all"',
+        '_dmarc.flaky.test. TXT "v=DMARC1; p=reject"',
+        # spftemp.test: its SPF record cannot be looked up
+        'spftemp.test. TXT "v=spf1 -all"',
+        # limit.test: 11 includes, over RFC 7208's 10 lookups
+        f'limit.test. TXT "v=spf1 {includes} -all"',
+        *[f'i{n}.limit.test. TXT "v=spf1 ip4:192.0.2.{n + 1} -all"' for n in range(11)],
+        # fwd.test: a forwarder that ARC-seals
+        keys["fwd"].zone("arc._domainkey.fwd.test."),
+        'fwd.test. TXT "v=spf1 ip4:127.0.0.0/8 -all"',
+        keys["other"].zone("sel._domainkey.other.test."),
+    ])
+
+
+@pytest.fixture(scope="module")
+def dns(keys: dict[str, Key]) -> Iterator[DNSServer]:
+    from tests.support.dnsserver import DNSServer
+
+    with DNSServer(zone(keys), servfail=["_dmarc.flaky.test", "spftemp.test"]) as server:
+        yield server
+
+
+def checked_config(data_dir: Path, dns: DNSServer, **changes: Any) -> Config:
+    """The live server with every check on, loopback a stranger, DNS from the tests."""
+    changes.setdefault("auth_checks", ALL_ON)
+    return live_config(data_dir, hostname=HOST, relay=Relay(networks=()),
+                       dns=DNSConfig((dns.nameserver,)),
+                       domains=Domains(local=("example.net",), catch_all=True), **changes)
+
+
+@pytest.fixture
+def server(tmp_path: Path, dns: DNSServer) -> Iterator[LiveServer]:
+    with LiveServer(checked_config(tmp_path / "data", dns)) as srv:
+        yield srv
+
+
+def message(sender: str, *, body: str = "Hello.\r\n", extra: str = "") -> bytes:
+    return (f"{extra}From: Someone <{sender}>\r\nTo: bob@example.net\r\n"
+            f"Subject: test\r\nMessage-ID: <{time.monotonic_ns()}@test>\r\n"
+            f"Date: Sat, 05 Dec 2026 06:00:00 +0000\r\n\r\n{body}").encode()
+
+
+def signed(msg: bytes, key: Key, domain: str, selector: str,
+           algorithm: bytes = b"rsa-sha256") -> bytes:
+    sig = dkim.sign(msg, selector.encode(), domain.encode(), key.private,
+                    signature_algorithm=algorithm,
+                    include_headers=[b"from", b"to", b"subject", b"message-id", b"date"])
+    return bytes(sig) + msg
+
+
+def send(srv: LiveServer, sender: str, msg: bytes,
+         rcpt: str = "bob@example.net") -> tuple[int, bytes]:
+    """MAIL, RCPT, DATA; the first refusal's (code, text), or DATA's."""
+    with smtplib.SMTP("127.0.0.1", srv.port("mx"), timeout=60) as c:
+        c.ehlo("client.test")
+        code, text = c.mail(sender)
+        if code != 250:
+            return code, text
+        code, text = c.rcpt(rcpt)
+        if code != 250:
+            return code, text
+        return c.data(msg)
+
+
+def delivered(srv: LiveServer, n: int = 1, timeout: float = 15.0) -> list[bytes]:
+    folder = srv.maildir / "example.net" / "bob" / "new"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        files = sorted(folder.glob("*")) if folder.exists() else []
+        if len(files) >= n:
+            return [f.read_bytes() for f in files]
+        time.sleep(0.02)
+    raise AssertionError(f"expected {n} messages in {folder}")
+
+
+def header_fields(data: bytes, name: str) -> list[str]:
+    """The unfolded values of every `name` field of a stored (LF) message."""
+    head = data.split(b"\n\n", 1)[0].decode()
+    fields: list[str] = []
+    for line in head.split("\n"):
+        if line[:1] in (" ", "\t") and fields:
+            fields[-1] += " " + line.strip()
+        else:
+            fields.append(line)
+    prefix = name.lower() + ":"
+    return [f.split(":", 1)[1].strip() for f in fields if f.lower().startswith(prefix)]
+
+
+def ours(data: bytes) -> str:
+    """The value of our Authentication-Results field (there is exactly one)."""
+    values = [v for v in header_fields(data, "Authentication-Results")
+              if v.split(";")[0].strip() == HOST]
+    assert len(values) == 1, values
+    return values[0]
+
+
+def results(data: bytes) -> dict[str, list[Any]]:
+    """Our Authentication-Results field, parsed by authres: method -> results."""
+    parsed = authres.AuthenticationResultsHeader.parse_value(ours(data))
+    assert parsed.authserv_id == HOST
+    out: dict[str, list[Any]] = {}
+    for r in parsed.results:
+        out.setdefault(r.method, []).append(r)
+    return out
+
+
+def test_aligned_dkim_and_spf_pass(server: LiveServer, keys: dict[str, Key],
+                                   dns: DNSServer) -> None:
+    msg = signed(message("alice@good.test"), keys["good"], "good.test", "sel")
+    code, text = send(server, "alice@good.test", msg)
+    assert code == 250, text
+    [data] = delivered(server)
+    res = results(data)
+    assert [r.result for r in res["spf"]] == ["pass"]
+    assert [r.result for r in res["dkim"]] == ["pass"]
+    assert res["dkim"][0].header_d == "good.test"
+    assert [r.result for r in res["dmarc"]] == ["pass"]
+    assert [r.result for r in res["arc"]] == ["none"]
+    # Every answer came from the tests' DNS server, through [dns] nameservers.
+    assert dns.count("sel._domainkey.good.test", "TXT") >= 1
+    assert dns.count("_dmarc.good.test", "TXT") >= 1
+    assert dns.count("good.test", "TXT") >= 1
+
+
+def test_every_signature_is_verified_ed25519_too(server: LiveServer,
+                                                  keys: dict[str, Key]) -> None:
+    msg = signed(message("alice@good.test"), keys["good"], "good.test", "sel")
+    msg = signed(msg, keys["ed"], "good.test", "ed", b"ed25519-sha256")
+    # and one whose key is not the one published: it fails, the others pass
+    msg = signed(msg, keys["fwd"], "good.test", "sel")
+    code, text = send(server, "alice@good.test", msg)
+    assert code == 250, text
+    [data] = delivered(server)
+    dkims = results(data)["dkim"]
+    assert sorted(r.result for r in dkims) == ["fail", "pass", "pass"]
+    assert {r.header_a for r in dkims if r.result == "pass"} == {"rsa-sha256", "ed25519-sha256"}
+
+
+def test_a_changed_body_fails_dkim_and_p_reject_refuses_at_end_of_data(
+        server: LiveServer, keys: dict[str, Key]) -> None:
+    msg = signed(message("alice@strict.test"), keys["good"], "strict.test", "sel")
+    msg = msg.replace(b"Hello.", b"Hellooo")
+    code, text = send(server, "alice@strict.test", msg)
+    assert code == 550
+    assert text.startswith(b"5.7.1 Rejected by the DMARC policy of strict.test (p=reject)")
+    assert b"publish an SPF record" in text and b"d=strict.test" in text
+    assert not (server.maildir / "example.net").exists()
+
+
+def test_forged_from_of_a_p_reject_domain_is_refused(server: LiveServer,
+                                                      keys: dict[str, Key]) -> None:
+    # SPF passes for the envelope (other.test... here good.test's loopback) and DKIM for
+    # another domain: neither aligns with From: strict.test.
+    msg = signed(message("ceo@strict.test"), keys["other"], "other.test", "sel")
+    code, text = send(server, "alice@good.test", msg)
+    assert code == 550 and text.startswith(b"5.7.1 "), text
+
+
+def test_a_subdomain_follows_the_organizational_domain_policy(
+        server: LiveServer) -> None:
+    code, text = send(server, "x@sub.strict.test", message("x@sub.strict.test"))
+    assert code == 550 and b"sub.strict.test" in text, text
+
+
+def test_quarantine_is_accepted_and_marked(server: LiveServer) -> None:
+    code, text = send(server, "alice@quar.test", message("alice@quar.test"))
+    assert code == 250, text
+    [data] = delivered(server)
+    res = results(data)
+    assert res["spf"][0].result == "fail"
+    assert res["dmarc"][0].result == "fail"
+    assert "dmarc=fail (p=quarantine dis=quarantine) header.from=quar.test" in ours(data)
+    assert header_fields(data, "X-Mailgate-Quarantine") == [
+        "DMARC policy of quar.test (p=quarantine)"]
+
+
+def test_p_none_and_two_records_only_report(server: LiveServer) -> None:
+    assert send(server, "a@nopolicy.test", message("a@nopolicy.test"))[0] == 250
+    assert send(server, "a@twice.test", message("a@twice.test"))[0] == 250
+    first, second = delivered(server, 2)
+    by_sender = {b"nopolicy" in first: first, b"nopolicy" in second: second}
+    res = results(by_sender[True])
+    assert res["spf"][0].result == "softfail" and res["dmarc"][0].result == "fail"
+    res = results(by_sender[False])
+    assert res["dmarc"][0].result == "none"
+
+
+def test_spf_lookup_limit_is_a_permerror(server: LiveServer) -> None:
+    assert send(server, "a@limit.test", message("a@limit.test"))[0] == 250
+    [data] = delivered(server)
+    assert results(data)["spf"][0].result == "permerror"
+
+
+def test_dmarc_temperror_defers_with_451(server: LiveServer) -> None:
+    code, text = send(server, "a@flaky.test", message("a@flaky.test"))
+    assert code == 451 and text.startswith(b"4.7.0 "), text
+
+
+def test_spf_reject_at_mail_from(tmp_path: Path, dns: DNSServer) -> None:
+    checks = dataclasses.replace(ALL_ON, spf_reject=True)
+    with LiveServer(checked_config(tmp_path / "d", dns, auth_checks=checks)) as srv:
+        code, text = send(srv, "a@strict.test", message("a@strict.test"))
+        assert code == 550 and text.startswith(b"5.7.23 SPF validation failed: strict.test")
+        code, text = send(srv, "a@spftemp.test", message("a@spftemp.test"))
+        assert code == 451 and text.startswith(b"4.7.24 "), text
+        # softfail is no fail: accepted, marked
+        assert send(srv, "a@nopolicy.test", message("a@nopolicy.test"))[0] == 250
+
+
+def test_spf_fail_is_only_reported_by_default(server: LiveServer) -> None:
+    with smtplib.SMTP("127.0.0.1", server.port("mx")) as c:
+        c.ehlo("client.test")
+        assert c.mail("a@strict.test")[0] == 250
+
+
+def test_forged_results_claiming_our_id_are_removed(server: LiveServer,
+                                                    keys: dict[str, Key]) -> None:
+    forged = (f"Authentication-Results: {HOST};\r\n\tdkim=pass header.d=bank.test\r\n"
+              f"Authentication-Results: (comment) {HOST.upper()}; spf=pass\r\n"
+              "Authentication-Results: other.example; spf=pass smtp.mailfrom=x.test\r\n")
+    msg = signed(message("alice@good.test", extra=forged), keys["good"], "good.test", "sel")
+    assert send(server, "alice@good.test", msg)[0] == 250
+    [data] = delivered(server)
+    values = header_fields(data, "Authentication-Results")
+    assert len(values) == 2
+    assert values[1] == "other.example; spf=pass smtp.mailfrom=x.test"
+    assert "bank.test" not in data.decode()
+    assert results(data)["dkim"][0].result == "pass"
+
+
+def arc_sealed(msg: bytes, key: Key, results_text: str) -> bytes:
+    """What fwd.test sends on: its own verdict, then an ARC set over it."""
+    msg = f"Authentication-Results: fwd.test; {results_text}\r\n".encode() + msg
+    seal = dkim.arc_sign(msg, b"arc", b"fwd.test", key.private, b"fwd.test")
+    return b"".join(seal) + msg
+
+
+def test_arc_chain_is_validated(server: LiveServer, keys: dict[str, Key]) -> None:
+    # From a p=none domain, so a broken chain is reported, not refused
+    original = signed(message("alice@nopolicy.test"), keys["other"], "other.test", "sel")
+    sealed = arc_sealed(original, keys["fwd"], "dkim=pass header.d=other.test")
+    assert send(server, "list@fwd.test", sealed)[0] == 250
+    # the same chain after a change on the way: the seal no longer holds
+    broken = sealed.replace(b"Subject: test", b"Subject: [list] test")
+    assert send(server, "list@fwd.test", broken)[0] == 250
+    first, second = delivered(server, 2)
+    arcs = sorted(results(d)["arc"][0].result for d in (first, second))
+    assert arcs == ["fail", "pass"]
+
+
+def test_checks_skip_relay_networks_and_can_be_off(tmp_path: Path, dns: DNSServer) -> None:
+    trusted = dataclasses.replace(checked_config(tmp_path / "a", dns),
+                                  relay=Relay())  # loopback trusted
+    with LiveServer(trusted) as srv:
+        assert send(srv, "a@strict.test", message("a@strict.test"))[0] == 250
+        [data] = delivered(srv)
+        assert header_fields(data, "Authentication-Results") == []
+    off = checked_config(tmp_path / "b", dns, auth_checks=AuthChecks(
+        spf=False, dkim=False, dmarc=False, arc=False))
+    with LiveServer(off) as srv:
+        assert send(srv, "a@strict.test", message("a@strict.test"))[0] == 250
+
+
+def test_dmarc_reject_off_accepts_and_reports(tmp_path: Path, dns: DNSServer) -> None:
+    checks = dataclasses.replace(ALL_ON, dmarc_reject=False)
+    with LiveServer(checked_config(tmp_path / "d", dns, auth_checks=checks)) as srv:
+        assert send(srv, "a@strict.test", message("a@strict.test"))[0] == 250
+        [data] = delivered(srv)
+        dmarc = results(data)["dmarc"][0]
+        assert dmarc.result == "fail" and "(p=reject dis=reject)" in ours(data)
+
+
+def test_auth_checks_config() -> None:
+    config = parse_config("[auth_checks]\nspf_reject = true\narc = false\n", "t.toml")
+    assert config.auth_checks == AuthChecks(arc=False, spf_reject=True)
+    assert parse_config("", "t.toml").auth_checks == AuthChecks()
+    with pytest.raises(ConfigError, match=r"auth_checks\.dmarc_reject"):
+        parse_config('[auth_checks]\ndmarc_reject = "yes"\n', "t.toml")
+
