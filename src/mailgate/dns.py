@@ -348,9 +348,19 @@ class Resolver:
         ascii_name = _ascii_name(name)
         if ascii_name is None:
             return Records("nxdomain", reason=f"{name!r} is not a valid domain name")
-        answer = await self._query(ascii_name, kind)
-        return Records(answer.status, mx=answer.mx, addresses=answer.addresses,
-                       txt=answer.txt, reason=answer.reason)
+        return _records(await self._query(ascii_name, kind))
+
+    def cached_records(self, name: str, rdtype: str) -> Records | None:
+        """`records` from the cache alone, None when it holds no live answer. Only reads
+        (no eviction, no lookup), so a worker thread may call it while the event loop
+        runs: a cached answer then costs no trip through the loop."""
+        ascii_name = _ascii_name(name)
+        if ascii_name is None:
+            return None
+        entry = self._cache.get((ascii_name, int(dns.rdatatype.from_text(rdtype))))
+        if entry is None or self._clock() >= entry[0]:
+            return None
+        return _records(entry[1])
 
     def clear_cache(self) -> None:
         self._cache.clear()
@@ -497,6 +507,11 @@ class Resolver:
             return _Answer("data", ttl, addresses=tuple(rd.to_text().rstrip(".").lower()
                                                         for rd in rrset))
         return _Answer("data", ttl, addresses=tuple(rd.to_text() for rd in rrset))
+
+
+def _records(answer: _Answer) -> Records:
+    return Records(answer.status, mx=answer.mx, addresses=answer.addresses, txt=answer.txt,
+                   reason=answer.reason)
 
 
 def _has_null_mx(records: Iterable[tuple[int, str]]) -> bool:

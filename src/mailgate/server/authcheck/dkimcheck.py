@@ -106,8 +106,16 @@ def check_dkim(bridge: DNSBridge, message: bytes) -> tuple[list[DKIMResult], int
     return results, count
 
 
+def _has_arc(message: bytes) -> bool:
+    end = message.find(b"\r\n\r\n")
+    head = (message if end < 0 else message[:end + 2]).lower()
+    return head.startswith(b"arc-seal:") or b"\narc-seal:" in head
+
+
 def check_arc(bridge: DNSBridge, message: bytes) -> ARCResult:
     """The ARC chain's validation status (RFC 8617 5.2): pass, fail or none."""
+    if not _has_arc(message):
+        return ARCResult("none")  # the common case, without parsing the message again
     log, reasons = _logger()
     try:
         arc = dkim.ARC(message, logger=log, minkey=MIN_KEY_BITS)

@@ -1,9 +1,10 @@
 """DNS for the verification libraries, answered by mailgate's own resolver.
 
 pyspf and dkimpy ask DNS through blocking callbacks. Verification runs in a worker
-thread (`verify.py`), so a callback may block; `DNSBridge.query` hands each lookup to
-`Resolver.records` on the event loop (`asyncio.run_coroutine_threadsafe`) and waits for
-it there. Every answer thus comes from the `[dns] nameservers` mailgate uses for
+thread (`verify.py`), so a callback may block; `DNSBridge.query` takes a cached answer
+straight from the resolver's cache (`Resolver.cached_records`) and hands any other
+lookup to `Resolver.records` on the event loop (`asyncio.run_coroutine_threadsafe`),
+waiting for it there. Every answer thus comes from the `[dns] nameservers` mailgate uses for
 everything else, through the same cache, and the event loop itself never blocks.
 
 Each message's lookups are bounded twice: in number (`max_lookups`: SPF's own limits
@@ -46,6 +47,11 @@ class DNSBridge:
         if left <= 0:
             raise DNSTempError("out of time for DNS lookups")
         self.lookups += 1
+        answer = self.resolver.cached_records(name, rdtype)
+        if answer is not None:
+            if answer.status == "error":
+                raise DNSTempError(answer.reason)
+            return answer
         future = asyncio.run_coroutine_threadsafe(
             self.resolver.records(name, rdtype), self.loop)
         try:
