@@ -385,3 +385,25 @@ def test_auth_checks_config() -> None:
     with pytest.raises(ConfigError, match=r"auth_checks\.dmarc_reject"):
         parse_config('[auth_checks]\ndmarc_reject = "yes"\n', "t.toml")
 
+
+
+def test_cached_answers_give_the_same_verdict_without_asking_again(
+        server: LiveServer, keys: dict[str, Key], dns: DNSServer) -> None:
+    # The second message finds every answer in mailgate's cache: it is checked on the
+    # event loop without a lookup, and must be judged exactly like the first.
+    big = "x" * 78 + "\r\n"
+    for body in ("Hello.\r\n", big * 1000):  # small: inline when cached; 80 KiB too
+        msg = signed(message("alice@good.test", body=body), keys["good"], "good.test", "sel")
+        assert send(server, "alice@good.test", msg)[0] == 250
+    before = dns.count()
+    for body in ("Hello.\r\n", big * 1000):
+        msg = signed(message("alice@good.test", body=body), keys["good"], "good.test", "sel")
+        assert send(server, "alice@good.test", msg)[0] == 250
+    assert dns.count() == before
+    verdicts = [{m: [r.result for r in rs] for m, rs in results(d).items()}
+                for d in delivered(server, 4)]
+    assert verdicts == [{"spf": ["pass"], "dkim": ["pass"], "dmarc": ["pass"],
+                         "arc": ["none"]}] * 4
+    # and a forged From of a p=reject domain is refused from the cache alone as well
+    assert send(server, "alice@good.test", message("ceo@strict.test"))[0] == 550
+    assert send(server, "alice@good.test", message("ceo@strict.test"))[0] == 550

@@ -7,6 +7,10 @@ lookup to `Resolver.records` on the event loop (`asyncio.run_coroutine_threadsaf
 waiting for it there. Every answer thus comes from the `[dns] nameservers` mailgate uses for
 everything else, through the same cache, and the event loop itself never blocks.
 
+A cache-only bridge never waits: the checks of a small message are first tried on
+the event loop itself with one (`verify.py`), and run again in a worker thread only
+when an answer was missing from the cache.
+
 Each message's lookups are bounded twice: in number (`max_lookups`: SPF's own limits
 of RFC 7208 4.6.4 apply inside pyspf, this one caps the whole message: DKIM keys of
 many signatures, ARC sets, DMARC) and in time (one deadline for all of them). Past
@@ -21,19 +25,27 @@ import time
 
 from mailgate.dns import Records, Resolver
 
-__all__ = ["DNSBridge", "DNSTempError"]
+__all__ = ["CacheMiss", "DNSBridge", "DNSTempError"]
 
 
 class DNSTempError(Exception):
     """DNS could not answer now (or the message's lookup budget is spent)."""
 
 
+class CacheMiss(Exception):
+    """A cache-only bridge was asked for an answer the cache does not hold."""
+
+
 class DNSBridge:
     """Blocking lookups for one message's checks, from a worker thread."""
 
     def __init__(self, resolver: Resolver, loop: asyncio.AbstractEventLoop, *,
-                 max_lookups: int, timeout: float) -> None:
+                 max_lookups: int, timeout: float, cache_only: bool = False) -> None:
         self.resolver = resolver
+        # cache_only: answer from the cache or raise CacheMiss (and note it in `missed`,
+        # which a library's own `except` cannot hide): for a first, inline attempt.
+        self.cache_only = cache_only
+        self.missed = False
         self.loop = loop
         self.max_lookups = max_lookups
         self.deadline = time.monotonic() + timeout
@@ -52,6 +64,9 @@ class DNSBridge:
             if answer.status == "error":
                 raise DNSTempError(answer.reason)
             return answer
+        if self.cache_only:
+            self.missed = True
+            raise CacheMiss(f"{name} {rdtype} is not cached")
         future = asyncio.run_coroutine_threadsafe(
             self.resolver.records(name, rdtype), self.loop)
         try:
