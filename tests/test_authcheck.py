@@ -25,14 +25,18 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
 from mailgate.config import (
+    Aliases,
     AuthChecks,
     Config,
     ConfigError,
     DNSConfig,
     Domains,
     Relay,
+    Route,
     parse_config,
 )
+from mailgate.config.aliases import DEFAULT_ALIASES
+from mailgate.config.dkim import load_key
 from tests.support.live import LiveServer, live_config
 
 if TYPE_CHECKING:
@@ -77,7 +81,8 @@ class Key:
 
 @pytest.fixture(scope="module")
 def keys() -> dict[str, Key]:
-    return {"good": Key.rsa(), "ed": Key.ed25519(), "fwd": Key.rsa(), "other": Key.rsa()}
+    return {"good": Key.rsa(), "ed": Key.ed25519(), "fwd": Key.rsa(), "other": Key.rsa(),
+            "seal": Key.rsa()}
 
 
 def zone(keys: dict[str, Key]) -> str:
@@ -117,6 +122,8 @@ def zone(keys: dict[str, Key]) -> str:
         keys["fwd"].zone("arc._domainkey.fwd.test."),
         'fwd.test. TXT "v=spf1 ip4:127.0.0.0/8 -all"',
         keys["other"].zone("sel._domainkey.other.test."),
+        # example.net: mailgate's own domain, whose [dkim] key ARC-seals what it forwards
+        keys["seal"].zone("arc._domainkey.example.net."),
     ])
 
 
@@ -407,3 +414,54 @@ def test_cached_answers_give_the_same_verdict_without_asking_again(
     # and a forged From of a p=reject domain is refused from the cache alone as well
     assert send(server, "alice@good.test", message("ceo@strict.test"))[0] == 550
     assert send(server, "alice@good.test", message("ceo@strict.test"))[0] == 550
+
+
+def test_forwarding_through_an_alias_keeps_the_arc_chain_valid(
+        tmp_path: Path, keys: dict[str, Key], dns: DNSServer) -> None:
+    """Issue 15 end to end: mailgate A verifies a stranger's message to an alias whose
+    target is on mailgate B, ARC-seals it with its [dkim."example.net"] key and forwards
+    it; B, another stranger's server to A, validates the chain A extended."""
+    key_file = tmp_path / "example.net.arc.key"
+    key_file.write_bytes(keys["seal"].private)
+    seal = load_key(key_file, "rsa-sha256", "example.net", "arc")
+    b_config = dataclasses.replace(
+        checked_config(tmp_path / "b", dns), hostname="mx.remote.test",
+        domains=Domains(local=("remote.test",), catch_all=True))
+    with LiveServer(b_config) as b:
+        a_config = checked_config(
+            tmp_path / "a", dns,
+            aliases=Aliases({**DEFAULT_ALIASES, "list@example.net": ("carol@remote.test",)}),
+            routes={"remote.test": Route("remote.test", "127.0.0.1", b.port("mx"), False)},
+            dkim={"example.net": (seal,)})
+        with LiveServer(a_config) as a:
+            # one message as its author sent it, one already sealed by fwd.test (i=1)
+            original = signed(message("alice@good.test"), keys["good"], "good.test", "sel")
+            assert send(a, "alice@good.test", original, "list@example.net")[0] == 250
+            sealed = arc_sealed(original, keys["fwd"], "dkim=pass header.d=good.test")
+            assert send(a, "alice@good.test", sealed, "list@example.net")[0] == 250
+            folder = b.maildir / "remote.test" / "carol" / "new"
+            deadline = time.monotonic() + 30
+            while len(list(folder.glob("*")) if folder.exists() else []) < 2:
+                assert time.monotonic() < deadline, "B did not receive both messages"
+                time.sleep(0.05)
+            received = [f.read_bytes() for f in sorted(folder.iterdir())]
+    instances = []
+    for data in received:
+        values = [v for v in header_fields(data, "Authentication-Results")
+                  if v.startswith("mx.remote.test;")]
+        assert len(values) == 1
+        parsed = authres.AuthenticationResultsHeader.parse_value(values[0])
+        by_method = {r.method: r.result for r in parsed.results}
+        assert by_method["arc"] == "pass", values
+        assert by_method["dkim"] == "pass" and by_method["dmarc"] == "pass"
+        seals = header_fields(data, "ARC-Seal")
+        ours = [v for v in seals if "d=example.net" in v.replace(" ", "")]
+        assert len(ours) == 1
+        tags = dict(t.strip().split("=", 1) for t in ours[0].replace(" ", "").split(";")
+                    if "=" in t)
+        instances.append((tags["i"], tags["cv"]))
+        # A's verdict travels in the set it sealed
+        aar = [v for v in header_fields(data, "ARC-Authentication-Results")
+               if f"i={tags['i']}" in v.replace(" ", "")]
+        assert len(aar) == 1 and HOST in aar[0]
+    assert sorted(instances) == [("1", "none"), ("2", "pass")]

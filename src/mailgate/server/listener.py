@@ -609,7 +609,7 @@ class SMTPConnection(asyncio.Protocol):
         except OSError as exc:
             log.error("cannot spool the message from [%s]: %s", self.info.ip, exc)
             return SPOOL_FAILED
-        verdict = await srv.policy.verify_message(self.info, spool)
+        verdict = await srv.policy.verify_message(self.info, spool, self._rcpts)
         if verdict is not None:
             log.info("%s: auth: %s; from=<%s>", incoming.qid, verdict.summary, sender.sender)
             if verdict.reply is not None:

@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import time
 from collections import defaultdict, deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -21,6 +21,7 @@ from mailgate import hashing
 from mailgate.codes.reply import Reply
 from mailgate.config import Config, Route
 from mailgate.config.aliases import AliasError, expand
+from mailgate.config.dkimkey import DKIMKey, keys_for
 from mailgate.dns import Resolver, null_mx_reply
 from mailgate.dovecot_auth import DovecotAuth
 from mailgate.idn import DomainError, canonical_domain
@@ -277,12 +278,31 @@ class Policy:
         assert self.verifier is not None
         return self.verifier.spf_reply(conn.spf, conn.ip)
 
-    async def verify_message(self, conn: ConnectionInfo, spool: SpoolFile) -> Verdict | None:
-        """DKIM, ARC and DMARC at the end of DATA (None when they do not apply)."""
+    async def verify_message(self, conn: ConnectionInfo, spool: SpoolFile,
+                             rcpts: Sequence[RcptTo]) -> Verdict | None:
+        """DKIM, ARC and DMARC at the end of DATA (None when they do not apply), and the
+        ARC seal when the message is forwarded."""
         if not self.checks_inbound(conn):
             return None
         assert self.verifier is not None
-        return await self.verifier.message(spool, conn.spf)
+        return await self.verifier.message(spool, conn.spf, self.arc_sealer(rcpts))
+
+    def arc_sealer(self, rcpts: Sequence[RcptTo]) -> DKIMKey | None:
+        """The key to ARC-seal a stranger's message with when it goes on to another
+        server (RFC 8617: an alias with a remote target): the first RSA [dkim] key of
+        the local domain it was addressed to (ORCPT), else of the host name's domain.
+        None when nothing goes out, ARC is not checked (the seal records the chain's
+        status), or there is no such key."""
+        if not self.config.auth_checks.arc or all(
+                not r.recipient.is_literal and self.is_local(r.recipient.domain)
+                for r in rcpts):
+            return None
+        domains = [r.params.orcpt[1].rpartition("@")[2] for r in rcpts if r.params.orcpt]
+        for domain in [*(d for d in domains if self.is_local(d)), self.config.hostname]:
+            for key in keys_for(self.config.dkim, domain):
+                if key.algorithm == "rsa-sha256":  # the only algorithm ARC defines
+                    return key
+        return None
 
     def rcpt_to_sync(self, conn: ConnectionInfo, ev: RcptTo) -> Reply | bool | None:
         rcpt = ev.recipient

@@ -14,7 +14,7 @@ import dkim
 
 from mailgate.server.authcheck.lookup import DNSBridge, DNSTempError
 
-__all__ = ["ARCResult", "DKIMResult", "check_arc", "check_dkim"]
+__all__ = ["ARCResult", "DKIMResult", "arc_seal", "check_arc", "check_dkim"]
 
 # A stranger may put any number of signatures on a message, each costing a DNS lookup
 # and a public-key operation: only the first ones are verified (Authentication-Results
@@ -132,3 +132,20 @@ def check_arc(bridge: DNSBridge, message: bytes) -> ARCResult:
         return ARCResult("pass", instances)
     reason = str(why) if why else "; ".join(reasons.texts)
     return ARCResult("fail", instances, reason[:200])
+
+
+def arc_seal(message: bytes, authserv_id: str, domain: str, selector: str,
+             private: bytes) -> tuple[bytes, str]:
+    """The ARC set (RFC 8617 4.1: ARC-Seal, ARC-Message-Signature,
+    ARC-Authentication-Results) to put on `message`, which starts with our own
+    Authentication-Results field (its `arc=` result is the chain status the seal
+    records), and why there is none when it cannot be made."""
+    log, reasons = _logger()
+    try:
+        lines = dkim.arc_sign(message, selector.encode("ascii"), domain.encode("ascii"),
+                              private, authserv_id.encode("ascii"), logger=log)
+    except Exception as exc:  # e.g. the 50-instance limit of RFC 8617 4.2.1
+        return b"", f"cannot seal: {exc}"
+    if not lines:
+        return b"", "; ".join(reasons.texts) or "nothing to seal"
+    return b"".join(lines), ""

@@ -17,7 +17,10 @@ It decides from the results:
 - `quarantine`: accepted, marked in Authentication-Results (`dis=quarantine`) and by an
   `X-Mailgate-Quarantine:` field a mailbox filter can sort on.
 
-What it found is the `Authentication-Results:` field it returns (`results.py`).
+What it found is the `Authentication-Results:` field it returns (`results.py`). When
+the message is forwarded (an alias with a remote target), an ARC set (RFC 8617) goes
+above it, sealed with a `[dkim]` RSA key of ours: the next hop can then trust what was
+verified here even after forwarding broke SPF.
 """
 
 from __future__ import annotations
@@ -30,12 +33,14 @@ from dataclasses import dataclass
 
 from mailgate.codes.reply import Reply
 from mailgate.config import AuthChecks
+from mailgate.config.dkimkey import DKIMKey
 from mailgate.dns import Resolver
 from mailgate.queue.spool import SpoolFile
 from mailgate.server.authcheck.dkimcheck import (
     MAX_SIGNATURES,
     ARCResult,
     DKIMResult,
+    arc_seal,
     check_arc,
     check_dkim,
 )
@@ -140,27 +145,30 @@ class Verifier:
 
     # --- end of DATA ----------------------------------------------------------------
 
-    async def message(self, spool: SpoolFile, spf: SPFResult | None) -> Verdict:
-        """DKIM, ARC and DMARC of the spooled message (after `spool.finish()`)."""
+    async def message(self, spool: SpoolFile, spf: SPFResult | None,
+                      seal: DKIMKey | None = None) -> Verdict:
+        """DKIM, ARC and DMARC of the spooled message (after `spool.finish()`); with
+        `seal`, a message mailgate forwards, the ARC set it adds, signed with that key."""
         loop = asyncio.get_running_loop()
-        if spool.size <= INLINE_BYTES:
+        if spool.size <= INLINE_BYTES and seal is None:  # sealing signs: RSA, too slow
             quick = DNSBridge(self.resolver, loop, max_lookups=MAX_LOOKUPS,
                               timeout=MESSAGE_TIME, cache_only=True)
             with contextlib.suppress(CacheMiss):
-                verdict = self._check(quick, spool, spf)
+                verdict = self._check(quick, spool, spf, seal)
                 if not quick.missed:
                     return verdict
         bridge = DNSBridge(self.resolver, loop, max_lookups=MAX_LOOKUPS, timeout=MESSAGE_TIME)
         try:
             return await asyncio.wait_for(
-                loop.run_in_executor(self._pool, self._check, bridge, spool, spf),
+                loop.run_in_executor(self._pool, self._check, bridge, spool, spf, seal),
                 MESSAGE_TIME + 5)
         except TimeoutError:
             return Verdict(results_header(self.authserv_id, ["dkim=temperror (out of time)"]),
                            DMARC_TEMPFAIL if self.checks.dmarc_reject else None,
                            "checks out of time")
 
-    def _check(self, bridge: DNSBridge, spool: SpoolFile, spf: SPFResult | None) -> Verdict:
+    def _check(self, bridge: DNSBridge, spool: SpoolFile, spf: SPFResult | None,
+               seal: DKIMKey | None) -> Verdict:
         chunks = spool.chunks()
         if spool.head:
             next(chunks)  # mailgate's own Received: field is no part of what was signed
@@ -192,12 +200,19 @@ class Verifier:
         if arc is not None:
             lines.append(f"arc={arc.result}{comment(arc.reason)}")
         header = results_header(self.authserv_id, lines)
+        summary = ", ".join(line.split(" ", 1)[0] for line in lines)
+        reply = self._decide(dmarcs)
+        if seal is not None and reply is None and arc is not None:
+            arc_set, why = arc_seal(header + message, self.authserv_id, seal.domain,
+                                    seal.selector, seal.private)
+            header = arc_set + header
+            summary += f", ARC sealed as d={seal.domain} s={seal.selector}" if arc_set \
+                else f", not ARC sealed ({why})"
         if any(d.result == "fail" and d.disposition == "quarantine" for d in dmarcs):
             names = ", ".join(d.domain for d in dmarcs if d.disposition == "quarantine")
             header += (f"X-Mailgate-Quarantine: DMARC policy of {value(names)} "
                        f"(p=quarantine)\r\n").encode("ascii")
-        summary = ", ".join(line.split(" ", 1)[0] for line in lines)
-        return Verdict(header, self._decide(dmarcs), summary)
+        return Verdict(header, reply, summary)
 
     def _decide(self, dmarcs: list[DMARCResult]) -> Reply | None:
         if not self.checks.dmarc_reject:
