@@ -465,3 +465,26 @@ def test_forwarding_through_an_alias_keeps_the_arc_chain_valid(
                if f"i={tags['i']}" in v.replace(" ", "")]
         assert len(aar) == 1 and HOST in aar[0]
     assert sorted(instances) == [("1", "none"), ("2", "pass")]
+
+
+def test_null_sender_is_checked_by_its_helo_name(server: LiveServer) -> None:
+    # RFC 7208 2.4: for MAIL FROM:<> the HELO identity is checked
+    with smtplib.SMTP("127.0.0.1", server.port("mx"), timeout=60) as c:
+        c.ehlo("good.test")
+        assert c.mail("<>")[0] == 250
+        assert c.rcpt("bob@example.net")[0] == 250
+        assert c.data(message("mailer-daemon@good.test"))[0] == 250
+    [data] = delivered(server)
+    spf = results(data)["spf"][0]
+    assert spf.result == "pass" and spf.smtp_helo == "good.test"
+
+
+def test_only_the_first_ten_signatures_are_verified(server: LiveServer,
+                                                    keys: dict[str, Key]) -> None:
+    msg = message("alice@nopolicy.test")
+    for _ in range(12):
+        msg = signed(msg, keys["other"], "other.test", "sel")
+    assert send(server, "a@nopolicy.test", msg)[0] == 250
+    [data] = delivered(server)
+    assert [r.result for r in results(data)["dkim"]] == ["pass"] * 10
+    assert "2 more signatures not checked" in ours(data)
