@@ -16,6 +16,7 @@ policy (`p`, or `sp` for a subdomain found through its organizational domain) an
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import random
 from collections.abc import Sequence
@@ -24,6 +25,7 @@ from functools import cache
 
 from publicsuffixlist import PublicSuffixList
 
+from mailgate.idn import DomainError, canonical_domain
 from mailgate.server.authcheck.dkimcheck import DKIMResult
 from mailgate.server.authcheck.lookup import DNSBridge, DNSTempError
 from mailgate.server.authcheck.spfcheck import SPFResult
@@ -63,7 +65,8 @@ class DMARCResult:
 
 
 def from_domains(message: bytes) -> list[str]:
-    """The domains of the addresses in the From field(s) of `message`'s header section."""
+    """The domains (A-labels) of the addresses in the From field(s) of `message`'s
+    header section."""
     values: list[str] = []
     name = b""
     for line in _header_lines(message):
@@ -78,6 +81,8 @@ def from_domains(message: bytes) -> list[str]:
     domains: list[str] = []
     for _display, address in email.utils.getaddresses(values):
         domain = address.rpartition("@")[2].strip().rstrip(".").lower()
+        with contextlib.suppress(DomainError):
+            domain = canonical_domain(domain)  # A-labels, as DKIM's d= and SPF have them
         if "@" in address and domain and domain not in domains:
             domains.append(domain)
     return domains
