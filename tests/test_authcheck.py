@@ -124,7 +124,47 @@ def zone(keys: dict[str, Key]) -> str:
         keys["other"].zone("sel._domainkey.other.test."),
         # example.net: mailgate's own domain, whose [dkim] key ARC-seals what it forwards
         keys["seal"].zone("arc._domainkey.example.net."),
+        # RFC 8463 Appendix A.2: the keys of its example message
+        "brisbane._domainkey.football.example.com. TXT "
+        '"v=DKIM1; k=ed25519; p=11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo="',
+        "test._domainkey.football.example.com. TXT "
+        '"v=DKIM1; k=rsa; p=MIGfMA0GCSqGSIb3DQEBAQUAA4GNADCBiQKBgQDkHlOQoBTzWR"'
+        ' "iGs5V6NpP3idY6Wk08a5qhdR6wy5bdOKb2jLQiY/J16JYi0Qvx/byYzCNb3W91y3FutAC"'
+        ' "DfzwQ/BC/e/8uBsCR+yz1Lxj+PL6lHvqMKrM3rG4hstT5QjvHO9PzoxZyVYLzBfO2EeC3"'
+        ' "Ip3G+2kryOTIKT+l/K4w3QIDAQAB"',
     ])
+
+
+# RFC 8463 Appendix A.3: a message signed twice, Ed25519 and RSA, by an implementation
+# other than dkimpy (the RFC's author's); both signatures must verify.
+RFC8463_MESSAGE = """\
+DKIM-Signature: v=1; a=ed25519-sha256; c=relaxed/relaxed;
+ d=football.example.com; i=@football.example.com;
+ q=dns/txt; s=brisbane; t=1528637909; h=from : to :
+ subject : date : message-id : from : subject : date;
+ bh=2jUSOH9NhtVGCQWNr9BrIAPreKQjO6Sn7XIkfJVOzv8=;
+ b=/gCrinpcQOoIfuHNQIbq4pgh9kyIK3AQUdt9OdqQehSwhEIug4D11Bus
+ Fa3bT3FY5OsU7ZbnKELq+eXdp1Q1Dw==
+DKIM-Signature: v=1; a=rsa-sha256; c=relaxed/relaxed;
+ d=football.example.com; i=@football.example.com;
+ q=dns/txt; s=test; t=1528637909; h=from : to : subject :
+ date : message-id : from : subject : date;
+ bh=2jUSOH9NhtVGCQWNr9BrIAPreKQjO6Sn7XIkfJVOzv8=;
+ b=F45dVWDfMbQDGHJFlXUNB2HKfbCeLRyhDXgFpEL8GwpsRe0IeIixNTe3
+ DhCVlUrSjV4BwcVcOF6+FF3Zo9Rpo1tFOeS9mPYQTnGdaSGsgeefOsk2Jz
+ dA+L10TeYt9BgDfQNZtKdN1WO//KgIqXP7OdEFE4LjFYNcUxZQ4FADY+8=
+From: Joe SixPack <joe@football.example.com>
+To: Suzie Q <suzie@shopping.example.net>
+Subject: Is dinner ready?
+Date: Fri, 11 Jul 2003 21:00:37 -0700 (PDT)
+Message-ID: <20030712040037.46341.5F8J@football.example.com>
+
+Hi.
+
+We lost the game.  Are you hungry yet?
+
+Joe.
+"""
 
 
 @pytest.fixture(scope="module")
@@ -488,3 +528,13 @@ def test_only_the_first_ten_signatures_are_verified(server: LiveServer,
     [data] = delivered(server)
     assert [r.result for r in results(data)["dkim"]] == ["pass"] * 10
     assert "2 more signatures not checked" in ours(data)
+
+
+def test_the_rfc_8463_example_verifies(server: LiveServer) -> None:
+    msg = RFC8463_MESSAGE.replace("\n", "\r\n").encode()
+    assert send(server, "joe@football.example.com", msg)[0] == 250
+    [data] = delivered(server)
+    dkims = results(data)["dkim"]
+    assert [(r.result, r.header_a) for r in dkims] == [
+        ("pass", "ed25519-sha256"), ("pass", "rsa-sha256")]
+    assert {r.header_d for r in dkims} == {"football.example.com"}
