@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import smtplib
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -113,6 +114,9 @@ def zone(keys: dict[str, Key]) -> str:
         # flaky.test: its DMARC record cannot be looked up (SERVFAIL)
         'flaky.test. TXT "v=spf1 -all"',
         '_dmarc.flaky.test. TXT "v=DMARC1; p=reject"',
+        # slow.test: its DMARC record's query is never answered (the resolver times out)
+        'slow.test. TXT "v=spf1 -all"',
+        '_dmarc.slow.test. TXT "v=DMARC1; p=reject"',
         # spftemp.test: its SPF record cannot be looked up
         'spftemp.test. TXT "v=spf1 -all"',
         # limit.test: 11 includes, over RFC 7208's 10 lookups
@@ -171,7 +175,8 @@ Joe.
 def dns(keys: dict[str, Key]) -> Iterator[DNSServer]:
     from tests.support.dnsserver import DNSServer
 
-    with DNSServer(zone(keys), servfail=["_dmarc.flaky.test", "spftemp.test"]) as server:
+    with DNSServer(zone(keys), servfail=["_dmarc.flaky.test", "spftemp.test"],
+                   drop=["_dmarc.slow.test"]) as server:
         yield server
 
 
@@ -538,3 +543,18 @@ def test_the_rfc_8463_example_verifies(server: LiveServer) -> None:
     assert [(r.result, r.header_a) for r in dkims] == [
         ("pass", "ed25519-sha256"), ("pass", "rsa-sha256")]
     assert {r.header_d for r in dkims} == {"football.example.com"}
+
+
+def test_an_unanswered_lookup_defers_and_blocks_nobody(server: LiveServer,
+                                                       keys: dict[str, Key]) -> None:
+    # The DMARC query of slow.test is never answered: after the resolver's timeout the
+    # message gets 451, and meanwhile other clients are served.
+    outcome: list[tuple[int, bytes]] = []
+    slow = threading.Thread(target=lambda: outcome.append(
+        send(server, "a@slow.test", message("a@slow.test"))))
+    slow.start()
+    msg = signed(message("alice@good.test"), keys["good"], "good.test", "sel")
+    assert send(server, "alice@good.test", msg)[0] == 250
+    slow.join(60)
+    [(code, text)] = outcome
+    assert code == 451 and text.startswith(b"4.7.0 "), text
