@@ -558,3 +558,21 @@ def test_an_unanswered_lookup_defers_and_blocks_nobody(server: LiveServer,
     slow.join(60)
     [(code, text)] = outcome
     assert code == 451 and text.startswith(b"4.7.0 "), text
+
+
+def test_large_messages_are_verified_one_at_a_time_from_the_spool_file(
+        server: LiveServer, keys: dict[str, Key]) -> None:
+    # Over 1 MiB: the spool went to a file, and such checks take turns (memory bound)
+    line = "y" * 78 + "\r\n"
+    msgs = [signed(message("alice@good.test", body=line * 20000 + f"{i}\r\n"),
+                   keys["good"], "good.test", "sel") for i in range(3)]
+    outcomes: list[int] = []
+    threads = [threading.Thread(target=lambda m=m: outcomes.append(
+        send(server, "alice@good.test", m)[0])) for m in msgs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert outcomes == [250, 250, 250]
+    for data in delivered(server, 3):
+        assert [r.result for r in results(data)["dkim"]] == ["pass"]

@@ -74,6 +74,10 @@ SPF_LOOKUPS = 30  # pyspf stops at 10 mechanisms and 2 void lookups; MX/PTR add 
 # switch interval (5 ms), so a worker thread would hold the loop up as long, and the
 # hand-off to it costs more than the check.
 INLINE_BYTES = 128 * 1024
+# dkimpy holds a message whole, several times over (the bytes, the canonicalized body);
+# messages above this size are checked one at a time, so memory stays within a few
+# copies of one [limits] message_size however many arrive at once.
+BIG_BYTES = 1024 * 1024
 
 
 def spf_fail_reply(domain: str, ip: str) -> Reply:
@@ -110,6 +114,7 @@ class Verifier:
         self.authserv_id = authserv_id
         self.resolver = resolver
         self._pool = ThreadPoolExecutor(WORKERS, thread_name_prefix="mailgate-authcheck")
+        self._big = asyncio.Semaphore(1)
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -157,11 +162,15 @@ class Verifier:
                 verdict = self._check(quick, spool, spf, seal)
                 if not quick.missed:
                     return verdict
+        big = spool.size > BIG_BYTES
+        if big:
+            await self._big.acquire()  # released when the thread is done, not before
         bridge = DNSBridge(self.resolver, loop, max_lookups=MAX_LOOKUPS, timeout=MESSAGE_TIME)
+        work = loop.run_in_executor(self._pool, self._check, bridge, spool, spf, seal)
+        if big:
+            work.add_done_callback(lambda _f: self._big.release())
         try:
-            return await asyncio.wait_for(
-                loop.run_in_executor(self._pool, self._check, bridge, spool, spf, seal),
-                MESSAGE_TIME + 5)
+            return await asyncio.wait_for(asyncio.shield(work), MESSAGE_TIME + 5)
         except TimeoutError:
             return Verdict(results_header(self.authserv_id, ["dkim=temperror (out of time)"]),
                            DMARC_TEMPFAIL if self.checks.dmarc_reject else None,
