@@ -611,7 +611,9 @@ class SMTPConnection(asyncio.Protocol):
             return SPOOL_FAILED
         verdict = await srv.policy.verify_message(self.info, spool, self._rcpts)
         if verdict is not None:
-            log.info("%s: auth: %s; from=<%s>", incoming.qid, verdict.summary, sender.sender)
+            log.info("%s: auth: %s; from=<%s> client=%s[%s]%s", incoming.qid, verdict.summary,
+                     sender.sender, self.info.helo, self.info.ip,
+                     f"; reject: {verdict.reply}" if verdict.reply else "")
             if verdict.reply is not None:
                 srv.stats.refused += 1
                 metrics.message_refused()
