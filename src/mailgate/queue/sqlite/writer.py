@@ -405,7 +405,10 @@ class GroupCommitWriter:
             self._wal_growth += _PAGES_PER_COMMIT + sum(
                 _PAGES_PER_REQUEST + request.weight // self._page_size for request, _, _ in done
             )
-            if self._wal_growth >= _CHECKPOINT_PAGES:
+            if self._wal_growth >= _CHECKPOINT_PAGES or self._storage_full:
+                # After a full disk, every commit asks until a TRUNCATE has emptied the
+                # WAL: the first write that fits (space was freed) must not be followed
+                # by others that fill the space again before the WAL gives its own back.
                 self._wal_growth = 0
                 self._checkpoint_wanted.set()
             for request, value, error in done:
