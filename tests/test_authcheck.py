@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import smtplib
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -39,6 +40,7 @@ from mailgate.config import (
 from mailgate.config.aliases import DEFAULT_ALIASES
 from mailgate.config.dkim import load_key
 from tests.support.live import LiveServer, live_config
+from tests.support.needs import need_tool
 
 if TYPE_CHECKING:
     from tests.support.dnsserver import DNSServer
@@ -576,3 +578,24 @@ def test_large_messages_are_verified_one_at_a_time_from_the_spool_file(
     assert outcomes == [250, 250, 250]
     for data in delivered(server, 3):
         assert [r.result for r in results(data)["dkim"]] == ["pass"]
+
+
+def test_a_message_signed_by_opendkim(server: LiveServer, tmp_path: Path,
+                                      dns: DNSServer) -> None:
+    """OpenDKIM's signer (opendkim-testmsg, which signs rsa-sha1) and dkimpy agree on
+    the signature; mailgate then refuses to count it, as RFC 8301 3.1 requires."""
+    tool = need_tool("opendkim-testmsg", "opendkim-tools")
+    key = Key.rsa()
+    (tmp_path / "od.key").write_bytes(key.private)
+    dns.add(key.zone("od._domainkey.opendkim.test."))
+    signed_msg = subprocess.run(
+        [tool, "-C", "-d", "opendkim.test", "-s", "od", "-k", str(tmp_path / "od.key")],
+        input=message("joe@opendkim.test"), capture_output=True, timeout=60, check=True,
+    ).stdout
+    assert signed_msg.startswith(b"DKIM-Signature:")
+    assert send(server, "joe@opendkim.test", signed_msg)[0] == 250
+    [data] = delivered(server)
+    [verdict] = results(data)["dkim"]
+    assert (verdict.result, verdict.header_d, verdict.header_a) == (
+        "policy", "opendkim.test", "rsa-sha1")
+    assert "valid rsa-sha1 signature, which RFC 8301 forbids to accept" in ours(data)

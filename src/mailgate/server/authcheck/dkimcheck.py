@@ -25,8 +25,9 @@ MIN_KEY_BITS = 1024  # RFC 8301 3.2: shorter RSA keys are not accepted
 
 @dataclass(frozen=True, slots=True)
 class DKIMResult:
-    """One signature: `result` pass, fail, neutral, temperror or permerror (RFC 8601
-    2.7.1); `domain` its d=, `selector` s=, `algorithm` a=, `b` the start of b=."""
+    """One signature: `result` pass, fail, policy (rsa-sha1, RFC 8301), temperror or
+    permerror (RFC 8601 2.7.1); `domain` its d=, `selector` s=, `algorithm` a=, `b` the
+    start of b=."""
 
     result: str
     domain: str = ""
@@ -99,6 +100,11 @@ def check_dkim(bridge: DNSBridge, message: bytes) -> tuple[list[DKIMResult], int
         if result == "fail" and not reasons.texts:
             reasons.texts.append("the signature or the body hash does not match")
         fields = signer.signature_fields or {}
+        if result == "pass" and fields.get(b"a", b"").strip().lower() == b"rsa-sha1":
+            # RFC 8301 3.1: verifiers must not consider RSA-SHA1 signatures valid.
+            result = "policy"
+            reasons.texts[:] = ["a valid rsa-sha1 signature, which RFC 8301 forbids "
+                                "to accept"]
         results.append(DKIMResult(
             result, domain=_text(fields, b"d").lower(), selector=_text(fields, b"s"),
             algorithm=_text(fields, b"a", 32), b=_text(fields, b"b", 8),
