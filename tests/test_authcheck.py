@@ -26,6 +26,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
+from mailgate import metrics
 from mailgate.config import (
     Aliases,
     AuthChecks,
@@ -266,8 +267,18 @@ def results(data: bytes) -> dict[str, list[Any]]:
     return out
 
 
+def auth_count(method: str, result: str) -> float:
+    """mailgate_auth_results_total{method, result}, as /metrics shows it."""
+    series = f'mailgate_auth_results_total{{method="{method}",result="{result}"}} '
+    for line in metrics.exposition().decode().splitlines():
+        if line.startswith(series):
+            return float(line[len(series):])
+    raise AssertionError(f"no series {series}")
+
+
 def test_aligned_dkim_and_spf_pass(server: LiveServer, keys: dict[str, Key],
                                    dns: DNSServer) -> None:
+    before = {m: auth_count(m, "pass") for m in ("spf", "dkim", "dmarc")}
     msg = signed(message("alice@good.test"), keys["good"], "good.test", "sel")
     code, text = send(server, "alice@good.test", msg)
     assert code == 250, text
@@ -278,6 +289,9 @@ def test_aligned_dkim_and_spf_pass(server: LiveServer, keys: dict[str, Key],
     assert res["dkim"][0].header_d == "good.test"
     assert [r.result for r in res["dmarc"]] == ["pass"]
     assert [r.result for r in res["arc"]] == ["none"]
+    # The verdicts are counted for /metrics.
+    assert {m: auth_count(m, "pass") - before[m] for m in before} == {
+        "spf": 1, "dkim": 1, "dmarc": 1}
     # Every answer came from the tests' DNS server, through [dns] nameservers.
     assert dns.count("sel._domainkey.good.test", "TXT") >= 1
     assert dns.count("_dmarc.good.test", "TXT") >= 1

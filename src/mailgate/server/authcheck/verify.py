@@ -31,6 +31,7 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from mailgate import metrics
 from mailgate.codes.reply import Reply
 from mailgate.config import AuthChecks
 from mailgate.config.dkimkey import DKIMKey
@@ -127,16 +128,19 @@ class Verifier:
                           cache_only=True)
         result = check_spf(quick, ip, sender, helo)
         if not quick.missed:
+            metrics.auth_result("spf", result.result)
             return result  # every answer was cached: no thread, no wait
         bridge = DNSBridge(self.resolver, loop, max_lookups=SPF_LOOKUPS, timeout=SPF_TIME)
         try:
-            return await asyncio.wait_for(
+            result = await asyncio.wait_for(
                 loop.run_in_executor(self._pool, check_spf, bridge, ip, sender, helo),
                 SPF_TIME + 5)
         except TimeoutError:
             domain = sender.rpartition("@")[2] if sender else helo
-            return SPFResult("temperror", "mailfrom" if sender else "helo", domain,
-                             "out of time")
+            result = SPFResult("temperror", "mailfrom" if sender else "helo", domain,
+                               "out of time")
+        metrics.auth_result("spf", result.result)
+        return result
 
     def spf_reply(self, result: SPFResult, ip: str) -> Reply | None:
         """The refusal at MAIL FROM, when spf_reject is on."""
@@ -208,6 +212,13 @@ class Verifier:
                 lines.append("dmarc=permerror (no From address with a domain)")
         if arc is not None:
             lines.append(f"arc={arc.result}{comment(arc.reason)}")
+        if not bridge.cache_only or not bridge.missed:  # a verdict that stands
+            for d in dkims if checks.dkim else ():
+                metrics.auth_result("dkim", d.result)
+            for m in dmarcs:
+                metrics.auth_result("dmarc", m.result)
+            if arc is not None:
+                metrics.auth_result("arc", arc.result)
         header = results_header(self.authserv_id, lines)
         summary = ", ".join(line.split(" ", 1)[0] for line in lines)
         reply = self._decide(dmarcs)
