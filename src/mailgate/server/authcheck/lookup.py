@@ -80,4 +80,4 @@ class DNSBridge:
 
     def txt(self, name: str) -> list[bytes]:
         """The TXT records of `name`, each one's strings joined (RFC 7208 3.3)."""
-        return [b"".join(strings) for strings in self.query(name, "TXT").txt]
+        return [text.encode("utf-8") for text in self.query(name, "TXT").txt]

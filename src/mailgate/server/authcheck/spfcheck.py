@@ -38,10 +38,12 @@ def _lookup(name: str, qtype: str, strict: object = True, timeout: object = None
     except DNSTempError as exc:
         raise pyspf.TempError(f"DNS {exc}") from None
     key = (name, qtype)
-    if qtype == "TXT":
-        return [(key, strings) for strings in answer.txt]
+    if qtype == "TXT":  # pyspf joins a record's strings itself: give it one, joined
+        return [(key, (text.encode("utf-8"),)) for text in answer.txt]
     if qtype == "MX":
         return [(key, mx) for mx in answer.mx]
+    if qtype == "PTR":
+        return [(key, target.rstrip(".").lower()) for target in answer.addresses]
     return [(key, value) for value in answer.addresses]
 
 
