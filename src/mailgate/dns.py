@@ -52,6 +52,7 @@ __all__ = [
     "MXHosts",
     "NullMX",
     "PermFail",
+    "Records",
     "Resolver",
     "Route",
     "TempFail",
@@ -418,6 +419,30 @@ class Resolver:
         failure = next((x.reason for x in (aaaa, a) if x.status == "error"), "")
         return addresses, failure
 
+    # -- any record, for the inbound checks --------------------------------------------
+
+    async def records(self, name: str, rdtype: str) -> Records:
+        """Any of A, AAAA, MX, TXT, PTR for `name` (A-labels), through the same cache and
+        nameservers as routing: what SPF, DKIM and DMARC verification ask
+        (`server/authcheck`). CNAMEs are followed by the resolver."""
+        kind = dns.rdatatype.from_text(rdtype)
+        ascii_name = _ascii_name(name)
+        if ascii_name is None:
+            return Records("nxdomain", reason=f"{name!r} is not a valid domain name")
+        return _records(await self._query(ascii_name, kind))
+
+    def cached_records(self, name: str, rdtype: str) -> Records | None:
+        """`records` from the cache alone, None when it holds no live answer. Only reads
+        (no eviction, no lookup), so a worker thread may call it while the event loop
+        runs: a cached answer then costs no trip through the loop."""
+        ascii_name = _ascii_name(name)
+        if ascii_name is None:
+            return None
+        entry = self._cache.get((ascii_name, int(dns.rdatatype.from_text(rdtype))))
+        if entry is None or self._clock() >= entry[0]:
+            return None
+        return _records(entry[1])
+
     # -- lookups and the cache -----------------------------------------------------------
 
     async def _query(self, name: str, rdtype: dns.rdatatype.RdataType) -> _Answer:
@@ -489,6 +514,25 @@ class Resolver:
                           if isinstance(rd, TXT))
             return _Answer("data", ttl, texts=texts)
         return _Answer("data", ttl, addresses=tuple(rd.to_text() for rd in rrset))
+
+
+@dataclass(frozen=True, slots=True)
+class Records:
+    """One lookup's answer for `Resolver.records`: `status` is data, nodata, nxdomain or
+    error (a temporary failure: `reason` says which). `addresses` holds A and AAAA
+    addresses, and PTR targets as written (with the final dot); `txt` each TXT record
+    with its strings joined."""
+
+    status: _Status
+    mx: tuple[tuple[int, str], ...] = ()
+    addresses: tuple[str, ...] = ()
+    txt: tuple[str, ...] = ()
+    reason: str = ""
+
+
+def _records(answer: _Answer) -> Records:
+    return Records(answer.status, mx=answer.mx, addresses=answer.addresses, txt=answer.texts,
+                   reason=answer.reason)
 
 
 def _has_null_mx(records: Iterable[tuple[int, str]]) -> bool:

@@ -26,6 +26,8 @@ path (no label dictionaries built, no string formatting per call for known label
                                         #   (none | may | encrypt | verify), and whether
                                         #   it ran encrypted
     notice(kind)                        # a DSN queued for a sender: failure | delay | success
+    auth_result(method, result)         # an inbound check's verdict: spf | dkim | dmarc | arc,
+                                        #   pass | fail | ... (RFC 8601 result names)
     worker_error(worker)                # a delivery worker (local | outbound) caught an
                                         #   unexpected error handling a message
     worker_restart(worker)              # a delivery task ended unexpectedly and was restarted
@@ -54,6 +56,7 @@ from prometheus_client import (
 __all__ = [
     "REGISTRY",
     "auth_refused",
+    "auth_result",
     "command",
     "connection_closed",
     "connection_opened",
@@ -130,6 +133,12 @@ NOTICES = Counter(
     "Delivery status notifications (RFC 3464) queued for senders, by kind.",
     ["kind"], registry=REGISTRY)
 
+AUTH_RESULTS = Counter(
+    "mailgate_auth_results_total",
+    "Verdicts of the inbound checks on strangers' mail (SPF once per MAIL FROM, DKIM per "
+    "signature, DMARC per From domain, ARC per message), by method and result.",
+    ["method", "result"], registry=REGISTRY)
+
 WORKER_ERRORS = Counter(
     "mailgate_delivery_worker_errors_total",
     "Unexpected errors a delivery worker caught while handling a message (the message "
@@ -147,6 +156,9 @@ OUTCOMES = ("delivered", "deferred", "failed")
 TLS_LEVELS = ("none", "may", "encrypt", "verify")
 NOTICE_KINDS = ("failure", "delay", "success")
 WORKERS = ("local", "outbound")
+AUTH_METHODS = ("spf", "dkim", "dmarc", "arc")
+AUTH_VERDICTS = ("pass", "fail", "softfail", "neutral", "none", "policy", "temperror",
+                 "permerror")
 QUEUE_STATES = ("queued", "deferred", "held", "delivered", "failed")  # RecipientState
 
 # Pre-bound children: the hot path only looks them up.
@@ -169,6 +181,8 @@ _refused_connections = {r: REFUSED_CONNECTIONS.labels(r) for r in ("limit", "per
 _latency_observe = LATENCY.observe
 _worker_errors = {w: WORKER_ERRORS.labels(w) for w in WORKERS}
 _worker_restarts = {w: WORKER_RESTARTS.labels(w) for w in WORKERS}
+_auth_results = {(m, r): AUTH_RESULTS.labels(m, r) for m in AUTH_METHODS
+                 for r in AUTH_VERDICTS}
 
 # The codes mailgate itself says most, bound at import so their series exist from the
 # start (a rate over a series that appears late misses its first increments).
@@ -255,6 +269,11 @@ def outbound_connection(level: str, tls: bool) -> None:
 def notice(kind: str) -> None:
     """A DSN of `kind` (failure, delay, success) was queued for a sender."""
     _count(_notices, kind)
+
+
+def auth_result(method: str, result: str) -> None:
+    """One verdict of an inbound check (server/authcheck)."""
+    _count(_auth_results, (method, result))
 
 
 def worker_error(worker: str) -> None:

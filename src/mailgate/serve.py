@@ -164,6 +164,7 @@ def banner(config: Config, server: SMTPServer, cert: Path, workers: int) -> str:
         " (others must AUTH on submission)",
         "  DNS        " + (", ".join(f"{h}:{p}" for h, p in config.dns.nameservers)
                            or "system resolver"),
+        "  checks     " + _auth_checks_note(config),
         f"  users      {d / 'users.json'} (add with: mailgate user add NAME)"
         if config.auth.backend == "file" else
         f"  users      Dovecot's auth service at {config.auth.dovecot_socket}",
@@ -173,6 +174,19 @@ def banner(config: Config, server: SMTPServer, cert: Path, workers: int) -> str:
     if lmtp:
         lines.append(f"  LMTP       {', '.join(sorted(set(lmtp)))}")
     return "\n".join(lines)
+
+
+def _auth_checks_note(config: Config) -> str:
+    """What [auth_checks] verifies of strangers' mail (docs/authentication.md)."""
+    c = config.auth_checks
+    names = [n for n, on in (("SPF", c.spf), ("DKIM", c.dkim), ("DMARC", c.dmarc),
+                             ("ARC", c.arc)) if on]
+    if not names:
+        return "none ([auth_checks] all off)"
+    refuse = [r for r, on in (("DMARC p=reject", c.dmarc and c.dmarc_reject),
+                              ("SPF fail", c.spf and c.spf_reject)) if on]
+    return (f"{', '.join(names)} of strangers' mail; refused: "
+            f"{', '.join(refuse) or 'nothing (reported only)'}")
 
 
 def _catch_all_note(config: Config) -> str:

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from mailgate.config import Config, Listener
+from mailgate.config import AuthChecks, Config, Listener
 from mailgate.dns import Resolver
 from mailgate.serve import serve
 from mailgate.server.listener import SMTPServer
@@ -30,7 +30,8 @@ __all__ = ["LiveServer", "live_config", "live_server", "mailgate_cli"]
 
 
 def live_config(data_dir: Path, **changes: Any) -> Config:
-    """Zero-config defaults on ephemeral loopback ports, no DNS checks unless asked."""
+    """Zero-config defaults on ephemeral loopback ports, no DNS checks unless asked
+    (null MX, and [auth_checks]: SPF, DKIM, DMARC, ARC are off)."""
     base = Config(
         data_dir=data_dir,
         listen=(Listener("mx", "127.0.0.1", 0), Listener("submission", "127.0.0.1", 0),
@@ -38,6 +39,8 @@ def live_config(data_dir: Path, **changes: Any) -> Config:
     )
     changes.setdefault("policy", dataclasses.replace(
         base.policy, sender_null_mx_check=False, recipient_null_mx_check=False))
+    changes.setdefault("auth_checks", AuthChecks(spf=False, dkim=False, dmarc=False,
+                                                 arc=False))
     return dataclasses.replace(base, **changes)
 
 

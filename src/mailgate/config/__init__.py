@@ -37,6 +37,7 @@ from mailgate.config.values import BARE_NEWLINES as BARE_NEWLINES
 from mailgate.config.values import (
     DEFAULT_LISTENERS,
     TLS_LEVELS,
+    AuthChecks,
     AuthConfig,
     Config,
     ConfigError,
@@ -73,6 +74,7 @@ __all__ = [
     "DEFAULT_LISTENERS",
     "TLS_LEVELS",
     "Aliases",
+    "AuthChecks",
     "AuthConfig",
     "Config",
     "ConfigError",

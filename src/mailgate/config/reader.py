@@ -45,6 +45,7 @@ _SECTIONS: dict[str, tuple[str, ...]] = {
     "submission": ("sender_login_check", "sender_addresses"),
     "dns": ("nameservers",),
     "policy": ("sender_null_mx_check", "recipient_null_mx_check", "bare_newlines"),
+    "auth_checks": ("spf", "dkim", "dmarc", "arc", "dmarc_reject", "spf_reject"),
     "delivery": ("smtp_port", "retry_schedule", "max_queue_lifetime", "concurrency",
                  "concurrency_per_destination", "relayhost", "relayhost_username",
                  "relayhost_password_file", "delay_warning", "tls_security_level",

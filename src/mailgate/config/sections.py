@@ -57,6 +57,7 @@ from mailgate.config.values import (
     MIN_RECIPIENTS,
     ROLES,
     TLS_LEVELS,
+    AuthChecks,
     BareNewlines,
     Config,
     ConfigError,
@@ -80,6 +81,9 @@ from mailgate.config.values import (
     TLSLevel,
     WebConfig,
 )
+
+_AUTH_CHECK_DEFAULTS = {name: getattr(AuthChecks(), name) for name in
+                        ("spf", "dkim", "dmarc", "arc", "dmarc_reject", "spf_reject")}
 
 
 def _build(doc: Mapping[str, object], r: _Reader, source: str | None) -> Config:
@@ -124,6 +128,10 @@ def _build(doc: Mapping[str, object], r: _Reader, source: str | None) -> Config:
                                                _choice(BARE_NEWLINES), "normalize")),
     )
 
+    a = r.section(doc, "auth_checks")
+    auth_checks = AuthChecks(**{name: r.get(a, ("auth_checks",), name, _boolean, default)
+                                for name, default in _AUTH_CHECK_DEFAULTS.items()})
+
     delivery = _delivery(r.section(doc, "delivery"), r)
     routes = _routes(r.section(doc, "routes"), r, delivery.smtp_port)
     tls_policy = _tls_policy(r.section(doc, "tls_policy"), r, delivery)
@@ -156,7 +164,8 @@ def _build(doc: Mapping[str, object], r: _Reader, source: str | None) -> Config:
         raise ConfigError(r.problems)
     return Config(hostname=hostname, data_dir=data_dir, listen=listeners, tls=tls,
                   domains=domains, relay=relay, limits=limits, timeouts=timeouts, dns=dns,
-                  policy=policy, submission=submission, delivery=delivery, routes=routes,
+                  policy=policy, auth_checks=auth_checks, submission=submission,
+                  delivery=delivery, routes=routes,
                   tls_policy=tls_policy, web=web, server=server, log=log, aliases=aliases,
                   queue=queue, maildir=maildir,
                   auth=auth, dkim=dkim, source=source)

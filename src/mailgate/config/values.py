@@ -199,6 +199,23 @@ class Policy:
 
 
 @dataclass(frozen=True, slots=True)
+class AuthChecks:
+    """[auth_checks]: what is verified of mail from clients that are neither
+    authenticated nor in [relay] networks (docs/authentication.md, "Verifying")."""
+
+    spf: bool = True  # RFC 7208, at MAIL FROM
+    dkim: bool = True  # RFC 6376, every signature
+    dmarc: bool = True  # RFC 7489, needs spf and dkim results
+    arc: bool = True  # RFC 8617 chain validation
+    dmarc_reject: bool = True  # a p=reject failure: 550 5.7.1 at the end of DATA
+    spf_reject: bool = False  # an SPF fail (-all): 550 5.7.23 at MAIL FROM
+
+    @property
+    def any(self) -> bool:
+        return self.spf or self.dkim or self.dmarc or self.arc
+
+
+@dataclass(frozen=True, slots=True)
 class Relayhost:
     """The smarthost all non-local mail goes to; `mx_lookup` False for `[host]`."""
 
@@ -349,6 +366,7 @@ class Config:
     timeouts: Timeouts = Timeouts()
     dns: DNSConfig = DNSConfig()
     policy: Policy = Policy()
+    auth_checks: AuthChecks = AuthChecks()
     submission: Submission = Submission()
     delivery: Delivery = Delivery()
     routes: Mapping[str, Route] = field(default_factory=_no_routes)  # domain -> Route

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from mailgate.queue import NewMessage, NewRecipient
 from mailgate.queue.spool import SpoolFile
+from mailgate.server.authcheck.results import ResultsFilter
 from mailgate.server.policy import ConnectionInfo
 from mailgate.smtp.server import MailFrom, RcptTo
 from mailgate.smtp.trace import HopCounter, missing_fields
@@ -44,12 +45,16 @@ class Incoming:
     says why); the rest of the content is then read and discarded, and the end of the
     message gets 452."""
 
-    __slots__ = ("error", "hops", "peer", "qid", "spool")
+    __slots__ = ("error", "forged", "hops", "peer", "qid", "spool")
 
-    def __init__(self, spool_dir: Path, qid: str, trace: bytes, peer: str) -> None:
+    def __init__(self, spool_dir: Path, qid: str, trace: bytes, peer: str,
+                 authserv_id: str = "") -> None:
         self.qid = qid
         self.peer = peer  # the client's address, for the log
         self.hops = HopCounter()
+        # Authentication-Results fields claiming our authserv-id are forged: dropped
+        # as they arrive (RFC 8601 5), whoever the client is.
+        self.forged = ResultsFilter(authserv_id) if authserv_id else None
         self.spool: SpoolFile | None = None
         self.error: OSError | None = None
         # The trace field is the spool's head, kept apart from the body: the fields a
@@ -60,6 +65,8 @@ class Incoming:
         self.hops.feed(data)
         if self.spool is None:
             return  # failed before
+        if self.forged is not None and not self.forged.done:
+            data = self.forged.feed(data)
         try:
             self.spool.write(data)
         except OSError as exc:
@@ -72,6 +79,13 @@ class Incoming:
 
     def take(self) -> SpoolFile | None:
         """The spool file, now the caller's to finish or discard."""
+        if self.forged is not None and self.spool is not None:
+            held = self.forged.finish()  # counted by `hops` when it arrived
+            if held:
+                try:
+                    self.spool.write(held)
+                except OSError as exc:
+                    self._failed(exc)
         spool, self.spool = self.spool, None
         return spool
 

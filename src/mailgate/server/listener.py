@@ -543,7 +543,8 @@ class SMTPConnection(asyncio.Protocol):
         self._data_bytes = 0
         qid = new_queue_id()
         trace = received_header(self.info, self.server.config.hostname, qid, self._rcpts)
-        self._incoming = Incoming(self.server.spool_dir, qid, trace, self.info.ip)
+        self._incoming = Incoming(self.server.spool_dir, qid, trace, self.info.ip,
+                                  self.server.config.hostname)
 
     def _drop_spool(self) -> None:
         if self._incoming is not None:
@@ -609,6 +610,16 @@ class SMTPConnection(asyncio.Protocol):
         except OSError as exc:
             log.error("cannot spool the message from [%s]: %s", self.info.ip, exc)
             return SPOOL_FAILED
+        verdict = await srv.policy.verify_message(self.info, spool, self._rcpts)
+        if verdict is not None:
+            log.info("%s: auth: %s; from=<%s> client=%s[%s]%s", incoming.qid, verdict.summary,
+                     sender.sender, self.info.helo, self.info.ip,
+                     f"; reject: {verdict.reply}" if verdict.reply else "")
+            if verdict.reply is not None:
+                srv.stats.refused += 1
+                metrics.message_refused()
+                return verdict.reply
+            spool.head += verdict.header
         trusted = srv.policy.trusted(self.info)
         if trusted and srv.config.dkim:  # signed once, here: every retry sends these bytes
             await sign_spool(spool, srv.config.dkim, incoming.qid)

@@ -9,22 +9,30 @@ hot path never creates a task.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from collections import defaultdict, deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from mailgate import hashing
 from mailgate.codes.reply import Reply
 from mailgate.config import Config, Route
 from mailgate.config.aliases import AliasError, expand
+from mailgate.config.dkimkey import DKIMKey, keys_for
 from mailgate.dns import Resolver, null_mx_reply
 from mailgate.dovecot_auth import DovecotAuth
 from mailgate.idn import DomainError, canonical_domain
 from mailgate.smtp.address import Address
 from mailgate.smtp.server import AuthAttempt, MailFrom, RcptTo
 from mailgate.users import UserDB
+
+if TYPE_CHECKING:
+    from mailgate.queue.spool import SpoolFile
+    from mailgate.server.authcheck.spfcheck import SPFResult
+    from mailgate.server.authcheck.verify import Verdict, Verifier
 
 __all__ = ["AuthReservation", "ConnectionInfo", "Policy"]
 
@@ -79,6 +87,7 @@ class ConnectionInfo:
     auth_failures: int = 0
     tls_version: str = ""
     tls_cipher: str = ""
+    spf: SPFResult | None = None  # this transaction's, when checked at MAIL FROM
 
     @property
     def protocol(self) -> str:
@@ -112,6 +121,12 @@ class Policy:
         self._auth_fails: dict[str, deque[float]] = defaultdict(deque)
         self._user_fails: dict[str, deque[float]] = defaultdict(deque)
         self._swept_at = float("-inf")
+        # [auth_checks]: SPF, DKIM, DMARC, ARC for strangers' mail (server/authcheck)
+        self.verifier: Verifier | None = None
+        if config.auth_checks.any and resolver is not None:
+            from mailgate.server.authcheck.verify import Verifier
+
+            self.verifier = Verifier(config.auth_checks, config.hostname, resolver)
         self.store_check: StoreCheck | None = None
 
     # --- helpers ------------------------------------------------------------------
@@ -204,6 +219,20 @@ class Policy:
                 return True
         return False
 
+    def checks_inbound(self, conn: ConnectionInfo) -> bool:
+        """Whether [auth_checks] apply: to a client neither authenticated nor in [relay]
+        networks (loopback too, when the networks leave it out)."""
+        return self.verifier is not None and not self.may_relay(conn)
+
+    def _checks_null_mx(self, conn: ConnectionInfo, sender: Address) -> bool:
+        return (conn.role == "mx" and self.config.policy.sender_null_mx_check
+                and self.resolver is not None and not sender.is_null
+                and not sender.is_literal and not self.is_local(sender.domain))
+
+    def _checks_spf(self, conn: ConnectionInfo, sender: Address) -> bool:
+        return (self.config.auth_checks.spf and not sender.is_literal
+                and self.checks_inbound(conn))
+
     def auth_offered(self, role: str) -> bool:
         """AUTH is for submission; an MX does not take credentials."""
         return role in ("submission", "smtps")
@@ -212,25 +241,68 @@ class Policy:
 
     def mail_from_sync(self, conn: ConnectionInfo, ev: MailFrom) -> Reply | bool | None:
         """A reply or None when decided at once; True when `mail_from` (DNS) must decide."""
+        conn.spf = None
         if conn.role in ("submission", "smtps") and not self.may_relay(conn):
             return AUTH_REQUIRED
         sender = ev.sender
         if (conn.authenticated is not None and self.config.submission.sender_login_check
                 and not self.owns_sender(conn.authenticated, sender)):
             return SENDER_NOT_OWNED
-        if (conn.role == "mx" and self.config.policy.sender_null_mx_check
-                and self.resolver is not None and not sender.is_null
-                and not sender.is_literal and not self.is_local(sender.domain)):
+        if self._checks_null_mx(conn, sender) or self._checks_spf(conn, sender):
             return True
         return None
 
     async def mail_from(self, conn: ConnectionInfo, ev: MailFrom) -> Reply | None:
-        """The sender null-MX check (RFC 7505 4.2): 550 5.7.27, or 451 4.4.3 on DNS trouble."""
-        assert self.resolver is not None
-        null = await self.resolver.is_null_mx(ev.sender.ascii_domain)
-        if null is None:
-            return SENDER_DNS_TEMPFAIL
-        return SENDER_NULL_MX if null else None
+        """The sender null-MX check (RFC 7505 4.2): 550 5.7.27, or 451 4.4.3 on DNS
+        trouble; and SPF (RFC 7208), which refuses only with [auth_checks] spf_reject."""
+        sender = ev.sender
+        spf = None
+        if self._checks_spf(conn, sender):
+            assert self.verifier is not None
+            who = "" if sender.is_null else f"{sender.local}@{sender.ascii_domain}"
+            spf = asyncio.ensure_future(self.verifier.spf(conn.ip, who, conn.helo))
+        try:
+            if self._checks_null_mx(conn, sender):
+                assert self.resolver is not None
+                null = await self.resolver.is_null_mx(sender.ascii_domain)
+                if null is None:
+                    return SENDER_DNS_TEMPFAIL
+                if null:
+                    return SENDER_NULL_MX
+            if spf is None:
+                return None
+            conn.spf = await spf
+        finally:
+            if spf is not None and not spf.done():
+                spf.cancel()
+        assert self.verifier is not None
+        return self.verifier.spf_reply(conn.spf, conn.ip)
+
+    async def verify_message(self, conn: ConnectionInfo, spool: SpoolFile,
+                             rcpts: Sequence[RcptTo]) -> Verdict | None:
+        """DKIM, ARC and DMARC at the end of DATA (None when they do not apply), and the
+        ARC seal when the message is forwarded."""
+        if not self.checks_inbound(conn):
+            return None
+        assert self.verifier is not None
+        return await self.verifier.message(spool, conn.spf, self.arc_sealer(rcpts))
+
+    def arc_sealer(self, rcpts: Sequence[RcptTo]) -> DKIMKey | None:
+        """The key to ARC-seal a stranger's message with when it goes on to another
+        server (RFC 8617: an alias with a remote target): the first RSA [dkim] key of
+        the local domain it was addressed to (ORCPT), else of the host name's domain.
+        None when nothing goes out, ARC is not checked (the seal records the chain's
+        status), or there is no such key."""
+        if not self.config.auth_checks.arc or all(
+                not r.recipient.is_literal and self.is_local(r.recipient.domain)
+                for r in rcpts):
+            return None
+        domains = [r.params.orcpt[1].rpartition("@")[2] for r in rcpts if r.params.orcpt]
+        for domain in [*(d for d in domains if self.is_local(d)), self.config.hostname]:
+            for key in keys_for(self.config.dkim, domain):
+                if key.algorithm == "rsa-sha256":  # the only algorithm ARC defines
+                    return key
+        return None
 
     def rcpt_to_sync(self, conn: ConnectionInfo, ev: RcptTo) -> Reply | bool | None:
         rcpt = ev.recipient
