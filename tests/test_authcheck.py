@@ -86,7 +86,7 @@ class Key:
 @pytest.fixture(scope="module")
 def keys() -> dict[str, Key]:
     return {"good": Key.rsa(), "ed": Key.ed25519(), "fwd": Key.rsa(), "other": Key.rsa(),
-            "seal": Key.rsa()}
+            "seal": Key.rsa(), "signer": Key.rsa()}
 
 
 def zone(keys: dict[str, Key]) -> str:
@@ -131,6 +131,10 @@ def zone(keys: dict[str, Key]) -> str:
         keys["other"].zone("sel._domainkey.other.test."),
         # example.net: mailgate's own domain, whose [dkim] key ARC-seals what it forwards
         keys["seal"].zone("arc._domainkey.example.net."),
+        # signer.test: its mail is signed by mailgate A (test_what_a_signs_b_verifies)
+        keys["signer"].zone("s1._domainkey.signer.test."),
+        'signer.test. TXT "v=spf1 ip4:127.0.0.0/8 -all"',
+        '_dmarc.signer.test. TXT "v=DMARC1; p=reject"',
         # RFC 8463 Appendix A.2: the keys of its example message
         "brisbane._domainkey.football.example.com. TXT "
         '"v=DKIM1; k=ed25519; p=11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo="',
@@ -475,6 +479,52 @@ def test_cached_answers_give_the_same_verdict_without_asking_again(
     # and a forged From of a p=reject domain is refused from the cache alone as well
     assert send(server, "alice@good.test", message("ceo@strict.test"))[0] == 550
     assert send(server, "alice@good.test", message("ceo@strict.test"))[0] == 550
+
+
+def test_what_a_signs_b_verifies(tmp_path: Path, keys: dict[str, Key], dns: DNSServer
+                                 ) -> None:
+    """Both halves of issue 15 between two live servers: mailgate A relays a trusted
+    client's message and DKIM-signs it with its [dkim."signer.test"] key; mailgate B,
+    the MX, finds A's signature valid and aligned, so DMARC passes under p=reject. The
+    same message altered after signing (a body byte) is refused by B at end of DATA."""
+    key_file = tmp_path / "signer.test.s1.key"
+    key_file.write_bytes(keys["signer"].private)
+    key = load_key(key_file, "rsa-sha256", "signer.test", "s1")
+    b_config = dataclasses.replace(
+        checked_config(tmp_path / "b", dns), hostname="mx.remote.test",
+        domains=Domains(local=("remote.test",), catch_all=True))
+    with LiveServer(b_config) as b:
+        a_config = live_config(
+            tmp_path / "a", hostname="out.signer.test", dns=DNSConfig((dns.nameserver,)),
+            dkim={"signer.test": (key,)},  # loopback is in the default [relay] networks
+            routes={"remote.test": Route("remote.test", "127.0.0.1", b.port("mx"), False)})
+        with LiveServer(a_config) as a:
+            msg = message("alice@signer.test").replace(b"bob@example.net",
+                                                       b"carol@remote.test")
+            assert send(a, "alice@signer.test", msg, "carol@remote.test")[0] == 250
+            folder = b.maildir / "remote.test" / "carol" / "new"
+            deadline = time.monotonic() + 30
+            while not (list(folder.glob("*")) if folder.exists() else []):
+                assert time.monotonic() < deadline, "B did not receive the message"
+                time.sleep(0.05)
+            [data] = [f.read_bytes() for f in folder.iterdir()]
+            # What A signed, one body byte changed and sent on by a stranger whose SPF
+            # does not align, fails DMARC at B (B drops the Authentication-Results that
+            # claim its own name).
+            tampered, tampered_text = send(b, "relay@strict.test",
+                                           data.replace(b"\n", b"\r\n") + b"X\r\n",
+                                           "carol@remote.test")
+    [signature] = header_fields(data, "DKIM-Signature")
+    assert "d=signer.test" in signature.replace(" ", "")
+    values = [v for v in header_fields(data, "Authentication-Results")
+              if v.startswith("mx.remote.test;")]
+    assert len(values) == 1, values
+    parsed = authres.AuthenticationResultsHeader.parse_value(values[0])
+    by_method = {r.method: r for r in parsed.results}
+    assert by_method["dkim"].result == "pass" and by_method["dkim"].header_d == "signer.test"
+    assert by_method["spf"].result == "pass"
+    assert by_method["dmarc"].result == "pass"
+    assert tampered == 550 and tampered_text.startswith(b"5.7.1"), tampered_text
 
 
 def test_forwarding_through_an_alias_keeps_the_arc_chain_valid(
