@@ -48,7 +48,7 @@ from mailgate.delivery.lmtp import LMTPDelivery
 from mailgate.delivery.local import LocalDelivery
 from mailgate.dns import Resolver
 from mailgate.queue import NewMessage, Queue, QueueError, domain_of
-from mailgate.queue.backends import open_queue
+from mailgate.queue.backends import open_queue_patiently
 from mailgate.queue.spool import clean as clean_spool
 from mailgate.queue.spool import spool_dir
 from mailgate.server.listener import SMTPServer
@@ -239,7 +239,7 @@ async def serve(config: Config, *, reuse_port: bool = False, workers: int = 1,
     context (its key may be readable by root only).
     """
     prepare_data_dir(config.data_dir)
-    queue = open_queue(config)
+    queue = await open_queue_patiently(config, log)
     users = UserDB(config.data_dir / "users.json")
     resolver = Resolver(nameservers=list(config.dns.nameservers))
     tls_ctx, cert, key = tls if tls is not None else _tls(config)
@@ -265,6 +265,17 @@ async def serve(config: Config, *, reuse_port: bool = False, workers: int = 1,
     lmtp = LMTPDelivery(config, queue, enqueue, helper) if any(
         config.lmtp_route(d) for d in config.domains.local) else None
     outbound = DeliveryEngine(config, queue, resolver, enqueue)
+    loop = asyncio.get_running_loop()
+
+    def wake_all() -> None:  # work queued or made due by another node of a cluster
+        for worker in (local, lmtp, outbound):
+            if worker is not None:
+                worker.wake()
+
+    def wake_soon() -> None:  # from the queue's thread
+        loop.call_soon_threadsafe(wake_all)
+
+    queue.watch(wake_soon)
     spool = spool_dir(config.data_dir)
     if workers == 1 and (left := clean_spool(spool)):  # with workers, a sibling's may be live
         log.info("removed %d spool files of messages a stopped server never accepted", left)

@@ -12,6 +12,7 @@ The package's parts, each importing only those listed after it:
 
   sections.py   the section builders: TOML document -> Config, every problem collected
   mailstore.py  the builders of [maildir], [auth], server.user and the LMTP route check
+  queue_section.py  the builder of [queue] (retention, backend, PostgreSQL dsn, node)
   reader.py     _Reader (key paths, the problem sentences) and the value converters
   values.py     the frozen settings: Config, Listener, Domains, Limits, ... and ConfigError
   syntax.py     sizes, durations, domain names, host:port, next hops

@@ -33,6 +33,7 @@ __all__ = [
     "Queue",
     "QueueError",
     "QueueFull",
+    "QueueUnavailable",
     "QueuedMessage",
     "Recipient",
     "RecipientState",
@@ -48,6 +49,12 @@ class QueueError(RuntimeError):
 
 class QueueFull(QueueError):
     """Storage is full or failed while writing: answer 452 4.3.1, keep what is stored."""
+
+
+class QueueUnavailable(QueueError):
+    """The queue's database cannot be reached now (a PostgreSQL server restarting, the
+    network down): nothing was stored; the same request may succeed in a moment. The
+    server answers 451 4.3.0, and `serve` waits for it at start."""
 
 
 class NotFound(QueueError):
@@ -269,6 +276,13 @@ class Queue(Protocol):
         """`enqueue` for the asyncio server: waits for the durable commit without blocking
         the event loop (and without holding a thread of the default executor per session,
         which would cap concurrent DATA completions at the executor's size)."""
+        ...
+
+    def watch(self, wake: Callable[[], None]) -> None:
+        """Call `wake` (from any thread) when work may have become due that this process
+        did not queue itself: another node queued, retried or released it, or took back
+        a dead node's claims. The server's delivery workers sleep until woken or until
+        their poll interval. Backends shared by one process only may never call it."""
         ...
 
     def claim(self, now: float, limit: int, lease: float, domains: Sequence[str] | None = None,

@@ -122,6 +122,10 @@ class SQLiteQueue(GroupCommitWriter):
         )
         return await asyncio.wrap_future(future)
 
+    def watch(self, wake: Callable[[], None]) -> None:
+        """Nothing to watch: the server that queues a message wakes its own workers, and
+        sibling worker processes on the same file find new work at their next poll."""
+
     # ------------------------------------------------------------------ delivery side
 
     def claim(

@@ -1,0 +1,525 @@
+"""The cluster queue backend: one PostgreSQL database shared by several mailgate nodes.
+
+`PostgresQueue` is the `Queue` protocol in SQL on PostgreSQL, on the engine in engine.py
+(group commit, a pool for everything else, the node's heartbeat and LISTEN):
+
+  schema.py   tables, SCHEMA_VERSION, `mailgate queue migrate`
+  rows.py     messages into rows (content in pieces) and back
+  engine.py   connections, group commit, heartbeats, NOTIFY, errors as sentences
+
+Claims take rows with `FOR UPDATE SKIP LOCKED`, so nodes claiming at once never take the
+same recipient and never wait for each other; a claim names its node (`claim_owner`),
+whose heartbeat says it is alive. docs/cluster.md tells the whole story.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import secrets
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from typing import Any
+
+from mailgate.queue import (
+    FINAL_STATES,
+    ActivityBucket,
+    Attempt,
+    NewMessage,
+    NotFound,
+    QueuedMessage,
+    QueueError,
+    RecipientState,
+    WorkItem,
+)
+from mailgate.queue.postgres.engine import CHANNEL, Conn, Engine, describe
+from mailgate.queue.postgres.rows import (
+    CLAIM_BYTES,
+    load_attempts,
+    load_messages,
+    message_seq,
+    store_message,
+)
+from mailgate.queue.postgres.schema import SCHEMA_VERSION, check_schema, migrate
+
+__all__ = ["SCHEMA_VERSION", "PostgresQueue", "describe", "migrate"]
+
+_ACTIVE = "('queued', 'deferred')"
+_DUE_NOW = "CASE WHEN claim_until > %(now)s THEN claim_until ELSE %(now)s END"
+_OUTCOMES = frozenset({RecipientState.DELIVERED, RecipientState.DEFERRED,
+                       RecipientState.FAILED})
+_UNCLAIM = (f"claim_token = NULL, claim_until = NULL, claim_owner = NULL, "
+            f"due_at = CASE WHEN state IN {_ACTIVE} THEN next_attempt END")
+
+
+def _notify(conn: Conn) -> None:
+    """Wake idle workers on every node once this transaction commits."""
+    conn.execute(f"NOTIFY {CHANNEL}")
+
+
+def recover_stale(conn: Conn, stale: float) -> int:
+    """Claims of nodes whose heartbeat is older than `stale` seconds (and of nodes no
+    longer registered at all) due again now; how many recipients."""
+    conn.execute("DELETE FROM nodes WHERE heartbeat_at < now() - make_interval(secs => %s)",
+                 (stale,))
+    back = conn.execute(
+        f"UPDATE recipients r SET {_UNCLAIM} WHERE claim_owner IS NOT NULL AND NOT EXISTS "
+        "(SELECT 1 FROM nodes n WHERE n.id = r.claim_owner)").rowcount
+    if back:
+        _notify(conn)
+    return back
+
+
+class PostgresQueue:
+    """The `Queue` protocol on PostgreSQL; see the package docstring.
+
+    `node` names this node in the `nodes` table (default: the host name); `heartbeat`
+    is how often it says it is alive, `stale` how long without a heartbeat before other
+    nodes take its claims back."""
+
+    def __init__(self, dsn: str, *, node: str = "", heartbeat: float = 2.0,
+                 stale: float = 10.0, batch_limit: int = 256) -> None:
+        self._engine = Engine(dsn, node=node, heartbeat=heartbeat, stale=stale,
+                              batch_limit=batch_limit, prepare=check_schema,
+                              recover=recover_stale)
+        self._claimed_ever = False
+
+    @property
+    def node_id(self) -> str:
+        return self._engine.node_id
+
+    @property
+    def commit_count(self) -> int:
+        return self._engine.commits
+
+    @property
+    def committed_requests(self) -> int:
+        return self._engine.committed_requests
+
+    # ------------------------------------------------------------------ enqueue
+
+    @staticmethod
+    def _enqueue_op(message: NewMessage) -> Callable[[Conn], str]:
+        if not message.recipients:
+            raise QueueError("could not queue the message: it has no recipients")
+        current = [message]
+
+        def op(conn: Conn) -> str:
+            # A rerun (the batch failed for another's sake) keeps a fresh id chosen before.
+            queue_id, current[0] = store_message(conn, current[0])
+            _notify(conn)
+            return queue_id
+
+        return op
+
+    def enqueue(self, message: NewMessage) -> str:
+        return self._engine.call(self._enqueue_op(message), "queue the message")
+
+    async def enqueue_async(self, message: NewMessage) -> str:
+        future = self._engine.submit(self._enqueue_op(message), "queue the message")
+        return await asyncio.wrap_future(future)
+
+    def watch(self, wake: Callable[[], None]) -> None:
+        self._engine.watch(wake)
+
+    # ------------------------------------------------------------------ delivery side
+
+    def claim(self, now: float, limit: int, lease: float, domains: Sequence[str] | None = None,
+              exclude_domains: Sequence[str] | None = None) -> list[WorkItem]:
+        if limit <= 0 or (domains is not None and not domains):
+            return []
+        engine = self._engine
+        engine.start_node()
+        if not engine.healthy():
+            raise QueueError(f"could not claim work: this node's heartbeat has not reached "
+                             f"the queue database at {engine.where} lately")
+        self._claimed_ever = True
+        where, params = "", []
+        if domains is not None:
+            where += " AND domain = ANY(%s)"
+            params.append(sorted({d.lower() for d in domains}))
+        if exclude_domains:
+            where += " AND NOT (domain = ANY(%s))"
+            params.append(sorted({d.lower() for d in exclude_domains}))
+        until = now + lease
+
+        def op(conn: Conn) -> list[WorkItem]:
+            # Due recipients in due order, locked; rows another node is claiming right
+            # now are skipped, not waited for.
+            rows = conn.execute(
+                "SELECT id, msg_seq FROM recipients WHERE due_at <= %s AND state IN "
+                f"{_ACTIVE}{where} ORDER BY due_at, id LIMIT %s FOR UPDATE SKIP LOCKED",
+                (now, *params, limit * 8)).fetchall()
+            seqs: dict[int, None] = {}
+            for _, seq in rows:
+                seqs[seq] = None
+                if len(seqs) >= limit:
+                    break
+            seqs = _within_budget(conn, seqs)
+            if not seqs:
+                return []
+            # The other due recipients of those messages (beyond the first query's rows).
+            more = conn.execute(
+                "SELECT id, msg_seq FROM recipients WHERE msg_seq = ANY(%s) AND due_at <= %s "
+                f"AND state IN {_ACTIVE}{where} FOR UPDATE SKIP LOCKED",
+                (list(seqs), now, *params)).fetchall()
+            ids: dict[int, set[int]] = {seq: set() for seq in seqs}
+            for rid, seq in [*rows, *more]:
+                if seq in ids:
+                    ids[seq].add(rid)
+            tokens = {seq: secrets.token_hex(8) for seq in seqs}
+            with conn.cursor() as cur:
+                cur.executemany(
+                    "UPDATE recipients SET claim_token = %s, claim_until = %s, due_at = %s, "
+                    "claim_owner = %s WHERE id = ANY(%s)",
+                    [(tokens[seq], until, until, engine.node_id, sorted(ids[seq]))
+                     for seq in seqs])
+            messages = load_messages(conn, list(seqs), content=True)
+            by_seq = dict(zip(seqs, messages, strict=False))
+            return [WorkItem(message=m,
+                             recipients=tuple(r for r in m.recipients if r.id in ids[seq]),
+                             claim_token=tokens[seq])
+                    for seq, m in by_seq.items()]
+
+        return engine.run("claim work", op)
+
+    def recover_claims(self) -> int:
+        self._engine.start_node()
+        return self._engine.run("recover the claims of ended nodes",
+                                lambda conn: recover_stale(conn, self._engine.stale))
+
+    def record(self, recipient_id: int, attempt: Attempt, next_attempt: float | None = None,
+               claim_token: str | None = None) -> None:
+        self._engine.call(self._record_op(recipient_id, attempt, next_attempt, claim_token),
+                          "record the attempt")
+
+    async def record_async(self, recipient_id: int, attempt: Attempt,
+                           next_attempt: float | None = None,
+                           claim_token: str | None = None) -> None:
+        op = self._record_op(recipient_id, attempt, next_attempt, claim_token)
+        await asyncio.wrap_future(self._engine.submit(op, "record the attempt"))
+
+    @staticmethod
+    def _record_op(recipient_id: int, attempt: Attempt, next_attempt: float | None,
+                   claim_token: str | None) -> Callable[[Conn], None]:
+        """As the SQLite backend's: a final recipient stays final, a held one held after
+        a deferral, and a claim another worker has since taken stays theirs."""
+        try:
+            outcome: RecipientState | None = RecipientState(attempt.outcome)
+        except ValueError:
+            outcome = None
+        if outcome not in _OUTCOMES:
+            raise QueueError(
+                f"could not record the attempt: outcome {attempt.outcome!r} is not one of "
+                "delivered, deferred, failed")
+        if outcome is RecipientState.DEFERRED and next_attempt is None:
+            raise QueueError("could not record the attempt: a deferral needs next_attempt")
+        assert outcome is not None
+
+        def op(conn: Conn) -> None:
+            now = time.time()
+            row = conn.execute(
+                "SELECT msg_seq, state, claim_token, claim_until FROM recipients "
+                "WHERE id = %s FOR UPDATE", (recipient_id,)).fetchone()
+            if row is None:
+                raise NotFound(f"recipient {recipient_id} is not in the queue")
+            seq, state_text, their_token, their_until = row
+            conn.execute(
+                "INSERT INTO attempts (recipient_id, at, host, code, enhanced, text, outcome, "
+                "remote, tls) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                (recipient_id, attempt.at, attempt.host, attempt.code, attempt.enhanced,
+                 attempt.text, outcome.value, attempt.remote, attempt.tls))
+            state = RecipientState(state_text)
+            new_next: float | None = None
+            if state in FINAL_STATES:
+                new_state = state
+            elif outcome is not RecipientState.DEFERRED:
+                new_state = outcome
+            elif state is RecipientState.HELD:
+                new_state = state
+            else:
+                new_state, new_next = RecipientState.DEFERRED, next_attempt
+            theirs = (claim_token is not None and their_token not in (None, claim_token)
+                      and their_until is not None and their_until > now)
+            if theirs:
+                token, until = their_token, their_until
+                due = until if new_next is not None else None
+            else:
+                token, until, due = None, None, new_next
+            conn.execute(
+                "UPDATE recipients SET state = %s, attempts = attempts + 1, "
+                "next_attempt = %s, due_at = %s, last_code = %s, last_enhanced = %s, "
+                "last_text = %s, claim_token = %s, claim_until = %s, updated_at = %s, "
+                "claim_owner = CASE WHEN %s::text IS NULL THEN NULL ELSE claim_owner END "
+                "WHERE id = %s",
+                (new_state.value, new_next, due, attempt.code, attempt.enhanced,
+                 attempt.text, token, until, now, token, recipient_id))
+            if new_state in FINAL_STATES and state not in FINAL_STATES:
+                _finish_if_done(conn, seq, now)
+
+        return op
+
+    def release(self, claim_token: str) -> None:
+        def op(conn: Conn) -> None:
+            if conn.execute(f"UPDATE recipients SET {_UNCLAIM} WHERE claim_token = %s",
+                            (claim_token,)).rowcount:
+                _notify(conn)
+
+        self._engine.run("release the claim", op)
+
+    def mark_delay_notified(self, recipient_ids: Sequence[int]) -> builtins.list[int]:
+        if not recipient_ids:
+            return []
+        return self._engine.call(self._mark_op(recipient_ids), "note the delay notice")
+
+    async def mark_delay_notified_async(self, recipient_ids: Sequence[int]
+                                        ) -> builtins.list[int]:
+        if not recipient_ids:
+            return []
+        future = self._engine.submit(self._mark_op(recipient_ids), "note the delay notice")
+        return await asyncio.wrap_future(future)
+
+    @staticmethod
+    def _mark_op(recipient_ids: Sequence[int]) -> Callable[[Conn], builtins.list[int]]:
+        ids = sorted(set(recipient_ids))
+
+        def op(conn: Conn) -> builtins.list[int]:
+            # Test and set in one statement: only the caller that changed them gets ids.
+            return sorted(r[0] for r in conn.execute(
+                "UPDATE recipients SET delay_notified = true WHERE id = ANY(%s) "
+                "AND NOT delay_notified RETURNING id", (ids,)).fetchall())
+
+        return op
+
+    # ------------------------------------------------------------------ administration
+
+    def list(self, state: RecipientState | None = None, limit: int = 100, offset: int = 0,
+             sender: str | None = None, recipient_domain: str | None = None, *,
+             queued_before: float | None = None, before: str | None = None,
+             after: str | None = None, live_only: bool = False
+             ) -> builtins.list[QueuedMessage]:
+        rcpt: builtins.list[str] = []
+        params: builtins.list[object] = []
+        if state is not None:
+            rcpt.append("r.state = %s")
+            params.append(RecipientState(state).value)
+        if recipient_domain is not None:
+            rcpt.append("r.domain = %s")
+            params.append(recipient_domain.lower())
+        key = "r.msg_seq" if rcpt else "m.seq"
+        where = list(rcpt)
+        if sender is not None:
+            where.append("lower(m.sender) = lower(%s)")
+            params.append(sender)
+        if queued_before is not None:
+            where.append("m.queued_at < %s")
+            params.append(queued_before)
+        if live_only:
+            where.append("m.finished_at IS NULL")
+        newer = after is not None
+        order = "ASC" if newer else "DESC"
+        if rcpt:
+            join = " JOIN messages m ON m.seq = r.msg_seq" if len(where) > len(rcpt) else ""
+            base = f"SELECT DISTINCT r.msg_seq FROM recipients r{join}"
+        else:
+            base = "SELECT m.seq FROM messages m"
+
+        def read(conn: Conn) -> builtins.list[QueuedMessage]:
+            conds, args = list(where), list(params)
+            if before is not None:
+                conds.append(f"{key} < %s")
+                args.append(message_seq(conn, before))
+            if after is not None:
+                conds.append(f"{key} > %s")
+                args.append(message_seq(conn, after))
+            sql = base + (f" WHERE {' AND '.join(conds)}" if conds else "")
+            sql += f" ORDER BY {key} {order} LIMIT %s OFFSET %s"
+            args += [max(0, limit), max(0, offset)]
+            seqs = [row[0] for row in conn.execute(sql, args)]
+            if newer:
+                seqs.reverse()
+            return load_messages(conn, seqs, content=False)
+
+        return self._engine.run("list the queue", read)
+
+    def show(self, message_id: str, content: bool = False) -> QueuedMessage:
+        def read(conn: Conn) -> QueuedMessage:
+            seq = message_seq(conn, message_id)
+            found = load_messages(conn, [seq], content=content)
+            if not found:
+                raise NotFound(f"message {message_id} is not in the queue")
+            return replace(found[0], attempts=load_attempts(conn, seq))
+
+        return self._engine.run("show the message", read)
+
+    def delete(self, message_id: str) -> None:
+        def op(conn: Conn) -> None:
+            if not conn.execute("DELETE FROM messages WHERE id = %s", (message_id,)).rowcount:
+                raise NotFound(f"message {message_id} is not in the queue")
+
+        self._engine.run("delete the message", op)
+
+    def hold(self, message_id: str, reason: str | None = None) -> int:
+        def op(conn: Conn) -> int:
+            seq = message_seq(conn, message_id)
+            return conn.execute(
+                "UPDATE recipients SET state = 'held', next_attempt = NULL, due_at = NULL, "
+                "claim_token = NULL, claim_until = NULL, claim_owner = NULL, "
+                f"held_reason = %s, updated_at = %s WHERE msg_seq = %s AND state IN {_ACTIVE}",
+                (reason, time.time(), seq)).rowcount
+
+        return self._engine.run("hold the message", op)
+
+    def release_hold(self, message_id: str) -> int:
+        def op(conn: Conn) -> int:
+            seq = message_seq(conn, message_id)
+            n = conn.execute(
+                "UPDATE recipients SET state = 'queued', next_attempt = %(now)s, "
+                f"due_at = {_DUE_NOW}, updated_at = %(now)s, held_reason = NULL "
+                "WHERE msg_seq = %(seq)s AND state = 'held'",
+                {"now": time.time(), "seq": seq}).rowcount
+            if n:
+                _notify(conn)
+            return n
+
+        return self._engine.run("release the hold", op)
+
+    def retry(self, message_id: str | None, now: float) -> int:
+        def op(conn: Conn) -> int:
+            args: dict[str, object] = {"now": now}
+            which = ""
+            if message_id is not None:
+                args["seq"] = message_seq(conn, message_id)
+                which = " AND msg_seq = %(seq)s"
+            n = conn.execute(
+                f"UPDATE recipients SET next_attempt = %(now)s, due_at = {_DUE_NOW} "
+                f"WHERE state IN {_ACTIVE}{which}", args).rowcount
+            if n:
+                _notify(conn)
+            return int(n)
+
+        return self._engine.run("retry", op)
+
+    def counts(self) -> dict[str, int]:
+        def read(conn: Conn) -> dict[str, int]:
+            result = {s.value: 0 for s in RecipientState}
+            for state, n in conn.execute("SELECT state, count(*) FROM recipients "
+                                         "GROUP BY state"):
+                result[state] = int(n)
+            return result
+
+        return self._engine.run("count the queue", read)
+
+    def purge(self, finished_before: float, limit: int = 1000) -> int:
+        if limit <= 0:
+            return 0
+        return self._engine.run("purge finished messages", lambda conn: conn.execute(
+            "DELETE FROM messages WHERE seq IN (SELECT seq FROM messages WHERE "
+            "finished_at < %s ORDER BY finished_at LIMIT %s)",
+            (finished_before, limit)).rowcount)
+
+    def activity(self, since: float, bucket_seconds: float, until: float | None = None
+                 ) -> builtins.list[ActivityBucket]:
+        if not bucket_seconds > 0:
+            raise ValueError("bucket_seconds must be positive")
+        end = time.time() if until is None else until
+        n = int(-(-(end - since) // bucket_seconds)) if end > since else 0
+        if n > 1000:
+            raise ValueError("at most 1000 buckets: choose longer buckets")
+        bucket = "floor((%(col)s - %%(since)s) / %%(width)s)::int"
+        series = {
+            "accepted": f"SELECT {bucket % {'col': 'queued_at'}}, count(*) FROM messages "
+                        "WHERE queued_at >= %(since)s AND queued_at < %(end)s GROUP BY 1",
+            "bounced": f"SELECT {bucket % {'col': 'queued_at'}}, count(*) FROM messages "
+                       "WHERE sender = '' AND queued_at >= %(since)s AND queued_at < %(end)s "
+                       "GROUP BY 1",
+        }
+        for outcome in ("delivered", "deferred", "failed"):
+            series[outcome] = (f"SELECT {bucket % {'col': 'at'}}, count(*) FROM attempts "
+                               f"WHERE outcome = '{outcome}' AND at >= %(since)s "
+                               "AND at < %(end)s GROUP BY 1")
+
+        def read(conn: Conn) -> builtins.list[ActivityBucket]:
+            counts: dict[str, dict[int, int]] = {}
+            args = {"since": since, "end": end, "width": bucket_seconds}
+            for name, sql in series.items():
+                counts[name] = {int(b): int(c) for b, c in conn.execute(
+                    sql, args)}
+            return [ActivityBucket(start=since + i * bucket_seconds, seconds=bucket_seconds,
+                                   **{k: v.get(i, 0) for k, v in counts.items()})
+                    for i in range(n)]
+
+        return self._engine.run("count the queue's activity", read)
+
+    def integrity_check(self) -> builtins.list[str]:
+        """The queue's own invariants (PostgreSQL looks after its pages): ["ok"], or one
+        sentence per broken one. A live message has content, a finished one none, and
+        the sizes add up."""
+
+        def read(conn: Conn) -> builtins.list[str]:
+            problems = []
+            for sql, what in (
+                ("SELECT count(*) FROM messages m WHERE finished_at IS NULL AND NOT EXISTS "
+                 "(SELECT 1 FROM contents c WHERE c.seq = m.seq)", "live messages without content"),
+                ("SELECT count(*) FROM messages m WHERE finished_at IS NOT NULL AND EXISTS "
+                 "(SELECT 1 FROM contents c WHERE c.seq = m.seq)",
+                 "finished messages still with content"),
+                ("SELECT count(*) FROM messages m WHERE finished_at IS NULL AND size <> "
+                 "(SELECT coalesce(sum(length(data)), 0) FROM contents c WHERE c.seq = m.seq)",
+                 "live messages whose content is not their size"),
+            ):
+                n = conn.execute(sql).fetchone()
+                if n and n[0]:
+                    problems.append(f"{n[0]} {what}")
+            return problems or ["ok"]
+
+        return self._engine.run("check the queue", read)
+
+    def close(self) -> None:
+        node = self._engine.node_id
+
+        def final(conn: Conn) -> None:
+            # What this node still has claimed is unfinished: due again at once.
+            if conn.execute(f"UPDATE recipients SET {_UNCLAIM} WHERE claim_owner = %s",
+                            (node,)).rowcount:
+                _notify(conn)
+            conn.execute("DELETE FROM nodes WHERE id = %s", (node,))
+
+        self._engine.close(final)
+
+    def __enter__(self) -> PostgresQueue:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def _within_budget(conn: Conn, seqs: dict[int, None]) -> dict[int, None]:
+    """The first of `seqs` whose content adds up to at most CLAIM_BYTES (at least one)."""
+    if len(seqs) <= 1:
+        return seqs
+    sizes: dict[int, Any] = dict(conn.execute(
+        "SELECT seq, size FROM messages WHERE seq = ANY(%s)", (list(seqs),)).fetchall())
+    kept: dict[int, None] = {}
+    total = 0
+    for seq in seqs:
+        total += int(sizes.get(seq, 0))
+        if kept and total > CLAIM_BYTES:
+            break
+        kept[seq] = None
+    return kept
+
+
+def _finish_if_done(conn: Conn, seq: int, now: float) -> None:
+    """Retention: no recipient left to deliver, so the content goes and the message is
+    finished as of now; the record stays until `purge`. The message's row is locked
+    first: two nodes recording its last two recipients at once are serialised here, so
+    the later one sees the other's outcome committed and finishes the message."""
+    conn.execute("SELECT 1 FROM messages WHERE seq = %s FOR UPDATE", (seq,))
+    left = conn.execute("SELECT 1 FROM recipients WHERE msg_seq = %s AND state NOT IN "
+                        "('delivered', 'failed') LIMIT 1", (seq,)).fetchone()
+    if left is None:
+        conn.execute("UPDATE messages SET finished_at = %s WHERE seq = %s "
+                     "AND finished_at IS NULL", (now, seq))
+        conn.execute("DELETE FROM contents WHERE seq = %s", (seq,))

@@ -1,0 +1,169 @@
+"""Messages into rows and back, for the PostgreSQL queue.
+
+Content is stored in pieces (`contents`, one row per piece of at most PIECE bytes): a
+spooled message is read from its file piece by piece and each piece inserted, so a
+24 MiB message never sits whole in the node's memory on the way in.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+
+from mailgate.queue import (
+    Attempt,
+    NewMessage,
+    NotFound,
+    QueuedMessage,
+    Recipient,
+    RecipientState,
+    domain_of,
+    new_queue_id,
+)
+
+__all__ = [
+    "CLAIM_BYTES",
+    "PIECE",
+    "load_attempts",
+    "load_messages",
+    "message_seq",
+    "store_message",
+]
+
+Conn = psycopg.Connection[tuple[Any, ...]]
+PIECE = 256 * 1024
+CLAIM_BYTES = 32 * 1024 * 1024  # content one claim may load (as the SQLite backend)
+
+_MESSAGE_COLUMNS = (
+    "seq, id, sender, received_at, size, client_address, client_helo, protocol, "
+    "authenticated_as, envid, ret, smtputf8, body_8bit, finished_at"
+)
+_RECIPIENT_COLUMNS = (
+    "id, msg_seq, address, state, attempts, next_attempt, orcpt, notify, "
+    "last_code, last_enhanced, last_text, updated_at, delay_notified, held_reason"
+)
+
+
+def _pieces(message: NewMessage) -> Sequence[bytes] | None:
+    """Content held in memory, cut in pieces; None for a spool that went to a file."""
+    if message.spool is not None:
+        if message.spool.spilled:
+            return None
+        data = b"".join(message.spool.chunks())
+    else:
+        data = bytes(message.content)
+    return [data[i:i + PIECE] for i in range(0, len(data), PIECE)] or [b""]
+
+
+def store_message(conn: Conn, message: NewMessage) -> tuple[str, NewMessage]:
+    """Insert one message (envelope, content, recipients) in the open transaction; its
+    queue id and the message as stored (under a fresh id if the caller's was taken)."""
+    now = time.time()
+    while True:
+        queue_id = message.id or new_queue_id(now)
+        row = conn.execute(
+            "INSERT INTO messages (id, sender, received_at, queued_at, size, client_address, "
+            "client_helo, protocol, authenticated_as, envid, ret, smtputf8, body_8bit) "
+            "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
+            "ON CONFLICT (id) DO NOTHING RETURNING seq",
+            (queue_id, message.sender, message.received_at, now, message.size,
+             message.client_address, message.client_helo, message.protocol,
+             message.authenticated_as, message.envid, message.ret, message.smtputf8,
+             message.body_8bit)).fetchone()
+        if row is not None:
+            break
+        if message.id:
+            # Taken: a fresh id, the trace field rewritten to match (never an error).
+            message = message.with_id(new_queue_id(now))
+    seq = row[0]
+    pieces = _pieces(message)
+    with conn.cursor() as cur:
+        if pieces is not None:
+            cur.executemany("INSERT INTO contents (seq, n, data) VALUES (%s, %s, %s)",
+                            [(seq, n, p) for n, p in enumerate(pieces)])
+        else:
+            assert message.spool is not None
+            n = 0
+            for chunk in message.spool.chunks(PIECE):
+                for i in range(0, len(chunk), PIECE):
+                    cur.execute("INSERT INTO contents (seq, n, data) VALUES (%s, %s, %s)",
+                                (seq, n, chunk[i:i + PIECE]))
+                    n += 1
+        cur.executemany(
+            "INSERT INTO recipients (msg_seq, address, domain, orcpt, notify, state, "
+            "next_attempt, due_at, updated_at) VALUES (%s, %s, %s, %s, %s, 'queued', %s, "
+            "%s, %s)",
+            [(seq, r.address, domain_of(r.address), r.orcpt,
+              None if r.notify is None else ",".join(r.notify), now, now, now)
+             for r in message.recipients])
+    return queue_id, message
+
+
+def message_seq(conn: Conn, message_id: str) -> int:
+    row = conn.execute("SELECT seq FROM messages WHERE id = %s", (message_id,)).fetchone()
+    if row is None:
+        raise NotFound(f"message {message_id} is not in the queue")
+    return int(row[0])
+
+
+def _recipient(row: dict[str, Any], message_id: str) -> Recipient:
+    notify = row["notify"]
+    return Recipient(
+        id=row["id"], message_id=message_id, address=row["address"],
+        state=RecipientState(row["state"]), attempts=row["attempts"],
+        next_attempt=row["next_attempt"], orcpt=row["orcpt"],
+        notify=None if notify is None else tuple(n for n in notify.split(",") if n),
+        last_code=row["last_code"], last_enhanced=row["last_enhanced"],
+        last_text=row["last_text"], updated_at=row["updated_at"],
+        delay_notified=bool(row["delay_notified"]), held_reason=row["held_reason"])
+
+
+def load_messages(conn: Conn, seqs: Sequence[int], *, content: bool) -> list[QueuedMessage]:
+    """The messages with these seqs, in the order given, with all their recipients."""
+    if not seqs:
+        return []
+    wanted = list(seqs)
+    with conn.cursor(row_factory=dict_row) as cur:
+        rows = {r["seq"]: r for r in cur.execute(
+            f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE seq = ANY(%s)", (wanted,))}
+        recipients: dict[int, list[dict[str, Any]]] = {seq: [] for seq in seqs}
+        for r in cur.execute(f"SELECT {_RECIPIENT_COLUMNS} FROM recipients "
+                             "WHERE msg_seq = ANY(%s) ORDER BY msg_seq, id", (wanted,)):
+            recipients[r["msg_seq"]].append(r)
+    bodies: dict[int, bytearray] = {}
+    if content:
+        for seq, data in conn.execute("SELECT seq, data FROM contents WHERE seq = ANY(%s) "
+                                      "ORDER BY seq, n", (wanted,)):
+            bodies.setdefault(seq, bytearray()).extend(data)
+    out = []
+    for seq in seqs:
+        m = rows.get(seq)
+        if m is None:  # deleted meanwhile
+            continue
+        body = bodies.get(seq)
+        out.append(QueuedMessage(
+            id=m["id"], sender=m["sender"], received_at=m["received_at"], size=m["size"],
+            recipients=tuple(_recipient(r, m["id"]) for r in recipients[seq]),
+            client_address=m["client_address"], client_helo=m["client_helo"],
+            protocol=m["protocol"], authenticated_as=m["authenticated_as"],
+            envid=m["envid"], ret=m["ret"], smtputf8=bool(m["smtputf8"]),
+            body_8bit=bool(m["body_8bit"]),
+            content=(bytes(body) if body is not None else None) if content else None,
+            finished_at=m["finished_at"]))
+    return out
+
+
+def load_attempts(conn: Conn, seq: int) -> tuple[tuple[int, Attempt], ...]:
+    with conn.cursor(row_factory=dict_row) as cur:
+        return tuple(
+            (a["recipient_id"], Attempt(at=a["at"], host=a["host"], code=a["code"],
+                                        enhanced=a["enhanced"], text=a["text"],
+                                        outcome=a["outcome"], remote=bool(a["remote"]),
+                                        tls=a["tls"]))
+            for a in cur.execute(
+                "SELECT a.* FROM attempts a JOIN recipients r ON r.id = a.recipient_id "
+                "WHERE r.msg_seq = %s ORDER BY a.at, a.id", (seq,)))
