@@ -27,7 +27,7 @@ def queue() -> None:
 
 
 def _open_queue(config_path: Path | None) -> tuple[Config, Queue]:
-    from mailgate.queue import NoQueue
+    from mailgate.queue import NoQueue, QueueError
     from mailgate.queue.backends import open_queue
 
     config = _load_config(config_path)
@@ -35,6 +35,31 @@ def _open_queue(config_path: Path | None) -> tuple[Config, Queue]:
         return config, open_queue(config, create=False)
     except NoQueue as exc:
         fail(f"{exc}: start `mailgate serve` first, or pass --config.")
+    except QueueError as exc:  # a cluster's database unreachable, a schema to migrate
+        fail(str(exc))
+
+
+@queue.command("migrate")
+@_config_option
+def queue_migrate(config_path: Path | None) -> None:
+    """Create the queue's tables, or bring them up to this mailgate's schema version.
+
+    A PostgreSQL queue is migrated only by this command (once, from any node: see
+    docs/cluster.md on rolling upgrades); a SQLite queue is also migrated when opened."""
+    from mailgate.queue import QueueError
+    from mailgate.queue.backends import migrate_queue
+
+    config = _load_config(config_path)
+    try:
+        before, after = migrate_queue(config)
+    except QueueError as exc:
+        fail(str(exc))
+    if before == after:
+        click.echo(f"queue schema version {after}: up to date")
+    elif before == 0:
+        click.echo(f"queue created with schema version {after}")
+    else:
+        click.echo(f"queue schema migrated from version {before} to {after}")
 
 
 _qformat = click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text",

@@ -11,7 +11,7 @@ import logging
 from mailgate.config import Config
 from mailgate.queue import NoQueue, Queue, QueueUnavailable
 
-__all__ = ["open_queue", "open_queue_patiently"]
+__all__ = ["migrate_queue", "open_queue", "open_queue_patiently"]
 
 _BACKOFF_MAX = 30.0
 
@@ -50,3 +50,23 @@ async def open_queue_patiently(config: Config, log: logging.Logger,
             log.error("%s; trying again in %g s", exc, delay)
         await asyncio.sleep(delay)
         delay = min(delay * 2, _BACKOFF_MAX)
+
+
+def migrate_queue(config: Config) -> tuple[int, int]:
+    """Create the queue's tables or bring them up to date (`mailgate queue migrate`);
+    (schema version before, version after). QueueError for a newer schema."""
+    if config.queue.backend == "postgresql":
+        from mailgate.queue.postgres import migrate_database
+
+        return migrate_database(config.queue.dsn)
+    import sqlite3
+
+    from mailgate.queue.sqlite import SCHEMA_VERSION, SQLiteQueue
+
+    path = config.data_dir / "queue.db"
+    before = 0
+    if path.exists():
+        with sqlite3.connect(path) as conn:
+            before = int(conn.execute("PRAGMA user_version").fetchone()[0])
+    SQLiteQueue(path).close()  # opening migrates (QueueError for a newer file)
+    return before, SCHEMA_VERSION

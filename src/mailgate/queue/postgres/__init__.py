@@ -43,7 +43,7 @@ from mailgate.queue.postgres.rows import (
 )
 from mailgate.queue.postgres.schema import SCHEMA_VERSION, check_schema, migrate
 
-__all__ = ["SCHEMA_VERSION", "PostgresQueue", "describe", "migrate"]
+__all__ = ["SCHEMA_VERSION", "PostgresQueue", "describe", "migrate", "migrate_database"]
 
 _ACTIVE = "('queued', 'deferred')"
 _DUE_NOW = "CASE WHEN claim_until > %(now)s THEN claim_until ELSE %(now)s END"
@@ -493,6 +493,20 @@ class PostgresQueue:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+def migrate_database(dsn: str) -> tuple[int, int]:
+    """`mailgate queue migrate` on PostgreSQL: (version before, version after)."""
+    import psycopg
+
+    where = describe(dsn)
+    try:
+        with psycopg.connect(dsn, connect_timeout=10) as conn:
+            return migrate(conn, where)
+    except psycopg.OperationalError as exc:
+        raise QueueError(f"cannot reach the queue database at {where}: "
+                         f"{str(exc).strip().splitlines()[0] if str(exc).strip() else exc}"
+                         ) from exc
 
 
 def _within_budget(conn: Conn, seqs: dict[int, None]) -> dict[int, None]:
