@@ -393,4 +393,11 @@ class Queue(Protocol):
         `bucket_seconds` from `since` up to `until` (default: now), oldest first."""
         ...
 
+    def restore(self, message: QueuedMessage) -> bool:
+        """Store a message exactly as another queue had it (`mailgate queue import`): its
+        id, envelope, content (None once finished), every recipient with its state,
+        schedule and flags, and every attempt; no claims. False, and nothing stored,
+        when a message with that id is already here (an import run twice)."""
+        ...
+
     def close(self) -> None: ...

@@ -39,6 +39,7 @@ from mailgate.queue.postgres.rows import (
     load_attempts,
     load_messages,
     message_seq,
+    restore_message,
     store_message,
 )
 from mailgate.queue.postgres.schema import SCHEMA_VERSION, check_schema, migrate
@@ -451,6 +452,17 @@ class PostgresQueue:
                     for i in range(n)]
 
         return self._engine.run("count the queue's activity", read)
+
+    def restore(self, message: QueuedMessage) -> bool:
+        """Store a message as exported from another queue; see `Queue.restore`."""
+
+        def op(conn: Conn) -> bool:
+            stored = restore_message(conn, message)
+            if stored and message.finished_at is None:
+                _notify(conn)
+            return stored
+
+        return self._engine.run("restore the message", op)
 
     def integrity_check(self) -> builtins.list[str]:
         """The queue's own invariants (PostgreSQL looks after its pages): ["ok"], or one

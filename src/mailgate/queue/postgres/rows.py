@@ -15,6 +15,7 @@ import psycopg
 from psycopg.rows import dict_row
 
 from mailgate.queue import (
+    FINAL_STATES,
     Attempt,
     NewMessage,
     NotFound,
@@ -167,3 +168,47 @@ def load_attempts(conn: Conn, seq: int) -> tuple[tuple[int, Attempt], ...]:
             for a in cur.execute(
                 "SELECT a.* FROM attempts a JOIN recipients r ON r.id = a.recipient_id "
                 "WHERE r.msg_seq = %s ORDER BY a.at, a.id", (seq,)))
+
+
+def restore_message(conn: Conn, m: QueuedMessage) -> bool:
+    """`Queue.restore` in SQL: the message as exported, unclaimed; False if its id is
+    taken. Recipients get new ids here; the attempts follow them."""
+    row = conn.execute(
+        "INSERT INTO messages (id, sender, received_at, queued_at, size, client_address, "
+        "client_helo, protocol, authenticated_as, envid, ret, smtputf8, body_8bit, "
+        "finished_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
+        "ON CONFLICT (id) DO NOTHING RETURNING seq",
+        (m.id, m.sender, m.received_at, m.received_at, m.size, m.client_address,
+         m.client_helo, m.protocol, m.authenticated_as, m.envid, m.ret, m.smtputf8,
+         m.body_8bit, m.finished_at)).fetchone()
+    if row is None:
+        return False
+    seq = row[0]
+    with conn.cursor() as cur:
+        if m.content is not None and m.finished_at is None:
+            data = m.content
+            cur.executemany("INSERT INTO contents (seq, n, data) VALUES (%s, %s, %s)",
+                            [(seq, n, data[i:i + PIECE]) for n, i in
+                             enumerate(range(0, max(len(data), 1), PIECE))])
+        ids: dict[int, int] = {}
+        for r in m.recipients:
+            active = r.state in (RecipientState.QUEUED, RecipientState.DEFERRED)
+            got = cur.execute(
+                "INSERT INTO recipients (msg_seq, address, domain, orcpt, notify, state, "
+                "attempts, next_attempt, due_at, last_code, last_enhanced, last_text, "
+                "updated_at, delay_notified, held_reason) VALUES (%s, %s, %s, %s, %s, %s, "
+                "%s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING id",
+                (seq, r.address, domain_of(r.address), r.orcpt,
+                 None if r.notify is None else ",".join(r.notify), r.state.value,
+                 r.attempts, None if r.state in FINAL_STATES else r.next_attempt,
+                 r.next_attempt if active else None, r.last_code, r.last_enhanced,
+                 r.last_text, r.updated_at, r.delay_notified, r.held_reason)).fetchone()
+            assert got is not None
+            ids[r.id] = got[0]
+        rows = [(ids[rid], a.at, a.host, a.code, a.enhanced, a.text, a.outcome, a.remote,
+                 a.tls) for rid, a in m.attempts if rid in ids]
+        if rows:
+            cur.executemany(
+                "INSERT INTO attempts (recipient_id, at, host, code, enhanced, text, "
+                "outcome, remote, tls) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)", rows)
+    return True

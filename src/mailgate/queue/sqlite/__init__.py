@@ -40,6 +40,7 @@ from mailgate.queue.sqlite.rows import (
     domain_filter,
     load_messages,
     message_seq,
+    restore_message,
     within_budget,
 )
 from mailgate.queue.sqlite.schema import SCHEMA_VERSION, create_schema
@@ -636,6 +637,10 @@ class SQLiteQueue(GroupCommitWriter):
             ]
 
         return self._read("count the queue's activity", read)
+
+    def restore(self, message: QueuedMessage) -> bool:
+        """Store a message as exported from another queue; see `Queue.restore`."""
+        return self._call(lambda conn: restore_message(conn, message), "restore the message")
 
     def integrity_check(self) -> builtins.list[str]:  # `list` here is the method above
         """SQLite's PRAGMA integrity_check: ["ok"] when the file is sound."""
