@@ -261,3 +261,11 @@ def test_a_restart_fails_writes_under_way_and_the_node_reconnects(
                     raise
                 time.sleep(0.2)
         assert {m.id for m in queue.list()} == set(stored)
+
+
+def test_a_missing_database_is_refused_for_good_not_waited_for(pg_cluster: PgCluster) -> None:
+    from mailgate.queue import QueueUnavailable
+
+    with pytest.raises(QueueError, match="does not exist") as info:
+        PostgresQueue(pg_cluster.dsn("no_such_db"))
+    assert not isinstance(info.value, QueueUnavailable)

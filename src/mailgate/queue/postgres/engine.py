@@ -150,7 +150,13 @@ class Engine:
             conn = psycopg.connect(self.dsn, autocommit=autocommit, connect_timeout=5,
                                    application_name=f"mailgate {self.node_name}")
         except psycopg.Error as exc:
-            raise QueueUnavailable(
+            # Refused for good (a wrong password, no such database or role): waiting would
+            # not help, so that is a plain QueueError; anything else may pass.
+            refused = (exc.sqlstate or "")[:2] in ("28", "3D") or any(
+                words in str(exc) for words in ("authentication failed", "does not exist",
+                                                "no pg_hba.conf entry"))
+            kind = QueueError if refused else QueueUnavailable
+            raise kind(
                 f"cannot reach the queue database at {self.where}: {_reason(exc, self.dsn)}"
             ) from exc
         try:
