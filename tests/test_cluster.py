@@ -25,6 +25,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -252,3 +253,87 @@ def test_unreachable_at_start_says_where_and_waits_for_it(
         assert cluster.nodes and cluster.nodes[0].proc.poll() is None
     finally:
         cluster.stop()
+
+
+class SlowSink:
+    """An SMTP sink that takes its time over each message and counts how many
+    connections it has open at once (the most it ever had: `peak`)."""
+
+    def __init__(self, delay: float = 0.15) -> None:
+        import socketserver
+
+        sink = self
+        self.delay = delay
+        self.lock = threading.Lock()
+        self.open = 0
+        self.peak = 0
+        self.ids: collections.Counter[str] = collections.Counter()
+
+        class Handler(socketserver.StreamRequestHandler):
+            def handle(self) -> None:
+                with sink.lock:
+                    sink.open += 1
+                    sink.peak = max(sink.peak, sink.open)
+                try:
+                    sink.converse(self.rfile, self.wfile)
+                finally:
+                    with sink.lock:
+                        sink.open -= 1
+
+        class Server(socketserver.ThreadingTCPServer):
+            allow_reuse_address = True
+            daemon_threads = True
+
+        self.server = Server(("127.0.0.1", 0), Handler)
+        self.port = int(self.server.server_address[1])
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def converse(self, rfile: Any, wfile: Any) -> None:
+        wfile.write(b"220 slow.test ESMTP\r\n")
+        while line := rfile.readline(4096):
+            verb = line[:4].upper()
+            if verb == b"EHLO":
+                wfile.write(b"250-slow.test\r\n250 PIPELINING\r\n")
+            elif verb == b"DATA":
+                wfile.write(b"354 go on\r\n")
+                body = b""
+                while (piece := rfile.readline(65536)) not in (b".\r\n", b""):
+                    body += piece
+                time.sleep(self.delay)
+                found = re.search(rb"^Message-ID: (<[^>]+>)", body, re.M)
+                if found:
+                    with self.lock:
+                        self.ids[found.group(1).decode()] += 1
+                wfile.write(b"250 2.0.0 taken\r\n")
+            elif verb == b"QUIT":
+                wfile.write(b"221 2.0.0 bye\r\n")
+                return
+            else:
+                wfile.write(b"250 2.0.0 ok\r\n")
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_concurrency_per_destination_is_the_cluster_s(tmp_path: Path, pg_dsn: str) -> None:
+    slow = SlowSink()
+    cluster = Cluster(tmp_path, pg_dsn, slow)  # type: ignore[arg-type]
+    for config in cluster.configs:  # 2 connections to the relayhost from all three nodes
+        text = config.read_text().replace("[delivery]\n",
+                                          "[delivery]\nconcurrency_per_destination = 2\n")
+        config.write_text(text)
+    cluster.start()
+    try:
+        out = Outcomes()
+        with load(cluster.ports, out, per_node=2):
+            wait_until("240 accepted", lambda: len(out.accepted) >= 240 or None, TIMEOUT)
+        wait_until("every message at the sink",
+                   lambda: out.accepted <= set(slow.ids) or None, TIMEOUT, 0.2)
+        assert 1 <= slow.peak <= 2, slow.peak
+    except BaseException:
+        print(cluster.logs())
+        raise
+    finally:
+        cluster.stop()
+        slow.stop()

@@ -269,3 +269,29 @@ def test_a_missing_database_is_refused_for_good_not_waited_for(pg_cluster: PgClu
     with pytest.raises(QueueError, match="does not exist") as info:
         PostgresQueue(pg_cluster.dsn("no_such_db"))
     assert not isinstance(info.value, QueueUnavailable)
+
+
+def test_connection_slots_are_the_cluster_s_in_all(pg_dsn: str) -> None:
+    a = PostgresQueue(pg_dsn, node="a", heartbeat=0.2, stale=1.5)
+    b = PostgresQueue(pg_dsn, node="b", heartbeat=0.2, stale=1.5)
+    try:
+        first, second = a.take_slot("mx.example", 2, 600), b.take_slot("mx.example", 2, 600)
+        assert first and second and first != second
+        assert b.take_slot("mx.example", 2, 600) is None  # two in all, not two per node
+        assert a.take_slot("other.example", 2, 600) is not None  # per destination
+        a.give_slot(first)
+        third = b.take_slot("mx.example", 2, 600)
+        assert third is not None
+        assert a.take_slot("mx.example", 3, 600) is not None  # a raised limit
+        # A node that dies holding a slot: free once its heartbeat is stale.
+        b._engine._node_stop.set()
+        assert b._engine._node_thread is not None
+        b._engine._node_thread.join()
+        assert a.take_slot("mx.example", 3, 600) is None
+        deadline = time.monotonic() + 30
+        while a.take_slot("mx.example", 3, 600) is None:
+            assert time.monotonic() < deadline, "the dead node's slot never came free"
+            time.sleep(0.2)
+    finally:
+        a.close()
+        b.close()

@@ -393,6 +393,19 @@ class Queue(Protocol):
         `bucket_seconds` from `since` up to `until` (default: now), oldest first."""
         ...
 
+    def take_slot(self, key: str, limit: int, lease: float) -> str | None:
+        """One of `limit` connection slots for destination `key`, shared by every process
+        using this queue (a cluster's nodes: `concurrency_per_destination` is the
+        cluster's in all); its token, or None while all are taken. The slot lasts `lease`
+        seconds unless given back (`give_slot`), and comes free at once when its node is
+        found dead. A backend used by one process only may always grant it: the delivery
+        engine's own semaphores are the limit there."""
+        ...
+
+    def give_slot(self, token: str) -> None:
+        """Give back a slot `take_slot` granted."""
+        ...
+
     def restore(self, message: QueuedMessage) -> bool:
         """Store a message exactly as another queue had it (`mailgate queue import`): its
         id, envelope, content (None once finished), every recipient with its state,

@@ -85,6 +85,7 @@ class PostgresQueue:
                               batch_limit=batch_limit, prepare=check_schema,
                               recover=recover_stale)
         self._claimed_ever = False
+        self._slot_keys: dict[str, int] = {}  # destinations whose slot rows exist
 
     @property
     def node_id(self) -> str:
@@ -453,6 +454,37 @@ class PostgresQueue:
 
         return self._engine.run("count the queue's activity", read)
 
+    def take_slot(self, key: str, limit: int, lease: float) -> str | None:
+        """One of `limit` slots for `key` across the cluster; see `Queue.take_slot`."""
+        engine = self._engine
+        engine.start_node()
+        token = secrets.token_hex(8)
+        now = time.time()
+
+        def op(conn: Conn) -> str | None:
+            if key not in self._slot_keys or self._slot_keys[key] < limit:
+                conn.execute("INSERT INTO slots (key, slot) SELECT %s, s FROM "
+                             "generate_series(0, %s - 1) s ON CONFLICT DO NOTHING",
+                             (key, limit))
+            row = conn.execute(
+                "UPDATE slots SET holder = %(token)s, node = %(node)s, until = %(until)s "
+                "WHERE (key, slot) = (SELECT key, slot FROM slots s WHERE key = %(key)s "
+                "AND slot < %(limit)s AND (holder IS NULL OR until < %(now)s OR NOT EXISTS "
+                "(SELECT 1 FROM nodes n WHERE n.id = s.node)) ORDER BY slot LIMIT 1 "
+                "FOR UPDATE SKIP LOCKED) RETURNING slot",
+                {"token": token, "node": engine.node_id, "until": now + lease, "key": key,
+                 "limit": limit, "now": now}).fetchone()
+            return None if row is None else token
+
+        got = engine.run("take a connection slot", op)
+        self._slot_keys[key] = max(limit, self._slot_keys.get(key, 0))
+        return got
+
+    def give_slot(self, token: str) -> None:
+        self._engine.run("give back a connection slot", lambda conn: conn.execute(
+            "UPDATE slots SET holder = NULL, node = NULL, until = NULL WHERE holder = %s",
+            (token,)))
+
     def restore(self, message: QueuedMessage) -> bool:
         """Store a message as exported from another queue; see `Queue.restore`."""
 
@@ -496,6 +528,8 @@ class PostgresQueue:
             if conn.execute(f"UPDATE recipients SET {_UNCLAIM} WHERE claim_owner = %s",
                             (node,)).rowcount:
                 _notify(conn)
+            conn.execute("UPDATE slots SET holder = NULL, node = NULL, until = NULL "
+                         "WHERE node = %s", (node,))
             conn.execute("DELETE FROM nodes WHERE id = %s", (node,))
 
         self._engine.close(final)

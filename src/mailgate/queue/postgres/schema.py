@@ -107,6 +107,18 @@ _SCHEMA = (
         started_at timestamptz NOT NULL DEFAULT now(),
         heartbeat_at timestamptz NOT NULL DEFAULT now()
     )""",
+    # Connection slots per destination, held across the cluster (take_slot): a row per
+    # slot, taken with SKIP LOCKED, free when `holder` is NULL, its lease past, or its
+    # node gone from `nodes`.
+    """CREATE TABLE slots (
+        key text NOT NULL,
+        slot integer NOT NULL,
+        holder text,
+        node text,
+        until double precision,
+        PRIMARY KEY (key, slot)
+    )""",
+    "CREATE INDEX slots_holder ON slots (holder) WHERE holder IS NOT NULL",
     # Shared counters of the cluster (rate limits, AUTH failures, connections per
     # destination): one row per key and window.
     """CREATE TABLE counters (

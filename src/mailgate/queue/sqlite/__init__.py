@@ -638,6 +638,14 @@ class SQLiteQueue(GroupCommitWriter):
 
         return self._read("count the queue's activity", read)
 
+    def take_slot(self, key: str, limit: int, lease: float) -> str | None:
+        """Always granted: one process delivers from this file at a time per worker, and
+        the delivery engine's semaphores hold the limit (see `Queue.take_slot`)."""
+        return "local"
+
+    def give_slot(self, token: str) -> None:
+        """Nothing was taken."""
+
     def restore(self, message: QueuedMessage) -> bool:
         """Store a message as exported from another queue; see `Queue.restore`."""
         return self._call(lambda conn: restore_message(conn, message), "restore the message")
