@@ -23,7 +23,6 @@ from dataclasses import replace
 from typing import Any
 
 from mailgate.queue import (
-    FINAL_STATES,
     ActivityBucket,
     Attempt,
     NewMessage,
@@ -36,11 +35,11 @@ from mailgate.queue import (
 from mailgate.queue.postgres.engine import CHANNEL, Conn, Engine, describe
 from mailgate.queue.postgres.rows import (
     CLAIM_BYTES,
+    EnqueueOp,
     load_attempts,
     load_messages,
     message_seq,
     restore_message,
-    store_message,
 )
 from mailgate.queue.postgres.schema import SCHEMA_VERSION, check_schema, migrate
 
@@ -102,18 +101,10 @@ class PostgresQueue:
     # ------------------------------------------------------------------ enqueue
 
     @staticmethod
-    def _enqueue_op(message: NewMessage) -> Callable[[Conn], str]:
+    def _enqueue_op(message: NewMessage) -> EnqueueOp:
         if not message.recipients:
             raise QueueError("could not queue the message: it has no recipients")
-        current = [message]
-
-        def op(conn: Conn) -> str:
-            # A rerun (the batch failed for another's sake) keeps a fresh id chosen before.
-            queue_id, current[0] = store_message(conn, current[0])
-            _notify(conn)
-            return queue_id
-
-        return op
+        return EnqueueOp(message)
 
     def enqueue(self, message: NewMessage) -> str:
         return self._engine.call(self._enqueue_op(message), "queue the message")
@@ -204,7 +195,7 @@ class PostgresQueue:
 
     @staticmethod
     def _record_op(recipient_id: int, attempt: Attempt, next_attempt: float | None,
-                   claim_token: str | None) -> Callable[[Conn], None]:
+                   claim_token: str | None) -> RecordOp:
         """As the SQLite backend's: a final recipient stays final, a held one held after
         a deferral, and a claim another worker has since taken stays theirs."""
         try:
@@ -218,49 +209,7 @@ class PostgresQueue:
         if outcome is RecipientState.DEFERRED and next_attempt is None:
             raise QueueError("could not record the attempt: a deferral needs next_attempt")
         assert outcome is not None
-
-        def op(conn: Conn) -> None:
-            now = time.time()
-            row = conn.execute(
-                "SELECT msg_seq, state, claim_token, claim_until FROM recipients "
-                "WHERE id = %s FOR UPDATE", (recipient_id,)).fetchone()
-            if row is None:
-                raise NotFound(f"recipient {recipient_id} is not in the queue")
-            seq, state_text, their_token, their_until = row
-            conn.execute(
-                "INSERT INTO attempts (recipient_id, at, host, code, enhanced, text, outcome, "
-                "remote, tls) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
-                (recipient_id, attempt.at, attempt.host, attempt.code, attempt.enhanced,
-                 attempt.text, outcome.value, attempt.remote, attempt.tls))
-            state = RecipientState(state_text)
-            new_next: float | None = None
-            if state in FINAL_STATES:
-                new_state = state
-            elif outcome is not RecipientState.DEFERRED:
-                new_state = outcome
-            elif state is RecipientState.HELD:
-                new_state = state
-            else:
-                new_state, new_next = RecipientState.DEFERRED, next_attempt
-            theirs = (claim_token is not None and their_token not in (None, claim_token)
-                      and their_until is not None and their_until > now)
-            if theirs:
-                token, until = their_token, their_until
-                due = until if new_next is not None else None
-            else:
-                token, until, due = None, None, new_next
-            conn.execute(
-                "UPDATE recipients SET state = %s, attempts = attempts + 1, "
-                "next_attempt = %s, due_at = %s, last_code = %s, last_enhanced = %s, "
-                "last_text = %s, claim_token = %s, claim_until = %s, updated_at = %s, "
-                "claim_owner = CASE WHEN %s::text IS NULL THEN NULL ELSE claim_owner END "
-                "WHERE id = %s",
-                (new_state.value, new_next, due, attempt.code, attempt.enhanced,
-                 attempt.text, token, until, now, token, recipient_id))
-            if new_state in FINAL_STATES and state not in FINAL_STATES:
-                _finish_if_done(conn, seq, now)
-
-        return op
+        return RecordOp(recipient_id, attempt, outcome.value, next_attempt, claim_token)
 
     def release(self, claim_token: str) -> None:
         def op(conn: Conn) -> None:
@@ -571,15 +520,86 @@ def _within_budget(conn: Conn, seqs: dict[int, None]) -> dict[int, None]:
     return kept
 
 
+# record() in one statement: the recipient locked, the attempt stored, the new state
+# decided as the SQLite backend decides it (a final state stays, a held recipient stays
+# held after a deferral, a claim another worker has since taken stays theirs).
+_RECORD = """
+WITH old AS (
+    SELECT id, msg_seq, state, claim_token, claim_until,
+        (%(token)s::text IS NOT NULL AND claim_token IS NOT NULL
+         AND claim_token <> %(token)s AND claim_until > %(now)s) AS theirs,
+        CASE WHEN state NOT IN ('delivered', 'failed', 'held')
+             AND %(outcome)s = 'deferred' THEN %(next)s::double precision END AS next
+    FROM recipients WHERE id = %(id)s FOR UPDATE),
+a AS (INSERT INTO attempts (recipient_id, at, host, code, enhanced, text, outcome, remote,
+                            tls)
+      SELECT id, %(at)s, %(host)s, %(code)s, %(enhanced)s, %(text)s, %(outcome)s,
+             %(remote)s, %(tls)s FROM old)
+UPDATE recipients r SET
+    state = CASE WHEN old.state IN ('delivered', 'failed') THEN old.state
+                 WHEN %(outcome)s <> 'deferred' THEN %(outcome)s
+                 WHEN old.state = 'held' THEN 'held' ELSE 'deferred' END,
+    attempts = r.attempts + 1, next_attempt = old.next,
+    due_at = CASE WHEN old.theirs THEN (CASE WHEN old.next IS NOT NULL THEN old.claim_until END)
+                  ELSE old.next END,
+    last_code = %(code)s, last_enhanced = %(enhanced)s, last_text = %(text)s,
+    claim_token = CASE WHEN old.theirs THEN old.claim_token END,
+    claim_until = CASE WHEN old.theirs THEN old.claim_until END,
+    claim_owner = CASE WHEN old.theirs THEN r.claim_owner END,
+    updated_at = %(now)s
+FROM old WHERE r.id = old.id
+RETURNING r.msg_seq, r.state, old.state
+"""
+
+
+class RecordOp:
+    """record() as a two-step write for the group commit's pipeline: `start` sends the
+    one statement, `finish` reads what it did and, when the recipient became final,
+    finishes the message if it was the last (two more statements, once per message)."""
+
+    __slots__ = ("_cursor", "_now", "_params", "recipient_id")
+
+    def __init__(self, recipient_id: int, attempt: Attempt, outcome: str,
+                 next_attempt: float | None, claim_token: str | None) -> None:
+        self.recipient_id = recipient_id
+        self._params: dict[str, object] = {
+            "id": recipient_id, "token": claim_token, "outcome": outcome,
+            "next": next_attempt, "at": attempt.at, "host": attempt.host,
+            "code": attempt.code, "enhanced": attempt.enhanced, "text": attempt.text,
+            "remote": attempt.remote, "tls": attempt.tls}
+        self._cursor: Any = None
+        self._now = 0.0
+
+    def start(self, conn: Conn) -> None:
+        self._now = time.time()
+        self._cursor = conn.cursor()
+        self._cursor.execute(_RECORD, {**self._params, "now": self._now})
+
+    def finish(self, conn: Conn) -> None:
+        cur, self._cursor = self._cursor, None
+        row = cur.fetchone()
+        cur.close()
+        if row is None:
+            raise NotFound(f"recipient {self.recipient_id} is not in the queue")
+        seq, state, was = row
+        final = (RecipientState.DELIVERED.value, RecipientState.FAILED.value)
+        if state in final and was not in final:
+            _finish_if_done(conn, seq, self._now)
+
+    def __call__(self, conn: Conn) -> None:
+        self.start(conn)
+        self.finish(conn)
+
+
 def _finish_if_done(conn: Conn, seq: int, now: float) -> None:
     """Retention: no recipient left to deliver, so the content goes and the message is
     finished as of now; the record stays until `purge`. The message's row is locked
     first: two nodes recording its last two recipients at once are serialised here, so
     the later one sees the other's outcome committed and finishes the message."""
     conn.execute("SELECT 1 FROM messages WHERE seq = %s FOR UPDATE", (seq,))
-    left = conn.execute("SELECT 1 FROM recipients WHERE msg_seq = %s AND state NOT IN "
-                        "('delivered', 'failed') LIMIT 1", (seq,)).fetchone()
-    if left is None:
-        conn.execute("UPDATE messages SET finished_at = %s WHERE seq = %s "
-                     "AND finished_at IS NULL", (now, seq))
-        conn.execute("DELETE FROM contents WHERE seq = %s", (seq,))
+    # A statement of its own after the lock: it sees what the lock waited for.
+    conn.execute(
+        "WITH done AS (UPDATE messages SET finished_at = %(now)s WHERE seq = %(seq)s "
+        "AND finished_at IS NULL AND NOT EXISTS (SELECT 1 FROM recipients WHERE "
+        "msg_seq = %(seq)s AND state NOT IN ('delivered', 'failed')) RETURNING seq) "
+        "DELETE FROM contents WHERE seq IN (SELECT seq FROM done)", {"now": now, "seq": seq})

@@ -265,8 +265,16 @@ class Engine:
             return
         values: list[Any] = []
         try:
-            for r in batch:
-                values.append(r.op(conn))
+            with conn.pipeline():
+                # Two-step writes (the enqueues) send their statements first, all of them
+                # in one go, and read the answers after: one round trip for the lot.
+                for r in batch:
+                    start = getattr(r.op, "start", None)
+                    if start is not None:
+                        start(conn)
+                for r in batch:
+                    finish = getattr(r.op, "finish", None)
+                    values.append(finish(conn) if finish is not None else r.op(conn))
             conn.commit()
         except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
             # The connection broke: whether the commit happened is unknown, so nobody

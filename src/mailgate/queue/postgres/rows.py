@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import psycopg
@@ -102,6 +103,79 @@ def store_message(conn: Conn, message: NewMessage) -> tuple[str, NewMessage]:
               None if r.notify is None else ",".join(r.notify), now, now, now)
              for r in message.recipients])
     return queue_id, message
+
+
+# One statement stores a message held in memory: envelope, content, recipients, and the
+# NOTIFY that wakes the nodes' workers (collapsed to one per transaction by PostgreSQL).
+# No row comes back when the id is taken, and nothing is stored then.
+_STORE_ALL = (
+    "WITH m AS (INSERT INTO messages (id, sender, received_at, queued_at, size, "
+    "client_address, client_helo, protocol, authenticated_as, envid, ret, smtputf8, "
+    "body_8bit) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
+    "ON CONFLICT (id) DO NOTHING RETURNING seq), "
+    "c AS (INSERT INTO contents (seq, n, data) SELECT m.seq, p.n - 1, p.data FROM m, "
+    "unnest(%s::bytea[]) WITH ORDINALITY AS p (data, n)), "
+    "r AS (INSERT INTO recipients (msg_seq, address, domain, orcpt, notify, state, "
+    "next_attempt, due_at, updated_at) SELECT m.seq, x.a, x.d, x.o, x.n, 'queued', %s, %s, "
+    "%s FROM m, unnest(%s::text[], %s::text[], %s::text[], %s::text[]) AS x (a, d, o, n)) "
+    "SELECT seq, pg_notify('mailgate_work', '') FROM m"
+)
+
+
+class EnqueueOp:
+    """What enqueue() writes, in two steps so that a batch's messages go to the server
+    in one pipeline (psycopg's pipeline mode) instead of a round trip each: `start` sends
+    the one statement, `finish` reads its answer. A message whose id is taken, or whose
+    content went to a spool file (stored in pieces as it is read), takes the slow path,
+    `store_message`, in `finish`. Calling the op does both steps."""
+
+    __slots__ = ("_cursor", "message")
+
+    def __init__(self, message: NewMessage) -> None:
+        self.message = message
+        self._cursor: psycopg.Cursor[tuple[Any, ...]] | None = None
+
+    def start(self, conn: Conn) -> None:
+        m = self.message
+        self._cursor = None
+        pieces = _pieces(m)
+        if pieces is None:
+            return
+        now = time.time()
+        queue_id = m.id or new_queue_id(now)
+        if m.id is None:
+            self.message = m = replace_id(m, queue_id)
+        rcpts = m.recipients
+        cur = conn.cursor()
+        cur.execute(_STORE_ALL, (
+            queue_id, m.sender, m.received_at, now, m.size, m.client_address, m.client_helo,
+            m.protocol, m.authenticated_as, m.envid, m.ret, m.smtputf8, m.body_8bit,
+            list(pieces), now, now, now, [r.address for r in rcpts],
+            [domain_of(r.address) for r in rcpts], [r.orcpt for r in rcpts],
+            [None if r.notify is None else ",".join(r.notify) for r in rcpts]))
+        self._cursor = cur
+
+    def finish(self, conn: Conn) -> str:
+        cur, self._cursor = self._cursor, None
+        if cur is not None:
+            row = cur.fetchone()
+            cur.close()
+            if row is not None:
+                assert self.message.id is not None
+                return self.message.id
+        # Taken (or spooled): the careful path, which draws a fresh id until one is free.
+        queue_id, self.message = store_message(conn, self.message)
+        conn.execute("NOTIFY mailgate_work")
+        return queue_id
+
+    def __call__(self, conn: Conn) -> str:
+        self.start(conn)
+        return self.finish(conn)
+
+
+def replace_id(message: NewMessage, queue_id: str) -> NewMessage:
+    """The message with the id the queue chose for it (no trace field names it yet)."""
+    return replace(message, id=queue_id)
 
 
 def message_seq(conn: Conn, message_id: str) -> int:
