@@ -337,3 +337,52 @@ def test_concurrency_per_destination_is_the_cluster_s(tmp_path: Path, pg_dsn: st
     finally:
         cluster.stop()
         slow.stop()
+
+
+def test_auth_failures_on_one_node_are_refused_on_another(tmp_path: Path, pg_dsn: str) -> None:
+    """Two nodes (servers in this process) on one database: a client that used up its
+    AUTH failures on node a is refused by node b (421 4.7.0) even with the right
+    password, within a second or so; another client on node b is not."""
+    import base64
+
+    from mailgate.config import QueueConfig
+    from mailgate.server.policy import Policy
+    from mailgate.users import UserDB
+    from tests.support.live import LiveServer, live_config
+    from tests.support.smtpwire import Wire
+
+    bad = base64.b64encode(b"\0carol\0wrong").decode()
+    good = base64.b64encode(b"\0carol\0correct horse battery").decode()
+    configs = []
+    for node in ("a", "b"):
+        config = live_config(tmp_path / node, queue=QueueConfig(
+            backend="postgresql", dsn=pg_dsn, node=node))
+        UserDB(config.data_dir / "users.json").set_password("carol", "correct horse battery")
+        configs.append(config)
+    with LiveServer(configs[0]) as a, LiveServer(configs[1]) as b:
+        failed = 0
+        while failed < Policy.AUTH_FAILS_PER_IP:
+            with Wire(a.port("smtps"), tls=True, source="127.0.0.51", timeout=20) as w:
+                w.greeting()
+                w.ehlo()
+                for _ in range(Policy.AUTH_FAILS_PER_CONNECTION):
+                    reply = w.cmd(f"AUTH PLAIN {bad}")
+                    failed += 1
+                    if not reply.startswith("535"):
+                        break
+
+        def refused_on_b() -> bool | None:
+            # The right password: a success adds no failure of node b's own, so only
+            # node a's failures can make node b refuse it.
+            with Wire(b.port("smtps"), tls=True, source="127.0.0.51", timeout=20) as w:
+                w.greeting()
+                w.ehlo()
+                reply = w.cmd(f"AUTH PLAIN {good}")
+                assert reply.startswith(("235", "421 4.7.0")), reply
+                return reply.startswith("421 4.7.0") or None
+
+        wait_until("node b refusing the client that failed on node a", refused_on_b, 30, 0.3)
+        with Wire(b.port("smtps"), tls=True, source="127.0.0.52", timeout=20) as w:
+            w.greeting()
+            w.ehlo()
+            assert w.cmd(f"AUTH PLAIN {bad}").startswith("535")

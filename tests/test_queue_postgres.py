@@ -295,3 +295,40 @@ def test_connection_slots_are_the_cluster_s_in_all(pg_dsn: str) -> None:
     finally:
         a.close()
         b.close()
+
+
+def test_auth_failures_on_one_node_count_on_the_others(pg_dsn: str, tmp_path: Path) -> None:
+    from mailgate.config import Config
+    from mailgate.server.policy import ConnectionInfo, Policy
+    from mailgate.users import UserDB
+
+    a = PostgresQueue(pg_dsn, node="a")
+    b = PostgresQueue(pg_dsn, node="b")
+    config = Config(data_dir=tmp_path)
+    policy_a = Policy(config, None, UserDB(tmp_path / "users.json"))
+    policy_b = Policy(config, None, UserDB(tmp_path / "users.json"))
+    window = Policy.AUTH_FAIL_WINDOW
+    client = ConnectionInfo("submission", "192.0.2.7", 40000)
+    try:
+        for _ in range(Policy.AUTH_FAILS_PER_IP - 1):  # failures on node a, one short
+            assert policy_a.auth_reserve(client, "alice") is not None
+        ok = policy_a.auth_reserve(client, "bob")
+        assert ok is not None
+        policy_a.auth_release(ok)  # a success is no failure: not shared either
+        assert a.share_counts(policy_a.take_unshared(), window) == {}
+        policy_b.others = b.share_counts(policy_b.take_unshared(), window)
+        assert policy_b.others == {("ip", "192.0.2.7"): Policy.AUTH_FAILS_PER_IP - 1,
+                                   ("user", "alice"): Policy.AUTH_FAILS_PER_IP - 1}
+        # Node b allows one more from that address, then refuses it as node a would.
+        assert policy_b.auth_reserve(client, "carol") is not None
+        assert policy_b.auth_reserve(client, "carol") is None
+        assert policy_b.auth_blocked(client)
+        other = ConnectionInfo("submission", "192.0.2.8", 40000)
+        assert policy_b.auth_reserve(other, "dave") is not None  # another address is not
+        # And back: a sees b's failures (and never its own: it counts those itself).
+        b.share_counts(policy_b.take_unshared(), window)
+        assert a.share_counts({}, window) == {("ip", "192.0.2.7"): 1, ("user", "carol"): 1,
+                                              ("ip", "192.0.2.8"): 1, ("user", "dave"): 1}
+    finally:
+        a.close()
+        b.close()

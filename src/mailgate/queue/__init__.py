@@ -15,7 +15,7 @@ import builtins
 import enum
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Protocol
 
@@ -404,6 +404,15 @@ class Queue(Protocol):
 
     def give_slot(self, token: str) -> None:
         """Give back a slot `take_slot` granted."""
+        ...
+
+    def share_counts(self, deltas: Mapping[tuple[str, str], int], window: float
+                     ) -> dict[tuple[str, str], int]:
+        """Add this process's counts (AUTH failures by ("ip", address) and ("user",
+        name)) to those shared by every process using the queue, and return the counts of
+        all the others within the last `window` seconds: a cluster's nodes then refuse a
+        client that failed too often on any of them. A backend used by one process only
+        returns {} (its counts are all its own)."""
         ...
 
     def restore(self, message: QueuedMessage) -> bool:

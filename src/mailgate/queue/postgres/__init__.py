@@ -18,7 +18,7 @@ import asyncio
 import builtins
 import secrets
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -46,6 +46,8 @@ from mailgate.queue.postgres.schema import SCHEMA_VERSION, check_schema, migrate
 __all__ = ["SCHEMA_VERSION", "PostgresQueue", "describe", "migrate", "migrate_database"]
 
 _ACTIVE = "('queued', 'deferred')"
+COUNT_BUCKET = 10.0  # seconds per bucket of shared counts
+COUNT_KEYS = 10_000  # the most keys share_counts returns (the busiest)
 _DUE_NOW = "CASE WHEN claim_until > %(now)s THEN claim_until ELSE %(now)s END"
 _OUTCOMES = frozenset({RecipientState.DELIVERED, RecipientState.DEFERRED,
                        RecipientState.FAILED})
@@ -433,6 +435,34 @@ class PostgresQueue:
         self._engine.run("give back a connection slot", lambda conn: conn.execute(
             "UPDATE slots SET holder = NULL, node = NULL, until = NULL WHERE holder = %s",
             (token,)))
+
+    def share_counts(self, deltas: Mapping[tuple[str, str], int], window: float
+                     ) -> dict[tuple[str, str], int]:
+        """This node's counts added, the other nodes' read; see `Queue.share_counts`."""
+        engine = self._engine
+        engine.start_node()
+        now = time.time()
+        bucket = int(now // COUNT_BUCKET)
+        oldest = int((now - window) // COUNT_BUCKET) + 1
+        items = [(kind, key, n) for (kind, key), n in deltas.items() if n]
+
+        def op(conn: Conn) -> dict[tuple[str, str], int]:
+            if items:
+                conn.execute(
+                    "INSERT INTO counts (node, kind, key, bucket, n) SELECT %s, k, v, %s, d "
+                    "FROM unnest(%s::text[], %s::text[], %s::int[]) AS x (k, v, d) "
+                    "ON CONFLICT (node, kind, key, bucket) DO UPDATE "
+                    "SET n = counts.n + EXCLUDED.n",
+                    (engine.node_id, bucket, [i[0] for i in items], [i[1] for i in items],
+                     [i[2] for i in items]))
+            if bucket % 6 == 0:  # now and then: what no window reaches any more
+                conn.execute("DELETE FROM counts WHERE bucket < %s", (oldest,))
+            return {(kind, key): int(n) for kind, key, n in conn.execute(
+                "SELECT kind, key, sum(n) FROM counts WHERE node <> %s AND bucket >= %s "
+                "GROUP BY kind, key HAVING sum(n) > 0 ORDER BY sum(n) DESC LIMIT %s",
+                (engine.node_id, oldest, COUNT_KEYS))}
+
+        return engine.run("share counts", op)
 
     def restore(self, message: QueuedMessage) -> bool:
         """Store a message as exported from another queue; see `Queue.restore`."""

@@ -119,13 +119,18 @@ _SCHEMA = (
         PRIMARY KEY (key, slot)
     )""",
     "CREATE INDEX slots_holder ON slots (holder) WHERE holder IS NOT NULL",
-    # Shared counters of the cluster (rate limits, AUTH failures, connections per
-    # destination): one row per key and window.
-    """CREATE TABLE counters (
-        key text PRIMARY KEY,
-        value bigint NOT NULL,
-        expires_at double precision NOT NULL
+    # AUTH failures shared by the cluster's nodes (share_counts): per node, kind ("ip",
+    # "user"), key and bucket of BUCKET seconds; a node reads the others' sums over the
+    # window and never its own (it counts those itself, exactly).
+    """CREATE TABLE counts (
+        node text NOT NULL,
+        kind text NOT NULL,
+        key text NOT NULL,
+        bucket bigint NOT NULL,
+        n integer NOT NULL,
+        PRIMARY KEY (node, kind, key, bucket)
     )""",
+    "CREATE INDEX counts_bucket ON counts (bucket)",
 )
 # What takes a database from the version before to each version, oldest first.
 _MIGRATIONS: dict[int, tuple[str, ...]] = {}

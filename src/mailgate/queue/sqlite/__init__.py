@@ -17,7 +17,7 @@ import os
 import secrets
 import sqlite3
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 
 from mailgate.queue import (
@@ -645,6 +645,11 @@ class SQLiteQueue(GroupCommitWriter):
 
     def give_slot(self, token: str) -> None:
         """Nothing was taken."""
+
+    def share_counts(self, deltas: Mapping[tuple[str, str], int], window: float
+                     ) -> dict[tuple[str, str], int]:
+        """One server per file: nothing to share (see `Queue.share_counts`)."""
+        return {}
 
     def restore(self, message: QueuedMessage) -> bool:
         """Store a message as exported from another queue; see `Queue.restore`."""
