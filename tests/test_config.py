@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from mailgate.cli.dkim import keygen as keygen_main
 from mailgate.config import (
     _SECTIONS,
     DEFAULT_LISTENERS,
@@ -828,6 +829,11 @@ def test_the_documented_example_loads(tmp_path: Path) -> None:
     (tmp_path / "tls" / "ca.pem").write_bytes(ca.ca_file.read_bytes())
     (tmp_path / "relay-password").write_text("secret\n")
     (tmp_path / "aliases").write_text("# as /etc/aliases\nroot: alice@example.test,\n  bob\n")
+    (tmp_path / "dkim").mkdir()
+    for name in ("example.test.r2026.key", "example.test.e2026.key"):
+        keygen_main(["example.test", "--selector", "s", "--out", str(tmp_path / "dkim" / name),
+                     *(["--algorithm", "ed25519-sha256"] if ".e2026" in name else [])],
+                    standalone_mode=False)
     path = tmp_path / "mailgate.toml"
     path.write_text(example, encoding="utf-8")
     c = load_config(path)
@@ -843,7 +849,7 @@ def test_the_documented_example_has_every_key() -> None:
     for section, keys in _SECTIONS.items():
         tables = doc[section] if section == "listen" else [doc[section]]
         for table in tables:
-            if section not in ("routes", "tls_policy", "aliases", "maildir"):  # names, domains
+            if section not in ("routes", "tls_policy", "aliases", "maildir", "dkim"):  # domains
                 assert set(table) == set(keys), section
 
 
@@ -991,8 +997,8 @@ OFFERED = (
 )  # fmt: skip
 
 # The parts of config/, highest first: each imports only parts after it.
-PARTS = ("", ".sections", ".mailstore", ".queue_section", ".reader", ".values", ".aliases",
-         ".syntax")
+PARTS = ("", ".sections", ".mailstore", ".dkim", ".queue_section", ".reader", ".values",
+         ".dkimkey", ".aliases", ".syntax")
 
 
 def test_the_package_offers_every_name_the_module_did() -> None:

@@ -266,3 +266,34 @@ def test_auth_with_dovecot_unreachable_is_a_temporary_failure(tmp_path: Path) ->
         for _ in range(5):  # not counted as failures: the client did nothing wrong
             code, text = _submit(live.port("submission"), "mgtest", PASSWORD)
             assert code == 454 and text.startswith(b"4.7.0"), (code, text)
+
+
+def test_a_domain_delivered_by_lmtp_accepts_the_users_dovecot_knows_at_rcpt(
+        tmp_path: Path, dovecot: Dovecot, mail_user: MailUser) -> None:
+    """No catch-all: mgtest exists only in Dovecot's userdb, yet is accepted at RCPT (the
+    store is asked over LMTP); a name Dovecot does not know is refused there with 550
+    5.1.1, not accepted and bounced later; the store gone is a temporary 451 4.3.0."""
+    route = Route("localhost", "localhost", 0, False, lmtp=True,
+                  unix=str(dovecot.lmtp_socket))
+    base = live_config(tmp_path / "data")
+    config = dataclasses.replace(
+        base, routes=MappingProxyType({"localhost": route}),
+        domains=dataclasses.replace(base.domains, catch_all=False))
+    with LiveServer(config) as live, smtplib.SMTP("127.0.0.1", live.port("mx"),
+                                                   timeout=20) as client:
+        client.ehlo("client.test")
+        assert client.mail("sender@client.test")[0] == 250
+        assert client.rcpt("mgtest@localhost")[0] == 250
+        code, text = client.rcpt("nobody@localhost")
+        assert (code, text[:5]) == (550, b"5.1.1"), (code, text)
+        assert client.rcpt("postmaster@localhost")[0] == 250  # always (RFC 5321 4.5.1)
+        client.rset()
+    # A server whose store is not there.
+    gone = dataclasses.replace(route, unix=str(tmp_path / "no-such-socket"))
+    config = dataclasses.replace(config, routes=MappingProxyType({"localhost": gone}))
+    with LiveServer(config) as live, smtplib.SMTP("127.0.0.1", live.port("mx"),
+                                                   timeout=20) as client:
+        client.ehlo("client.test")
+        assert client.mail("sender@client.test")[0] == 250
+        code, text = client.rcpt("someone@localhost")
+        assert (code, text[:5]) == (451, b"4.3.0"), (code, text)

@@ -348,11 +348,32 @@ def test_mailgate_send_recipients_from_headers_removes_bcc(server: LiveServer) -
     queue_ids = set()
     for rcpt in (to, cc, bcc, bcc2):
         (got,) = delivered(server, rcpt)
-        assert got.content == expected, got.content
+        # The message had a Message-ID but no Date: send added one, at the top.
+        date, _, rest = got.content.partition(b"\r\n")
+        assert re.fullmatch(rb"Date: \w{3}, \d\d \w{3} \d{4} [\d:]{8} [+-]\d{4}", date), date
+        assert rest == expected, got.content
         assert b"Bcc:" not in got.content.split(b"\r\n\r\n", 1)[0]
         assert got.return_path == SENDER
         queue_ids.add(got.queue_id)
     assert len(queue_ids) == 1  # one message, one transaction, four recipients
+
+
+def test_mailgate_send_adds_date_and_message_id_when_missing(server: LiveServer) -> None:
+    rcpt = "send-fixups@localhost"
+    raw = f"From: {SENDER}\nTo: {rcpt}\nSubject: no date\n\nhi\n".encode()
+    ok(mailgate("send", "--server", f"127.0.0.1:{server.port('mx')}", stdin=raw))
+    (got,) = delivered(server, rcpt)
+    head = got.content.split(b"\r\n\r\n", 1)[0]
+    assert len(re.findall(rb"^Date: ", head, re.M)) == 1, head
+    domain = SENDER.rpartition("@")[2].encode()
+    assert len(re.findall(rb"^Message-ID: <[^@>]+@" + re.escape(domain) + rb">$",
+                          head.replace(b"\r\n", b"\n"), re.M)) == 1, head
+    # A message that has both keeps them as they were, once each.
+    rcpt2 = "send-fixups2@localhost"
+    ok(mailgate("send", "--server", f"127.0.0.1:{server.port('mx')}", "--to", rcpt2,
+                stdin=message("send-fixups2", rcpt2)))
+    (got,) = delivered(server, rcpt2)
+    assert got.content.count(b"Date: ") == 1 and got.content.count(b"Message-ID: ") == 1
 
 
 def test_mailgate_send_refused_exits_1(server: LiveServer) -> None:

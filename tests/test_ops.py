@@ -204,6 +204,9 @@ def test_pages_survive_a_reinstall_under_the_running_server(tmp_path: Path) -> N
     base = f"http://127.0.0.1:{web_port}"
     pages = ["/", "/codes/556", "/compare/221/556", "/static/style.css",
              "/admin/login", "/?lang=zh"]
+    # A provider's reply, first asked for after the reinstall: vendors' meanings too
+    # must have been read at start, not at the first paste.
+    paste = "/explain?q=550+5.1.10+RESOLVER.ADR.RecipientNotFound%3B+not+found&lang=zh"
 
     def get(path: str) -> int:
         req = urllib.request.Request(base + path, headers={"Host": "127.0.0.1"})
@@ -226,6 +229,39 @@ def test_pages_survive_a_reinstall_under_the_running_server(tmp_path: Path) -> N
         for folder in ("web/templates", "web/static", "codes/data"):
             shutil.rmtree(site / "mailgate" / folder)
         assert {p: get(p) for p in pages} == dict.fromkeys(pages, 200), log.read_text()
+        req = urllib.request.Request(base + paste, headers={"Host": "127.0.0.1"})
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            assert b"Microsoft" in resp.read()  # the provider's own meaning was found
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+def test_sighup_reloads_the_aliases_and_keeps_them_when_the_file_has_a_loop(
+        tmp_path: Path) -> None:
+    """`[domains] aliases_file` is read again on SIGHUP: a new alias is accepted at once,
+    with no connection dropped; a file with a loop leaves the aliases in service."""
+    aliases = tmp_path / "aliases"
+    aliases.write_text("sales: bob\n")
+    port = free_port()
+    config = write_config(tmp_path, port, domains={"local": ["localhost"],
+                                                   "aliases_file": str(aliases)})
+    with Serve(config, port, tmp_path / "serve.log") as srv, Wire(port) as w:
+        w.greeting()
+        w.ehlo()
+        assert w.cmd("MAIL FROM:<a@client.test>").startswith("250")
+        assert w.cmd("RCPT TO:<sales@localhost>").startswith("250")
+        assert w.cmd("RCPT TO:<support@localhost>").startswith("550 5.1.1")
+
+        aliases.write_text("sales: bob\nsupport: bob, sales\n")
+        os.kill(srv.proc.pid, signal.SIGHUP)
+        wait_until("the reload in the log", lambda: "reloaded the aliases" in srv.logs())
+        assert w.cmd("RCPT TO:<support@localhost>").startswith("250")
+
+        aliases.write_text("sales: support\nsupport: sales\n")  # a loop: refused
+        os.kill(srv.proc.pid, signal.SIGHUP)
+        wait_until("the refusal in the log", lambda: "kept the aliases" in srv.logs())
+        assert w.cmd("RCPT TO:<support@localhost>").startswith("250")
+        assert w.cmd("RSET").startswith("250")
+        assert w.cmd("QUIT").startswith("221")
+        assert srv.proc.poll() is None, srv.logs()

@@ -556,3 +556,23 @@ def test_pages_have_one_h1_and_labelled_fields(client: TestClient) -> None:
         # Headings never skip a level.
         levels = [int(n) for n in re.findall(r"<h([1-6])\b", page)]
         assert all(b - a <= 1 for a, b in itertools.pairwise(levels)), url
+
+
+def test_errors_on_code_pages_and_the_api_are_in_the_language_asked_for(
+        client: TestClient) -> None:
+    """Not found, a whole class given for one code, an unregistered code: each sentence
+    in Chinese under lang=zh (the CLI's errors were; the web's were English only)."""
+    for path, status in (("/codes/5.9.99?lang=zh", 404), ("/codes/5.1?lang=zh", 404),
+                         ("/codes/559?lang=zh", 404), ("/compare/5.X.X/556?lang=zh", 404)):
+        r = client.get(path)
+        assert r.status_code == status, (path, r.status_code)
+        assert "names a whole" not in r.text and "is a well-formed" not in r.text, path
+        assert "is not an" not in text_of(r.text), path
+    r = client.get("/api/codes/X.1.X?lang=zh")
+    assert r.status_code == 404 and "一整个主题" in r.json()["error"], r.json()
+    r = client.get("/api/compare/5.X.X/556?lang=zh")
+    assert r.status_code == 404 and "一整类" in r.json()["error"], r.json()
+    r = client.get("/api/codes/559?lang=zh")
+    assert r.status_code == 404 and "没有任何 RFC" in r.json()["error"], r.json()
+    r = client.get("/api/codes/X.1.X?lang=en")
+    assert r.json()["error"].startswith("X.1.X names a whole subject"), r.json()

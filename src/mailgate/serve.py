@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import pwd
@@ -40,11 +41,11 @@ from pathlib import Path
 from typing import Any, Protocol, TextIO
 
 from mailgate import metrics, privileges
-from mailgate.config import Config
+from mailgate.config import Config, ConfigError, load_config
 from mailgate.datadir import StartupError, prepare_data_dir
 from mailgate.delivery.engine import DeliveryEngine
 from mailgate.delivery.helper import HelperClient, start_helper
-from mailgate.delivery.lmtp import LMTPDelivery
+from mailgate.delivery.lmtp import LMTPDelivery, StoreRecipients
 from mailgate.delivery.local import LocalDelivery
 from mailgate.dns import Resolver
 from mailgate.queue import NewMessage, Queue, QueueError, domain_of
@@ -101,12 +102,17 @@ def _tls(config: Config) -> TLS:
     return server_context(cert, key), cert, key
 
 
-def reload(tls_ctx: ssl.SSLContext, cert: Path, key: Path, users: UserDB) -> None:
-    """SIGHUP: read the certificate and the user file again; no connection is dropped.
+def reload(tls_ctx: ssl.SSLContext, cert: Path, key: Path, users: UserDB,
+           policy: Policy | None = None) -> None:
+    """SIGHUP: read the certificate, the user file and the aliases again; no connection
+    is dropped.
 
     The new certificate and key are checked in a context of their own first, so a
     half-copied or mismatched pair leaves the one in service untouched (and says so).
     Connections already in TLS keep their session; new handshakes get the new pair.
+    Aliases (`[aliases]` and `[domains] aliases_file`) come from the configuration file
+    read again whole: when it has a problem (a loop, say) the aliases in service stay.
+    Other settings in it take effect at the next start.
     """
     try:
         server_context(cert, key)
@@ -121,6 +127,21 @@ def reload(tls_ctx: ssl.SSLContext, cert: Path, key: Path, users: UserDB) -> Non
         log.error("SIGHUP: could not read the user file %s: %s", users.path, exc)
     else:
         log.info("SIGHUP: reloaded the user file (%d users)", len(users.names()))
+    if policy is not None:
+        _reload_aliases(policy)
+
+
+def _reload_aliases(policy: Policy) -> None:
+    source = policy.config.source
+    if source is None:  # zero-config: the default aliases, nothing to read
+        return
+    try:
+        fresh = load_config(Path(source))
+    except ConfigError as exc:
+        log.error("SIGHUP: kept the aliases in service: %s", "; ".join(exc.problems))
+        return
+    policy.config = dataclasses.replace(policy.config, aliases=fresh.aliases)
+    log.info("SIGHUP: reloaded the aliases (%d entries)", len(fresh.aliases.table))
 
 
 def banner(config: Config, server: SMTPServer, cert: Path, workers: int) -> str:
@@ -244,6 +265,8 @@ async def serve(config: Config, *, reuse_port: bool = False, workers: int = 1,
     resolver = Resolver(nameservers=list(config.dns.nameservers))
     tls_ctx, cert, key = tls if tls is not None else _tls(config)
     policy = policy_factory(config, resolver, users)
+    if any(config.lmtp_route(d) is not None for d in config.domains.local):
+        policy.store_check = StoreRecipients(config.hostname).has
 
     def on_queued(qid: str, rcpts: list[str]) -> None:
         domains = {domain_of(r) for r in rcpts}
@@ -308,7 +331,8 @@ async def serve(config: Config, *, reuse_port: bool = False, workers: int = 1,
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
     with contextlib.suppress(NotImplementedError, RuntimeError):
-        loop.add_signal_handler(signal.SIGHUP, reload, tls_ctx, cert, key, users)
+        loop.add_signal_handler(signal.SIGHUP, reload, tls_ctx, cert, key, users,
+                                  policy)
     try:
         recovered = await asyncio.to_thread(queue.recover_claims)
     except QueueError as exc:

@@ -7,7 +7,15 @@ explain` does not pay for the server or the web stack.
 
 from __future__ import annotations
 
-from mailgate.cli import admin, codes, diag, queue, run, users  # noqa: F401  (registers commands)
+from mailgate.cli import (  # noqa: F401  (registers commands)
+    admin,
+    codes,
+    diag,
+    dkim,
+    queue,
+    run,
+    users,
+)
 from mailgate.cli._common import EXIT_USAGE, default_lang, fail, main
 
 __all__ = ["EXIT_USAGE", "default_lang", "fail", "main"]

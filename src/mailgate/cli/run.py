@@ -25,10 +25,13 @@ def serve(config_path: Path | None, log_format: str | None) -> None:
     """Run the mail server (with no options: zero-config on loopback ports)."""
     import dataclasses
 
+    from mailgate.config.dkim import unreadable_keys
     from mailgate.queue import QueueError
     from mailgate.serve import StartupError, run
 
     config = _load_config(config_path)
+    if problems := unreadable_keys(config.dkim):
+        fail("\n".join(problems))
     if log_format is not None:
         config = dataclasses.replace(
             config, log=dataclasses.replace(config.log, format=log_format))  # type: ignore[arg-type]

@@ -58,6 +58,7 @@ _SECTIONS: dict[str, tuple[str, ...]] = {
     "queue": ("keep_records", "backend", "dsn", "dsn_file", "node"),
     "maildir": (),  # keys are domains or addresses
     "auth": ("backend", "dovecot_socket", "timeout"),
+    "dkim": (),  # keys are signing domains (config/dkim.py)
 }
 _ROOT_KEYS = ("hostname", "data_dir", *_SECTIONS)
 _BARE_KEY_RE = re.compile(r"[A-Za-z0-9_-]+\Z")
@@ -163,7 +164,7 @@ class _Reader:
         if not isinstance(value, dict):
             self.report(name, value, f"must be a table: put its keys under a [{name}] header")
             return {}
-        if name not in ("routes", "tls_policy", "aliases", "maildir"):
+        if name not in ("routes", "tls_policy", "aliases", "maildir", "dkim"):
             self.check_keys(value, (name,), _SECTIONS[name])
         return value
 

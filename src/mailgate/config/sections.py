@@ -22,6 +22,7 @@ from mailgate.config.aliases import (
     parse_aliases_file,
     parse_target,
 )
+from mailgate.config.dkim import _dkim
 from mailgate.config.mailstore import _auth, _check_lmtp_routes, _maildir, _server_user
 from mailgate.config.queue_section import queue_section
 from mailgate.config.reader import (
@@ -141,6 +142,7 @@ def _build(doc: Mapping[str, object], r: _Reader, source: str | None) -> Config:
     maildir = _maildir(r.section(doc, "maildir"), r, domains)
     _check_lmtp_routes(routes, r, domains, maildir)
     auth = _auth(r.section(doc, "auth"), r)
+    dkim = _dkim(r.section(doc, "dkim"), r)
 
     lg = r.section(doc, "log")
     log = LogConfig(cast(LogLevel, r.get(lg, ("log",), "level", _choice(LOG_LEVELS), "info")),
@@ -155,7 +157,7 @@ def _build(doc: Mapping[str, object], r: _Reader, source: str | None) -> Config:
                   policy=policy, submission=submission, delivery=delivery, routes=routes,
                   tls_policy=tls_policy, web=web, server=server, log=log, aliases=aliases,
                   queue=queue, maildir=maildir,
-                  auth=auth, source=source)
+                  auth=auth, dkim=dkim, source=source)
 
 
 def _listeners(doc: Mapping[str, object], r: _Reader) -> tuple[Listener, ...]:

@@ -14,6 +14,7 @@ from types import MappingProxyType
 from typing import Literal
 
 from mailgate.config.aliases import Aliases, QueueConfig
+from mailgate.config.dkimkey import DKIMKey
 from mailgate.config.syntax import _join_hostport, _lookup_domain
 
 Role = Literal["mx", "submission", "smtps"]
@@ -361,6 +362,9 @@ class Config:
     # [maildir]: a domain or an address -> who owns its Maildir and where it is
     maildir: Mapping[str, MaildirOwner] = field(default_factory=lambda: MappingProxyType({}))
     auth: AuthConfig = AuthConfig()
+    # [dkim]: signing domain -> its keys, read at load time (config/dkim.py, keys_for)
+    dkim: Mapping[str, tuple[DKIMKey, ...]] = field(
+        default_factory=lambda: MappingProxyType({}))
     source: str | None = None
 
     def maildir_owner(self, address: str) -> MaildirOwner | None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import defaultdict
 from collections.abc import Sequence
 
@@ -29,11 +30,11 @@ from mailgate.delivery.helper import HelperClient
 from mailgate.delivery.local import LocalDelivery
 from mailgate.delivery.transport import ConnectError, run_client
 from mailgate.queue import Enqueue, Queue, QueueError, Recipient, WorkItem, domain_of
-from mailgate.smtp.address import Address, parse_path
+from mailgate.smtp.address import NULL_PATH, Address, parse_path
 from mailgate.smtp.client import ClientConfig, ClientSession, Envelope
 from mailgate.smtp.client import Recipient as ClientRecipient
 
-__all__ = ["LMTPDelivery"]
+__all__ = ["LMTPDelivery", "StoreRecipients"]
 
 log = logging.getLogger("mailgate.lmtp")
 
@@ -153,3 +154,56 @@ class LMTPDelivery(LocalDelivery):
 
 def _path(addr: str, allow_null: bool = False) -> Address:
     return parse_path(f"<{addr}>", utf8=True, allow_null=allow_null, allow_postmaster=True)
+
+
+# How long a store's answer about a recipient is remembered, and for how many recipients:
+# a client naming many recipients (or guessing names) costs one LMTP conversation per
+# name a minute at most, and the table stays bounded whatever it names.
+VERIFY_TTL = 60.0
+VERIFY_CACHE = 10_000
+VERIFY_TIMEOUT = 10.0
+
+
+class StoreRecipients:
+    """Asks the store a local domain is delivered to by LMTP whether it has a recipient
+    (LHLO, MAIL FROM:<>, RCPT TO, RSET, QUIT: no message is sent), so that such a
+    domain accepts at RCPT the users the store knows (Dovecot's userdb, say) and
+    refuses the others there, instead of accepting them and bouncing later."""
+
+    def __init__(self, hostname: str, ttl: float = VERIFY_TTL) -> None:
+        self.hostname = hostname
+        self.ttl = ttl
+        self._known: dict[str, tuple[float, bool]] = {}
+
+    async def has(self, route: Route, address: Address) -> bool | None:
+        """True when the store takes `address` (2xx), False when it refuses it (5xx),
+        None when it cannot say now (4xx, or no connection): a temporary answer."""
+        key = f"{route.nexthop} {address}"
+        now = time.monotonic()
+        hit = self._known.get(key)
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        session = ClientSession(ClientConfig(helo_name=self.hostname, tls="never", lmtp=True,
+                                             loop_name=None, verify_only=True))
+        envelope = Envelope(sender=NULL_PATH, recipients=(ClientRecipient(address),))
+        session.send(envelope, b"")
+        session.quit()
+        try:
+            run = await run_client(route.host, route.port, session, [],
+                                   timeouts=dict.fromkeys(TIMEOUTS, VERIFY_TIMEOUT),
+                                   unix_path=route.unix)
+        except ConnectError as exc:
+            log.warning("cannot ask %s about <%s>: %s", route.nexthop, address, exc)
+            return None
+        replies = [r.outcome.reply for res in run.results for r in res.results]
+        if not replies or replies[0].is_transient:
+            log.warning("%s cannot say now whether it has <%s>: %s", route.nexthop, address,
+                        replies[0] if replies else "no reply")
+            return None
+        known = replies[0].is_success
+        if len(self._known) >= VERIFY_CACHE:
+            self._known = {k: v for k, v in self._known.items() if v[0] > now}
+            if len(self._known) >= VERIFY_CACHE:
+                self._known.clear()
+        self._known[key] = (now + self.ttl, known)
+        return known

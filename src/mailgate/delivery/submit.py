@@ -1,7 +1,8 @@
 """`mailgate send`: submit one RFC 5322 message, like `sendmail -t`, and explain the answer.
 
 Recipients come from `--to`, or else from the message's To, Cc and Bcc headers (Bcc is
-then removed, as sendmail -t does); the sender from `--from` or the From header. The
+then removed, as sendmail -t does); the sender from `--from` or the From header; a
+missing Date or Message-ID is added (the Message-ID under the sender's domain). The
 conversation is mailgate's own ClientSession, so a refusal is shown with the knowledge
 base's explanation of every code in it.
 """
@@ -18,6 +19,7 @@ from mailgate.codes.reply import Reply
 from mailgate.delivery.transport import STAGE_TIMEOUTS, ClientRun, ConnectError, run_client
 from mailgate.smtp.address import AddressError, parse_path
 from mailgate.smtp.client import ClientConfig, ClientSession, Credentials, Envelope
+from mailgate.smtp.trace import HopCounter, missing_fields
 
 __all__ = ["SubmitError", "SubmitOutcome", "prepare", "submit"]
 
@@ -52,6 +54,12 @@ def prepare(raw: bytes, sender: str | None, recipients: list[str]) -> tuple[Enve
         sender = found[0][1] if found else ""
         if not sender:
             raise SubmitError("no sender: give --from, or a From header in the message.")
+    # RFC 6409 8.2, 8.3: as the submission listener does, the fields the message lacks
+    # are added here too, so mail sent to an MX (which never adds them) has them.
+    seen = HopCounter()
+    seen.feed(head)
+    domain = sender.rpartition("@")[2] or "localhost"
+    content = missing_fields(seen, domain) + content
     for addr in (sender, *recipients):
         try:
             parse_path(f"<{addr}>", utf8=True, allow_null=addr == sender)

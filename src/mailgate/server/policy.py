@@ -12,11 +12,12 @@ from __future__ import annotations
 import contextlib
 import time
 from collections import defaultdict, deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from mailgate import hashing
 from mailgate.codes.reply import Reply
-from mailgate.config import Config
+from mailgate.config import Config, Route
 from mailgate.config.aliases import AliasError, expand
 from mailgate.dns import Resolver, null_mx_reply
 from mailgate.dovecot_auth import DovecotAuth
@@ -43,6 +44,13 @@ SENDER_NULL_MX = R(550, "5.7.27", "Sender address has null MX: its domain accept
 SENDER_DNS_TEMPFAIL = R(451, "4.4.3", "Cannot check the sender domain in DNS now; try again later")
 RECIPIENT_NULL_MX = null_mx_reply("its domain accepts no mail (RFC 7505)")
 UNKNOWN_USER = R(550, "5.1.1", "No such user here")
+STORE_UNSURE = R(451, "4.3.0", "Cannot check this recipient with the mail store now; "
+                               "try again later")
+
+# Asks the mail store a local domain is delivered to by LMTP whether it has a recipient:
+# True yes, False no, None cannot say now (delivery.lmtp.StoreRecipients.has; wired in
+# by serve, since the server does not import delivery).
+StoreCheck = Callable[[Route, Address], Awaitable[bool | None]]
 SENDER_NOT_OWNED = R(553, "5.7.1", "Sender address is not yours: you are logged in as a user "
                                    "who may not send as this address")
 AUTH_TOO_MANY = R(421, "4.7.0", "Too many failed authentication attempts, closing connection")
@@ -104,6 +112,7 @@ class Policy:
         self._auth_fails: dict[str, deque[float]] = defaultdict(deque)
         self._user_fails: dict[str, deque[float]] = defaultdict(deque)
         self._swept_at = float("-inf")
+        self.store_check: StoreCheck | None = None
         # A cluster's other nodes' failures (("ip", address) / ("user", name) -> count in
         # the window), refreshed every second by serve (`share_counts`), and this node's
         # own not yet shared.
@@ -233,7 +242,11 @@ class Policy:
         if rcpt.is_postmaster:
             return None  # RFC 5321 4.5.1: postmaster is always accepted
         if not rcpt.is_literal and self.is_local(rcpt.domain):
-            return None if self.final_recipients(rcpt) else UNKNOWN_USER
+            if self.final_recipients(rcpt):
+                return None
+            if self.store_check is not None and self.config.lmtp_route(rcpt.domain):
+                return True  # the mail store knows its users: rcpt_to asks it
+            return UNKNOWN_USER
         if not self.may_relay(conn):
             return RELAY_DENIED
         if (self.config.policy.recipient_null_mx_check and self.resolver is not None
@@ -243,9 +256,17 @@ class Policy:
 
     async def rcpt_to(self, conn: ConnectionInfo, ev: RcptTo) -> Reply | None:
         """RFC 7504 / 7505: a relay refuses a null-MX recipient at once with 556 5.1.10.
-
         A DNS failure is no refusal: the recipient is accepted and delivery decides.
+
+        A name mailgate does not know at a local domain delivered by LMTP is asked of the
+        mail store: accepted if it has it, 550 5.1.1 if not, 451 4.3.0 when it cannot say.
         """
+        rcpt = ev.recipient
+        if not rcpt.is_literal and self.is_local(rcpt.domain):
+            route = self.config.lmtp_route(rcpt.domain)
+            assert route is not None and self.store_check is not None
+            known = await self.store_check(route, rcpt)
+            return STORE_UNSURE if known is None else None if known else UNKNOWN_USER
         assert self.resolver is not None
         null = await self.resolver.is_null_mx(ev.recipient.ascii_domain)
         return RECIPIENT_NULL_MX if null else None

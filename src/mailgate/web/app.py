@@ -76,8 +76,15 @@ def preload_data() -> None:
         for name in reg.WORD_FILES:
             reg.words(lang, name)
     for module in ("mailgate.codes.explain", "mailgate.codes.compare",
-                   "mailgate.codes.render"):
+                   "mailgate.codes.render", "mailgate.codes.paste", "mailgate.codes.pasted"):
         importlib.import_module(module)
+    # Vendors' meanings are read at the first pasted reply (the CLI's plain codes never
+    # need them); a server reads them now, with the rest.
+    from mailgate.codes import vendors
+
+    vendors.entries()
+    for lang in reg.languages():
+        vendors.words(lang)
 
 
 def create_app(ctx: WebContext) -> Starlette:

@@ -135,6 +135,7 @@ class GroupCommitWriter:
         self._checkpoints = 0
         self._wal_growth = 0  # pages committed since the checkpoint thread was last asked
         self._checkpoint_wanted = threading.Event()
+        self._storage_full = False  # a write failed with SQLITE_FULL since the last TRUNCATE
         self._checkpointer_stop = False
         self._wconn = self._open_writer(max_page_count)
         self._page_size = int(self._wconn.execute("PRAGMA page_size").fetchone()[0]) or 4096
@@ -339,6 +340,12 @@ class GroupCommitWriter:
 
     def _fail(self, request: _Request[Any], exc: BaseException) -> None:
         if isinstance(exc, sqlite3.Error):
+            if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
+                # The disk is full, and the WAL may be what fills it (it only shrinks when
+                # a checkpoint empties it): ask for a truncating checkpoint, which gives the
+                # space back as soon as there is room to copy the WAL into the database.
+                self._storage_full = True
+                self._checkpoint_wanted.set()
             exc = self._translate(exc, request.doing)
         request.future.set_exception(exc)
 
@@ -398,7 +405,10 @@ class GroupCommitWriter:
             self._wal_growth += _PAGES_PER_COMMIT + sum(
                 _PAGES_PER_REQUEST + request.weight // self._page_size for request, _, _ in done
             )
-            if self._wal_growth >= _CHECKPOINT_PAGES:
+            if self._wal_growth >= _CHECKPOINT_PAGES or self._storage_full:
+                # After a full disk, every commit asks until a TRUNCATE has emptied the
+                # WAL: the first write that fits (space was freed) must not be followed
+                # by others that fill the space again before the WAL gives its own back.
                 self._wal_growth = 0
                 self._checkpoint_wanted.set()
             for request, value, error in done:
@@ -473,6 +483,12 @@ class GroupCommitWriter:
                     # lock, and never holds up the writer, which goes on appending.
                     conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
                     self._checkpoints += 1
+                    if self._storage_full:
+                        # TRUNCATE also empties the WAL file (PASSIVE leaves it its size,
+                        # for reuse); busy (a reader still in it) means: at the next failure.
+                        busy = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+                        if not busy:
+                            self._storage_full = False
                 except sqlite3.Error:
                     # Nothing is lost: the frames stay in the WAL, the next request copies
                     # them, and past _WAL_FALLBACK_PAGES the writer checkpoints itself.

@@ -83,7 +83,7 @@ async def api_compare(request: Request) -> Response:
         try:
             shown.append(_check_code(code, lang))
         except ReplyError as exc:
-            return _error_json(str(exc), 404, suggest(code))
+            return _error_json(exc.text(lang), 404, suggest(code))
     return _json(_json_body("comparison", shown[0], shown[1], lang), lang)
 
 

@@ -41,7 +41,7 @@ def _explain_page(q: str, lang: str) -> tuple[bytes, int]:
             doc = _doc(explain_text(q, lang))
             result = (doc.title, _view(_under_h2(doc.blocks[1:]), lang))
         except ReplyError as exc:
-            error = str(exc)
+            error = exc.text(lang)
             status = 400
     params = (("q", q),) if q else ()
     body = _page("public/explain.html", chrome_at(lang, "/explain", params),

@@ -249,21 +249,16 @@ def lookup(code: str, lang: str) -> Explanation:
     if info is not None and info.kind in ("class", "subject"):
         near = [r for r in info.related
                 if r in reg.registry() and reg.registry()[r].kind in ("basic", "enhanced")]
-        raise CodeNotFound(
-            s, f"{s} names a whole {info.kind} of enhanced status codes, not one code; "
-               f"the codes of that {info.kind} are listed at /codes#{s}.",
-            near[:SUGGESTIONS])
+        raise CodeNotFound(s, ReplyError(key=f"code_is_{info.kind}", code=s).text(lang),
+                           near[:SUGGESTIONS])
     try:
         e = explanation(s, lang)
     except ReplyError as exc:
-        raise CodeNotFound(s, str(exc), suggest(s)) from None
+        raise CodeNotFound(s, exc.text(lang), suggest(s)) from None
     if not e.registered:
-        kind, parts = (("reply code", "class and category") if e.kind == "basic"
-                       else ("enhanced status code", "class and subject"))
-        raise CodeNotFound(
-            s, f"{e.code} is a well-formed {kind}, but no RFC or registry defines it; "
-               f"it can only be read from its {parts}.",
-            suggest(e.code), unregistered=e)
+        key = "unregistered_basic" if e.kind == "basic" else "unregistered_enhanced"
+        raise CodeNotFound(s, ReplyError(key=key, code=e.code).text(lang),
+                           suggest(e.code), unregistered=e)
     return e
 
 
@@ -288,8 +283,5 @@ def _check_code(code: str, lang: str) -> str:
     s = _tidy(code)
     info = reg.registry().get(s)
     if info is not None and info.kind in ("class", "subject"):
-        raise ReplyError(
-            f"{s} names a whole {info.kind} of enhanced status codes, not one "
-            "code: give a code such as 5.1.10."
-        )
+        raise ReplyError(key=f"compare_{info.kind}", code=s)
     return explanation(s, lang).code

@@ -346,7 +346,7 @@ async def compare_form(request: Request) -> Response:
         try:
             shown[k] = _check_code(v, lang)
         except ReplyError as exc:
-            errors[k] = str(exc)
+            errors[k] = exc.text(lang)
     if errors:
         return _form_page(request, lang, form, errors, 400, web_text(lang)["fix_codes"])
     target = f"/compare/{shown['a']}/{shown['b']}"
@@ -365,7 +365,7 @@ async def compare_page(request: Request) -> Response:
         try:
             shown[k] = _check_code(v, lang)
         except ReplyError as exc:
-            errors[k] = str(exc)
+            errors[k] = exc.text(lang)
     if errors:
         return _form_page(request, lang, {"a": a, "b": b}, errors, 404,
                           web_text(lang)["fix_codes"])
