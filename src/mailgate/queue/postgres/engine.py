@@ -125,6 +125,9 @@ class Engine:
             first.close()
             raise
         self._wconn = first
+        # The server process of the writer's connection: the NOTIFYs of this node's own
+        # enqueues come from it, and the server already woke its workers for those.
+        self._writer_pid = first.info.backend_pid
         self._pool: psycopg_pool.ConnectionPool[Conn] = psycopg_pool.ConnectionPool(
             dsn, min_size=1, max_size=8, open=False, configure=self._configure,
             check=psycopg_pool.ConnectionPool.check_connection, timeout=30.0,
@@ -253,6 +256,7 @@ class Engine:
         if self._wconn is None or self._wconn.closed or self._wconn.broken:
             self._drop_writer()
             self._wconn = self.connect()
+            self._writer_pid = self._wconn.info.backend_pid
         return self._wconn
 
     def _execute(self, batch: list[_Request]) -> None:
@@ -357,8 +361,8 @@ class Engine:
                     next_beat = now + self.heartbeat
                 timeout = max(0.05, min(next_beat - time.monotonic(), 1.0))
                 woken = False
-                for _ in conn.notifies(timeout=timeout, stop_after=1):
-                    woken = True
+                for note in conn.notifies(timeout=timeout, stop_after=1):
+                    woken = woken or note.pid != self._writer_pid
                 if woken:
                     self._wake_all()
             except (QueueError, psycopg.Error) as exc:
