@@ -10,7 +10,7 @@ import pytest
 # modules by the files that use their helpers, which can happen first: registered here,
 # before any test file is imported, their asserts are rewritten whichever comes first.
 pytest.register_assert_rewrite("tests.support.dnsserver", "tests.support.fakemx",
-                               "tests.support.live")
+                               "tests.support.live", "tests.support.postgres")
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_TSV = ROOT.parent / "shared" / "data" / "smtp-codes.tsv"

@@ -997,8 +997,8 @@ OFFERED = (
 )  # fmt: skip
 
 # The parts of config/, highest first: each imports only parts after it.
-PARTS = ("", ".sections", ".mailstore", ".dkim", ".reader", ".values", ".dkimkey", ".aliases",
-         ".syntax")
+PARTS = ("", ".sections", ".mailstore", ".dkim", ".queue_section", ".reader", ".values",
+         ".dkimkey", ".aliases", ".syntax")
 
 
 def test_the_package_offers_every_name_the_module_did() -> None:
@@ -1020,3 +1020,33 @@ def test_the_package_parts_import_down() -> None:
     up = [f"{a} -> {b}" for a in order for b in sorted(graph[a])
           if b in order and order.index(b) <= order.index(a)]
     assert not up, "config/ parts importing up: " + ", ".join(up)
+
+
+# --- [queue] backend ------------------------------------------------------------------
+
+
+def test_queue_backend_postgresql_with_dsn_or_dsn_file(tmp_path: Path) -> None:
+    c = parse_config('[queue]\nbackend = "postgresql"\n'
+                     'dsn = "postgresql://mg@db.example.test/mail"\nnode = "mx1"\n', "t.toml")
+    assert (c.queue.backend, c.queue.dsn, c.queue.node) == (
+        "postgresql", "postgresql://mg@db.example.test/mail", "mx1")
+    assert "db.example.test" not in repr(c.queue)  # the DSN may hold a password
+    secret = tmp_path / "dsn"
+    secret.write_text("postgresql://mg:pw@db.example.test/mail\n", encoding="utf-8")
+    path = tmp_path / "m.toml"
+    path.write_text('[queue]\nbackend = "postgresql"\ndsn_file = "dsn"\n', encoding="utf-8")
+    assert load_config(path).queue.dsn == "postgresql://mg:pw@db.example.test/mail"
+    assert parse_config("", "t.toml").queue.backend == "sqlite"
+
+
+def test_queue_backend_problems_never_quote_the_dsn(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"queue\.dsn: missing"):
+        parse_config('[queue]\nbackend = "postgresql"\n', "t.toml")
+    with pytest.raises(ConfigError) as info:
+        parse_config('[queue]\nbackend = "postgresql"\ndsn = "mg:hunter2@db"\n', "t.toml")
+    assert "queue.dsn" in str(info.value) and "hunter2" not in str(info.value)
+    with pytest.raises(ConfigError, match="not both"):
+        parse_config('[queue]\nbackend = "postgresql"\ndsn = "postgresql://db/m"\n'
+                     'dsn_file = "x"\n', "t.toml")
+    with pytest.raises(ConfigError, match=r"queue\.backend"):
+        parse_config('[queue]\nbackend = "mysql"\n', "t.toml")

@@ -10,11 +10,14 @@ import pytest
 from mailgate.config import Config
 from mailgate.queue import NewMessage, NewRecipient, NoQueue, Queue
 from mailgate.queue.backends import open_queue
+from mailgate.queue.postgres import PostgresQueue
 from mailgate.queue.sqlite import SQLiteQueue
 
-# What SQLiteQueue has beyond the protocol, on purpose: tests and benchmarks of that
+# What the backends have beyond the protocol, on purpose: tests and benchmarks of that
 # backend use them, nothing in src/ does.
-BACKEND_ONLY = {"integrity_check", "commit_count", "committed_requests", "checkpoint_count"}
+BACKEND_ONLY = {"integrity_check", "commit_count", "committed_requests", "checkpoint_count",
+                "node_id"}
+BACKENDS = (SQLiteQueue, PostgresQueue)
 
 
 def test_open_queue_makes_the_queue_in_data_dir(tmp_path: Path) -> None:
@@ -43,10 +46,11 @@ def _public(cls: type) -> dict[str, object]:
     return {name: getattr(cls, name) for name in dir(cls) if not name.startswith("_")}
 
 
-def test_the_protocol_declares_every_method_of_the_backend() -> None:
+@pytest.mark.parametrize("backend", BACKENDS, ids=lambda b: b.__name__)
+def test_the_protocol_declares_every_method_of_the_backend(backend: type) -> None:
     """Callers see only `Queue`: a method the backend offers them (an async variant, say)
     must be declared there, or they would have to probe for it."""
-    assert set(_public(SQLiteQueue)) - BACKEND_ONLY == set(_public(Queue))
+    assert set(_public(backend)) - BACKEND_ONLY == set(_public(Queue))
 
 
 def _parameters(fn: object) -> list[tuple[str, object, object]]:
@@ -55,9 +59,10 @@ def _parameters(fn: object) -> list[tuple[str, object, object]]:
     return [(p.name, p.kind, p.default) for p in inspect.signature(fn).parameters.values()]
 
 
+@pytest.mark.parametrize("backend", BACKENDS, ids=lambda b: b.__name__)
 @pytest.mark.parametrize("name", sorted(_public(Queue)))
-def test_the_backend_matches_the_protocol(name: str) -> None:
-    declared, built = getattr(Queue, name), getattr(SQLiteQueue, name)
+def test_the_backend_matches_the_protocol(name: str, backend: type) -> None:
+    declared, built = getattr(Queue, name), getattr(backend, name)
     assert _parameters(built) == _parameters(declared), name
     assert inspect.iscoroutinefunction(built) == inspect.iscoroutinefunction(declared), name
 

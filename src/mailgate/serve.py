@@ -49,7 +49,7 @@ from mailgate.delivery.lmtp import LMTPDelivery, StoreRecipients
 from mailgate.delivery.local import LocalDelivery
 from mailgate.dns import Resolver
 from mailgate.queue import NewMessage, Queue, QueueError, domain_of
-from mailgate.queue.backends import open_queue
+from mailgate.queue.backends import open_queue_patiently
 from mailgate.queue.spool import clean as clean_spool
 from mailgate.queue.spool import spool_dir
 from mailgate.server.dkimsign import sign_content
@@ -275,7 +275,7 @@ async def serve(config: Config, *, reuse_port: bool = False, workers: int = 1,
     context (its key may be readable by root only).
     """
     prepare_data_dir(config.data_dir)
-    queue = open_queue(config)
+    queue = await open_queue_patiently(config, log)
     users = UserDB(config.data_dir / "users.json")
     resolver = Resolver(nameservers=list(config.dns.nameservers))
     tls_ctx, cert, key = tls if tls is not None else _tls(config)
@@ -307,6 +307,17 @@ async def serve(config: Config, *, reuse_port: bool = False, workers: int = 1,
     lmtp = LMTPDelivery(config, queue, enqueue, helper) if any(
         config.lmtp_route(d) for d in config.domains.local) else None
     outbound = DeliveryEngine(config, queue, resolver, enqueue)
+    loop = asyncio.get_running_loop()
+
+    def wake_all() -> None:  # work queued or made due by another node of a cluster
+        for worker in (local, lmtp, outbound):
+            if worker is not None:
+                worker.wake()
+
+    def wake_soon() -> None:  # from the queue's thread
+        loop.call_soon_threadsafe(wake_all)
+
+    queue.watch(wake_soon)
     spool = spool_dir(config.data_dir)
     if workers == 1 and (left := clean_spool(spool)):  # with workers, a sibling's may be live
         log.info("removed %d spool files of messages a stopped server never accepted", left)
@@ -351,6 +362,7 @@ async def serve(config: Config, *, reuse_port: bool = False, workers: int = 1,
             log.info("took back %d recipient(s) claimed by processes that ended (a crash "
                      "or kill); due now", recovered)
     purge_task = loop.create_task(purge_finished(queue, config, stop))
+    share_task = loop.create_task(share_auth_failures(queue, policy, stop))
     local_task = loop.create_task(supervise("local", local))
     lmtp_task = loop.create_task(supervise("lmtp", lmtp)) if lmtp is not None else None
     outbound_task = loop.create_task(supervise("outbound", outbound))
@@ -373,7 +385,7 @@ async def serve(config: Config, *, reuse_port: bool = False, workers: int = 1,
     # what it claimed and did not record, so a restart resumes it at once (at-least-once:
     # a message cut off mid-DATA may go twice, none is lost). Local delivery gives back
     # the messages of its batch it has not started.
-    for task in (local_task, lmtp_task, outbound_task, purge_task):
+    for task in (local_task, lmtp_task, outbound_task, purge_task, share_task):
         if task is None:
             continue
         with contextlib.suppress(asyncio.CancelledError, TimeoutError):
@@ -383,6 +395,25 @@ async def serve(config: Config, *, reuse_port: bool = False, workers: int = 1,
 
 
 PURGE_EVERY = 600.0  # seconds between purges of finished records past keep_records
+
+
+SHARE_EVERY = 1.0  # seconds between exchanges of AUTH failure counts with the cluster
+
+
+async def share_auth_failures(queue: Queue, policy: Policy, stop: asyncio.Event) -> None:
+    """Every SHARE_EVERY seconds, hand this node's AUTH failures to the queue and take the
+    other nodes' (`Queue.share_counts`): on a cluster a client's failures count on every
+    node, within a second or so. On one machine there is nothing to share."""
+    while not stop.is_set():
+        counts = policy.take_unshared()
+        try:
+            policy.others = await asyncio.to_thread(queue.share_counts, counts,
+                                                    policy.AUTH_FAIL_WINDOW)
+        except QueueError as exc:
+            policy.unshare(counts)  # tried again next time
+            log.debug("could not share AUTH failure counts: %s", exc)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), SHARE_EVERY)
 
 
 async def purge_finished(queue: Queue, config: Config, stop: asyncio.Event) -> None:

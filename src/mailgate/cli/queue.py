@@ -27,7 +27,7 @@ def queue() -> None:
 
 
 def _open_queue(config_path: Path | None) -> tuple[Config, Queue]:
-    from mailgate.queue import NoQueue
+    from mailgate.queue import NoQueue, QueueError
     from mailgate.queue.backends import open_queue
 
     config = _load_config(config_path)
@@ -35,6 +35,31 @@ def _open_queue(config_path: Path | None) -> tuple[Config, Queue]:
         return config, open_queue(config, create=False)
     except NoQueue as exc:
         fail(f"{exc}: start `mailgate serve` first, or pass --config.")
+    except QueueError as exc:  # a cluster's database unreachable, a schema to migrate
+        fail(str(exc))
+
+
+@queue.command("migrate")
+@_config_option
+def queue_migrate(config_path: Path | None) -> None:
+    """Create the queue's tables, or bring them up to this mailgate's schema version.
+
+    A PostgreSQL queue is migrated only by this command (once, from any node: see
+    docs/cluster.md on rolling upgrades); a SQLite queue is also migrated when opened."""
+    from mailgate.queue import QueueError
+    from mailgate.queue.backends import migrate_queue
+
+    config = _load_config(config_path)
+    try:
+        before, after = migrate_queue(config)
+    except QueueError as exc:
+        fail(str(exc))
+    if before == after:
+        click.echo(f"queue schema version {after}: up to date")
+    elif before == 0:
+        click.echo(f"queue created with schema version {after}")
+    else:
+        click.echo(f"queue schema migrated from version {before} to {after}")
 
 
 _qformat = click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text",
@@ -101,6 +126,68 @@ def queue_purge(config_path: Path | None, older_than: str | None) -> None:
     finally:
         q.close()
     click.echo(f"{total} finished message record(s) purged")
+
+
+@queue.command("export")
+@_config_option
+@click.argument("file", type=click.Path(dir_okay=False, allow_dash=True))
+def queue_export(config_path: Path | None, file: str) -> None:
+    """Write the whole queue (live messages with their content, and the finished
+    records) to FILE ("-": standard output), to move it to another backend with
+    `queue import`: from SQLite to a PostgreSQL cluster, or back. Stop the nodes first
+    for an exact copy."""
+    from mailgate.queue import QueueError
+    from mailgate.queue.transfer import export_queue
+
+    _, q = _open_queue(config_path)
+    try:
+        if file == "-":
+            n = export_queue(q, sys.stdout)
+        else:
+            with open(file, "x", encoding="utf-8") as out:
+                n = export_queue(q, out)
+    except FileExistsError:
+        fail(f"{file} exists already: give a new file name")
+    except OSError as exc:
+        fail(f"cannot write {file}: {exc.strerror}")
+    except QueueError as exc:
+        fail(str(exc))
+    finally:
+        q.close()
+    click.echo(f"{n} message(s) exported", err=True)
+
+
+@queue.command("import")
+@_config_option
+@click.argument("file", type=click.Path(dir_okay=False, allow_dash=True))
+def queue_import(config_path: Path | None, file: str) -> None:
+    """Read an export (FILE, "-": standard input) into this queue: every message with its
+    id, recipients' states and attempts. Messages already here are skipped, so an import
+    cut short can be run again."""
+    from mailgate.queue import QueueError
+    from mailgate.queue.backends import open_queue
+    from mailgate.queue.transfer import import_queue
+
+    config = _load_config(config_path)
+    try:
+        q = open_queue(config)  # importing into a new queue creates it
+    except QueueError as exc:
+        fail(str(exc))
+    try:
+        if file == "-":
+            stored, skipped = import_queue(q, sys.stdin)
+        else:
+            with open(file, encoding="utf-8") as source:
+                stored, skipped = import_queue(q, source)
+    except OSError as exc:
+        fail(f"cannot read {file}: {exc.strerror}")
+    except UnicodeDecodeError:
+        fail(f"{file}: not a mailgate queue export (not UTF-8 text)")
+    except QueueError as exc:
+        fail(f"{file}: {exc}")
+    finally:
+        q.close()
+    click.echo(f"{stored} message(s) imported, {skipped} already there")
 
 
 @main.command("mailq")

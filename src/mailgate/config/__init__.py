@@ -13,6 +13,7 @@ The package's parts, each importing only those listed after it:
   sections.py   the section builders: TOML document -> Config, every problem collected
   mailstore.py  the builders of [maildir], [auth], server.user and the LMTP route check
   dkim.py       the builder of [dkim]: the signing keys, each read and checked at load time
+  queue_section.py  the builder of [queue] (retention, backend, PostgreSQL dsn, node)
   reader.py     _Reader (key paths, the problem sentences) and the value converters
   values.py     the frozen settings: Config, Listener, Domains, Limits, ... and ConfigError
   dkimkey.py    DKIMKey (a loaded signing key) and keys_for(config.dkim, domain)

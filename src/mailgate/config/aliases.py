@@ -42,9 +42,15 @@ class AliasError(ValueError):
 @dataclass(frozen=True, slots=True)
 class QueueConfig:
     """[queue]: how long the record of a finished message (delivered, bounced, expired)
-    stays for the listings after its content was deleted."""
+    stays for the listings after its content was deleted; and which backend holds the
+    queue: "sqlite" (data_dir/queue.db, the default) or "postgresql" (a cluster of nodes
+    sharing one database: `dsn`, read from `dsn_file` when the password is a secret,
+    and `node`, this node's name, by default the host name)."""
 
     keep_records: float = 7 * 86400.0  # seconds
+    backend: str = "sqlite"
+    dsn: str = field(default="", repr=False)  # may hold a password: never shown
+    node: str = ""  # "": the host name
 
 
 @dataclass(frozen=True, slots=True)

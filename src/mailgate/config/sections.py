@@ -18,13 +18,13 @@ from mailgate.config.aliases import (
     DEFAULT_ALIASES,
     AliasError,
     Aliases,
-    QueueConfig,
     expand,
     parse_aliases_file,
     parse_target,
 )
 from mailgate.config.dkim import _dkim
 from mailgate.config.mailstore import _auth, _check_lmtp_routes, _maildir, _server_user
+from mailgate.config.queue_section import queue_section
 from mailgate.config.reader import (
     _ROOT_KEYS,
     _SECTIONS,
@@ -156,9 +156,7 @@ def _build(doc: Mapping[str, object], r: _Reader, source: str | None) -> Config:
     log = LogConfig(cast(LogLevel, r.get(lg, ("log",), "level", _choice(LOG_LEVELS), "info")),
                     cast(LogFormat, r.get(lg, ("log",), "format", _choice(LOG_FORMATS), "text")))
     aliases = _aliases(r.section(doc, "aliases"), r, domains)
-    qt = r.section(doc, "queue")
-    queue = QueueConfig(r.get(qt, ("queue",), "keep_records", _duration(True),
-                              QueueConfig().keep_records))
+    queue = queue_section(doc, r)
 
     if r.problems:
         raise ConfigError(r.problems)

@@ -38,6 +38,7 @@ tried. The relayhost's AUTH credentials go only over TLS.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import ssl
@@ -319,9 +320,29 @@ class DeliveryEngine(Worker):
 
         async def one(batch: list[_Unit]) -> None:
             async with sem, self._all:
-                await self._deliver_batch(dest, hosts, port, batch)
+                token = await self._cluster_slot(dest.key)
+                try:
+                    await self._deliver_batch(dest, hosts, port, batch)
+                finally:
+                    with contextlib.suppress(QueueError):  # else its lease frees it
+                        await asyncio.to_thread(self.queue.give_slot, token)
 
         await asyncio.gather(*(one(b) for b in batches))
+
+    async def _cluster_slot(self, key: str) -> str:
+        """A connection slot for the destination from the queue: with several nodes on
+        one queue, `concurrency_per_destination` is the cluster's in all, so a node may
+        wait here for another node's connection to end (QueueError: the queue cannot
+        say; `run` pauses)."""
+        delay = 0.05
+        while True:
+            token = await asyncio.to_thread(self.queue.take_slot, key,
+                                            self.config.delivery.concurrency_per_destination,
+                                            self.LEASE)
+            if token is not None:
+                return token
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)
 
     async def _deliver_batch(self, dest: _Destination, hosts: tuple[MXHost, ...], port: int,
                              units: list[_Unit]) -> None:

@@ -15,7 +15,7 @@ import builtins
 import enum
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Protocol
 
@@ -33,6 +33,7 @@ __all__ = [
     "Queue",
     "QueueError",
     "QueueFull",
+    "QueueUnavailable",
     "QueuedMessage",
     "Recipient",
     "RecipientState",
@@ -48,6 +49,12 @@ class QueueError(RuntimeError):
 
 class QueueFull(QueueError):
     """Storage is full or failed while writing: answer 452 4.3.1, keep what is stored."""
+
+
+class QueueUnavailable(QueueError):
+    """The queue's database cannot be reached now (a PostgreSQL server restarting, the
+    network down): nothing was stored; the same request may succeed in a moment. The
+    server answers 451 4.3.0, and `serve` waits for it at start."""
 
 
 class NotFound(QueueError):
@@ -271,6 +278,13 @@ class Queue(Protocol):
         which would cap concurrent DATA completions at the executor's size)."""
         ...
 
+    def watch(self, wake: Callable[[], None]) -> None:
+        """Call `wake` (from any thread) when work may have become due that this process
+        did not queue itself: another node queued, retried or released it, or took back
+        a dead node's claims. The server's delivery workers sleep until woken or until
+        their poll interval. Backends shared by one process only may never call it."""
+        ...
+
     def claim(self, now: float, limit: int, lease: float, domains: Sequence[str] | None = None,
               exclude_domains: Sequence[str] | None = None) -> list[WorkItem]:
         """Take up to `limit` messages with due recipients (queued/deferred with
@@ -377,6 +391,35 @@ class Queue(Protocol):
                  ) -> builtins.list[ActivityBucket]:
         """Messages queued and delivery attempts by outcome in consecutive buckets of
         `bucket_seconds` from `since` up to `until` (default: now), oldest first."""
+        ...
+
+    def take_slot(self, key: str, limit: int, lease: float) -> str | None:
+        """One of `limit` connection slots for destination `key`, shared by every process
+        using this queue (a cluster's nodes: `concurrency_per_destination` is the
+        cluster's in all); its token, or None while all are taken. The slot lasts `lease`
+        seconds unless given back (`give_slot`), and comes free at once when its node is
+        found dead. A backend used by one process only may always grant it: the delivery
+        engine's own semaphores are the limit there."""
+        ...
+
+    def give_slot(self, token: str) -> None:
+        """Give back a slot `take_slot` granted."""
+        ...
+
+    def share_counts(self, deltas: Mapping[tuple[str, str], int], window: float
+                     ) -> dict[tuple[str, str], int]:
+        """Add this process's counts (AUTH failures by ("ip", address) and ("user",
+        name)) to those shared by every process using the queue, and return the counts of
+        all the others within the last `window` seconds: a cluster's nodes then refuse a
+        client that failed too often on any of them. A backend used by one process only
+        returns {} (its counts are all its own)."""
+        ...
+
+    def restore(self, message: QueuedMessage) -> bool:
+        """Store a message exactly as another queue had it (`mailgate queue import`): its
+        id, envelope, content (None once finished), every recipient with its state,
+        schedule and flags, and every attempt; no claims. False, and nothing stored,
+        when a message with that id is already here (an import run twice)."""
         ...
 
     def close(self) -> None: ...

@@ -35,7 +35,7 @@ from typing import cast
 from mailgate import metrics
 from mailgate.codes.reply import Reply
 from mailgate.config import Config, Listener
-from mailgate.queue import Enqueue, QueueFull, new_queue_id
+from mailgate.queue import Enqueue, QueueError, QueueFull, new_queue_id
 from mailgate.queue.spool import SpoolFile
 from mailgate.server.dkimsign import sign_spool
 from mailgate.server.incoming import Incoming, new_message, received_header
@@ -631,6 +631,13 @@ class SMTPConnection(asyncio.Protocol):
             srv.stats.refused += 1
             metrics.message_refused()
             return QUEUE_FULL
+        except QueueError as exc:
+            # The queue's database is unreachable (a cluster's PostgreSQL restarting):
+            # the commit was not confirmed, so never 250; the client tries again.
+            log.error("cannot queue the message from [%s]: %s", self.info.ip, exc)
+            srv.stats.refused += 1
+            metrics.message_refused()
+            return QUEUE_ERROR
         srv.stats.accepted += 1
         metrics.message_accepted()
         rcpts = [r.address for r in msg.recipients]

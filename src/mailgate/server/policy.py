@@ -128,6 +128,11 @@ class Policy:
 
             self.verifier = Verifier(config.auth_checks, config.hostname, resolver)
         self.store_check: StoreCheck | None = None
+        # A cluster's other nodes' failures (("ip", address) / ("user", name) -> count in
+        # the window), refreshed every second by serve (`share_counts`), and this node's
+        # own not yet shared.
+        self.others: dict[tuple[str, str], int] = {}
+        self._unshared: dict[tuple[str, str], int] = defaultdict(int)
 
     # --- helpers ------------------------------------------------------------------
 
@@ -341,7 +346,19 @@ class Policy:
     def auth_blocked(self, conn: ConnectionInfo, now: float | None = None) -> bool:
         """Too many recent failures from this IP: refuse before checking the password."""
         now = time.monotonic() if now is None else now
-        return self._count(self._auth_fails, conn.ip, now) >= self.AUTH_FAILS_PER_IP
+        return (self._count(self._auth_fails, conn.ip, now) + self.others.get(("ip", conn.ip), 0)
+                >= self.AUTH_FAILS_PER_IP)
+
+    def take_unshared(self) -> dict[tuple[str, str], int]:
+        """This node's failure counts since the last call (releases subtract), for
+        `Queue.share_counts`; a failure that could not be shared is given back with
+        `unshare`."""
+        out, self._unshared = dict(self._unshared), defaultdict(int)
+        return {k: n for k, n in out.items() if n}
+
+    def unshare(self, counts: dict[tuple[str, str], int]) -> None:
+        for key, n in counts.items():
+            self._unshared[key] += n
 
     def _count(self, table: dict[str, deque[float]], key: str, now: float) -> int:
         fails = table.get(key)
@@ -364,8 +381,11 @@ class Policy:
         keeps 40 parallel attempts from all being checked under a limit of 10."""
         now = time.monotonic() if now is None else now
         user = username.lower()
-        if (self._count(self._auth_fails, conn.ip, now) >= self.AUTH_FAILS_PER_IP
-                or self._count(self._user_fails, user, now) >= self.AUTH_FAILS_PER_USER):
+        others = self.others
+        if (self._count(self._auth_fails, conn.ip, now) + others.get(("ip", conn.ip), 0)
+                >= self.AUTH_FAILS_PER_IP
+                or self._count(self._user_fails, user, now) + others.get(("user", user), 0)
+                >= self.AUTH_FAILS_PER_USER):
             return None
         big = max(len(self._auth_fails), len(self._user_fails)) >= self.AUTH_TABLE_SWEEP
         if big and now >= self._swept_at + self.AUTH_FAIL_WINDOW / 10:
@@ -374,6 +394,8 @@ class Policy:
                 self._sweep(table, now)
         self._auth_fails[conn.ip].append(now)
         self._user_fails[user].append(now)
+        self._unshared["ip", conn.ip] += 1
+        self._unshared["user", user] += 1
         return AuthReservation(conn.ip, user, now)
 
     def _sweep(self, table: dict[str, deque[float]], now: float) -> None:
@@ -386,6 +408,8 @@ class Policy:
 
     def auth_release(self, reservation: AuthReservation) -> None:
         """The password was right (or was never checked): the slot was no failure."""
+        self._unshared["ip", reservation.ip] -= 1
+        self._unshared["user", reservation.user] -= 1
         for table, key in ((self._auth_fails, reservation.ip),
                            (self._user_fails, reservation.user)):
             fails = table.get(key)

@@ -18,7 +18,7 @@ import os
 import secrets
 import sqlite3
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 
 from mailgate.queue import (
@@ -41,6 +41,7 @@ from mailgate.queue.sqlite.rows import (
     domain_filter,
     load_messages,
     message_seq,
+    restore_message,
     within_budget,
 )
 from mailgate.queue.sqlite.schema import SCHEMA_VERSION, create_schema
@@ -122,6 +123,10 @@ class SQLiteQueue(GroupCommitWriter):
             self._enqueue_op(message), "queue the message", message.size
         )
         return await asyncio.wrap_future(future)
+
+    def watch(self, wake: Callable[[], None]) -> None:
+        """Nothing to watch: the server that queues a message wakes its own workers, and
+        sibling worker processes on the same file find new work at their next poll."""
 
     # ------------------------------------------------------------------ delivery side
 
@@ -646,6 +651,23 @@ class SQLiteQueue(GroupCommitWriter):
             ]
 
         return self._read("count the queue's activity", read)
+
+    def take_slot(self, key: str, limit: int, lease: float) -> str | None:
+        """Always granted: one process delivers from this file at a time per worker, and
+        the delivery engine's semaphores hold the limit (see `Queue.take_slot`)."""
+        return "local"
+
+    def give_slot(self, token: str) -> None:
+        """Nothing was taken."""
+
+    def share_counts(self, deltas: Mapping[tuple[str, str], int], window: float
+                     ) -> dict[tuple[str, str], int]:
+        """One server per file: nothing to share (see `Queue.share_counts`)."""
+        return {}
+
+    def restore(self, message: QueuedMessage) -> bool:
+        """Store a message as exported from another queue; see `Queue.restore`."""
+        return self._call(lambda conn: restore_message(conn, message), "restore the message")
 
     def integrity_check(self) -> builtins.list[str]:  # `list` here is the method above
         """SQLite's PRAGMA integrity_check: ["ok"] when the file is sound."""

@@ -18,11 +18,13 @@ from dataclasses import dataclass
 from typing import Self
 
 from mailgate.queue import (
+    FINAL_STATES,
     NewMessage,
     NotFound,
     QueuedMessage,
     Recipient,
     RecipientState,
+    domain_of,
     new_queue_id,
 )
 from mailgate.queue.sqlite.writer import Joinable
@@ -34,6 +36,7 @@ __all__ = [
     "domain_filter",
     "load_messages",
     "message_seq",
+    "restore_message",
     "within_budget",
 ]
 
@@ -295,3 +298,41 @@ def load_messages(
             )
         )
     return result
+
+
+def restore_message(conn: sqlite3.Connection, m: QueuedMessage) -> bool:
+    """`Queue.restore` in SQL: the message as exported, unclaimed; False if its id is
+    taken. Recipients get new ids here; the attempts follow them."""
+    row = conn.execute(
+        "INSERT INTO messages (id, sender, received_at, queued_at, size, client_address, "
+        "client_helo, protocol, authenticated_as, envid, ret, smtputf8, body_8bit, "
+        "finished_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+        "ON CONFLICT (id) DO NOTHING RETURNING seq",
+        (m.id, m.sender, m.received_at, m.received_at, m.size, m.client_address,
+         m.client_helo, m.protocol, m.authenticated_as, m.envid, m.ret, m.smtputf8,
+         m.body_8bit, m.finished_at)).fetchone()
+    if row is None:
+        return False
+    seq = row[0]
+    if m.content is not None and m.finished_at is None:
+        conn.execute("INSERT INTO contents (seq, content) VALUES (?, ?)", (seq, m.content))
+    ids: dict[int, int] = {}
+    for r in m.recipients:
+        due = r.next_attempt if r.state in (RecipientState.QUEUED,
+                                            RecipientState.DEFERRED) else None
+        ids[r.id] = conn.execute(
+            "INSERT INTO recipients (msg_seq, address, domain, orcpt, notify, state, "
+            "attempts, next_attempt, due_at, last_code, last_enhanced, last_text, "
+            "updated_at, delay_notified, held_reason) VALUES "
+            "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+            (seq, r.address, domain_of(r.address), r.orcpt,
+             None if r.notify is None else ",".join(r.notify), r.state.value, r.attempts,
+             None if r.state in FINAL_STATES else r.next_attempt, due, r.last_code,
+             r.last_enhanced, r.last_text, r.updated_at, r.delay_notified,
+             r.held_reason)).fetchone()[0]
+    conn.executemany(
+        "INSERT INTO attempts (recipient_id, at, host, code, enhanced, text, outcome, "
+        "remote, tls) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [(ids[rid], a.at, a.host, a.code, a.enhanced, a.text, a.outcome, a.remote, a.tls)
+         for rid, a in m.attempts if rid in ids])
+    return True
