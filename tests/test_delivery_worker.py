@@ -24,6 +24,7 @@ from mailgate.queue import (
     Attempt,
     NewMessage,
     NewRecipient,
+    QueueUnavailable,
     RecipientState,
     WorkItem,
     domain_of,
@@ -104,6 +105,49 @@ def test_stopping_gives_back_the_undecided_work_and_leaves_the_decided(
         # Released: due at once, not after the 600 s lease.
         again = queue.claim(time.time(), 10, 60)
         assert sorted(i.message.id for i in again) == sorted(ids[1:])
+    finally:
+        queue.close()
+
+
+class Outage(Stub):
+    """The queue goes away after the first outcome of the first round: the second
+    record, and the first release after it, raise as a database that restarts would."""
+
+    STORAGE_RETRY = 0.05
+
+    def __init__(self, queue: SQLiteQueue, stop_after: int) -> None:
+        super().__init__(queue, stop_after)
+        self.failures = {"record": 1, "release": 1}
+        real_record, real_release = queue.record, queue.release
+
+        def record(*args: object, **kwargs: object) -> None:
+            if self.outcomes == 1 and self.failures["record"]:
+                self.failures["record"] -= 1
+                raise QueueUnavailable("the queue database is unreachable")
+            real_record(*args, **kwargs)  # type: ignore[arg-type]
+
+        def release(token: str) -> None:
+            if self.failures["release"]:
+                self.failures["release"] -= 1
+                raise QueueUnavailable("the queue database is unreachable")
+            real_release(token)
+
+        queue.record = record  # type: ignore[method-assign]
+        queue.release = release  # type: ignore[method-assign]
+
+
+def test_work_whose_outcome_could_not_be_stored_is_given_back_when_the_queue_returns(
+        tmp_path: Path) -> None:
+    """A node that stays alive keeps its claims: without giving them back, the work of a
+    round cut by a database restart would wait for the claim's lease (here 600 s)."""
+    queue, ids = _queue(tmp_path, "one@example.org", "two@example.org",
+                        "three@example.org")
+    try:
+        worker = Outage(queue, stop_after=3)
+        asyncio.run(asyncio.wait_for(worker.run(), 10))
+        assert worker.failures == {"record": 0, "release": 0}
+        assert [_state(queue, q) for q in ids] == [RecipientState.DELIVERED] * 3
+        assert worker.rounds == [3, 2]  # the two left, claimed again at once
     finally:
         queue.close()
 

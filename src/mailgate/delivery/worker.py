@@ -68,6 +68,10 @@ class Worker(abc.ABC):
         # and a release at shutdown leaves their message alone).
         self._poisoned: set[str] = set()
         self._recorded: set[int] = set()
+        # Claims of a round whose outcomes could not be stored (the queue went away):
+        # given back once it answers again, so their work is due at once rather than
+        # when the lease ends (minutes) while this node, alive, keeps the claim.
+        self._give_back: set[str] = set()
 
     # --- what a target fills in -------------------------------------------------------
 
@@ -113,6 +117,8 @@ class Worker(abc.ABC):
             self._wake.clear()
             try:
                 await self.settle()
+                if self._give_back:
+                    await asyncio.to_thread(self._give_back_claims)
                 items = await asyncio.to_thread(self.claim, self.clock())
             except QueueError as exc:
                 # The queue cannot be written now (disk full): pause, never die; claimed
@@ -139,8 +145,12 @@ class Worker(abc.ABC):
                         metrics.worker_error(self.KIND)
                         await self._deliver_one_by_one(items)
                 except QueueError as exc:
-                    # An outcome could not be stored: the claim's lease brings the work
-                    # back, so at worst a delivery repeats (at-least-once).
+                    # An outcome could not be stored: the claim is given back when the
+                    # queue answers again (or its lease ends first), so at worst a
+                    # delivery repeats (at-least-once).
+                    self._give_back.update(
+                        token for token in tokens
+                        if not all(i in self._recorded for i in self._claimed.get(token, ())))
                     await self._pause(exc)
                 finally:
                     if self._stopping:
@@ -164,6 +174,13 @@ class Worker(abc.ABC):
         self.log.error("%s delivery paused: %s", self.KIND, exc)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), self.STORAGE_RETRY)
+
+    def _give_back_claims(self) -> None:
+        """Release the claims a failed round kept (QueueError while the queue is still
+        down: the caller pauses and tries again)."""
+        for token in sorted(self._give_back):
+            self.queue.release(token)
+            self._give_back.discard(token)
 
     def _release_claims(self) -> None:
         """Give back what this worker claimed and has no outcome for (shutting down).
