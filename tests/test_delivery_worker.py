@@ -126,11 +126,11 @@ class Outage(Stub):
                 raise QueueUnavailable("the queue database is unreachable")
             real_record(*args, **kwargs)  # type: ignore[arg-type]
 
-        def release(token: str) -> None:
+        def release(claim_token: str) -> None:
             if self.failures["release"]:
                 self.failures["release"] -= 1
                 raise QueueUnavailable("the queue database is unreachable")
-            real_release(token)
+            real_release(claim_token)
 
         queue.record = record  # type: ignore[method-assign]
         queue.release = release  # type: ignore[method-assign]

@@ -468,8 +468,7 @@ class SMTPConnection(asyncio.Protocol):
                 s.respond(None)
             elif t is Reset or t is MessageAborted:
                 if isinstance(ev, MessageAborted):
-                    self.server.stats.refused += 1
-                    metrics.message_refused()
+                    self._refused(ev.reply)
                     log.info("message refused for %s[%s]: %s", self.info.helo, self.info.ip,
                              ev.reply)
                 self._reset_envelope()
@@ -600,9 +599,7 @@ class SMTPConnection(asyncio.Protocol):
         if incoming.hops.hops >= srv.config.limits.hops:
             log.info("reject: too many hops (%d Received: fields) from %s[%s]; from=<%s>",
                      incoming.hops.hops, self.info.helo, self.info.ip, sender.sender)
-            srv.stats.refused += 1
-            metrics.message_refused()
-            return TOO_MANY_HOPS
+            return self._refused(TOO_MANY_HOPS)
         if self.role != "mx":
             incoming.submission_fixups(spool, srv.config.hostname)
         try:
@@ -616,9 +613,7 @@ class SMTPConnection(asyncio.Protocol):
                      sender.sender, self.info.helo, self.info.ip,
                      f"; reject: {verdict.reply}" if verdict.reply else "")
             if verdict.reply is not None:
-                srv.stats.refused += 1
-                metrics.message_refused()
-                return verdict.reply
+                return self._refused(verdict.reply)
             spool.head += verdict.header
         trusted = srv.policy.trusted(self.info)
         if trusted and srv.config.dkim:  # signed once, here: every retry sends these bytes
@@ -628,16 +623,11 @@ class SMTPConnection(asyncio.Protocol):
             qid = await srv.enqueue(msg)
         except QueueFull as exc:
             log.error("queue full, refusing message from [%s]: %s", self.info.ip, exc)
-            srv.stats.refused += 1
-            metrics.message_refused()
-            return QUEUE_FULL
+            return self._refused(QUEUE_FULL)
         except QueueError as exc:
-            # The queue's database is unreachable (a cluster's PostgreSQL restarting):
-            # the commit was not confirmed, so never 250; the client tries again.
+            # The database is unreachable (PostgreSQL restarting): no commit, no 250.
             log.error("cannot queue the message from [%s]: %s", self.info.ip, exc)
-            srv.stats.refused += 1
-            metrics.message_refused()
-            return QUEUE_ERROR
+            return self._refused(QUEUE_ERROR)
         srv.stats.accepted += 1
         metrics.message_accepted()
         rcpts = [r.address for r in msg.recipients]
@@ -648,6 +638,12 @@ class SMTPConnection(asyncio.Protocol):
         if srv.on_queued is not None:
             srv.on_queued(qid, rcpts)
         return Reply.make(250, "2.0.0", f"Ok: queued as {qid}")
+
+    def _refused(self, reply: Reply) -> Reply:
+        """`reply` refuses a message: counted (stats and metrics), then returned."""
+        self.server.stats.refused += 1
+        metrics.message_refused()
+        return reply
 
     def _start_tls(self, implicit: bool) -> None:
         """The TLS handshake: after STARTTLS, or at once on the smtps port (implicit TLS,

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import builtins
-import math
 import os
 import secrets
 import sqlite3
@@ -44,7 +43,7 @@ from mailgate.queue.sqlite.rows import (
     restore_message,
     within_budget,
 )
-from mailgate.queue.sqlite.schema import SCHEMA_VERSION, create_schema
+from mailgate.queue.sqlite.schema import SCHEMA_VERSION, create_schema, whole_minutes
 from mailgate.queue.sqlite.writer import GroupCommitWriter
 
 __all__ = ["SCHEMA_VERSION", "ClaimOwner", "SQLiteQueue", "new_queue_id"]
@@ -633,7 +632,7 @@ class SQLiteQueue(GroupCommitWriter):
 
         def count(conn: sqlite3.Connection, name: str, lo: float, hi: float) -> int:
             sql, pre = series[name]
-            first, last = _whole_minutes(lo, hi)
+            first, last = whole_minutes(lo, hi)
             if first >= last:
                 return int(conn.execute(sql, (*pre, lo, hi)).fetchone()[0])
             total = int(conn.execute(minutes, (name, first, last)).fetchone()[0])
@@ -675,27 +674,6 @@ class SQLiteQueue(GroupCommitWriter):
             "check the queue",
             lambda conn: [str(row[0]) for row in conn.execute("PRAGMA integrity_check")],
         )
-
-
-def _whole_minutes(lo: float, hi: float) -> tuple[int, int]:
-    """The minutes [first, last) that lie wholly within [lo, hi): the smallest `first`
-    with 60 * first >= lo and the largest `last` with 60 * last <= hi, in exact integer
-    terms (a row's minute is CAST(t AS INTEGER) / 60, see schema.py). Minutes from 1 on
-    only: a time before 60 (or negative) is never summed, its rows are counted instead.
-    first >= last when no whole minute fits."""
-    if not (math.isfinite(lo) and math.isfinite(hi)):
-        return 0, 0
-    first = max(1, math.ceil(lo / 60))
-    while first > 1 and (first - 1) * 60 >= lo:
-        first -= 1
-    while first * 60 < lo:
-        first += 1
-    last = math.floor(hi / 60)
-    while (last + 1) * 60 <= hi:
-        last += 1
-    while last * 60 > hi:
-        last -= 1
-    return first, last
 
 
 def _finish_if_done(conn: sqlite3.Connection, seq: int, now: float) -> None:

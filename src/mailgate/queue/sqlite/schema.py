@@ -6,6 +6,7 @@ Opening a file runs `create_schema` once, in the transaction that opens it.
 
 from __future__ import annotations
 
+import math
 import os
 import sqlite3
 from pathlib import Path
@@ -279,3 +280,24 @@ def create_schema(conn: sqlite3.Connection, path: Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def whole_minutes(lo: float, hi: float) -> tuple[int, int]:
+    """The minutes [first, last) that lie wholly within [lo, hi): the smallest `first`
+    with 60 * first >= lo and the largest `last` with 60 * last <= hi, in exact integer
+    terms (a row's minute is CAST(t AS INTEGER) / 60, see schema.py). Minutes from 1 on
+    only: a time before 60 (or negative) is never summed, its rows are counted instead.
+    first >= last when no whole minute fits."""
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        return 0, 0
+    first = max(1, math.ceil(lo / 60))
+    while first > 1 and (first - 1) * 60 >= lo:
+        first -= 1
+    while first * 60 < lo:
+        first += 1
+    last = math.floor(hi / 60)
+    while (last + 1) * 60 <= hi:
+        last += 1
+    while last * 60 > hi:
+        last -= 1
+    return first, last
