@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from mailgate.codes.paste import Pasted, read_paste
 
-__all__ = ["ADDRESS", "TextRecipient", "human_text", "scan"]
+__all__ = ["ADDRESS", "TextRecipient", "human_text", "scan", "transcript_reply"]
 
 MAX_SCAN = 64 * 1024  # characters of the text for people scanned
 MAX_BLOCK = 6 * 1024  # characters of one recipient's block read for its reply
@@ -213,7 +213,7 @@ def _has_code(s: str) -> bool:
 _TRANSCRIPT_REPLY = re.compile(r"^<<< ([45][0-9]{2}[ \-][^\n]{0,1000})$", re.MULTILINE)
 
 
-def _transcript_reply(block: str) -> str | None:
+def transcript_reply(block: str) -> str | None:
     """Sendmail's transcript: the first error reply the server sent (`<<< 550-...`),
     all its lines."""
     lines: list[str] = []
@@ -232,7 +232,7 @@ def _reply(block: str) -> Pasted | None:
     if not _has_code(block):
         return None
     if "<<< " in block:
-        whole = _transcript_reply(block)
+        whole = transcript_reply(block)
         if whole is not None and whole[3] == "-":  # a multi-line reply: read it whole
             p = read_paste(whole)
             if not p.empty:
@@ -265,8 +265,17 @@ class _Body:
 
 def _before(body: str, pos: int) -> str:
     """The paragraph that ends where a recipient's line starts."""
-    start = body.rfind("\n\n", max(0, pos - 500), pos)
-    return body[start + 2 if start >= 0 else max(0, pos - 500):pos]
+    end = pos
+    while end > 0 and body[end - 1] in "\n \t":  # the blank lines that end it
+        end -= 1
+        if pos - end > 40:
+            break
+    start = body.rfind("\n\n", max(0, end - 500), end)
+    if start > 0 and body[:end].endswith(":"):
+        # "The following recipients did not receive this message:": the reason is
+        # the paragraph before that one.
+        start = body.rfind("\n\n", max(0, end - 500), start)
+    return body[start + 2 if start >= 0 else max(0, end - 500):end]
 
 
 def _recipient(addr: str, block: str, p: Pasted | None, body: _Body,
