@@ -392,6 +392,8 @@ PHRASES: list[tuple[str | None, str, str | None, str | None, tuple[str | None, .
      "information. AUP#In-1310", None, None, (None, "charter.net"), "toomanyconn"),
     ("5.0.0", "550 DMARC check failed.", None, "DATA", ("mx3.qq.com",), "blocked"),
     ("5.0.0", "550 DMARC check failed.", None, "DATA", ("mx.example.net",), "policyviolation"),
+    ("4.2.1", "421 4.2.1 Service refuse. Veuillez essayer plus tard. Service refused, please "
+     "try later. LPN006_107", "failed", "CONNECT", (None, "laposte.net"), "onhold"),
     ("5.0.0", "554 email rejected due to security policies - MCSpamSignature.sa.2.2", None,
      "DATA", ("service222.mimecast.com",), "virusdetected"),
     ("5.0.0", "554 Host network not allowed", None, "RCPT", ("us-smtp-inbound-1.mimecast.com",),
@@ -415,3 +417,18 @@ def test_every_vendor_table_is_well_formed() -> None:
         named |= {r for _, _, r in v.get("ranges", ())} | set(v.get("text", {}))
         assert named and named <= set(rs.REASONS), v["name"]
     assert len(rs.vendors()) == len(raw["vendor"])
+
+
+def test_a_returned_text_bounce_with_a_temporary_reply_is_a_failure() -> None:
+    # Sendmail returns a message it gave up on with the subject "Returned mail: Cannot
+    # send message for N days" and the last temporary reply: failed, and the timeout
+    # it gave up on makes it `expired` (still retried, it would be the network's).
+    data = (b"From: Mail Delivery Subsystem <MAILER-DAEMON@relay.example.org>\n"
+            b"To: alice@example.org\nSubject: Returned mail: Cannot send message for 5 days\n\n"
+            b"   ----- Transcript of session follows -----\n"
+            b"421 mx.example.net (smtp)... Deferred: Connection timed out during user open "
+            b"with mx.example.net\n\n   ----- Unsent message follows -----\n"
+            b"From: alice@example.org\nTo: mallory@example.net\nSubject: Plans\n\nHello\n")
+    r = read_bounce(data).recipients
+    assert [(x.address, x.action, x.code, x.reason) for x in r] == [
+        ("mallory@example.net", "failed", 421, "expired")]

@@ -330,6 +330,7 @@ def _original_to(mail: Mail) -> list[str]:
 
 def _from_text(mail: Mail, body: str, delayed: bool) -> list[Recipient]:
     exclude = set(_addresses(mail.header("from")))
+    subject = mail.header("subject")[:300]
     failed = _addresses(mail.header("x-failed-recipients"))
     hint = failed or _original_to(mail)
     out: list[Recipient] = []
@@ -350,7 +351,8 @@ def _from_text(mail: Mail, body: str, delayed: bool) -> list[Recipient]:
             status = _enhanced_in(t.block)
         context = " ".join(t.block.split())[:reasons.MAX_TEXT]
         action = "delayed" if delayed or (code is not None and code < 500 and not status
-                                          and not _PERMANENT.search(context)) else "failed"
+                                          and not _PERMANENT.search(context)
+                                          and not _PERMANENT.search(subject)) else "failed"
         if status and status[0] == "4" and not _PERMANENT.search(context):
             action = "delayed"
         command = command_of(t.command)
