@@ -394,6 +394,8 @@ PHRASES: list[tuple[str | None, str, str | None, str | None, tuple[str | None, .
     ("5.0.0", "550 DMARC check failed.", None, "DATA", ("mx.example.net",), "policyviolation"),
     ("4.2.1", "421 4.2.1 Service refuse. Veuillez essayer plus tard. Service refused, please "
      "try later. LPN006_107", "failed", "CONNECT", (None, "laposte.net"), "onhold"),
+    ("5.2.0", "550 5.2.0 <a@example.org> From: Domain is invalid. Please provide a valid "
+     "From: IB506", None, "DATA", ("smtp.secureserver.net",), "rejected"),
     ("5.0.0", "554 email rejected due to security policies - MCSpamSignature.sa.2.2", None,
      "DATA", ("service222.mimecast.com",), "virusdetected"),
     ("5.0.0", "554 Host network not allowed", None, "RCPT", ("us-smtp-inbound-1.mimecast.com",),
