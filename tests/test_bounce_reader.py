@@ -434,3 +434,10 @@ def test_a_returned_text_bounce_with_a_temporary_reply_is_a_failure() -> None:
     r = read_bounce(data).recipients
     assert [(x.address, x.action, x.code, x.reason) for x in r] == [
         ("mallory@example.net", "failed", 421, "expired")]
+
+
+def test_a_postfix_server_transcript_gives_its_error_not_the_ok_before_it() -> None:
+    b = read_bounce(_read("postfix-smtpd-error-notice.eml"))
+    assert [(r.address, r.action, r.status, r.code, r.command, r.reason)
+            for r in b.recipients] == [
+        ("oliver@example.org", "delayed", "4.3.0", 451, "DATA", "systemerror")]

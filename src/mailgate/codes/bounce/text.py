@@ -10,6 +10,7 @@ cuts the text into one block per recipient and reads the reply in each block wit
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass
 
@@ -37,7 +38,7 @@ _LEADS = [
     # a short label, then the address to the end of the line: Recipient: addr,
     # Delivery failed: addr, User's mailbox is full: <addr> (not a sender's label)
     re.compile(rf"^[ \t]{{0,16}}(?!(?:MAIL FROM|From|Sender|Reply-To|Return-Path|Envelope-From|"
-               rf"Sent by|Cc|Bcc|Message-ID|In-Reply-To|References|Delivered-To|"
+               rf"Sent by|Cc|Bcc|In|Out|Message-ID|In-Reply-To|References|Delivered-To|"
                rf"X-[A-Za-z\-]{{1,40}})\b)[A-Za-z][A-Za-z'/ \-]{{0,40}}:[ \t]{{0,8}}"
                rf"(?:[^<\n]{{0,80}}<)?({ADDRESS})>?[ \t.]{{0,4}}$",
                re.MULTILINE | re.IGNORECASE),
@@ -211,14 +212,17 @@ def _has_code(s: str) -> bool:
 
 
 _TRANSCRIPT_REPLY = re.compile(r"^<<< ([45][0-9]{2}[ \-][^\n]{0,1000})$", re.MULTILINE)
+# Postfix's notice of an SMTP server error to the postmaster: " In:  DATA", " Out: 451 ..."
+_SERVER_TRANSCRIPT = re.compile(r"^ ?Out: ([45][0-9]{2}[ \-][^\n]{0,1000})$", re.MULTILINE)
+_SERVER_COMMAND = re.compile(r"^ ?In: {1,2}([A-Za-z]{4})", re.MULTILINE)
 
 
-def transcript_reply(block: str) -> str | None:
+def transcript_reply(block: str, rx: re.Pattern[str] = _TRANSCRIPT_REPLY) -> str | None:
     """Sendmail's transcript: the first error reply the server sent (`<<< 550-...`),
     all its lines."""
     lines: list[str] = []
     expected = -1
-    for m in _TRANSCRIPT_REPLY.finditer(block):
+    for m in rx.finditer(block):
         if lines and m.start() != expected:
             break
         lines.append(m.group(1))
@@ -236,6 +240,18 @@ def _reply(block: str) -> Pasted | None:
         if whole is not None and whole[3] == "-":  # a multi-line reply: read it whole
             p = read_paste(whole)
             if not p.empty:
+                return p
+    if " Out: " in block[:MAX_BLOCK]:
+        # Postfix's SMTP server transcript: the error it sent, not the 2xx before it,
+        # with the command it answered.
+        whole = transcript_reply(block, _SERVER_TRANSCRIPT)
+        if whole is not None:
+            before = block[:block.find(whole.split("\n", 1)[0])]
+            commands = _SERVER_COMMAND.findall(before[-4000:])
+            p = read_paste(whole)
+            if not p.empty:
+                if commands and p.command is None:
+                    p = dataclasses.replace(p, command=commands[-1].upper())
                 return p
     p = read_paste(block)
     return None if p.empty else p
