@@ -441,3 +441,20 @@ def test_a_postfix_server_transcript_gives_its_error_not_the_ok_before_it() -> N
     assert [(r.address, r.action, r.status, r.code, r.command, r.reason)
             for r in b.recipients] == [
         ("oliver@example.org", "delayed", "4.3.0", 451, "DATA", "systemerror")]
+
+
+def test_exims_copy_of_your_message_ends_the_notice() -> None:
+    # Exim's notice of a malformed recipient address, then "This is a copy of your
+    # message": the recipient's words are the notice's, not the copied headers.
+    data = (b"From: Mail Delivery System <mailer-daemon@relay.example.org>\n"
+            b"To: alice@example.org\nSubject: Mail failure - malformed recipient address\n\n"
+            b"A message that you sent contained one or more recipient addresses that were\n"
+            b"incorrectly constructed:\n\n"
+            b"  bob@example.org <paul@example.net>: malformed address: <paul@example.net> may "
+            b"not follow bob@example.org\n\n"
+            b"This address has been ignored.\n\n"
+            b"------ This is a copy of your message, including all the headers. ------\n\n"
+            b"To: paul@example.net\nSubject: Hello\n\nHello\n")
+    r = read_bounce(data).recipients
+    assert [(x.address, x.reason) for x in r] == [("paul@example.net", "syntaxerror")]
+    assert "malformed address" in (r[0].reply or "")

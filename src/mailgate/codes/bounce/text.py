@@ -56,7 +56,7 @@ _SENT_TO = re.compile(rf"(?:RCPT TO:?|to|for|recipient|address)[ \t]{{0,4}}<({AD
 # Where the returned message starts: nothing after it is about the failure.
 _ORIGINAL = re.compile(
     r"^[ \t]{0,8}(?:-{2,80}|={2,80}|_{2,80}|\*{2,80})?[ \t]{0,4}(?:"
-    r"Below this line is a copy of the message|This is a copy of the message|"
+    r"Below this line is a copy of the message|This is a copy of (?:the|your) message|"
     r"Original message(?! was)|The header of the original message|"
     r"(?:Your )?(?:original )?message (?:headers )?follows|Returned message|"
     r"Message Header Follows|Undelivered Message Headers|Original message headers|"
