@@ -458,3 +458,21 @@ def test_exims_copy_of_your_message_ends_the_notice() -> None:
     r = read_bounce(data).recipients
     assert [(x.address, x.reason) for x in r] == [("paul@example.net", "syntaxerror")]
     assert "malformed address" in (r[0].reply or "")
+
+
+def test_a_sendmail_transcript_names_the_command_above_each_recipient() -> None:
+    # Two servers in one transcript: the first refused after DATA, the second at RCPT.
+    # Each recipient's reply answered the command written above it, not the first one.
+    data = (b"From: Mail Delivery Subsystem <MAILER-DAEMON@relay.example.org>\n"
+            b"To: alice@example.org\nSubject: Returned mail: User unknown\n\n"
+            b"   ----- Transcript of session follows -----\n"
+            b"While talking to mx.example.net:\n>>> DATA\n<<< 554 Message refused\n"
+            b"554 <quinn@example.net>... Message refused\n"
+            b"While talking to mail.example.com:\n>>> RCPT To:<rita@example.com>\n"
+            b"<<< 550 Requested User Mailbox not found. No such user here.\n"
+            b"550 <rita@example.com>... User unknown\n\n"
+            b"   ----- Unsent message follows -----\nFrom: alice@example.org\n\nHi\n")
+    by = {r.address: r for r in read_bounce(data).recipients}
+    assert (by["rita@example.com"].command, by["rita@example.com"].reason) == (
+        "RCPT", "userunknown")
+    assert by["quinn@example.net"].command == "DATA"

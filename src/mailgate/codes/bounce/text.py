@@ -184,7 +184,8 @@ def scan(text: str, exclude: set[str], hint: list[str],
     if not any(replies):
         shared = _reply(body[:MAX_BLOCK * 2])
     whole = _Body(body)
-    out = [_recipient(addr, block, p or shared, whole, _before(body, pos))
+    out = [_recipient(addr, block, p or shared, whole, _before(body, pos),
+                      _last_command(body, pos))
            for ((addr, block), p), (pos, _) in zip(zip(blocks, replies, strict=True), placed,
                                                    strict=True)]
     if unplaced and shared is None and not any(replies):
@@ -294,12 +295,29 @@ def _before(body: str, pos: int) -> str:
     return body[start + 2 if start >= 0 else max(0, end - 500):end]
 
 
+def _last_command(body: str, pos: int) -> str | None:
+    """The last command of a Sendmail transcript written above a recipient's line
+    (`>>> RCPT To:<u@d>`, `<<< 550 ...`, then `550 <u@d>... User unknown`)."""
+    matches = list(_TRANSCRIPT_CMD.finditer(body, max(0, pos - 2000), pos))
+    if not matches:
+        return None
+    last = matches[-1]
+    # Only the server's reply (`<<<` lines) between the command and the recipient's
+    # line: a line about another recipient or host ends that command's session.
+    between = body[last.end():pos].split("\n")[1:]
+    if any(line and not line.startswith("<<< ") for line in between):
+        return None
+    return last.group(1).upper()
+
+
 def _recipient(addr: str, block: str, p: Pasted | None, body: _Body,
-               before: str = "") -> TextRecipient:
+               before: str = "", above: str | None = None) -> TextRecipient:
     host = p.host if p is not None and p.host else None
     host = host or remote_host(block) or body.host
     command = p.command if p is not None else None
-    if command is None:
+    if command is None and above is not None:
+        command = above
+    elif command is None:
         m = _TRANSCRIPT_CMD.search(block)
         command = m.group(1).upper() if m else body.command
     if command == "DATA" and _RCPT_FAILED.search(block):
