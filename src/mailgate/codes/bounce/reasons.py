@@ -121,15 +121,19 @@ def vendors() -> tuple[_Vendor, ...]:
 def vendor_reason(hosts: tuple[str | None, ...], low: str) -> str | None:
     """The reason a provider's own code or words give, when one of `hosts` (the remote
     server, the recipient's domain) is that provider's."""
-    names = [h.lower().rstrip(".")[:255] for h in hosts if h]
-    if not names:
-        return None
-    for v in vendors():
-        if any(v.hosts.search(h) for h in names):
+    for h in hosts:
+        for v in _vendors_of(h) if h else ():
             r = v.reason(low)
             if r:
                 return r
     return None
+
+
+@functools.lru_cache(maxsize=256)
+def _vendors_of(host: str) -> tuple[_Vendor, ...]:
+    """The providers a host (or domain) is one of; one bounce asks for the same few."""
+    name = host.lower().rstrip(".")[:255]
+    return tuple(v for v in vendors() if v.hosts.search(name))
 
 
 _LINE_CODES = re.compile(r"(?<![\w.\-])[245][0-9]{2}[ \-](?:[245]\.[0-9]{1,3}\.[0-9]{1,3}[ ])?")

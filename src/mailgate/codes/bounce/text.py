@@ -184,8 +184,9 @@ def scan(text: str, exclude: set[str], hint: list[str],
     if not any(replies):
         shared = _reply(body[:MAX_BLOCK * 2])
     whole = _Body(body)
+    transcript = ">>> " in body
     out = [_recipient(addr, block, p or shared, whole, _before(body, pos),
-                      _last_command(body, pos))
+                      _last_command(body, pos) if transcript else None)
            for ((addr, block), p), (pos, _) in zip(zip(blocks, replies, strict=True), placed,
                                                    strict=True)]
     if unplaced and shared is None and not any(replies):
