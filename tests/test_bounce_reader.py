@@ -47,6 +47,22 @@ CASES: dict[str, tuple[str, str, str, str, str | None, str, str, str | None]] = 
                                         "5.1.1", "userunknown", "User unknown", None),
     "postfix-dsn-delayed.eml": ("dsn", "postfix", "oscar@example.net", "delayed", "4.4.1",
                                 "networkerror", "Connection timed out", "mx.example.net"),
+    # The DSN kept one line of a multi-line reply; Sendmail's transcript has it whole
+    # (and the text names the recipient by another, expanded address).
+    "sendmail-dsn-transcript-dmarc.eml": ("dsn", "sendmail", "ivan@example.net", "failed",
+                                          "5.7.26", "policyviolation",
+                                          "DMARC policy. Please contact", "mx.example.net"),
+    # Given up (4.4.7) after a DNS failure written only in Sendmail's transcript.
+    "sendmail-dsn-deferred-dns.eml": ("dsn", "sendmail", "judy@example.net", "failed", "4.4.7",
+                                      "networkerror", "host name lookup failure",
+                                      "example.net"),
+    # A provider's own code (Cox's AUP#CXBL: the sending IP is blocked), not the
+    # "sender rejected" its words would say.
+    "cox-aup-blocked.eml": ("bounce", "postfix", "kevin@cox.net", "failed", "5.7.1", "blocked",
+                            "AUP#CXBL", "mx.west.cox.net"),
+    # The reason written before "The following recipients did not receive this message:".
+    "text-reason-before-list.eml": ("bounce", "text", "laura@example.net", "failed", None,
+                                    "expired", "not delivered within 2 days", None),
 }
 # The words each explanation must carry: the reason's key meaning, in both languages.
 KEY_WORDS = {
@@ -56,6 +72,7 @@ KEY_WORDS = {
     "blocked": ("blocklist", "黑名单"),
     "policyviolation": ("DMARC", "DMARC"),
     "networkerror": ("timed out", "超时"),
+    "expired": ("retry period", "重试期限"),
 }
 
 
@@ -291,3 +308,171 @@ def test_reasons_follow_status_and_text() -> None:
     assert rs.classify("2.0.0", "250 ok") == "delivered"
     assert rs.classify(None, "") == "undefined"
     assert rs.classify(None, "something odd happened") == "onhold"
+
+
+# Reply texts as MTAs and providers write them (Sendmail, Postfix, qmail, Exim, Gmail,
+# Microsoft 365, Amazon SES, Cox, Spectrum, Orange, QQ Mail, Mimecast), each with the
+# reason Sisimai gives it and mailgate now gives too:
+# (status, text, action, command, hosts, reason)
+PHRASES: list[tuple[str | None, str, str | None, str | None, tuple[str | None, ...], str]] = [
+    # SPF and Sender ID failures: the sending IP is not one the domain allows.
+    ("5.7.1", "550 Bad SPF records for [example.org:192.0.2.2], see http://spf.pobox.com/",
+     None, "MAIL", (), "blocked"),
+    ("5.7.26", "550 5.7.26 The MAIL FROM domain [example.org] has an SPF record with a hard "
+     "fail policy (-all) but it fails to pass SPF checks with the ip: [192.0.2.24].",
+     None, "DATA", (), "blocked"),
+    ("5.7.1", "550 5.7.1 can't determine Purported Responsible Address", None, "DATA", (),
+     "blocked"),
+    ("5.7.25", "550-5.7.25 The IP address sending this message does not have a 550-5.7.25 PTR "
+     "record setup. Gmail does not accept messages from IPs with missing PTR records.",
+     None, "DATA", (), "blocked"),
+    # Unauthenticated, and authentication level: the domain owner's to fix.
+    ("5.7.26", "550-5.7.26 This mail has been blocked because the sender is unauthenticated. "
+     "550-5.7.26 Gmail requires all senders to authenticate with either SPF or DKIM.",
+     None, "DATA", (), "securityerror"),
+    ("5.7.515", "550 5.7.515 Access denied, sending domain EXAMPLE.ORG doesn't meet the "
+     "required authentication level.", None, "DATA", (), "securityerror"),
+    ("5.7.509", "550 5.7.509 Access denied, sending domain [EXAMPLE.ORG] does not pass DMARC "
+     "verification and has a DMARC policy of reject.", None, "DATA", (), "policyviolation"),
+    # Policy words, also with line codes inside a reply joined from several lines.
+    ("5.0.0", "550 Protocol violation", None, "DATA", (), "policyviolation"),
+    ("5.7.1", "550-5.7.1 [192.0.2.1 13] Messages with multiple 550 5.7.1 addresses in From: "
+     "header are not accepted.", None, "DATA", (), "policyviolation"),
+    ("5.7.9", "554 5.7.9 Header error", None, "DATA", (), "policyviolation"),
+    ("5.7.0", "552-5.7.0 This message was blocked because its content presents a potential",
+     None, "DATA", (), "policyviolation"),
+    ("5.0.0", "Your email to group g@example.org was rejected due to spam classification. "
+     "* Set up SPF records for your sending domain", None, None, (), "spamdetected"),
+    # DNS: a failed lookup is the network's; a name that does not exist is not.
+    ("5.4.4", "Name service error for name=example.org type=MX: Malformed or unexpected name "
+     "server reply", None, None, (), "networkerror"),
+    (None, "Name service error for domain example.org: Host not found, try again", None, None,
+     (), "networkerror"),
+    (None, "Host or domain name not found. Name service error for name=exmaple.net type=MX: "
+     "Host not found, try again", None, None, (), "hostunknown"),
+    (None, "The account or domain may not exist, they may be blacklisted, or missing the "
+     "proper dns entries.", None, None, (), "hostunknown"),
+    (None, "554 <u@example.org>... 550 Host unknown (Authoritative answer from name server)",
+     None, "RCPT", (), "hostunknown"),
+    (None, "No mx record found for domain=example.org", None, None, (), "notaccept"),
+    ("4.4.1", "Sorry, I wasn't able to establish an SMTP connection. (#4.4.1) I'm not going "
+     "to try again; this message has been in the queue too long.", "failed", None, (),
+     "networkerror"),
+    # A timeout given up on is expired; still retried, it is the network's.
+    (None, "Connection timed out", "failed", None, (), "expired"),
+    (None, "Connection timed out", "delayed", None, (), "networkerror"),
+    # A temporary reply reported as failed, with no cause named: undecided.
+    ("4.0.0", "450 4.0.0 Temporary failure", "failed", None, (), "onhold"),
+    ("4.4.7", "", "failed", None, (), "expired"),
+    # Refused at MAIL FROM: about the sender, unless the words name the client.
+    ("5.1.0", "553 5.1.0 sender.example.org does not exist E2110", None, "MAIL", (), "rejected"),
+    ("5.7.1", "550 5.7.1 Access denied", None, "MAIL", (), "rejected"),
+    ("4.7.1", "450 4.7.1 Access denied. IP name lookup failed [192.0.2.1]", None, "MAIL", (),
+     "blocked"),
+    (None, "\"Sorry, you are sending to/from an address that has been blacklisted\"", None, None,
+     (), "rejected"),
+    (None, "550 'u@example.org' is not a registered gateway user", None, None, (), "rejected"),
+    ("5.4.1", "550 5.4.1 All recipient addresses rejected : Access denied", None, "DATA", (),
+     "rejected"),
+    # Other families.
+    ("5.7.1", "550 5.7.1 <u@example.org>: Recipient address rejected: User u@example.org "
+     "temporary locked. Please try again later!", None, None, (), "suspend"),
+    (None, "554 Transaction failed: Duplicate header 'DKIM-Signature'.", None, "DATA", (),
+     "systemerror"),
+    (None, "500 Line limit exceeded", None, "DATA", (), "mesgtoobig"),
+    ("5.0.0", "501 Rcpt-To validation failed: RCPT TO not accepted: 5.7.1 This system is not "
+     "configured to relay mail", None, "RCPT", (), "norelaying"),
+    # Providers' own codes and words, for their servers or their recipients only.
+    ("4.0.0", "421 mwinf5c77 ME Service refuse. Veuillez essayer plus tard. Service refused, "
+     "please try later. OFR_999 [999]", "failed", "CONNECT", ("smtp-in.orange.fr",), "blocked"),
+    ("4.2.0", "421 4.2.0 Service refuse. Veuillez essayer plus tard. Service refused, please "
+     "try later. OFR005_505 [505]", "failed", "DATA", (None, "wanadoo.fr"), "systemerror"),
+    ("5.1.0", "550 5.1.0 <b@example.org> sender rejected. Please see "
+     "https://www.spectrum.net/support/internet/understanding-email-error-codes for more "
+     "information. AUP#In-1310", None, None, (None, "charter.net"), "toomanyconn"),
+    ("5.0.0", "550 DMARC check failed.", None, "DATA", ("mx3.qq.com",), "blocked"),
+    ("5.0.0", "550 DMARC check failed.", None, "DATA", ("mx.example.net",), "policyviolation"),
+    ("4.2.1", "421 4.2.1 Service refuse. Veuillez essayer plus tard. Service refused, please "
+     "try later. LPN006_107", "failed", "CONNECT", (None, "laposte.net"), "onhold"),
+    ("5.2.0", "550 5.2.0 <a@example.org> From: Domain is invalid. Please provide a valid "
+     "From: IB506", None, "DATA", ("smtp.secureserver.net",), "rejected"),
+    ("5.0.0", "554 email rejected due to security policies - MCSpamSignature.sa.2.2", None,
+     "DATA", ("service222.mimecast.com",), "virusdetected"),
+    ("5.0.0", "554 Host network not allowed", None, "RCPT", ("us-smtp-inbound-1.mimecast.com",),
+     "policyviolation"),
+]
+
+
+@pytest.mark.parametrize("status,text,action,command,hosts,reason", PHRASES)
+def test_reply_texts_are_given_their_reason(status: str | None, text: str,
+                                            action: str | None, command: str | None,
+                                            hosts: tuple[str | None, ...], reason: str) -> None:
+    assert rs.classify(status, text, action, command, None, 550, hosts) == reason
+
+
+def test_every_vendor_table_is_well_formed() -> None:
+    # Each provider cites a source, and names only reasons mailgate gives.
+    raw = reg._load_toml(reg.data_root() / "bounce" / "reasons.toml")
+    for v in raw["vendor"]:
+        assert v["name"] and v["source"] and v["hosts"]
+        named = set(v.get("codes", {}).values()) | set(v.get("code_prefix", {}).values())
+        named |= {r for _, _, r in v.get("ranges", ())} | set(v.get("text", {}))
+        assert named and named <= set(rs.REASONS), v["name"]
+    assert len(rs.vendors()) == len(raw["vendor"])
+
+
+def test_a_returned_text_bounce_with_a_temporary_reply_is_a_failure() -> None:
+    # Sendmail returns a message it gave up on with the subject "Returned mail: Cannot
+    # send message for N days" and the last temporary reply: failed, and the timeout
+    # it gave up on makes it `expired` (still retried, it would be the network's).
+    data = (b"From: Mail Delivery Subsystem <MAILER-DAEMON@relay.example.org>\n"
+            b"To: alice@example.org\nSubject: Returned mail: Cannot send message for 5 days\n\n"
+            b"   ----- Transcript of session follows -----\n"
+            b"421 mx.example.net (smtp)... Deferred: Connection timed out during user open "
+            b"with mx.example.net\n\n   ----- Unsent message follows -----\n"
+            b"From: alice@example.org\nTo: mallory@example.net\nSubject: Plans\n\nHello\n")
+    r = read_bounce(data).recipients
+    assert [(x.address, x.action, x.code, x.reason) for x in r] == [
+        ("mallory@example.net", "failed", 421, "expired")]
+
+
+def test_a_postfix_server_transcript_gives_its_error_not_the_ok_before_it() -> None:
+    b = read_bounce(_read("postfix-smtpd-error-notice.eml"))
+    assert [(r.address, r.action, r.status, r.code, r.command, r.reason)
+            for r in b.recipients] == [
+        ("oliver@example.org", "delayed", "4.3.0", 451, "DATA", "systemerror")]
+
+
+def test_exims_copy_of_your_message_ends_the_notice() -> None:
+    # Exim's notice of a malformed recipient address, then "This is a copy of your
+    # message": the recipient's words are the notice's, not the copied headers.
+    data = (b"From: Mail Delivery System <mailer-daemon@relay.example.org>\n"
+            b"To: alice@example.org\nSubject: Mail failure - malformed recipient address\n\n"
+            b"A message that you sent contained one or more recipient addresses that were\n"
+            b"incorrectly constructed:\n\n"
+            b"  bob@example.org <paul@example.net>: malformed address: <paul@example.net> may "
+            b"not follow bob@example.org\n\n"
+            b"This address has been ignored.\n\n"
+            b"------ This is a copy of your message, including all the headers. ------\n\n"
+            b"To: paul@example.net\nSubject: Hello\n\nHello\n")
+    r = read_bounce(data).recipients
+    assert [(x.address, x.reason) for x in r] == [("paul@example.net", "syntaxerror")]
+    assert "malformed address" in (r[0].reply or "")
+
+
+def test_a_sendmail_transcript_names_the_command_above_each_recipient() -> None:
+    # Two servers in one transcript: the first refused after DATA, the second at RCPT.
+    # Each recipient's reply answered the command written above it, not the first one.
+    data = (b"From: Mail Delivery Subsystem <MAILER-DAEMON@relay.example.org>\n"
+            b"To: alice@example.org\nSubject: Returned mail: User unknown\n\n"
+            b"   ----- Transcript of session follows -----\n"
+            b"While talking to mx.example.net:\n>>> DATA\n<<< 554 Message refused\n"
+            b"554 <quinn@example.net>... Message refused\n"
+            b"While talking to mail.example.com:\n>>> RCPT To:<rita@example.com>\n"
+            b"<<< 550 Requested User Mailbox not found. No such user here.\n"
+            b"550 <rita@example.com>... User unknown\n\n"
+            b"   ----- Unsent message follows -----\nFrom: alice@example.org\n\nHi\n")
+    by = {r.address: r for r in read_bounce(data).recipients}
+    assert (by["rita@example.com"].command, by["rita@example.com"].reason) == (
+        "RCPT", "userunknown")
+    assert by["quinn@example.net"].command == "DATA"

@@ -23,7 +23,14 @@ from dataclasses import dataclass
 from mailgate.codes.bounce import reasons
 from mailgate.codes.bounce.dsn import clean_address, parse_report, status_of
 from mailgate.codes.bounce.mime import MAX_BOUNCE, BounceError, Mail, read_mail
-from mailgate.codes.bounce.text import ADDRESS, TextRecipient, human_text, remote_host, scan
+from mailgate.codes.bounce.text import (
+    ADDRESS,
+    TextRecipient,
+    human_text,
+    remote_host,
+    scan,
+    transcript_reply,
+)
 from mailgate.codes.paste import read_paste
 
 __all__ = ["ACTIONS", "MAX_BOUNCE", "Bounce", "BounceError", "Recipient", "read_bounce"]
@@ -52,7 +59,8 @@ _DELAY = re.compile(
     r"\(delay\)|warning: could not send|temporar(?:y|ily) (?:failure|deferred|unable)|"
     r"delivery attempts will continue|\bdeferred\b", re.IGNORECASE)
 _PERMANENT = re.compile(r"permanent|gave up|giving up|given up|could not be delivered|"
-                        r"undeliverable|failed|fatal", re.IGNORECASE)
+                        r"undeliverable|failed|fatal|cannot send message for [0-9]",
+                        re.IGNORECASE)
 # Who wrote a bounce, by the words its software always writes (lower case, literal:
 # a substring test per marker costs less than a pattern per form).
 _FORMS = [
@@ -260,10 +268,17 @@ def _from_dsn(mail: Mail, text_body: str) -> list[Recipient]:
                 if command is None:
                     c = _IN_REPLY_TO.search(t.block) or _AFTER.search(t.block)
                     command = command_of(next((g for g in c.groups() if g), None)) if c else None
-        if cut and t is not None and t.pasted is not None and t.pasted.code == code and \
-                len(t.pasted.text) > len(reply or "") - 10:
-            plus = f"{t.pasted.enhanced} " if t.pasted.enhanced else ""
-            reply = f"{code} {plus}{' '.join(t.pasted.text.split())}"[:MAX_REPLY]
+        whole = t.pasted if t is not None else None
+        if cut and (whole is None or whole.code != code) and reply:
+            # Sendmail's transcript holds the whole reply (`<<< 550-5.7.1 ...` lines)
+            # even where the address is not written near it.
+            lines = transcript_reply(text_body)
+            if lines and " ".join(lines.split())[:40] == reply[:40]:
+                whole = read_paste(lines)
+        if cut and whole is not None and whole.code == code and \
+                len(whole.text) > len(reply or "") - 10:
+            plus = f"{whole.enhanced} " if whole.enhanced else ""
+            reply = f"{code} {plus}{' '.join(whole.text.split())}"[:MAX_REPLY]
         if (reply is None or code is None) and t is not None and t.pasted is not None:
             p = t.pasted
             reply = reply or " ".join(p.text.split())[:MAX_REPLY] or None
@@ -286,7 +301,8 @@ def _from_dsn(mail: Mail, text_body: str) -> list[Recipient]:
         action = _action(d.get("action", ""), status)
         if command is None and d.get("x-postfix-smtp-command"):
             command = d["x-postfix-smtp-command"].split()[0].upper()
-        reason = reasons.classify(status, reply or "", action, command, dtype, code)
+        reason = reasons.classify(status, reply or "", action, command, dtype, code,
+                                  (remote, _domain(address)))
         if action in ("delivered", "relayed", "expanded"):
             reason = "delivered"
         out.append(Recipient(address=address, action=action, status=status, reply=reply,
@@ -294,6 +310,10 @@ def _from_dsn(mail: Mail, text_body: str) -> list[Recipient]:
                              original_recipient=original if original != address else None,
                              diagnostic_type=dtype, status_from=status_from))
     return out
+
+
+def _domain(address: str) -> str | None:
+    return address.rsplit("@", 1)[1] if "@" in address else None
 
 
 def _addresses(value: str) -> list[str]:
@@ -310,6 +330,7 @@ def _original_to(mail: Mail) -> list[str]:
 
 def _from_text(mail: Mail, body: str, delayed: bool) -> list[Recipient]:
     exclude = set(_addresses(mail.header("from")))
+    subject = mail.header("subject")[:300]
     failed = _addresses(mail.header("x-failed-recipients"))
     hint = failed or _original_to(mail)
     out: list[Recipient] = []
@@ -330,7 +351,8 @@ def _from_text(mail: Mail, body: str, delayed: bool) -> list[Recipient]:
             status = _enhanced_in(t.block)
         context = " ".join(t.block.split())[:reasons.MAX_TEXT]
         action = "delayed" if delayed or (code is not None and code < 500 and not status
-                                          and not _PERMANENT.search(context)) else "failed"
+                                          and not _PERMANENT.search(context)
+                                          and not _PERMANENT.search(subject)) else "failed"
         if status and status[0] == "4" and not _PERMANENT.search(context):
             action = "delayed"
         command = command_of(t.command)
@@ -340,8 +362,8 @@ def _from_text(mail: Mail, body: str, delayed: bool) -> list[Recipient]:
         # With a reply read, its words decide (the block may run on into lines about
         # other recipients); without one, the whole block is the program's words.
         words = f"{reply} {context[:300]}" if code is not None else f"{reply or ''} {context}"
-        reason = reasons.classify(status, words, action, command,
-                                  None, code)
+        reason = reasons.classify(status, words, action, command, None, code,
+                                  (t.remote_mta, _domain(t.address)))
         status_from = "reply" if status else "none"
         out.append(Recipient(address=t.address, action=action, status=status, reply=reply,
                              reason=reason, remote_mta=t.remote_mta, code=code,
@@ -368,6 +390,13 @@ def _program_words(block: str, address: str, before: str = "") -> str | None:
     if at >= 0:
         para = para[:at] + para[at + len(address):]
     words = " ".join(para.replace("<>", " ").strip(">:;,. \t\n").split())[:MAX_REPLY]
+    if not words.strip("()[]<>:;,. "):
+        # Sendmail names the address alone, then again in its transcript with the
+        # words: "<u@d>... Deferred: Name server: d.: host name lookup failure".
+        at = block.lower().find(f"<{address}>...", at + 1 if at >= 0 else 0)
+        if at >= 0:
+            para = block[at + len(address) + 5:].split("\n\n", 1)[0]
+            words = " ".join(para.split())[:MAX_REPLY]
     if not words.strip("()[]<>:;,. ") and before.strip():
         words = " ".join(before.split())[:MAX_REPLY]
     return words or None
@@ -451,8 +480,10 @@ def _amazon_ses(body: str, mail: Mail) -> Bounce | None:
             dtype, reply, code, enhanced, command = _reply_of(str(r.get("diagnosticCode") or ""))
             status = status_of(str(r.get("status") or "")) or enhanced
             action = _action(str(r.get("action") or ""), status)
-            reason = reasons.classify(status, reply or "", action, command, dtype, code)
-            out.append(Recipient(address=clean_address(str(r["emailAddress"])), action=action,
+            address = clean_address(str(r["emailAddress"]))
+            reason = reasons.classify(status, reply or "", action, command, dtype, code,
+                                      (_domain(address),))
+            out.append(Recipient(address=address, action=action,
                                  status=status, reply=reply, reason=reason,
                                  remote_mta=_host(str(b.get("reportingMTA") or "")) or None,
                                  code=code, command=command, diagnostic_type=dtype,
@@ -552,7 +583,8 @@ def _read_bounce(data: bytes) -> Bounce:
                           reporting_mta=None, recipients=r, truncated=mail.truncated)
         if _looks_like_bounce(mail, body):
             delayed = bool(_DELAY.search(subject) or (
-                _DELAY.search(body[:3000]) and not _PERMANENT.search(body[:3000])))
+                _DELAY.search(body[:3000]) and not _PERMANENT.search(body[:3000])
+                and not _PERMANENT.search(subject)))
             recips = _from_text(mail, body, delayed)
             kind = "bounce" if recips else "none"
     if recips and all(r.action in ("delivered", "relayed", "expanded") for r in recips):

@@ -10,12 +10,13 @@ cuts the text into one block per recipient and reads the reply in each block wit
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass
 
 from mailgate.codes.paste import Pasted, read_paste
 
-__all__ = ["ADDRESS", "TextRecipient", "human_text", "scan"]
+__all__ = ["ADDRESS", "TextRecipient", "human_text", "scan", "transcript_reply"]
 
 MAX_SCAN = 64 * 1024  # characters of the text for people scanned
 MAX_BLOCK = 6 * 1024  # characters of one recipient's block read for its reply
@@ -37,7 +38,7 @@ _LEADS = [
     # a short label, then the address to the end of the line: Recipient: addr,
     # Delivery failed: addr, User's mailbox is full: <addr> (not a sender's label)
     re.compile(rf"^[ \t]{{0,16}}(?!(?:MAIL FROM|From|Sender|Reply-To|Return-Path|Envelope-From|"
-               rf"Sent by|Cc|Bcc|Message-ID|In-Reply-To|References|Delivered-To|"
+               rf"Sent by|Cc|Bcc|In|Out|Message-ID|In-Reply-To|References|Delivered-To|"
                rf"X-[A-Za-z\-]{{1,40}})\b)[A-Za-z][A-Za-z'/ \-]{{0,40}}:[ \t]{{0,8}}"
                rf"(?:[^<\n]{{0,80}}<)?({ADDRESS})>?[ \t.]{{0,4}}$",
                re.MULTILINE | re.IGNORECASE),
@@ -55,7 +56,7 @@ _SENT_TO = re.compile(rf"(?:RCPT TO:?|to|for|recipient|address)[ \t]{{0,4}}<({AD
 # Where the returned message starts: nothing after it is about the failure.
 _ORIGINAL = re.compile(
     r"^[ \t]{0,8}(?:-{2,80}|={2,80}|_{2,80}|\*{2,80})?[ \t]{0,4}(?:"
-    r"Below this line is a copy of the message|This is a copy of the message|"
+    r"Below this line is a copy of the message|This is a copy of (?:the|your) message|"
     r"Original message(?! was)|The header of the original message|"
     r"(?:Your )?(?:original )?message (?:headers )?follows|Returned message|"
     r"Message Header Follows|Undelivered Message Headers|Original message headers|"
@@ -183,7 +184,9 @@ def scan(text: str, exclude: set[str], hint: list[str],
     if not any(replies):
         shared = _reply(body[:MAX_BLOCK * 2])
     whole = _Body(body)
-    out = [_recipient(addr, block, p or shared, whole, _before(body, pos))
+    transcript = ">>> " in body
+    out = [_recipient(addr, block, p or shared, whole, _before(body, pos),
+                      _last_command(body, pos) if transcript else None)
            for ((addr, block), p), (pos, _) in zip(zip(blocks, replies, strict=True), placed,
                                                    strict=True)]
     if unplaced and shared is None and not any(replies):
@@ -211,14 +214,17 @@ def _has_code(s: str) -> bool:
 
 
 _TRANSCRIPT_REPLY = re.compile(r"^<<< ([45][0-9]{2}[ \-][^\n]{0,1000})$", re.MULTILINE)
+# Postfix's notice of an SMTP server error to the postmaster: " In:  DATA", " Out: 451 ..."
+_SERVER_TRANSCRIPT = re.compile(r"^ ?Out: ([45][0-9]{2}[ \-][^\n]{0,1000})$", re.MULTILINE)
+_SERVER_COMMAND = re.compile(r"^ ?In: {1,2}([A-Za-z]{4})", re.MULTILINE)
 
 
-def _transcript_reply(block: str) -> str | None:
+def transcript_reply(block: str, rx: re.Pattern[str] = _TRANSCRIPT_REPLY) -> str | None:
     """Sendmail's transcript: the first error reply the server sent (`<<< 550-...`),
     all its lines."""
     lines: list[str] = []
     expected = -1
-    for m in _TRANSCRIPT_REPLY.finditer(block):
+    for m in rx.finditer(block):
         if lines and m.start() != expected:
             break
         lines.append(m.group(1))
@@ -232,10 +238,22 @@ def _reply(block: str) -> Pasted | None:
     if not _has_code(block):
         return None
     if "<<< " in block:
-        whole = _transcript_reply(block)
+        whole = transcript_reply(block)
         if whole is not None and whole[3] == "-":  # a multi-line reply: read it whole
             p = read_paste(whole)
             if not p.empty:
+                return p
+    if " Out: " in block[:MAX_BLOCK]:
+        # Postfix's SMTP server transcript: the error it sent, not the 2xx before it,
+        # with the command it answered.
+        whole = transcript_reply(block, _SERVER_TRANSCRIPT)
+        if whole is not None:
+            before = block[:block.find(whole.split("\n", 1)[0])]
+            commands = _SERVER_COMMAND.findall(before[-4000:])
+            p = read_paste(whole)
+            if not p.empty:
+                if commands and p.command is None:
+                    p = dataclasses.replace(p, command=commands[-1].upper())
                 return p
     p = read_paste(block)
     return None if p.empty else p
@@ -265,16 +283,42 @@ class _Body:
 
 def _before(body: str, pos: int) -> str:
     """The paragraph that ends where a recipient's line starts."""
-    start = body.rfind("\n\n", max(0, pos - 500), pos)
-    return body[start + 2 if start >= 0 else max(0, pos - 500):pos]
+    end = pos
+    while end > 0 and body[end - 1] in "\n \t":  # the blank lines that end it
+        end -= 1
+        if pos - end > 40:
+            break
+    start = body.rfind("\n\n", max(0, end - 500), end)
+    if start > 0 and body[:end].endswith(":"):
+        # "The following recipients did not receive this message:": the reason is
+        # the paragraph before that one.
+        start = body.rfind("\n\n", max(0, end - 500), start)
+    return body[start + 2 if start >= 0 else max(0, end - 500):end]
+
+
+def _last_command(body: str, pos: int) -> str | None:
+    """The last command of a Sendmail transcript written above a recipient's line
+    (`>>> RCPT To:<u@d>`, `<<< 550 ...`, then `550 <u@d>... User unknown`)."""
+    matches = list(_TRANSCRIPT_CMD.finditer(body, max(0, pos - 2000), pos))
+    if not matches:
+        return None
+    last = matches[-1]
+    # Only the server's reply (`<<<` lines) between the command and the recipient's
+    # line: a line about another recipient or host ends that command's session.
+    between = body[last.end():pos].split("\n")[1:]
+    if any(line and not line.startswith("<<< ") for line in between):
+        return None
+    return last.group(1).upper()
 
 
 def _recipient(addr: str, block: str, p: Pasted | None, body: _Body,
-               before: str = "") -> TextRecipient:
+               before: str = "", above: str | None = None) -> TextRecipient:
     host = p.host if p is not None and p.host else None
     host = host or remote_host(block) or body.host
     command = p.command if p is not None else None
-    if command is None:
+    if command is None and above is not None:
+        command = above
+    elif command is None:
         m = _TRANSCRIPT_CMD.search(block)
         command = m.group(1).upper() if m else body.command
     if command == "DATA" and _RCPT_FAILED.search(block):
