@@ -42,6 +42,7 @@ from mailgate.server.authcheck.dkimcheck import (
     check_dkim_parts,
 )
 from mailgate.server.authcheck.dkimverify import (
+    _BTAG,
     MAX_HEADER,
     HeaderTooLong,
     _b64_ok,
@@ -368,6 +369,14 @@ def test_header_and_body_divide_where_dkimpy_divides_them(message: bytes,
     assert got_body == want_body
     end = b"\r\n" if header and not header.endswith(b"\n") else b""
     assert dkim.rfc822_parse(header + end + b"\r\n")[0] == want_headers
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.lists(st.sampled_from([b"b", b"=", b" ", b"\t", b"\r\n", b"\n", b"\r", b";", b"A",
+                                 b"+", b"!", b"bh=", b" b =", b"\r\n b="]), max_size=25))
+def test_the_b_tag_is_cut_where_dkimpy_cuts_it(parts: list[bytes]) -> None:
+    value = b"".join(parts)
+    assert _BTAG.sub(b"\\1", value) == dkim.RE_BTAG.sub(b"\\1", value)
 
 
 def test_white_space_checks_are_dkimpys() -> None:

@@ -57,8 +57,12 @@ MAX_RSA_BITS = 16384  # OpenSSL's own limit (OPENSSL_RSA_MAX_MODULUS_BITS)
 _PIECE = 64 * 1024  # bytes of body canonicalized at a time
 _BOUNDARY = re.compile(rb"\n\r?\n")  # the empty line after the header section, as
 # dkimpy finds it: lines end in CRLF or a bare LF
+# dkimpy's RE_BTAG (the b= value, removed from the signature field before hashing it),
+# whose folding white space `(?:(?:\s*\r?\n)?\s+)?` is any run of white space: the same
+# matches, without nested optional groups (a tenth of the time).
+_BTAG = re.compile(rb"([;\s]b\s*=)(?:\s*[a-zA-Z0-9+/=]+)*(?:\r?\n\Z)?")
 _WS = b" \t\r\n\x0b\x0c"  # what \s matches in a bytes pattern
-_B64 = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/" + _WS)
+_B64 = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/" + _WS
 
 
 class HeaderTooLong(Exception):
@@ -189,7 +193,7 @@ def _b64_ok(value: bytes) -> bool:
     rest = value.rstrip(b"=" + _WS)
     if not rest:
         return value[:1] != b"" and value[0] in _WS
-    return all(c in _B64 for c in rest)
+    return not rest.translate(None, _B64)  # nothing left once those are deleted
 
 
 def _split_h(value: bytes) -> list[bytes]:
@@ -221,13 +225,16 @@ def _validate(sig: dict[bytes, bytes]) -> None:
     dkim.validate_signature_fields(plain)
 
 
-def _select(headers: list[tuple[bytes, bytes]], include: list[bytes]
+def _select(headers: list[tuple[bytes, bytes]], include: list[bytes], relaxed: bool
             ) -> list[tuple[bytes, bytes]]:
     """dkimpy's select_headers (the last unused instance of each name, bottom up), from
-    an index of names instead of a scan of every field for each h= entry."""
+    an index of names instead of a scan of every field for each h= entry. It runs on
+    the fields as they are, named as canonicalization would name them (relaxed strips
+    the name's trailing white space), so that only the fields selected need to be
+    canonicalized."""
     where: dict[bytes, list[int]] = {}
     for i, (name, _) in enumerate(headers):
-        where.setdefault(name.lower(), []).append(i)
+        where.setdefault(name.lower().rstrip() if relaxed else name.lower(), []).append(i)
     out = []
     last: dict[bytes, int] = {}
     for h in include:
@@ -241,13 +248,29 @@ def _select(headers: list[tuple[bytes, bytes]], include: list[bytes]
     return out
 
 
+def _canonical(policy: Any, headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """policy.canonicalize_headers(headers), without dkimpy's two regular expressions for
+    a relaxed value that has no folding, tab or double space to change."""
+    if policy.header_algorithm is not dkim.canonicalization.Relaxed:
+        return list(policy.canonicalize_headers(headers))
+    out = []
+    for name, value in headers:
+        core = value[:-2] if value.endswith(b"\r\n") else value
+        if b"\n" in core or b"\t" in core or b"  " in core:
+            out.extend(policy.canonicalize_headers([(name, value)]))
+        else:
+            out.append((name.lower().rstrip(), core.strip() + b"\r\n"))
+    return out
+
+
 def _hash_headers(hasher: Any, policy: Any, headers: list[tuple[bytes, bytes]],
                   include: list[bytes], sig_header: tuple[bytes, bytes]
                   ) -> list[tuple[bytes, bytes]]:
-    """dkimpy's hash_headers, with `_select`."""
-    signed = _select(headers, include)
-    own = policy.canonicalize_headers([(sig_header[0], dkim.RE_BTAG.sub(b"\\1",
-                                                                        sig_header[1]))])
+    """dkimpy's hash_headers (on fields canonicalized beforehand), with `_select` on the
+    fields as they are and only those selected canonicalized."""
+    relaxed = policy.header_algorithm is dkim.canonicalization.Relaxed
+    signed = _canonical(policy, _select(headers, include, relaxed))
+    own = policy.canonicalize_headers([(sig_header[0], _BTAG.sub(b"\\1", sig_header[1]))])
     for x, y in signed + [(x, y.rstrip()) for x, y in own]:
         hasher.update(x)
         hasher.update(b":")
@@ -379,8 +402,8 @@ class Verifier(dkim.DKIM):  # type: ignore[misc]
         if b"from" in include_headers:
             include_headers.append(b"from")
         h = hasher()
-        headers = policy.canonicalize_headers(self.headers)
-        self.signed_headers = _hash_headers(h, policy, headers, include_headers, sig_header)
+        self.signed_headers = _hash_headers(h, policy, self.headers, include_headers,
+                                            sig_header)
         signature = base64.b64decode(re.sub(rb"\s+", b"", sig[b"b"]))
         if self.ktag == b"rsa":
             try:
