@@ -74,9 +74,9 @@ MESSAGE_TIME = 30.0  # seconds for all of them
 SPF_LOOKUPS = 30  # pyspf stops at 10 mechanisms and 2 void lookups; MX/PTR add names
 # A message this small is first checked on the event loop from cached DNS answers alone;
 # a cache miss sends it to a worker thread, where DNS may be waited for. Its CPU (about
-# 0.3 ms for 2 KiB, 1 ms for 128 KiB: bench/results/authcheck-*.md) is well under the
-# GIL's switch interval (5 ms), so a worker thread would hold the loop up as long, and
-# the hand-off to it costs more than the check.
+# a millisecond, docs/authentication.md "Cost") is well under the GIL's switch interval
+# (5 ms), so a worker thread would hold the loop up as long, and the hand-off to it
+# costs more than the check.
 INLINE_BYTES = 128 * 1024
 # DKIM streams the body from the spool, but ARC validation and sealing (dkimpy) hold the
 # message whole; messages above this size are checked one at a time, so memory stays
