@@ -138,13 +138,17 @@ def _tags(value: bytes) -> dict[bytes, bytes] | None:
     return tags
 
 
-def body_requests(values: Iterable[bytes]) -> dict[tuple[bytes, str], set[int | None]]:
+def body_requests(values: Iterable[bytes], parsed: dict[int, dict[bytes, bytes]] | None = None
+                  ) -> dict[tuple[bytes, str], set[int | None]]:
     """What body hashes the DKIM-Signature values ask for: (canonicalization, hash
     algorithm) -> the l= lengths (None: the whole body). A signature whose tags are
-    broken asks for none (verifying it fails before its body hash is looked at)."""
+    broken asks for none (verifying it fails before its body hash is looked at). The
+    tags parsed go into `parsed` (by position), for verifying not to parse them again."""
     wanted: dict[tuple[bytes, str], set[int | None]] = {}
-    for value in values:
+    for idx, value in enumerate(values):
         sig = _tags(value)
+        if sig is not None and parsed is not None:
+            parsed[idx] = sig
         if sig is None or sig.get(b"a") not in dkim.HASH_ALGORITHMS:
             continue
         try:
@@ -334,21 +338,24 @@ class Verifier(dkim.DKIM):  # type: ignore[misc]
         self.bodies: dict[tuple[bytes, str, int | None], bytes] = {}
         self.native: rsa.RSAPublicKey | None = None
         self.sig_values = [v for n, v in self.headers if n.lower() == b"dkim-signature"]
+        self.parsed: dict[int, dict[bytes, bytes]] = {}  # tags, by position
 
     def hash_bodies(self, body: Iterable[bytes], count: int) -> None:
         """The body hashes the first `count` signatures ask for, in one pass."""
-        wanted = body_requests(self.sig_values[:count])
+        wanted = body_requests(self.sig_values[:count], self.parsed)
         self.bodies = body_hashes(body, wanted)
 
     def verify_headerprep(self, idx: int = 0) -> Any:
         sigheaders = [(x, y) for x, y in self.headers if x.lower() == b"dkim-signature"]
         if len(sigheaders) <= idx:
             return False
-        try:
-            sig = dkim.util.parse_tag_value(sigheaders[idx][1])
-            self.signature_fields = sig
-        except dkim.util.InvalidTagValueList as e:
-            raise dkim.MessageFormatError(e) from e
+        sig = self.parsed.get(idx)
+        if sig is None:
+            try:
+                sig = dkim.util.parse_tag_value(sigheaders[idx][1])
+            except dkim.util.InvalidTagValueList as e:
+                raise dkim.MessageFormatError(e) from e
+        self.signature_fields = sig
         _validate(sig)
         self.domain = sig[b"d"]
         self.selector = sig[b"s"]
