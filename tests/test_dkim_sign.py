@@ -17,7 +17,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mailgate.config.dkim import DKIMKey, generate_key, parse_key, public_record
-from mailgate.server.dkimsign import MAX_HEADER, BodyHash, SigningError, sign, signatures
+from mailgate.server.dkimbody import BodyHash
+from mailgate.server.dkimsign import MAX_HEADER, SigningError, sign, signatures
 from tests.support import opendkim
 
 MESSAGE = (

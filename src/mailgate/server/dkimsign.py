@@ -17,9 +17,9 @@ past 256 KiB) through the body canonicalization and hash here, piece by piece, a
 the header section is kept (at most `MAX_HEADER` bytes). dkimpy then canonicalizes and
 hashes the header fields and writes the DKIM-Signature field; its own `sign` would want
 the whole message in one bytes object. The RSA operation itself is OpenSSL's (`_RSA`),
-Ed25519 is PyNaCl's, as dkimpy uses it. `BodyHash` follows dkimpy's canonicalization
-functions line by line; the tests check it against dkimpy's whole-body result and
-against OpenDKIM.
+Ed25519 is PyNaCl's, as dkimpy uses it. `BodyHash` (`dkimbody.py`, which verification
+shares) follows dkimpy's canonicalization functions line by line; the tests check it
+against dkimpy's whole-body result and against OpenDKIM.
 
 Everything signing needs is imported with this module, which `serve` loads before it
 drops root: the user it becomes may not be able to read root's Python.
@@ -31,7 +31,6 @@ import asyncio
 import base64
 import email.utils
 import functools
-import hashlib
 import logging
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -45,8 +44,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa, utils
 
 from mailgate.config.dkim import DKIMKey, keys_for
+from mailgate.server.dkimbody import BodyHash
 
-__all__ = ["MAX_HEADER", "BodyHash", "SigningError", "from_domain", "sign", "sign_content",
+__all__ = ["MAX_HEADER", "SigningError", "from_domain", "sign", "sign_content",
            "sign_spool", "signatures"]
 
 log = logging.getLogger("mailgate.dkim")
@@ -57,66 +57,6 @@ _CANON = (b"relaxed", b"relaxed")
 
 class SigningError(Exception):
     """The message cannot be signed (no From:, a header section past MAX_HEADER, ...)."""
-
-
-class BodyHash:
-    """SHA-256 of a body canonicalized as RFC 6376 3.4.3 (simple) or 3.4.4 (relaxed),
-    fed in pieces of any size: whole lines are canonicalized as they come, and empty
-    lines are held back until a line with content follows (trailing ones are ignored)."""
-
-    __slots__ = ("_empty", "_hash", "_partial", "_relaxed", "_seen")
-
-    def __init__(self, relaxed: bool = True) -> None:
-        self._relaxed = relaxed
-        self._hash = hashlib.sha256()
-        # The end of what came so far, after its last CRLF (appended to in place: a
-        # line that spans many pieces, which BDAT allows, costs no quadratic copying).
-        self._partial = bytearray()
-        self._empty = 0  # empty lines held back
-        self._seen = False  # a line with content was hashed
-
-    def update(self, data: bytes) -> None:
-        if data[:1] == b"\n" and self._partial[-1:] == b"\r":  # a CRLF across two pieces
-            line = bytes(self._partial) + b"\n"
-            self._partial.clear()
-            self._lines(line)
-            data = data[1:]
-        cut = data.rfind(b"\r\n")
-        if cut < 0:
-            self._partial += data
-            return
-        lines = bytes(self._partial) + data[:cut + 2] if self._partial else data[:cut + 2]
-        self._partial = bytearray(data[cut + 2:])
-        self._lines(lines)
-
-    def _lines(self, lines: bytes) -> None:
-        """Whole lines (ending in CRLF): canonicalized, trailing empty ones held back."""
-        if self._relaxed and (b"\t" in lines or b"  " in lines or b" \r\n" in lines):
-            # (only then is there whitespace to strip or compress: base64 parts and
-            # most text have none, and three scans cost less than two regex passes)
-            lines = dkim.canonicalization.compress_whitespace(
-                dkim.canonicalization.strip_trailing_whitespace(lines))
-        end = len(lines)
-        while end >= 2 and lines[end - 2:end] == b"\r\n" and (
-                end == 2 or lines[end - 4:end - 2] == b"\r\n"):
-            end -= 2
-        if end == 0:
-            self._empty += len(lines) // 2
-            return
-        if self._empty:
-            self._hash.update(b"\r\n" * self._empty)
-        self._hash.update(lines[:end])
-        self._seen = True
-        self._empty = (len(lines) - end) // 2
-
-    def digest(self) -> bytes:
-        if self._partial:  # a last line without CRLF: it gets one (RFC 6376 3.4.3, 3.4.4)
-            partial = bytes(self._partial) + b"\r\n"
-            self._partial.clear()
-            self._lines(partial)
-        if not self._seen and not self._relaxed:
-            return hashlib.sha256(b"\r\n").digest()  # simple: an empty body is one CRLF
-        return self._hash.digest()
 
 
 def _split_header(chunks: Iterable[bytes]) -> tuple[bytes, bytes, Iterator[bytes]]:

@@ -1,5 +1,9 @@
 """DKIM (RFC 6376, every signature) and ARC chain validation (RFC 8617), with dkimpy.
 
+DKIM signatures are verified by `dkimverify.Verifier`: dkimpy for the header section
+and the tags, the body hashes streamed (`dkimbody.py`), RSA by OpenSSL. ARC (only on
+messages that carry an ARC-Seal) is dkimpy's own, on the whole message.
+
 The keys come through the message's `DNSBridge` (`lookup.py`). dkimpy says why a
 signature failed only to a logger, so each check gets a logger of its own whose
 messages become the result's reason (the comment in Authentication-Results).
@@ -8,13 +12,16 @@ messages become the result's reason (the comment in Authentication-Results).
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import dkim
 
+from mailgate.server.authcheck.dkimverify import HeaderTooLong, Verifier, split_message
 from mailgate.server.authcheck.lookup import DNSBridge, DNSTempError
 
-__all__ = ["ARCResult", "DKIMResult", "arc_seal", "check_arc", "check_dkim"]
+__all__ = ["ARCResult", "DKIMResult", "arc_seal", "check_arc", "check_dkim",
+           "check_dkim_parts", "has_arc"]
 
 # A stranger may put any number of signatures on a message, each costing a DNS lookup
 # and a public-key operation: only the first ones are verified (Authentication-Results
@@ -78,12 +85,28 @@ def _text(fields: dict[bytes, bytes], tag: bytes, limit: int = 255) -> str:
 
 def check_dkim(bridge: DNSBridge, message: bytes) -> tuple[list[DKIMResult], int]:
     """Every DKIM-Signature of `message` (up to MAX_SIGNATURES), and how many there were."""
+    try:
+        header, body = split_message([message])
+    except HeaderTooLong as exc:
+        return [DKIMResult("permerror", reason=str(exc))], 1
+    return check_dkim_parts(bridge, header, body)
+
+
+def check_dkim_parts(bridge: DNSBridge, header: bytes, body: Iterable[bytes]
+                     ) -> tuple[list[DKIMResult], int]:
+    """`check_dkim` of a message split by `dkimverify.split_message`: the body is read
+    (once, as it is iterated) only when there is a signature to verify."""
     log, reasons = _logger()
     try:
-        signer = dkim.DKIM(message, logger=log, minkey=MIN_KEY_BITS)
+        signer = Verifier(header, log, MIN_KEY_BITS)
     except Exception as exc:  # the message cannot even be parsed
         return [DKIMResult("permerror", reason=f"cannot parse the message: {exc}")], 1
-    count = sum(1 for name, _ in signer.headers if name.lower() == b"dkim-signature")
+    count = len(signer.sig_values)
+    if count:
+        try:
+            signer.hash_bodies(body, min(count, MAX_SIGNATURES))
+        except OSError as exc:  # the spool file cannot be read back
+            return [DKIMResult("temperror", reason=f"cannot read the message: {exc}")], 1
     results: list[DKIMResult] = []
     for idx in range(min(count, MAX_SIGNATURES)):
         reasons.texts.clear()
@@ -112,7 +135,8 @@ def check_dkim(bridge: DNSBridge, message: bytes) -> tuple[list[DKIMResult], int
     return results, count
 
 
-def _has_arc(message: bytes) -> bool:
+def has_arc(message: bytes) -> bool:
+    """Does the header section of `message` hold an ARC-Seal field?"""
     end = message.find(b"\r\n\r\n")
     head = (message if end < 0 else message[:end + 2]).lower()
     return head.startswith(b"arc-seal:") or b"\narc-seal:" in head
@@ -120,7 +144,7 @@ def _has_arc(message: bytes) -> bool:
 
 def check_arc(bridge: DNSBridge, message: bytes) -> ARCResult:
     """The ARC chain's validation status (RFC 8617 5.2): pass, fail or none."""
-    if not _has_arc(message):
+    if not has_arc(message):
         return ARCResult("none")  # the common case, without parsing the message again
     log, reasons = _logger()
     try:

@@ -1,10 +1,11 @@
 """The inbound checks of one server: SPF at MAIL FROM, the rest at the end of DATA.
 
-`Verifier` runs the libraries (pyspf, dkimpy) in a small pool of worker threads, so
-neither their DNS waits nor their public-key work blocks the event loop; their DNS goes
-through the message's `DNSBridge` to mailgate's resolver. Only when every answer is
-already cached, and the message is small (`INLINE_BYTES`), do they run on the event loop
-itself: no wait, a few milliseconds of CPU, and no thread hand-off (which costs more).
+`Verifier` runs the checks (pyspf, dkimpy, `dkimverify.py`) in a small pool of worker
+threads, so neither their DNS waits nor their public-key work blocks the event loop;
+their DNS goes through the message's `DNSBridge` to mailgate's resolver. Only when every
+answer is already cached, and the message is small (`INLINE_BYTES`), do they run on the
+event loop itself: no wait, about a millisecond of CPU at most, and no thread hand-off
+(which costs more).
 
 It decides from the results:
 
@@ -28,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -39,12 +41,13 @@ from mailgate.dns import Resolver
 from mailgate.queue.spool import SpoolFile
 from mailgate.server.authcheck.dkimcheck import (
     MAX_SIGNATURES,
-    ARCResult,
     DKIMResult,
     arc_seal,
     check_arc,
-    check_dkim,
+    check_dkim_parts,
+    has_arc,
 )
+from mailgate.server.authcheck.dkimverify import HeaderTooLong, split_message
 from mailgate.server.authcheck.dmarc import (
     MAX_FROM_DOMAINS,
     DMARCResult,
@@ -70,14 +73,14 @@ MAX_LOOKUPS = 40  # DNS lookups for one message's DKIM, ARC and DMARC checks
 MESSAGE_TIME = 30.0  # seconds for all of them
 SPF_LOOKUPS = 30  # pyspf stops at 10 mechanisms and 2 void lookups; MX/PTR add names
 # A message this small is first checked on the event loop from cached DNS answers alone;
-# a cache miss sends it to a worker thread, where DNS may be waited for. Its CPU (at most
-# about 5 ms, most of it dkimpy's body canonicalization) is no longer than the GIL's
-# switch interval (5 ms), so a worker thread would hold the loop up as long, and the
-# hand-off to it costs more than the check.
+# a cache miss sends it to a worker thread, where DNS may be waited for. Its CPU (about
+# a millisecond, docs/authentication.md "Cost") is well under the GIL's switch interval
+# (5 ms), so a worker thread would hold the loop up as long, and the hand-off to it
+# costs more than the check.
 INLINE_BYTES = 128 * 1024
-# dkimpy holds a message whole, several times over (the bytes, the canonicalized body);
-# messages above this size are checked one at a time, so memory stays within a few
-# copies of one [limits] message_size however many arrive at once.
+# DKIM streams the body from the spool, but ARC validation and sealing (dkimpy) hold the
+# message whole; messages above this size are checked one at a time, so memory stays
+# within a few copies of one [limits] message_size however many arrive at once.
 BIG_BYTES = 1024 * 1024
 
 
@@ -182,11 +185,14 @@ class Verifier:
 
     def _check(self, bridge: DNSBridge, spool: SpoolFile, spf: SPFResult | None,
                seal: DKIMKey | None) -> Verdict:
-        chunks = spool.chunks()
-        if spool.head:
-            next(chunks)  # mailgate's own Received: field is no part of what was signed
-        message = b"".join(chunks)
         checks = self.checks
+        try:
+            head, body = split_message(_content(spool))
+        except HeaderTooLong as exc:
+            head, body = b"", iter(())
+            too_long: str | None = str(exc)
+        else:
+            too_long = None
         lines: list[str] = []
         if spf is not None:
             prop = "smtp.mailfrom" if spf.identity == "mailfrom" else "smtp.helo"
@@ -194,7 +200,10 @@ class Verifier:
                          f"{prop}={value(spf.domain)}")
         dkims: list[DKIMResult] = []
         if checks.dkim or checks.dmarc:
-            dkims, count = check_dkim(bridge, message)
+            if too_long is None:
+                dkims, count = check_dkim_parts(bridge, head, body)
+            else:
+                dkims, count = [DKIMResult("permerror", reason=too_long)], 1
             if checks.dkim:
                 lines.extend(_dkim_line(d) for d in dkims)
                 if not dkims:
@@ -202,10 +211,14 @@ class Verifier:
                 elif count > len(dkims):
                     lines[-1] += comment(f"{count - len(dkims)} more signatures not "
                                          f"checked; at most {MAX_SIGNATURES} are")
-        arc: ARCResult | None = check_arc(bridge, message) if checks.arc else None
+        # dkimpy's ARC wants the whole message: read only for one with ARC sets (or a
+        # header section too long to keep apart, which DMARC must read all the same).
+        whole = b"".join(_content(spool)) if too_long or (checks.arc and has_arc(head)) \
+            else head + b"\r\n"
+        arc = check_arc(bridge, whole) if checks.arc else None
         dmarcs: list[DMARCResult] = []
         if checks.dmarc:
-            domains = from_domains(message)
+            domains = from_domains(whole)
             dmarcs = [check_dmarc(bridge, d, spf, dkims) for d in domains[:MAX_FROM_DOMAINS]]
             lines.extend(_dmarc_line(d) for d in dmarcs)
             if not domains:
@@ -223,8 +236,8 @@ class Verifier:
         summary = ", ".join(line.split(" ", 1)[0] for line in lines)
         reply = self._decide(dmarcs)
         if seal is not None and reply is None and arc is not None:
-            arc_set, why = arc_seal(header + message, self.authserv_id, seal.domain,
-                                    seal.selector, seal.private)
+            arc_set, why = arc_seal(header + b"".join(_content(spool)), self.authserv_id,
+                                    seal.domain, seal.selector, seal.private)
             header = arc_set + header
             summary += f", ARC sealed as d={seal.domain} s={seal.selector}" if arc_set \
                 else f", not ARC sealed ({why})"
@@ -243,6 +256,15 @@ class Verifier:
             if d.result == "fail" and d.disposition == "reject":
                 return DMARC_TEMPFAIL if d.uncertain else dmarc_reject_reply(d.domain)
         return None
+
+
+def _content(spool: SpoolFile) -> Iterator[bytes]:
+    """The message as it came: mailgate's own Received: field (the spool's head) is no
+    part of what was signed."""
+    chunks = spool.chunks()
+    if spool.head:
+        next(chunks)
+    return chunks
 
 
 def _dkim_line(d: DKIMResult) -> str:
