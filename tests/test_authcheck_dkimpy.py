@@ -243,6 +243,18 @@ SIGNATURE = st.tuples(
     st.booleans())
 
 
+def test_a_bare_cr_before_a_bare_lf_is_not_a_line_end() -> None:
+    """Found by the test below: "\rHello\n" holds one CR and one LF, not a CRLF; the
+    LF is a line end to make CRLF, as dkimpy makes it, and the signature holds."""
+    msg = (b"From: Alice <alice@example.org>\r\nTo: bob@example.net\r\nSubject: Hi\r\n"
+           b"Date: Sat, 05 Dec 2026 06:00:00 +0000\r\n\r\n\rHello\n")
+    msg = sign(msg, b"r1024", b"rsa-sha256", (b"simple", b"simple"), False)
+    expected = reference(Keys(RECORDS), msg)
+    assert [r.result for r in expected[0]] == ["pass"]
+    assert check_dkim(Keys(RECORDS), msg) == expected
+    assert ours_in_pieces(msg, [len(msg) - 3]) == expected
+
+
 @settings(max_examples=400, deadline=None)
 @given(body=BODIES, subject=SUBJECTS, signatures=st.lists(SIGNATURE, min_size=1, max_size=3),
        mutations=st.lists(st.sampled_from(MUTATIONS), max_size=3),

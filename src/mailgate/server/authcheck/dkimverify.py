@@ -61,7 +61,6 @@ _BOUNDARY = re.compile(rb"\n\r?\n")  # the empty line after the header section, 
 # whose folding white space `(?:(?:\s*\r?\n)?\s+)?` is any run of white space: the same
 # matches, without nested optional groups (a tenth of the time).
 _BTAG = re.compile(rb"([;\s]b\s*=)(?:\s*[a-zA-Z0-9+/=]+)*(?:\r?\n\Z)?")
-_NOT_NEWLINE = bytes(b for b in range(256) if b not in (10, 13))
 _WS = b" \t\r\n\x0b\x0c"  # what \s matches in a bytes pattern
 _B64 = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/" + _WS
 
@@ -105,8 +104,9 @@ def _crlf(first: bytes, rest: Iterator[bytes]) -> Iterator[bytes]:
         carry = b""
         if piece[-1:] == b"\r":
             piece, carry = piece[:-1], b"\r"
-        ends = piece.translate(None, _NOT_NEWLINE)  # its CRs and LFs alone: far shorter
-        if ends.count(b"\n") != ends.count(b"\r\n"):
+        # Counted in the piece itself: its line ends alone would pair a bare CR with a
+        # later bare LF ("\rHello\n") and miss the LF.
+        if piece.count(b"\n") != piece.count(b"\r\n"):
             piece = piece.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
         if piece:
             yield piece
