@@ -137,12 +137,14 @@ class SQLiteQueue(GroupCommitWriter):
         lease: float,
         domains: Sequence[str] | None = None,
         exclude_domains: Sequence[str] | None = None,
+        per_domain: int | None = None,
     ) -> list[WorkItem]:
         """Take up to `limit` messages with due recipients, each under its own claim token
         that lasts until now + lease; see `Queue.claim`."""
         if limit <= 0 or (domains is not None and not domains):
             return []
         where, params = domain_filter(domains, exclude_domains)
+        cap = per_domain if per_domain is not None and per_domain > 0 else None
         until = now + lease
         # INDEXED BY: without statistics the planner may prefer recipients_state and sort
         # every queued recipient. The due index yields recipients in order; a worker for
@@ -155,19 +157,7 @@ class SQLiteQueue(GroupCommitWriter):
 
         def op(conn: sqlite3.Connection) -> list[WorkItem]:
             owner.register(conn)
-            cursor = conn.execute(
-                f"SELECT msg_seq FROM recipients INDEXED BY {index} "
-                f"WHERE due_at <= ? AND state IN {_ACTIVE}{where} ORDER BY due_at, id",
-                (now, *params),
-            )
-            # Recipients come in due order, several per message: keep each message once,
-            # in the order its first due recipient appears.
-            seqs: dict[int, None] = {}
-            for (seq,) in cursor:
-                seqs[seq] = None
-                if len(seqs) >= limit:
-                    break
-            cursor.close()
+            seqs = _due_messages(conn, index, now, where, params, limit, cap)
             seqs = within_budget(conn, seqs)
             claimed: dict[int, tuple[str, set[int]]] = {}
             for seq in seqs:
@@ -709,3 +699,66 @@ def _finish_if_done(conn: sqlite3.Connection, seq: int, now: float) -> None:
         conn.execute("UPDATE messages SET finished_at = ? WHERE seq = ? AND finished_at IS NULL",
                      (now, seq))
         conn.execute("DELETE FROM contents WHERE seq = ?", (seq,))
+
+
+# Due rows of domains already taken, skipped in a row, before the walk starts again with
+# those domains left out: a destination holding most of the due work costs one restart,
+# not a walk past all of its rows.
+_SKIP_RESTART = 256
+
+
+def _due_messages(conn: sqlite3.Connection, index: str, now: float, where: str,
+                  params: Sequence[str], limit: int, cap: int | None) -> dict[int, None]:
+    """The messages a claim takes, each once. Without `cap`: in the order their first
+    due recipient came due. With `cap`, by destination: domains in the order their first
+    due recipient came due, and for each, up to `cap` of its due messages at once (from
+    its own index), so each domain's work comes out together, ready for one connection.
+    The last domain's share is not cut at `limit`: a claim may exceed it by `cap` - 1."""
+    seqs: dict[int, None] = {}
+    if cap is None:
+        cursor = conn.execute(
+            f"SELECT msg_seq FROM recipients INDEXED BY {index} "
+            f"WHERE due_at <= ? AND state IN {_ACTIVE}{where} ORDER BY due_at, id",
+            (now, *params))
+        for (seq,) in cursor:
+            seqs[seq] = None
+            if len(seqs) >= limit:
+                break
+        cursor.close()
+        return seqs
+    picked: dict[str, None] = {}
+    while len(seqs) < limit:
+        extra = f" AND domain NOT IN ({', '.join('?' * len(picked))})" if picked else ""
+        cursor = conn.execute(
+            f"SELECT domain FROM recipients INDEXED BY {index} "
+            f"WHERE due_at <= ? AND state IN {_ACTIVE}{where}{extra} ORDER BY due_at, id",
+            (now, *params, *picked))
+        skipped = 0
+        restart = False
+        for (domain,) in cursor:
+            if domain in picked:
+                skipped += 1
+                if skipped >= _SKIP_RESTART:
+                    restart = True
+                    break
+                continue
+            skipped = 0
+            picked[domain] = None
+            rows = conn.execute(
+                "SELECT msg_seq FROM recipients INDEXED BY recipients_domain_due "
+                f"WHERE domain = ? AND due_at <= ? AND state IN {_ACTIVE} "
+                "ORDER BY due_at, id LIMIT ?",
+                (domain, now, cap * 4)).fetchall()
+            taken = 0
+            for (seq,) in rows:  # the domain's share whole, even past `limit`
+                if seq not in seqs:
+                    seqs[seq] = None
+                    taken += 1
+                    if taken >= cap:
+                        break
+            if len(seqs) >= limit:
+                break
+        cursor.close()
+        if not restart:
+            break
+    return seqs
