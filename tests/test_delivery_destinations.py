@@ -24,6 +24,7 @@ import pytest
 
 from mailgate.config import Config, Delivery, DNSConfig
 from mailgate.delivery.engine import DeliveryEngine
+from mailgate.delivery.schedule import Schedule
 from mailgate.queue import NewMessage, NewRecipient, RecipientState
 from mailgate.queue.sqlite import SQLiteQueue
 from tests.support.fakemx import MX1 as FAST_HOST
@@ -157,3 +158,36 @@ def test_a_stalled_destination_does_not_hold_up_the_others(
                 queue.close()
     finally:
         gate.set()
+
+
+def test_the_schedule_s_slow_start_and_shares() -> None:
+    """One connection per destination until one delivers, then one more per connection
+    that did, up to the limit; back to one after a connection that delivered nothing.
+    A destination with half the messages in flight is full, and its domains are left
+    out of the next claim; the room for a claim shrinks with what is in flight."""
+    s = Schedule(concurrency=10, per_destination=3, batch=500, max_messages=1000,
+                 max_bytes=10_000_000)
+    one = Counter({"a.test": 10})
+    s.add("a.test", one, 1, 10, 1000)
+    assert s.full("a.test") and s.excluded() == ["a.test"]
+    s.done("a.test", one, 1, 10, 1000)
+    assert not s.full("a.test") and s.excluded() == []
+    s.feedback("a.test", delivered=True)
+    s.feedback("a.test", delivered=True)
+    s.feedback("a.test", delivered=True)
+    assert s.window("a.test") == 3  # not past per_destination
+    s.add("a.test", one, 2, 20, 2000)
+    assert not s.full("a.test")
+    s.feedback("a.test", delivered=False)
+    assert s.window("a.test") == 1 and s.full("a.test")
+    s.done("a.test", one, 2, 20, 2000)
+    # Half the messages in flight: full, whatever its window.
+    s.feedback("b.test", delivered=True)
+    big = Counter({"b.test": 500, "c.test": 1})
+    s.add("route", big, 1, 500, 5000)
+    assert s.full("route") and s.excluded() == ["b.test", "c.test"]
+    assert s.room() == 500
+    s.add("d.test", Counter({"d.test": 400}), 1, 400, 4000)
+    assert s.room() == 100
+    s.done("route", big, 1, 500, 5000)
+    assert s.excluded() == ["d.test"] and s.room() == 500
