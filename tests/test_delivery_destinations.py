@@ -110,12 +110,14 @@ def test_each_domain_s_messages_go_over_one_connection(
 
 def test_a_stalled_destination_does_not_hold_up_the_others(
         tmp_path: Path, zone: DNSServer, fake_mx: Callable[..., FakeMX], mx_port: int,
-        short_poll: None) -> None:
+        monkeypatch: pytest.MonkeyPatch, short_poll: None) -> None:
     """slow.test's server takes connections and never answers EHLO. Its 30 messages,
-    queued first, get one connection (slow start: no more until one delivers) and the
-    rest wait in the queue; the fast domains' messages, queued before and after, are
-    all delivered meanwhile, while slow.test still holds its connection and has
-    received nothing. Delivered once the slow server answers."""
+    queued first (3 connections' worth: 10 per connection here), get one connection
+    (slow start: no more until one delivers) and the rest wait in the queue; the fast
+    domains' messages, queued before and after, are all delivered meanwhile, while
+    slow.test still holds its connection and has received nothing. Delivered once the
+    slow server answers."""
+    monkeypatch.setattr(DeliveryEngine, "MESSAGES_PER_CONNECTION", 10)
     gate = threading.Event()
     slow = fake_mx(MX2, ehlo_gate=gate)
     fast = fake_mx(FAST_HOST)
@@ -151,9 +153,10 @@ def test_a_stalled_destination_does_not_hold_up_the_others(
                 wait_until(lambda: _states(queue, slow_ids)[DELIVERED] == len(slow_ids)
                            or None, 30, "slow.test's messages delivered once it answers")
                 assert sorted(slow.all_rcpts()) == sorted(slow_rcpts)
-                # The one stalled connection carried its share; the rest needed at most
-                # a few more, not one each.
-                assert slow.connections <= 3, slow.connections
+                # The stalled connection carried its 10; the other 20 went 10 a
+                # connection once it had delivered, not one each.
+                assert slow.connections == 3, slow.connections
+                assert Counter(m.connection for m in slow.received) == {1: 10, 2: 10, 3: 10}
             finally:
                 queue.close()
     finally:

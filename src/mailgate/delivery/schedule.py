@@ -293,20 +293,25 @@ class ByDestination(Worker, Generic[G]):
             for token in {u.item.claim_token for u in group.units}:
                 self._tasks_left[token] = self._tasks_left.get(token, 0) + 1
         for group in groups:
-            task = asyncio.create_task(self._deliver_tracked(group))
+            # Counted now, not when the task first runs: the next claim, made before
+            # that, must already see this destination's share in flight.
+            units = group.units
+            load = (group.key,
+                    Counter(domain_of(r.address) for u in units for r in u.recipients),
+                    -(-len(units) // self.MESSAGES_PER_CONNECTION), len(units),
+                    sum(len(u.item.message.content or b"") for u in units))
+            self.schedule.add(*load)
+            task = asyncio.create_task(self._deliver_tracked(group, load))
             if ended is not None:
                 task.add_done_callback(ended)
             tasks.append(task)
         return tasks
 
-    async def _deliver_tracked(self, dest: G) -> None:
-        """One destination's share of a claim, counted in the schedule while it runs;
-        each message whose every destination is done is forgotten."""
+    async def _deliver_tracked(self, dest: G,
+                               load: tuple[str, Counter[str], int, int, int]) -> None:
+        """One destination's share of a claim, counted in the schedule (`load`) until it
+        ends; each message whose every destination is done is forgotten."""
         units = dest.units
-        domains = Counter(domain_of(r.address) for u in units for r in u.recipients)
-        load = (dest.key, domains, -(-len(units) // self.MESSAGES_PER_CONNECTION),
-                len(units), sum(len(u.item.message.content or b"") for u in units))
-        self.schedule.add(*load)
         cancelled = False
         try:
             await self._deliver_destination_guarded(dest)

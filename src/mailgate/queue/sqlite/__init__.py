@@ -39,6 +39,7 @@ from mailgate.queue.sqlite.rows import (
     EnqueueOp,
     chunks,
     domain_filter,
+    due_messages,
     load_messages,
     message_seq,
     restore_message,
@@ -130,15 +131,9 @@ class SQLiteQueue(GroupCommitWriter):
 
     # ------------------------------------------------------------------ delivery side
 
-    def claim(
-        self,
-        now: float,
-        limit: int,
-        lease: float,
-        domains: Sequence[str] | None = None,
-        exclude_domains: Sequence[str] | None = None,
-        per_domain: int | None = None,
-    ) -> list[WorkItem]:
+    def claim(self, now: float, limit: int, lease: float, domains: Sequence[str] | None = None,
+              exclude_domains: Sequence[str] | None = None, per_domain: int | None = None,
+              ) -> list[WorkItem]:
         """Take up to `limit` messages with due recipients, each under its own claim token
         that lasts until now + lease; see `Queue.claim`."""
         if limit <= 0 or (domains is not None and not domains):
@@ -157,7 +152,7 @@ class SQLiteQueue(GroupCommitWriter):
 
         def op(conn: sqlite3.Connection) -> list[WorkItem]:
             owner.register(conn)
-            seqs = _due_messages(conn, index, now, where, params, limit, cap)
+            seqs = due_messages(conn, index, now, where, params, limit, cap)
             seqs = within_budget(conn, seqs)
             claimed: dict[int, tuple[str, set[int]]] = {}
             for seq in seqs:
@@ -699,66 +694,3 @@ def _finish_if_done(conn: sqlite3.Connection, seq: int, now: float) -> None:
         conn.execute("UPDATE messages SET finished_at = ? WHERE seq = ? AND finished_at IS NULL",
                      (now, seq))
         conn.execute("DELETE FROM contents WHERE seq = ?", (seq,))
-
-
-# Due rows of domains already taken, skipped in a row, before the walk starts again with
-# those domains left out: a destination holding most of the due work costs one restart,
-# not a walk past all of its rows.
-_SKIP_RESTART = 256
-
-
-def _due_messages(conn: sqlite3.Connection, index: str, now: float, where: str,
-                  params: Sequence[str], limit: int, cap: int | None) -> dict[int, None]:
-    """The messages a claim takes, each once. Without `cap`: in the order their first
-    due recipient came due. With `cap`, by destination: domains in the order their first
-    due recipient came due, and for each, up to `cap` of its due messages at once (from
-    its own index), so each domain's work comes out together, ready for one connection.
-    The last domain's share is not cut at `limit`: a claim may exceed it by `cap` - 1."""
-    seqs: dict[int, None] = {}
-    if cap is None:
-        cursor = conn.execute(
-            f"SELECT msg_seq FROM recipients INDEXED BY {index} "
-            f"WHERE due_at <= ? AND state IN {_ACTIVE}{where} ORDER BY due_at, id",
-            (now, *params))
-        for (seq,) in cursor:
-            seqs[seq] = None
-            if len(seqs) >= limit:
-                break
-        cursor.close()
-        return seqs
-    picked: dict[str, None] = {}
-    while len(seqs) < limit:
-        extra = f" AND domain NOT IN ({', '.join('?' * len(picked))})" if picked else ""
-        cursor = conn.execute(
-            f"SELECT domain FROM recipients INDEXED BY {index} "
-            f"WHERE due_at <= ? AND state IN {_ACTIVE}{where}{extra} ORDER BY due_at, id",
-            (now, *params, *picked))
-        skipped = 0
-        restart = False
-        for (domain,) in cursor:
-            if domain in picked:
-                skipped += 1
-                if skipped >= _SKIP_RESTART:
-                    restart = True
-                    break
-                continue
-            skipped = 0
-            picked[domain] = None
-            rows = conn.execute(
-                "SELECT msg_seq FROM recipients INDEXED BY recipients_domain_due "
-                f"WHERE domain = ? AND due_at <= ? AND state IN {_ACTIVE} "
-                "ORDER BY due_at, id LIMIT ?",
-                (domain, now, cap * 4)).fetchall()
-            taken = 0
-            for (seq,) in rows:  # the domain's share whole, even past `limit`
-                if seq not in seqs:
-                    seqs[seq] = None
-                    taken += 1
-                    if taken >= cap:
-                        break
-            if len(seqs) >= limit:
-                break
-        cursor.close()
-        if not restart:
-            break
-    return seqs
