@@ -145,6 +145,9 @@ class _UnitLike(Protocol):
     @property
     def sent(self) -> bool: ...
 
+    @property
+    def decided(self) -> bool: ...
+
 
 G = TypeVar("G", bound=_Group)
 
@@ -172,6 +175,9 @@ class ByDestination(Worker, Generic[G]):
         # Destination tasks of each claimed message not ended yet (claim token -> count).
         self._tasks_left: dict[str, int] = {}
         self._storage_error: QueueError | None = None  # met by a destination task
+        # Claims whose outcomes could not be recorded (the queue failed): given back as
+        # soon as the queue takes writes again, not after their lease.
+        self._unreleased: set[str] = set()
 
     @abc.abstractmethod
     def _group(self, items: Sequence[WorkItem]) -> list[G]:
@@ -220,6 +226,7 @@ class ByDestination(Worker, Generic[G]):
                     continue
                 try:
                     await self.settle()
+                    await self._give_back()
                     items = await self._claim_now()
                 except QueueError as exc:
                     await self._pause(exc)
@@ -237,6 +244,11 @@ class ByDestination(Worker, Generic[G]):
             self._release_claims()
             with contextlib.suppress(QueueError):  # else the leases bring the work back
                 await self.settle()
+
+    async def _give_back(self) -> None:
+        for token in sorted(self._unreleased):
+            await asyncio.to_thread(self.queue.release, token)
+            self._unreleased.discard(token)
 
     async def run_once(self) -> int:
         """Claim and deliver what is due now, destination by destination as `run` does,
@@ -317,6 +329,7 @@ class ByDestination(Worker, Generic[G]):
             await self._deliver_destination_guarded(dest)
         except QueueError as exc:
             self._storage_error = exc
+            self._unreleased.update(u.item.claim_token for u in units if not u.decided)
         except asyncio.CancelledError:
             cancelled = True  # shutting down: its claims are given back (`run`)
             raise
