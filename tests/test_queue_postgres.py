@@ -28,6 +28,8 @@ from tests.test_queue_ids import TAKEN, trace
 from tests.test_queue_sqlite import (  # noqa: F401
     attempt,
     message,
+    test_claim_by_destination_looks_past_a_domain_holding_most_of_the_work,
+    test_claim_by_destination_takes_each_domain_s_due_messages_together,
     test_claim_domain_filters,
     test_claim_record_and_schedule,
     test_claim_takes_oldest_due_messages_up_to_limit,

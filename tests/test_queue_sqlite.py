@@ -28,6 +28,7 @@ from mailgate.queue import (
     QueueError,
     QueueFull,
     RecipientState,
+    WorkItem,
 )
 from mailgate.queue.sqlite import SCHEMA_VERSION, SQLiteQueue, new_queue_id
 
@@ -554,6 +555,49 @@ def test_claim_takes_oldest_due_messages_up_to_limit(q: SQLiteQueue) -> None:
     assert len({i.claim_token for i in items}) == 2
     assert [i.message.id for i in q.claim(now, limit=10, lease=60)] == ids[2:]
     assert q.claim(now, limit=0, lease=60) == []
+
+
+def test_claim_by_destination_takes_each_domain_s_due_messages_together(
+        q: SQLiteQueue) -> None:
+    """`per_domain`: domains in the order their first message came due, each with up to
+    that many of its messages at once, though they arrived interleaved with the others';
+    the last domain's share is not cut at `limit`, and excluded domains stay queued."""
+    ids: dict[str, list[str]] = {d: [] for d in ("a.test", "b.test", "c.test", "d.test")}
+    for i in range(5):
+        for domain, queued in ids.items():
+            queued.append(q.enqueue(message(f"u{i}@{domain}")))
+    now = time.time() + 1
+
+    def taken(items: list[WorkItem]) -> list[tuple[str, str]]:
+        return [(i.recipients[0].address.partition("@")[2], i.message.id) for i in items]
+
+    first = q.claim(now, limit=6, lease=60, per_domain=4)
+    assert taken(first) == [("a.test", m) for m in ids["a.test"][:4]] + [
+        ("b.test", m) for m in ids["b.test"][:4]]
+    second = q.claim(now, limit=6, lease=60, exclude_domains=["c.test"], per_domain=4)
+    assert taken(second) == [("d.test", m) for m in ids["d.test"][:4]] + [
+        ("a.test", ids["a.test"][4]), ("b.test", ids["b.test"][4])]
+    # Without per_domain, arrival order as ever.
+    rest = q.claim(now, limit=100, lease=60)
+    assert [i.message.id for i in rest] == ids["c.test"] + [ids["d.test"][4]]
+    assert q.claim(now, limit=100, lease=60, per_domain=4) == []
+
+
+def test_claim_by_destination_looks_past_a_domain_holding_most_of_the_work(
+        q: SQLiteQueue) -> None:
+    """A destination with far more due work than one share (a slow one, its slots all
+    in use) cannot fill the claim: the next domains come in the same claim."""
+    for i in range(600):
+        q.enqueue(message(f"u{i}@big.test"))
+    small = [q.enqueue(message(f"v{i}@small.test")) for i in range(3)]
+    now = time.time() + 1
+    items = q.claim(now, limit=50, lease=60, per_domain=10)
+    domains = [i.recipients[0].address.partition("@")[2] for i in items]
+    assert domains == ["big.test"] * 10 + ["small.test"] * 3
+    assert [i.message.id for i in items[10:]] == small
+    # And with big.test left out (full), only the others.
+    more = q.claim(now, limit=50, lease=60, exclude_domains=["big.test"], per_domain=10)
+    assert more == []
 
 
 def test_claim_domain_filters(q: SQLiteQueue) -> None:

@@ -57,6 +57,7 @@ from mailgate.delivery.notices import (
     wants_success,
     warn_delayed,
 )
+from mailgate.delivery.schedule import ByDestination
 from mailgate.delivery.transport import (
     ClientRun,
     ConnectError,
@@ -64,7 +65,6 @@ from mailgate.delivery.transport import (
     tls_failure,
     verifying_context,
 )
-from mailgate.delivery.worker import Worker
 from mailgate.dns import MXHost, NullMX, PermFail, Resolver, Route, TempFail
 from mailgate.queue import (
     Attempt,
@@ -111,6 +111,7 @@ class _Unit:
     recipients: list[Recipient]
     envelope: Envelope | None = None  # made before the first connection
     decided: bool = False  # every recipient's outcome is recorded
+    sent: bool = False  # a recipient was delivered (the schedule's slow start)
 
 
 @dataclass
@@ -135,7 +136,7 @@ class EngineStats:
     messages_per_connection: list[int] = field(default_factory=list)
 
 
-class DeliveryEngine(Worker):
+class DeliveryEngine(ByDestination["_Destination"]):
     """The outbound target: claimed work for other domains goes out by SMTP."""
 
     KIND = "outbound"
@@ -149,7 +150,6 @@ class DeliveryEngine(Worker):
         super().__init__(config, queue, enqueue, log, clock)
         self.resolver = resolver
         self.tls_context = tls_context
-        self.local_domains = tuple(config.domains.local)
         d = config.delivery
         self._all = asyncio.Semaphore(d.concurrency)
         self._per_dest: dict[str, asyncio.Semaphore] = defaultdict(
@@ -164,15 +164,10 @@ class DeliveryEngine(Worker):
         self._verifying: ssl.SSLContext | None = None
         self.stats = EngineStats()
 
-    def claim(self, now: float) -> list[WorkItem]:
-        """Every due recipient outside the local domains."""
-        return self.queue.claim(now, self.BATCH, self.LEASE, None, self.local_domains)
-
-    async def deliver(self, items: Sequence[WorkItem]) -> None:
-        """Deliver claimed work: group by destination, one task per destination.
-
-        A message's recipients that share a destination share one transaction: those of
-        one domain, or of every domain that goes to the same relayhost or route."""
+    def _group(self, items: Sequence[WorkItem]) -> list[_Destination]:
+        """Claimed work by destination. A message's recipients that share a destination
+        share one transaction: those of one domain, or of every domain that goes to the
+        same relayhost or route."""
         dests: dict[str, _Destination] = {}
         by_domain: dict[str, _Destination] = {}
         for item in items:
@@ -187,19 +182,13 @@ class DeliveryEngine(Worker):
             for key, rcpts in by_key.items():
                 dests[key].units.append(_Unit(item, rcpts))
             self._units_left[item.claim_token] = len(by_key)
-        try:
-            results = await asyncio.gather(
-                *(self._deliver_destination_guarded(d) for d in dests.values()),
-                return_exceptions=True)
-            for result in results:  # QueueError: the queue cannot be written
-                if isinstance(result, BaseException):
-                    raise result
-        finally:
-            for item in items:
-                self._units_left.pop(item.claim_token, None)
-                self._failures.discard(item.claim_token)
-                self._relayed.pop(item.claim_token, None)
-                self._poisoned.discard(item.claim_token)
+        return list(dests.values())
+
+    def _forget(self, token: str) -> None:
+        """The claimed message's every destination is done: drop what was kept for it."""
+        self._units_left.pop(token, None)
+        self._failures.discard(token)
+        self._relayed.pop(token, None)
 
     async def _deliver_destination_guarded(self, dest: _Destination) -> None:
         """`_deliver_destination`, where an unexpected error is pinned on one message:
@@ -533,6 +522,7 @@ class DeliveryEngine(Worker):
         next_attempt = None
         if reply.is_success:
             outcome = "delivered"
+            unit.sent = True
             self.stats.delivered += 1
         elif reply.is_permanent:
             outcome = "failed"

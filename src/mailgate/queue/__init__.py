@@ -286,10 +286,17 @@ class Queue(Protocol):
         ...
 
     def claim(self, now: float, limit: int, lease: float, domains: Sequence[str] | None = None,
-              exclude_domains: Sequence[str] | None = None) -> list[WorkItem]:
+              exclude_domains: Sequence[str] | None = None,
+              per_domain: int | None = None) -> list[WorkItem]:
         """Take up to `limit` messages with due recipients (queued/deferred with
         next_attempt <= now), optionally only recipients in / not in the given domains;
         the claim lasts `lease` seconds, after which the work is due again (crash safety).
+
+        Messages are taken in the order their first due recipient came due. With
+        `per_domain`, at most that many are taken for any one domain (the domain of the
+        due recipient that brought the message in): one destination holding most of the
+        due work leaves room in the claim for the others, and the delivery engine gets
+        each destination's messages together, for one connection.
 
         The backend notes which process holds each claim (its claim owner: this host,
         this process, this boot), so that `recover_claims` in a later process can take

@@ -38,6 +38,7 @@ from mailgate.queue.sqlite.rows import (
     EnqueueOp,
     chunks,
     domain_filter,
+    due_messages,
     load_messages,
     message_seq,
     restore_message,
@@ -129,19 +130,15 @@ class SQLiteQueue(GroupCommitWriter):
 
     # ------------------------------------------------------------------ delivery side
 
-    def claim(
-        self,
-        now: float,
-        limit: int,
-        lease: float,
-        domains: Sequence[str] | None = None,
-        exclude_domains: Sequence[str] | None = None,
-    ) -> list[WorkItem]:
+    def claim(self, now: float, limit: int, lease: float, domains: Sequence[str] | None = None,
+              exclude_domains: Sequence[str] | None = None, per_domain: int | None = None,
+              ) -> list[WorkItem]:
         """Take up to `limit` messages with due recipients, each under its own claim token
         that lasts until now + lease; see `Queue.claim`."""
         if limit <= 0 or (domains is not None and not domains):
             return []
         where, params = domain_filter(domains, exclude_domains)
+        cap = per_domain if per_domain is not None and per_domain > 0 else None
         until = now + lease
         # INDEXED BY: without statistics the planner may prefer recipients_state and sort
         # every queued recipient. The due index yields recipients in order; a worker for
@@ -154,19 +151,7 @@ class SQLiteQueue(GroupCommitWriter):
 
         def op(conn: sqlite3.Connection) -> list[WorkItem]:
             owner.register(conn)
-            cursor = conn.execute(
-                f"SELECT msg_seq FROM recipients INDEXED BY {index} "
-                f"WHERE due_at <= ? AND state IN {_ACTIVE}{where} ORDER BY due_at, id",
-                (now, *params),
-            )
-            # Recipients come in due order, several per message: keep each message once,
-            # in the order its first due recipient appears.
-            seqs: dict[int, None] = {}
-            for (seq,) in cursor:
-                seqs[seq] = None
-                if len(seqs) >= limit:
-                    break
-            cursor.close()
+            seqs = due_messages(conn, index, now, where, params, limit, cap)
             seqs = within_budget(conn, seqs)
             claimed: dict[int, tuple[str, set[int]]] = {}
             for seq in seqs:

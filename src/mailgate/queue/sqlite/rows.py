@@ -34,6 +34,7 @@ __all__ = [
     "EnqueueOp",
     "chunks",
     "domain_filter",
+    "due_messages",
     "load_messages",
     "message_seq",
     "restore_message",
@@ -336,3 +337,69 @@ def restore_message(conn: sqlite3.Connection, m: QueuedMessage) -> bool:
         [(ids[rid], a.at, a.host, a.code, a.enhanced, a.text, a.outcome, a.remote, a.tls)
          for rid, a in m.attempts if rid in ids])
     return True
+
+
+# The states claim() may take (as the backend's _ACTIVE).
+_DUE_STATES = "('queued', 'deferred')"
+
+# Due rows of domains already taken, skipped in a row, before the walk starts again with
+# those domains left out: a destination holding most of the due work costs one restart,
+# not a walk past all of its rows.
+_SKIP_RESTART = 256
+
+
+def due_messages(conn: sqlite3.Connection, index: str, now: float, where: str,
+                  params: Sequence[str], limit: int, cap: int | None) -> dict[int, None]:
+    """The messages a claim takes, each once. Without `cap`: in the order their first
+    due recipient came due. With `cap`, by destination: domains in the order their first
+    due recipient came due, and for each, up to `cap` of its due messages at once (from
+    its own index), so each domain's work comes out together, ready for one connection.
+    The last domain's share is not cut at `limit`: a claim may exceed it by `cap` - 1."""
+    seqs: dict[int, None] = {}
+    if cap is None:
+        cursor = conn.execute(
+            f"SELECT msg_seq FROM recipients INDEXED BY {index} "
+            f"WHERE due_at <= ? AND state IN {_DUE_STATES}{where} ORDER BY due_at, id",
+            (now, *params))
+        for (seq,) in cursor:
+            seqs[seq] = None
+            if len(seqs) >= limit:
+                break
+        cursor.close()
+        return seqs
+    picked: dict[str, None] = {}
+    while len(seqs) < limit:
+        extra = f" AND domain NOT IN ({', '.join('?' * len(picked))})" if picked else ""
+        cursor = conn.execute(
+            f"SELECT domain FROM recipients INDEXED BY {index} "
+            f"WHERE due_at <= ? AND state IN {_DUE_STATES}{where}{extra} ORDER BY due_at, id",
+            (now, *params, *picked))
+        skipped = 0
+        restart = False
+        for (domain,) in cursor:
+            if domain in picked:
+                skipped += 1
+                if skipped >= _SKIP_RESTART:
+                    restart = True
+                    break
+                continue
+            skipped = 0
+            picked[domain] = None
+            rows = conn.execute(
+                "SELECT msg_seq FROM recipients INDEXED BY recipients_domain_due "
+                f"WHERE domain = ? AND due_at <= ? AND state IN {_DUE_STATES} "
+                "ORDER BY due_at, id LIMIT ?",
+                (domain, now, cap * 4)).fetchall()
+            taken = 0
+            for (seq,) in rows:  # the domain's share whole, even past `limit`
+                if seq not in seqs:
+                    seqs[seq] = None
+                    taken += 1
+                    if taken >= cap:
+                        break
+            if len(seqs) >= limit:
+                break
+        cursor.close()
+        if not restart:
+            break
+    return seqs
