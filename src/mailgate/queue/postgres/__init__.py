@@ -15,6 +15,7 @@ whose heartbeat says it is alive. docs/cluster.md tells the whole story.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import builtins
 import secrets
 import time
@@ -41,7 +42,8 @@ from mailgate.queue.postgres.rows import (
     message_seq,
     restore_message,
 )
-from mailgate.queue.postgres.schema import SCHEMA_VERSION, check_schema, migrate
+from mailgate.queue.postgres.schema import SCHEMA_VERSION, check_schema, fold_counts, migrate
+from mailgate.queue.sqlite import _whole_minutes  # the same minutes as SQLite's
 
 __all__ = ["SCHEMA_VERSION", "PostgresQueue", "describe", "migrate", "migrate_database"]
 
@@ -84,7 +86,7 @@ class PostgresQueue:
                  stale: float = 10.0, batch_limit: int = 256) -> None:
         self._engine = Engine(dsn, node=node, heartbeat=heartbeat, stale=stale,
                               batch_limit=batch_limit, prepare=check_schema,
-                              recover=recover_stale)
+                              recover=recover_stale, upkeep=fold_counts)
         self._claimed_ever = False
         self._slot_keys: dict[str, int] = {}  # destinations whose slot rows exist
 
@@ -355,14 +357,24 @@ class PostgresQueue:
         return self._engine.run("retry", op)
 
     def counts(self) -> dict[str, int]:
+        """Recipients per state, every state present: the totals the triggers keep plus
+        the deltas not yet folded (schema.py), in one statement, at any queue size."""
+
         def read(conn: Conn) -> dict[str, int]:
             result = {s.value: 0 for s in RecipientState}
-            for state, n in conn.execute("SELECT state, count(*) FROM recipients "
-                                         "GROUP BY state"):
-                result[state] = int(n)
+            for state, n in conn.execute(
+                    "SELECT state, sum(n) FROM (SELECT state, n FROM state_counts UNION ALL "
+                    "SELECT state, n FROM state_deltas) AS k GROUP BY state"):
+                if state in result:
+                    result[state] = int(n)
             return result
 
         return self._engine.run("count the queue", read)
+
+    def fold_counts(self) -> bool:
+        """Fold the kept counts' deltas into their totals now (the node thread does it
+        every heartbeat); False when another node was folding."""
+        return self._engine.run("fold the counts", fold_counts)
 
     def purge(self, finished_before: float, limit: int = 1000) -> int:
         if limit <= 0:
@@ -374,34 +386,71 @@ class PostgresQueue:
 
     def activity(self, since: float, bucket_seconds: float, until: float | None = None
                  ) -> builtins.list[ActivityBucket]:
+        """Messages queued and attempts by outcome per bucket; see `Queue.activity`.
+
+        As in the SQLite backend, the whole minutes of a bucket come from the kept
+        per-minute counts (totals and unfolded deltas, schema.py) and only the partial
+        minutes at the buckets' edges are counted in the rows' own indexes: per series
+        one statement for the minutes and one for every edge at once."""
         if not bucket_seconds > 0:
             raise ValueError("bucket_seconds must be positive")
         end = time.time() if until is None else until
         n = int(-(-(end - since) // bucket_seconds)) if end > since else 0
         if n > 1000:
             raise ValueError("at most 1000 buckets: choose longer buckets")
-        bucket = "floor((%(col)s - %%(since)s) / %%(width)s)::int"
-        series = {
-            "accepted": f"SELECT {bucket % {'col': 'queued_at'}}, count(*) FROM messages "
-                        "WHERE queued_at >= %(since)s AND queued_at < %(end)s GROUP BY 1",
-            "bounced": f"SELECT {bucket % {'col': 'queued_at'}}, count(*) FROM messages "
-                       "WHERE sender = '' AND queued_at >= %(since)s AND queued_at < %(end)s "
-                       "GROUP BY 1",
+        edges = [(since + i * bucket_seconds, min(end, since + (i + 1) * bucket_seconds))
+                 for i in range(n)]
+        # Per bucket: its whole minutes [first, last), and the partial ranges at its ends
+        # (the whole bucket when it holds no whole minute), each tagged with its bucket.
+        whole: builtins.list[tuple[int, int]] = []
+        parts: builtins.list[tuple[int, float, float]] = []
+        for i, (lo, hi) in enumerate(edges):
+            first, last = _whole_minutes(lo, hi)
+            if first >= last:
+                whole.append((0, 0))
+                parts.append((i, lo, hi))
+                continue
+            whole.append((first, last))
+            if lo < first * 60:
+                parts.append((i, lo, first * 60.0))
+            if last * 60 < hi:
+                parts.append((i, last * 60.0, hi))
+        ranges = {
+            "accepted": "messages WHERE queued_at >= e.lo AND queued_at < e.hi",
+            "bounced": "messages WHERE sender = '' AND queued_at >= e.lo AND queued_at < e.hi",
         }
         for outcome in ("delivered", "deferred", "failed"):
-            series[outcome] = (f"SELECT {bucket % {'col': 'at'}}, count(*) FROM attempts "
-                               f"WHERE outcome = '{outcome}' AND at >= %(since)s "
-                               "AND at < %(end)s GROUP BY 1")
+            ranges[outcome] = (f"attempts WHERE outcome = '{outcome}' AND at >= e.lo "
+                               "AND at < e.hi")
+        lo_minute = min((f for f, la in whole if f < la), default=0)
+        hi_minute = max((la for f, la in whole if f < la), default=0)
 
         def read(conn: Conn) -> builtins.list[ActivityBucket]:
-            counts: dict[str, dict[int, int]] = {}
-            args = {"since": since, "end": end, "width": bucket_seconds}
-            for name, sql in series.items():
-                counts[name] = {int(b): int(c) for b, c in conn.execute(
-                    sql, args)}
-            return [ActivityBucket(start=since + i * bucket_seconds, seconds=bucket_seconds,
-                                   **{k: v.get(i, 0) for k, v in counts.items()})
-                    for i in range(n)]
+            totals = {name: [0] * n for name in ranges}
+            if hi_minute > lo_minute:
+                # Buckets do not overlap and are in order: a minute's bucket by bisection.
+                holding = [i for i, (f, la) in enumerate(whole) if f < la]
+                firsts = [whole[i][0] for i in holding]
+                for series, minute, c in conn.execute(
+                        "SELECT series, minute, sum(n) FROM (SELECT series, minute, n FROM "
+                        "activity_minutes WHERE minute >= %(lo)s AND minute < %(hi)s "
+                        "UNION ALL SELECT series, minute, n FROM activity_deltas WHERE "
+                        "minute >= %(lo)s AND minute < %(hi)s) AS k GROUP BY 1, 2",
+                        {"lo": lo_minute, "hi": hi_minute}):
+                    k = bisect.bisect_right(firsts, minute) - 1
+                    i = holding[k] if k >= 0 else -1
+                    if series in totals and i >= 0 and minute < whole[i][1]:
+                        totals[series][i] += int(c)
+            if parts:
+                args = ([p[0] for p in parts], [p[1] for p in parts], [p[2] for p in parts])
+                for name, sql in ranges.items():
+                    for i, c in conn.execute(
+                            f"SELECT e.i, (SELECT count(*) FROM {sql}) FROM unnest("
+                            "%s::int[], %s::float8[], %s::float8[]) AS e (i, lo, hi)", args):
+                        totals[name][i] += int(c)
+            return [ActivityBucket(start=lo, seconds=bucket_seconds,
+                                   **{name: totals[name][i] for name in ranges})
+                    for i, (lo, _) in enumerate(edges)]
 
         return self._engine.run("count the queue's activity", read)
 

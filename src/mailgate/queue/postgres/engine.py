@@ -22,7 +22,8 @@ The node thread keeps one autocommit connection that LISTENs for work queued any
 in the cluster (wakes the delivery workers at once instead of at their next poll) and
 every `heartbeat` seconds marks this node alive and takes back the claims of nodes whose
 heartbeat is older than `stale` seconds: a killed node's work is due again within seconds,
-never while its heartbeat goes on.
+never while its heartbeat goes on. Then it runs the queue's upkeep (folding the kept
+counts' deltas, schema.py).
 """
 
 from __future__ import annotations
@@ -93,7 +94,8 @@ class Engine:
     def __init__(self, dsn: str, *, node: str = "", heartbeat: float = 2.0,
                  stale: float = 10.0, batch_limit: int = 256,
                  prepare: Callable[[Conn, str], None] | None = None,
-                 recover: Callable[[Conn, float], int] | None = None) -> None:
+                 recover: Callable[[Conn, float], int] | None = None,
+                 upkeep: Callable[[Conn], object] | None = None) -> None:
         self.dsn = dsn
         self.where = describe(dsn)
         self.node_name = node or socket.gethostname()
@@ -102,6 +104,7 @@ class Engine:
         self.stale = stale
         self._batch_limit = max(1, batch_limit)
         self._recover = recover
+        self._upkeep = upkeep
         self._lock = threading.Lock()
         self._closed = False
         self._watchers: list[Callable[[], None]] = []
@@ -393,6 +396,9 @@ class Engine:
                 log.warning("queue: took back %d recipient(s) claimed by node(s) whose "
                             "heartbeat stopped", back)
                 self._wake_all()
+        if self._upkeep is not None:
+            with conn.transaction():
+                self._upkeep(conn)
 
     def healthy(self) -> bool:
         """Whether this node's heartbeat reached the database lately: a node whose own
