@@ -630,13 +630,71 @@ FROM old WHERE r.id = old.id
 RETURNING r.msg_seq, r.state, old.state
 """
 
+# The same for every record of a group commit at once, from arrays: one statement per
+# batch instead of one per recipient. The recipients are locked in id order (two nodes
+# never wait for each other in a circle); a recipient twice in one batch is left to the
+# one-row statement for its later records, in order.
+_RECORD_MANY = """
+WITH x AS (SELECT * FROM unnest(%(id)s::bigint[], %(token)s::text[], %(outcome)s::text[],
+        %(next)s::float8[], %(at)s::float8[], %(host)s::text[], %(code)s::int[],
+        %(enhanced)s::text[], %(text)s::text[], %(remote)s::bool[], %(tls)s::text[])
+    AS x (id, token, outcome, next, at, host, code, enhanced, text, remote, tls)),
+old AS (
+    SELECT r.id, r.msg_seq, r.state, r.claim_token, r.claim_until, x.outcome, x.code,
+        x.enhanced, x.text,
+        (x.token IS NOT NULL AND r.claim_token IS NOT NULL
+         AND r.claim_token <> x.token AND r.claim_until > %(now)s) AS theirs,
+        CASE WHEN r.state NOT IN ('delivered', 'failed', 'held')
+             AND x.outcome = 'deferred' THEN x.next END AS next
+    FROM recipients r JOIN x ON r.id = x.id ORDER BY r.id FOR UPDATE OF r),
+a AS (INSERT INTO attempts (recipient_id, at, host, code, enhanced, text, outcome, remote,
+                            tls)
+      SELECT x.id, x.at, x.host, x.code, x.enhanced, x.text, x.outcome, x.remote, x.tls
+      FROM x JOIN old ON old.id = x.id ORDER BY x.id)
+UPDATE recipients r SET
+    state = CASE WHEN old.state IN ('delivered', 'failed') THEN old.state
+                 WHEN old.outcome <> 'deferred' THEN old.outcome
+                 WHEN old.state = 'held' THEN 'held' ELSE 'deferred' END,
+    attempts = r.attempts + 1, next_attempt = old.next,
+    due_at = CASE WHEN old.theirs THEN (CASE WHEN old.next IS NOT NULL THEN old.claim_until END)
+                  ELSE old.next END,
+    last_code = old.code, last_enhanced = old.enhanced, last_text = old.text,
+    claim_token = CASE WHEN old.theirs THEN old.claim_token END,
+    claim_until = CASE WHEN old.theirs THEN old.claim_until END,
+    claim_owner = CASE WHEN old.theirs THEN r.claim_owner END,
+    updated_at = %(now)s
+FROM old WHERE r.id = old.id
+RETURNING r.id, r.msg_seq, r.state, old.state
+"""
+_RECORD_KEYS = ("id", "token", "outcome", "next", "at", "host", "code", "enhanced", "text",
+                "remote", "tls")
+
+
+class _Recorded:
+    """The answer of one _RECORD_MANY, read once by the first `finish` that asks."""
+
+    __slots__ = ("cursor", "rows")
+
+    def __init__(self, cursor: Any) -> None:
+        self.cursor = cursor
+        self.rows: dict[int, tuple[int, str, str]] = {}
+
+    def row(self, recipient_id: int) -> tuple[int, str, str] | None:
+        if self.cursor is not None:
+            cur, self.cursor = self.cursor, None
+            self.rows = {rid: (seq, state, was) for rid, seq, state, was in cur.fetchall()}
+            cur.close()
+        return self.rows.get(recipient_id)
+
 
 class RecordOp:
-    """record() as a two-step write for the group commit's pipeline: `start` sends the
-    one statement, `finish` reads what it did and, when the recipient became final,
-    finishes the message if it was the last (two more statements, once per message)."""
+    """record() as a three-step write for the group commit's pipeline: `start_all` sends
+    one statement for the batch's records, `finish` reads what it did to its recipient,
+    and `settle` (once for the batch) finishes the messages whose last recipient became
+    final: two statements for the batch, not two round trips per message. Calling the op
+    does all three."""
 
-    __slots__ = ("_cursor", "_now", "_params", "recipient_id")
+    __slots__ = ("_cursor", "_now", "_params", "_recorded", "_seq", "recipient_id")
 
     def __init__(self, recipient_id: int, attempt: Attempt, outcome: str,
                  next_attempt: float | None, claim_token: str | None) -> None:
@@ -647,38 +705,79 @@ class RecordOp:
             "code": attempt.code, "enhanced": attempt.enhanced, "text": attempt.text,
             "remote": attempt.remote, "tls": attempt.tls}
         self._cursor: Any = None
+        self._recorded: _Recorded | None = None
         self._now = 0.0
+        self._seq: int | None = None
+
+    @staticmethod
+    def start_all(conn: Conn, ops: Sequence[RecordOp]) -> None:
+        now = time.time()
+        together: list[RecordOp] = []
+        alone: list[RecordOp] = []
+        seen: set[int] = set()
+        for op in ops:
+            (alone if op.recipient_id in seen else together).append(op)
+            seen.add(op.recipient_id)
+        if len(together) == 1:
+            alone.insert(0, together.pop())
+        if together:
+            cur = conn.cursor()
+            cur.execute(_RECORD_MANY, {
+                **{k: [op._params[k] for op in together] for k in _RECORD_KEYS},
+                "now": now})
+            recorded = _Recorded(cur)
+            for op in together:
+                op._now, op._seq, op._cursor, op._recorded = now, None, None, recorded
+        for op in alone:
+            op.start(conn)
 
     def start(self, conn: Conn) -> None:
         self._now = time.time()
+        self._seq = None
+        self._recorded = None
         self._cursor = conn.cursor()
         self._cursor.execute(_RECORD, {**self._params, "now": self._now})
 
     def finish(self, conn: Conn) -> None:
-        cur, self._cursor = self._cursor, None
-        row = cur.fetchone()
-        cur.close()
+        row: tuple[int, str, str] | None
+        if self._recorded is not None:
+            recorded, self._recorded = self._recorded, None
+            row = recorded.row(self.recipient_id)
+        else:
+            cur, self._cursor = self._cursor, None
+            row = cur.fetchone()
+            cur.close()
         if row is None:
             raise NotFound(f"recipient {self.recipient_id} is not in the queue")
         seq, state, was = row
         final = (RecipientState.DELIVERED.value, RecipientState.FAILED.value)
         if state in final and was not in final:
-            _finish_if_done(conn, seq, self._now)
+            self._seq = seq
+
+    @staticmethod
+    def settle(conn: Conn, ops: Sequence[RecordOp]) -> None:
+        seqs = sorted({op._seq for op in ops if op._seq is not None})
+        if seqs:
+            _finish_if_done(conn, seqs, max(op._now for op in ops))
 
     def __call__(self, conn: Conn) -> None:
         self.start(conn)
         self.finish(conn)
+        self.settle(conn, [self])
 
 
-def _finish_if_done(conn: Conn, seq: int, now: float) -> None:
-    """Retention: no recipient left to deliver, so the content goes and the message is
-    finished as of now; the record stays until `purge`. The message's row is locked
-    first: two nodes recording its last two recipients at once are serialised here, so
-    the later one sees the other's outcome committed and finishes the message."""
-    conn.execute("SELECT 1 FROM messages WHERE seq = %s FOR UPDATE", (seq,))
+def _finish_if_done(conn: Conn, seqs: Sequence[int], now: float) -> None:
+    """Retention: messages with no recipient left to deliver lose their content and are
+    finished as of now; the record stays until `purge`. The messages' rows are locked
+    first (in seq order, so two nodes never wait for each other in a circle): two nodes
+    recording a message's last two recipients at once are serialised here, so the later
+    one sees the other's outcome committed and finishes the message."""
+    conn.execute("SELECT 1 FROM messages WHERE seq = ANY(%s) ORDER BY seq FOR UPDATE",
+                 (list(seqs),))
     # A statement of its own after the lock: it sees what the lock waited for.
     conn.execute(
-        "WITH done AS (UPDATE messages SET finished_at = %(now)s WHERE seq = %(seq)s "
-        "AND finished_at IS NULL AND NOT EXISTS (SELECT 1 FROM recipients WHERE "
-        "msg_seq = %(seq)s AND state NOT IN ('delivered', 'failed')) RETURNING seq) "
-        "DELETE FROM contents WHERE seq IN (SELECT seq FROM done)", {"now": now, "seq": seq})
+        "WITH done AS (UPDATE messages m SET finished_at = %(now)s WHERE seq = ANY(%(seqs)s) "
+        "AND finished_at IS NULL AND NOT EXISTS (SELECT 1 FROM recipients r WHERE "
+        "r.msg_seq = m.seq AND r.state NOT IN ('delivered', 'failed')) RETURNING seq) "
+        "DELETE FROM contents WHERE seq IN (SELECT seq FROM done)",
+        {"now": now, "seqs": list(seqs)})

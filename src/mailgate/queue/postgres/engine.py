@@ -273,15 +273,32 @@ class Engine:
         values: list[Any] = []
         try:
             with conn.pipeline():
-                # Two-step writes (the enqueues) send their statements first, all of them
-                # in one go, and read the answers after: one round trip for the lot.
+                # Two-step writes send their statements first, all of them in one go,
+                # and read the answers after: one round trip for the lot. Those whose
+                # kind has `start_all` (the enqueues) send one statement for all of them.
+                groups: dict[Any, list[Any]] = {}
                 for r in batch:
+                    start_all = getattr(type(r.op), "start_all", None)
+                    if start_all is not None:
+                        groups.setdefault(start_all, []).append(r.op)
+                        continue
                     start = getattr(r.op, "start", None)
                     if start is not None:
                         start(conn)
+                for start_all, ops in groups.items():
+                    start_all(conn, ops)
                 for r in batch:
                     finish = getattr(r.op, "finish", None)
                     values.append(finish(conn) if finish is not None else r.op(conn))
+                # Three-step writes (the records) end with one `settle` for all of the
+                # batch's ops of their kind: a few statements for the lot.
+                settles: dict[Any, list[Any]] = {}
+                for r in batch:
+                    settle = getattr(type(r.op), "settle", None)
+                    if settle is not None:
+                        settles.setdefault(settle, []).append(r.op)
+                for settle, ops in settles.items():
+                    settle(conn, ops)
             conn.commit()
         except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
             # The connection broke: whether the commit happened is unknown, so nobody
