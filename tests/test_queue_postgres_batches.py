@@ -35,8 +35,14 @@ def in_one_batch(q: PostgresQueue, calls: Sequence[Callable[[], Awaitable[Any]]]
     """Run the calls while the writer is busy with something else, so that they all
     wait and go in its next batch; their results (or exceptions). The batch is checked
     to have made `commits` commits (one, unless a call failed and the rest went alone)."""
-    release = threading.Event()
-    blocker = q._engine.submit(lambda conn: release.wait(10), "wait")
+    started, release = threading.Event(), threading.Event()
+
+    def block(conn: object) -> None:
+        started.set()
+        release.wait(10)
+
+    blocker = q._engine.submit(block, "wait")
+    assert started.wait(10)  # the writer has taken it, alone, and waits
     before = q.commit_count
 
     async def run() -> list[Any]:

@@ -166,12 +166,14 @@ class PostgresQueue:
                 if seq in ids:
                     ids[seq].add(rid)
             tokens = {seq: secrets.token_hex(8) for seq in seqs}
-            with conn.cursor() as cur:
-                cur.executemany(
-                    "UPDATE recipients SET claim_token = %s, claim_until = %s, due_at = %s, "
-                    "claim_owner = %s WHERE id = ANY(%s)",
-                    [(tokens[seq], until, until, engine.node_id, sorted(ids[seq]))
-                     for seq in seqs])
+            # One statement for the lot (not one per message): recipient ids and tokens.
+            claimed = sorted((rid, tokens[seq]) for seq in seqs for rid in ids[seq])
+            conn.execute(
+                "UPDATE recipients r SET claim_token = u.token, claim_until = %s, "
+                "due_at = %s, claim_owner = %s FROM unnest(%s::bigint[], %s::text[]) "
+                "AS u (id, token) WHERE r.id = u.id",
+                (until, until, engine.node_id, [c[0] for c in claimed],
+                 [c[1] for c in claimed]))
             messages = load_messages(conn, list(seqs), content=True)
             by_seq = dict(zip(seqs, messages, strict=False))
             return [WorkItem(message=m,

@@ -107,7 +107,7 @@ def store_message(conn: Conn, message: NewMessage) -> tuple[str, NewMessage]:
 
 # One statement stores every message of a group commit held in memory: envelopes,
 # contents and recipients as arrays (unnest), joined on the queue id, and the NOTIFY
-# that wakes the nodes' workers (one per transaction, as PostgreSQL collapses them).
+# that wakes the nodes' workers (once per statement: an InitPlan).
 # One statement, not one per message: a message costs the node a few array elements to
 # send instead of a statement's conversion, and PostgreSQL one plan and one firing of
 # each counting trigger (schema.py) per batch. A message whose id is taken comes back
@@ -132,7 +132,7 @@ _STORE_MANY = (
     "%(now)s, %(now)s, %(now)s FROM m JOIN unnest(%(rid)s::text[], %(ra)s::text[], "
     "%(rd)s::text[], %(ro)s::text[], %(rn)s::text[]) WITH ORDINALITY AS y (id, a, d, o, n, k) "
     "ON y.id = m.id ORDER BY m.seq, y.k) "
-    "SELECT id, pg_notify('mailgate_work', '') FROM m"
+    "SELECT id, (SELECT pg_notify('mailgate_work', '')) FROM m"
 )
 
 
