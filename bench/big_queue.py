@@ -126,10 +126,12 @@ def fill_pg(dsn: str, count: int, domains: int) -> None:
         conn.execute("SET synchronous_commit = off")
         for sql in PG_FILL:
             conn.execute(sql, args)
-    with PostgresQueue(dsn) as q:
-        fold = getattr(q, "fold_counts", None)  # (none before schema 2: a "before" run)
-        if fold is not None:
-            fold()
+    import mailgate.queue.postgres as pg
+
+    fold = getattr(pg, "fold_now", None)  # (none before schema 2: a "before" run)
+    if fold is not None:
+        with PostgresQueue(dsn) as q:
+            fold(q)
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("VACUUM ANALYZE")
 

@@ -18,7 +18,7 @@ import psycopg
 import pytest
 
 from mailgate.queue import RecipientState
-from mailgate.queue.postgres import SCHEMA_VERSION, PostgresQueue, migrate
+from mailgate.queue.postgres import SCHEMA_VERSION, PostgresQueue, fold_now, migrate
 from tests.test_queue_counts import attempt, message
 
 pytest_plugins = ["tests.support.postgres"]
@@ -66,7 +66,7 @@ def check(q: PostgresQueue, dsn: str) -> None:
     for _ in range(2):
         assert q.counts() == full_states(dsn)
         assert kept_minutes(dsn) == full_minutes(dsn)
-        assert q.fold_counts()
+        assert fold_now(q)
     with psycopg.connect(dsn) as conn:
         assert conn.execute("SELECT count(*) FROM state_deltas").fetchone() == (0,)
         assert conn.execute("SELECT count(*) FROM activity_deltas").fetchone() == (0,)
@@ -166,7 +166,7 @@ def test_activity_matches_a_full_count_at_any_edges(q: PostgresQueue, pg_dsn: st
         for k, seq in enumerate(seqs, 1):
             t = now - rng.uniform(0, 3 * 3600) if k % 4 else float(int(now / 60) * 60 - 60 * k)
             conn.execute("UPDATE messages SET queued_at = %s WHERE seq = %s", (t, seq))
-    q.fold_counts()  # some minutes folded, the attempts' still in deltas
+    fold_now(q)  # some minutes folded, the attempts' still in deltas
     for item in q.claim(now, limit=200, lease=60):
         for r in item.recipients:
             outcome = rng.choice(["delivered", "deferred", "failed"])
@@ -229,7 +229,7 @@ def test_two_nodes_writing_and_folding_at_once(pg_dsn: str) -> None:
                     queue.release_hold(ids[0])
                 if rng.random() < 0.3:
                     queue.purge(time.time() + 1, limit=3)
-                queue.fold_counts()
+                fold_now(queue)
                 done[k] += 1
         except BaseException as exc:  # reported by the main thread
             errors.append(exc)

@@ -45,7 +45,8 @@ from mailgate.queue.postgres.rows import (
 from mailgate.queue.postgres.schema import SCHEMA_VERSION, check_schema, fold_counts, migrate
 from mailgate.queue.sqlite import _whole_minutes  # the same minutes as SQLite's
 
-__all__ = ["SCHEMA_VERSION", "PostgresQueue", "describe", "migrate", "migrate_database"]
+__all__ = ["SCHEMA_VERSION", "PostgresQueue", "describe", "fold_now", "migrate",
+           "migrate_database"]
 
 _ACTIVE = "('queued', 'deferred')"
 COUNT_BUCKET = 10.0  # seconds per bucket of shared counts
@@ -373,11 +374,6 @@ class PostgresQueue:
 
         return self._engine.run("count the queue", read)
 
-    def fold_counts(self) -> bool:
-        """Fold the kept counts' deltas into their totals now (the node thread does it
-        every heartbeat); False when another node was folding."""
-        return self._engine.run("fold the counts", fold_counts)
-
     def purge(self, finished_before: float, limit: int = 1000) -> int:
         if limit <= 0:
             return 0
@@ -569,6 +565,13 @@ class PostgresQueue:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+def fold_now(queue: PostgresQueue) -> bool:
+    """Fold the kept counts' deltas into their totals now (a node's thread does it every
+    heartbeat); False when another node was folding. For tests and benchmarks: outside
+    the `Queue` protocol, which both backends share method for method."""
+    return queue._engine.run("fold the counts", fold_counts)
 
 
 def migrate_database(dsn: str) -> tuple[int, int]:

@@ -155,8 +155,10 @@ _SCHEMA = (
 # integer division), so "minute in [a, b)" is exactly "t in [60a, 60b)" for t >= 0.
 # INSERT and DELETE are counted per statement from its transition table (one delta row
 # per state or minute, however many rows the statement wrote: a group commit's enqueue
-# statement of two recipients writes one); an UPDATE per row, and only when the counted
-# column changed (a claim, which changes no state, costs nothing).
+# statement writes one or two for the whole batch). So is an UPDATE of recipients (a
+# batch's records are one statement; a claim, which changes no state, writes none); an
+# UPDATE of messages or attempts (by hand, rare) per row, and only when the counted
+# columns changed.
 _MINUTE = "trunc({})::bigint / 60"
 _COUNT_TABLES = (
     "CREATE TABLE state_counts (state text PRIMARY KEY, n bigint NOT NULL)",
@@ -209,8 +211,12 @@ _COUNT_TRIGGERS = (
                                               + " " + _messages_rows("new_rows", ""))),
     _function("mailgate_recipients_in", _recipients_rows("new_rows", "")),
     _function("mailgate_recipients_out", _recipients_rows("old_rows", "-")),
+    # An UPDATE turns its old rows into its new ones one for one, so what it did to the
+    # states is the new rows' states counted less the old rows' (no join on the key).
     _function("mailgate_recipients_moved",
-              "INSERT INTO state_deltas (state, n) VALUES (OLD.state, -1), (NEW.state, 1);"),
+              "INSERT INTO state_deltas (state, n) SELECT state, sum(n) FROM (SELECT state, "
+              "1 AS n FROM new_rows UNION ALL SELECT state, -1 FROM old_rows) AS d "
+              "GROUP BY state HAVING sum(n) <> 0;"),
     _function("mailgate_attempts_in", _attempts_rows("new_rows", "")),
     _function("mailgate_attempts_out", _attempts_rows("old_rows", "-")),
     _function("mailgate_attempts_moved", _row(_attempts_rows("old_rows", "-") + " "
@@ -224,8 +230,8 @@ _COUNT_TRIGGERS = (
     "CREATE TRIGGER messages_recounted AFTER UPDATE OF queued_at, sender ON messages "
     "FOR EACH ROW WHEN (OLD.queued_at IS DISTINCT FROM NEW.queued_at OR OLD.sender IS "
     "DISTINCT FROM NEW.sender) EXECUTE FUNCTION mailgate_messages_moved()",
-    "CREATE TRIGGER recipients_recounted AFTER UPDATE OF state ON recipients FOR EACH ROW "
-    "WHEN (OLD.state IS DISTINCT FROM NEW.state) "
+    "CREATE TRIGGER recipients_recounted AFTER UPDATE ON recipients REFERENCING OLD TABLE "
+    "AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT "
     "EXECUTE FUNCTION mailgate_recipients_moved()",
     "CREATE TRIGGER attempts_recounted AFTER UPDATE OF at, outcome ON attempts FOR EACH ROW "
     "WHEN (OLD.at IS DISTINCT FROM NEW.at OR OLD.outcome IS DISTINCT FROM NEW.outcome) "
