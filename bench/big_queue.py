@@ -1,6 +1,9 @@
 """Time the pages that count the queue with a queue of a million messages.
 
-Run by hand: `python3 bench/big_queue.py [--messages N] [--domains D] [--db PATH] [--runs R]`.
+Run by hand: `python3 bench/big_queue.py [--messages N] [--domains D] [--db PATH] [--runs R]`,
+or on PostgreSQL: `python3 bench/big_queue.py --backend postgresql [--dsn DSN]` (without
+--dsn a private cluster is started as the tests start theirs, tests/support/postgres.py,
+and removed at the end; with it, the database must be empty or a queue filled before).
 
 Filling: a million messages over SMTP takes a quarter of an hour; this fills in about a
 minute with SQL, straight into a queue file that SQLiteQueue made (so the schema, its
@@ -16,8 +19,10 @@ Then, with the file open as `mailgate serve` has it: `counts()`, the dashboard's
 sockets) — `/admin` (the dashboard), `/admin/queue`, `/api/queue`, `/metrics` — and
 `queue list` (its first 100 messages, text and JSON, in process; and the whole command
 as a user runs it, which adds Python's start). Each is also timed the way it was counted
-before the kept counts (schema 5): the full GROUP BY over recipients and the dashboard's
-counts of index ranges, on the same file, in the same run.
+before the kept counts (SQLite schema 5, PostgreSQL schema 2): the full GROUP BY over
+recipients and the dashboard's counts of index ranges, on the same data, in the same run.
+On PostgreSQL the fill is the same rows by `generate_series`, through the real schema and
+its triggers (whose deltas are folded once before timing, as a node's heartbeat would).
 
 Median and 95th percentile per request. The goal: each page under 100 ms at 1M. Exits 0
 either way (tests never assert on timings).
@@ -40,11 +45,12 @@ import time
 from collections.abc import Callable
 from contextlib import redirect_stdout
 from pathlib import Path
+from typing import Any
 
 import httpx2 as httpx  # the test extras install it (starlette.testclient uses it)
 
 from mailgate.config import Config
-from mailgate.queue import RecipientState
+from mailgate.queue import Queue, RecipientState
 from mailgate.queue.report import stream_list
 from mailgate.queue.sqlite import SQLiteQueue
 from mailgate.web.app import WebContext, create_app
@@ -88,6 +94,47 @@ SELECT id, :now - (id % 86400), 'mx.' || domain || '[192.0.2.25]:25', 450, '4.2.
 FROM recipients WHERE attempts = 1
 """
 
+# The same rows on PostgreSQL.
+PG_FILL = (
+    """INSERT INTO messages (id, sender, received_at, queued_at, size, client_address,
+                             client_helo, protocol, smtputf8, body_8bit)
+    SELECT lpad(to_hex(((%(now)s - (%(count)s - i) * %(step)s) * 1000)::bigint), 12, '0')
+           || lpad(to_hex(i), 10, '0'),
+           CASE WHEN i %% 40 = 0 THEN '' ELSE 'user' || (i %% 100) || '@sender.example' END,
+           %(now)s - (%(count)s - i) * %(step)s, %(now)s - (%(count)s - i) * %(step)s, 300,
+           '192.0.2.1', 'client.example', 'ESMTP', false, false
+    FROM generate_series(1, %(count)s) AS i""",
+    "INSERT INTO contents (seq, n, data) SELECT seq, 0, %(body)s FROM messages",
+    FILL_RECIPIENTS.replace(":now", "%(now)s").replace(":domains", "%(domains)s")
+    .replace("%", "%%").replace("%%(", "%("),
+    FILL_ATTEMPTS.replace(":now", "%(now)s").replace("%", "%%").replace("%%(", "%(")
+    .replace("'deferred', 1", "'deferred', true"),
+)
+
+
+def fill_pg(dsn: str, count: int, domains: int) -> None:
+    import psycopg
+
+    from mailgate.queue.postgres import PostgresQueue
+
+    with PostgresQueue(dsn) as q:  # the real schema, indexes and triggers
+        q.counts()
+    now = time.time()
+    args = {"count": count, "now": now, "step": 172800 / count, "domains": domains,
+            "body": b"Subject: bench\r\n\r\n" + b"x" * 280}
+    with psycopg.connect(dsn) as conn:
+        conn.execute("SET synchronous_commit = off")
+        for sql in PG_FILL:
+            conn.execute(sql, args)
+    import mailgate.queue.postgres as pg
+
+    fold = getattr(pg, "fold_now", None)  # (none before schema 2: a "before" run)
+    if fold is not None:
+        with PostgresQueue(dsn) as q:
+            fold(q)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("VACUUM ANALYZE")
+
 
 def fill(db: Path, count: int, domains: int) -> None:
     SQLiteQueue(db).close()  # the real schema, indexes and triggers
@@ -116,19 +163,35 @@ def timed(fn: Callable[[], object], runs: int) -> tuple[float, float]:
     return statistics.median(times), times[max(0, math.ceil(len(times) * 0.95) - 1)]
 
 
-def old_counts(db: Path) -> Callable[[], object]:
-    """counts() as it was before schema 5: every recipient's index entry read."""
-    conn = sqlite3.connect(db)
+def _connect(where: Path | str) -> Any:
+    """A DB-API connection to the queue's data (qmark or format placeholders: `?`)."""
+    if isinstance(where, Path):
+        return sqlite3.connect(where)
+    import psycopg
+
+    class Conn:  # `?` as psycopg's `%s`, INDEXED BY (SQLite's) left out
+        def __init__(self) -> None:
+            self.conn = psycopg.connect(where, autocommit=True)
+
+        def execute(self, sql: str, args: tuple[object, ...] = ()) -> Any:
+            sql = re.sub(r"INDEXED BY \w+ ", "", sql).replace("?", "%s")
+            return self.conn.execute(sql, args)
+    return Conn()
+
+
+def old_counts(db: Path | str) -> Callable[[], object]:
+    """counts() as it was before the kept counts: every recipient's index entry read."""
+    conn = _connect(db)
 
     def run() -> object:
         return conn.execute("SELECT state, count(*) FROM recipients GROUP BY state").fetchall()
     return run
 
 
-def old_activity(db: Path) -> Callable[[], object]:
-    """The dashboard's three activity() calls as they were before schema 5: every
+def old_activity(db: Path | str) -> Callable[[], object]:
+    """The dashboard's three activity() calls as they were before the kept counts: every
     series' index range counted, a day of rows each time."""
-    conn = sqlite3.connect(db)
+    conn = _connect(db)
     sqls = [("SELECT count(*) FROM messages INDEXED BY messages_queued "
              "WHERE queued_at >= ? AND queued_at < ?", ()),
             ("SELECT count(*) FROM messages INDEXED BY messages_bounces "
@@ -147,7 +210,7 @@ def old_activity(db: Path) -> Callable[[], object]:
     return run
 
 
-async def pages(q: SQLiteQueue, data_dir: Path, runs: int) -> list[tuple[str, float, float]]:
+async def pages(q: Queue, data_dir: Path, runs: int) -> list[tuple[str, float, float]]:
     auth = AdminAuth(data_dir)
     auth.set_password(PASSWORD)
     app = create_app(WebContext(config=Config(data_dir=data_dir), queue=q, auth=auth))
@@ -181,24 +244,65 @@ def main() -> None:
     ap.add_argument("--messages", type=int, default=1_000_000)
     ap.add_argument("--domains", type=int, default=10_000)
     ap.add_argument("--db", type=Path, default=None, help="queue.db to fill (or reuse)")
+    ap.add_argument("--backend", choices=("sqlite", "postgresql"), default="sqlite")
+    ap.add_argument("--dsn", default=None, help="PostgreSQL database to fill (or reuse)")
     ap.add_argument("--runs", type=int, default=30)
     args = ap.parse_args()
     tmp = tempfile.TemporaryDirectory()
     data_dir = args.db.parent if args.db else Path(tmp.name)
     db = args.db or data_dir / "queue.db"
-    if not db.exists():
-        t0 = time.perf_counter()
-        fill(db, args.messages, args.domains)
-        print(f"filled {args.messages:,} messages to {args.domains:,} domains in "
-              f"{time.perf_counter() - t0:.1f} s ({db.stat().st_size / 1e6:.0f} MB)")
+    cluster = None
+    try:
+        if args.backend == "postgresql":
+            dsn = args.dsn
+            if dsn is None:
+                sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+                from tests.support.postgres import private_cluster
+
+                cluster = private_cluster()
+                dsn = cluster.createdb()
+            run(args, data_dir, dsn)
+        else:
+            run(args, data_dir, db)
+    finally:
+        if cluster is not None:
+            cluster.remove()
+        with redirect_stdout(io.StringIO()):
+            tmp.cleanup()
+
+
+def run(args: argparse.Namespace, data_dir: Path, where: Path | str) -> None:
+    q: Queue
     t0 = time.perf_counter()
-    q = SQLiteQueue(db)  # (a file from before schema 5 gets its counts here)
+    if isinstance(where, Path):
+        if not where.exists():
+            fill(where, args.messages, args.domains)
+            print(f"filled {args.messages:,} messages to {args.domains:,} domains in "
+                  f"{time.perf_counter() - t0:.1f} s ({where.stat().st_size / 1e6:.0f} MB)")
+        t0 = time.perf_counter()
+        q = SQLiteQueue(where)  # (a file from before schema 5 gets its counts here)
+        config_text = f'data_dir = "{data_dir}"\n'
+    else:
+        from mailgate.queue.postgres import PostgresQueue
+
+        if not _connect(where).execute("SELECT to_regclass('messages') IS NOT NULL"
+                                       ).fetchone()[0]:
+            fill_pg(where, args.messages, args.domains)
+            size = _connect(where).execute("SELECT pg_database_size(current_database())"
+                                           ).fetchone()[0]
+            print(f"filled {args.messages:,} messages to {args.domains:,} domains in "
+                  f"{time.perf_counter() - t0:.1f} s ({size / 1e6:.0f} MB)")
+        t0 = time.perf_counter()
+        q = PostgresQueue(where)
+        config_text = (f'data_dir = "{data_dir}"\n[queue]\nbackend = "postgresql"\n'
+                       f'dsn = "{where}"\n')
     print(f"opened in {(time.perf_counter() - t0) * 1000:.0f} ms")
     counts = q.counts()
     print("recipients by state:", ", ".join(f"{k} {v:,}" for k, v in counts.items()))
-    with sqlite3.connect(db) as conn:
-        full = dict(conn.execute("SELECT state, count(*) FROM recipients GROUP BY state"))
+    full = {k: int(v) for k, v in _connect(where).execute(
+        "SELECT state, count(*) FROM recipients GROUP BY state").fetchall()}
     assert {k: v for k, v in counts.items() if v} == full, (counts, full)
+    kept = "kept, schema 5" if isinstance(where, Path) else "kept, schema 2"
 
     def dashboard_activity() -> object:
         now = time.time()
@@ -209,10 +313,11 @@ def main() -> None:
     def listing(fmt: str) -> Callable[[], object]:
         return lambda: "".join(stream_list(q, 100, fmt, live_only=True))
 
-    rows = [("counts() (kept, schema 5)", *timed(q.counts, args.runs)),
-            ("  before: GROUP BY state", *timed(old_counts(db), args.runs)),
+    rows = [(f"counts() ({kept})", *timed(q.counts, args.runs)),
+            ("  before: GROUP BY state", *timed(old_counts(where), args.runs)),
             ("dashboard's activity() x3 (kept)", *timed(dashboard_activity, args.runs)),
-            ("  before: index ranges counted", *timed(old_activity(db), max(3, args.runs // 5))),
+            ("  before: index ranges counted",
+             *timed(old_activity(where), max(3, args.runs // 5))),
             ("queue list (100, text, in process)", *timed(listing("text"), args.runs)),
             ("queue list (100, json, in process)", *timed(listing("json"), args.runs)),
             ("queue list --state held (100)",
@@ -220,7 +325,7 @@ def main() -> None:
                     args.runs))]
     rows += asyncio.run(pages(q, data_dir, args.runs))
     config = data_dir / "bench.toml"
-    config.write_text(f'data_dir = "{data_dir}"\n')
+    config.write_text(config_text)
     env = dict(os.environ)  # PYTHONPATH as given: the tree under test
     command = [sys.executable, "-m", "mailgate", "queue", "list", "--config", str(config)]
 
@@ -232,11 +337,10 @@ def main() -> None:
     rows.append(("  of it: python + import mailgate.cli",
                  *timed(lambda: subprocess.run(python, env=env, check=True), 5)))
     q.close()
-    print(f"\n{'request':<40} {'median':>9} {'p95':>9}  ({args.runs} runs each)")
+    print(f"\n{args.backend}, {args.messages:,} messages")
+    print(f"{'request':<40} {'median':>9} {'p95':>9}  ({args.runs} runs each)")
     for name, med, p95 in rows:
         print(f"{name:<40} {med:7.1f}ms {p95:7.1f}ms")
-    with redirect_stdout(io.StringIO()):
-        tmp.cleanup()
 
 
 if __name__ == "__main__":

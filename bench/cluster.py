@@ -35,10 +35,12 @@ is stopped at the end, also on an error or Ctrl-C.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import importlib.util
 import os
 import platform
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -181,6 +183,8 @@ def run_mailgate(runner: object, pg: object | None, sink_port: int, row: str, no
         pids = [p.pid for p in procs]
         node_before = [cpu_seconds([pid]) for pid in pids]
         pg_before = cpu_seconds(pg_pids(pg)) if pg is not None else 0.0
+        spies = [profile(runner, pid, args.profile / f"{row}-node{i}-{time.monotonic_ns()}.txt")
+                 for i, pid in enumerate(pids)] if args.profile else []
         started = time.perf_counter()
         took = send(ports, args.messages, args.size, args.sessions, args.timeout)
 
@@ -195,6 +199,10 @@ def run_mailgate(runner: object, pg: object | None, sink_port: int, row: str, no
             time.sleep(0.05)
             done = delivered()
         e2e = time.perf_counter() - started if done >= args.messages else None
+        for spy in spies:
+            spy.send_signal(signal.SIGINT)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                spy.wait(30)
         node_cpu = [(cpu_seconds([pid]) - b) / args.messages * 1000
                     for pid, b in zip(pids, node_before, strict=True)]
         pg_cpu = ((cpu_seconds(pg_pids(pg)) - pg_before) / args.messages * 1000
@@ -205,6 +213,15 @@ def run_mailgate(runner: object, pg: object | None, sink_port: int, row: str, no
     finally:
         for proc in procs:
             runner.stop_proc(proc)  # type: ignore[attr-defined]
+
+
+def profile(runner: object, pid: int, out: Path) -> subprocess.Popen[bytes]:
+    """py-spy sampling a node until SIGINT: collapsed stacks (one line per stack with its
+    count) with thread names, for `--profile`."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return runner.spawn(["py-spy", "record", "--pid", str(pid), "--rate", "250",  # type: ignore[attr-defined]
+                         "--format", "raw", "--threads", "--nonblocking", "--output",
+                         str(out)], out.with_suffix(".log"))
 
 
 def run_postfix(runner: object, sink: object, args: argparse.Namespace) -> Result:
@@ -281,6 +298,8 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--timeout", type=float, default=600.0)
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--profile", type=Path, default=None,
+                    help="sample each mailgate node with py-spy into this folder")
     args = ap.parse_args()
     from tests.support.postgres import PgCluster, _binaries
 

@@ -71,7 +71,7 @@ class Worker(abc.ABC):
         # Claims of a round whose outcomes could not be stored (the queue went away):
         # given back once it answers again, so their work is due at once rather than
         # when the lease ends (minutes) while this node, alive, keeps the claim.
-        self._give_back: set[str] = set()
+        self._to_give_back: set[str] = set()
 
     # --- what a target fills in -------------------------------------------------------
 
@@ -117,7 +117,7 @@ class Worker(abc.ABC):
             self._wake.clear()
             try:
                 await self.settle()
-                if self._give_back:
+                if self._to_give_back:
                     await asyncio.to_thread(self._give_back_claims)
                 items = await asyncio.to_thread(self.claim, self.clock())
             except QueueError as exc:
@@ -148,7 +148,7 @@ class Worker(abc.ABC):
                     # An outcome could not be stored: the claim is given back when the
                     # queue answers again (or its lease ends first), so at worst a
                     # delivery repeats (at-least-once).
-                    self._give_back.update(
+                    self._to_give_back.update(
                         token for token in tokens
                         if not all(i in self._recorded for i in self._claimed.get(token, ())))
                     await self._pause(exc)
@@ -178,9 +178,9 @@ class Worker(abc.ABC):
     def _give_back_claims(self) -> None:
         """Release the claims a failed round kept (QueueError while the queue is still
         down: the caller pauses and tries again)."""
-        for token in sorted(self._give_back):
+        for token in sorted(self._to_give_back):
             self.queue.release(token)
-            self._give_back.discard(token)
+            self._to_give_back.discard(token)
 
     def _release_claims(self) -> None:
         """Give back what this worker claimed and has no outcome for (shutting down).

@@ -15,6 +15,7 @@ whose heartbeat says it is alive. docs/cluster.md tells the whole story.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import builtins
 import secrets
 import time
@@ -41,9 +42,11 @@ from mailgate.queue.postgres.rows import (
     message_seq,
     restore_message,
 )
-from mailgate.queue.postgres.schema import SCHEMA_VERSION, check_schema, migrate
+from mailgate.queue.postgres.schema import SCHEMA_VERSION, check_schema, fold_counts, migrate
+from mailgate.queue.sqlite.schema import whole_minutes  # the same minutes as SQLite's
 
-__all__ = ["SCHEMA_VERSION", "PostgresQueue", "describe", "migrate", "migrate_database"]
+__all__ = ["SCHEMA_VERSION", "PostgresQueue", "describe", "fold_now", "migrate",
+           "migrate_database"]
 
 _ACTIVE = "('queued', 'deferred')"
 COUNT_BUCKET = 10.0  # seconds per bucket of shared counts
@@ -84,7 +87,7 @@ class PostgresQueue:
                  stale: float = 10.0, batch_limit: int = 256) -> None:
         self._engine = Engine(dsn, node=node, heartbeat=heartbeat, stale=stale,
                               batch_limit=batch_limit, prepare=check_schema,
-                              recover=recover_stale)
+                              recover=recover_stale, upkeep=fold_counts)
         self._claimed_ever = False
         self._slot_keys: dict[str, int] = {}  # destinations whose slot rows exist
 
@@ -169,12 +172,14 @@ class PostgresQueue:
                 if seq in ids:
                     ids[seq].add(rid)
             tokens = {seq: secrets.token_hex(8) for seq in seqs}
-            with conn.cursor() as cur:
-                cur.executemany(
-                    "UPDATE recipients SET claim_token = %s, claim_until = %s, due_at = %s, "
-                    "claim_owner = %s WHERE id = ANY(%s)",
-                    [(tokens[seq], until, until, engine.node_id, sorted(ids[seq]))
-                     for seq in seqs])
+            # One statement for the lot (not one per message): recipient ids and tokens.
+            claimed = sorted((rid, tokens[seq]) for seq in seqs for rid in ids[seq])
+            conn.execute(
+                "UPDATE recipients r SET claim_token = u.token, claim_until = %s, "
+                "due_at = %s, claim_owner = %s FROM unnest(%s::bigint[], %s::text[]) "
+                "AS u (id, token) WHERE r.id = u.id",
+                (until, until, engine.node_id, [c[0] for c in claimed],
+                 [c[1] for c in claimed]))
             messages = load_messages(conn, list(seqs), content=True)
             by_seq = dict(zip(seqs, messages, strict=False))
             return [WorkItem(message=m,
@@ -360,11 +365,16 @@ class PostgresQueue:
         return self._engine.run("retry", op)
 
     def counts(self) -> dict[str, int]:
+        """Recipients per state, every state present: the totals the triggers keep plus
+        the deltas not yet folded (schema.py), in one statement, at any queue size."""
+
         def read(conn: Conn) -> dict[str, int]:
             result = {s.value: 0 for s in RecipientState}
-            for state, n in conn.execute("SELECT state, count(*) FROM recipients "
-                                         "GROUP BY state"):
-                result[state] = int(n)
+            for state, n in conn.execute(
+                    "SELECT state, sum(n) FROM (SELECT state, n FROM state_counts UNION ALL "
+                    "SELECT state, n FROM state_deltas) AS k GROUP BY state"):
+                if state in result:
+                    result[state] = int(n)
             return result
 
         return self._engine.run("count the queue", read)
@@ -379,34 +389,71 @@ class PostgresQueue:
 
     def activity(self, since: float, bucket_seconds: float, until: float | None = None
                  ) -> builtins.list[ActivityBucket]:
+        """Messages queued and attempts by outcome per bucket; see `Queue.activity`.
+
+        As in the SQLite backend, the whole minutes of a bucket come from the kept
+        per-minute counts (totals and unfolded deltas, schema.py) and only the partial
+        minutes at the buckets' edges are counted in the rows' own indexes: per series
+        one statement for the minutes and one for every edge at once."""
         if not bucket_seconds > 0:
             raise ValueError("bucket_seconds must be positive")
         end = time.time() if until is None else until
         n = int(-(-(end - since) // bucket_seconds)) if end > since else 0
         if n > 1000:
             raise ValueError("at most 1000 buckets: choose longer buckets")
-        bucket = "floor((%(col)s - %%(since)s) / %%(width)s)::int"
-        series = {
-            "accepted": f"SELECT {bucket % {'col': 'queued_at'}}, count(*) FROM messages "
-                        "WHERE queued_at >= %(since)s AND queued_at < %(end)s GROUP BY 1",
-            "bounced": f"SELECT {bucket % {'col': 'queued_at'}}, count(*) FROM messages "
-                       "WHERE sender = '' AND queued_at >= %(since)s AND queued_at < %(end)s "
-                       "GROUP BY 1",
+        edges = [(since + i * bucket_seconds, min(end, since + (i + 1) * bucket_seconds))
+                 for i in range(n)]
+        # Per bucket: its whole minutes [first, last), and the partial ranges at its ends
+        # (the whole bucket when it holds no whole minute), each tagged with its bucket.
+        whole: builtins.list[tuple[int, int]] = []
+        parts: builtins.list[tuple[int, float, float]] = []
+        for i, (lo, hi) in enumerate(edges):
+            first, last = whole_minutes(lo, hi)
+            if first >= last:
+                whole.append((0, 0))
+                parts.append((i, lo, hi))
+                continue
+            whole.append((first, last))
+            if lo < first * 60:
+                parts.append((i, lo, first * 60.0))
+            if last * 60 < hi:
+                parts.append((i, last * 60.0, hi))
+        ranges = {
+            "accepted": "messages WHERE queued_at >= e.lo AND queued_at < e.hi",
+            "bounced": "messages WHERE sender = '' AND queued_at >= e.lo AND queued_at < e.hi",
         }
         for outcome in ("delivered", "deferred", "failed"):
-            series[outcome] = (f"SELECT {bucket % {'col': 'at'}}, count(*) FROM attempts "
-                               f"WHERE outcome = '{outcome}' AND at >= %(since)s "
-                               "AND at < %(end)s GROUP BY 1")
+            ranges[outcome] = (f"attempts WHERE outcome = '{outcome}' AND at >= e.lo "
+                               "AND at < e.hi")
+        lo_minute = min((f for f, la in whole if f < la), default=0)
+        hi_minute = max((la for f, la in whole if f < la), default=0)
 
         def read(conn: Conn) -> builtins.list[ActivityBucket]:
-            counts: dict[str, dict[int, int]] = {}
-            args = {"since": since, "end": end, "width": bucket_seconds}
-            for name, sql in series.items():
-                counts[name] = {int(b): int(c) for b, c in conn.execute(
-                    sql, args)}
-            return [ActivityBucket(start=since + i * bucket_seconds, seconds=bucket_seconds,
-                                   **{k: v.get(i, 0) for k, v in counts.items()})
-                    for i in range(n)]
+            totals = {name: [0] * n for name in ranges}
+            if hi_minute > lo_minute:
+                # Buckets do not overlap and are in order: a minute's bucket by bisection.
+                holding = [i for i, (f, la) in enumerate(whole) if f < la]
+                firsts = [whole[i][0] for i in holding]
+                for series, minute, c in conn.execute(
+                        "SELECT series, minute, sum(n) FROM (SELECT series, minute, n FROM "
+                        "activity_minutes WHERE minute >= %(lo)s AND minute < %(hi)s "
+                        "UNION ALL SELECT series, minute, n FROM activity_deltas WHERE "
+                        "minute >= %(lo)s AND minute < %(hi)s) AS k GROUP BY 1, 2",
+                        {"lo": lo_minute, "hi": hi_minute}):
+                    k = bisect.bisect_right(firsts, minute) - 1
+                    i = holding[k] if k >= 0 else -1
+                    if series in totals and i >= 0 and minute < whole[i][1]:
+                        totals[series][i] += int(c)
+            if parts:
+                args = ([p[0] for p in parts], [p[1] for p in parts], [p[2] for p in parts])
+                for name, sql in ranges.items():
+                    for i, c in conn.execute(
+                            f"SELECT e.i, (SELECT count(*) FROM {sql}) FROM unnest("
+                            "%s::int[], %s::float8[], %s::float8[]) AS e (i, lo, hi)", args):
+                        totals[name][i] += int(c)
+            return [ActivityBucket(start=lo, seconds=bucket_seconds,
+                                   **{name: totals[name][i] for name in ranges})
+                    for i, (lo, _) in enumerate(edges)]
 
         return self._engine.run("count the queue's activity", read)
 
@@ -525,6 +572,13 @@ class PostgresQueue:
         self.close()
 
 
+def fold_now(queue: PostgresQueue) -> bool:
+    """Fold the kept counts' deltas into their totals now (a node's thread does it every
+    heartbeat); False when another node was folding. For tests and benchmarks: outside
+    the `Queue` protocol, which both backends share method for method."""
+    return queue._engine.run("fold the counts", fold_counts)
+
+
 def migrate_database(dsn: str) -> tuple[int, int]:
     """`mailgate queue migrate` on PostgreSQL: (version before, version after)."""
     import psycopg
@@ -586,13 +640,71 @@ FROM old WHERE r.id = old.id
 RETURNING r.msg_seq, r.state, old.state
 """
 
+# The same for every record of a group commit at once, from arrays: one statement per
+# batch instead of one per recipient. The recipients are locked in id order (two nodes
+# never wait for each other in a circle); a recipient twice in one batch is left to the
+# one-row statement for its later records, in order.
+_RECORD_MANY = """
+WITH x AS (SELECT * FROM unnest(%(id)s::bigint[], %(token)s::text[], %(outcome)s::text[],
+        %(next)s::float8[], %(at)s::float8[], %(host)s::text[], %(code)s::int[],
+        %(enhanced)s::text[], %(text)s::text[], %(remote)s::bool[], %(tls)s::text[])
+    AS x (id, token, outcome, next, at, host, code, enhanced, text, remote, tls)),
+old AS (
+    SELECT r.id, r.msg_seq, r.state, r.claim_token, r.claim_until, x.outcome, x.code,
+        x.enhanced, x.text,
+        (x.token IS NOT NULL AND r.claim_token IS NOT NULL
+         AND r.claim_token <> x.token AND r.claim_until > %(now)s) AS theirs,
+        CASE WHEN r.state NOT IN ('delivered', 'failed', 'held')
+             AND x.outcome = 'deferred' THEN x.next END AS next
+    FROM recipients r JOIN x ON r.id = x.id ORDER BY r.id FOR UPDATE OF r),
+a AS (INSERT INTO attempts (recipient_id, at, host, code, enhanced, text, outcome, remote,
+                            tls)
+      SELECT x.id, x.at, x.host, x.code, x.enhanced, x.text, x.outcome, x.remote, x.tls
+      FROM x JOIN old ON old.id = x.id ORDER BY x.id)
+UPDATE recipients r SET
+    state = CASE WHEN old.state IN ('delivered', 'failed') THEN old.state
+                 WHEN old.outcome <> 'deferred' THEN old.outcome
+                 WHEN old.state = 'held' THEN 'held' ELSE 'deferred' END,
+    attempts = r.attempts + 1, next_attempt = old.next,
+    due_at = CASE WHEN old.theirs THEN (CASE WHEN old.next IS NOT NULL THEN old.claim_until END)
+                  ELSE old.next END,
+    last_code = old.code, last_enhanced = old.enhanced, last_text = old.text,
+    claim_token = CASE WHEN old.theirs THEN old.claim_token END,
+    claim_until = CASE WHEN old.theirs THEN old.claim_until END,
+    claim_owner = CASE WHEN old.theirs THEN r.claim_owner END,
+    updated_at = %(now)s
+FROM old WHERE r.id = old.id
+RETURNING r.id, r.msg_seq, r.state, old.state
+"""
+_RECORD_KEYS = ("id", "token", "outcome", "next", "at", "host", "code", "enhanced", "text",
+                "remote", "tls")
+
+
+class _Recorded:
+    """The answer of one _RECORD_MANY, read once by the first `finish` that asks."""
+
+    __slots__ = ("cursor", "rows")
+
+    def __init__(self, cursor: Any) -> None:
+        self.cursor = cursor
+        self.rows: dict[int, tuple[int, str, str]] = {}
+
+    def row(self, recipient_id: int) -> tuple[int, str, str] | None:
+        if self.cursor is not None:
+            cur, self.cursor = self.cursor, None
+            self.rows = {rid: (seq, state, was) for rid, seq, state, was in cur.fetchall()}
+            cur.close()
+        return self.rows.get(recipient_id)
+
 
 class RecordOp:
-    """record() as a two-step write for the group commit's pipeline: `start` sends the
-    one statement, `finish` reads what it did and, when the recipient became final,
-    finishes the message if it was the last (two more statements, once per message)."""
+    """record() as a three-step write for the group commit's pipeline: `start_all` sends
+    one statement for the batch's records, `finish` reads what it did to its recipient,
+    and `settle` (once for the batch) finishes the messages whose last recipient became
+    final: two statements for the batch, not two round trips per message. Calling the op
+    does all three."""
 
-    __slots__ = ("_cursor", "_now", "_params", "recipient_id")
+    __slots__ = ("_cursor", "_now", "_params", "_recorded", "_seq", "recipient_id")
 
     def __init__(self, recipient_id: int, attempt: Attempt, outcome: str,
                  next_attempt: float | None, claim_token: str | None) -> None:
@@ -603,41 +715,82 @@ class RecordOp:
             "code": attempt.code, "enhanced": attempt.enhanced, "text": attempt.text,
             "remote": attempt.remote, "tls": attempt.tls}
         self._cursor: Any = None
+        self._recorded: _Recorded | None = None
         self._now = 0.0
+        self._seq: int | None = None
+
+    @staticmethod
+    def start_all(conn: Conn, ops: Sequence[RecordOp]) -> None:
+        now = time.time()
+        together: list[RecordOp] = []
+        alone: list[RecordOp] = []
+        seen: set[int] = set()
+        for op in ops:
+            (alone if op.recipient_id in seen else together).append(op)
+            seen.add(op.recipient_id)
+        if len(together) == 1:
+            alone.insert(0, together.pop())
+        if together:
+            cur = conn.cursor()
+            cur.execute(_RECORD_MANY, {
+                **{k: [op._params[k] for op in together] for k in _RECORD_KEYS},
+                "now": now})
+            recorded = _Recorded(cur)
+            for op in together:
+                op._now, op._seq, op._cursor, op._recorded = now, None, None, recorded
+        for op in alone:
+            op.start(conn)
 
     def start(self, conn: Conn) -> None:
         self._now = time.time()
+        self._seq = None
+        self._recorded = None
         self._cursor = conn.cursor()
         self._cursor.execute(_RECORD, {**self._params, "now": self._now})
 
     def finish(self, conn: Conn) -> None:
-        cur, self._cursor = self._cursor, None
-        row = cur.fetchone()
-        cur.close()
+        row: tuple[int, str, str] | None
+        if self._recorded is not None:
+            recorded, self._recorded = self._recorded, None
+            row = recorded.row(self.recipient_id)
+        else:
+            cur, self._cursor = self._cursor, None
+            row = cur.fetchone()
+            cur.close()
         if row is None:
             raise NotFound(f"recipient {self.recipient_id} is not in the queue")
         seq, state, was = row
         final = (RecipientState.DELIVERED.value, RecipientState.FAILED.value)
         if state in final and was not in final:
-            _finish_if_done(conn, seq, self._now)
+            self._seq = seq
+
+    @staticmethod
+    def settle(conn: Conn, ops: Sequence[RecordOp]) -> None:
+        seqs = sorted({op._seq for op in ops if op._seq is not None})
+        if seqs:
+            _finish_if_done(conn, seqs, max(op._now for op in ops))
 
     def __call__(self, conn: Conn) -> None:
         self.start(conn)
         self.finish(conn)
+        self.settle(conn, [self])
 
 
-def _finish_if_done(conn: Conn, seq: int, now: float) -> None:
-    """Retention: no recipient left to deliver, so the content goes and the message is
-    finished as of now; the record stays until `purge`. The message's row is locked
-    first: two nodes recording its last two recipients at once are serialised here, so
-    the later one sees the other's outcome committed and finishes the message."""
-    conn.execute("SELECT 1 FROM messages WHERE seq = %s FOR UPDATE", (seq,))
+def _finish_if_done(conn: Conn, seqs: Sequence[int], now: float) -> None:
+    """Retention: messages with no recipient left to deliver lose their content and are
+    finished as of now; the record stays until `purge`. The messages' rows are locked
+    first (in seq order, so two nodes never wait for each other in a circle): two nodes
+    recording a message's last two recipients at once are serialised here, so the later
+    one sees the other's outcome committed and finishes the message."""
+    conn.execute("SELECT 1 FROM messages WHERE seq = ANY(%s) ORDER BY seq FOR UPDATE",
+                 (list(seqs),))
     # A statement of its own after the lock: it sees what the lock waited for.
     conn.execute(
-        "WITH done AS (UPDATE messages SET finished_at = %(now)s WHERE seq = %(seq)s "
-        "AND finished_at IS NULL AND NOT EXISTS (SELECT 1 FROM recipients WHERE "
-        "msg_seq = %(seq)s AND state NOT IN ('delivered', 'failed')) RETURNING seq) "
-        "DELETE FROM contents WHERE seq IN (SELECT seq FROM done)", {"now": now, "seq": seq})
+        "WITH done AS (UPDATE messages m SET finished_at = %(now)s WHERE seq = ANY(%(seqs)s) "
+        "AND finished_at IS NULL AND NOT EXISTS (SELECT 1 FROM recipients r WHERE "
+        "r.msg_seq = m.seq AND r.state NOT IN ('delivered', 'failed')) RETURNING seq) "
+        "DELETE FROM contents WHERE seq IN (SELECT seq FROM done)",
+        {"now": now, "seqs": list(seqs)})
 
 
 def _by_destination(conn: Conn, now: float, where: str, params: Sequence[object],

@@ -22,7 +22,8 @@ The node thread keeps one autocommit connection that LISTENs for work queued any
 in the cluster (wakes the delivery workers at once instead of at their next poll) and
 every `heartbeat` seconds marks this node alive and takes back the claims of nodes whose
 heartbeat is older than `stale` seconds: a killed node's work is due again within seconds,
-never while its heartbeat goes on.
+never while its heartbeat goes on. Then it runs the queue's upkeep (folding the kept
+counts' deltas, schema.py).
 """
 
 from __future__ import annotations
@@ -93,7 +94,8 @@ class Engine:
     def __init__(self, dsn: str, *, node: str = "", heartbeat: float = 2.0,
                  stale: float = 10.0, batch_limit: int = 256,
                  prepare: Callable[[Conn, str], None] | None = None,
-                 recover: Callable[[Conn, float], int] | None = None) -> None:
+                 recover: Callable[[Conn, float], int] | None = None,
+                 upkeep: Callable[[Conn], object] | None = None) -> None:
         self.dsn = dsn
         self.where = describe(dsn)
         self.node_name = node or socket.gethostname()
@@ -102,6 +104,7 @@ class Engine:
         self.stale = stale
         self._batch_limit = max(1, batch_limit)
         self._recover = recover
+        self._upkeep = upkeep
         self._lock = threading.Lock()
         self._closed = False
         self._watchers: list[Callable[[], None]] = []
@@ -270,15 +273,32 @@ class Engine:
         values: list[Any] = []
         try:
             with conn.pipeline():
-                # Two-step writes (the enqueues) send their statements first, all of them
-                # in one go, and read the answers after: one round trip for the lot.
+                # Two-step writes send their statements first, all of them in one go,
+                # and read the answers after: one round trip for the lot. Those whose
+                # kind has `start_all` (the enqueues) send one statement for all of them.
+                groups: dict[Any, list[Any]] = {}
                 for r in batch:
+                    start_all = getattr(type(r.op), "start_all", None)
+                    if start_all is not None:
+                        groups.setdefault(start_all, []).append(r.op)
+                        continue
                     start = getattr(r.op, "start", None)
                     if start is not None:
                         start(conn)
+                for start_all, ops in groups.items():
+                    start_all(conn, ops)
                 for r in batch:
                     finish = getattr(r.op, "finish", None)
                     values.append(finish(conn) if finish is not None else r.op(conn))
+                # Three-step writes (the records) end with one `settle` for all of the
+                # batch's ops of their kind: a few statements for the lot.
+                settles: dict[Any, list[Any]] = {}
+                for r in batch:
+                    settle = getattr(type(r.op), "settle", None)
+                    if settle is not None:
+                        settles.setdefault(settle, []).append(r.op)
+                for settle, ops in settles.items():
+                    settle(conn, ops)
             conn.commit()
         except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
             # The connection broke: whether the commit happened is unknown, so nobody
@@ -393,6 +413,9 @@ class Engine:
                 log.warning("queue: took back %d recipient(s) claimed by node(s) whose "
                             "heartbeat stopped", back)
                 self._wake_all()
+        if self._upkeep is not None:
+            with conn.transaction():
+                self._upkeep(conn)
 
     def healthy(self) -> bool:
         """Whether this node's heartbeat reached the database lately: a node whose own

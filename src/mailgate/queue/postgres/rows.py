@@ -105,63 +105,118 @@ def store_message(conn: Conn, message: NewMessage) -> tuple[str, NewMessage]:
     return queue_id, message
 
 
-# One statement stores a message held in memory: envelope, content, recipients, and the
-# NOTIFY that wakes the nodes' workers (collapsed to one per transaction by PostgreSQL).
-# No row comes back when the id is taken, and nothing is stored then.
-_STORE_ALL = (
-    "WITH m AS (INSERT INTO messages (id, sender, received_at, queued_at, size, "
-    "client_address, client_helo, protocol, authenticated_as, envid, ret, smtputf8, "
-    "body_8bit) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
-    "ON CONFLICT (id) DO NOTHING RETURNING seq), "
-    "c AS (INSERT INTO contents (seq, n, data) SELECT m.seq, p.n - 1, p.data FROM m, "
-    "unnest(%s::bytea[]) WITH ORDINALITY AS p (data, n)), "
+# One statement stores every message of a group commit held in memory: envelopes,
+# contents and recipients as arrays (unnest), joined on the queue id, and the NOTIFY
+# that wakes the nodes' workers (once per statement: an InitPlan).
+# One statement, not one per message: a message costs the node a few array elements to
+# send instead of a statement's conversion, and PostgreSQL one plan and one firing of
+# each counting trigger (schema.py) per batch. A message whose id is taken comes back
+# without its row, and nothing of it is stored.
+_STORE_MANY = (
+    "WITH x AS (SELECT * FROM unnest(%(id)s::text[], %(sender)s::text[], "
+    "%(received)s::float8[], %(size)s::bigint[], %(addr)s::text[], %(helo)s::text[], "
+    "%(proto)s::text[], %(auth)s::text[], %(envid)s::text[], %(ret)s::text[], "
+    "%(utf8)s::bool[], %(8bit)s::bool[]) WITH ORDINALITY AS x (id, sender, received_at, "
+    "size, client_address, client_helo, protocol, authenticated_as, envid, ret, smtputf8, "
+    "body_8bit, k)), "
+    "m AS (INSERT INTO messages (id, sender, received_at, queued_at, size, client_address, "
+    "client_helo, protocol, authenticated_as, envid, ret, smtputf8, body_8bit) "
+    "SELECT id, sender, received_at, %(now)s, size, client_address, client_helo, protocol, "
+    "authenticated_as, envid, ret, smtputf8, body_8bit FROM x ORDER BY k "
+    "ON CONFLICT (id) DO NOTHING RETURNING seq, id), "
+    "c AS (INSERT INTO contents (seq, n, data) SELECT m.seq, p.n, p.data FROM m JOIN "
+    "unnest(%(cid)s::text[], %(cn)s::int[], %(cdata)s::bytea[]) AS p (id, n, data) "
+    "ON p.id = m.id), "
     "r AS (INSERT INTO recipients (msg_seq, address, domain, orcpt, notify, state, "
-    "next_attempt, due_at, updated_at) SELECT m.seq, x.a, x.d, x.o, x.n, 'queued', %s, %s, "
-    "%s FROM m, unnest(%s::text[], %s::text[], %s::text[], %s::text[]) AS x (a, d, o, n)) "
-    "SELECT seq, pg_notify('mailgate_work', '') FROM m"
+    "next_attempt, due_at, updated_at) SELECT m.seq, y.a, y.d, y.o, y.n, 'queued', "
+    "%(now)s, %(now)s, %(now)s FROM m JOIN unnest(%(rid)s::text[], %(ra)s::text[], "
+    "%(rd)s::text[], %(ro)s::text[], %(rn)s::text[]) WITH ORDINALITY AS y (id, a, d, o, n, k) "
+    "ON y.id = m.id ORDER BY m.seq, y.k) "
+    "SELECT id, (SELECT pg_notify('mailgate_work', '')) FROM m"
 )
+
+
+class _Stored:
+    """The answer of one _STORE_MANY: the ids it stored, read once by whichever of its
+    messages' `finish` comes first."""
+
+    __slots__ = ("cursor", "ids")
+
+    def __init__(self, cursor: psycopg.Cursor[tuple[Any, ...]]) -> None:
+        self.cursor: psycopg.Cursor[tuple[Any, ...]] | None = cursor
+        self.ids: set[str] = set()
+
+    def stored(self, queue_id: str) -> bool:
+        if self.cursor is not None:
+            cur, self.cursor = self.cursor, None
+            self.ids = {row[0] for row in cur.fetchall()}
+            cur.close()
+        return queue_id in self.ids
 
 
 class EnqueueOp:
     """What enqueue() writes, in two steps so that a batch's messages go to the server
-    in one pipeline (psycopg's pipeline mode) instead of a round trip each: `start` sends
-    the one statement, `finish` reads its answer. A message whose id is taken, or whose
-    content went to a spool file (stored in pieces as it is read), takes the slow path,
-    `store_message`, in `finish`. Calling the op does both steps."""
+    in one statement (psycopg's pipeline mode): `start_all` sends the batch's messages
+    held in memory as one _STORE_MANY, `finish` reads whether its own was stored. A
+    message whose id is taken (or appears twice in the batch), or whose content went to
+    a spool file (stored in pieces as it is read), takes the slow path, `store_message`,
+    in `finish`. Calling the op does both steps."""
 
-    __slots__ = ("_cursor", "message")
+    __slots__ = ("_stored", "message")
 
     def __init__(self, message: NewMessage) -> None:
         self.message = message
-        self._cursor: psycopg.Cursor[tuple[Any, ...]] | None = None
+        self._stored: _Stored | None = None
 
-    def start(self, conn: Conn) -> None:
-        m = self.message
-        self._cursor = None
-        pieces = _pieces(m)
-        if pieces is None:
-            return
+    @staticmethod
+    def start_all(conn: Conn, ops: Sequence[EnqueueOp]) -> None:
         now = time.time()
-        queue_id = m.id or new_queue_id(now)
-        if m.id is None:
-            self.message = m = replace_id(m, queue_id)
-        rcpts = m.recipients
+        cols: dict[str, list[Any]] = {k: [] for k in (
+            "id", "sender", "received", "size", "addr", "helo", "proto", "auth", "envid",
+            "ret", "utf8", "8bit", "cid", "cn", "cdata", "rid", "ra", "rd", "ro", "rn")}
+        batch: list[EnqueueOp] = []
+        seen: set[str] = set()
+        for op in ops:
+            op._stored = None
+            m = op.message
+            pieces = _pieces(m)
+            queue_id = m.id or new_queue_id(now)
+            if pieces is None or queue_id in seen:
+                continue
+            seen.add(queue_id)
+            if m.id is None:
+                op.message = m = replace_id(m, queue_id)
+            batch.append(op)
+            for key, value in (("id", queue_id), ("sender", m.sender),
+                               ("received", m.received_at), ("size", m.size),
+                               ("addr", m.client_address), ("helo", m.client_helo),
+                               ("proto", m.protocol), ("auth", m.authenticated_as),
+                               ("envid", m.envid), ("ret", m.ret), ("utf8", m.smtputf8),
+                               ("8bit", m.body_8bit)):
+                cols[key].append(value)
+            for n, piece in enumerate(pieces):
+                cols["cid"].append(queue_id)
+                cols["cn"].append(n)
+                cols["cdata"].append(piece)
+            for r in m.recipients:
+                cols["rid"].append(queue_id)
+                cols["ra"].append(r.address)
+                cols["rd"].append(domain_of(r.address))
+                cols["ro"].append(r.orcpt)
+                cols["rn"].append(None if r.notify is None else ",".join(r.notify))
+        if not batch:
+            return
         cur = conn.cursor()
-        cur.execute(_STORE_ALL, (
-            queue_id, m.sender, m.received_at, now, m.size, m.client_address, m.client_helo,
-            m.protocol, m.authenticated_as, m.envid, m.ret, m.smtputf8, m.body_8bit,
-            list(pieces), now, now, now, [r.address for r in rcpts],
-            [domain_of(r.address) for r in rcpts], [r.orcpt for r in rcpts],
-            [None if r.notify is None else ",".join(r.notify) for r in rcpts]))
-        self._cursor = cur
+        cur.execute(_STORE_MANY, {**cols, "now": now})
+        stored = _Stored(cur)
+        for op in batch:
+            op._stored = stored
 
     def finish(self, conn: Conn) -> str:
-        cur, self._cursor = self._cursor, None
-        if cur is not None:
-            row = cur.fetchone()
-            cur.close()
-            if row is not None:
-                assert self.message.id is not None
+        stored, self._stored = self._stored, None
+        if stored is not None:
+            assert self.message.id is not None
+            if stored.stored(self.message.id):
                 return self.message.id
         # Taken (or spooled): the careful path, which draws a fresh id until one is free.
         queue_id, self.message = store_message(conn, self.message)
@@ -169,7 +224,7 @@ class EnqueueOp:
         return queue_id
 
     def __call__(self, conn: Conn) -> str:
-        self.start(conn)
+        self.start_all(conn, [self])
         return self.finish(conn)
 
 

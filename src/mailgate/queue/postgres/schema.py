@@ -18,9 +18,9 @@ import psycopg
 
 from mailgate.queue import QueueError
 
-__all__ = ["SCHEMA_VERSION", "check_schema", "migrate"]
+__all__ = ["FOLD", "FULL_COUNTS", "SCHEMA_VERSION", "check_schema", "fold_counts", "migrate"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _LOCK = 0x6D61696C67617465  # "mailgate": the advisory lock creating the tables
 
 # As in the SQLite schema: messages (small rows, listed) apart from their content;
@@ -132,8 +132,161 @@ _SCHEMA = (
     )""",
     "CREATE INDEX counts_bucket ON counts (bucket)",
 )
+# Counts kept as the rows change (version 2), as the SQLite schema's version 5 keeps them:
+# `counts()` (every queue page, `/metrics`, `queue list`) and `activity()` (the dashboard)
+# would otherwise count rows, a whole index at a million recipients. Triggers keep them
+# in the transaction that changes the rows, so they are exactly as durable as the rows
+# and every writer (any node's enqueue, record, hold, purge, a cascade, an
+# administrator's own SQL, a node of version 1 still running during a rolling upgrade)
+# keeps them right without knowing.
+#
+# Unlike SQLite, several nodes write at once, so a counter row per state would be a hot
+# spot: every transaction that queues mail would update the row 'queued' and hold its
+# lock until its commit's WAL flush, and the nodes' group commits would queue up behind
+# each other on that one row. Instead the triggers only INSERT into delta tables
+# (`state_deltas`, `activity_deltas`: no index, no key, so nothing two writers could both
+# want), and the node thread of one node at a time (an advisory lock taken with "try")
+# folds them every heartbeat into the totals (`state_counts`, `activity_minutes`). A read
+# adds the totals and the deltas not yet folded in one statement, one snapshot: a fold
+# deletes deltas and adds them to the totals in one transaction, so a reader sees either
+# both before or both after, never a delta twice or not at all.
+#
+# Minutes as in SQLite: the minute of a time t is trunc(t)::bigint / 60 (whole seconds,
+# integer division), so "minute in [a, b)" is exactly "t in [60a, 60b)" for t >= 0.
+# INSERT and DELETE are counted per statement from its transition table (one delta row
+# per state or minute, however many rows the statement wrote: a group commit's enqueue
+# statement writes one or two for the whole batch). So is an UPDATE of recipients (a
+# batch's records are one statement; a claim, which changes no state, writes none); an
+# UPDATE of messages or attempts (by hand, rare) per row, and only when the counted
+# columns changed.
+_MINUTE = "trunc({})::bigint / 60"
+_COUNT_TABLES = (
+    "CREATE TABLE state_counts (state text PRIMARY KEY, n bigint NOT NULL)",
+    """CREATE TABLE activity_minutes (
+        series text NOT NULL,
+        minute bigint NOT NULL,
+        n bigint NOT NULL,
+        PRIMARY KEY (series, minute)
+    )""",
+    "CREATE TABLE state_deltas (state text NOT NULL, n bigint NOT NULL)",
+    "CREATE TABLE activity_deltas (series text NOT NULL, minute bigint NOT NULL, "
+    "n bigint NOT NULL)",
+    # The bounced series' partial minutes, counted in an index as the others are.
+    "CREATE INDEX messages_bounces ON messages (queued_at) WHERE sender = ''",
+)
+
+
+def _function(name: str, body: str) -> str:
+    return (f"CREATE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+            f"{body} RETURN NULL; END $$")
+
+
+def _messages_rows(rows: str, sign: str) -> str:
+    minute = _MINUTE.format("queued_at")
+    return (f"INSERT INTO activity_deltas (series, minute, n) SELECT 'accepted', {minute}, "
+            f"{sign}count(*) FROM {rows} GROUP BY 2; "
+            f"INSERT INTO activity_deltas (series, minute, n) SELECT 'bounced', {minute}, "
+            f"{sign}count(*) FROM {rows} WHERE sender = '' GROUP BY 2;")
+
+
+def _attempts_rows(rows: str, sign: str) -> str:
+    return (f"INSERT INTO activity_deltas (series, minute, n) SELECT outcome, "
+            f"{_MINUTE.format('at')}, {sign}count(*) FROM {rows} GROUP BY 1, 2;")
+
+
+def _recipients_rows(rows: str, sign: str) -> str:
+    return (f"INSERT INTO state_deltas (state, n) SELECT state, {sign}count(*) FROM {rows} "
+            "GROUP BY 1;")
+
+
+def _row(rows: str) -> str:
+    return rows.replace(" FROM new_rows", " FROM (SELECT NEW.*) AS r").replace(
+        " FROM old_rows", " FROM (SELECT OLD.*) AS r")
+
+
+_COUNT_TRIGGERS = (
+    _function("mailgate_messages_in", _messages_rows("new_rows", "")),
+    _function("mailgate_messages_out", _messages_rows("old_rows", "-")),
+    _function("mailgate_messages_moved", _row(_messages_rows("old_rows", "-")
+                                              + " " + _messages_rows("new_rows", ""))),
+    _function("mailgate_recipients_in", _recipients_rows("new_rows", "")),
+    _function("mailgate_recipients_out", _recipients_rows("old_rows", "-")),
+    # An UPDATE turns its old rows into its new ones one for one, so what it did to the
+    # states is the new rows' states counted less the old rows' (no join on the key).
+    _function("mailgate_recipients_moved",
+              "INSERT INTO state_deltas (state, n) SELECT state, sum(n) FROM (SELECT state, "
+              "1 AS n FROM new_rows UNION ALL SELECT state, -1 FROM old_rows) AS d "
+              "GROUP BY state HAVING sum(n) <> 0;"),
+    _function("mailgate_attempts_in", _attempts_rows("new_rows", "")),
+    _function("mailgate_attempts_out", _attempts_rows("old_rows", "-")),
+    _function("mailgate_attempts_moved", _row(_attempts_rows("old_rows", "-") + " "
+                                              + _attempts_rows("new_rows", ""))),
+    *(f"CREATE TRIGGER {table}_counted AFTER INSERT ON {table} REFERENCING NEW TABLE AS "
+      f"new_rows FOR EACH STATEMENT EXECUTE FUNCTION mailgate_{table}_in()"
+      for table in ("messages", "recipients", "attempts")),
+    *(f"CREATE TRIGGER {table}_uncounted AFTER DELETE ON {table} REFERENCING OLD TABLE AS "
+      f"old_rows FOR EACH STATEMENT EXECUTE FUNCTION mailgate_{table}_out()"
+      for table in ("messages", "recipients", "attempts")),
+    "CREATE TRIGGER messages_recounted AFTER UPDATE OF queued_at, sender ON messages "
+    "FOR EACH ROW WHEN (OLD.queued_at IS DISTINCT FROM NEW.queued_at OR OLD.sender IS "
+    "DISTINCT FROM NEW.sender) EXECUTE FUNCTION mailgate_messages_moved()",
+    "CREATE TRIGGER recipients_recounted AFTER UPDATE ON recipients REFERENCING OLD TABLE "
+    "AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT "
+    "EXECUTE FUNCTION mailgate_recipients_moved()",
+    "CREATE TRIGGER attempts_recounted AFTER UPDATE OF at, outcome ON attempts FOR EACH ROW "
+    "WHEN (OLD.at IS DISTINCT FROM NEW.at OR OLD.outcome IS DISTINCT FROM NEW.outcome) "
+    "EXECUTE FUNCTION mailgate_attempts_moved()",
+)
+# What the rows come to, for a database that had no counts yet (the migration) and for
+# a test that compares the kept counts with a full count.
+FULL_COUNTS = (
+    "INSERT INTO state_counts (state, n) SELECT state, count(*) FROM recipients "
+    "GROUP BY state",
+    f"INSERT INTO activity_minutes (series, minute, n) SELECT 'accepted', "
+    f"{_MINUTE.format('queued_at')} AS m, count(*) FROM messages GROUP BY m",
+    f"INSERT INTO activity_minutes (series, minute, n) SELECT 'bounced', "
+    f"{_MINUTE.format('queued_at')} AS m, count(*) FROM messages WHERE sender = '' "
+    "GROUP BY m",
+    f"INSERT INTO activity_minutes (series, minute, n) SELECT outcome, "
+    f"{_MINUTE.format('at')} AS m, count(*) FROM attempts GROUP BY outcome, m",
+)
+# The fold: deltas out and into the totals, in one transaction; totals that reach zero
+# go (a state keeps its row: five rows at most).
+FOLD = (
+    "WITH d AS (DELETE FROM state_deltas RETURNING state, n) "
+    "INSERT INTO state_counts AS s (state, n) SELECT state, sum(n) FROM d GROUP BY state "
+    "ON CONFLICT (state) DO UPDATE SET n = s.n + EXCLUDED.n",
+    "WITH d AS (DELETE FROM activity_deltas RETURNING series, minute, n) "
+    "INSERT INTO activity_minutes AS a (series, minute, n) SELECT series, minute, sum(n) "
+    "FROM d GROUP BY series, minute HAVING sum(n) <> 0 "
+    "ON CONFLICT (series, minute) DO UPDATE SET n = a.n + EXCLUDED.n RETURNING series, "
+    "minute, n",
+)
+_FOLD_LOCK = _LOCK + 1  # one folding node at a time (the others skip their turn)
+# The statements that add counts to a version 1 database. The tables are locked against
+# writes first: a node of version 1 still running must not commit rows between the full
+# count and the triggers' creation (they would never be counted).
+_ADD_COUNTS = (
+    "LOCK TABLE messages, recipients, attempts IN SHARE ROW EXCLUSIVE MODE",
+    *_COUNT_TABLES, *FULL_COUNTS, *_COUNT_TRIGGERS,
+)
 # What takes a database from the version before to each version, oldest first.
-_MIGRATIONS: dict[int, tuple[str, ...]] = {}
+_MIGRATIONS: dict[int, tuple[str, ...]] = {2: _ADD_COUNTS}
+
+
+def fold_counts(conn: psycopg.Connection[tuple[object, ...]]) -> bool:
+    """Fold the count deltas into the totals, in the open transaction; False (nothing
+    done) when another node is folding right now."""
+    row = conn.execute("SELECT pg_try_advisory_xact_lock(%s)", (_FOLD_LOCK,)).fetchone()
+    if not row or not row[0]:
+        return False
+    conn.execute(FOLD[0])
+    zero = [(s, m) for s, m, n in conn.execute(FOLD[1]).fetchall() if n == 0]
+    if zero:
+        conn.execute("DELETE FROM activity_minutes WHERE (series, minute) IN "
+                     "(SELECT * FROM unnest(%s::text[], %s::bigint[])) AND n = 0",
+                     ([s for s, _ in zero], [m for _, m in zero]))
+    return True
 
 
 def _version(conn: psycopg.Connection[tuple[object, ...]]) -> int:
@@ -167,7 +320,7 @@ def check_schema(conn: psycopg.Connection[tuple[object, ...]], where: str) -> No
 
 
 def _create(conn: psycopg.Connection[tuple[object, ...]]) -> None:
-    for statement in _SCHEMA:
+    for statement in (*_SCHEMA, *_COUNT_TABLES, *_COUNT_TRIGGERS):
         conn.execute(statement)
     conn.execute("INSERT INTO mailgate_schema (version) VALUES (%s)", (SCHEMA_VERSION,))
 
