@@ -211,6 +211,27 @@ def test_a_live_node_s_claims_stay_with_it(pg_dsn: str) -> None:
         b.close()
 
 
+def test_a_claim_whose_commit_was_not_confirmed_is_given_back(
+        q: PostgresQueue, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The database goes away after a claim committed and before the node heard so: the
+    node, alive, must not keep that work for the lease (an hour here)."""
+    qid = q.enqueue(_msg())
+    q.recover_claims()  # the node is started (registered, heartbeating) before the outage
+    engine = q._engine
+    real_run = engine.run
+
+    def lost_ack(what: str, op: object) -> object:
+        real_run(what, op)  # type: ignore[arg-type]
+        raise QueueError("the queue database is unreachable (server closed the connection)")
+
+    monkeypatch.setattr(engine, "run", lost_ack)
+    with pytest.raises(QueueError):
+        q.claim(time.time(), 10, 3600)
+    monkeypatch.setattr(engine, "run", real_run)
+    [item] = q.claim(time.time(), 10, 3600)  # given back first, then claimed again
+    assert item.message.id == qid
+
+
 def test_work_queued_on_one_node_wakes_the_others(pg_dsn: str) -> None:
     a = PostgresQueue(pg_dsn, node="a")
     b = PostgresQueue(pg_dsn, node="b")

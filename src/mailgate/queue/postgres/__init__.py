@@ -76,6 +76,10 @@ class PostgresQueue:
                               batch_limit=batch_limit, prepare=check_schema,
                               recover=recover_stale, upkeep=fold_counts)
         self._claimed_ever = False
+        # Tokens of a claim whose commit was never confirmed (the database went away
+        # mid-claim): it may have committed, and this node, alive, would hold that work
+        # until the lease ends. Given back before the next claim.
+        self._unconfirmed: set[str] = set()
         self._slot_keys: dict[str, int] = {}  # destinations whose slot rows exist
 
     @property
@@ -122,6 +126,12 @@ class PostgresQueue:
             raise QueueError(f"could not claim work: this node's heartbeat has not reached "
                              f"the queue database at {engine.where} lately")
         self._claimed_ever = True
+        if self._unconfirmed:
+            lost = sorted(self._unconfirmed)
+            engine.run("give back an unconfirmed claim", lambda conn: conn.execute(
+                f"UPDATE recipients SET {_UNCLAIM} WHERE claim_token = ANY(%s)", (lost,)))
+            self._unconfirmed.difference_update(lost)
+        made: list[str] = []
         where, params = "", []
         if domains is not None:
             where += " AND domain = ANY(%s)"
@@ -159,6 +169,7 @@ class PostgresQueue:
                 if seq in ids:
                     ids[seq].add(rid)
             tokens = {seq: secrets.token_hex(8) for seq in seqs}
+            made.extend(tokens.values())
             # One statement for the lot (not one per message): recipient ids and tokens.
             claimed = sorted((rid, tokens[seq]) for seq in seqs for rid in ids[seq])
             conn.execute(
@@ -174,7 +185,11 @@ class PostgresQueue:
                              claim_token=tokens[seq])
                     for seq, m in by_seq.items()]
 
-        return engine.run("claim work", op)
+        try:
+            return engine.run("claim work", op)
+        except QueueError:
+            self._unconfirmed.update(made)
+            raise
 
     def recover_claims(self) -> int:
         self._engine.start_node()
