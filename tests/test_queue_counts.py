@@ -15,11 +15,13 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from mailgate.queue import Attempt, NewMessage, NewRecipient, RecipientState
+from mailgate.queue import Attempt, NewMessage, NewRecipient, Queue, RecipientState
 from mailgate.queue.sqlite import SQLiteQueue
 
 
@@ -41,12 +43,17 @@ def full_states(db: Path) -> dict[str, int]:
 
 
 def full_minutes(db: Path) -> set[tuple[str, int, int]]:
-    """(series, minute, rows) from the rows themselves, minute = whole seconds // 60."""
     with sqlite3.connect(db) as conn:
-        rows = [("accepted", int(t)) for (t,) in conn.execute("SELECT queued_at FROM messages")]
-        rows += [("bounced", int(t)) for (t,) in conn.execute(
-            "SELECT queued_at FROM messages WHERE sender = ''")]
-        rows += [(o, int(t)) for o, t in conn.execute("SELECT outcome, at FROM attempts")]
+        return minutes_in_rows(conn)
+
+
+def minutes_in_rows(conn: Any) -> set[tuple[str, int, int]]:
+    """(series, minute, rows) from the rows themselves, minute = whole seconds // 60,
+    computed here in Python, not with the schema's SQL; `conn`: SQLite or PostgreSQL."""
+    rows = [("accepted", int(t)) for (t,) in conn.execute("SELECT queued_at FROM messages")]
+    rows += [("bounced", int(t)) for (t,) in conn.execute(
+        "SELECT queued_at FROM messages WHERE sender = ''")]
+    rows += [(o, int(t)) for o, t in conn.execute("SELECT outcome, at FROM attempts")]
     tally: dict[tuple[str, int], int] = {}
     for series, t in rows:
         key = (series, t // 60)
@@ -67,72 +74,78 @@ def check(q: SQLiteQueue, db: Path) -> None:
 def test_counts_follow_every_state_change(tmp_path: Path) -> None:
     db = tmp_path / "queue.db"
     with SQLiteQueue(db) as q:
-        check(q, db)
-        assert q.counts() == {s.value: 0 for s in RecipientState}
-        ids = [q.enqueue(message(f"r{i}@a.example", f"s{i}@b.example")) for i in range(6)]
-        bounce = q.enqueue(message("alice@example.org", sender=""))
-        check(q, db)
-        assert q.counts()["queued"] == 13
-
-        # Many at once: the batch path (multi-row INSERTs in one transaction).
-        async def burst() -> list[str]:
-            return await asyncio.gather(*(q.enqueue_async(message(f"x{i}@c.example"))
-                                          for i in range(50)))
-        burst_ids = asyncio.run(burst())
-        check(q, db)
-        assert q.counts()["queued"] == 63
-
-        now = time.time()
-        items = q.claim(now, limit=100, lease=60)
-        check(q, db)  # a claim changes no state
-        by_id = {item.message.id: item for item in items}
-        first, second, third = (by_id[i] for i in ids[:3])
-        r1, r2 = first.recipients
-        q.record(r1.id, attempt("delivered"), claim_token=first.claim_token)
-        q.record(r2.id, attempt("delivered"), claim_token=first.claim_token)  # finishes it
-        check(q, db)
-        for r in second.recipients:
-            q.record(r.id, attempt("deferred"), next_attempt=now + 600,
-                     claim_token=second.claim_token)
-        q.record(third.recipients[0].id, attempt("failed"), claim_token=third.claim_token)
-        check(q, db)
-        # A late report for a recipient already final changes no state, but is an attempt.
-        q.record(r1.id, attempt("deferred"), next_attempt=now + 600)
-        check(q, db)
-        for item in items:
-            q.release(item.claim_token)
-        check(q, db)
-
-        assert q.hold(ids[3], reason="looks odd") == 2
-        assert q.hold(ids[1]) == 2  # deferred ones too
-        check(q, db)
-        assert q.counts()["held"] == 4
-        # A deferral reported for a held recipient leaves it held (no state change).
-        q.record(q.show(ids[3]).recipients[0].id, attempt("deferred"), next_attempt=now + 60)
-        check(q, db)
-        assert q.release_hold(ids[3]) == 2
-        check(q, db)
-        assert q.retry(None, time.time()) > 0
-        check(q, db)
-
-        q.delete(ids[4])
-        q.delete(bounce)
-        check(q, db)
-
-        # Finish a batch of the burst, then purge every finished record.
-        for item in q.claim(time.time(), limit=20, lease=60):
-            for r in item.recipients:
-                q.record(r.id, attempt(random.choice(["delivered", "failed"])),
-                         claim_token=item.claim_token)
-        check(q, db)
-        assert q.purge(time.time() + 1, limit=5) == 5
-        check(q, db)
-        while q.purge(time.time() + 1):
-            pass
-        check(q, db)
-        assert q.counts()["delivered"] == q.counts()["failed"] == 0
-        assert len(burst_ids) == 50
+        every_change(q, lambda: check(q, db))
         assert q.integrity_check() == ["ok"]
+
+
+def every_change(q: Queue, check: Callable[[], None]) -> None:
+    """Every kind of change a queue's own operations make, `check` after each: the
+    scenario both backends' kept counts are held to (test_queue_counts_postgres.py)."""
+    check()
+    assert q.counts() == {s.value: 0 for s in RecipientState}
+    ids = [q.enqueue(message(f"r{i}@a.example", f"s{i}@b.example")) for i in range(6)]
+    bounce = q.enqueue(message("alice@example.org", sender=""))
+    check()
+    assert q.counts()["queued"] == 13
+
+    # Many at once: the batch path (multi-row INSERTs in one transaction).
+    async def burst() -> list[str]:
+        return await asyncio.gather(*(q.enqueue_async(message(f"x{i}@c.example"))
+                                      for i in range(50)))
+    burst_ids = asyncio.run(burst())
+    check()
+    assert q.counts()["queued"] == 63
+
+    now = time.time()
+    items = q.claim(now, limit=100, lease=60)
+    check()  # a claim changes no state
+    by_id = {item.message.id: item for item in items}
+    first, second, third = (by_id[i] for i in ids[:3])
+    r1, r2 = first.recipients
+    q.record(r1.id, attempt("delivered"), claim_token=first.claim_token)
+    q.record(r2.id, attempt("delivered"), claim_token=first.claim_token)  # finishes it
+    check()
+    for r in second.recipients:
+        q.record(r.id, attempt("deferred"), next_attempt=now + 600,
+                 claim_token=second.claim_token)
+    q.record(third.recipients[0].id, attempt("failed"), claim_token=third.claim_token)
+    check()
+    # A late report for a recipient already final changes no state, but is an attempt.
+    q.record(r1.id, attempt("deferred"), next_attempt=now + 600)
+    check()
+    for item in items:
+        q.release(item.claim_token)
+    check()
+
+    assert q.hold(ids[3], reason="looks odd") == 2
+    assert q.hold(ids[1]) == 2  # deferred ones too
+    check()
+    assert q.counts()["held"] == 4
+    # A deferral reported for a held recipient leaves it held (no state change).
+    q.record(q.show(ids[3]).recipients[0].id, attempt("deferred"), next_attempt=now + 60)
+    check()
+    assert q.release_hold(ids[3]) == 2
+    check()
+    assert q.retry(None, time.time()) > 0
+    check()
+
+    q.delete(ids[4])
+    q.delete(bounce)
+    check()
+
+    # Finish a batch of the burst, then purge every finished record.
+    for item in q.claim(time.time(), limit=20, lease=60):
+        for r in item.recipients:
+            q.record(r.id, attempt(random.choice(["delivered", "failed"])),
+                     claim_token=item.claim_token)
+    check()
+    assert q.purge(time.time() + 1, limit=5) == 5
+    check()
+    while q.purge(time.time() + 1):
+        pass
+    check()
+    assert q.counts()["delivered"] == q.counts()["failed"] == 0
+    assert len(burst_ids) == 50
 
 
 def test_counts_survive_changes_made_in_sql(tmp_path: Path) -> None:
@@ -160,45 +173,63 @@ def test_activity_matches_a_full_count_at_any_edges(tmp_path: Path) -> None:
     rng = random.Random(17)
     now = time.time()
     with SQLiteQueue(db) as q:
-        ids = [q.enqueue(message(f"r{i}@a.example", sender="" if i % 3 == 0 else "a@b.example"))
-               for i in range(120)]
+        for i in range(120):
+            q.enqueue(message(f"r{i}@a.example", sender="" if i % 3 == 0 else "a@b.example"))
         with sqlite3.connect(db) as conn:
-            # Spread over 3 hours, some exactly on a minute's edge.
-            for seq in range(1, 121):
-                t = now - rng.uniform(0, 3 * 3600) if seq % 4 else float(int(now / 60) * 60
-                                                                          - 60 * seq)
-                conn.execute("UPDATE messages SET queued_at = ? WHERE seq = ?", (t, seq))
-        for item in q.claim(now, limit=200, lease=60):
-            for r in item.recipients:
-                outcome = rng.choice(["delivered", "deferred", "failed"])
-                at = now - rng.uniform(0, 3 * 3600)
-                q.record(r.id, attempt(outcome, at=at), next_attempt=now + 60,
-                         claim_token=item.claim_token)
+            spread_over_hours(conn, "?", now, rng)
+        record_at_random(q, now, rng)
         check(q, db)
+        with sqlite3.connect(db) as conn:
+            assert activity_as_rows_say(q, conn, "?", now, rng) > 0
 
-        def by_rows(lo: float, hi: float) -> dict[str, int]:
-            with sqlite3.connect(db) as conn:
-                def one(sql: str, *args: object) -> int:
-                    return int(conn.execute(sql, args).fetchone()[0])
-                got = {"accepted": one("SELECT count(*) FROM messages WHERE queued_at >= ? "
-                                       "AND queued_at < ?", lo, hi),
-                       "bounced": one("SELECT count(*) FROM messages WHERE sender = '' AND "
-                                      "queued_at >= ? AND queued_at < ?", lo, hi)}
-                for o in ("delivered", "deferred", "failed"):
-                    got[o] = one("SELECT count(*) FROM attempts WHERE outcome = ? AND "
-                                 "at >= ? AND at < ?", o, lo, hi)
-            return got
 
-        edges = [(now - 3600, 3600.0), (now - 86400, 86400.0), (now - 4 * 3600, 600.0),
-                 (int(now / 60) * 60 - 7200, 60.0), (now - 7200, 0.5 * 60 + 0.25),
-                 (now - 100, 30.0)]
-        edges += [(now - rng.uniform(0, 4 * 3600), rng.uniform(1, 5000)) for _ in range(20)]
-        for since, seconds in edges:
-            for b in q.activity(since, seconds, now):
-                expected = by_rows(b.start, min(now, b.start + seconds))
-                got = {k: getattr(b, k) for k in expected}
-                assert got == expected, (since, seconds, b.start)
-        assert len(ids) == 120
+def spread_over_hours(conn: Any, mark: str, now: float, rng: random.Random) -> None:
+    """The messages' arrival spread over 3 hours, some exactly on a minute's edge
+    (`mark`: the connection's parameter marker)."""
+    seqs = [s for (s,) in conn.execute("SELECT seq FROM messages ORDER BY seq")]
+    for k, seq in enumerate(seqs, 1):
+        t = now - rng.uniform(0, 3 * 3600) if k % 4 else float(int(now / 60) * 60 - 60 * k)
+        conn.execute(f"UPDATE messages SET queued_at = {mark} WHERE seq = {mark}", (t, seq))
+
+
+def record_at_random(q: Queue, now: float, rng: random.Random) -> None:
+    """Every due recipient claimed and given a random outcome in the last 3 hours."""
+    for item in q.claim(now, limit=200, lease=60):
+        for r in item.recipients:
+            outcome = rng.choice(["delivered", "deferred", "failed"])
+            q.record(r.id, attempt(outcome, at=now - rng.uniform(0, 3 * 3600)),
+                     next_attempt=now + 60, claim_token=item.claim_token)
+
+
+def activity_as_rows_say(q: Queue, conn: Any, mark: str, now: float,
+                         rng: random.Random) -> int:
+    """`q.activity` for buckets with edges anywhere equals counting the rows through
+    `conn`; how many events the buckets held in all."""
+    def one(sql: str, *args: object) -> int:
+        return int(str(conn.execute(sql.replace("?", mark), args).fetchone()[0]))
+
+    def by_rows(lo: float, hi: float) -> dict[str, int]:
+        got = {"accepted": one("SELECT count(*) FROM messages WHERE queued_at >= ? "
+                               "AND queued_at < ?", lo, hi),
+               "bounced": one("SELECT count(*) FROM messages WHERE sender = '' AND "
+                              "queued_at >= ? AND queued_at < ?", lo, hi)}
+        for o in ("delivered", "deferred", "failed"):
+            got[o] = one("SELECT count(*) FROM attempts WHERE outcome = ? AND "
+                         "at >= ? AND at < ?", o, lo, hi)
+        return got
+
+    edges = [(now - 3600, 3600.0), (now - 86400, 86400.0), (now - 4 * 3600, 600.0),
+             (int(now / 60) * 60 - 7200, 60.0), (now - 7200, 0.5 * 60 + 0.25),
+             (now - 100, 30.0)]
+    edges += [(now - rng.uniform(0, 4 * 3600), rng.uniform(1, 5000)) for _ in range(20)]
+    seen = 0
+    for since, seconds in edges:
+        for b in q.activity(since, seconds, now):
+            expected = by_rows(b.start, min(now, b.start + seconds))
+            got = {k: getattr(b, k) for k in expected}
+            assert got == expected, (since, seconds, b.start)
+            seen += sum(got.values())
+    return seen
 
 
 CHILD = textwrap.dedent(

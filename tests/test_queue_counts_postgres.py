@@ -8,7 +8,6 @@ The twin of tests/test_queue_counts.py, on a real PostgreSQL (tests/support/post
 
 from __future__ import annotations
 
-import asyncio
 import random
 import threading
 import time
@@ -19,7 +18,15 @@ import pytest
 
 from mailgate.queue import RecipientState
 from mailgate.queue.postgres import SCHEMA_VERSION, PostgresQueue, fold_now, migrate
-from tests.test_queue_counts import attempt, message
+from tests.test_queue_counts import (
+    activity_as_rows_say,
+    attempt,
+    every_change,
+    message,
+    minutes_in_rows,
+    record_at_random,
+    spread_over_hours,
+)
 
 pytest_plugins = ["tests.support.postgres"]
 
@@ -38,18 +45,8 @@ def full_states(dsn: str) -> dict[str, int]:
 
 
 def full_minutes(dsn: str) -> set[tuple[str, int, int]]:
-    """(series, minute, rows) from the rows themselves, minute = whole seconds // 60,
-    computed here in Python, not with the schema's SQL."""
     with psycopg.connect(dsn) as conn:
-        rows = [("accepted", int(t)) for (t,) in conn.execute("SELECT queued_at FROM messages")]
-        rows += [("bounced", int(t)) for (t,) in conn.execute(
-            "SELECT queued_at FROM messages WHERE sender = ''")]
-        rows += [(o, int(t)) for o, t in conn.execute("SELECT outcome, at FROM attempts")]
-    tally: dict[tuple[str, int], int] = {}
-    for series, t in rows:
-        key = (series, t // 60)
-        tally[key] = tally.get(key, 0) + 1
-    return {(s, m, n) for (s, m), n in tally.items()}
+        return minutes_in_rows(conn)
 
 
 def kept_minutes(dsn: str) -> set[tuple[str, int, int]]:
@@ -75,69 +72,18 @@ def check(q: PostgresQueue, dsn: str) -> None:
 
 
 def test_counts_follow_every_state_change(q: PostgresQueue, pg_dsn: str) -> None:
-    dsn = pg_dsn
-    check(q, dsn)
-    assert q.counts() == {s.value: 0 for s in RecipientState}
-    ids = [q.enqueue(message(f"r{i}@a.example", f"s{i}@b.example")) for i in range(6)]
-    bounce = q.enqueue(message("alice@example.org", sender=""))
-    with psycopg.connect(dsn) as conn:  # not yet folded: the deltas carry the counts
+    every_change(q, lambda: check(q, pg_dsn))
+    assert q.integrity_check() == ["ok"]
+
+
+def test_counts_before_a_fold_are_in_the_deltas(q: PostgresQueue, pg_dsn: str) -> None:
+    for i in range(6):
+        q.enqueue(message(f"r{i}@a.example", f"s{i}@b.example"))
+    q.enqueue(message("alice@example.org", sender=""))
+    with psycopg.connect(pg_dsn) as conn:  # not yet folded: the deltas carry the counts
         assert conn.execute("SELECT sum(n) FROM state_deltas").fetchone() == (13,)
     assert q.counts()["queued"] == 13
-    check(q, dsn)
-
-    async def burst() -> list[str]:  # many at once: one group commit, one transaction
-        return await asyncio.gather(*(q.enqueue_async(message(f"x{i}@c.example"))
-                                      for i in range(50)))
-    burst_ids = asyncio.run(burst())
-    assert q.counts()["queued"] == 63
-    check(q, dsn)
-
-    now = time.time()
-    items = q.claim(now, limit=100, lease=60)
-    check(q, dsn)
-    by_id = {item.message.id: item for item in items}
-    first, second, third = (by_id[i] for i in ids[:3])
-    r1, r2 = first.recipients
-    q.record(r1.id, attempt("delivered"), claim_token=first.claim_token)
-    q.record(r2.id, attempt("delivered"), claim_token=first.claim_token)
-    check(q, dsn)
-    for r in second.recipients:
-        q.record(r.id, attempt("deferred"), next_attempt=now + 600,
-                 claim_token=second.claim_token)
-    q.record(third.recipients[0].id, attempt("failed"), claim_token=third.claim_token)
-    q.record(r1.id, attempt("deferred"), next_attempt=now + 600)  # late: no state change
-    assert q.counts()["delivered"] == 2
-    check(q, dsn)
-    for item in items:
-        q.release(item.claim_token)
-    check(q, dsn)
-
-    assert q.hold(ids[3], reason="looks odd") == 2
-    assert q.hold(ids[1]) == 2
-    assert q.counts()["held"] == 4
-    check(q, dsn)
-    q.record(q.show(ids[3]).recipients[0].id, attempt("deferred"), next_attempt=now + 60)
-    assert q.release_hold(ids[3]) == 2
-    assert q.retry(None, time.time()) > 0
-    check(q, dsn)
-
-    q.delete(ids[4])
-    q.delete(bounce)
-    check(q, dsn)
-
-    for item in q.claim(time.time(), limit=20, lease=60):
-        for r in item.recipients:
-            q.record(r.id, attempt(random.choice(["delivered", "failed"])),
-                     claim_token=item.claim_token)
-    check(q, dsn)
-    assert q.purge(time.time() + 1, limit=5) == 5
-    check(q, dsn)
-    while q.purge(time.time() + 1):
-        pass
-    check(q, dsn)
-    assert q.counts()["delivered"] == q.counts()["failed"] == 0
-    assert len(burst_ids) == 50
-    assert q.integrity_check() == ["ok"]
+    check(q, pg_dsn)
 
 
 def test_counts_survive_changes_made_in_sql(q: PostgresQueue, pg_dsn: str) -> None:
@@ -162,45 +108,11 @@ def test_activity_matches_a_full_count_at_any_edges(q: PostgresQueue, pg_dsn: st
     for i in range(120):
         q.enqueue(message(f"r{i}@a.example", sender="" if i % 3 == 0 else "a@b.example"))
     with psycopg.connect(pg_dsn) as conn:
-        seqs = [s for (s,) in conn.execute("SELECT seq FROM messages ORDER BY seq")]
-        for k, seq in enumerate(seqs, 1):
-            t = now - rng.uniform(0, 3 * 3600) if k % 4 else float(int(now / 60) * 60 - 60 * k)
-            conn.execute("UPDATE messages SET queued_at = %s WHERE seq = %s", (t, seq))
+        spread_over_hours(conn, "%s", now, rng)
     fold_now(q)  # some minutes folded, the attempts' still in deltas
-    for item in q.claim(now, limit=200, lease=60):
-        for r in item.recipients:
-            outcome = rng.choice(["delivered", "deferred", "failed"])
-            q.record(r.id, attempt(outcome, at=now - rng.uniform(0, 3 * 3600)),
-                     next_attempt=now + 60, claim_token=item.claim_token)
-
-    def by_rows(conn: psycopg.Connection[tuple[object, ...]], lo: float, hi: float
-                ) -> dict[str, int]:
-        def one(sql: str, *args: object) -> int:
-            row = conn.execute(sql, args).fetchone()
-            assert row is not None
-            return int(str(row[0]))
-        got = {"accepted": one("SELECT count(*) FROM messages WHERE queued_at >= %s "
-                               "AND queued_at < %s", lo, hi),
-               "bounced": one("SELECT count(*) FROM messages WHERE sender = '' AND "
-                              "queued_at >= %s AND queued_at < %s", lo, hi)}
-        for o in ("delivered", "deferred", "failed"):
-            got[o] = one("SELECT count(*) FROM attempts WHERE outcome = %s AND "
-                         "at >= %s AND at < %s", o, lo, hi)
-        return got
-
-    edges = [(now - 3600, 3600.0), (now - 86400, 86400.0), (now - 4 * 3600, 600.0),
-             (int(now / 60) * 60 - 7200, 60.0), (now - 7200, 0.5 * 60 + 0.25),
-             (now - 100, 30.0)]
-    edges += [(now - rng.uniform(0, 4 * 3600), rng.uniform(1, 5000)) for _ in range(20)]
-    seen = 0
+    record_at_random(q, now, rng)
     with psycopg.connect(pg_dsn) as conn:
-        for since, seconds in edges:
-            for b in q.activity(since, seconds, now):
-                expected = by_rows(conn, b.start, min(now, b.start + seconds))
-                got = {k: getattr(b, k) for k in expected}
-                assert got == expected, (since, seconds, b.start)
-                seen += sum(got.values())
-    assert seen > 0
+        assert activity_as_rows_say(q, conn, "%s", now, rng) > 0
     check(q, pg_dsn)
 
 
