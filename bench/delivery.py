@@ -54,7 +54,6 @@ import pstats
 import re
 import resource
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -75,12 +74,12 @@ from server import (
     Runner,
     SinkServer,
     _proc_table,
-    _terminate,
     add_run_arguments,
-    become_subreaper,
     fs_type,
     machine,
     run_and_report,
+    say_where,
+    start_harness,
     wait_quiet,
 )
 
@@ -617,20 +616,9 @@ def main() -> int:
             print(f"{tool} is missing: install the postfix package", file=sys.stderr)
             return 2
 
-    signal.signal(signal.SIGTERM, _terminate)
-    signal.signal(signal.SIGHUP, _terminate)
-    become_subreaper()
-    with contextlib.suppress(ImportError):
-        import uvloop
-
-        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    started = datetime.datetime.now()
-    t0 = time.monotonic()
+    started, t0 = start_harness(use_uvloop=True)
     runner = Runner(args.dir, args.keep)
-    kind = fs_type(runner.root)
-    print(f"working in {runner.root} ({kind})", file=sys.stderr)
-    if kind.startswith("tmpfs"):
-        print("warning: tmpfs makes fsync free; use --dir on a disk", file=sys.stderr)
+    say_where(runner)
     rows: dict[str, list[Run]] = {}
 
     def measure() -> str:

@@ -78,13 +78,12 @@ from server import (
     PostfixServer,
     Runner,
     SinkServer,
-    _terminate,
     add_run_arguments,
-    become_subreaper,
     free_port,
     fs_type,
     machine,
     run_and_report,
+    start_harness,
     wait_greeting,
     wait_quiet,
 )
@@ -573,15 +572,7 @@ def main() -> int:
     if "postfix" in servers and (os.geteuid() != 0 or not Path(POSTFIX).exists()):
         print("Postfix cannot run here: skipping it (no ratio)", file=sys.stderr)
         servers.discard("postfix")
-    signal.signal(signal.SIGTERM, _terminate)
-    signal.signal(signal.SIGHUP, _terminate)
-    become_subreaper()
-    with contextlib.suppress(ImportError):
-        import uvloop
-
-        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    started = datetime.datetime.now()
-    t0 = time.monotonic()
+    started, t0 = start_harness(use_uvloop=True)
     runner = Runner(args.dir, args.keep)
     many: dict[str, list[Run]] = {}
     fair: dict[str, list[Run]] = {}

@@ -88,15 +88,14 @@ from server import (
     Runner,
     Server,
     _postconf_default,
-    _terminate,
     add_run_arguments,
-    become_subreaper,
     descendants,
     fs_type,
     machine,
     memory,
     postfix_version,
     run_and_report,
+    start_harness,
 )
 
 MIB = 1 << 20
@@ -796,11 +795,7 @@ def main() -> int:
     if args.mib * MIB + 4096 > SIZE_LIMIT:
         parser.error(f"--mib: at most {SIZE_LIMIT // MIB - 1} (the servers' size limit)")
 
-    signal.signal(signal.SIGTERM, _terminate)
-    signal.signal(signal.SIGHUP, _terminate)
-    become_subreaper()
-    started = datetime.datetime.now()
-    t0 = time.monotonic()
+    started, t0 = start_harness()
     body = make_body(int(args.mib * MIB))
     runner = Runner(args.dir, args.keep)
     print(f"working in {runner.root} ({fs_type(runner.root)})", file=sys.stderr)

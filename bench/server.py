@@ -195,6 +195,29 @@ def become_subreaper() -> None:
         libc.prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
 
 
+def start_harness(use_uvloop: bool = False) -> tuple[datetime.datetime, float]:
+    """What every benchmark's main does first: SIGTERM and SIGHUP end the run through
+    its cleanup, orphans of our children become ours (`become_subreaper`), uvloop when
+    asked and installed; returns (wall-clock start, monotonic start)."""
+    signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGHUP, _terminate)
+    become_subreaper()
+    if use_uvloop:
+        with contextlib.suppress(ImportError):
+            import uvloop
+
+            asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    return datetime.datetime.now(), time.monotonic()
+
+
+def say_where(runner: Runner) -> None:
+    """Name the working folder and its filesystem; warn when fsync costs nothing there."""
+    kind = fs_type(runner.root)
+    print(f"working in {runner.root} ({kind})", file=sys.stderr)
+    if kind.startswith("tmpfs"):
+        print("warning: tmpfs makes fsync free; use --dir on a disk", file=sys.stderr)
+
+
 def wait_greeting(port: int, timeout: float, proc: subprocess.Popen[bytes] | None = None,
                   log: Path | None = None) -> None:
     """Until the server on `port` answers 220, or fail saying why."""
@@ -1605,16 +1628,9 @@ def main() -> int:
               file=sys.stderr)
         args.idle = max(0, hard - 1000)
 
-    signal.signal(signal.SIGTERM, _terminate)
-    signal.signal(signal.SIGHUP, _terminate)
-    become_subreaper()
-    started = datetime.datetime.now()
-    t0 = time.monotonic()
+    started, t0 = start_harness()
     runner = Runner(args.dir, args.keep)
-    kind = fs_type(runner.root)
-    print(f"working in {runner.root} ({kind})", file=sys.stderr)
-    if kind.startswith("tmpfs"):
-        print("warning: tmpfs makes fsync free; use --dir on a disk", file=sys.stderr)
+    say_where(runner)
 
     def measure() -> str:
         rows = bench_throughput(runner, names, args)
