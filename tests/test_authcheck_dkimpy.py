@@ -35,11 +35,10 @@ from mailgate.server.authcheck.dkimcheck import (
     MAX_SIGNATURES,
     MIN_KEY_BITS,
     DKIMResult,
-    _dnsfunc,
     _logger,
-    _text,
     check_dkim,
     check_dkim_parts,
+    verify_each,
 )
 from mailgate.server.authcheck.dkimverify import (
     _BTAG,
@@ -123,40 +122,20 @@ def reference(bridge: DNSBridge, message: bytes) -> tuple[list[DKIMResult], int]
     except Exception as exc:
         return [DKIMResult("permerror", reason=f"cannot parse the message: {exc}")], 1
     count = sum(1 for name, _ in signer.headers if name.lower() == b"dkim-signature")
-    results: list[DKIMResult] = []
-    for idx in range(min(count, MAX_SIGNATURES)):
-        reasons.texts.clear()
-        signer.signature_fields = {}
-        try:
-            ok = signer.verify(idx=idx, dnsfunc=_dnsfunc(bridge))
-            result = "pass" if ok else "fail"
-        except dkim.DKIMException as exc:
-            result, reasons.texts[:] = "permerror", [str(exc)]
-        except Exception as exc:
-            result, reasons.texts[:] = "permerror", [f"cannot verify: {exc}"]
-        if result == "fail" and not reasons.texts:
-            reasons.texts.append("the signature or the body hash does not match")
-        fields = signer.signature_fields or {}
-        if result == "pass" and fields.get(b"a", b"").strip().lower() == b"rsa-sha1":
-            result = "policy"
-            reasons.texts[:] = ["a valid rsa-sha1 signature, which RFC 8301 forbids "
-                                "to accept"]
-        results.append(DKIMResult(
-            result, domain=_text(fields, b"d").lower(), selector=_text(fields, b"s"),
-            algorithm=_text(fields, b"a", 32), b=_text(fields, b"b", 8),
-            reason="" if result == "pass" else "; ".join(reasons.texts)))
-    return results, count
+    return verify_each(signer, count, bridge, reasons), count
+
+
+def in_pieces(message: bytes, cuts: list[int]) -> Iterator[bytes]:
+    """`message` cut after each of `cuts` bytes in turn (as a spool is read back)."""
+    at = 0
+    for cut in cuts:
+        yield message[at:at + cut]
+        at += cut
+    yield message[at:]
 
 
 def ours_in_pieces(message: bytes, cuts: list[int]) -> tuple[list[DKIMResult], int]:
-    def pieces() -> Iterator[bytes]:
-        at = 0
-        for cut in cuts:
-            yield message[at:at + cut]
-            at += cut
-        yield message[at:]
-
-    header, body = split_message(pieces())
+    header, body = split_message(in_pieces(message, cuts))
     return check_dkim_parts(Keys(RECORDS), header, body)
 
 
@@ -361,18 +340,11 @@ def test_canonical_body_and_lengths_are_dkimpys(body: bytes, cuts: list[int],
        cuts=st.lists(st.integers(1, 5), max_size=10))
 def test_header_and_body_divide_where_dkimpy_divides_them(message: bytes,
                                                           cuts: list[int]) -> None:
-    def pieces() -> Iterator[bytes]:
-        at = 0
-        for cut in cuts:
-            yield message[at:at + cut]
-            at += cut
-        yield message[at:]
-
     try:
         want_headers, want_body = dkim.rfc822_parse(message)
     except Exception:
         want_headers = None
-    header, body = split_message(pieces())
+    header, body = split_message(in_pieces(message, cuts))
     got_body = b"".join(body)
     if want_headers is None:
         with pytest.raises(Exception):  # noqa: B017  (dkimpy's own errors)

@@ -107,6 +107,13 @@ def check_dkim_parts(bridge: DNSBridge, header: bytes, body: Iterable[bytes]
             signer.hash_bodies(body, min(count, MAX_SIGNATURES))
         except OSError as exc:  # the spool file cannot be read back
             return [DKIMResult("temperror", reason=f"cannot read the message: {exc}")], 1
+    return verify_each(signer, count, bridge, reasons), count
+
+
+def verify_each(signer: dkim.DKIM, count: int, bridge: DNSBridge, reasons: _Reasons
+                ) -> list[DKIMResult]:
+    """The first MAX_SIGNATURES of the `count` signatures `signer` holds, each verified
+    and told as a DKIMResult (its reasons are what dkimpy logged to `reasons`)."""
     results: list[DKIMResult] = []
     for idx in range(min(count, MAX_SIGNATURES)):
         reasons.texts.clear()
@@ -132,7 +139,7 @@ def check_dkim_parts(bridge: DNSBridge, header: bytes, body: Iterable[bytes]
             result, domain=_text(fields, b"d").lower(), selector=_text(fields, b"s"),
             algorithm=_text(fields, b"a", 32), b=_text(fields, b"b", 8),
             reason="" if result == "pass" else "; ".join(reasons.texts)))
-    return results, count
+    return results
 
 
 def has_arc(message: bytes) -> bool:
