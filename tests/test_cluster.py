@@ -32,7 +32,7 @@ import pytest
 from tests.support.fakemx import FakeMX
 from tests.support.postgres import PgCluster
 from tests.support.smtpwire import wait_until
-from tests.test_server_durability import Serve, free_port, write_config
+from tests.test_server_durability import Serve, free_port, free_ports, write_config
 
 pytest_plugins = ["tests.support.postgres"]
 
@@ -97,7 +97,7 @@ class Cluster:
 
     def __init__(self, root: Path, dsn: str, sink: FakeMX, nodes: int = 3) -> None:
         self.root, self.dsn, self.sink = root, dsn, sink
-        self.ports = [free_port() for _ in range(nodes)]
+        self.ports = free_ports(nodes)
         self.configs = [self._config(i) for i in range(nodes)]
         self.nodes: list[Serve] = []
 

@@ -36,9 +36,18 @@ TIMEOUT = 30.0
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return free_ports(1)[0]
+
+
+def free_ports(n: int) -> list[int]:
+    """`n` different free ports: each socket stays bound until all are chosen, since a
+    port given back can be handed out again at once (two nodes of a cluster once drew
+    the same port, and one of them could not listen)."""
+    with contextlib.ExitStack() as stack:
+        held = [stack.enter_context(socket.socket()) for _ in range(n)]
+        for s in held:
+            s.bind(("127.0.0.1", 0))
+        return [int(s.getsockname()[1]) for s in held]
 
 
 def write_config(folder: Path, port: int, *, relayhost: str = f"[127.0.0.1]:{DEAD_PORT}",
