@@ -30,8 +30,9 @@ from mailgate.smtp.client import (
 )
 from mailgate.smtp.server import NEED_DATA
 
-__all__ = ["STAGE_TIMEOUTS", "ClientRun", "ConnectError", "Tap", "close",
-           "opportunistic_context", "run_client", "tls_failure", "verifying_context"]
+__all__ = ["STAGE_TIMEOUTS", "ClientRun", "ConnectError", "Kept", "Tap", "close",
+           "opportunistic_context", "quit_client", "resume_client", "run_client",
+           "tls_failure", "verifying_context"]
 
 # RFC 5321 4.5.3.2: the minimum time a client waits for each reply.
 STAGE_TIMEOUTS: dict[str, float] = {
@@ -70,6 +71,28 @@ class ClientRun:
     closed: Closed | None = None
     tls: str | None = None  # "TLSv1.3 TLS_AES_256_GCM_SHA384"
     peer: str = ""
+    first_handle: int = 1  # the session's handle of this run's first message
+    reused: bool = False  # over a connection kept from an earlier run (resume_client)
+    kept: bool = False  # the connection was kept open, idle, at the end
+
+
+@dataclass(eq=False)
+class Kept:
+    """An open connection whose session is idle, kept for more mail (`resume_client`)."""
+
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+    session: ClientSession
+    ctx: ssl.SSLContext
+    server_hostname: str
+    peer: str
+    opened: float  # the event loop's clock when it connected
+    tls: str | None = None
+    established: Established | None = None
+    tls_broken: bool = False
+    uses: int = 1  # runs it carried
+    messages: int = 0  # messages handed to it, in all its runs
+    slot: str | None = None  # the delivery engine's cluster connection slot, held idle
 
 
 class Tap(Protocol):
@@ -109,6 +132,7 @@ async def run_client(
     run: ClientRun | None = None,
     tap: Tap | None = None,
     unix_path: str | None = None,
+    keep: Callable[[Kept], bool] | None = None,
 ) -> ClientRun:
     """Connect, hand the session every message, run it to the end, close.
 
@@ -118,7 +142,9 @@ async def run_client(
     it: the TLS in use, what EHLO offered). `timeouts` may also hold "close": how long to
     wait for the connection to go at the end (5 s otherwise). `tap` sees the bytes.
     `unix_path` connects to that Unix socket instead of host:port (LMTP; `host` is then
-    only the name shown).
+    only the name shown). `keep`, when given, is offered the connection once every
+    message is done: when it takes it (True), the connection stays open, idle, for
+    `resume_client`, and `run.kept` says so; otherwise the session says QUIT.
     """
     limits = {**STAGE_TIMEOUTS, **(timeouts or {})}
     ctx = tls_context or opportunistic_context()
@@ -141,11 +167,76 @@ async def run_client(
     run = run if run is not None else ClientRun()
     run.peer = unix_path if unix_path is not None else f"{host}:{port}"
     run.tls = _tls_name(writer) if implicit_tls else None
-    for env, content in messages:
-        session.send(env, content)
-    tls_broken = False
+    conn = Kept(reader, writer, session, ctx, server_hostname or host, run.peer,
+                asyncio.get_running_loop().time(), tls=run.tls)
+    await _drive(conn, messages, limits, on_event, run, tap, keep)
+    return run
+
+
+async def resume_client(
+    conn: Kept,
+    messages: Sequence[tuple[Envelope, bytes]],
+    *,
+    timeouts: dict[str, float] | None = None,
+    on_event: Callable[[Event], None] | None = None,
+    run: ClientRun | None = None,
+    keep: Callable[[Kept], bool] | None = None,
+) -> ClientRun | None:
+    """Carry `messages` over a connection `run_client` kept, as `run_client` would.
+
+    The session first says RSET and waits for its 250: a connection the server closed
+    while it was idle (or one it sent a 421 on) gives None, having been closed here, and
+    the messages, never handed to the session, go over a new connection."""
+    limits = {**STAGE_TIMEOUTS, **(timeouts or {})}
+    session, reader, writer = conn.session, conn.reader, conn.writer
+    alive = False
+    if not writer.is_closing() and not session.closed:
+        session.probe()
+        await _flush(writer, session, None)
+        while not alive and not session.closed:
+            try:
+                data = await asyncio.wait_for(reader.read(65536), limits["rset"])
+            except TimeoutError:
+                session.abort()
+            except (OSError, ssl.SSLError):
+                session.receive_data(b"")
+            else:
+                session.receive_data(data)
+            while (ev := session.next_event()) is not NEED_DATA:
+                alive = alive or isinstance(ev, Idle)
+            await _flush(writer, session, None)
+    if not alive:
+        await close(writer, conn.tls_broken, limits.get("close", 5.0))
+        return None
+    run = run if run is not None else ClientRun()
+    run.peer, run.tls, run.established = conn.peer, conn.tls, conn.established
+    run.reused = True
+    conn.uses += 1
+    await _drive(conn, messages, limits, on_event, run, None, keep)
+    return run
+
+
+async def quit_client(conn: Kept, grace: float = 5.0) -> None:
+    """Say QUIT on a kept connection and close it (no wait for the 221, as Postfix)."""
+    conn.session.quit()
+    await _flush(conn.writer, conn.session, None)
+    await close(conn.writer, conn.tls_broken, grace)
+
+
+async def _drive(conn: Kept, messages: Sequence[tuple[Envelope, bytes]],
+                 limits: dict[str, float], on_event: Callable[[Event], None] | None,
+                 run: ClientRun, tap: Tap | None,
+                 keep: Callable[[Kept], bool] | None) -> None:
+    """Run the session over `conn` until it closes (the connection is closed here) or,
+    idle, `keep` takes the connection (left open)."""
+    session, reader, writer = conn.session, conn.reader, conn.writer
+    handles = [session.send(env, content) for env, content in messages]
+    conn.messages += len(handles)
+    if handles:
+        run.first_handle = handles[0]
     try:
         while True:
+            idle = False
             while (ev := session.next_event()) is not NEED_DATA:
                 if on_event is not None:
                     on_event(ev)
@@ -153,28 +244,34 @@ async def run_client(
                     await _flush(writer, session, tap)
                     try:
                         await asyncio.wait_for(
-                            writer.start_tls(ctx, server_hostname=server_hostname or host),
+                            writer.start_tls(conn.ctx, server_hostname=conn.server_hostname),
                             limits["tls"],
                         )
                     except (OSError, ssl.SSLError, TimeoutError) as exc:
-                        tls_broken = True
+                        conn.tls_broken = True
                         session.tls_failed(tls_failure(exc))
                     else:
-                        run.tls = _tls_name(writer)
+                        run.tls = conn.tls = _tls_name(writer)
                         if tap is not None:
                             tap.tls_up(writer.get_extra_info("ssl_object"))
                         session.tls_established()
                 elif isinstance(ev, Established):
-                    run.established = ev
+                    run.established = conn.established = ev
                 elif isinstance(ev, MessageResult):
                     run.results.append(ev)
                 elif isinstance(ev, Idle):
-                    session.quit()
+                    idle = True
                 elif isinstance(ev, Closed):
                     run.closed = ev
             await _flush(writer, session, tap)
             if session.closed:
                 break
+            if idle:
+                if keep is not None and not conn.tls_broken and keep(conn):
+                    run.kept = True
+                    return
+                session.quit()
+                continue
             stage = session.awaiting or "quit"
             try:
                 data = await asyncio.wait_for(reader.read(65536), limits.get(stage, 300.0))
@@ -187,8 +284,8 @@ async def run_client(
                 tap.received(data)
             session.receive_data(data)
     finally:
-        await close(writer, tls_broken, limits.get("close", 5.0))
-    return run
+        if not run.kept:
+            await close(writer, conn.tls_broken, limits.get("close", 5.0))
 
 
 def tls_failure(exc: BaseException) -> str:

@@ -214,6 +214,18 @@ class ClientSession:
         if self._phase is _Phase.READY and self._txn is None and not self._pending:
             self._advance()
 
+    def probe(self) -> None:
+        """Say RSET on an idle session, before a kept connection carries more mail: its
+        250 (then `Idle`) says the server is still there and in a clean state; anything
+        else (a 421 left from an idle timeout, a closed connection) ends the session, with
+        nothing lost since nothing is queued."""
+        if (self._phase is not _Phase.READY or self._txn is not None or self._pending
+                or self._queue or self._quitting):
+            raise ProtocolUsageError("probe() is for an idle session.")
+        self._needs_rset = False
+        self._idle_announced = False
+        self._command("RSET", _Exp.RSET)
+
     def receive_data(self, data: bytes) -> None:
         """Bytes from the server; `b""` when it closed the connection."""
         if self._phase is _Phase.CLOSED:
