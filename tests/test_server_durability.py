@@ -65,13 +65,12 @@ def write_config(folder: Path, port: int, *, relayhost: str = f"[127.0.0.1]:{DEA
         "recipient_null_mx_check = false",
         "[dns]",
         f'nameservers = ["127.0.0.1:{DEAD_PORT}"]',
-        "[delivery]",
-        f'relayhost = "{relayhost}"',
         "[web]",
         'address = ""',
     ]
     # As root, `serve` would drop to the mailgate user, which cannot enter pytest's
     # private temporary folders: these tests are about durability, not privileges.
+    sections = {**sections, "delivery": {"relayhost": relayhost, **sections.get("delivery", {})}}
     if os.geteuid() == 0:
         sections = {**sections, "server": {"user": "root", **sections.get("server", {})}}
     for name, values in sections.items():

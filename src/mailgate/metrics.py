@@ -115,7 +115,8 @@ DNS = Counter(
     registry=REGISTRY)
 OUTBOUND = Counter(
     "mailgate_outbound_connections_total",
-    "Outbound SMTP conversations, by TLS level and whether they ran encrypted.",
+    "Outbound SMTP connections (one kept and used again counts once), by TLS level and "
+    "whether they ran encrypted.",
     ["tls_level", "encrypted"], registry=REGISTRY)
 REFUSED_CONNECTIONS = Counter(
     "mailgate_connections_refused_total",
@@ -262,7 +263,8 @@ def dns_lookup(result: str) -> None:
 
 
 def outbound_connection(level: str, tls: bool) -> None:
-    """One outbound conversation ended; `tls` whether it ran encrypted."""
+    """One outbound connection's first conversation ended; `tls` whether it ran
+    encrypted."""
     _count(_outbound, (level, tls))
 
 

@@ -20,6 +20,9 @@ and `FakeMX.script[address]` holds one-shot actions taken before those rules, in
 `stalling[address]` (a threading.Event) holds the reply to the end of data of a message
 to that recipient until the event is set: a message in flight, for as long as a test
 needs.
+`idle_timeout` (seconds) makes it hang up on a connection idle that long (aiosmtpd's
+`timeout`), or with `idle_notice` only say `421` then and keep the connection open;
+`quits` counts the QUIT commands it got.
 `tls_context` makes it offer STARTTLS with that server context, `implicit_tls` speak TLS
 from the first byte (RFC 8314) with that one; `auth` (user -> password)
 makes it a smarthost that wants AUTH (over TLS only) before MAIL, and `auth_logins` lists
@@ -162,6 +165,10 @@ class _Handler:
         session.host_name = hostname
         return responses
 
+    async def handle_QUIT(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        self.mx.quits += 1
+        return "221 Bye"
+
     async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope,
                           address: str, rcpt_options: list[str]) -> str:
         self.mx.rcpts.append(address)
@@ -217,6 +224,14 @@ class _Handler:
         return f"250 2.0.0 Ok: queued at {self.mx.host}"
 
 
+class _Notices421(SMTP):
+    """Says 421 on a connection idle past `timeout`, and leaves it open."""
+
+    def _timeout_cb(self) -> None:
+        assert isinstance(self.transport, asyncio.Transport)
+        self.transport.write(b"421 4.4.2 idle for too long\r\n")
+
+
 class _CountingController(Controller):
     def __init__(self, mx: FakeMX, **kwargs: Any) -> None:
         super().__init__(_Handler(mx), hostname=mx.host, port=mx.port, **kwargs)
@@ -230,10 +245,12 @@ class _CountingController(Controller):
             # aiosmtpd counts only STARTTLS as TLS and warns about AUTH without it; over
             # implicit TLS every connection is encrypted already.
             warnings.filterwarnings("ignore", "Requiring AUTH while not requiring TLS")
-            smtp = SMTP(self.handler, hostname=mx.name, decode_data=False,
+            kind = _Notices421 if mx.idle_notice else SMTP
+            smtp = kind(self.handler, hostname=mx.name, decode_data=False,
                         enable_SMTPUTF8=True, tls_context=mx.tls_context, auth_required=auth,
                         auth_require_tls=mx.implicit_tls is None,
-                        authenticator=self._authenticate if auth else None)
+                        authenticator=self._authenticate if auth else None,
+                        timeout=mx.idle_timeout)
         smtp.connection_number = self.mx.connections  # type: ignore[attr-defined]
         return smtp
 
@@ -258,8 +275,12 @@ class FakeMX:
                  name: str | None = None, ehlo_gate: threading.Event | None = None,
                  tls_context: ssl.SSLContext | None = None,
                  implicit_tls: ssl.SSLContext | None = None,
-                 auth: dict[str, str] | None = None) -> None:
+                 auth: dict[str, str] | None = None, idle_timeout: float = 300.0,
+                 idle_notice: bool = False) -> None:
         self.host = host
+        self.idle_timeout = idle_timeout
+        self.idle_notice = idle_notice
+        self.quits = 0
         self.tls_context = tls_context
         self.implicit_tls = implicit_tls
         self.auth = auth

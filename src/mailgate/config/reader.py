@@ -49,7 +49,7 @@ _SECTIONS: dict[str, tuple[str, ...]] = {
     "delivery": ("smtp_port", "retry_schedule", "max_queue_lifetime", "concurrency",
                  "concurrency_per_destination", "relayhost", "relayhost_username",
                  "relayhost_password_file", "delay_warning", "tls_security_level",
-                 "tls_ca_file"),
+                 "tls_ca_file", "connection_cache_time"),
     "routes": (),  # keys are domains
     "tls_policy": (),  # keys are domains or next hops
     "web": ("address", "allowed_hosts"),

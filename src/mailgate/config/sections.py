@@ -411,6 +411,8 @@ def _delivery(t: Mapping[str, object], r: _Reader) -> Delivery:
         tls_security_level=cast(TLSLevel, r.get(t, path, "tls_security_level",
                                                 _choice(TLS_LEVELS), "may")),
         tls_ca_file=r.get(t, path, "tls_ca_file", _ca_file(r), None),
+        connection_cache_time=r.get(t, path, "connection_cache_time", _duration(True),
+                                    d.connection_cache_time),
     )
     if delivery.concurrency_per_destination > delivery.concurrency:
         if "concurrency_per_destination" not in t:

@@ -272,6 +272,7 @@ class Delivery:
     delay_warning: float = 4 * 3600.0  # seconds; 0 = no delay notices
     tls_security_level: TLSLevel = "may"  # for destinations [tls_policy] does not name
     tls_ca_file: Path | None = None  # trusted CAs for "verify"; None: the system's store
+    connection_cache_time: float = 2.0  # seconds an idle connection waits for more; 0 off
 
     def retry_delay(self, failures: int) -> float:
         """Seconds to wait after the `failures`-th failed attempt; the last step repeats."""

@@ -51,6 +51,7 @@ from typing import Literal
 from mailgate import metrics
 from mailgate.codes.reply import Reply
 from mailgate.config import Config, TLSLevel
+from mailgate.delivery.connections import ConnectionCache
 from mailgate.delivery.notices import (
     notify_success,
     send_notice,
@@ -61,6 +62,8 @@ from mailgate.delivery.schedule import ByDestination
 from mailgate.delivery.transport import (
     ClientRun,
     ConnectError,
+    Kept,
+    resume_client,
     run_client,
     tls_failure,
     verifying_context,
@@ -163,6 +166,9 @@ class DeliveryEngine(ByDestination["_Destination"]):
         self._relayed: dict[str, set[int]] = {}
         self._verifying: ssl.SSLContext | None = None
         self.stats = EngineStats()
+        self.connections = ConnectionCache(d.connection_cache_time,
+                                           d.concurrency_per_destination,
+                                           self.MESSAGES_PER_CONNECTION, self._release)
 
     def _group(self, items: Sequence[WorkItem]) -> list[_Destination]:
         """Claimed work by destination. A message's recipients that share a destination
@@ -183,6 +189,9 @@ class DeliveryEngine(ByDestination["_Destination"]):
                 dests[key].units.append(_Unit(item, rcpts))
             self._units_left[item.claim_token] = len(by_key)
         return list(dests.values())
+
+    async def _wind_down(self) -> None:
+        await self.connections.close()
 
     def _forget(self, token: str) -> None:
         """The claimed message's every destination is done: drop what was kept for it."""
@@ -309,12 +318,7 @@ class DeliveryEngine(ByDestination["_Destination"]):
 
         async def one(batch: list[_Unit]) -> None:
             async with sem, self._all:
-                token = await self._cluster_slot(dest.key)
-                try:
-                    await self._deliver_batch(dest, hosts, port, batch)
-                finally:
-                    with contextlib.suppress(QueueError):  # else its lease frees it
-                        await asyncio.to_thread(self.queue.give_slot, token)
+                await self._deliver_batch(dest, hosts, port, batch)
 
         await asyncio.gather(*(one(b) for b in batches))
 
@@ -332,6 +336,15 @@ class DeliveryEngine(ByDestination["_Destination"]):
                 return token
             await asyncio.sleep(delay)
             delay = min(delay * 2, 1.0)
+
+    async def _give_slot(self, token: str | None) -> None:
+        if token is not None:
+            with contextlib.suppress(QueueError):  # else its lease frees it
+                await asyncio.to_thread(self.queue.give_slot, token)
+
+    async def _release(self, conn: Kept) -> None:
+        """A kept connection was closed: the cluster slot it held goes back."""
+        await self._give_slot(conn.slot)
 
     async def _deliver_batch(self, dest: _Destination, hosts: tuple[MXHost, ...], port: int,
                              units: list[_Unit]) -> None:
@@ -391,44 +404,66 @@ class DeliveryEngine(ByDestination["_Destination"]):
         messages in flight. Units recorded are added to `done`; those that got only an
         early failure (greeting, EHLO, TLS: RFC 5321 5.1) are left for the next host."""
         level = tls or dest.tls
-        # Over implicit TLS there is no STARTTLS to ask for; `verify` still checks the
-        # certificate, any other level takes it unverified.
-        session = ClientSession(ClientConfig(
-            helo_name=self.config.hostname, loop_name=self.config.hostname,
-            tls="never" if dest.implicit_tls else _CLIENT_TLS[level],
-            credentials=dest.credentials), tls_active=dest.implicit_tls)
         messages = []
         for unit in units:
             msg = unit.item.message
             assert msg.content is not None
             env = unit.envelope if unit.envelope is not None else self._envelope(unit)
             messages.append((env, msg.content))
-        self.stats.connections += 1
-        context = self._verifying_context() if level == "verify" else self.tls_context
         run = ClientRun()
         writes: list[asyncio.Future[None]] = []
 
         def on_event(ev: Event) -> None:
-            # run_client hands the messages over in order: handles are 1, 2, ...
-            if isinstance(ev, MessageResult) and 1 <= ev.handle <= len(units):
-                unit = units[ev.handle - 1]
+            # The messages are handed over in order: handles from run.first_handle on.
+            i = ev.handle - run.first_handle if isinstance(ev, MessageResult) else -1
+            if 0 <= i < len(units):
+                assert isinstance(ev, MessageResult)
                 if not all(rr.outcome.stage in _EARLY_STAGES and rr.outcome.is_transient
                            for rr in ev.results):
                     writes.append(asyncio.ensure_future(
-                        self._record_result(unit, ev, where, run, done)))
+                        self._record_result(units[i], ev, where, run, done)))
+
+        # The connection is kept, idle, for the next mail to the same host (connections.py),
+        # with its cluster slot (`_cluster_slot`): idle, it is still a connection.
+        key = (dest.key, name, address, port, level)
+        slot: str | None = None
+
+        def keep(conn: Kept) -> bool:
+            conn.slot = slot
+            return self.connections.keep(key, conn)
 
         try:
-            await run_client(address, port, session, messages, tls_context=context,
-                             server_hostname=name, implicit_tls=dest.implicit_tls,
-                             on_event=on_event, run=run)
+            kept = self.connections.take(key)
+            if kept is not None:
+                slot = kept.slot
+                if await resume_client(kept, messages, on_event=on_event, run=run,
+                                       keep=keep) is None:
+                    await self._give_slot(slot)  # it had been closed meanwhile
+                    kept = slot = None
+            if kept is None:
+                slot = await self._cluster_slot(dest.key)
+                self.stats.connections += 1
+                # Over implicit TLS there is no STARTTLS to ask for; `verify` still checks
+                # the certificate, any other level takes it unverified.
+                session = ClientSession(ClientConfig(
+                    helo_name=self.config.hostname, loop_name=self.config.hostname,
+                    tls="never" if dest.implicit_tls else _CLIENT_TLS[level],
+                    credentials=dest.credentials), tls_active=dest.implicit_tls)
+                context = self._verifying_context() if level == "verify" else self.tls_context
+                await run_client(address, port, session, messages, tls_context=context,
+                                 server_hostname=name, implicit_tls=dest.implicit_tls,
+                                 on_event=on_event, run=run, keep=keep)
         finally:
+            if not run.kept:
+                await self._give_slot(slot)
             if writes:
                 outcomes = await asyncio.gather(*writes, return_exceptions=True)
                 for outcome in outcomes:
                     if isinstance(outcome, BaseException):
                         raise outcome
         self.stats.messages_per_connection.append(len(run.results))
-        metrics.outbound_connection(level, run.tls is not None)
+        if not run.reused:
+            metrics.outbound_connection(level, run.tls is not None)
         return run
 
     def _verifying_context(self) -> ssl.SSLContext:

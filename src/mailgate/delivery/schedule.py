@@ -190,6 +190,9 @@ class ByDestination(Worker, Generic[G]):
     def _forget(self, token: str) -> None:
         """Every destination of the claimed message is done."""
 
+    async def _wind_down(self) -> None:
+        """The loop ends (`run`, `run_once`): close what the target kept open."""
+
     def claim(self, now: float) -> list[WorkItem]:
         """Due recipients outside the local domains, by destination (see `_claim`)."""
         return self._claim(now, self.schedule.room(), self.schedule.excluded())
@@ -244,6 +247,7 @@ class ByDestination(Worker, Generic[G]):
             self._release_claims()
             with contextlib.suppress(QueueError):  # else the leases bring the work back
                 await self.settle()
+            await self._wind_down()
 
     async def _give_back(self) -> None:
         for token in sorted(self._unreleased):
@@ -267,7 +271,9 @@ class ByDestination(Worker, Generic[G]):
             if self._storage_error is not None:
                 exc, self._storage_error = self._storage_error, None
                 await asyncio.gather(*tasks, return_exceptions=True)
+                await self._wind_down()
                 raise exc
+        await self._wind_down()
         return claimed
 
     async def deliver(self, items: Sequence[WorkItem]) -> None:
