@@ -85,7 +85,9 @@ def test_a_kept_connection_the_server_timed_out_is_replaced_not_deferred(
                 idle_notice=notice).start()
     try:
         with serve(tmp_path, mx, connection_cache_time="30s") as server:
-            one_at_a_time(server, mx, 1, pause=1.0)
+            one_at_a_time(server, mx, 1)
+            wait_until("the sink to end the idle connection",
+                       lambda: mx.idle_ended == 1 or None, TIMEOUT, 0.01)
             started = time.monotonic()
             send_one(server.port, 1)
             wait_until("the second message at the sink",

@@ -22,7 +22,7 @@ to that recipient until the event is set: a message in flight, for as long as a 
 needs.
 `idle_timeout` (seconds) makes it hang up on a connection idle that long (aiosmtpd's
 `timeout`), or with `idle_notice` only say `421` then and keep the connection open;
-`quits` counts the QUIT commands it got.
+`idle_ended` counts those connections and `quits` the QUIT commands it got.
 `tls_context` makes it offer STARTTLS with that server context, `implicit_tls` speak TLS
 from the first byte (RFC 8314) with that one; `auth` (user -> password)
 makes it a smarthost that wants AUTH (over TLS only) before MAIL, and `auth_logins` lists
@@ -224,10 +224,17 @@ class _Handler:
         return f"250 2.0.0 Ok: queued at {self.mx.host}"
 
 
-class _Notices421(SMTP):
-    """Says 421 on a connection idle past `timeout`, and leaves it open."""
+class _IdleCounting(SMTP):
+    """Counts the connections idle past `timeout` (`FakeMX.idle_ended`); with
+    `idle_notice` says 421 on them and leaves them open instead of hanging up."""
+
+    mx: FakeMX
 
     def _timeout_cb(self) -> None:
+        self.mx.idle_ended += 1
+        if not self.mx.idle_notice:
+            super()._timeout_cb()  # type: ignore[no-untyped-call]
+            return
         assert isinstance(self.transport, asyncio.Transport)
         self.transport.write(b"421 4.4.2 idle for too long\r\n")
 
@@ -245,13 +252,13 @@ class _CountingController(Controller):
             # aiosmtpd counts only STARTTLS as TLS and warns about AUTH without it; over
             # implicit TLS every connection is encrypted already.
             warnings.filterwarnings("ignore", "Requiring AUTH while not requiring TLS")
-            kind = _Notices421 if mx.idle_notice else SMTP
-            smtp = kind(self.handler, hostname=mx.name, decode_data=False,
+            smtp = _IdleCounting(self.handler, hostname=mx.name, decode_data=False,
                         enable_SMTPUTF8=True, tls_context=mx.tls_context, auth_required=auth,
                         auth_require_tls=mx.implicit_tls is None,
                         authenticator=self._authenticate if auth else None,
                         timeout=mx.idle_timeout)
         smtp.connection_number = self.mx.connections  # type: ignore[attr-defined]
+        smtp.mx = mx
         return smtp
 
     def _authenticate(self, server: SMTP, session: Session, envelope: Envelope,
@@ -280,6 +287,7 @@ class FakeMX:
         self.host = host
         self.idle_timeout = idle_timeout
         self.idle_notice = idle_notice
+        self.idle_ended = 0  # connections that stayed idle past idle_timeout
         self.quits = 0
         self.tls_context = tls_context
         self.implicit_tls = implicit_tls
