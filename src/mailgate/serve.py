@@ -389,6 +389,7 @@ async def serve(config: Config, *, reuse_port: bool = False, workers: int = 1,
     await stop.wait()
     log.info("shutting down: no new connections; finishing messages in flight")
     await server.shutdown(grace=30.0)
+    policy.close()  # no session is left to ask its checks' threads
     if web_server is not None and web_task is not None:
         web_server.should_exit = True
         with contextlib.suppress(asyncio.CancelledError, TimeoutError):
