@@ -663,3 +663,35 @@ def test_a_message_signed_by_opendkim(server: LiveServer, tmp_path: Path,
     assert (verdict.result, verdict.header_d, verdict.header_a) == (
         "policy", "opendkim.test", "rsa-sha1")
     assert "valid rsa-sha1 signature, which RFC 8301 forbids to accept" in ours(data)
+
+
+def test_the_checks_threads_end_when_the_server_stops(tmp_path: Path, dns: DNSServer) -> None:
+    """At a clean shutdown `serve` closes the checks' thread pool, once, after the
+    listeners have stopped and the last session has ended: its threads end with the
+    server instead of waiting, idle, for the interpreter's exit."""
+    from mailgate.server.policy import Policy
+
+    closed: list[bool] = []
+
+    class Watched(Policy):
+        def close(self) -> None:
+            assert srv.server is not None
+            closed.append(srv.server.closing and not srv.server.connections)
+            super().close()
+
+    def pool() -> set[threading.Thread]:
+        return {t for t in threading.enumerate()
+                if t.name.startswith("mailgate-authcheck") and t.is_alive()}
+
+    others = pool()  # earlier servers' in this process
+    srv = LiveServer(checked_config(tmp_path / "data", dns), policy=Watched)
+    with srv:
+        # Nothing cached yet: SPF is asked from one of the pool's threads.
+        assert send(srv, "a@good.test", message("a@good.test"))[0] == 250
+        ours = pool() - others
+        assert ours
+    deadline = time.monotonic() + 10
+    while ours & pool() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not ours & pool(), "the checks' threads outlived the server"
+    assert closed == [True]

@@ -63,6 +63,15 @@ CASES: dict[str, tuple[str, str, str, str, str | None, str, str, str | None]] = 
     # The reason written before "The following recipients did not receive this message:".
     "text-reason-before-list.eml": ("bounce", "text", "laura@example.net", "failed", None,
                                     "expired", "not delivered within 2 days", None),
+    # Japanese in ISO-2022-JP: declared (Domino), and written without a charset, with
+    # lines a mailer wrapped inside an escape sequence and a character (m-FILTER).
+    # test_bounce_japanese.py reads each variant.
+    "domino-iso2022jp-userunknown.eml": ("dsn", "rfc3464", "ren.tanaka@example.co.jp",
+                                         "failed", "5.1.1", "userunknown",
+                                         "Domino ディレクトリには見つかりません", None),
+    "mfilter-iso2022jp-userunknown.eml": ("bounce", "text", "kenji.sato@example.co.jp",
+                                          "failed", "5.1.1", "userunknown",
+                                          "User unknown in local recipient table", None),
 }
 # The words each explanation must carry: the reason's key meaning, in both languages.
 KEY_WORDS = {

@@ -282,3 +282,40 @@ def test_what_dns_says_reaches_the_terminal_escaped(resolver: Resolver) -> None:
     as_json = report.render("json")
     assert "\x9b" not in as_json and "\\u009b" in as_json
     assert json.loads(as_json)["authentication"][0]["record"].startswith("v=spf1 \x1b[2J")
+
+
+def test_a_subdomain_s_dmarc_is_looked_up_at_its_organizational_domain_only(
+        dns_server_factory: Any) -> None:
+    """RFC 7489 6.6.3: without a record of its own, the one at `_dmarc.` + the
+    organizational domain (by the public suffix list) applies, and no other: not a
+    nearer parent's (receivers do not ask it), not a public suffix's (co.uk's record is
+    nobody's policy). Every DMARC query the DNS server received is checked."""
+    server: DNSServer = dns_server_factory("\n".join([
+        "uk. SOA ns.uk. hostmaster.uk. 1 3600 600 86400 60",
+        '_dmarc.example.co.uk. TXT "v=DMARC1; p=reject; rua=mailto:d@example.co.uk"',
+        '_dmarc.b.example.co.uk. TXT "v=DMARC1; p=none"',  # a parent, not the org domain
+        '_dmarc.co.uk. TXT "v=DMARC1; p=quarantine"',  # a public suffix
+        "x.nobody.co.uk. A 192.0.2.3",
+    ]), servfail=["_dmarc.flaky.co.uk"])
+    resolver = Resolver([server.nameserver], timeout=3)
+
+    def asked() -> set[str]:
+        return {q.name for q in server.queries if q.name.startswith("_dmarc.")}
+
+    sub = records(resolver, "a.b.example.co.uk")
+    assert codes(sub, "dmarc") == [("info", "inherited"), ("ok", "p_reject")]
+    assert "the policy of example.co.uk applies" in "\n".join(sub.lines())
+    assert asked() == {"_dmarc.a.b.example.co.uk", "_dmarc.example.co.uk"}
+    server.reset_counts()
+    orphan = records(resolver, "x.nobody.co.uk")
+    assert codes(orphan, "dmarc") == [("warn", "missing")]
+    assert asked() == {"_dmarc.x.nobody.co.uk", "_dmarc.nobody.co.uk"}
+    # The organizational domain's record cannot be read: temporary, not "missing".
+    assert codes(records(resolver, "www.flaky.co.uk"), "dmarc") == [("temp", "temp")]
+    server.reset_counts()
+    run = subprocess.run([sys.executable, "-m", "mailgate", "check", "a.b.example.co.uk",
+                          "--nameserver", server.address],
+                         capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "LANG": "C.UTF-8"}, check=False)
+    assert "the policy of example.co.uk applies" in run.stdout, run.stdout + run.stderr
+    assert "_dmarc.b.example.co.uk" not in asked() and "_dmarc.co.uk" not in asked()

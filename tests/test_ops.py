@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 
 from mailgate.server.tls import ensure_self_signed, server_context
 from tests.support.needs import need_tool
@@ -265,3 +266,65 @@ def test_sighup_reloads_the_aliases_and_keeps_them_when_the_file_has_a_loop(
         assert w.cmd("RSET").startswith("250")
         assert w.cmd("QUIT").startswith("221")
         assert srv.proc.poll() is None, srv.logs()
+
+
+def test_sighup_reloads_the_dkim_keys_and_keeps_one_that_does_not_load(
+        tmp_path: Path) -> None:
+    """A key rotated in place (same selector, new key in the file [dkim] names) signs the
+    mail queued after `kill -HUP`, not before; a key file that no longer loads leaves
+    the key in service, and the log names the file. Each message is checked by dkimpy
+    against the record of the key it must be signed with, and not the other."""
+    import smtplib
+
+    import dkim
+
+    from mailgate.config.dkim import generate_key, load_key, public_record
+    from tests.test_dkim_live import Receiver, message
+
+    key_file = tmp_path / "s1.key"
+    key_file.write_bytes(generate_key("rsa-sha256"))
+    old = load_key(key_file, "rsa-sha256", "example.org", "s1")
+    new_pem = generate_key("rsa-sha256")
+    port = free_port()
+    with Receiver() as rx:
+        config = write_config(tmp_path, port, relayhost=f"[127.0.0.1]:{rx.port}", **{
+            'dkim."example.org"': {"selector": "s1", "key_file": str(key_file)}})
+        with Serve(config, port, tmp_path / "serve.log") as srv:
+            def send(n: int) -> bytes:
+                with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
+                    client.sendmail("alice@example.org", ["bob@example.net"], message(
+                        "alice@example.org", "bob@example.net", b"message %d\r\n" % n))
+                wait_until(f"message {n} at the receiver", lambda: len(rx.accepted) >= n, 30)
+                return rx.accepted[n - 1]
+
+            before = send(1)
+            key_file.write_bytes(new_pem)  # rotated on disk: no signal yet
+            unsignalled = send(2)
+            os.kill(srv.proc.pid, signal.SIGHUP)
+            wait_until("the reload in the log", lambda: "reloaded the DKIM keys" in srv.logs())
+            after = send(3)
+            key_file.write_text("not a key\n")  # a bad copy: the new key stays
+            os.kill(srv.proc.pid, signal.SIGHUP)
+            wait_until("the refusal in the log", lambda: "kept the DKIM key" in srv.logs())
+            kept = send(4)
+            assert srv.proc.poll() is None, srv.logs()
+            logs = srv.logs()
+    refusal = next(line for line in logs.splitlines() if "kept the DKIM key" in line)
+    assert str(key_file) in refusal and "not a private key" in refusal, refusal
+    new = load_key(_write(tmp_path / "new.key", new_pem), "rsa-sha256", "example.org", "s1")
+
+    def verifies(msg: bytes, key: Any) -> bool:
+        record = public_record(key).encode()
+        return bool(dkim.verify(msg, dnsfunc=lambda name, timeout=5: record))
+
+    for msg in (before, unsignalled):
+        assert msg.count(b"DKIM-Signature:") == 1
+        assert verifies(msg, old) and not verifies(msg, new)
+    for msg in (after, kept):
+        assert msg.count(b"DKIM-Signature:") == 1
+        assert verifies(msg, new) and not verifies(msg, old)
+
+
+def _write(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path

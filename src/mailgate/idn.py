@@ -11,6 +11,10 @@ The processing is non-transitional, as IDNA 2008 and today's browsers do it: `fa
 stays a name of its own (`xn--fa-hia.example`), where Python's built-in IDNA 2003 codec
 turns it into `fass.example`, somebody else's domain.
 
+`organizational_domain` is the registrable domain by the public suffix list (the one
+`publicsuffixlist` ships): DMARC's organizational domain (RFC 7489 3.2), for the
+inbound checks and for `mailgate check` alike.
+
 This module imports nothing of mailgate's, so the configuration and the protocol core
 can both use it.
 """
@@ -18,11 +22,15 @@ can both use it.
 from __future__ import annotations
 
 import re
-from functools import lru_cache
+from functools import cache, lru_cache
+from typing import TYPE_CHECKING
 
 import idna
 
-__all__ = ["DomainError", "canonical_domain", "unicode_domain"]
+if TYPE_CHECKING:
+    from publicsuffixlist import PublicSuffixList
+
+__all__ = ["DomainError", "canonical_domain", "organizational_domain", "unicode_domain"]
 
 MAX_DOMAIN = 255  # RFC 5321 4.5.3.1.2, octets
 _LDH_LABEL_RE = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\Z")
@@ -73,6 +81,20 @@ def unicode_domain(domain: str) -> str:
         return str(idna.decode(domain))
     except (idna.IDNAError, UnicodeError):
         return domain
+
+
+@cache
+def _psl() -> PublicSuffixList:
+    from publicsuffixlist import PublicSuffixList  # read when first needed, not at import
+
+    return PublicSuffixList()
+
+
+def organizational_domain(domain: str) -> str:
+    """The registrable domain of `domain` (example.co.uk for a.b.example.co.uk); a
+    public suffix is its own."""
+    domain = domain.lower().rstrip(".")
+    return _psl().privatesuffix(domain) or domain
 
 
 def _printable(text: str) -> str:

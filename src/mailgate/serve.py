@@ -42,6 +42,7 @@ from typing import Any, Protocol, TextIO
 
 from mailgate import metrics, privileges
 from mailgate.config import Config, ConfigError, load_config
+from mailgate.config.dkim import reload_keys
 from mailgate.datadir import StartupError, prepare_data_dir
 from mailgate.delivery.engine import DeliveryEngine
 from mailgate.delivery.helper import HelperClient, start_helper
@@ -105,15 +106,17 @@ def _tls(config: Config) -> TLS:
 
 def reload(tls_ctx: ssl.SSLContext, cert: Path, key: Path, users: UserDB,
            policy: Policy | None = None) -> None:
-    """SIGHUP: read the certificate, the user file and the aliases again; no connection
-    is dropped.
+    """SIGHUP: read the certificate, the user file, the aliases and the DKIM keys again;
+    no connection is dropped.
 
     The new certificate and key are checked in a context of their own first, so a
     half-copied or mismatched pair leaves the one in service untouched (and says so).
     Connections already in TLS keep their session; new handshakes get the new pair.
     Aliases (`[aliases]` and `[domains] aliases_file`) come from the configuration file
     read again whole: when it has a problem (a loop, say) the aliases in service stay.
-    Other settings in it take effect at the next start.
+    The DKIM key files named in [dkim] are read again (a key rotated in place): one that
+    does not load keeps the key in service (and says so). Mail queued from then on is
+    signed with the new keys. Other settings take effect at the next start.
     """
     try:
         server_context(cert, key)
@@ -130,6 +133,18 @@ def reload(tls_ctx: ssl.SSLContext, cert: Path, key: Path, users: UserDB,
         log.info("SIGHUP: reloaded the user file (%d users)", len(users.names()))
     if policy is not None:
         _reload_aliases(policy)
+        if policy.config.dkim:
+            _reload_dkim(policy)
+
+
+def _reload_dkim(policy: Policy) -> None:
+    keys, problems = reload_keys(policy.config.dkim)
+    for problem in problems:
+        log.error("SIGHUP: kept the DKIM key in service: %s", problem)
+    policy.config = dataclasses.replace(policy.config, dkim=keys)
+    log.info("SIGHUP: reloaded the DKIM keys (%d of %d files)",
+             sum(len(k) for k in keys.values()) - len(problems),
+             sum(len(k) for k in keys.values()))
 
 
 def _reload_aliases(policy: Policy) -> None:
@@ -295,9 +310,10 @@ async def serve(config: Config, *, reuse_port: bool = False, workers: int = 1,
     async def enqueue(message: NewMessage) -> str:
         """Queue a message mailgate wrote itself (a bounce) and wake whoever delivers it;
         signed like its users' mail when [dkim] has keys for its From: domain."""
-        if config.dkim and message.spool is None:
+        dkim = policy.config.dkim  # the keys SIGHUP read last
+        if dkim and message.spool is None:
             message = dataclasses.replace(message, content=await sign_content(
-                bytes(message.content), config.dkim, "a notice mailgate wrote"))
+                bytes(message.content), dkim, "a notice mailgate wrote"))
         qid = await queue.enqueue_async(message)
         on_queued(qid, [r.address for r in message.recipients])
         return qid
@@ -373,6 +389,7 @@ async def serve(config: Config, *, reuse_port: bool = False, workers: int = 1,
     await stop.wait()
     log.info("shutting down: no new connections; finishing messages in flight")
     await server.shutdown(grace=30.0)
+    policy.close()  # no session is left to ask its checks' threads
     if web_server is not None and web_task is not None:
         web_server.should_exit = True
         with contextlib.suppress(asyncio.CancelledError, TimeoutError):

@@ -22,7 +22,9 @@ root only (0600 root:root), as it should be. A file that is missing, not a priva
 of the wrong kind for `algorithm`, or an RSA key under 1024 bits (RFC 8301) is a
 configuration error naming the file. One this process may not read (permission denied)
 is kept as `unreadable`: other commands, run by users who may not read keys, still
-work, and `serve` refuses to start (`unreadable_keys`).
+work, and `serve` refuses to start (`unreadable_keys`). `reload_keys` reads the same
+files again (`serve` on SIGHUP: a key rotated in place); one that no longer loads keeps
+the key read before.
 
 Accepted key files: PEM (PKCS#1 "RSA PRIVATE KEY" or PKCS#8 "PRIVATE KEY", RSA or
 Ed25519, as openssl and opendkim-genkey write them) and, for Ed25519, the base64 of the
@@ -57,7 +59,7 @@ from mailgate.config.reader import _choice, _key, _Reader, _string
 from mailgate.config.syntax import _Bad, _domain
 
 __all__ = ["ALGORITHMS", "DKIM_KEYS", "DKIMAlgorithm", "DKIMKey", "generate_key", "keys_for",
-           "load_key", "public_record", "unreadable_keys", "zone_line"]
+           "load_key", "public_record", "reload_keys", "unreadable_keys", "zone_line"]
 
 DKIM_KEYS = ("selector", "key_file", "algorithm")
 _SELECTOR_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
@@ -91,6 +93,31 @@ def load_key(path: Path, algorithm: DKIMAlgorithm, domain: str = "", selector: s
                    "bits (RFC 8301) and 2048 is what receivers expect: make a new one "
                    "with `mailgate dkim keygen`")
     return DKIMKey(domain, selector, algorithm, path, private, public, bits)
+
+
+def reload_keys(table: Mapping[str, tuple[DKIMKey, ...]]
+                ) -> tuple[Mapping[str, tuple[DKIMKey, ...]], list[str]]:
+    """`table`'s keys read again from the files it names (same domains, selectors and
+    algorithms): a file rotated in place gives its new key. A file that does not load
+    (missing, not a key, unreadable) keeps the key read before. Returns the new table and
+    one sentence per file that did not load, naming it."""
+    out: dict[str, tuple[DKIMKey, ...]] = {}
+    problems: list[str] = []
+    for domain, keys in table.items():
+        fresh: list[DKIMKey] = []
+        for key in keys:
+            try:
+                new = load_key(key.key_file, key.algorithm, key.domain, key.selector)
+            except _Bad as exc:
+                problems.append(f"dkim.{domain}: {exc}")
+                new = key
+            if new.unreadable is not None:
+                problems.append(f"dkim.{domain}: cannot read the key file {key.key_file}: "
+                                f"{new.unreadable}")
+                new = key
+            fresh.append(new)
+        out[domain] = tuple(fresh)
+    return MappingProxyType(out), problems
 
 
 def _parse_key(data: bytes, path: Path) -> tuple[str, bytes, str, int]:

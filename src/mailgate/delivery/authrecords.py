@@ -7,8 +7,8 @@ from DOMAIN, read from DNS and explained (read-only: nothing is fetched but TXT 
 - DKIM (RFC 6376): the key record of each selector asked (`--selector`) and of each key
   in [dkim] for the domain: its syntax, kind and size (RFC 8301: RSA under 1024 bits is
   ignored by receivers), testing or revoked, and whether it is the configured key.
-- DMARC (RFC 7489): the record at `_dmarc.DOMAIN` (or a parent domain's), its policy
-  (`p=none` only monitors), `pct`, report addresses.
+- DMARC (RFC 7489): the record at `_dmarc.DOMAIN` (or its organizational domain's, by
+  the public suffix list), its policy (`p=none` only monitors), `pct`, report addresses.
 - MTA-STS (RFC 8461) and TLS-RPT (RFC 8460): their TXT records, optional.
 
 Each finding has a status (ok, info, warn, error, temp), a sentence saying what it means
@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from mailgate.delivery.diagnostics import _label, _t
 from mailgate.dns import Resolver, TXTAnswer
+from mailgate.idn import organizational_domain
 from mailgate.textsafe import printable
 
 if TYPE_CHECKING:
@@ -382,18 +383,17 @@ async def _dmarc(domain: str, resolver: Resolver) -> list[Finding]:
         return [_temp("dmarc", name, answer)]
     records = _select(answer, "v=DMARC1")
     inherited = None
-    if not records:
-        # No record of its own: the organizational domain's applies (RFC 7489 6.6.3).
-        # Without the public suffix list here, each parent with two labels or more is
-        # asked, nearest first; a record found at one is what receivers would use.
-        labels = domain.split(".")
-        for i in range(1, len(labels) - 1):
-            parent = ".".join(labels[i:])
-            up = await resolver.txt(f"_dmarc.{parent}")
-            found = _select(up, "v=DMARC1")
-            if found:
-                records, inherited, name = found, parent, f"_dmarc.{parent}"
-                break
+    org = organizational_domain(domain)
+    if not records and org != domain:
+        # No record of its own: the organizational domain's applies, and no other
+        # parent's (RFC 7489 6.6.3): the public suffix list says which, as receivers
+        # (and mailgate's own inbound checks) read it.
+        up = await resolver.txt(f"_dmarc.{org}")
+        if up.status == "error":
+            return [_temp("dmarc", f"_dmarc.{org}", up)]
+        found = _select(up, "v=DMARC1")
+        if found:
+            records, inherited, name = found, org, f"_dmarc.{org}"
     if not records:
         return [Finding("dmarc", name, "warn", "missing", {"domain": domain})]
     if len(records) > 1:

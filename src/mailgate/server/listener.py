@@ -616,8 +616,8 @@ class SMTPConnection(asyncio.Protocol):
                 return self._refused(verdict.reply)
             spool.head += verdict.header
         trusted = srv.policy.trusted(self.info)
-        if trusted and srv.config.dkim:  # signed once, here: every retry sends these bytes
-            await sign_spool(spool, srv.config.dkim, incoming.qid)
+        if trusted and (dkim := srv.policy.config.dkim):  # as SIGHUP read them last
+            await sign_spool(spool, dkim, incoming.qid)  # once: every retry sends these bytes
         msg = new_message(incoming.qid, self.info, sender, self._rcpts, spool, trusted=trusted)
         try:
             qid = await srv.enqueue(msg)

@@ -134,6 +134,12 @@ class Policy:
         self.others: dict[tuple[str, str], int] = {}
         self._unshared: dict[tuple[str, str], int] = defaultdict(int)
 
+    def close(self) -> None:
+        """Release what the policy holds: the checks' worker threads (`Verifier.close`).
+        `serve` calls it once, at shutdown, when no session is left to ask them."""
+        if self.verifier is not None:
+            self.verifier.close()
+
     # --- helpers ------------------------------------------------------------------
 
     def is_local(self, domain: str) -> bool:

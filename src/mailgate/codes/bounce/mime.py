@@ -9,6 +9,7 @@ the text decoded from any one part (`MAX_PART_TEXT`).
 from __future__ import annotations
 
 import binascii
+import contextlib
 import email.errors
 import email.message
 import email.parser
@@ -31,6 +32,11 @@ _ORIGINAL_TYPES = ("message/rfc822", "message/global", "text/rfc822-headers",
                    "message/rfc822-headers", "message/partial", "text/rfc822")
 _TAGS = re.compile(r"<[^<>]{0,2000}>")
 _BR = re.compile(r"<(?:br|p|div|tr|li|/p|/div|/tr|/h[1-6])\b[^<>]{0,200}>", re.IGNORECASE)
+_B64_PIECE = re.compile(rb"(?<==)(?=[^=])")  # after a padding that does not end the data
+_ISO2022JP = re.compile(r"iso[-_]?2022[-_]?jp")
+_JIS_CUT_ESCAPE = re.compile(rb"\x1b[\r\n\t ]*([$(])[\r\n\t ]*([@BJI])")
+_JIS_TWO_BYTE = re.compile(rb"(\x1b\$[@B])([^\x1b]*)")  # up to the next escape
+_JIS_BREAKS = re.compile(rb"[\r\n\t ]+")
 _ENTITIES = {"&nbsp;": " ", "&lt;": "<", "&gt;": ">", "&amp;": "&", "&quot;": '"',
              "&#39;": "'", "&#160;": " "}
 
@@ -71,6 +77,16 @@ def _decode_header(value: str) -> str:
         return str(make_header(decode_header(value)))
     except (ValueError, LookupError, UnicodeError, AssertionError, email.errors.MessageError):
         return value
+
+
+def _raw_header(value: str) -> str:
+    """A field's value as the parser kept it (8-bit bytes as surrogates): raw UTF-8, or
+    raw ISO-2022-JP (old Japanese mailers wrote Subject: so), read as text; the standard
+    library would show each such byte as U+FFFD, or keep the escape sequences."""
+    raw = value[:MAX_HEADER * 4].encode("utf-8", "surrogateescape")
+    if raw.isascii() and b"\x1b" not in raw:
+        return value
+    return _to_text(raw, None)
 
 
 def html_to_text(html: str) -> str:
@@ -153,7 +169,10 @@ def _decode(body: bytes, msg: _Head) -> bytes:
     body = body[:MAX_PART_TEXT * 4]
     try:
         if cte == "base64":
-            return binascii.a2b_base64(b"".join(body.split()))
+            # Some mailers encode each line on its own, padding and all: a2b_base64
+            # stops at the first padding, so each padded piece is decoded by itself.
+            pieces = _B64_PIECE.split(b"".join(body.split()))
+            return b"".join(binascii.a2b_base64(piece) for piece in pieces)
         if cte == "quoted-printable":
             return binascii.a2b_qp(body)
     except (binascii.Error, ValueError):
@@ -162,15 +181,38 @@ def _decode(body: bytes, msg: _Head) -> bytes:
 
 
 def _text(body: bytes, msg: _Head) -> str:
-    raw = _decode(body, msg)
-    charset = msg.get_content_charset() or "utf-8"
-    if b"\x1b$" in raw[:MAX_PART_TEXT]:  # ISO-2022-JP written without saying so
-        charset = "iso-2022-jp"
+    return _to_text(_decode(body, msg), msg.get_content_charset())[:MAX_PART_TEXT]
+
+
+def _to_text(raw: bytes, charset: str | None) -> str:
+    """`raw` in its charset (UTF-8 when none is said), with two exceptions Japanese
+    bounces need. ISO-2022-JP's escape sequences are read as such wherever they are
+    (written without a charset, in a header field too: `_jis`). A text labelled
+    ISO-2022-JP, a 7-bit charset, whose bytes are 8-bit was converted and kept its
+    label (a bounce saved or pasted from a mail program): it is read as what it is,
+    UTF-8, else EUC-JP, else Shift_JIS; decoded as ISO-2022-JP every byte would be lost."""
+    charset = charset or "utf-8"
+    japanese = _ISO2022JP.match(charset) is not None
+    if b"\x1b$" in raw[:MAX_PART_TEXT] or (japanese and raw.isascii()):
+        return _jis(raw)
+    if japanese:
+        for guess in ("utf-8", "euc-jp", "cp932"):
+            with contextlib.suppress(UnicodeDecodeError):
+                return raw.decode(guess)
     try:
-        text = raw.decode(charset, errors="replace")
+        return raw.decode(charset, errors="replace")
     except (LookupError, ValueError):
-        text = raw.decode("utf-8", errors="replace")
-    return text[:MAX_PART_TEXT]
+        return raw.decode("utf-8", errors="replace")
+
+
+def _jis(raw: bytes) -> str:
+    """ISO-2022-JP, mended where a mailer wrapped a line at a fixed width: a line ends
+    in ASCII (RFC 1468), so a line break (and a header field's folding) inside an escape
+    sequence or in two-byte mode is no part of the text. Left there, it puts the decoder
+    out of step, and every character after it, the SMTP reply too, comes out garbled."""
+    raw = _JIS_CUT_ESCAPE.sub(lambda m: b"\x1b" + m[1] + m[2], raw)
+    raw = _JIS_TWO_BYTE.sub(lambda m: m[1] + _JIS_BREAKS.sub(b"", m[2]), raw)
+    return raw.decode("iso-2022-jp", errors="replace")
 
 
 def _parts(body: bytes, boundary: str) -> list[bytes]:
@@ -218,8 +260,8 @@ def read_mail(data: bytes) -> Mail:
         raise BounceError(f"The input cannot be read as a mail message ({type(exc).__name__}).",
                           key="unreadable") from None
     headers: dict[str, str] = {}
-    for k, v in msg.items()[:500]:
-        headers.setdefault(k.lower(), _decode_header(str(v)))
+    for k, v in list(msg.raw_items())[:500]:
+        headers.setdefault(k.lower(), _decode_header(_raw_header(str(v))))
     if not headers:
         raise BounceError("The input is not a mail message: it has no header fields.",
                           key="not_mail")

@@ -21,11 +21,8 @@ import email.utils
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import cache
 
-from publicsuffixlist import PublicSuffixList
-
-from mailgate.idn import DomainError, canonical_domain
+from mailgate.idn import DomainError, canonical_domain, organizational_domain
 from mailgate.server.authcheck.dkimcheck import DKIMResult
 from mailgate.server.authcheck.lookup import DNSBridge, DNSTempError
 from mailgate.server.authcheck.spfcheck import SPFResult
@@ -34,18 +31,6 @@ __all__ = ["DMARCResult", "check_dmarc", "from_domains", "organizational_domain"
 
 POLICIES = ("none", "quarantine", "reject")
 MAX_FROM_DOMAINS = 4  # a From field naming more domains is evaluated for these only
-
-
-@cache
-def _psl() -> PublicSuffixList:
-    return PublicSuffixList()
-
-
-def organizational_domain(domain: str) -> str:
-    """The registrable domain of `domain` (example.co.uk for a.b.example.co.uk); a
-    public suffix is its own."""
-    domain = domain.lower().rstrip(".")
-    return _psl().privatesuffix(domain) or domain
 
 
 @dataclass(frozen=True, slots=True)

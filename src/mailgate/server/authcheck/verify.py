@@ -121,6 +121,8 @@ class Verifier:
         self._big = asyncio.Semaphore(1)
 
     def close(self) -> None:
+        """End the worker threads (checks not started are dropped); after the last
+        session, at shutdown (`Policy.close`)."""
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     # --- MAIL FROM --------------------------------------------------------------
