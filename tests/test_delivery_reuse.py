@@ -5,7 +5,8 @@ a recording aiosmtpd sink that counts its connections and the QUITs it gets:
 - `connection_cache_time = 0` says QUIT after every conversation;
 - a kept connection the server timed out meanwhile (closed, or only a 421 sent) is
   dropped, and the message goes over a new connection at once, never deferred for it;
-- an idle connection is closed with QUIT when its time is up, and at shutdown.
+- an idle connection is closed with QUIT when its time is up, and at shutdown;
+- a connection kept after STARTTLS carries the next message encrypted.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import pytest
 
 from tests.support.fakemx import FakeMX
 from tests.support.smtpwire import wait_until
+from tests.support.tlscerts import TestCA, server_context
 from tests.test_server_durability import Serve, free_port, queue_list, write_config
 
 TIMEOUT = 30.0
@@ -120,3 +122,18 @@ def test_shutdown_says_quit_on_the_connections_kept(tmp_path: Path, sink: FakeMX
         server.proc.send_signal(signal.SIGTERM)
         assert server.proc.wait(TIMEOUT) == 0
         wait_until("the QUIT at shutdown", lambda: sink.quits == 1 or None, TIMEOUT)
+
+
+def test_a_kept_connection_stays_encrypted(tmp_path: Path) -> None:
+    # STARTTLS once: the next message goes over the same TLS session, not in the clear.
+    ca = TestCA.create(tmp_path / "ca")
+    cert, key = ca.issue("127.0.0.1")
+    mx = FakeMX("127.0.0.1", free_port(), name="sink.test",
+                tls_context=server_context(cert, key)).start()
+    try:
+        with serve(tmp_path, mx, connection_cache_time="30s",
+                   tls_security_level="encrypt") as server:
+            one_at_a_time(server, mx, 3)
+            assert [(m.connection, m.tls) for m in mx.received] == [(1, True)] * 3
+    finally:
+        mx.stop()
