@@ -84,7 +84,7 @@ from server import (
 )
 
 import mailgate
-from mailgate.config import parse_config
+from mailgate.config import Config, parse_config
 from mailgate.delivery.engine import DeliveryEngine
 from mailgate.dns import Resolver
 from mailgate.queue import NewMessage, NewRecipient
@@ -226,26 +226,65 @@ async def fill_queue(queue: SQLiteQueue, n: int) -> None:
                                for i in range(start, min(n, start + step))))
 
 
+def engine_config(work: Path, delivery: str, more: str, source: str) -> Config:
+    """The engine's configuration in the delivery benchmarks: data in `work`, no web
+    page, `[delivery] concurrency = 100` and the `delivery` lines, then `more`."""
+    return parse_config(f"""\
+hostname = "mailgate.bench.test"
+data_dir = "data"
+
+[delivery]
+concurrency = 100
+{delivery}
+
+{more}
+
+[web]
+address = ""
+""", source, base_dir=work)
+
+
+async def timed_delivery(run: Run, engine: DeliveryEngine, queue: SQLiteQueue,
+                         sink: SinkServer, n: int, timeout: float,
+                         prof: cProfile.Profile | None = None) -> None:
+    """Deliver the `n` queued messages with the clock running, once the machine is quiet:
+    `run` gets the seconds, this process's CPU and the sink's, what other programs used
+    meanwhile, how many were delivered (an error when not all) and what the sink saw."""
+    gc.collect()
+    await asyncio.to_thread(wait_quiet, 0.2, 10.0)
+    before = settled_counters(sink, quiet=0.5)
+    sink_cpu0, cpu0 = _cpu(sink.pids()), _self_cpu()
+    other = ForeignLoad()
+    other.start()
+    if prof is not None:
+        prof.enable()
+    started = time.perf_counter()
+    try:
+        await asyncio.wait_for(_deliver_all(engine, n), timeout)
+    except TimeoutError:
+        run.error = f"not done within {timeout:g} s"
+    run.seconds = time.perf_counter() - started
+    if prof is not None:
+        prof.disable()
+    run.cpu = _self_cpu() - cpu0
+    run.foreign = other.stop()
+    run.sink_cpu = _cpu(sink.pids()) - sink_cpu0
+    states = await asyncio.to_thread(queue.counts)
+    run.messages = states.get("delivered", 0)
+    if run.messages != n and run.error is None:
+        run.error = f"only {run.messages:,} of {n:,} delivered: {states}"
+    run.sink = settled_counters(sink, quiet=0.5) - before
+
+
 async def mailgate_run(runner: Runner, sink: SinkServer, concurrency: int, n: int,
                        timeout: float, log_level: str, profile: Path | None) -> Run:
     run = Run(f"mailgate-c{concurrency}",
               f"mailgate, concurrency_per_destination = {concurrency}")
     work = runner.root / f"mailgate-c{concurrency}-{time.monotonic_ns()}"
     work.mkdir()
-    config = parse_config(f"""\
-hostname = "mailgate.bench.test"
-data_dir = "data"
-
-[delivery]
-concurrency = 100
-concurrency_per_destination = {concurrency}
-
-[routes]
-"{DOMAIN}" = "smtp:[{HOST}]:{sink.port}"
-
-[web]
-address = ""
-""", "bench/delivery.py", base_dir=work)
+    config = engine_config(work, f"concurrency_per_destination = {concurrency}",
+                           f'[routes]\n"{DOMAIN}" = "smtp:[{HOST}]:{sink.port}"',
+                           "bench/delivery.py")
     _log_to(work / "mailgate.log", log_level)
     queue = SQLiteQueue(config.data_dir / "queue.db")
     try:
@@ -254,32 +293,8 @@ address = ""
         print(f"   queued {n:,} in {time.perf_counter() - t:.1f} s "
               f"({queue.commit_count} commits)", file=sys.stderr, flush=True)
         engine = DeliveryEngine(config, queue, Resolver())
-        gc.collect()
-        await asyncio.to_thread(wait_quiet, 0.2, 10.0)
-        before = settled_counters(sink, quiet=0.5)
-        sink_cpu0 = _cpu(sink.pids())
-        cpu0 = _self_cpu()
-        other = ForeignLoad()
-        other.start()
         prof = cProfile.Profile() if profile is not None else None
-        if prof is not None:
-            prof.enable()
-        started = time.perf_counter()
-        try:
-            await asyncio.wait_for(_deliver_all(engine, n), timeout)
-        except TimeoutError:
-            run.error = f"not done within {timeout:g} s"
-        run.seconds = time.perf_counter() - started
-        if prof is not None:
-            prof.disable()
-        run.cpu = _self_cpu() - cpu0
-        run.foreign = other.stop()
-        run.sink_cpu = _cpu(sink.pids()) - sink_cpu0
-        states = await asyncio.to_thread(queue.counts)
-        run.messages = states.get("delivered", 0)
-        if run.messages != n and run.error is None:
-            run.error = f"only {run.messages:,} of {n:,} delivered: {states}"
-        run.sink = settled_counters(sink, quiet=0.5) - before
+        await timed_delivery(run, engine, queue, sink, n, timeout, prof)
         per = engine.stats.messages_per_connection
         run.own = (f"engine: {engine.stats.connections} connections, messages per "
                    f"connection {min(per, default=0)}–{max(per, default=0)} (median "

@@ -59,16 +59,16 @@ from delivery import (
     POSTFIX_CONCURRENCY,
     PostfixRelay,
     Run,
-    _cpu,
-    _deliver_all,
     _log_to,
     _self_cpu,
     all_runs,
     best,
     counters,
+    engine_config,
     payload,
     settled_counters,
     table,
+    timed_delivery,
 )
 from server import (
     HOST,
@@ -88,7 +88,7 @@ from server import (
     wait_quiet,
 )
 
-from mailgate.config import DNSConfig, parse_config
+from mailgate.config import DNSConfig
 from mailgate.delivery.engine import DeliveryEngine
 from mailgate.dns import Resolver, TempFail
 from mailgate.queue import NewMessage, NewRecipient
@@ -294,19 +294,9 @@ def _engine(runner: Runner, name: str, dns: DNSProcess, port: int
             ) -> tuple[Path, DeliveryEngine, SQLiteQueue]:
     work = runner.root / f"{name}-{time.monotonic_ns()}"
     work.mkdir()
-    config = parse_config(f"""\
-hostname = "mailgate.bench.test"
-data_dir = "data"
-
-[delivery]
-concurrency = 100
-concurrency_per_destination = {POSTFIX_CONCURRENCY}
-smtp_port = {port}
-retry_schedule = [600]
-
-[web]
-address = ""
-""", "bench/destinations.py", base_dir=work)
+    config = engine_config(work, f"concurrency_per_destination = {POSTFIX_CONCURRENCY}\n"
+                           f"smtp_port = {port}\nretry_schedule = [600]", "",
+                           "bench/destinations.py")
     config = replace(config, dns=DNSConfig(((HOST, dns.port),)))
     queue = SQLiteQueue(config.data_dir / "queue.db")
     return work, DeliveryEngine(config, queue, Resolver(config.dns.nameservers)), queue
@@ -340,26 +330,7 @@ async def mailgate_many(runner: Runner, sink: MultiSink, dns: DNSProcess, n: int
     try:
         await fill(queue, fast_rcpts(n, domains))
         await warm(engine, domains)
-        gc.collect()
-        await asyncio.to_thread(wait_quiet, 0.2, 10.0)
-        before = settled_counters(sink, quiet=0.5)
-        sink_cpu0, cpu0 = _cpu(sink.pids()), _self_cpu()
-        other = ForeignLoad()
-        other.start()
-        started = time.perf_counter()
-        try:
-            await asyncio.wait_for(_deliver_all(engine, n), timeout)
-        except TimeoutError:
-            run.error = f"not done within {timeout:g} s"
-        run.seconds = time.perf_counter() - started
-        run.cpu = _self_cpu() - cpu0
-        run.foreign = other.stop()
-        run.sink_cpu = _cpu(sink.pids()) - sink_cpu0
-        states = await asyncio.to_thread(queue.counts)
-        run.messages = states.get("delivered", 0)
-        if run.messages != n and run.error is None:
-            run.error = f"only {run.messages:,} of {n:,} delivered: {states}"
-        run.sink = settled_counters(sink, quiet=0.5) - before
+        await timed_delivery(run, engine, queue, sink, n, timeout)
         run.own = f"engine: {engine.stats.connections:,} connections"
     finally:
         queue.close()
