@@ -657,10 +657,7 @@ def main() -> int:
                     _show(run)
             if postfix is not None:
                 print(" Postfix", file=sys.stderr, flush=True)
-                try:
-                    run = postfix.run(args.messages, args.timeout)
-                except HarnessError as exc:
-                    run = Run("postfix", postfix.server.label, error=str(exc))
+                run = postfix_round(postfix, args.messages, args.timeout)
                 rows.setdefault("postfix", []).append(run)
                 _show(run)
         return report(rows, args, started, time.monotonic() - t0, runner.root)
@@ -668,9 +665,21 @@ def main() -> int:
     return run_and_report(runner, measure, args.out, "delivery", started)
 
 
+def postfix_round(postfix: PostfixRelay, messages: int, timeout: float) -> Run:
+    """One timed Postfix run; a harness failure is the run's error."""
+    try:
+        return postfix.run(messages, timeout)
+    except HarnessError as exc:
+        return Run("postfix", postfix.server.label, error=str(exc))
+
+
+def rate_shown(run: Run) -> str:
+    return (f"{run.rate:8,.0f} msgs/s ({run.messages:,} in {run.seconds:.2f} s)"
+            if run.rate else f"ERROR {run.error}")
+
+
 def _show(run: Run) -> None:
-    shown = (f"{run.rate:8,.0f} msgs/s ({run.messages:,} in {run.seconds:.2f} s)"
-             if run.rate else f"ERROR {run.error}")
+    shown = rate_shown(run)
     print(f"   {shown}; smtp-sink: {run.sink.sessions:,} connections, "
           f"{run.sink.messages:,} messages; CPU {run.cpu:.1f} s (sink {run.sink_cpu:.1f} s); "
           f"other programs {run.foreign:.2f} CPU; {run.own}", file=sys.stderr, flush=True)

@@ -66,6 +66,8 @@ from delivery import (
     counters,
     engine_config,
     payload,
+    postfix_round,
+    rate_shown,
     settled_counters,
     table,
     timed_delivery,
@@ -573,10 +575,7 @@ def main() -> int:
                     many.setdefault("mailgate", []).append(run)
                     _show(run)
                 if postfix is not None:
-                    try:
-                        run = postfix.run(args.messages, args.timeout)
-                    except HarnessError as exc:
-                        run = Run("postfix", postfix.server.label, error=str(exc))
+                    run = postfix_round(postfix, args.messages, args.timeout)
                     many.setdefault("postfix", []).append(run)
                     _show(run)
                 if slow is not None:
@@ -594,9 +593,7 @@ def main() -> int:
 
 
 def _show(run: Run) -> None:
-    shown = (f"{run.rate:8,.0f} msgs/s ({run.messages:,} in {run.seconds:.2f} s)"
-             if run.rate else f"ERROR {run.error}")
-    print(f"   {run.label}: {shown}; sink {run.sink.sessions:,} sessions; {run.own}",
+    print(f"   {run.label}: {rate_shown(run)}; sink {run.sink.sessions:,} sessions; {run.own}",
           file=sys.stderr, flush=True)
 
 
