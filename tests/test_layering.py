@@ -37,6 +37,7 @@ LAYERS: Mapping[str, int] = {
     "secretfile": 0,  # private files written atomically
     "datadir": 0,  # the data directory checked and made
     "metrics": 0,  # counters the server, delivery, DNS and web all bump
+    "siblings": 0,  # shared memory and links between the workers of one serve
     # 1: pure protocol and settings, built on the leaves.
     "smtp": 1,  # sans-I/O SMTP sessions: replies (codes), addresses (idn)
     "config": 1,  # TOML -> settings: domains in canonical form (idn)
