@@ -46,7 +46,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Literal
+from typing import Literal, Protocol
 
 from mailgate import metrics
 from mailgate.codes.reply import Reply
@@ -139,6 +139,14 @@ class EngineStats:
     messages_per_connection: list[int] = field(default_factory=list)
 
 
+class Slots(Protocol):
+    """Connection slots per destination (the shape of `Queue.take_slot`/`give_slot`)."""
+
+    def take_slot(self, key: str, limit: int, lease: float) -> str | None: ...
+
+    def give_slot(self, token: str) -> None: ...
+
+
 class DeliveryEngine(ByDestination["_Destination"]):
     """The outbound target: claimed work for other domains goes out by SMTP."""
 
@@ -149,9 +157,14 @@ class DeliveryEngine(ByDestination["_Destination"]):
 
     def __init__(self, config: Config, queue: Queue, resolver: Resolver,
                  enqueue: Enqueue | None = None, *, clock: Callable[[], float] = time.time,
-                 tls_context: ssl.SSLContext | None = None) -> None:
+                 tls_context: ssl.SSLContext | None = None, slots: Slots | None = None,
+                 ) -> None:
         super().__init__(config, queue, enqueue, log, clock)
         self.resolver = resolver
+        # Connection slots per destination shared with whoever else delivers from this
+        # queue: the queue itself (a cluster's nodes), or the board the workers of one
+        # server share (siblings.py).
+        self.slots: Slots = slots if slots is not None else queue
         self.tls_context = tls_context
         d = config.delivery
         self._all = asyncio.Semaphore(d.concurrency)
@@ -329,7 +342,7 @@ class DeliveryEngine(ByDestination["_Destination"]):
         say; `run` pauses)."""
         delay = 0.05
         while True:
-            token = await asyncio.to_thread(self.queue.take_slot, key,
+            token = await asyncio.to_thread(self.slots.take_slot, key,
                                             self.config.delivery.concurrency_per_destination,
                                             self.LEASE)
             if token is not None:
@@ -340,7 +353,7 @@ class DeliveryEngine(ByDestination["_Destination"]):
     async def _give_slot(self, token: str | None) -> None:
         if token is not None:
             with contextlib.suppress(QueueError):  # else its lease frees it
-                await asyncio.to_thread(self.queue.give_slot, token)
+                await asyncio.to_thread(self.slots.give_slot, token)
 
     async def _release(self, conn: Kept) -> None:
         """A kept connection was closed: the cluster slot it held goes back."""

@@ -37,6 +37,7 @@ from mailgate.codes.reply import Reply
 from mailgate.config import Config, Listener
 from mailgate.queue import Enqueue, QueueError, QueueFull, new_queue_id
 from mailgate.queue.spool import SpoolFile
+from mailgate.server.admission import Admission, Local
 from mailgate.server.dkimsign import sign_spool
 from mailgate.server.incoming import Incoming, new_message, received_header
 from mailgate.server.policy import AUTH_TOO_MANY, ConnectionInfo, Policy
@@ -112,6 +113,7 @@ class SMTPServer:
         on_queued: Callable[[str, list[str]], None] | None = None,
         spool_dir: Path | None = None,
         max_connections: int | None = None,
+        admission: Admission | None = None,
     ) -> None:
         self.config = config
         self.spool_dir = spool_dir if spool_dir is not None else config.data_dir / "spool"
@@ -124,7 +126,9 @@ class SMTPServer:
         self.on_queued = on_queued
         self.stats = Stats()
         self.connections: set[SMTPConnection] = set()
-        self.per_ip: dict[str, int] = {}
+        # Who may connect: this process's counts, or (with workers) every worker's.
+        self.admission = admission or Local(self.max_connections,
+                                            config.limits.connections_per_ip)
         self.servers: list[asyncio.Server] = []
         self.closing = False
         self._session_configs: dict[str, SessionConfig] = {}
@@ -173,7 +177,7 @@ class SMTPServer:
     @property
     def stressed(self) -> bool:
         """Connection slots are running short: the short timeouts apply."""
-        return len(self.connections) >= STRESS * self.max_connections
+        return self.admission.open >= STRESS * self.max_connections
 
     def _factory(self, listener: Listener) -> Callable[[], SMTPConnection]:
         def make() -> SMTPConnection:
@@ -240,14 +244,12 @@ class SMTPConnection(asyncio.Protocol):
         # No TCP_NODELAY here: asyncio and uvloop set it on every TCP transport already.
         srv.stats.connections_total += 1
         metrics.connection_opened()
-        limits = srv.config.limits
         refusal = None
         if srv.closing:
             refusal, reason = replies.SHUTDOWN, "shutdown"
-        elif len(srv.connections) >= srv.max_connections:
-            refusal, reason = TOO_MANY_CONNECTIONS, "limit"
-        elif srv.per_ip.get(self.info.ip, 0) >= limits.connections_per_ip:
-            refusal, reason = TOO_MANY_FROM_IP, "per_ip"
+        elif (why := srv.admission.admit(self.info.ip)) is not None:
+            refusal, reason = (TOO_MANY_FROM_IP if why == "per_ip" else TOO_MANY_CONNECTIONS,
+                               why)
         if refusal is not None:
             log.info("refused connection from [%s]: %s", self.info.ip, refusal)
             metrics.connection_refused(reason)
@@ -258,7 +260,6 @@ class SMTPConnection(asyncio.Protocol):
             metrics.connection_closed()
             return
         srv.connections.add(self)
-        srv.per_ip[self.info.ip] = srv.per_ip.get(self.info.ip, 0) + 1
         srv.stats.connections_open = len(srv.connections)
         self._ready_at = time.monotonic()
         if self.role == "smtps":
@@ -308,11 +309,7 @@ class SMTPConnection(asyncio.Protocol):
         if self in srv.connections:
             metrics.connection_closed()
             srv.connections.discard(self)
-            n = srv.per_ip.get(self.info.ip, 1) - 1
-            if n:
-                srv.per_ip[self.info.ip] = n
-            else:
-                srv.per_ip.pop(self.info.ip, None)
+            srv.admission.leave(self.info.ip)
             srv.stats.connections_open = len(srv.connections)
 
     # --- timeouts and shutdown ----------------------------------------------------

@@ -15,7 +15,7 @@ import time
 from collections import defaultdict, deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from mailgate import hashing
 from mailgate.codes.reply import Reply
@@ -62,6 +62,14 @@ StoreCheck = Callable[[Route, Address], Awaitable[bool | None]]
 SENDER_NOT_OWNED = R(553, "5.7.1", "Sender address is not yours: you are logged in as a user "
                                    "who may not send as this address")
 AUTH_TOO_MANY = R(421, "4.7.0", "Too many failed authentication attempts, closing connection")
+
+
+class SharedCounts(Protocol):
+    """Other processes' AUTH failures by ("ip", address) / ("user", name): a dict from
+    `Queue.share_counts` (a cluster), a `siblings.SharedCounts` (the workers of one
+    server)."""
+
+    def get(self, key: tuple[str, str], default: int, /) -> int: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,7 +139,7 @@ class Policy:
         # A cluster's other nodes' failures (("ip", address) / ("user", name) -> count in
         # the window), refreshed every second by serve (`share_counts`), and this node's
         # own not yet shared.
-        self.others: dict[tuple[str, str], int] = {}
+        self.others: SharedCounts = {}
         self._unshared: dict[tuple[str, str], int] = defaultdict(int)
 
     def close(self) -> None:
