@@ -41,7 +41,8 @@ app can all use it: the queue's state names are spelled here (`QUEUE_STATES`), a
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
 from typing import TypeVar
 
 from prometheus_client import (
@@ -52,6 +53,7 @@ from prometheus_client import (
     disable_created_metrics,
     generate_latest,
 )
+from prometheus_client.metrics_core import Metric
 
 __all__ = [
     "REGISTRY",
@@ -70,6 +72,7 @@ __all__ = [
     "notice",
     "outbound_connection",
     "reply_sent",
+    "samples",
     "set_queue_counts",
     "worker_error",
     "worker_restart",
@@ -294,5 +297,48 @@ def set_queue_counts(counts: Mapping[str, int]) -> None:
         child.set(counts.get(state, 0))
 
 
-def exposition() -> bytes:
-    return generate_latest(REGISTRY)
+Sample = tuple[str, dict[str, str], float]  # name, labels, value
+_SUFFIXES = ("", "_total", "_bucket", "_count", "_sum")
+
+
+def samples() -> list[Sample]:
+    """This process's samples, for the worker that serves `/metrics` to add to its own
+    (with `[server] workers = N`, siblings.Link carries them as JSON)."""
+    return [(s.name, dict(s.labels), s.value) for family in REGISTRY.collect()
+            for s in family.samples]
+
+
+class _Families:
+    """A collector of families made already (what `exposition` renders)."""
+
+    def __init__(self, families: list[Metric]) -> None:
+        self.families = families
+
+    def collect(self) -> list[Metric]:
+        return self.families
+
+
+def exposition(others: Iterable[Iterable[Sample]] = ()) -> bytes:
+    """The Prometheus text of this process's metrics, each sample plus those of the
+    same name and labels in `others` (the sibling workers'). Every metric here adds up:
+    counters, histograms, open connections, and the queue gauge that only the web
+    worker sets."""
+    extra: dict[tuple[str, tuple[tuple[str, str], ...]], float] = defaultdict(float)
+    for rows in others:
+        for name, labels, value in rows:
+            extra[name, tuple(sorted(labels.items()))] += value
+    if not extra:
+        return generate_latest(REGISTRY)
+    families = []
+    for family in REGISTRY.collect():
+        summed = Metric(family.name, family.documentation, family.type, family.unit)
+        for s in family.samples:
+            key = (s.name, tuple(sorted(s.labels.items())))
+            summed.add_sample(s.name, dict(s.labels), s.value + extra.pop(key, 0.0))
+        names = {family.name + suffix for suffix in _SUFFIXES}
+        for key in [k for k in extra if k[0] in names]:  # series only a sibling has
+            summed.add_sample(key[0], dict(key[1]), extra.pop(key))
+        families.append(summed)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Families(families))
+    return generate_latest(registry)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,6 +53,10 @@ def static_version(name: str) -> str:
     return hashlib.sha256(data).hexdigest()[:10] if data is not None else "0"
 
 
+async def _no_siblings() -> list[dict[str, Any]]:
+    return []
+
+
 @dataclass
 class WebContext:
     """What the pages need from the running server; shared by every request."""
@@ -65,6 +69,9 @@ class WebContext:
     server_stats: Callable[[], dict[str, Any]] = dict
     # Called after an admin action that makes work due (retry, release): wake delivery.
     on_due: Callable[[], None] = lambda: None
+    # With `[server] workers = N`, what the other workers report when asked (serve.py):
+    # each a dict with "stats" (as server_stats) and "samples" (metrics.samples()).
+    siblings: Callable[[], Awaitable[list[dict[str, Any]]]] = _no_siblings
     started: float = field(default_factory=time.time)
 
     async def run(self, fn: Callable[..., Any], *args: Any) -> Any:

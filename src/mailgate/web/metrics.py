@@ -17,7 +17,9 @@ async def metrics_endpoint(request: Request) -> Response:
     queue = getattr(ctx, "queue", None)
     if ctx is not None and queue is not None:
         set_queue_counts(await ctx.run(queue.counts))
-    return Response(exposition(), media_type=CONTENT_TYPE_PLAIN_0_0_4)
+    reports = await ctx.siblings() if ctx is not None else []
+    body = exposition(r["samples"] for r in reports if isinstance(r, dict) and "samples" in r)
+    return Response(body, media_type=CONTENT_TYPE_PLAIN_0_0_4)
 
 
 def routes() -> list[BaseRoute]:

@@ -356,6 +356,10 @@ async def _stats(ctx: WebContext) -> dict[str, Any]:
     hour, day, buckets = await ctx.run(read)
     counts: dict[str, int] = await ctx.run(queue.counts)
     server = _server_stats(ctx)
+    for report in await ctx.siblings():  # the other workers' counters, added
+        for key, value in (report.get("stats") or {}).items():
+            if isinstance(value, int) and isinstance(server.get(key, 0), int):
+                server[key] = server.get(key, 0) + value
     return {
         "now": now,
         "last_hour": _totals(hour),
