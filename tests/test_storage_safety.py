@@ -18,9 +18,11 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from mailgate.datadir import prepare_data_dir
 from mailgate.delivery.maildir import MaildirError, deliver, mailbox_path
 from mailgate.queue.sqlite import SQLiteQueue
 from mailgate.server.tls import ensure_self_signed
@@ -109,6 +111,27 @@ def test_a_loose_data_dir_is_tightened_at_start_and_logged(
     text = caplog.text
     assert str(data) in text and "0755" in text and "0700" in text
     assert "users.json" in text
+
+
+def test_a_file_that_goes_while_the_data_dir_is_checked_is_no_error(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Two workers start at once: one's probe file (or SQLite's journal) is listed by
+    # the other and gone before it is looked at. Seen as "cannot use the data
+    # directory: No such file or directory" from the second worker.
+    data = tmp_path / "data"
+    data.mkdir(mode=0o700)
+    gone = data / ".probe-1"
+    gone.write_text("x")
+    real_scandir = os.scandir
+
+    def listing_then_unlink(path: Any) -> Any:
+        entries = list(real_scandir(path))
+        gone.unlink(missing_ok=True)
+        return iter(entries)
+
+    monkeypatch.setattr(os, "scandir", listing_then_unlink)
+    prepare_data_dir(data)
+    assert not gone.exists() and mode(data) == 0o700
 
 
 # --- symbolic links in the Maildir tree ---------------------------------------------------

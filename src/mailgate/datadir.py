@@ -68,7 +68,11 @@ def prepare_data_dir(path: Path) -> None:
         for entry in os.scandir(path):
             if entry.is_symlink():
                 continue
-            old = owner_only(Path(entry.path))
+            try:
+                old = owner_only(Path(entry.path))
+            except FileNotFoundError:
+                # Gone since the listing: another worker's probe, a SQLite journal.
+                continue
             if old is not None:
                 tightened.append(f"{entry.name} {old:04o} -> {old & 0o700:04o}")
     except OSError as exc:
