@@ -128,6 +128,8 @@ address = "127.0.0.1:{port}"
 address = ""
 [policy]
 sender_null_mx_check = false
+[server]
+workers = 2
 [maildir]
 "mgtest@localhost" = {{ owner = "{TEST_USER}", path = "{mail_user.maildir}" }}
 """)
@@ -146,13 +148,16 @@ sender_null_mx_check = false
                 return False
 
         wait_until("mailgate to listen", greets, 30)
-        # The server process is the mailgate user, real, effective, saved and fs ids;
-        # its one child, the mailbox helper, kept root.
-        ids = _status_ids(proc.pid)
-        assert ids["Uid"] == [mailgate.pw_uid] * 4, ids
-        assert ids["Gid"] == [mailgate.pw_gid] * 4, ids
-        [helper] = _children(proc.pid)
-        assert _status_ids(helper)["Uid"][1] == 0
+        # The server process and its two workers are the mailgate user, real,
+        # effective, saved and fs ids; one mailbox helper per worker kept root.
+        children = _children(proc.pid)
+        kept_root = [pid for pid in children if _status_ids(pid)["Uid"][1] == 0]
+        workers = [pid for pid in children if pid not in kept_root]
+        assert len(kept_root) == len(workers) == 2, children
+        for pid in [proc.pid, *workers]:
+            ids = _status_ids(pid)
+            assert ids["Uid"] == [mailgate.pw_uid] * 4, ids
+            assert ids["Gid"] == [mailgate.pw_gid] * 4, ids
         assert (folder / "data").stat().st_uid == mailgate.pw_uid
         assert (folder / "data" / "queue.db").stat().st_uid == mailgate.pw_uid
 

@@ -53,6 +53,8 @@ LAYERS: Mapping[str, int] = {
     "delivery": 3,  # local and outbound delivery: smtp, queue, dns
     # 4: the HTTP face over the queue and the codes; nothing below knows about HTTP.
     "web": 4,
+    "ports": 4,  # the ports serve binds and the descriptors they may use
+    "workers": 4,  # the worker processes of serve and what they share (siblings)
     # 5: the composition root: the one place that builds and wires everything.
     "serve": 5,
     # 6: the commands, one of which is `serve`.

@@ -28,15 +28,13 @@ import dataclasses
 import logging
 import os
 import pwd
-import resource
 import signal
 import socket
 import ssl
 import sys
 import time
 import traceback
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Protocol, TextIO
 
@@ -49,16 +47,20 @@ from mailgate.delivery.helper import HelperClient, start_helper
 from mailgate.delivery.lmtp import LMTPDelivery, StoreRecipients
 from mailgate.delivery.local import LocalDelivery
 from mailgate.dns import Resolver
+from mailgate.ports import Bound, bind_all, bind_socket, check_ports, connection_budget, hostport
 from mailgate.queue import NewMessage, Queue, QueueError, domain_of
 from mailgate.queue.backends import open_queue_patiently
 from mailgate.queue.spool import clean as clean_spool
 from mailgate.queue.spool import spool_dir
+from mailgate.server.admission import Shared
 from mailgate.server.dkimsign import sign_content
 from mailgate.server.listener import SMTPServer
-from mailgate.server.policy import Policy
+from mailgate.server.policy import Policy, SharedCounts
 from mailgate.server.tls import ensure_self_signed, server_context
+from mailgate.siblings import Board
 from mailgate.textsafe import JSONFormatter, SafeFormatter
 from mailgate.users import UserDB
+from mailgate.workers import Siblings, fork
 
 __all__ = ["Bound", "StartupError", "bind_socket", "check_ports", "configure_logging", "run",
            "serve", "supervise"]
@@ -81,18 +83,8 @@ def configure_logging(level: str, stream: TextIO | None = None, fmt: str = "text
 
 
 TLS = tuple[ssl.SSLContext, Path, Path]
-
-
-@dataclass
-class Bound:
-    """Sockets bound before `serve` starts (by root, before dropping it): the SMTP
-    listeners in `config.listen` order, and the web page's (None: no web page)."""
-
-    smtp: list[socket.socket]
-    web: socket.socket | None
-
-    def all(self) -> list[socket.socket]:
-        return [*self.smtp, *([self.web] if self.web is not None else [])]
+# Hands over this process's AUTH failure counts, returns the others' (share_auth_failures).
+Share = Callable[[Mapping[tuple[str, str], int], float], SharedCounts]
 
 
 def _tls(config: Config) -> TLS:
@@ -280,6 +272,7 @@ async def serve(config: Config, *, reuse_port: bool = False, workers: int = 1,
                 bound: Bound | None = None,
                 helper: HelperClient | None = None,
                 tls: TLS | None = None,
+                siblings: Siblings | None = None,
                 ) -> None:
     """Run until SIGTERM/SIGINT (or `stop` is set), then shut down gracefully.
 
@@ -287,7 +280,8 @@ async def serve(config: Config, *, reuse_port: bool = False, workers: int = 1,
     `web` says whether this process runs the web face (when `[web]` enables it); by
     default the one that prints the banner (`ready` None) does. `bound`, `helper` and
     `tls` are what `run` prepared as root: the sockets, the mailbox helper, the TLS
-    context (its key may be readable by root only).
+    context (its key may be readable by root only). `siblings`: what this worker shares
+    with the others (`run` with workers > 1; workers.py).
     """
     prepare_data_dir(config.data_dir)
     queue = await open_queue_patiently(config, log)
@@ -322,7 +316,9 @@ async def serve(config: Config, *, reuse_port: bool = False, workers: int = 1,
     # The LMTP target only when a local domain is routed "lmtp:".
     lmtp = LMTPDelivery(config, queue, enqueue, helper) if any(
         config.lmtp_route(d) for d in config.domains.local) else None
-    outbound = DeliveryEngine(config, queue, resolver, enqueue)
+    outbound = DeliveryEngine(_worker_share(config, workers), queue, resolver, enqueue,
+                              slots=siblings.board if siblings and siblings.shares_queue
+                              else None)
     loop = asyncio.get_running_loop()
 
     def wake_all() -> None:  # work queued or made due by another node of a cluster
@@ -337,8 +333,11 @@ async def serve(config: Config, *, reuse_port: bool = False, workers: int = 1,
     spool = spool_dir(config.data_dir)
     if workers == 1 and (left := clean_spool(spool)):  # with workers, a sibling's may be live
         log.info("removed %d spool files of messages a stopped server never accepted", left)
+    budget = connection_budget(config)
     server = SMTPServer(config, policy, queue.enqueue_async, tls_ctx, on_queued=on_queued,
-                        spool_dir=spool, max_connections=connection_budget(config))
+                        spool_dir=spool, max_connections=budget, admission=Shared(
+                            siblings.board, budget, config.limits.connections_per_ip)
+                        if siblings is not None else None)
     # Every port is bound before anything says the server is up (the banner, a new admin
     # password): a failure is one sentence naming the address, not a traceback later.
     try:
@@ -349,10 +348,10 @@ async def serve(config: Config, *, reuse_port: bool = False, workers: int = 1,
             failed = config.listen[len(server.servers)]
             # asyncio words it "error while attempting to bind on address (...): ...".
             reason = os.strerror(exc.errno) if exc.errno else str(exc)
-            raise StartupError(f"cannot listen on {_hostport(failed.host, failed.port)} "
+            raise StartupError(f"cannot listen on {hostport(failed.host, failed.port)} "
                                f"({failed.role}): {reason}.") from exc
         web_server, web_task, web_note = await _start_web(
-            config, queue, server, outbound, local,
+            config, queue, server, outbound, local, siblings,
             first=ready is None if web is None else web,
             sock=bound.web if bound is not None else None)
     except BaseException:
@@ -378,7 +377,11 @@ async def serve(config: Config, *, reuse_port: bool = False, workers: int = 1,
             log.info("took back %d recipient(s) claimed by processes that ended (a crash "
                      "or kill); due now", recovered)
     purge_task = loop.create_task(purge_finished(queue, config, stop))
-    share_task = loop.create_task(share_auth_failures(queue, policy, stop))
+    share_task = loop.create_task(share_auth_failures(
+        siblings.board.share_counts if siblings and siblings.shares_queue
+        else queue.share_counts, policy, stop))
+    sibling_task = loop.create_task(siblings.answer(wake_all, lambda: {
+        "stats": _stats(server), "samples": metrics.samples()})) if siblings else None
     local_task = loop.create_task(supervise("local", local))
     lmtp_task = loop.create_task(supervise("lmtp", lmtp)) if lmtp is not None else None
     outbound_task = loop.create_task(supervise("outbound", outbound))
@@ -402,7 +405,9 @@ async def serve(config: Config, *, reuse_port: bool = False, workers: int = 1,
     # what it claimed and did not record, so a restart resumes it at once (at-least-once:
     # a message cut off mid-DATA may go twice, none is lost). Local delivery gives back
     # the messages of its batch it has not started.
-    for task in (local_task, lmtp_task, outbound_task, purge_task, share_task):
+    if sibling_task is not None:
+        sibling_task.cancel()
+    for task in (local_task, lmtp_task, outbound_task, purge_task, share_task, sibling_task):
         if task is None:
             continue
         with contextlib.suppress(asyncio.CancelledError, TimeoutError):
@@ -417,15 +422,15 @@ PURGE_EVERY = 600.0  # seconds between purges of finished records past keep_reco
 SHARE_EVERY = 1.0  # seconds between exchanges of AUTH failure counts with the cluster
 
 
-async def share_auth_failures(queue: Queue, policy: Policy, stop: asyncio.Event) -> None:
-    """Every SHARE_EVERY seconds, hand this node's AUTH failures to the queue and take the
-    other nodes' (`Queue.share_counts`): on a cluster a client's failures count on every
-    node, within a second or so. On one machine there is nothing to share."""
+async def share_auth_failures(share: Share, policy: Policy, stop: asyncio.Event) -> None:
+    """Every SHARE_EVERY seconds, hand this process's AUTH failures to `share` and take
+    the others' (`Queue.share_counts` on a cluster, `Board.share_counts` between the
+    workers of one server): a client's failures count on every node and every worker,
+    within a second or so. One process alone on SQLite has nothing to share."""
     while not stop.is_set():
         counts = policy.take_unshared()
         try:
-            policy.others = await asyncio.to_thread(queue.share_counts, counts,
-                                                    policy.AUTH_FAIL_WINDOW)
+            policy.others = await asyncio.to_thread(share, counts, policy.AUTH_FAIL_WINDOW)
         except QueueError as exc:
             policy.unshare(counts)  # tried again next time
             log.debug("could not share AUTH failure counts: %s", exc)
@@ -451,44 +456,26 @@ async def purge_finished(queue: Queue, config: Config, stop: asyncio.Event) -> N
             await asyncio.wait_for(stop.wait(), PURGE_EVERY)
 
 
-def _hostport(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+def _stats(server: SMTPServer) -> dict[str, Any]:
+    st = server.stats
+    return {"connections_open": st.connections_open,
+            "connections_total": st.connections_total, "accepted": st.accepted,
+            "refused": st.refused}
 
 
-def bind_socket(host: str, port: int, reuse_port: bool = False) -> socket.socket:
-    """A TCP socket bound to host:port (not listening yet); StartupError naming the
-    address and the reason if it cannot be."""
-    where = _hostport(host, port)
-    try:
-        family, kind, proto, _, addr = socket.getaddrinfo(
-            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
-    except socket.gaierror as exc:
-        raise StartupError(f"cannot listen on {where}: {exc.strerror}.") from exc
-    sock = socket.socket(family, kind, proto)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if reuse_port:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        if family == socket.AF_INET6:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        sock.bind(addr)
-    except OSError as exc:
-        sock.close()
-        raise StartupError(f"cannot listen on {where}: {exc.strerror or exc}.") from exc
-    return sock
-
-
-def check_ports(config: Config, reuse_port: bool) -> None:
-    """Bind (and let go of) every address `serve` will listen on: before worker processes
-    start, so a busy port is one clear error rather than one per worker."""
-    for listener in config.listen:
-        bind_socket(listener.host, listener.port, reuse_port).close()
-    if config.web.enabled:  # one process serves the web page: its port is not shared
-        bind_socket(config.web.host, config.web.port).close()
+def _worker_share(config: Config, workers: int) -> Config:
+    """The config one worker's delivery engine runs with: `delivery.concurrency` is the
+    server's outbound connections in all, so each of `workers` takes its share."""
+    if workers <= 1:
+        return config
+    d = config.delivery
+    return dataclasses.replace(config, delivery=dataclasses.replace(
+        d, concurrency=max(1, -(-d.concurrency // workers))))
 
 
 async def _start_web(config: Config, queue: Queue, server: SMTPServer,
-                     outbound: DeliveryEngine, local: LocalDelivery, first: bool,
+                     outbound: DeliveryEngine, local: LocalDelivery,
+                     siblings: Siblings | None, first: bool,
                      sock: socket.socket | None = None,
                      ) -> tuple[Any, asyncio.Task[None] | None, str]:
     """The web page in this process's event loop (uvicorn); only the first worker runs it.
@@ -502,14 +489,15 @@ async def _start_web(config: Config, queue: Queue, server: SMTPServer,
         return None, None, ""
     sock = sock if sock is not None else bind_socket(config.web.host, config.web.port)
     try:
-        return await _run_web(config, queue, server, outbound, local, sock)
+        return await _run_web(config, queue, server, outbound, local, siblings, sock)
     except BaseException:
         sock.close()
         raise
 
 
 async def _run_web(config: Config, queue: Queue, server: SMTPServer,
-                   outbound: DeliveryEngine, local: LocalDelivery, sock: socket.socket,
+                   outbound: DeliveryEngine, local: LocalDelivery,
+                   siblings: Siblings | None, sock: socket.socket,
                    ) -> tuple[Any, asyncio.Task[None] | None, str]:
     import uvicorn
 
@@ -519,17 +507,16 @@ async def _run_web(config: Config, queue: Queue, server: SMTPServer,
     auth = AdminAuth(config.data_dir)
     password = auth.ensure_password()
 
-    def stats() -> dict[str, Any]:
-        st = server.stats
-        return {"connections_open": st.connections_open,
-                "connections_total": st.connections_total, "accepted": st.accepted,
-                "refused": st.refused}
-
     def on_due() -> None:
         local.wake()
         outbound.wake()
+        if siblings is not None:
+            siblings.wake()
 
-    ctx = WebContext(config=config, queue=queue, auth=auth, server_stats=stats, on_due=on_due)
+    ctx = WebContext(config=config, queue=queue, auth=auth,
+                     server_stats=lambda: _stats(server), on_due=on_due)
+    if siblings is not None:
+        ctx.siblings = siblings.reports
     class Quiet(uvicorn.Server):
         """mailgate's own signal handlers stop everything; uvicorn must not take them."""
 
@@ -551,42 +538,11 @@ async def _run_web(config: Config, queue: Queue, server: SMTPServer,
     ))
     task = asyncio.get_running_loop().create_task(uv.serve(sockets=[sock]))
     host, port = sock.getsockname()[:2]
-    note = f"\n  web        http://{_hostport(host, port)}/ (codes, admin, /api, /metrics)"
+    note = f"\n  web        http://{hostport(host, port)}/ (codes, admin, /api, /metrics)"
     if password is not None:
         note += (f"\n  admin      password generated for this first start: {password}"
                  "\n             (change it with: mailgate admin set-password)")
     return uv, task, note
-
-
-# Descriptors kept free of SMTP connections: the queue (database, WAL, readers), spool
-# and Maildir files being written, outbound connections, DNS sockets, the web port.
-_RESERVED_FDS = 256
-
-
-def connection_budget(config: Config) -> int:
-    """Raise the descriptor soft limit to the hard limit, and return how many SMTP
-    connections fit in it: `limits.connections`, or fewer (logged) when the descriptors
-    would run out first. Running out is worse than refusing: accept() fails for every
-    port at once, web included, and nothing says why."""
-    try:
-        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        if hard == resource.RLIM_INFINITY:
-            hard = max(soft, 1 << 20)
-        if soft != resource.RLIM_INFINITY and soft < hard:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-            soft = hard
-    except (OSError, ValueError) as exc:
-        log.warning("cannot raise the open-file limit: %s", exc)
-        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-    outbound = config.delivery.concurrency
-    room = int(soft) - _RESERVED_FDS - outbound
-    wanted = config.limits.connections
-    if room < wanted:
-        budget = max(1, room)
-        log.warning("only %d open files are allowed (ulimit -n): accepting at most %d SMTP "
-                    "connections instead of limits.connections = %d", soft, budget, wanted)
-        return budget
-    return wanted
 
 
 def _event_loop_policy() -> None:
@@ -595,21 +551,6 @@ def _event_loop_policy() -> None:
     except ImportError:
         return
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-
-
-def bind_all(config: Config) -> Bound:
-    """Every socket `serve` listens on, bound now (as root, for ports below 1024); the
-    worker processes share them."""
-    socks: list[socket.socket] = []
-    try:
-        for listener in config.listen:
-            socks.append(bind_socket(listener.host, listener.port))
-        web = bind_socket(config.web.host, config.web.port) if config.web.enabled else None
-    except BaseException:
-        for sock in socks:
-            sock.close()
-        raise
-    return Bound(socks, web)
 
 
 def run(config: Config) -> int:
@@ -623,12 +564,13 @@ def run(config: Config) -> int:
     prepare_data_dir(config.data_dir)
     tls = _tls(config)  # the self-signed certificate once, and the key read as root
     user = privileges.target_user(config)
-    bound: Bound | None = None
+    bound: list[Bound] | None = None
     helpers: list[HelperClient | None] = [None] * workers
     if os.geteuid() == 0:
-        bound = bind_all(config)
+        bound = bind_all(config, workers)
+        ports = [sock for b in bound for sock in b.all()]
         for i in range(workers):  # a helper keeps no port and no other helper's socket
-            helpers[i] = start_helper(config, [*bound.all(), *(
+            helpers[i] = start_helper(config, [*ports, *(
                 h.sock for h in helpers[:i] if h is not None)])
         if user is not None:
             privileges.own_data_dir(config.data_dir, user)
@@ -636,48 +578,45 @@ def run(config: Config) -> int:
         else:
             privileges.warn_root()
     if workers == 1:
-        asyncio.run(serve(config, bound=bound, helper=helpers[0], tls=tls))
+        asyncio.run(serve(config, bound=bound[0] if bound else None, helper=helpers[0],
+                          tls=tls))
         return 0
     if bound is None:
         check_ports(config, reuse_port=True)
     clean_spool(spool_dir(config.data_dir))  # before the workers: none of theirs is live yet
-    children: list[int] = []
-    for i in range(workers):
-        pid = os.fork()
-        if pid == 0:  # child
-            status = 1
-            try:
-                for j, other in enumerate(helpers):
-                    if j != i and other is not None:
-                        other.close()
-                asyncio.run(serve(config, reuse_port=bound is None, workers=workers,
-                                  ready=(lambda s: None) if i else None, bound=bound,
-                                  helper=helpers[i], tls=tls))
-                status = 0
-            except StartupError as exc:
-                print(f"mailgate: {exc}", file=sys.stderr, flush=True)
-            except BaseException:
-                traceback.print_exc()
-            finally:
-                os._exit(status)
-        children.append(pid)
-    for helper in helpers:
-        if helper is not None:
-            helper.close()
-    if bound is not None:
-        for sock in bound.all():
-            sock.close()
 
-    def forward(signum: int, _frame: object) -> None:
-        for pid in children:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signum)
+    def run_worker(siblings: Siblings) -> int:
+        i = siblings.index
+        try:
+            for j, other in enumerate(helpers):
+                if j != i and other is not None:
+                    other.close()
+            for j, others in enumerate(bound or ()):  # each worker its own sockets
+                if j != i:
+                    for sock in others.all():
+                        sock.close()
+            asyncio.run(serve(config, reuse_port=bound is None, workers=workers,
+                              ready=(lambda s: None) if i else None,
+                              bound=bound[i] if bound else None,
+                              helper=helpers[i], tls=tls, siblings=siblings))
+            return 0
+        except StartupError as exc:
+            print(f"mailgate: {exc}", file=sys.stderr, flush=True)
+        except BaseException:
+            traceback.print_exc()
+        return 1
 
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
-    signal.signal(signal.SIGHUP, forward)  # each worker reloads its own copy
-    status = 0
-    for pid in children:
-        _, st = os.waitpid(pid, 0)
-        status = status or os.waitstatus_to_exitcode(st)
-    return status
+    def in_parent() -> None:
+        for helper in helpers:
+            if helper is not None:
+                helper.close()
+        for mine in bound or ():
+            for sock in mine.all():
+                sock.close()
+
+    # What the workers share: connections (all backends); connection slots and AUTH
+    # failure counts too on SQLite, whose queue sees one process only (siblings.py).
+    board = Board(workers, config.limits.connections,
+                  slots=workers * config.delivery.concurrency,
+                  window=Policy.AUTH_FAIL_WINDOW)
+    return fork(board, config.queue.backend == "sqlite", run_worker, in_parent)
