@@ -36,6 +36,7 @@ from mailgate.config import (
     parse_duration,
     parse_size,
 )
+from mailgate.config.values import AUTO_WORKERS_MAX, auto_workers
 from tests.conftest import ROOT
 from tests.support.tlscerts import TestCA
 
@@ -90,7 +91,7 @@ def test_zero_config_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     assert dict(c.routes) == {}
     assert c.web == WebConfig(True, "127.0.0.1", 8025)
     assert c.web.address == "127.0.0.1:8025"
-    assert c.server == ServerConfig(1)
+    assert c.server == ServerConfig(auto_workers())  # one per CPU, at most 4
     assert c.log == LogConfig("info")
 
 
@@ -537,6 +538,8 @@ def test_wrong_types(text: str, message: str) -> None:
          "delivery.concurrency_per_destination = 6: must not exceed delivery.concurrency (5)"),
         ("[delivery]\ndelay_warning = -1\n", "delivery.delay_warning = -1: must not be negative"),
         ("[server]\nworkers = 0\n", "server.workers = 0: must be at least 1"),
+        ('[server]\nworkers = "many"\n',
+         'server.workers = "many": must be a whole number or "auto"'),
     ],
 )
 def test_below_floor_and_bad_numbers(text: str, message: str) -> None:
@@ -879,9 +882,11 @@ def test_documented_defaults_match_the_code() -> None:
                        ("smtp_port", built.delivery.smtp_port),
                        ("concurrency", built.delivery.concurrency),
                        ("concurrency_per_destination",
-                        built.delivery.concurrency_per_destination),
-                       ("workers", built.server.workers)]:
+                        built.delivery.concurrency_per_destination)]:
         assert rows[key].strip() == f"`{value}`", key
+    assert rows["workers"].strip() == '`"auto"`'
+    assert parse_config('[server]\nworkers = "auto"\n', "m.toml").server.workers == (
+        built.server.workers)
     for key, seconds in [("command", built.timeouts.command),
                          ("data_block", built.timeouts.data_block),
                          ("max_queue_lifetime", built.delivery.max_queue_lifetime),
@@ -1050,3 +1055,16 @@ def test_queue_backend_problems_never_quote_the_dsn(tmp_path: Path) -> None:
                      'dsn_file = "x"\n', "t.toml")
     with pytest.raises(ConfigError, match=r"queue\.backend"):
         parse_config('[queue]\nbackend = "mysql"\n', "t.toml")
+
+
+@pytest.mark.parametrize(("cpus", "expected"), [(1, 1), (2, 2), (3, 3), (64, AUTO_WORKERS_MAX)])
+def test_auto_workers_follows_the_cpus_this_process_may_use(
+        cpus: int, expected: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The affinity, not the machine's count: a container or `taskset -c 0` gives one.
+    monkeypatch.setattr("os.sched_getaffinity", lambda _pid: set(range(cpus)))
+    monkeypatch.setattr("os.cpu_count", lambda: 128)
+    assert auto_workers() == expected
+    assert parse_config('[server]\nworkers = "auto"\n', "m.toml").server.workers == expected
+    assert parse_config('[server]\nworkers = " Auto "\n', "m.toml").server.workers == expected
+    assert parse_config("", "m.toml").server.workers == expected
+    assert parse_config("[server]\nworkers = 3\n", "m.toml").server.workers == 3

@@ -73,6 +73,9 @@ def write_config(folder: Path, port: int, *, relayhost: str = f"[127.0.0.1]:{DEA
     sections = {**sections, "delivery": {"relayhost": relayhost, **sections.get("delivery", {})}}
     if os.geteuid() == 0:
         sections = {**sections, "server": {"user": "root", **sections.get("server", {})}}
+    # One process unless a test asks for more (the default is one per CPU): these tests
+    # kill -9 the server, or count its connections to a sink, as one process's.
+    sections = {**sections, "server": {"workers": 1, **sections.get("server", {})}}
     for name, values in sections.items():
         lines.append(f"[{name}]")
         lines += [f"{k} = {json.dumps(v)}" for k, v in values.items()]

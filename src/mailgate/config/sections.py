@@ -80,10 +80,20 @@ from mailgate.config.values import (
     TLSConfig,
     TLSLevel,
     WebConfig,
+    auto_workers,
 )
 
 _AUTH_CHECK_DEFAULTS = {name: getattr(AuthChecks(), name) for name in
                         ("spf", "dkim", "dmarc", "arc", "dmarc_reject", "spf_reject")}
+
+
+def _workers(value: object) -> int:
+    """`[server] workers`: a whole number from 1, or "auto" (`auto_workers`)."""
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return auto_workers()
+    if isinstance(value, str):
+        raise _Bad('must be a whole number or "auto"')
+    return _integer(1)(value)
 
 
 def _build(doc: Mapping[str, object], r: _Reader, source: str | None) -> Config:
@@ -145,7 +155,7 @@ def _build(doc: Mapping[str, object], r: _Reader, source: str | None) -> Config:
            else WebConfig(True, *web_address, tuple(dict.fromkeys(allowed_hosts))))
 
     s = r.section(doc, "server")
-    server = ServerConfig(r.get(s, ("server",), "workers", _integer(1), 1),
+    server = ServerConfig(r.get(s, ("server",), "workers", _workers, auto_workers()),
                           r.get(s, ("server",), "user", _server_user, None))
     maildir = _maildir(r.section(doc, "maildir"), r, domains)
     _check_lmtp_routes(routes, r, domains, maildir)

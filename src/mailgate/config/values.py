@@ -6,6 +6,7 @@ how it is checked, is in reader.py and sections.py.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
@@ -297,9 +298,25 @@ class WebConfig:
         return _join_hostport(self.host, self.port) if self.enabled else ""
 
 
+AUTO_WORKERS_MAX = 4  # each worker is a writer to the one SQLite queue: measured to 2
+
+
+def auto_workers() -> int:
+    """`[server] workers = "auto"` (the default): one worker per CPU this process may
+    run on (its affinity, so a container's or taskset's limit counts), at most
+    AUTO_WORKERS_MAX."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 1
+    return max(1, min(cpus, AUTO_WORKERS_MAX))
+
+
 @dataclass(frozen=True, slots=True)
 class ServerConfig:
-    workers: int = 1  # processes sharing the listening sockets (SO_REUSEPORT)
+    # Processes serving on the same ports, sharing the server's limits (workers.py);
+    # by default ("auto") one per CPU this process may run on, up to AUTO_WORKERS_MAX.
+    workers: int = field(default_factory=auto_workers)
     # The user `serve` runs as once its ports are bound, when started as root; None:
     # "mailgate". "root" keeps root (said explicitly, never by default).
     user: str | None = None
