@@ -1500,7 +1500,7 @@ def report(rows: Sequence[Row], idle: Sequence[Idle], args: argparse.Namespace,
         f"- load: smtp-source, {mode}; cells sized to ~{args.seconds:g} s after a probe "
         f"run; message sizes are smtp-source `-l` payloads (headers extra)",
         f"- run took {elapsed / 60:.1f} min",
-        f"- mailgate rows without a [tag]: {REPO / 'src'}",
+        "- mailgate rows without a [tag]: this checkout's src/",
         *(f"- mailgate rows tagged [{tag}]: {path}" for tag, path in args.sources.items()),
         "",
         "## End to end: messages per second accepted and relayed, queue drained",
