@@ -290,3 +290,17 @@ def test_a_worker_that_dies_stops_the_whole_server(tmp_path: Path) -> None:
         assert re.search(r"worker \d \(pid \d+\) ended on its own \(killed by signal 9\): "
                          r"stopping the server", srv.logs()), srv.logs()
         assert not _alive(workers[0])
+
+
+def test_the_banner_names_the_parent_whose_sighup_reaches_every_worker(tmp_path: Path) -> None:
+    with TwoWorkers(tmp_path) as srv:
+        banner = re.search(r"mailgate serving as \S+ \(pid (\d+), 2 workers\)", srv.logs())
+        assert banner, srv.logs()
+        assert int(banner.group(1)) == srv.proc.pid  # not the first worker's own pid
+        os.kill(int(banner.group(1)), signal.SIGHUP)
+        wait_until("both workers to reload", lambda: len(re.findall(
+            r"mailgate\[(\d+)\]: mailgate: SIGHUP: reloaded the user file", srv.logs())) == 2
+            or None, TIMEOUT, 0.1)
+        reloaded = set(re.findall(r"mailgate\[(\d+)\]: mailgate: SIGHUP: reloaded the user",
+                                  srv.logs()))
+        assert len(reloaded) == 2 and str(srv.proc.pid) not in reloaded, srv.logs()

@@ -152,9 +152,12 @@ def _reload_aliases(policy: Policy) -> None:
     log.info("SIGHUP: reloaded the aliases (%d entries)", len(fresh.aliases.table))
 
 
-def banner(config: Config, server: SMTPServer, cert: Path, workers: int) -> str:
-    lines = [f"mailgate serving as {config.hostname} (pid {os.getpid()}, {workers} worker"
-             f"{'s' if workers != 1 else ''})"]
+def banner(config: Config, server: SMTPServer, cert: Path, workers: int,
+           pid: int | None = None) -> str:
+    """What the server says when it is up. `pid`: the process to signal (with several
+    workers the parent, whose SIGHUP and SIGTERM reach them all)."""
+    lines = [f"mailgate serving as {config.hostname} (pid {pid or os.getpid()}, {workers}"
+             f" worker{'s' if workers != 1 else ''})"]
     for role, host, port in server.sockets():
         shown = f"[{host}]" if ":" in host else host
         what = {"mx": "MX (port 25 role)", "submission": "submission (STARTTLS, AUTH)",
@@ -388,7 +391,9 @@ async def serve(config: Config, *, reuse_port: bool = False, workers: int = 1,
     if ready is not None:
         ready(server)
     else:
-        print(banner(config, server, cert, workers) + web_note, file=sys.stderr, flush=True)
+        parent = os.getppid() if siblings is not None else None
+        print(banner(config, server, cert, workers, parent) + web_note, file=sys.stderr,
+              flush=True)
     await stop.wait()
     log.info("shutting down: no new connections; finishing messages in flight")
     await server.shutdown(grace=30.0)
