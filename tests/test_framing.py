@@ -7,7 +7,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mailgate.smtp import replies
-from mailgate.smtp.framing import ChunkReader, DataReader, ReplyReader, ReplyStreamError, dot_stuff
+from mailgate.smtp.framing import (
+    ChunkReader,
+    DataReader,
+    ReplyReader,
+    ReplyStreamError,
+    dot_stuff,
+    dot_stuff_sized,
+    stuffed_size,
+)
 
 
 def feed_all(reader: DataReader, chunks: list[bytes]) -> tuple[bytes, bytes | None]:
@@ -118,6 +126,20 @@ def test_dot_stuff_then_read_round_trips(body_lines: list[bytes], chunk: int) ->
     content, rest = feed_all(DataReader(10**6), chunks)
     assert content == body
     assert rest is not None
+
+
+@settings(max_examples=300)
+@given(st.lists(st.sampled_from([b"\r", b"\n", b"\r\n", b".", b"x", b"\n\r", b"\r\r\n"]),
+                max_size=40))
+def test_dot_stuff_sized_is_dot_stuff_and_the_size_the_server_reads(parts: list[bytes]) -> None:
+    # Any line ends at all, bare CR and LF among them: the size said in MAIL FROM SIZE=
+    # is what the server counts (stuffed_size of the wire), and what it reads back.
+    content = b"".join(parts)
+    wire, size = dot_stuff_sized(content)
+    assert wire == dot_stuff(content)
+    assert size == stuffed_size(wire)
+    read, rest = feed_all(DataReader(10**6), [wire])
+    assert rest == b"" and len(read) == size
 
 
 @settings(max_examples=300)

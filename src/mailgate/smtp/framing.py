@@ -288,16 +288,25 @@ def dot_stuff(content: bytes) -> bytes:
 
     Bare CR and LF become CRLF so that no receiver can be smuggled a terminator.
     """
-    if content.count(b"\r") != content.count(b"\n") or content.count(b"\r\n") != content.count(
-        b"\n"
-    ):
+    return dot_stuff_sized(content)[0]
+
+
+def dot_stuff_sized(content: bytes) -> tuple[bytes, int]:
+    """`dot_stuff(content)`, and its size as the server counts it (`stuffed_size`), from
+    the one pass: the content with its line ends made CRLF is what the server reads back.
+
+    Three C-level counts decide whether any line end must change (the CRLF count is the
+    slow one, a two-octet search); mail from the queue has CRLF throughout, so the regex
+    rarely runs."""
+    lf = content.count(b"\n")
+    if content.count(b"\r") != lf or content.count(b"\r\n") != lf:
         content = _ANY_NEWLINE.sub(b"\r\n", content)
     if content and not content.endswith(b"\r\n"):
         content += b"\r\n"
     body = content.replace(b"\r\n.", b"\r\n..")
     if body.startswith(b"."):
         body = b"." + body
-    return body + b".\r\n"
+    return body + b".\r\n", len(content)
 
 
 def stuffed_size(wire: bytes) -> int:

@@ -23,7 +23,7 @@ from mailgate.smtp.client_events import (
     RecipientResult,
 )
 from mailgate.smtp.commands import bdat_command, mail_command, rcpt_command
-from mailgate.smtp.framing import dot_stuff, stuffed_size
+from mailgate.smtp.framing import dot_stuff_sized
 
 __all__ = ["Message", "Transaction"]
 
@@ -70,8 +70,7 @@ class Transaction:
             payload = content
             size = len(payload)
         else:
-            payload = dot_stuff(content)
-            size = stuffed_size(payload)
+            payload, size = dot_stuff_sized(content)
         refusal: Reply | None = None
         utf8 = env.needs_smtputf8
         eightbit = not content.isascii()
