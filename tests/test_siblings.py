@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import select
 import signal
 import socket
 import time
@@ -15,7 +16,7 @@ from collections.abc import Callable
 
 import pytest
 
-from mailgate.siblings import AUTH_ROWS, KEY, Board, Link, _Table, digest
+from mailgate.siblings import AUTH_ROWS, KEY, Board, Doorbell, Link, _Table, digest
 
 
 def in_child(board: Board, index: int, work: Callable[[], object]) -> int:
@@ -177,3 +178,27 @@ def test_a_sibling_that_ended_answers_nothing() -> None:
     a, b = socket.socketpair()
     b.close()
     assert asyncio.run(Link(a).ask("report")) is None
+
+
+def test_the_doorbell_never_blocks_the_ringer_and_drains_to_silence() -> None:
+    bell = Doorbell()
+
+    def readable() -> bool:
+        return bool(select.select([bell.read_fd], [], [], 0)[0])
+
+    try:
+        assert not readable()
+        for _ in range(200_000):  # far more than a pipe holds: a full pipe drops the ring
+            bell.ring()
+        assert readable()
+        bell.drain()
+        assert not readable()
+        pid = os.fork()
+        if pid == 0:  # a listener rings from another process
+            bell.ring()
+            os._exit(0)
+        os.waitpid(pid, 0)
+        assert readable()
+    finally:
+        os.close(bell.read_fd)
+        os.close(bell.write_fd)

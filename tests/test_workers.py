@@ -1,14 +1,16 @@
-"""`[server] workers = 2`: the limits are the server's, not each worker's.
+"""`[server] workers = 3`: the limits are the server's, not each worker's.
 
-A real `mailgate serve` with two worker processes on one SQLite queue. The clients
-connect many times, so the kernel hands their connections to both workers (each has
-its own SO_REUSEPORT socket); every limit must still hold for the server as a whole
+A real `mailgate serve` with three worker processes on one SQLite queue: the first
+delivers and serves the web page, the other two take mail in. The clients connect many
+times, so the kernel hands their connections to both listeners (each has its own
+SO_REUSEPORT socket); every limit must still hold for the server as a whole
 (siblings.py, workers.py):
 
 - `limits.connections_per_ip` and `limits.connections`: exactly that many admitted;
-- AUTH failures: a client that used up its failures is refused by either worker;
-- `delivery.concurrency_per_destination`: never more connections at the next hop;
-- `/metrics`: the totals of both workers.
+- AUTH failures: a client that used up its failures is refused by either listener;
+- `delivery.concurrency_per_destination`: never more connections at the next hop,
+  for the mail both listeners took in;
+- `/metrics`: the totals of every worker.
 
 And the processes go together: the workers do not outlive a parent killed with -9, and
 a worker that dies on its own stops the server (for its supervisor to restart whole).
@@ -42,14 +44,14 @@ TIMEOUT = 60.0
 SRC = str(Path(__file__).resolve().parent.parent / "src")
 
 
-class TwoWorkers:
-    """`mailgate serve` with workers = 2, in a session of its own (so the workers go
+class Workers:
+    """`mailgate serve` with workers = 3, in a session of its own (so the workers go
     with it), an MX port, an smtps port and the web page."""
 
     def __init__(self, folder: Path, *, relay: int = DEAD_PORT, **sections: dict[str, Any]
                  ) -> None:
         self.mx, self.smtps, self.web = free_ports(3)
-        sections = {**sections, "server": {"workers": 2, **sections.get("server", {})},
+        sections = {**sections, "server": {"workers": 3, **sections.get("server", {})},
                     "delivery": {"relayhost": f"[127.0.0.1]:{relay}",
                                  **sections.get("delivery", {})}}
         if os.geteuid() == 0:  # root would drop to a user that cannot enter tmp_path
@@ -70,14 +72,14 @@ class TwoWorkers:
         self.log = folder / "serve.log"
         self.users = UserDB(folder / "data" / "users.json")
 
-    def __enter__(self) -> TwoWorkers:
+    def __enter__(self) -> Workers:
         with self.log.open("ab") as err:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "mailgate", "serve", "--config", str(self.config)],
                 stdin=subprocess.DEVNULL, stdout=err, stderr=err, start_new_session=True,
                 env={**os.environ, "PYTHONPATH": SRC})
         try:
-            wait_until("both workers serving", self._up, TIMEOUT, 0.1)
+            wait_until("every worker serving", self._up, TIMEOUT, 0.1)
         except BaseException:
             self.__exit__()
             raise
@@ -138,7 +140,7 @@ def held(socks: list[socket.socket]) -> Iterator[None]:
 
 
 def test_connection_limits_hold_across_workers(tmp_path: Path) -> None:
-    with TwoWorkers(tmp_path, limits={"connections": 5, "connections_per_ip": 3}) as srv:
+    with Workers(tmp_path, limits={"connections": 5, "connections_per_ip": 3}) as srv:
         socks, first = greetings(srv.mx, 8)
         with held(socks):
             assert sum(line.startswith("220 ") for line in first) == 3, first
@@ -162,7 +164,7 @@ def test_connection_limits_hold_across_workers(tmp_path: Path) -> None:
 def test_auth_failures_count_on_every_worker(tmp_path: Path) -> None:
     bad = base64.b64encode(b"\0carol\0wrong").decode()
     good = base64.b64encode(b"\0carol\0correct horse battery").decode()
-    with TwoWorkers(tmp_path) as srv:
+    with Workers(tmp_path) as srv:
         srv.users.set_password("carol", "correct horse battery")
         failed = 0
         while failed < Policy.AUTH_FAILS_PER_IP:
@@ -175,7 +177,7 @@ def test_auth_failures_count_on_every_worker(tmp_path: Path) -> None:
                     failed += 1
 
         def refused_everywhere() -> bool | None:
-            # The right password, on several connections (both workers): a success adds
+            # The right password, on several connections (both listeners): a success adds
             # no failure, so a worker refuses it only if it counts the other's failures.
             for _ in range(6):
                 with Wire(srv.smtps, tls=True, source="127.0.0.51", timeout=20) as w:
@@ -210,9 +212,9 @@ def send(port: int, n: int, tag: str) -> list[str]:
 def test_concurrency_per_destination_is_the_server_s(tmp_path: Path) -> None:
     slow = SlowSink(delay=0.2)
     try:
-        with TwoWorkers(tmp_path, relay=slow.port,
+        with Workers(tmp_path, relay=slow.port,
                         delivery={"concurrency_per_destination": 2}) as srv:
-            # Four senders at once, so both workers accept mail (and wake their own
+            # Four senders at once, so both listeners accept mail (and ring for its
             # delivery) while the sink is still busy with the first messages.
             with concurrent.futures.ThreadPoolExecutor(4) as pool:
                 ids = [i for part in pool.map(lambda n: send(srv.mx, 6, f"slots{n}"),
@@ -224,8 +226,8 @@ def test_concurrency_per_destination_is_the_server_s(tmp_path: Path) -> None:
         slow.stop()
 
 
-def test_metrics_are_both_workers_totals(tmp_path: Path) -> None:
-    with TwoWorkers(tmp_path) as srv:
+def test_metrics_are_every_workers_totals(tmp_path: Path) -> None:
+    with Workers(tmp_path) as srv:
         before = srv.metric("mailgate_messages_accepted_total")
         send(srv.mx, 12, "metrics")
         assert srv.metric("mailgate_messages_accepted_total") - before == 12
@@ -266,10 +268,13 @@ def _listening_on(pid: int, port: int) -> bool:
 
 
 def test_a_parent_killed_with_9_takes_its_workers_with_it(tmp_path: Path) -> None:
-    with TwoWorkers(tmp_path) as srv:
+    with Workers(tmp_path) as srv:
         children = _children(srv.proc.pid)
-        workers = [pid for pid in children if _listening_on(pid, srv.mx)]
-        assert len(workers) == 2, (children, srv.logs())
+        listeners = [pid for pid in children if _listening_on(pid, srv.mx)]
+        deliverer = [pid for pid in children if _listening_on(pid, srv.web)]
+        # The worker that delivers serves the web page and takes no SMTP connection.
+        assert len(listeners) == 2 and len(deliverer) == 1, (children, srv.logs())
+        assert not set(listeners) & set(deliverer)
         srv.proc.kill()
         srv.proc.wait(TIMEOUT)
         # Every child (the workers, and as root their mailbox helpers) goes: none keeps
@@ -282,25 +287,26 @@ def test_a_parent_killed_with_9_takes_its_workers_with_it(tmp_path: Path) -> Non
 
 
 def test_a_worker_that_dies_stops_the_whole_server(tmp_path: Path) -> None:
-    with TwoWorkers(tmp_path) as srv:
-        workers = [pid for pid in _children(srv.proc.pid) if _listening_on(pid, srv.mx)]
-        assert len(workers) == 2, srv.logs()
+    with Workers(tmp_path) as srv:
+        workers = [pid for pid in _children(srv.proc.pid) if _listening_on(pid, srv.mx)
+                   or _listening_on(pid, srv.web)]
+        assert len(workers) == 3, srv.logs()
         os.kill(workers[1], signal.SIGKILL)
         assert srv.proc.wait(TIMEOUT) != 0, srv.logs()
         assert re.search(r"worker \d \(pid \d+\) ended on its own \(killed by signal 9\): "
                          r"stopping the server", srv.logs()), srv.logs()
-        assert not _alive(workers[0])
+        assert not _alive(workers[0]) and not _alive(workers[2])
 
 
 def test_the_banner_names_the_parent_whose_sighup_reaches_every_worker(tmp_path: Path) -> None:
-    with TwoWorkers(tmp_path) as srv:
-        banner = re.search(r"mailgate serving as \S+ \(pid (\d+), 2 workers\)", srv.logs())
+    with Workers(tmp_path) as srv:
+        banner = re.search(r"mailgate serving as \S+ \(pid (\d+), 3 workers\)", srv.logs())
         assert banner, srv.logs()
         assert int(banner.group(1)) == srv.proc.pid  # not the first worker's own pid
         os.kill(int(banner.group(1)), signal.SIGHUP)
-        wait_until("both workers to reload", lambda: len(re.findall(
-            r"mailgate\[(\d+)\]: mailgate: SIGHUP: reloaded the user file", srv.logs())) == 2
+        wait_until("every worker to reload", lambda: len(re.findall(
+            r"mailgate\[(\d+)\]: mailgate: SIGHUP: reloaded the user file", srv.logs())) == 3
             or None, TIMEOUT, 0.1)
         reloaded = set(re.findall(r"mailgate\[(\d+)\]: mailgate: SIGHUP: reloaded the user",
                                   srv.logs()))
-        assert len(reloaded) == 2 and str(srv.proc.pid) not in reloaded, srv.logs()
+        assert len(reloaded) == 3 and str(srv.proc.pid) not in reloaded, srv.logs()

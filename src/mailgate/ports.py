@@ -105,13 +105,15 @@ def bind_all(config: Config, workers: int = 1) -> list[Bound]:
     bound with SO_REUSEPORT, so the kernel spreads new connections evenly over them (one
     socket shared by every worker hands most of them to whichever wakes first); only
     sockets of the same user (root, which bound them) may join that group. The web
-    page's socket goes to the first worker, which serves it."""
+    page's socket goes to the first worker, which serves it (and delivers: it takes no
+    SMTP connections, workers.py)."""
     made: list[socket.socket] = []
     try:
         out = []
         for index in range(workers):
+            # With several workers the first delivers and listens on no SMTP port.
             smtp = [bind_socket(listener.host, listener.port, reuse_port=workers > 1)
-                    for listener in config.listen]
+                    for listener in config.listen] if workers == 1 or index > 0 else []
             made += smtp
             web = (bind_socket(config.web.host, config.web.port)
                    if config.web.enabled and index == 0 else None)

@@ -34,7 +34,7 @@ import ssl
 import sys
 import time
 import traceback
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol, TextIO
 
@@ -152,13 +152,28 @@ def _reload_aliases(policy: Policy) -> None:
     log.info("SIGHUP: reloaded the aliases (%d entries)", len(fresh.aliases.table))
 
 
-def banner(config: Config, server: SMTPServer, cert: Path, workers: int,
-           pid: int | None = None) -> str:
-    """What the server says when it is up. `pid`: the process to signal (with several
-    workers the parent, whose SIGHUP and SIGTERM reach them all)."""
+async def _siblings_listening(siblings: Siblings, stop: asyncio.Event
+                              ) -> list[tuple[str, str, int]]:
+    """The SMTP sockets of the other workers, asked until every one has answered (a
+    worker answers once it listens; one that cannot start ends the server)."""
+    while not stop.is_set():
+        reports = await siblings.reports()
+        if len(reports) == len(siblings.links):
+            return list(dict.fromkeys((role, host, port) for r in reports
+                                      for role, host, port in r.get("sockets", [])))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), 0.05)
+    return []
+
+
+def banner(config: Config, listening: Sequence[tuple[str, str, int]], cert: Path,
+           workers: int, pid: int | None = None) -> str:
+    """What the server says when it is up: `listening` are the SMTP sockets (role, host,
+    port). `pid`: the process to signal (with several workers the parent, whose SIGHUP
+    and SIGTERM reach them all)."""
     lines = [f"mailgate serving as {config.hostname} (pid {pid or os.getpid()}, {workers}"
              f" worker{'s' if workers != 1 else ''})"]
-    for role, host, port in server.sockets():
+    for role, host, port in listening:
         shown = f"[{host}]" if ":" in host else host
         what = {"mx": "MX (port 25 role)", "submission": "submission (STARTTLS, AUTH)",
                 "smtps": "submission over implicit TLS"}[role]
@@ -295,7 +310,15 @@ async def serve(config: Config, *, reuse_port: bool = False, workers: int = 1,
     if any(config.lmtp_route(d) is not None for d in config.domains.local):
         policy.store_check = StoreRecipients(config.hostname).has
 
+    # With several workers, the first delivers and takes no SMTP connection; the others
+    # take mail in and ring the first's doorbell for each message (workers.py).
+    listens = siblings is None or siblings.listens
+    delivers = siblings is None or siblings.delivers
+
     def on_queued(qid: str, rcpts: list[str]) -> None:
+        if not delivers and siblings is not None:
+            siblings.doorbell.ring()
+            return
         domains = {domain_of(r) for r in rcpts}
         if any(config.domains.is_local(d) for d in domains):
             local.wake()
@@ -319,7 +342,7 @@ async def serve(config: Config, *, reuse_port: bool = False, workers: int = 1,
     # The LMTP target only when a local domain is routed "lmtp:".
     lmtp = LMTPDelivery(config, queue, enqueue, helper) if any(
         config.lmtp_route(d) for d in config.domains.local) else None
-    outbound = DeliveryEngine(_worker_share(config, workers), queue, resolver, enqueue,
+    outbound = DeliveryEngine(config, queue, resolver, enqueue,
                               slots=siblings.board if siblings and siblings.shares_queue
                               else None)
     loop = asyncio.get_running_loop()
@@ -345,8 +368,9 @@ async def serve(config: Config, *, reuse_port: bool = False, workers: int = 1,
     # password): a failure is one sentence naming the address, not a traceback later.
     try:
         try:
-            await server.start(reuse_port=reuse_port,
-                               bound=bound.smtp if bound is not None else None)
+            if listens:
+                await server.start(reuse_port=reuse_port,
+                                   bound=bound.smtp if bound is not None else None)
         except OSError as exc:
             failed = config.listen[len(server.servers)]
             # asyncio words it "error while attempting to bind on address (...): ...".
@@ -379,20 +403,31 @@ async def serve(config: Config, *, reuse_port: bool = False, workers: int = 1,
         if recovered:
             log.info("took back %d recipient(s) claimed by processes that ended (a crash "
                      "or kill); due now", recovered)
-    purge_task = loop.create_task(purge_finished(queue, config, stop))
+    if siblings is not None and delivers:
+        def ringing() -> None:
+            siblings.doorbell.drain()
+            wake_all()
+
+        loop.add_reader(siblings.doorbell.read_fd, ringing)
+    purge_task = loop.create_task(purge_finished(queue, config, stop)) if delivers else None
     share_task = loop.create_task(share_auth_failures(
         siblings.board.share_counts if siblings and siblings.shares_queue
         else queue.share_counts, policy, stop))
     sibling_task = loop.create_task(siblings.answer(wake_all, lambda: {
-        "stats": _stats(server), "samples": metrics.samples()})) if siblings else None
-    local_task = loop.create_task(supervise("local", local))
-    lmtp_task = loop.create_task(supervise("lmtp", lmtp)) if lmtp is not None else None
-    outbound_task = loop.create_task(supervise("outbound", outbound))
+        "stats": _stats(server), "samples": metrics.samples(),
+        "sockets": server.sockets()})) if siblings else None
+    local_task = loop.create_task(supervise("local", local)) if delivers else None
+    lmtp_task = (loop.create_task(supervise("lmtp", lmtp))
+                 if lmtp is not None and delivers else None)
+    outbound_task = loop.create_task(supervise("outbound", outbound)) if delivers else None
     if ready is not None:
         ready(server)
     else:
+        sockets = server.sockets()
+        if siblings is not None:  # the listeners' sockets, once every one is listening
+            sockets = await _siblings_listening(siblings, stop)
         parent = os.getppid() if siblings is not None else None
-        print(banner(config, server, cert, workers, parent) + web_note, file=sys.stderr,
+        print(banner(config, sockets, cert, workers, parent) + web_note, file=sys.stderr,
               flush=True)
     await stop.wait()
     log.info("shutting down: no new connections; finishing messages in flight")
@@ -466,16 +501,6 @@ def _stats(server: SMTPServer) -> dict[str, Any]:
     return {"connections_open": st.connections_open,
             "connections_total": st.connections_total, "accepted": st.accepted,
             "refused": st.refused}
-
-
-def _worker_share(config: Config, workers: int) -> Config:
-    """The config one worker's delivery engine runs with: `delivery.concurrency` is the
-    server's outbound connections in all, so each of `workers` takes its share."""
-    if workers <= 1:
-        return config
-    d = config.delivery
-    return dataclasses.replace(config, delivery=dataclasses.replace(
-        d, concurrency=max(1, -(-d.concurrency // workers))))
 
 
 async def _start_web(config: Config, queue: Queue, server: SMTPServer,
@@ -574,9 +599,8 @@ def run(config: Config) -> int:
     if os.geteuid() == 0:
         bound = bind_all(config, workers)
         ports = [sock for b in bound for sock in b.all()]
-        for i in range(workers):  # a helper keeps no port and no other helper's socket
-            helpers[i] = start_helper(config, [*ports, *(
-                h.sock for h in helpers[:i] if h is not None)])
+        # The mailbox helper, for the worker that delivers (the first); it keeps no port.
+        helpers[0] = start_helper(config, ports)
         if user is not None:
             privileges.own_data_dir(config.data_dir, user)
             privileges.drop(user)

@@ -24,9 +24,11 @@ threads of one process, which lockf does not separate. A table keeps fixed-size 
 so when a worker ends (a crash, kill -9), `forget` (called by the parent) drops what it
 held and its connections and slots come free.
 
-`Link` carries the rest between the first worker (the one that serves the web page) and
-each other one over a socketpair made before the fork: "wake" (an admin made work due)
-and "report" (the sibling's counters and metrics, which the first one adds to its own).
+`Link` carries the rest between the first worker (the one that delivers and serves the
+web page) and each other one (which take mail in) over a socketpair made before the
+fork: "wake" (an admin made work due) and "report" (the sibling's counters, metrics and
+listening sockets, which the first one adds to its own). A `Doorbell` (a pipe) tells the
+first worker that the others queued mail.
 
 This module imports nothing of mailgate (a leaf).
 """
@@ -46,7 +48,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-__all__ = ["Board", "Link", "SharedCounts"]
+__all__ = ["Board", "Doorbell", "Link", "SharedCounts"]
 
 KEY = 16
 ZERO = bytes(KEY)
@@ -379,3 +381,22 @@ class Link:
             pass
         finally:
             writer.close()
+
+
+class Doorbell:
+    """A pipe made before the fork: the workers that take mail in `ring` it after each
+    message they queue, and the worker that delivers wakes its engines when it can read
+    (`drain`, then wake). Non-blocking both ways: a full pipe means a wake is pending
+    already, so a ring that does not fit is dropped."""
+
+    def __init__(self) -> None:
+        self.read_fd, self.write_fd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+
+    def ring(self) -> None:
+        with contextlib.suppress(BlockingIOError, BrokenPipeError):
+            os.write(self.write_fd, b"!")
+
+    def drain(self) -> None:
+        with contextlib.suppress(BlockingIOError):
+            while os.read(self.read_fd, 4096):
+                pass

@@ -166,8 +166,11 @@ class SMTPServer:
             self.servers.append(server)
 
     def sockets(self) -> list[tuple[str, str, int]]:
-        """(role, host, port) actually bound, in listener order (ports may be 0 in tests)."""
+        """(role, host, port) actually bound, in listener order (ports may be 0 in tests);
+        none before `start` (or in a worker that only delivers)."""
         out: list[tuple[str, str, int]] = []
+        if not self.servers:
+            return out
         for listener, server in zip(self.config.listen, self.servers, strict=True):
             for sock in server.sockets:
                 addr = sock.getsockname()
