@@ -105,6 +105,29 @@ class _Table:
         base = row * self.cols
         return sum(self.counts[base:base + self.cols])
 
+    def take(self, key: bytes, col: int, limit: int) -> bool:
+        """One more for `key` in column `col`, unless its total is `limit` already or
+        the table is full (then False and nothing counted)."""
+        row = self.find(key)
+        if row >= 0 and self.total(row) >= limit:
+            return False
+        if row < 0 and (row := self.claim(key)) < 0:
+            return False
+        self.counts[row * self.cols + col] += 1
+        return True
+
+    def give(self, key: bytes, col: int) -> bool:
+        """One fewer for `key` in column `col`, its row freed at a total of zero; False
+        (nothing changed) when that column held none."""
+        row = self.find(key)
+        at = row * self.cols + col
+        if row < 0 or self.counts[at] <= 0:
+            return False
+        self.counts[at] -= 1
+        if self.total(row) <= 0:
+            self.free(row)
+        return True
+
 
 class SharedCounts:
     """The other workers' AUTH failures in the window, by (kind, key): what
@@ -170,31 +193,21 @@ class Board:
     def admit(self, ip: str, limit: int, per_ip: int) -> str | None:
         """Count a new connection from `ip`, or say why not: "limit" (the server has
         `limit` open) or "per_ip" (this address has `per_ip`)."""
-        key = digest("ip", ip)
-        t = self.conns
         with self._lock():
             if sum(self.open) >= limit:
                 return "limit"
-            row = t.find(key)
-            if row >= 0 and t.total(row) >= per_ip:
+            # The table has a row more than `limit` and fewer than `limit` are open, so
+            # it is never full here: a refusal is this address's count.
+            if not self.conns.take(digest("ip", ip), self.me, per_ip):
                 return "per_ip"
-            if row < 0 and (row := t.claim(key)) < 0:
-                return "limit"  # never: the table has a row more than `limit`
-            t.counts[row * t.cols + self.me] += 1
             self.open[self.me] += 1
         return None
 
     def leave(self, ip: str) -> None:
         """A connection `admit` counted has ended."""
-        key = digest("ip", ip)
-        t = self.conns
         with self._lock():
-            row = t.find(key)
-            if row >= 0 and t.counts[row * t.cols + self.me] > 0:
-                t.counts[row * t.cols + self.me] -= 1
+            if self.conns.give(digest("ip", ip), self.me):
                 self.open[self.me] -= 1
-                if t.total(row) <= 0:
-                    t.free(row)
 
     def open_connections(self) -> int:
         """The server's open SMTP connections, every worker's."""
@@ -206,26 +219,12 @@ class Board:
         """One of `limit` slots for destination `key` across the workers; its token, or
         None while all are taken (or the table is full). `lease` is not needed: a
         worker that ends has its slots dropped by `forget`."""
-        d = digest("slot", key)
-        t = self.slots
         with self._lock():
-            row = t.find(d)
-            if row >= 0 and t.total(row) >= limit:
-                return None
-            if row < 0 and (row := t.claim(d)) < 0:
-                return None
-            t.counts[row * t.cols + self.me] += 1
-        return key
+            return key if self.slots.take(digest("slot", key), self.me, limit) else None
 
     def give_slot(self, token: str) -> None:
-        d = digest("slot", token)
-        t = self.slots
         with self._lock():
-            row = t.find(d)
-            if row >= 0 and t.counts[row * t.cols + self.me] > 0:
-                t.counts[row * t.cols + self.me] -= 1
-                if t.total(row) <= 0:
-                    t.free(row)
+            self.slots.give(digest("slot", token), self.me)
 
     def slots_held(self, key: str) -> int:
         t = self.slots
