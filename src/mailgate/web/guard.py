@@ -19,6 +19,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from mailgate.server.admission import Local
 from mailgate.web.security import SECURITY_HEADERS
 
 __all__ = ["HEAD_TIMEOUT", "KEEP_ALIVE_TIMEOUT", "MAX_CONNECTIONS", "MAX_CONNECTIONS_PER_IP",
@@ -45,31 +46,26 @@ TOO_MANY_FROM_IP = _busy("Too many connections from your address; try again late
 
 
 class Counter:
-    """Open web connections, in all and per client address."""
+    """Open web connections, in all and per client address: the SMTP listener's
+    `admission.Local` count, answered with the 503 to send."""
 
     def __init__(self, limit: int = MAX_CONNECTIONS,
                  per_ip: int = MAX_CONNECTIONS_PER_IP) -> None:
-        self.limit, self.per_ip_limit = limit, per_ip
-        self.open = 0
-        self.per_ip: dict[str, int] = {}
+        self.count = Local(limit, per_ip)
+
+    @property
+    def open(self) -> int:
+        return self.count.open
 
     def admit(self, ip: str) -> bytes | None:
         """None when the connection may stay (and is counted), else the 503 to send."""
-        if self.open >= self.limit:
-            return TOO_MANY
-        if self.per_ip.get(ip, 0) >= self.per_ip_limit:
-            return TOO_MANY_FROM_IP
-        self.open += 1
-        self.per_ip[ip] = self.per_ip.get(ip, 0) + 1
-        return None
+        why = self.count.admit(ip)
+        if why is None:
+            return None
+        return TOO_MANY_FROM_IP if why == "per_ip" else TOO_MANY
 
     def release(self, ip: str) -> None:
-        self.open -= 1
-        n = self.per_ip.get(ip, 1) - 1
-        if n > 0:
-            self.per_ip[ip] = n
-        else:
-            self.per_ip.pop(ip, None)
+        self.count.leave(ip)
 
 
 class Guard(asyncio.Protocol):
