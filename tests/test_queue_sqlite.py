@@ -512,6 +512,39 @@ def test_claim_record_and_schedule(q: SQLiteQueue) -> None:
     assert q.counts() == {"queued": 0, "deferred": 1, "held": 0, "delivered": 1, "failed": 1}
 
 
+def test_claims_commit_without_their_own_fsync_and_promises_with_one(q: SQLiteQueue) -> None:
+    """A claim is a lease, not a promise: lost in a power failure, its work is simply due
+    again. So a batch of claims alone commits at synchronous=NORMAL (no fsync of its own;
+    the next durable commit syncs its frames too), and any batch holding an enqueue or a
+    record commits at FULL."""
+    statements: list[str] = []
+    q._call(lambda conn: conn.set_trace_callback(statements.append), "trace")
+
+    def before_last_begin() -> str:
+        begin = len(statements) - 1 - statements[::-1].index("BEGIN IMMEDIATE")
+        return statements[begin - 1]
+
+    def level(durable: bool) -> Future[int]:
+        return q._submit(lambda conn: int(conn.execute("PRAGMA synchronous").fetchone()[0]),
+                         "look", durable=durable)
+
+    qid = q.enqueue(message("a@example.net"))
+    assert "PRAGMA synchronous = NORMAL" not in statements
+    (item,) = q.claim(time.time(), limit=10, lease=60)
+    assert before_last_begin() == "PRAGMA synchronous = NORMAL"
+    assert level(durable=False).result() == 1  # NORMAL
+    q.record(item.recipients[0].id, attempt("delivered"), claim_token=item.claim_token)
+    assert before_last_begin() == "PRAGMA synchronous = FULL"
+    assert level(durable=True).result() == 2  # FULL
+    # Mixed in one batch with a durable write, a claim commits at FULL as well.
+    gate = blocked_writer(q)
+    mixed = [level(durable=False), level(durable=True), level(durable=False)]
+    gate.set()
+    assert [f.result() for f in mixed] == [2, 2, 2]
+    assert q.show(qid).recipients[0].state == DELIVERED
+    q._call(lambda conn: conn.set_trace_callback(None), "stop tracing")
+
+
 def test_expired_lease_makes_work_due_again(q: SQLiteQueue) -> None:
     q.enqueue(message())
     now = time.time()

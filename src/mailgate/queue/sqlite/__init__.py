@@ -176,7 +176,7 @@ class SQLiteQueue(GroupCommitWriter):
                 for seq, m in zip(seqs, messages, strict=True)
             ]
 
-        return self._call(op, "claim work")
+        return self._call(op, "claim work", durable=False)
 
     def record(
         self,

@@ -10,6 +10,11 @@ thread owns the write connection, takes every request that is waiting (up to a c
 runs them in ONE transaction, commits once, and only then answers each caller. The more
 sessions finish DATA at the same moment, the more messages share each fsync.
 
+A batch of requests that promise nothing (claims: leases that a crash only makes due
+again) commits at `synchronous=NORMAL`, without an fsync of its own. Its WAL frames come
+before those of any later commit, and the next durable commit syncs the whole WAL file,
+so they become durable with it.
+
 Several processes may open the same file (workers behind SO_REUSEPORT): each has its own
 writer thread, and every transaction starts with BEGIN IMMEDIATE, so SQLite's file lock
 serialises the writers and `busy_timeout` makes a writer wait for the lock instead of
@@ -86,6 +91,7 @@ class _Request(Generic[T]):
     future: Future[T]
     doing: str  # "queue the message": completes the error sentences
     weight: int  # bytes it writes, so one batch does not grow without bound
+    durable: bool = True  # False: may commit without its own fsync (see `_execute`)
 
 
 _STOP = object()
@@ -131,6 +137,7 @@ class GroupCommitWriter:
         self._idle: list[sqlite3.Connection] = []
         self._requests: stdqueue.SimpleQueue[_Request[Any] | object] = stdqueue.SimpleQueue()
         self._commits = 0
+        self._relaxed = False  # the write connection is at synchronous=NORMAL
         self._committed_requests = 0
         self._checkpoints = 0
         self._wal_growth = 0  # pages committed since the checkpoint thread was last asked
@@ -282,7 +289,8 @@ class GroupCommitWriter:
         return self._committed_requests
 
     def _submit(
-        self, op: Callable[[sqlite3.Connection], T], doing: str, weight: int = 0
+        self, op: Callable[[sqlite3.Connection], T], doing: str, weight: int = 0,
+        durable: bool = True,
     ) -> Future[T]:
         future: Future[T] = Future()
         with self._lock:
@@ -290,11 +298,12 @@ class GroupCommitWriter:
             # forever for a writer that has gone.
             if self._closed:
                 raise QueueError(f"could not {doing}: the queue is closed")
-            self._requests.put(_Request(op, future, doing, weight))
+            self._requests.put(_Request(op, future, doing, weight, durable))
         return future
 
-    def _call(self, op: Callable[[sqlite3.Connection], T], doing: str, weight: int = 0) -> T:
-        return self._submit(op, doing, weight).result()
+    def _call(self, op: Callable[[sqlite3.Connection], T], doing: str, weight: int = 0,
+              durable: bool = True) -> T:
+        return self._submit(op, doing, weight, durable).result()
 
     def _run_writer(self) -> None:
         stop = False
@@ -357,6 +366,13 @@ class GroupCommitWriter:
         conn = self._wconn
         pending = batch
         together = True
+        # No fsync for a batch that promises nothing (see the module's docstring): one
+        # fewer per message delivered, and the write lock, which a sibling process's
+        # enqueue may be waiting for, is held for less.
+        relaxed = not any(r.durable for r in batch)
+        if relaxed != self._relaxed:
+            conn.execute(f"PRAGMA synchronous = {'NORMAL' if relaxed else 'FULL'}")
+            self._relaxed = relaxed
         while pending:
             done: list[tuple[_Request[Any], Any, BaseException | None]] = []
             lost: tuple[_Request[Any], BaseException] | None = None
