@@ -545,6 +545,27 @@ def test_claims_commit_without_their_own_fsync_and_promises_with_one(q: SQLiteQu
     q._call(lambda conn: conn.set_trace_callback(None), "stop tracing")
 
 
+def test_a_claim_that_finds_nothing_due_takes_no_write_lock(q: SQLiteQueue) -> None:
+    """A worker claims at every wake-up, and most find nothing: those read the due index
+    and answer, with no write transaction (which another process's enqueue would wait
+    for). One that finds work claims it as before."""
+    statements: list[str] = []
+    q._call(lambda conn: conn.set_trace_callback(statements.append), "trace")
+    now = time.time()
+    assert q.claim(now, limit=10, lease=60) == []
+    assert asyncio.run(q.claim_async(now, 10, 60, exclude_domains=["example.net"])) == []
+    assert "BEGIN IMMEDIATE" not in statements
+    q.enqueue(message("a@example.net"))
+    statements.clear()
+    assert asyncio.run(q.claim_async(time.time(), 10, 60, ["example.com"])) == []
+    assert "BEGIN IMMEDIATE" not in statements
+    (item,) = asyncio.run(q.claim_async(time.time(), 10, 60, ["example.net"]))
+    assert [r.address for r in item.recipients] == ["a@example.net"]
+    assert "BEGIN IMMEDIATE" in statements
+    assert q.claim(time.time(), limit=10, lease=60) == []  # claimed: not due
+    q._call(lambda conn: conn.set_trace_callback(None), "stop tracing")
+
+
 def test_expired_lease_makes_work_due_again(q: SQLiteQueue) -> None:
     q.enqueue(message())
     now = time.time()

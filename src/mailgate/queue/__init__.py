@@ -321,6 +321,14 @@ class Queue(Protocol):
         the listings until `purge`."""
         ...
 
+    async def claim_async(self, now: float, limit: int, lease: float,
+                          domains: Sequence[str] | None = None,
+                          exclude_domains: Sequence[str] | None = None,
+                          per_domain: int | None = None) -> list[WorkItem]:
+        """`claim` for the asyncio delivery workers, without blocking the event loop (a
+        backend with a writer thread of its own hands it over directly)."""
+        ...
+
     async def record_async(self, recipient_id: int, attempt: Attempt,
                            next_attempt: float | None = None,
                            claim_token: str | None = None) -> None:

@@ -196,6 +196,14 @@ class PostgresQueue:
         return self._engine.run("recover the claims of ended nodes",
                                 lambda conn: recover_stale(conn, self._engine.stale))
 
+    async def claim_async(self, now: float, limit: int, lease: float,
+                          domains: Sequence[str] | None = None,
+                          exclude_domains: Sequence[str] | None = None,
+                          per_domain: int | None = None) -> list[WorkItem]:
+        # A claim here is several round trips on one connection (see `claim`): a thread.
+        return await asyncio.to_thread(self.claim, now, limit, lease, domains,
+                                       exclude_domains, per_domain)
+
     def record(self, recipient_id: int, attempt: Attempt, next_attempt: float | None = None,
                claim_token: str | None = None) -> None:
         self._engine.call(self._record_op(recipient_id, attempt, next_attempt, claim_token),

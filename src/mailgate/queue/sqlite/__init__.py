@@ -18,7 +18,7 @@ import secrets
 import sqlite3
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from mailgate.queue import (
     FINAL_STATES,
@@ -41,6 +41,7 @@ from mailgate.queue.sqlite.rows import (
     due_messages,
     load_messages,
     message_seq,
+    nothing_due,
     restore_message,
     within_budget,
 )
@@ -135,48 +136,38 @@ class SQLiteQueue(GroupCommitWriter):
               ) -> list[WorkItem]:
         """Take up to `limit` messages with due recipients, each under its own claim token
         that lasts until now + lease; see `Queue.claim`."""
-        if limit <= 0 or (domains is not None and not domains):
+        op = self._claim_op(now, limit, lease, domains, exclude_domains, per_domain)
+        if op is None:
             return []
+        return self._call(op, "claim work", durable=False, shortcut=op.nothing_due)
+
+    async def claim_async(self, now: float, limit: int, lease: float,
+                          domains: Sequence[str] | None = None,
+                          exclude_domains: Sequence[str] | None = None,
+                          per_domain: int | None = None) -> list[WorkItem]:
+        """`claim` handed straight to the writer thread, with no thread of its own."""
+        op = self._claim_op(now, limit, lease, domains, exclude_domains, per_domain)
+        if op is None:
+            return []
+        return await asyncio.wrap_future(
+            self._submit(op, "claim work", durable=False, shortcut=op.nothing_due))
+
+    def _claim_op(self, now: float, limit: int, lease: float, domains: Sequence[str] | None,
+                  exclude_domains: Sequence[str] | None, per_domain: int | None,
+                  ) -> _ClaimOp | None:
+        """The write behind `claim`; None when there is nothing to ask for."""
+        if limit <= 0 or (domains is not None and not domains):
+            return None
         where, params = domain_filter(domains, exclude_domains)
         cap = per_domain if per_domain is not None and per_domain > 0 else None
-        until = now + lease
         # INDEXED BY: without statistics the planner may prefer recipients_state and sort
         # every queued recipient. The due index yields recipients in order; a worker for
         # a few domains reads only theirs (and sorts just those when there are several),
         # instead of walking past every other domain's due work.
         index = "recipients_due" if domains is None else "recipients_domain_due"
 
-        owner = self.owner
         self._claimed_ever = True
-
-        def op(conn: sqlite3.Connection) -> list[WorkItem]:
-            owner.register(conn)
-            seqs = due_messages(conn, index, now, where, params, limit, cap)
-            seqs = within_budget(conn, seqs)
-            claimed: dict[int, tuple[str, set[int]]] = {}
-            for seq in seqs:
-                token = secrets.token_hex(8)
-                # INDEXED BY: a message has a few recipients, but a domain may have
-                # thousands, and the planner cannot tell which index narrows more.
-                rows = conn.execute(
-                    "UPDATE recipients INDEXED BY recipients_message "
-                    "SET claim_token = ?, claim_until = ?, due_at = ?, claim_owner = ? "
-                    f"WHERE msg_seq = ? AND due_at <= ? AND state IN {_ACTIVE}{where} "
-                    "RETURNING id",
-                    (token, until, until, owner.id, seq, now, *params),
-                ).fetchall()
-                claimed[seq] = (token, {r[0] for r in rows})
-            messages = load_messages(conn, list(seqs), content=True)
-            return [
-                WorkItem(
-                    message=m,
-                    recipients=tuple(r for r in m.recipients if r.id in claimed[seq][1]),
-                    claim_token=claimed[seq][0],
-                )
-                for seq, m in zip(seqs, messages, strict=True)
-            ]
-
-        return self._call(op, "claim work", durable=False)
+        return _ClaimOp(self.owner, index, now, now + lease, where, tuple(params), limit, cap)
 
     def record(
         self,
@@ -659,6 +650,52 @@ class SQLiteQueue(GroupCommitWriter):
             "check the queue",
             lambda conn: [str(row[0]) for row in conn.execute("PRAGMA integrity_check")],
         )
+
+
+@dataclass(frozen=True)
+class _ClaimOp:
+    """The write behind `SQLiteQueue.claim`, and the read that finds it has nothing to do."""
+
+    owner: ClaimOwner
+    index: str
+    now: float
+    until: float
+    where: str
+    params: tuple[str, ...]
+    limit: int
+    cap: int | None
+
+    def nothing_due(self, conn: sqlite3.Connection) -> list[WorkItem] | None:
+        """[] when nothing is due (a read: no write lock, no transaction), else None."""
+        return [] if nothing_due(conn, self.index, self.now, self.where, self.params) else None
+
+    def __call__(self, conn: sqlite3.Connection) -> list[WorkItem]:
+        owner, where, params, now, until = self.owner, self.where, self.params, self.now, self.until
+        owner.register(conn)
+        seqs = due_messages(conn, self.index, now, where, params, self.limit, self.cap)
+        seqs = within_budget(conn, seqs)
+        claimed: dict[int, tuple[str, set[int]]] = {}
+        for seq in seqs:
+            token = secrets.token_hex(8)
+            # INDEXED BY: a message has a few recipients, but a domain may have
+            # thousands, and the planner cannot tell which index narrows more.
+            rows = conn.execute(
+                "UPDATE recipients INDEXED BY recipients_message "
+                "SET claim_token = ?, claim_until = ?, due_at = ?, claim_owner = ? "
+                f"WHERE msg_seq = ? AND due_at <= ? AND state IN {_ACTIVE}{where} "
+                "RETURNING id",
+                (token, until, until, owner.id, seq, now, *params),
+            ).fetchall()
+            claimed[seq] = (token, {r[0] for r in rows})
+        messages = load_messages(conn, list(seqs), content=True)
+        return [
+            WorkItem(
+                message=m,
+                recipients=tuple(r for r in m.recipients if r.id in claimed[seq][1]),
+                claim_token=claimed[seq][0],
+            )
+            for seq, m in zip(seqs, messages, strict=True)
+        ]
 
 
 def _finish_if_done(conn: sqlite3.Connection, seq: int, now: float) -> None:

@@ -348,6 +348,16 @@ _DUE_STATES = "('queued', 'deferred')"
 _SKIP_RESTART = 256
 
 
+def nothing_due(conn: sqlite3.Connection, index: str, now: float, where: str,
+                params: Sequence[str]) -> bool:
+    """Whether `due_messages` would find nothing: one probe of the due index."""
+    rows = conn.execute(
+        f"SELECT 1 FROM recipients INDEXED BY {index} "
+        f"WHERE due_at <= ? AND state IN {_DUE_STATES}{where} LIMIT 1", (now, *params),
+    ).fetchall()  # all: the statement is done, and no read transaction stays open
+    return not rows
+
+
 def due_messages(conn: sqlite3.Connection, index: str, now: float, where: str,
                   params: Sequence[str], limit: int, cap: int | None) -> dict[int, None]:
     """The messages a claim takes, each once. Without `cap`: in the order their first

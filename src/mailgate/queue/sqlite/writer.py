@@ -92,6 +92,9 @@ class _Request(Generic[T]):
     doing: str  # "queue the message": completes the error sentences
     weight: int  # bytes it writes, so one batch does not grow without bound
     durable: bool = True  # False: may commit without its own fsync (see `_execute`)
+    # A read, outside any transaction, whose answer (not None) is the request's without
+    # one: a claim that finds nothing due takes no write lock.
+    shortcut: Callable[[sqlite3.Connection], T | None] | None = None
 
 
 _STOP = object()
@@ -290,7 +293,7 @@ class GroupCommitWriter:
 
     def _submit(
         self, op: Callable[[sqlite3.Connection], T], doing: str, weight: int = 0,
-        durable: bool = True,
+        durable: bool = True, shortcut: Callable[[sqlite3.Connection], T | None] | None = None,
     ) -> Future[T]:
         future: Future[T] = Future()
         with self._lock:
@@ -298,12 +301,13 @@ class GroupCommitWriter:
             # forever for a writer that has gone.
             if self._closed:
                 raise QueueError(f"could not {doing}: the queue is closed")
-            self._requests.put(_Request(op, future, doing, weight, durable))
+            self._requests.put(_Request(op, future, doing, weight, durable, shortcut))
         return future
 
     def _call(self, op: Callable[[sqlite3.Connection], T], doing: str, weight: int = 0,
-              durable: bool = True) -> T:
-        return self._submit(op, doing, weight, durable).result()
+              durable: bool = True,
+              shortcut: Callable[[sqlite3.Connection], T | None] | None = None) -> T:
+        return self._submit(op, doing, weight, durable, shortcut).result()
 
     def _run_writer(self) -> None:
         stop = False
@@ -364,6 +368,9 @@ class GroupCommitWriter:
         `Joinable` requests of one class go in together first (`run_together`), and one by one
         if that fails."""
         conn = self._wconn
+        batch = self._without_shortcuts(conn, batch)
+        if not batch:
+            return
         pending = batch
         together = True
         # No fsync for a batch that promises nothing (see the module's docstring): one
@@ -434,6 +441,22 @@ class GroupCommitWriter:
                 else:
                     self._fail(request, error)
             return
+
+    @staticmethod
+    def _without_shortcuts(conn: sqlite3.Connection, batch: list[_Request[Any]]
+                           ) -> list[_Request[Any]]:
+        """Answer the requests whose shortcut has their answer; the others, to run."""
+        rest: list[_Request[Any]] = []
+        for request in batch:
+            value = None
+            if request.shortcut is not None:
+                with suppress(sqlite3.Error):  # the transaction will meet it, and say so
+                    value = request.shortcut(conn)
+            if value is None:
+                rest.append(request)
+            else:
+                request.future.set_result(value)
+        return rest
 
     def _execute_one(
         self,
