@@ -610,6 +610,37 @@ def test_twenty_messages_share_one_connection(
     assert out.engine.stats.messages_per_connection == [20]
 
 
+def test_mail_that_keeps_coming_is_claimed_together(
+        outbound: Callable[..., Outbound], mxs: tuple[FakeMX, FakeMX],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first message after a quiet spell is claimed at once. While mail is flowing,
+    a wake-up waits GATHER before claiming, and what arrives meanwhile goes in the same
+    claim and conversation. GATHER is 1.5 s here (0.02 s in use), so a slow machine
+    cannot split what the test sends 0.4 s apart."""
+    monkeypatch.setattr(DeliveryEngine, "GATHER", 1.5)
+    monkeypatch.setattr(DeliveryEngine, "GATHER_AFTER", 5.0)
+    out = outbound()
+    engine = out.engine
+
+    async def main() -> None:
+        task = asyncio.create_task(engine.run())
+        try:
+            for address in ("a@one.test", "b@one.test", "c@one.test"):
+                await asyncio.to_thread(out.submit, address)
+                engine.wake()
+                await asyncio.sleep(0.4)
+            while len(mxs[0].received) < 3:
+                await asyncio.sleep(0.02)
+        finally:
+            engine.stop()
+            await task
+
+    asyncio.run(main())
+    assert mxs[0].all_rcpts() == ["a@one.test", "b@one.test", "c@one.test"]
+    # a alone (claimed at once), then b and c together (b's claim waited for c)
+    assert engine.stats.messages_per_connection == [1, 2]
+
+
 def test_a_connection_carries_at_most_messages_per_connection(
         outbound: Callable[..., Outbound], mxs: tuple[FakeMX, FakeMX],
         monkeypatch: pytest.MonkeyPatch) -> None:

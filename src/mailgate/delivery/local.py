@@ -83,8 +83,14 @@ class LocalDelivery(Worker):
             return []
         return self.queue.claim(now, self.BATCH, self.LEASE, self.domains)
 
+    async def claim_async(self, now: float) -> list[WorkItem]:
+        if not self.domains:
+            return []
+        return await self.queue.claim_async(now, self.BATCH, self.LEASE, self.domains)
+
     async def settle(self) -> None:
-        await asyncio.to_thread(self._record_pending)
+        if self._unrecorded:  # else no thread for nothing, at every wake
+            await asyncio.to_thread(self._record_pending)
 
     async def deliver(self, items: Sequence[WorkItem]) -> None:
         """One message after the other; one that breaks is held, the next goes on. Once

@@ -22,6 +22,8 @@ import abc
 import asyncio
 import contextlib
 import logging
+import math
+import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -162,6 +164,13 @@ class ByDestination(Worker, Generic[G]):
 
     MESSAGES_PER_CONNECTION: ClassVar[int]
     MAX_BYTES_IN_FLIGHT: ClassVar[int] = 256 * 1024 * 1024  # claimed content, in all
+    # While mail is flowing (a claim found work less than GATHER_AFTER seconds ago), a
+    # wake-up waits GATHER seconds before claiming: what arrives meanwhile is claimed,
+    # sent and recorded together, one claim and one commit for several messages instead
+    # of one each (one message at a time: half the deliverer's CPU per message). A
+    # message after a quiet spell is claimed at once.
+    GATHER: ClassVar[float] = 0.02
+    GATHER_AFTER: ClassVar[float] = 1.0
 
     def __init__(self, config: Config, queue: Queue, enqueue: Enqueue | None,
                  log: logging.Logger, clock: Callable[[], float]) -> None:
@@ -178,6 +187,7 @@ class ByDestination(Worker, Generic[G]):
         # Claims whose outcomes could not be recorded (the queue failed): given back as
         # soon as the queue takes writes again, not after their lease.
         self._unreleased: set[str] = set()
+        self._worked_at = -math.inf  # time.monotonic() of the last claim that found work
 
     @abc.abstractmethod
     def _group(self, items: Sequence[WorkItem]) -> list[G]:
@@ -194,23 +204,24 @@ class ByDestination(Worker, Generic[G]):
         """The loop ends (`run`, `run_once`): close what the target kept open."""
 
     def claim(self, now: float) -> list[WorkItem]:
-        """Due recipients outside the local domains, by destination (see `_claim`)."""
-        return self._claim(now, self.schedule.room(), self.schedule.excluded())
-
-    def _claim(self, now: float, limit: int, busy: Sequence[str]) -> list[WorkItem]:
-        """Up to `limit` messages, each domain's due messages together (up to one
-        connection's worth), leaving out the domains of destinations that are full."""
+        """Up to the schedule's room in messages, each domain's due messages together (up
+        to one connection's worth), leaving out the local domains and those of
+        destinations that are full."""
+        limit, excluded = self._claim_room()
         if limit <= 0:
             return []
-        return self.queue.claim(now, limit, self.LEASE, None, (*self.local_domains, *busy),
+        return self.queue.claim(now, limit, self.LEASE, None, excluded,
                                 per_domain=self.MESSAGES_PER_CONNECTION)
 
-    async def _claim_now(self) -> list[WorkItem]:
-        limit = self.schedule.room()
+    async def claim_async(self, now: float) -> list[WorkItem]:
+        limit, excluded = self._claim_room()
         if limit <= 0:
             return []
-        busy = self.schedule.excluded()
-        return await asyncio.to_thread(self._claim, self.clock(), limit, busy)
+        return await self.queue.claim_async(now, limit, self.LEASE, None, excluded,
+                                            per_domain=self.MESSAGES_PER_CONNECTION)
+
+    def _claim_room(self) -> tuple[int, tuple[str, ...]]:
+        return self.schedule.room(), (*self.local_domains, *self.schedule.excluded())
 
     async def run(self) -> None:
         """Claim by destination and start each destination's delivery at once, without
@@ -230,15 +241,19 @@ class ByDestination(Worker, Generic[G]):
                 try:
                     await self.settle()
                     await self._give_back()
-                    items = await self._claim_now()
+                    items = await self.claim_async(self.clock())
                 except QueueError as exc:
                     await self._pause(exc)
                     continue
                 if items:
+                    self._worked_at = time.monotonic()
                     tasks.update(self._start(items, tasks.discard))
                     continue  # more may be due, for other destinations
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self.POLL)
+                if (self._wake.is_set() and not self._stopping
+                        and time.monotonic() - self._worked_at < self.GATHER_AFTER):
+                    await asyncio.sleep(self.GATHER)
             if tasks:
                 await asyncio.gather(*tasks, return_exceptions=True)
         finally:
@@ -260,7 +275,7 @@ class ByDestination(Worker, Generic[G]):
         tasks: set[asyncio.Task[None]] = set()
         claimed = 0
         while True:
-            items = await self._claim_now()
+            items = await self.claim_async(self.clock())
             claimed += len(items)
             if items:
                 tasks.update(self._start(items, tasks.discard))
