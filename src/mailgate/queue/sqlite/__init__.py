@@ -14,11 +14,10 @@ from __future__ import annotations
 import asyncio
 import builtins
 import os
-import secrets
 import sqlite3
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 from mailgate.queue import (
     FINAL_STATES,
@@ -35,15 +34,13 @@ from mailgate.queue import (
 )
 from mailgate.queue.sqlite.owners import ClaimOwner
 from mailgate.queue.sqlite.rows import (
+    ClaimOp,
     EnqueueOp,
     chunks,
     domain_filter,
-    due_messages,
     load_messages,
     message_seq,
-    nothing_due,
     restore_message,
-    within_budget,
 )
 from mailgate.queue.sqlite.schema import SCHEMA_VERSION, create_schema, whole_minutes
 from mailgate.queue.sqlite.writer import GroupCommitWriter
@@ -154,7 +151,7 @@ class SQLiteQueue(GroupCommitWriter):
 
     def _claim_op(self, now: float, limit: int, lease: float, domains: Sequence[str] | None,
                   exclude_domains: Sequence[str] | None, per_domain: int | None,
-                  ) -> _ClaimOp | None:
+                  ) -> ClaimOp | None:
         """The write behind `claim`; None when there is nothing to ask for."""
         if limit <= 0 or (domains is not None and not domains):
             return None
@@ -167,7 +164,7 @@ class SQLiteQueue(GroupCommitWriter):
         index = "recipients_due" if domains is None else "recipients_domain_due"
 
         self._claimed_ever = True
-        return _ClaimOp(self.owner, index, now, now + lease, where, tuple(params), limit, cap)
+        return ClaimOp(self.owner, index, now, now + lease, where, tuple(params), limit, cap)
 
     def record(
         self,
@@ -650,52 +647,6 @@ class SQLiteQueue(GroupCommitWriter):
             "check the queue",
             lambda conn: [str(row[0]) for row in conn.execute("PRAGMA integrity_check")],
         )
-
-
-@dataclass(frozen=True)
-class _ClaimOp:
-    """The write behind `SQLiteQueue.claim`, and the read that finds it has nothing to do."""
-
-    owner: ClaimOwner
-    index: str
-    now: float
-    until: float
-    where: str
-    params: tuple[str, ...]
-    limit: int
-    cap: int | None
-
-    def nothing_due(self, conn: sqlite3.Connection) -> list[WorkItem] | None:
-        """[] when nothing is due (a read: no write lock, no transaction), else None."""
-        return [] if nothing_due(conn, self.index, self.now, self.where, self.params) else None
-
-    def __call__(self, conn: sqlite3.Connection) -> list[WorkItem]:
-        owner, where, params, now, until = self.owner, self.where, self.params, self.now, self.until
-        owner.register(conn)
-        seqs = due_messages(conn, self.index, now, where, params, self.limit, self.cap)
-        seqs = within_budget(conn, seqs)
-        claimed: dict[int, tuple[str, set[int]]] = {}
-        for seq in seqs:
-            token = secrets.token_hex(8)
-            # INDEXED BY: a message has a few recipients, but a domain may have
-            # thousands, and the planner cannot tell which index narrows more.
-            rows = conn.execute(
-                "UPDATE recipients INDEXED BY recipients_message "
-                "SET claim_token = ?, claim_until = ?, due_at = ?, claim_owner = ? "
-                f"WHERE msg_seq = ? AND due_at <= ? AND state IN {_ACTIVE}{where} "
-                "RETURNING id",
-                (token, until, until, owner.id, seq, now, *params),
-            ).fetchall()
-            claimed[seq] = (token, {r[0] for r in rows})
-        messages = load_messages(conn, list(seqs), content=True)
-        return [
-            WorkItem(
-                message=m,
-                recipients=tuple(r for r in m.recipients if r.id in claimed[seq][1]),
-                claim_token=claimed[seq][0],
-            )
-            for seq, m in zip(seqs, messages, strict=True)
-        ]
 
 
 def _finish_if_done(conn: sqlite3.Connection, seq: int, now: float) -> None:

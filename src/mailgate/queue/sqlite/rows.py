@@ -11,6 +11,7 @@ the one-by-one path, which finds the request at fault.
 
 from __future__ import annotations
 
+import secrets
 import sqlite3
 import time
 from collections.abc import Iterable, Sequence
@@ -24,19 +25,23 @@ from mailgate.queue import (
     QueuedMessage,
     Recipient,
     RecipientState,
+    WorkItem,
     domain_of,
     new_queue_id,
 )
+from mailgate.queue.sqlite.owners import ClaimOwner
 from mailgate.queue.sqlite.writer import Joinable
 
 __all__ = [
     "CLAIM_BYTES",
+    "ClaimOp",
     "EnqueueOp",
     "chunks",
     "domain_filter",
     "due_messages",
     "load_messages",
     "message_seq",
+    "nothing_due",
     "restore_message",
     "within_budget",
 ]
@@ -413,3 +418,50 @@ def due_messages(conn: sqlite3.Connection, index: str, now: float, where: str,
         if not restart:
             break
     return seqs
+
+
+@dataclass(frozen=True)
+class ClaimOp:
+    """The write behind `SQLiteQueue.claim`, and the read that finds it has nothing to do."""
+
+    owner: ClaimOwner
+    index: str
+    now: float
+    until: float
+    where: str
+    params: tuple[str, ...]
+    limit: int
+    cap: int | None
+
+    def nothing_due(self, conn: sqlite3.Connection) -> list[WorkItem] | None:
+        """[] when nothing is due (a read: no write lock, no transaction), else None."""
+        return [] if nothing_due(conn, self.index, self.now, self.where, self.params) else None
+
+    def __call__(self, conn: sqlite3.Connection) -> list[WorkItem]:
+        owner, where, params, now, until = self.owner, self.where, self.params, self.now, self.until
+        owner.register(conn)
+        seqs = due_messages(conn, self.index, now, where, params, self.limit, self.cap)
+        seqs = within_budget(conn, seqs)
+        claimed: dict[int, tuple[str, set[int]]] = {}
+        for seq in seqs:
+            token = secrets.token_hex(8)
+            # INDEXED BY: a message has a few recipients, but a domain may have
+            # thousands, and the planner cannot tell which index narrows more.
+            rows = conn.execute(
+                "UPDATE recipients INDEXED BY recipients_message "
+                "SET claim_token = ?, claim_until = ?, due_at = ?, claim_owner = ? "
+                f"WHERE msg_seq = ? AND due_at <= ? AND state IN {_DUE_STATES}{where} "
+                "RETURNING id",
+                (token, until, until, owner.id, seq, now, *params),
+            ).fetchall()
+            claimed[seq] = (token, {r[0] for r in rows})
+        messages = load_messages(conn, list(seqs), content=True)
+        return [
+            WorkItem(
+                message=m,
+                recipients=tuple(r for r in m.recipients if r.id in claimed[seq][1]),
+                claim_token=claimed[seq][0],
+            )
+            for seq, m in zip(seqs, messages, strict=True)
+        ]
+
