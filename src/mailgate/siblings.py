@@ -19,10 +19,12 @@ descriptor (POSIX record locks belong to a process, so they exclude the forked w
 from each other, and the kernel lets go of one whose holder dies: no worker that crashes
 at the wrong moment can stop the others), with a `threading.Lock` in front of it for the
 threads of one process, which lockf does not separate. A table keeps fixed-size keys
-(16 bytes of BLAKE2b of the name) apart from their counts, and finds one with
-`mmap.find` at C speed; a zero key is a free row. Every count has one column per worker,
-so when a worker ends (a crash, kill -9), `forget` (called by the parent) drops what it
-held and its connections and slots come free.
+(16 bytes of BLAKE2b of the name) apart from their counts, as a hash table: a key's
+row is found from its own bytes in a probe or two, and by `mmap.find` at C speed should
+a run of taken rows be long (a scan of the whole table at every connection cost the
+listener a sixth of its time with `limits.connections` at 20,000). Every count has one
+column per worker, so when a worker ends (a crash, kill -9), `forget` (called by the
+parent) drops what it held and its connections and slots come free.
 
 `Link` carries the rest between the first worker (the one that delivers and serves the
 web page) and each other one (which take mail in) over a socketpair made before the
@@ -51,14 +53,15 @@ from typing import Any
 __all__ = ["Board", "Doorbell", "Link", "SharedCounts"]
 
 KEY = 16
-ZERO = bytes(KEY)
+ZERO = bytes(KEY)  # a free row: a probe stops here
+PROBES = 32  # rows a lookup tries one by one before it asks mmap.find
 INT = 8  # bytes of one count (signed 64-bit)
 BUCKET = 60  # seconds of AUTH failures in one bucket
 AUTH_ROWS = 8192  # AUTH failure keys (addresses and user names) the board holds at once
 
 
 def digest(kind: str, key: str) -> bytes:
-    """The table key of (kind, key); never the zero key, which marks a free row."""
+    """The table key of (kind, key); never ZERO, which marks a free row."""
     raw = hashlib.blake2b(f"{kind}\0{key}".encode("utf-8", "surrogateescape"),
                           digest_size=KEY).digest()
     return raw if raw != ZERO else b"\x01" + raw[1:]
@@ -73,18 +76,54 @@ class _Table:
         self.size = rows * KEY + rows * cols * INT
         self.counts = memoryview(mm)[self.k1:self.k1 + rows * cols * INT].cast("q")
 
-    def find(self, key: bytes) -> int:
-        """The row of `key`, or -1 (only matches at a row's start count)."""
-        start = self.k0
-        while (at := self.mm.find(key, start, self.k1)) >= 0:
-            if (at - self.k0) % KEY == 0:
-                return (at - self.k0) // KEY
-            start = at + 1
+    def _key(self, row: int) -> bytes:
+        at = self.k0 + row * KEY
+        return self.mm[at:at + KEY]
+
+    def _scan(self, key: bytes, row: int) -> int:
+        """The first row from `row` on, wrapping round, that holds `key`, or -1 (a match
+        counts only at a row's start)."""
+        for lo, hi in ((row, self.rows), (0, row)):
+            start, end = self.k0 + lo * KEY, self.k0 + hi * KEY
+            while (at := self.mm.find(key, start, end)) >= 0:
+                if (at - self.k0) % KEY == 0:
+                    return (at - self.k0) // KEY
+                start = at + 1
         return -1
 
+    def _home(self, key: bytes) -> int:
+        return int.from_bytes(key[:8], "little") % self.rows
+
+    def _probe(self, key: bytes) -> tuple[int, bool]:
+        """Where the probe for `key` ends: the row holding it (and True), or the free
+        row where it would go (and False); (-1, False) when the table is full. Linear
+        probing from the key's home row: no free row lies between a key and its home
+        (`free` keeps it so)."""
+        row = self._home(key)
+        for _ in range(min(PROBES, self.rows)):
+            k = self._key(row)
+            if k == key:
+                return row, True
+            if k == ZERO:
+                return row, False
+            row = row + 1 if row + 1 < self.rows else 0
+        # A long run of taken rows: the rest at C speed. The key, if held, comes before
+        # the first free row.
+        at, zero = self._scan(key, row), self._scan(ZERO, row)
+        if at >= 0 and (zero < 0 or (at - row) % self.rows < (zero - row) % self.rows):
+            return at, True
+        return zero, False
+
+    def find(self, key: bytes) -> int:
+        """The row of `key`, or -1."""
+        row, found = self._probe(key)
+        return row if found else -1
+
     def claim(self, key: bytes) -> int:
-        """A free row given to `key`, its counts zero; -1 when the table is full."""
-        row = self.find(ZERO)
+        """A free row given to `key`, which the table does not hold (`find` said so),
+        its counts zero; -1 when the table is full."""
+        row, found = self._probe(key)
+        assert not found, "claim of a key the table holds"
         if row >= 0:
             self.mm[self.k0 + row * KEY:self.k0 + (row + 1) * KEY] = key
             base = row * self.cols
@@ -93,13 +132,33 @@ class _Table:
         return row
 
     def free(self, row: int) -> None:
-        self.mm[self.k0 + row * KEY:self.k0 + (row + 1) * KEY] = ZERO
+        """Empty `row`, moving back into it the keys further on that a probe would no
+        longer reach across a free row (deletion from a linear-probing table without
+        markers). A key's row may change: hold keys, not rows, across a `free`."""
+        hole, j, cols = row, row, self.cols
+        for _ in range(self.rows - 1):
+            j = j + 1 if j + 1 < self.rows else 0
+            k = self._key(j)
+            if k == ZERO:
+                break
+            # It stays when its home lies in (hole, j], cyclically: the probe from there
+            # reaches j without passing the hole.
+            home = self._home(k)
+            if (hole < home <= j) if hole <= j else (home > hole or home <= j):
+                continue
+            self.mm[self.k0 + hole * KEY:self.k0 + (hole + 1) * KEY] = k
+            self.counts[hole * cols:(hole + 1) * cols] = self.counts[j * cols:(j + 1) * cols]
+            hole = j
+        self.mm[self.k0 + hole * KEY:self.k0 + (hole + 1) * KEY] = ZERO
 
     def used(self) -> Iterator[int]:
         for row in range(self.rows):
-            at = self.k0 + row * KEY
-            if self.mm[at:at + KEY] != ZERO:
+            if self._key(row) != ZERO:
                 yield row
+
+    def held(self) -> list[bytes]:
+        """The keys held now (rows move when one is freed: go by these)."""
+        return [self._key(row) for row in self.used()]
 
     def total(self, row: int) -> int:
         base = row * self.cols
@@ -155,9 +214,11 @@ class Board:
         fd = os.memfd_create("mailgate-siblings", os.MFD_CLOEXEC)
         try:
             n = workers
+            # Twice the rows that can be taken at once: probes stay short.
+            conn_rows, slot_rows = 2 * connections + 1, 2 * slots + 1
             sizes = [n * INT,  # open connections, by worker
-                     (connections + 1) * (KEY + n * INT),  # admission, by address
-                     (slots + 1) * (KEY + n * INT),  # connection slots, by destination
+                     conn_rows * (KEY + n * INT),  # admission, by address
+                     slot_rows * (KEY + n * INT),  # connection slots, by destination
                      AUTH_ROWS * (KEY + n * self.buckets * 2 * INT)]  # AUTH failures
             os.ftruncate(fd, sum(sizes))
             self.mm = mmap.mmap(fd, sum(sizes), mmap.MAP_SHARED,
@@ -168,9 +229,9 @@ class Board:
         self.fd = fd
         self.open = memoryview(self.mm)[:sizes[0]].cast("q")
         at = sizes[0]
-        self.conns = _Table(self.mm, at, connections + 1, n)
+        self.conns = _Table(self.mm, at, conn_rows, n)
         at += sizes[1]
-        self.slots = _Table(self.mm, at, slots + 1, n)
+        self.slots = _Table(self.mm, at, slot_rows, n)
         at += sizes[2]
         self.auth = _Table(self.mm, at, AUTH_ROWS, n * self.buckets * 2)
         self._thread_lock = threading.Lock()
@@ -196,7 +257,7 @@ class Board:
         with self._lock():
             if sum(self.open) >= limit:
                 return "limit"
-            # The table has a row more than `limit` and fewer than `limit` are open, so
+            # The table has more rows than `limit` and fewer than `limit` are open, so
             # it is never full here: a refusal is this address's count.
             if not self.conns.take(digest("ip", ip), self.me, per_ip):
                 return "per_ip"
@@ -280,7 +341,8 @@ class Board:
     def _expire(self, oldest: int) -> None:
         """Free every AUTH row whose buckets all fell out of the window (lock held)."""
         t = self.auth
-        for row in list(t.used()):
+        for key in t.held():
+            row = t.find(key)
             base = row * t.cols
             if all(t.counts[i] < oldest or t.counts[i + 1] == 0
                    for i in range(base, base + t.cols, 2)):
@@ -293,7 +355,8 @@ class Board:
         with self._lock():
             self.open[worker] = 0
             for t in (self.conns, self.slots):
-                for row in list(t.used()):
+                for key in t.held():
+                    row = t.find(key)
                     t.counts[row * t.cols + worker] = 0
                     if t.total(row) <= 0:
                         t.free(row)
