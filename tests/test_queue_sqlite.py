@@ -566,6 +566,23 @@ def test_a_claim_that_finds_nothing_due_takes_no_write_lock(q: SQLiteQueue) -> N
     q._call(lambda conn: conn.set_trace_callback(None), "stop tracing")
 
 
+def test_a_claim_walks_the_due_index_once_from_the_first_row_it_can_take(
+        q: SQLiteQueue) -> None:
+    """A destination left out of the claim (full) may hold thousands of due rows before
+    the others'. The read before the claim finds the first row the claim can take, and
+    the claim's walk starts there instead of passing all of them a second time."""
+    statements: list[str] = []
+    for i in range(30):
+        q.enqueue(message(f"s{i}@slow.example"))
+    fast = q.enqueue(message("a@fast.example"))
+    q._call(lambda conn: conn.set_trace_callback(statements.append), "trace")
+    items = q.claim(time.time(), 10, 60, None, ["slow.example"], per_domain=5)
+    q._call(lambda conn: conn.set_trace_callback(None), "stop tracing")
+    assert [i.message.id for i in items] == [fast]
+    walks = [s for s in statements if s.startswith("SELECT domain FROM recipients")]
+    assert walks and all("BETWEEN" in s for s in walks), walks
+
+
 def test_expired_lease_makes_work_due_again(q: SQLiteQueue) -> None:
     q.enqueue(message())
     now = time.time()

@@ -39,9 +39,9 @@ __all__ = [
     "chunks",
     "domain_filter",
     "due_messages",
+    "first_due",
     "load_messages",
     "message_seq",
-    "nothing_due",
     "restore_message",
     "within_budget",
 ]
@@ -353,29 +353,36 @@ _DUE_STATES = "('queued', 'deferred')"
 _SKIP_RESTART = 256
 
 
-def nothing_due(conn: sqlite3.Connection, index: str, now: float, where: str,
-                params: Sequence[str]) -> bool:
-    """Whether `due_messages` would find nothing: one probe of the due index."""
+def first_due(conn: sqlite3.Connection, index: str, now: float, where: str,
+              params: Sequence[str]) -> float | None:
+    """When the first recipient `due_messages` would find came due; None if there is
+    none. One probe of the due index."""
     rows = conn.execute(
-        f"SELECT 1 FROM recipients INDEXED BY {index} "
-        f"WHERE due_at <= ? AND state IN {_DUE_STATES}{where} LIMIT 1", (now, *params),
+        f"SELECT due_at FROM recipients INDEXED BY {index} "
+        f"WHERE due_at <= ? AND state IN {_DUE_STATES}{where} ORDER BY due_at LIMIT 1",
+        (now, *params),
     ).fetchall()  # all: the statement is done, and no read transaction stays open
-    return not rows
+    return float(rows[0][0]) if rows else None
 
 
 def due_messages(conn: sqlite3.Connection, index: str, now: float, where: str,
-                  params: Sequence[str], limit: int, cap: int | None) -> dict[int, None]:
+                 params: Sequence[str], limit: int, cap: int | None,
+                 since: float | None = None) -> dict[int, None]:
     """The messages a claim takes, each once. Without `cap`: in the order their first
     due recipient came due. With `cap`, by destination: domains in the order their first
     due recipient came due, and for each, up to `cap` of its due messages at once (from
     its own index), so each domain's work comes out together, ready for one connection.
-    The last domain's share is not cut at `limit`: a claim may exceed it by `cap` - 1."""
+    The last domain's share is not cut at `limit`: a claim may exceed it by `cap` - 1.
+    `since` (from `first_due`): the walk starts there, not past the due rows before it
+    that the filter leaves out (a full destination's, thousands perhaps) once more."""
     seqs: dict[int, None] = {}
+    due, bounds = ("due_at <= ?", (now,)) if since is None else (
+        "due_at BETWEEN ? AND ?", (since, now))
     if cap is None:
         cursor = conn.execute(
             f"SELECT msg_seq FROM recipients INDEXED BY {index} "
-            f"WHERE due_at <= ? AND state IN {_DUE_STATES}{where} ORDER BY due_at, id",
-            (now, *params))
+            f"WHERE {due} AND state IN {_DUE_STATES}{where} ORDER BY due_at, id",
+            (*bounds, *params))
         for (seq,) in cursor:
             seqs[seq] = None
             if len(seqs) >= limit:
@@ -387,8 +394,8 @@ def due_messages(conn: sqlite3.Connection, index: str, now: float, where: str,
         extra = f" AND domain NOT IN ({', '.join('?' * len(picked))})" if picked else ""
         cursor = conn.execute(
             f"SELECT domain FROM recipients INDEXED BY {index} "
-            f"WHERE due_at <= ? AND state IN {_DUE_STATES}{where}{extra} ORDER BY due_at, id",
-            (now, *params, *picked))
+            f"WHERE {due} AND state IN {_DUE_STATES}{where}{extra} ORDER BY due_at, id",
+            (*bounds, *params, *picked))
         skipped = 0
         restart = False
         for (domain,) in cursor:
@@ -420,9 +427,10 @@ def due_messages(conn: sqlite3.Connection, index: str, now: float, where: str,
     return seqs
 
 
-@dataclass(frozen=True)
+@dataclass
 class ClaimOp:
-    """The write behind `SQLiteQueue.claim`, and the read that finds it has nothing to do."""
+    """The write behind `SQLiteQueue.claim`, and the read before it (`nothing_due`) that
+    finds it has nothing to do, or where its walk of the due index starts."""
 
     owner: ClaimOwner
     index: str
@@ -432,15 +440,18 @@ class ClaimOp:
     params: tuple[str, ...]
     limit: int
     cap: int | None
+    since: float | None = None  # when the first due recipient came due (`nothing_due`)
 
     def nothing_due(self, conn: sqlite3.Connection) -> list[WorkItem] | None:
         """[] when nothing is due (a read: no write lock, no transaction), else None."""
-        return [] if nothing_due(conn, self.index, self.now, self.where, self.params) else None
+        self.since = first_due(conn, self.index, self.now, self.where, self.params)
+        return [] if self.since is None else None
 
     def __call__(self, conn: sqlite3.Connection) -> list[WorkItem]:
         owner, where, params, now, until = self.owner, self.where, self.params, self.now, self.until
         owner.register(conn)
-        seqs = due_messages(conn, self.index, now, where, params, self.limit, self.cap)
+        seqs = due_messages(conn, self.index, now, where, params, self.limit, self.cap,
+                            self.since)
         seqs = within_budget(conn, seqs)
         claimed: dict[int, tuple[str, set[int]]] = {}
         for seq in seqs:
