@@ -100,6 +100,19 @@ def test_the_command_lines_programs_use_parse() -> None:
     assert parse_args(["-f", "", "bob"]).sender == ""
 
 
+def test_the_sendmail_interface_does_not_load_the_mailgate_command() -> None:
+    """Programs start mailgate-sendmail once per message: it must not pay for click and
+    every `mailgate` command (about 35 ms), which `mailgate.cli` loads only when `main`
+    is asked for. The `mailgate` command itself still has all of them."""
+    probe = ("import sys, mailgate.cli.sendmail; "
+             "print(sorted(m for m in ('click', 'mailgate.cli.admin', 'mailgate.cli.run') "
+             "if m in sys.modules)); "
+             "from mailgate.cli import main; print(len(main.commands) > 10)")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                         check=True, timeout=60).stdout.split("\n")
+    assert out[:2] == ["[]", "True"], out
+
+
 def test_bad_command_lines_exit_64(bin_dir: Path, tmp_path: Path) -> None:
     config = write_config(tmp_path / "c.toml", tmp_path / "data", 1)
     for args, said in [(["-Z"], "unknown option -Z"), (["-bs"], "-bs is not supported"),
