@@ -25,8 +25,6 @@ import re
 from functools import cache, lru_cache
 from typing import TYPE_CHECKING
 
-import idna
-
 if TYPE_CHECKING:
     from publicsuffixlist import PublicSuffixList
 
@@ -55,6 +53,8 @@ def canonical_domain(domain: str) -> str:
         if "xn--" in name:
             for label in labels:
                 if label.startswith("xn--"):
+                    import idna
+
                     try:
                         idna.decode(label)
                     except (idna.IDNAError, UnicodeError) as exc:
@@ -62,6 +62,8 @@ def canonical_domain(domain: str) -> str:
         if len(name) > MAX_DOMAIN:
             raise DomainError(f"the domain is longer than {MAX_DOMAIN} octets.")
         return name
+    import idna  # here: plain ASCII names (every name of most configurations) never need it
+
     try:
         mapped = idna.uts46_remap(name, std3_rules=True, transitional=False)
         ascii_form = idna.encode(mapped, uts46=False).decode("ascii")
@@ -77,6 +79,8 @@ def unicode_domain(domain: str) -> str:
     """The U-label form of a canonical domain, for people to read; as given if it fails."""
     if "xn--" not in domain:
         return domain
+    import idna
+
     try:
         return str(idna.decode(domain))
     except (idna.IDNAError, UnicodeError):

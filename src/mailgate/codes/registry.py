@@ -17,11 +17,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 import marshal
 import os
 import sys
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -123,6 +121,8 @@ def _load_toml(path: Path) -> dict[str, Any]:
     TOML parsing is pure Python and costs most of a short CLI call's time; the cache
     makes the second call fast. A cache that cannot be read or written is ignored.
     """
+    import hashlib  # here, not with the module: most CLI calls never read a data file
+
     st = path.stat()
     tag = sys.implementation.cache_tag
     # The folder's full path is in the name: another data root (a copy with the same
@@ -138,6 +138,8 @@ def _load_toml(path: Path) -> dict[str, Any]:
             return data
     except (OSError, EOFError, ValueError, TypeError):
         pass
+    import tomllib
+
     with path.open("rb") as f:
         data = tomllib.load(f)
     try:

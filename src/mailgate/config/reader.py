@@ -9,7 +9,6 @@ one TOML value into a typed value or raise `_Bad` with the reason.
 
 from __future__ import annotations
 
-import difflib
 import json
 import math
 import re
@@ -102,10 +101,18 @@ def _show(value: object) -> str:
     return text if len(text) <= 72 else text[:69] + "..."
 
 
+def _close(word: str, options: Sequence[str]) -> list[str]:
+    """The option closest to a misspelt `word`, if any (difflib is loaded only when a
+    configuration has a mistake, not on every start)."""
+    import difflib
+
+    return difflib.get_close_matches(word, options, n=1)
+
+
 def _one_of(options: Iterable[str], given: str) -> str:
     options = list(options)
     text = "must be one of " + ", ".join(options)
-    close = difflib.get_close_matches(given.lower(), options, n=1)
+    close = _close(given.lower(), options)
     return f'{text}; did you mean "{close[0]}"?' if close else text
 
 
@@ -147,7 +154,7 @@ class _Reader:
     @staticmethod
     def _suggest(name: str, path: tuple[str | int, ...], allowed: Sequence[str]) -> str:
         section = str(path[0]) if path else ""
-        close = difflib.get_close_matches(name, allowed, n=1)
+        close = _close(name, allowed)
         if close and not path and close[0] in _SECTIONS:
             header = f"[[{close[0]}]]" if close[0] == "listen" else f"[{close[0]}]"
             return f"did you mean {header}?"

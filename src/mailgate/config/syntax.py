@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import re
-from fractions import Fraction
 from ipaddress import ip_address
 
 from mailgate.idn import DomainError, canonical_domain
@@ -43,6 +42,8 @@ def parse_size(value: str | int) -> int:
     if not match:
         raise _Bad(f"is not a size; write {_SIZE_HELP} (KB, MB, GB are powers of 1000, "
                    "KiB, MiB, GiB of 1024)")
+    from fractions import Fraction  # only a size written with a unit needs it
+
     amount = Fraction(match.group(1)) * _SIZE_UNITS[(match.group(2) or "").lower()]
     if amount.denominator != 1:
         raise _Bad("is not a whole number of bytes")

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import builtins
 import enum
-import secrets
+import os
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -157,7 +157,7 @@ def new_queue_id(now: float | None = None) -> str:
 
 def _random_hex(nbytes: int) -> str:
     """The random part of an id (a function of its own so a test can force a clash)."""
-    return secrets.token_hex(nbytes)
+    return os.urandom(nbytes).hex()  # what secrets.token_hex does, without its imports
 
 
 def domain_of(address: str) -> str:

@@ -5,7 +5,6 @@ backends, and the backends import the interface: in one module that would be a c
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 from mailgate.config import Config
@@ -42,6 +41,8 @@ async def open_queue_patiently(config: Config, log: logging.Logger,
     node starting before PostgreSQL, or while it restarts), say so, naming the host (never
     the password), and try again with a backoff from `first_delay` up to 30 s. Any other
     problem (a schema from a newer mailgate, a wrong password) ends the start at once."""
+    import asyncio  # here, not with the module: the `queue` commands never load it
+
     delay = first_delay
     while True:
         try:

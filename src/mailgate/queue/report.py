@@ -7,8 +7,6 @@ character in it is shown as an escape and never reaches the terminal as itself.
 
 from __future__ import annotations
 
-import email.parser
-import email.policy
 import json
 import re
 import time
@@ -204,6 +202,9 @@ def show_json(m: QueuedMessage) -> str:
 
 
 def _headers(content: bytes) -> list[tuple[str, str]]:
+    import email.parser  # here, not with the module: `queue list` never parses a message
+    import email.policy
+
     head = content.split(b"\r\n\r\n", 1)[0]
     msg = email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(head)
     # Bytes beyond ASCII come back as surrogates; most are UTF-8 (RFC 6532).

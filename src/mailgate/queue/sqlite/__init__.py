@@ -11,13 +11,14 @@ checkpoint thread: why, there). The rest of the package is the queue's own:
 
 from __future__ import annotations
 
-import asyncio
 import builtins
 import os
 import sqlite3
 import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future
 from dataclasses import replace
+from typing import TYPE_CHECKING, TypeVar
 
 from mailgate.queue import (
     FINAL_STATES,
@@ -45,15 +46,27 @@ from mailgate.queue.sqlite.rows import (
 from mailgate.queue.sqlite.schema import SCHEMA_VERSION, create_schema, whole_minutes
 from mailgate.queue.sqlite.writer import GroupCommitWriter
 
+if TYPE_CHECKING:
+    import asyncio
+
 __all__ = ["SCHEMA_VERSION", "ClaimOwner", "SQLiteQueue", "new_queue_id"]
 
 _ACTIVE = "('queued', 'deferred')"  # the states claim() may take
 # When work becomes due again after a change of schedule: at `now`, unless a live claim
 # still covers it (the claimant's record() or release() sets the real value).
 _DUE_NOW = "CASE WHEN claim_until > :now THEN claim_until ELSE :now END"
+_T = TypeVar("_T")
 _OUTCOMES = frozenset(
     {RecipientState.DELIVERED, RecipientState.DEFERRED, RecipientState.FAILED}
 )
+
+
+def _wrapped(future: Future[_T]) -> asyncio.Future[_T]:
+    """The writer's future as one the event loop can await. asyncio is imported here, by
+    the async callers, and not with the module: the `queue` commands never load it."""
+    import asyncio
+
+    return asyncio.wrap_future(future)
 
 
 class SQLiteQueue(GroupCommitWriter):
@@ -120,7 +133,7 @@ class SQLiteQueue(GroupCommitWriter):
         future = self._submit(
             self._enqueue_op(message), "queue the message", message.size
         )
-        return await asyncio.wrap_future(future)
+        return await _wrapped(future)
 
     def watch(self, wake: Callable[[], None]) -> None:
         """Nothing to watch: the server that queues a message wakes its own workers, and
@@ -146,7 +159,7 @@ class SQLiteQueue(GroupCommitWriter):
         op = self._claim_op(now, limit, lease, domains, exclude_domains, per_domain)
         if op is None:
             return []
-        return await asyncio.wrap_future(
+        return await _wrapped(
             self._submit(op, "claim work", durable=False, shortcut=op.nothing_due))
 
     def _claim_op(self, now: float, limit: int, lease: float, domains: Sequence[str] | None,
@@ -186,7 +199,7 @@ class SQLiteQueue(GroupCommitWriter):
     ) -> None:
         """`record` without blocking the event loop; concurrent calls share one commit."""
         op = self._record_op(recipient_id, attempt, next_attempt, claim_token)
-        await asyncio.wrap_future(self._submit(op, "record the attempt"))
+        await _wrapped(self._submit(op, "record the attempt"))
 
     def _record_op(
         self,
@@ -347,7 +360,7 @@ class SQLiteQueue(GroupCommitWriter):
         if not recipient_ids:
             return []
         op = self._mark_delay_notified_op(recipient_ids)
-        return await asyncio.wrap_future(self._submit(op, "note the delay notice"))
+        return await _wrapped(self._submit(op, "note the delay notice"))
 
     def _mark_delay_notified_op(
         self, recipient_ids: Sequence[int]

@@ -10,8 +10,6 @@ the old one.
 from __future__ import annotations
 
 import os
-import secrets
-import socket
 import sqlite3
 import time
 from dataclasses import dataclass
@@ -54,7 +52,9 @@ class ClaimOwner:
     @classmethod
     def this_process(cls) -> ClaimOwner:
         pid = os.getpid()
-        return cls(secrets.token_hex(8), socket.gethostname(), pid, _process_started(pid),
+        # os.uname's node name is what socket.gethostname() returns, without loading
+        # socket (the `queue` commands open a queue too); os.urandom is secrets.token_hex's.
+        return cls(os.urandom(8).hex(), os.uname().nodename, pid, _process_started(pid),
                    _boot_id())
 
     def register(self, conn: sqlite3.Connection) -> None:
