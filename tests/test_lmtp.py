@@ -69,6 +69,32 @@ def test_lmtp_says_lhlo_and_reads_one_reply_per_accepted_recipient() -> None:
     assert c.data_to_send() == b"QUIT\r\n"
 
 
+def test_lmtp_reads_every_reply_of_a_message_before_the_next_ones() -> None:
+    """The next message rides behind the content (RFC 2920 3.1); its MAIL reply comes
+    only after one end-of-data reply per accepted recipient of the one before."""
+    c = ClientSession(ClientConfig(helo_name="mx.test", tls="never", lmtp=True))
+    c.send(_env("a@local.test", "b@local.test"), b"Subject: x\r\n\r\nhi\r\n")
+    c.send(_env("d@local.test"), b"Subject: y\r\n\r\nho\r\n")
+    c.quit()
+    c.receive_data(b"220 store.test LMTP ready\r\n"
+                   b"250-store.test\r\n250-PIPELINING\r\n250 ENHANCEDSTATUSCODES\r\n")
+    c.data_to_send()
+    c.receive_data(b"250 2.1.0 ok\r\n250 2.1.5 ok\r\n250 2.1.5 ok\r\n354 go\r\n")
+    assert c.data_to_send() == (b"Subject: x\r\n\r\nhi\r\n.\r\nMAIL FROM:<a@example.org>\r\n"
+                                b"RCPT TO:<d@local.test>\r\nDATA\r\n")
+    c.receive_data(b"250 2.0.0 <a@local.test> saved\r\n")
+    assert not [e for e in _events(c) if isinstance(e, MessageResult)]  # b's reply to come
+    c.receive_data(b"452 4.2.2 <b@local.test> over quota\r\n250 2.1.0 ok\r\n")
+    [first] = [e for e in _events(c) if isinstance(e, MessageResult)]
+    assert [r.outcome.reply.code for r in first.results] == [250, 452]
+    c.receive_data(b"250 2.1.5 ok\r\n354 go\r\n")
+    assert c.data_to_send() == b"Subject: y\r\n\r\nho\r\n.\r\n"
+    c.receive_data(b"250 2.0.0 <d@local.test> saved\r\n")
+    [second] = [e for e in _events(c) if isinstance(e, MessageResult)]
+    assert [r.outcome.reply.code for r in second.results] == [250]
+    assert c.data_to_send() == b"QUIT\r\n"
+
+
 def test_lmtp_has_no_helo_fallback() -> None:
     c = ClientSession(ClientConfig(helo_name="mx.test", tls="never", lmtp=True))
     c.send(_env("a@local.test"), b"x\r\n")

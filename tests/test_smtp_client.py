@@ -376,6 +376,64 @@ def test_pipelined_batch_with_mixed_recipients() -> None:
     assert any(isinstance(e, Idle) for e in evs)
 
 
+STUFFED = b"Subject: hi\r\n\r\nHello\r\n..dot line\r\n.\r\n"
+
+
+def test_the_next_message_rides_behind_the_content() -> None:
+    """RFC 2920 3.1: the content may lead a group, so the next message's MAIL, RCPT and
+    DATA go in the same write as the content before them; the end-of-data reply ends
+    that transaction whatever it says, so no RSET comes between."""
+    c = ready()
+    h1 = c.send(env("r1@example.net"), CONTENT)
+    h2 = c.send(env("r2@example.net", "r3@example.net"), CONTENT)
+    c.quit()
+    assert c.data_to_send().endswith(b"RCPT TO:<r1@example.net>\r\nDATA\r\n")
+    assert results(feed(c, b"250 ok\r\n250 ok\r\n354 go\r\n")) == []
+    assert c.data_to_send() == STUFFED + (
+        b"MAIL FROM:<a@example.org> SIZE=33\r\n"
+        b"RCPT TO:<r2@example.net>\r\nRCPT TO:<r3@example.net>\r\nDATA\r\n")
+    assert c.awaiting == "end-of-data"
+    evs = feed(c, b"550 5.7.1 content refused\r\n")
+    assert [m.handle for m in results(evs)] == [h1]
+    assert outcomes(evs) == [[(550, "5.7.1", True)]] and c.data_to_send() == b""
+    assert [c.awaiting] == ["mail"]  # (a list: mypy still holds "end-of-data" above)
+    evs = feed(c, b"250 ok\r\n250 ok\r\n452 4.2.2 full\r\n354 go\r\n")
+    assert results(evs) == [] and c.data_to_send() == STUFFED  # nothing more to send
+    evs = feed(c, b"250 2.0.0 queued\r\n")
+    assert [m.handle for m in results(evs)] == [h2]
+    assert outcomes(evs) == [[(250, "2.0.0", True), (452, "4.2.2", True)]]
+    assert c.data_to_send() == b"QUIT\r\n"
+
+
+def test_a_message_behind_the_content_shares_its_fate_on_failure() -> None:
+    """Both transactions on the wire are decided when the connection ends or the server
+    says 421 at the end of data: nothing is lost, nothing is called delivered."""
+    for ending in (b"", b"421 4.3.0 shutting down\r\n"):
+        c = ready()
+        c.send(env("r1@example.net"), CONTENT)
+        c.send(env("r2@example.net"), CONTENT)
+        c.send(env("r3@example.net"), CONTENT)
+        c.data_to_send()
+        feed(c, b"250 ok\r\n250 ok\r\n354 go\r\n")
+        assert c.data_to_send().endswith(b"RCPT TO:<r2@example.net>\r\nDATA\r\n")
+        evs = feed(c, ending)
+        code = 421 if ending else CONNECTION_LOST.code
+        assert [[o[0] for o in m] for m in outcomes(evs)] == [[code]] * 3, evs
+        assert all(o[0] // 100 == 4 for m in outcomes(evs) for o in m)
+
+
+def test_unpipelined_the_next_message_waits_for_the_end_of_data_reply() -> None:
+    c = ready(ehlo=EHLO_PLAIN)
+    c.send(env(), CONTENT)
+    c.send(env(), CONTENT)
+    for reply in (b"250 ok\r\n", b"250 ok\r\n", b"354 go\r\n"):
+        c.data_to_send()
+        feed(c, reply)
+    assert c.data_to_send() == STUFFED
+    feed(c, b"250 ok\r\n")
+    assert c.data_to_send() == b"MAIL FROM:<a@example.org>\r\n"
+
+
 def test_all_recipients_refused_then_rset_before_next() -> None:
     c = ready()
     c.send(env("r1@example.net", "r2@example.net"), CONTENT)

@@ -155,6 +155,7 @@ class ClientSession:
         self._pending: deque[tuple[_Exp, int]] = deque([(_Exp.GREETING, 0)])
         self._queue: deque[Message] = deque()
         self._txn: Transaction | None = None
+        self._next_txn: Transaction | None = None  # begun behind the content of `_txn`
         self._next_handle = 1
         self._quitting = False
         self._idle_announced = False
@@ -461,18 +462,12 @@ class ClientSession:
 
     def _advance(self) -> None:
         """In READY with nothing pending: start the next message, QUIT, or go idle."""
-        while self._queue:
-            msg = self._queue.popleft()
-            if self._needs_rset:
-                self._queue.appendleft(msg)
-                self._needs_rset = False
-                self._command("RSET", _Exp.RSET)
-                return
-            txn = Transaction.prepare(msg, self.capabilities, verify_only=self.config.verify_only,
-                                      prefer_bdat=self.config.prefer_bdat)
-            if isinstance(txn, MessageResult):
-                self._events.append(txn)  # refused locally
-                continue
+        if self._queue and self._needs_rset:
+            self._needs_rset = False
+            self._command("RSET", _Exp.RSET)
+            return
+        txn = self._take()
+        if txn is not None:
             self._txn = txn
             self._begin(txn)
             return
@@ -483,6 +478,17 @@ class ClientSession:
         if not self._idle_announced:
             self._idle_announced = True
             self._events.append(Idle())
+
+    def _take(self) -> Transaction | None:
+        """The next queued message as a transaction; those refused locally end here."""
+        while self._queue:
+            txn = Transaction.prepare(self._queue.popleft(), self.capabilities,
+                                      verify_only=self.config.verify_only,
+                                      prefer_bdat=self.config.prefer_bdat)
+            if not isinstance(txn, MessageResult):
+                return txn
+            self._events.append(txn)
+        return None
 
     @property
     def _pipelined(self) -> bool:
@@ -566,7 +572,8 @@ class ClientSession:
         txn = self._txn
         assert txn is not None
         if reply.code == 354:
-            if txn.accepted and not txn.data_decided:
+            early = bool(txn.accepted) and not txn.data_decided
+            if early:
                 self._out += txn.payload
             else:
                 # A server that says 354 with nobody to deliver to: end the (empty)
@@ -575,6 +582,13 @@ class ClientSession:
             # LMTP (RFC 2033 4.2): one reply per accepted recipient, in RCPT order.
             replies = len(txn.accepted) if self.config.lmtp and not txn.data_decided else 1
             self._pending.extend((_Exp.DATA_END, k) for k in range(max(1, replies)))
+            if early and self._pipelined:
+                # RFC 2920 3.1: content may lead a group. The end of data ends the
+                # transaction whatever its reply, so the next message's MAIL, RCPT and
+                # DATA go in the same write: one round trip a message instead of two.
+                self._next_txn = self._take()
+                if self._next_txn is not None:
+                    self._begin(self._next_txn)
             return
         if not txn.data_decided:
             txn.decide(txn.accepted, Outcome(reply, True, "data"))
@@ -590,7 +604,13 @@ class ClientSession:
             txn.decide(txn.accepted, Outcome(reply, True, "end-of-data"))
             txn.data_decided = True
         txn.completed = True  # after the end-of-data reply the server has reset
-        self._txn_step(txn)
+        nxt = self._next_txn
+        if nxt is None:
+            self._txn_step(txn)
+        elif not self._pending or self._pending[0][0] is not _Exp.DATA_END:  # the last
+            self._next_txn = None
+            self._finish(txn)
+            self._txn = nxt  # already under way: its replies come next
 
     def _on_bdat(self, reply: Reply, last: int) -> None:
         txn = self._txn
@@ -609,13 +629,7 @@ class ClientSession:
         """Finish the transaction once no reply of its batch is outstanding."""
         if self._pending:
             return
-        for i, r in enumerate(txn.results):
-            if r is None:  # defensive: every path above decides; never lose a recipient
-                txn.results[i] = Outcome(
-                    Reply.make(451, "4.5.0", "No final reply for this recipient"), False, "data"
-                )
-        self._events.append(txn.result())
-        self._txn = None
+        self._finish(txn)
         if self.config.verify_only:
             # Verifying leaves no transaction open on the server, whatever comes next.
             self._needs_rset = False
@@ -624,15 +638,24 @@ class ClientSession:
         self._needs_rset = not txn.completed
         self._advance()
 
+    def _finish(self, txn: Transaction) -> None:
+        for i, r in enumerate(txn.results):
+            if r is None:  # defensive: every path above decides; never lose a recipient
+                txn.results[i] = Outcome(
+                    Reply.make(451, "4.5.0", "No final reply for this recipient"), False, "data"
+                )
+        self._events.append(txn.result())
+        self._txn = None
+
     # --- ending -----------------------------------------------------------------------
 
     def _fail(self, out: Outcome, quit: bool) -> None:
         """End the session: every undecided recipient (queued ones too) gets `out`."""
-        txn = self._txn
-        if txn is not None:
-            self._txn = None
-            txn.decide_all(out)
-            self._events.append(txn.result())
+        for txn in (self._txn, self._next_txn):
+            if txn is not None:
+                txn.decide_all(out)
+                self._events.append(txn.result())
+        self._txn = self._next_txn = None
         while self._queue:
             self._events.append(self._queue.popleft().result(out))
         self._end_reason = out
@@ -653,20 +676,8 @@ class ClientSession:
         self._events.append(Closed(reason))
 
 
-_STAGES: dict[_Exp, Stage] = {
-    _Exp.GREETING: "greeting",
-    _Exp.EHLO: "ehlo",
-    _Exp.HELO: "helo",
-    _Exp.STARTTLS: "starttls",
-    _Exp.AUTH: "auth",
-    _Exp.RSET: "rset",
-    _Exp.MAIL: "mail",
-    _Exp.RCPT: "rcpt",
-    _Exp.DATA: "data",
-    _Exp.DATA_END: "end-of-data",
-    _Exp.BDAT: "bdat",
-    _Exp.QUIT: "quit",
-}
+# Each reply awaited is named as its stage (the values of _Exp are the Stage names).
+_STAGES: dict[_Exp, Stage] = {exp: exp.value for exp in _Exp}
 
 _HANDLERS = {
     _Exp.GREETING: ClientSession._on_greeting,
