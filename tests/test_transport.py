@@ -21,7 +21,7 @@ from aiosmtpd.handlers import Sink
 
 import mailgate.delivery
 from mailgate.delivery.transport import ClientRun, run_client, verifying_context
-from mailgate.smtp.client import ClientConfig, ClientSession
+from mailgate.smtp.client import TIMED_OUT, ClientConfig, ClientSession, Envelope
 from tests.support.tlscerts import TestCA, server_context
 
 
@@ -113,3 +113,34 @@ def test_delivery_builds_client_tls_contexts_in_transport_only() -> None:
     offenders = [p.name for p in sorted(root.glob("*.py"))
                  if p.name != "transport.py" and builders.search(p.read_text("utf-8"))]
     assert offenders == []
+
+
+def test_a_server_that_stops_answering_times_out_at_the_stage_it_stopped() -> None:
+    """A real listener that greets, reads EHLO and then says nothing: the stage's
+    timeout ends the conversation (451 4.4.2, decided locally, temporary) instead of a
+    hang, and the message is not called delivered."""
+
+    async def main() -> ClientRun:
+        heard: list[bytes] = []
+
+        async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            writer.write(b"220 mx.test ESMTP\r\n")
+            heard.append(await reader.readline())
+            await reader.read()  # until the client gives up and closes
+            writer.close()
+
+        server = await asyncio.start_server(silent, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        session = ClientSession(ClientConfig(helo_name="c.test", tls="never"))
+        message = (Envelope.make("a@example.org", ["b@example.net"]), b"Subject: x\r\n\r\nx\r\n")
+        async with server:
+            run = await asyncio.wait_for(run_client(
+                "127.0.0.1", port, session, [message], timeouts={"ehlo": 0.3}), 10)
+        assert heard == [b"EHLO c.test\r\n"]
+        return run
+
+    run = asyncio.run(main())
+    [result] = run.results
+    [rcpt] = result.results
+    assert rcpt.outcome.reply == TIMED_OUT and rcpt.outcome.stage == "ehlo"
+    assert not rcpt.outcome.remote and rcpt.outcome.reply.code == 451

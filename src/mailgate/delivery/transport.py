@@ -274,7 +274,10 @@ async def _drive(conn: Kept, messages: Sequence[tuple[Envelope, bytes]],
                 continue
             stage = session.awaiting or "quit"
             try:
-                data = await asyncio.wait_for(reader.read(65536), limits.get(stage, 300.0))
+                # asyncio.timeout, not wait_for: on 3.11 wait_for makes a task for every
+                # read, 8 % of the deliverer's time with many short messages.
+                async with asyncio.timeout(limits.get(stage, 300.0)):
+                    data = await reader.read(65536)
             except TimeoutError:
                 session.abort()
                 continue
