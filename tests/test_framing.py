@@ -6,6 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from mailgate.codes.reply import Reply, ReplyError, parse_reply
 from mailgate.smtp import replies
 from mailgate.smtp.framing import (
     ChunkReader,
@@ -234,3 +235,32 @@ def test_reply_reader_refuses_what_is_not_a_reply(data: bytes, too_long: bool) -
     with pytest.raises(ReplyStreamError) as exc:
         r.read()
     assert exc.value.too_long is too_long
+
+
+
+_CODES = st.sampled_from(["250", "354", "451", "550", "571", "199", "650", "25x",
+                          "\u0662\u0665\u0660"])  # Arabic-Indic 250: digits, not ASCII
+_TEXT = st.text(st.sampled_from("2.0.1 5 4 ok\rHi"), max_size=12)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.tuples(_CODES, _TEXT), min_size=0, max_size=3), _CODES, _TEXT,
+       st.sampled_from(["-", "x"]), st.sampled_from([" ", ""]))
+def test_the_reader_reads_a_reply_as_parse_reply_does(
+        middle: list[tuple[str, str]], code: str, text: str, more: str, end: str) -> None:
+    """The reader parses each line once as it comes and builds the reply from those
+    parts; it must agree with `parse_reply` on the same text: the same reply, or both
+    refuse it (mixed codes, a bare CR, a code that is not one, a bad separator)."""
+    lines = [f"{c}{more}{t}" for c, t in middle] + [f"{code}{end}{text if end else ''}"]
+    wire = "\r\n".join(lines) + "\r\n"
+    try:
+        expected: Reply | None = parse_reply(wire)
+    except ReplyError:
+        expected = None
+    r = ReplyReader(max_line=512, max_lines=10)
+    r.feed(wire.encode())
+    try:
+        got = r.read()
+    except ReplyStreamError:
+        got = None
+    assert got == expected, wire

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 __all__ = [
@@ -22,6 +23,7 @@ __all__ = [
     "parse_enhanced_code",
     "parse_reply",
     "parse_reply_line",
+    "reply_from_lines",
 ]
 
 
@@ -183,11 +185,14 @@ class Reply:
     lines: tuple[str, ...]
 
     def __post_init__(self) -> None:
-        if not _LOOSE_BASIC_RE.match(str(self.code)):
+        # Every reply read or made passes here: the usual forms are checked without
+        # building anything, the rest as parse_enhanced_code says.
+        if not (type(self.code) is int and 200 <= self.code <= 599):
             raise ReplyError(key="reply_code", code=self.code)
-        if self.enhanced is not None:
-            e = parse_enhanced_code(self.enhanced)
-            if e.klass != self.code // 100:
+        e = self.enhanced
+        if e is not None:
+            klass = ord(e[0]) - 48 if _ENHANCED_RE.match(e) else parse_enhanced_code(e).klass
+            if klass != self.code // 100:
                 raise ReplyError(key="reply_class_mismatch", enhanced=self.enhanced,
                                  code=self.code)
         if not self.lines:
@@ -271,9 +276,12 @@ def parse_reply_line(line: str) -> tuple[int, bool, str]:
     """
     if len(line) < 3:
         raise ReplyError(key="line_short", text=line)
-    code = parse_basic_code(line[:3], strict=False) if line[:3].isdigit() else None
-    if code is None:
+    head = line[:3]
+    if not head.isdigit():
         raise ReplyError(key="line_no_code", text=line)
+    # The usual code at once; parse_basic_code names what is wrong with any other.
+    code = (int(head) if head.isascii() and "2" <= head[0] <= "5"
+            else parse_basic_code(head, strict=False))
     if len(line) == 3:
         return code, True, ""
     sep = line[3]
@@ -303,20 +311,29 @@ def parse_reply(data: str | bytes) -> Reply:
     if "\r" in text:
         raise ReplyError(key="reply_bare_cr")
     raw = text.split("\n")
-    code: int | None = None
-    bodies: list[str] = []
+    lines: list[tuple[int, str]] = []
     for i, line in enumerate(raw):
         c, last, body = parse_reply_line(line)
-        if code is None:
-            code = c
-        elif c != code:
-            raise ReplyError(key="reply_mixed_codes", a=code, b=c)
         if last != (i == len(raw) - 1):
             if last:
                 raise ReplyError(key="reply_ends_early", line=i + 1)
             raise ReplyError(key="reply_continues")
+        lines.append((c, body))
+    return reply_from_lines(lines)
+
+
+def reply_from_lines(lines: Sequence[tuple[int, str]]) -> Reply:
+    """The reply whose lines, parsed by `parse_reply_line`, are (code, text) in order,
+    every one but the last a continuation: the part of `parse_reply` after the split,
+    for a reader that has parsed each line as it came (`smtp.framing.ReplyReader`)."""
+    code = lines[0][0]
+    bodies: list[str] = []
+    for c, body in lines:
+        if c != code:
+            raise ReplyError(key="reply_mixed_codes", a=code, b=c)
+        if "\r" in body:
+            raise ReplyError(key="reply_bare_cr")
         bodies.append(body)
-    assert code is not None
     enhanced: str | None = None
     m = _ENHANCED_PREFIX_RE.match(bodies[0])
     if m and int(m.group(1)) == code // 100:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 
-from mailgate.codes.reply import Reply, ReplyError, parse_reply, parse_reply_line
+from mailgate.codes.reply import Reply, ReplyError, parse_reply_line, reply_from_lines
 from mailgate.smtp import replies
 
 __all__ = [
@@ -206,7 +206,8 @@ class ReplyReader:
         self.max_line = max_line
         self.max_lines = max_lines
         self._buf = bytearray()
-        self._lines: list[str] = []  # lines of the multi-line reply being read
+        # The lines of the reply being read, each parsed once: (line, code, text).
+        self._lines: list[tuple[str, int, str]] = []
 
     @property
     def buffered(self) -> int:
@@ -243,20 +244,20 @@ class ReplyReader:
             # Text is for people: a stray non-UTF-8 octet must not cost a delivery.
             line = raw.decode("utf-8", errors="replace")
             try:
-                _, last, _ = parse_reply_line(line)
+                code, last, body = parse_reply_line(line)
             except ReplyError as exc:
                 raise ReplyStreamError(str(exc), line) from None
-            lines.append(line)
+            lines.append((line, code, body))
             if not last:
                 if len(lines) >= self.max_lines:
                     raise ReplyStreamError(f"a reply of more than {len(lines)} lines")
                 continue
-            text = "\n".join(lines)
-            lines.clear()
             try:
-                return parse_reply(text)
+                return reply_from_lines([(c, b) for _, c, b in lines])
             except ReplyError as exc:
-                raise ReplyStreamError(str(exc), text) from None
+                raise ReplyStreamError(str(exc), "\n".join(raw for raw, _, _ in lines)) from None
+            finally:
+                lines.clear()
 
 
 def _has_long_line(buf: bytes, n: int, limit: int, cr: bool = True) -> bool:
