@@ -499,7 +499,10 @@ class DeliveryEngine(ByDestination["_Destination"]):
             writes.append(self._decide(unit, rcpt, reply, where, remote, run.tls))
             if reply.is_success and not next_hop_dsn and wants_success(rcpt.notify):
                 self._relayed.setdefault(unit.item.claim_token, set()).add(rcpt.id)
-        await asyncio.gather(*writes)
+        if len(writes) == 1:
+            await writes[0]  # most mail: no task of its own, as gather would make
+        else:
+            await asyncio.gather(*writes)
         unit.decided = True
         done.append(unit)
 
