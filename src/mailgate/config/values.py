@@ -6,7 +6,6 @@ how it is checked, is in reader.py and sections.py.
 
 from __future__ import annotations
 
-import functools
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -137,15 +136,22 @@ class Relay:
     """Networks whose clients may relay without AUTH."""
 
     networks: tuple[Network, ...] = (ip_network("127.0.0.0/8"), ip_network("::1/128"))
+    # Asked several times a message (MAIL, each RCPT, the checks): parsing the address
+    # each time was 4 % of the listener's time, and a cache keyed on the networks too
+    # hashed every network each time. So each Relay keeps the last few thousand answers.
+    _answers: dict[object, bool] = field(default_factory=dict, init=False, repr=False,
+                                         compare=False)
 
     def allows(self, ip: str | IPv4Address | IPv6Address) -> bool:
         """Whether a client at `ip` may relay; an unparsable address may not."""
-        return _relay_allows(self.networks, ip)
+        answer = self._answers.get(ip)
+        if answer is None:
+            if len(self._answers) >= 4096:
+                self._answers.clear()
+            answer = self._answers[ip] = _relay_allows(self.networks, ip)
+        return answer
 
 
-# Asked several times a message (MAIL, each RCPT, the checks): parsing the address
-# each time was 4 % of the listener's time; the last few thousand clients' answers kept.
-@functools.lru_cache(maxsize=4096)
 def _relay_allows(networks: tuple[Network, ...], ip: str | IPv4Address | IPv6Address) -> bool:
     try:
         addr = ip_address(ip) if isinstance(ip, str) else ip
