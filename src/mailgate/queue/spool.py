@@ -59,14 +59,21 @@ def clean(directory: Path) -> int:
 class SpoolFile:
     """One message's content, appended in pieces; `size` counts every byte written."""
 
-    __slots__ = ("_body", "_buffer", "_fd", "head", "path")
+    __slots__ = ("_body", "_buffer", "_directory", "_fd", "_name", "head")
 
     def __init__(self, directory: Path, name: str, head: bytes = b"") -> None:
-        self.path = directory / name
+        self._directory = directory
+        self._name = name
         self._fd = -1  # no file until the content outgrows the buffer
         self._buffer = bytearray()
         self._body = 0  # bytes written (to the buffer or the file)
         self.head = head  # mailgate's own fields, before the body; may be replaced
+
+    @property
+    def path(self) -> Path:
+        """The file the content goes to once it outgrows the buffer (most never do: the
+        path is not even built for them)."""
+        return self._directory / self._name
 
     @property
     def size(self) -> int:
