@@ -7,6 +7,7 @@ is wrong and what is allowed; the reader puts the file name and the key in front
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from ipaddress import ip_address
@@ -102,7 +103,10 @@ def _domain(text: str) -> str:
     return name
 
 
+@functools.lru_cache(maxsize=4096)
 def _lookup_domain(domain: str) -> str | None:
+    """`domain` as the configuration writes domains, or None: asked for every recipient
+    (is it local?), so the last few thousand answers are kept."""
     try:
         return _domain(domain)
     except _Bad:
