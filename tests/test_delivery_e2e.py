@@ -11,6 +11,7 @@ the retry schedule where a test waits for a retry to come due.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import os
 import pwd
@@ -31,8 +32,10 @@ import pytest
 from mailgate.config import Delivery, DNSConfig, Domains, Listener, Relayhost, Route, Submission
 from mailgate.delivery.engine import DeliveryEngine
 from mailgate.delivery.local import LocalDelivery
+from mailgate.delivery.transport import ClientRun, run_client
 from mailgate.queue import QueuedMessage, Recipient, RecipientState
 from mailgate.queue.sqlite import SQLiteQueue
+from mailgate.smtp.client import ClientConfig, ClientSession, Envelope
 from mailgate.users import UserDB
 from tests.support.fakemx import DSN, MX1, MX2, FakeMX, parse_dsn, wait_until
 from tests.support.live import LiveServer, live_config
@@ -573,6 +576,55 @@ def test_postfix_receives_the_message_byte_for_byte(
     assert names == ["Return-Path", "X-Original-To", "Delivered-To", "Received"], added
     assert added.startswith(f"Return-Path: <{SENDER}>\n")
     assert "by postfix.test (Postfix)" in added
+
+
+def test_postfix_takes_messages_pipelined_behind_each_other(
+        postfix: Postfix, mx_port: int) -> None:
+    """Five messages over one connection to a real Postfix, each message's MAIL, RCPT and
+    DATA written behind the content of the one before (RFC 2920 3.1): Postfix's smtpd
+    answers each in order, files each byte for byte, and logs no pipelining complaint;
+    the third, for a user Postfix does not know, is refused at RCPT alone."""
+    users = ["bob", "bob", "nobody", "bob", "bob"]
+    messages = [(Envelope.make(SENDER, [f"{u}@pf.test"]),
+                 CONTENT.replace(b"Subject: ", f"Subject: {i} ".encode(), 1))
+                for i, u in enumerate(users)]
+    tap = _SentTap()
+    session = ClientSession(ClientConfig(helo_name="mailgate.test", tls="never"))
+    run: ClientRun = asyncio.run(run_client(MX2, mx_port, session, messages, tap=tap))
+    assert run.established is not None and run.established.capabilities.pipelining
+    codes = [[r.outcome.reply.code for r in m.results] for m in run.results]
+    assert codes == [[250], [250], [550], [250], [250]], (codes, postfix.log())
+    # The content of one message and the next one's commands left in one write.
+    assert any(b".\r\nMAIL FROM:" in chunk for chunk in tap.chunks), tap.chunks
+    def four() -> list[Path] | None:
+        found = sorted(postfix.maildir("bob").glob("*"))
+        return found if len(found) == 4 else None
+
+    boxes = wait_until(four, 10, "four messages in Postfix's Maildir")
+    bodies = sorted(b.read_bytes() for b in boxes)
+    for i in (0, 1, 3, 4):
+        sent = messages[i][1].replace(b"\r\n", b"\n")
+        assert sum(body.endswith(sent) for body in bodies) == 1, (i, bodies)
+    log = postfix.log()
+    assert "pipelining" not in log.lower(), log
+    # One connection carried all five; the RSET follows the message nobody took.
+    assert "ehlo=1 mail=5 rcpt=4/5 data=4/5 rset=1 quit=1" in log, log
+
+
+class _SentTap:
+    """The bytes a client wrote, one entry per write."""
+
+    def __init__(self) -> None:
+        self.chunks: list[bytes] = []
+
+    def sent(self, data: bytes) -> None:
+        self.chunks.append(data)
+
+    def received(self, data: bytes) -> None:
+        pass
+
+    def tls_up(self, ssl_object: Any) -> None:
+        pass
 
 
 def test_verify_against_postfix_with_a_ca_signed_certificate(
