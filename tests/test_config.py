@@ -24,6 +24,7 @@ from mailgate.config import (
     Listener,
     LogConfig,
     Policy,
+    QueueSettings,
     Relay,
     Relayhost,
     Route,
@@ -32,6 +33,7 @@ from mailgate.config import (
     TLSConfig,
     WebConfig,
     load_config,
+    load_queue_settings,
     parse_config,
     parse_duration,
     parse_size,
@@ -1055,6 +1057,46 @@ def test_queue_backend_problems_never_quote_the_dsn(tmp_path: Path) -> None:
                      'dsn_file = "x"\n', "t.toml")
     with pytest.raises(ConfigError, match=r"queue\.backend"):
         parse_config('[queue]\nbackend = "mysql"\n', "t.toml")
+
+
+def test_queue_settings_read_as_the_whole_file_reads_them(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The `queue` commands read only data_dir and [queue] (load_queue_settings): the
+    same values load_config gives, the same problems for those keys, and a misspelt
+    section still named; a mistake elsewhere no longer stops them."""
+    secret = tmp_path / "dsn"
+    secret.write_text("postgresql://mg:pw@db.example.test/mail\n", encoding="utf-8")
+    files = {
+        "relative": 'data_dir = "spool"\n[queue]\nkeep_records = "2d"\n',
+        "cluster": '[queue]\nbackend = "postgresql"\ndsn_file = "dsn"\nnode = "mx1"\n',
+        "empty": "",
+    }
+    for name, text in files.items():
+        path = tmp_path / f"{name}.toml"
+        path.write_text(text, encoding="utf-8")
+        whole = load_config(path)
+        assert load_queue_settings(path) == QueueSettings(whole.data_dir, whole.queue), name
+    monkeypatch.chdir(tmp_path)
+    assert load_queue_settings(None) == QueueSettings(load_config(None).data_dir,
+                                                      load_config(None).queue)
+
+    def problems(text: str) -> str:
+        path = tmp_path / "bad.toml"
+        path.write_text(text, encoding="utf-8")
+        with pytest.raises(ConfigError) as info:
+            load_queue_settings(path)
+        return str(info.value)
+
+    assert "queue.dsn: missing" in problems('[queue]\nbackend = "postgresql"\n')
+    assert "unknown section [queu]" in problems('[queu]\nbackend = "postgresql"\n')
+    assert "data_dir" in problems("data_dir = 3\n")
+    assert "line 1" in problems("[queue\n")
+    ok = tmp_path / "elsewhere.toml"
+    ok.write_text('[limits]\nmessage_size = "lots"\n[queue]\nkeep_records = "1h"\n',
+                  encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"limits\.message_size"):
+        load_config(ok)
+    assert load_queue_settings(ok).queue.keep_records == 3600
 
 
 @pytest.mark.parametrize(("cpus", "expected"), [(1, 1), (2, 2), (3, 3), (64, AUTO_WORKERS_MAX)])

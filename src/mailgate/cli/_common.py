@@ -10,14 +10,12 @@ import os
 import re
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
-from mailgate.codes.registry import languages
-
 if TYPE_CHECKING:
-    from mailgate.config import Config
+    from mailgate.config import Config, QueueSettings
 
 EXIT_USAGE = 2
 
@@ -28,6 +26,8 @@ def default_lang() -> str:
     for var in ("LC_ALL", "LC_MESSAGES", "LANG"):
         value = os.environ.get(var, "")
         if value:
+            from mailgate.codes.registry import languages
+
             lang = re.split(r"[_.@-]", value.lower(), maxsplit=1)[0]
             return lang if lang in languages() else "en"
     return "en"
@@ -39,9 +39,44 @@ def fail(message: str) -> NoReturn:
     sys.exit(EXIT_USAGE)
 
 
+if TYPE_CHECKING:
+    _StrChoice = click.Choice[str]  # generic from click 8.2 on; plain before
+else:
+    _StrChoice = click.Choice
+
+
+class _Language(_StrChoice):
+    """`--lang`: one of the knowledge base's languages, as `click.Choice` checks and shows
+    them, but listed only when an option is read or help is shown: the registry is not
+    loaded for commands that never explain a code (`mailgate queue list`)."""
+
+    def __init__(self) -> None:
+        super().__init__(())
+
+    def _listed(self) -> None:
+        if not self.choices:
+            from mailgate.codes.registry import languages
+
+            self.choices = languages()
+
+    def get_metavar(self, *args: Any, **kwargs: Any) -> str | None:
+        self._listed()
+        return super().get_metavar(*args, **kwargs)
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> Any:
+        self._listed()
+        return super().convert(value, param, ctx)
+
+    def shell_complete(self, ctx: click.Context, param: click.Parameter,
+                       incomplete: str) -> list[Any]:
+        self._listed()
+        return super().shell_complete(ctx, param, incomplete)
+
+
 _lang_option = click.option(
     "--lang",
-    type=click.Choice(languages()),
+    type=_Language(),
     default=None,
     help="Language of the explanation (default: from the locale; LANG=zh_CN.UTF-8 gives zh).",
 )
@@ -81,6 +116,19 @@ def _load_config(path: Path | None) -> Config:
 
     try:
         return load_config(path)
+    except ConfigError as exc:
+        fail(str(exc))
+    except OSError as exc:
+        fail(f"cannot read the configuration file {path}: {exc.strerror}.")
+
+
+def _load_queue_settings(path: Path | None) -> QueueSettings:
+    """`load_queue_settings` for the `queue` commands, its problems said as `_load_config`
+    says them."""
+    from mailgate.config import ConfigError, load_queue_settings
+
+    try:
+        return load_queue_settings(path)
     except ConfigError as exc:
         fail(str(exc))
     except OSError as exc:

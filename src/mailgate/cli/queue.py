@@ -10,14 +10,14 @@ import click
 
 from mailgate.cli._common import (
     _config_option,
-    _load_config,
+    _load_queue_settings,
     default_lang,
     fail,
     main,
 )
 
 if TYPE_CHECKING:
-    from mailgate.config import Config
+    from mailgate.config import QueueSettings
     from mailgate.queue import Queue
 
 
@@ -26,11 +26,11 @@ def queue() -> None:
     """Look at and act on the mail queue."""
 
 
-def _open_queue(config_path: Path | None) -> tuple[Config, Queue]:
+def _open_queue(config_path: Path | None) -> tuple[QueueSettings, Queue]:
     from mailgate.queue import NoQueue, QueueError
     from mailgate.queue.backends import open_queue
 
-    config = _load_config(config_path)
+    config = _load_queue_settings(config_path)
     try:
         return config, open_queue(config, create=False)
     except NoQueue as exc:
@@ -49,7 +49,7 @@ def queue_migrate(config_path: Path | None) -> None:
     from mailgate.queue import QueueError
     from mailgate.queue.backends import migrate_queue
 
-    config = _load_config(config_path)
+    config = _load_queue_settings(config_path)
     try:
         before, after = migrate_queue(config)
     except QueueError as exc:
@@ -168,7 +168,7 @@ def queue_import(config_path: Path | None, file: str) -> None:
     from mailgate.queue.backends import open_queue
     from mailgate.queue.transfer import import_queue
 
-    config = _load_config(config_path)
+    config = _load_queue_settings(config_path)
     try:
         q = open_queue(config)  # importing into a new queue creates it
     except QueueError as exc:

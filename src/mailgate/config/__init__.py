@@ -13,63 +13,61 @@ The package's parts, each importing only those listed after it:
   sections.py   the section builders: TOML document -> Config, every problem collected
   mailstore.py  the builders of [maildir], [auth], server.user and the LMTP route check
   dkim.py       the builder of [dkim]: the signing keys, each read and checked at load time
-  queue_section.py  the builder of [queue] (retention, backend, PostgreSQL dsn, node)
+  queue_section.py  the builders of data_dir and [queue] (retention, backend, dsn, node)
   reader.py     _Reader (key paths, the problem sentences) and the value converters
-  values.py     the frozen settings: Config, Listener, Domains, Limits, ... and ConfigError
+  values.py     the frozen settings: Config, Listener, Domains, Limits, ...
   dkimkey.py    DKIMKey (a loaded signing key) and keys_for(config.dkim, domain)
-  syntax.py     sizes, durations, domain names, host:port, next hops
+  syntax.py     sizes, durations, domain names, host:port, next hops; ConfigError
 """
 
 from __future__ import annotations
 
-import re
-import tomllib
+import importlib
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-# The names the rest of mailgate and the tests use (`__all__`), and the others that
-# `mailgate.config` has always offered, from where they now live.
-from mailgate.config.aliases import Aliases, QueueConfig
-from mailgate.config.reader import _SECTIONS as _SECTIONS
-from mailgate.config.reader import SMTPS_PORT as SMTPS_PORT
-from mailgate.config.reader import _Reader
-from mailgate.config.sections import _build
-from mailgate.config.syntax import parse_duration, parse_size
-from mailgate.config.values import BARE_NEWLINES as BARE_NEWLINES
-from mailgate.config.values import (
-    DEFAULT_LISTENERS,
-    TLS_LEVELS,
-    AuthChecks,
-    AuthConfig,
-    Config,
-    ConfigError,
-    Delivery,
-    DNSConfig,
-    Domains,
-    Limits,
-    Listener,
-    LogConfig,
-    MaildirOwner,
-    Policy,
-    Relay,
-    Relayhost,
-    Route,
-    ServerConfig,
-    Submission,
-    Timeouts,
-    TLSConfig,
-    TLSLevel,
-    WebConfig,
-)
-from mailgate.config.values import LOG_LEVELS as LOG_LEVELS
-from mailgate.config.values import MIN_MESSAGE_SIZE as MIN_MESSAGE_SIZE
-from mailgate.config.values import MIN_RECIPIENTS as MIN_RECIPIENTS
-from mailgate.config.values import ROLES as ROLES
-from mailgate.config.values import BareNewlines as BareNewlines
-from mailgate.config.values import KiB as KiB
-from mailgate.config.values import LogLevel as LogLevel
-from mailgate.config.values import MiB as MiB
-from mailgate.config.values import Network as Network
-from mailgate.config.values import Role as Role
+from mailgate.config.syntax import ConfigError
+
+if TYPE_CHECKING:
+    from mailgate.config.aliases import Aliases, QueueConfig, QueueSettings
+    from mailgate.config.reader import _SECTIONS as _SECTIONS
+    from mailgate.config.reader import SMTPS_PORT as SMTPS_PORT
+    from mailgate.config.syntax import parse_duration, parse_size
+    from mailgate.config.values import BARE_NEWLINES as BARE_NEWLINES
+    from mailgate.config.values import (
+        DEFAULT_LISTENERS,
+        TLS_LEVELS,
+        AuthChecks,
+        AuthConfig,
+        Config,
+        Delivery,
+        DNSConfig,
+        Domains,
+        Limits,
+        Listener,
+        LogConfig,
+        MaildirOwner,
+        Policy,
+        Relay,
+        Relayhost,
+        Route,
+        ServerConfig,
+        Submission,
+        Timeouts,
+        TLSConfig,
+        TLSLevel,
+        WebConfig,
+    )
+    from mailgate.config.values import LOG_LEVELS as LOG_LEVELS
+    from mailgate.config.values import MIN_MESSAGE_SIZE as MIN_MESSAGE_SIZE
+    from mailgate.config.values import MIN_RECIPIENTS as MIN_RECIPIENTS
+    from mailgate.config.values import ROLES as ROLES
+    from mailgate.config.values import BareNewlines as BareNewlines
+    from mailgate.config.values import KiB as KiB
+    from mailgate.config.values import LogLevel as LogLevel
+    from mailgate.config.values import MiB as MiB
+    from mailgate.config.values import Network as Network
+    from mailgate.config.values import Role as Role
 
 __all__ = [
     "DEFAULT_LISTENERS",
@@ -88,6 +86,7 @@ __all__ = [
     "MaildirOwner",
     "Policy",
     "QueueConfig",
+    "QueueSettings",
     "Relay",
     "Relayhost",
     "Route",
@@ -98,10 +97,42 @@ __all__ = [
     "Timeouts",
     "WebConfig",
     "load_config",
+    "load_queue_settings",
     "parse_config",
     "parse_duration",
     "parse_size",
 ]
+
+# The names the rest of mailgate and the tests use (`__all__`), and the others that
+# `mailgate.config` has always offered, each loaded from where it lives on first use
+# (PEP 562): importing one part of the package (the `queue` commands read only
+# queue_section.py) then costs only that part, not the dozens of settings classes.
+_WHERE: dict[str, str] = {
+    **dict.fromkeys(("Aliases", "QueueConfig", "QueueSettings"), "aliases"),
+    **dict.fromkeys(("_SECTIONS", "SMTPS_PORT"), "reader"),
+    **dict.fromkeys(("parse_duration", "parse_size"), "syntax"),
+    **dict.fromkeys((
+        "BARE_NEWLINES", "DEFAULT_LISTENERS", "LOG_LEVELS", "MIN_MESSAGE_SIZE",
+        "MIN_RECIPIENTS", "ROLES", "TLS_LEVELS", "AuthChecks", "AuthConfig", "BareNewlines",
+        "Config", "DNSConfig", "Delivery", "Domains", "KiB", "Limits",
+        "Listener", "LogConfig", "LogLevel", "MaildirOwner", "MiB", "Network", "Policy",
+        "Relay", "Relayhost", "Role", "Route", "ServerConfig", "Submission", "TLSConfig",
+        "TLSLevel", "Timeouts", "WebConfig"), "values"),
+}
+
+
+def __getattr__(name: str) -> object:
+    part = _WHERE.get(name)
+    if part is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{part}"), name)
+    globals()[name] = value  # found once; later lookups do not come here
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_WHERE})
+
 
 # --- entry points -------------------------------------------------------------------
 
@@ -112,35 +143,80 @@ def load_config(path: Path | None) -> Config:
     Relative paths in the file resolve against the file's directory; the default
     data_dir against the current directory.
     """
+    from mailgate.config.reader import _Reader
+    from mailgate.config.sections import _build
+
     if path is None:
         return _build({}, _Reader("(defaults)", Path.cwd()), None)
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        reason = exc.strerror or str(exc)
-        raise ConfigError([f"{path}: cannot read the configuration file: {reason}"]) from None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ConfigError([
-            f"{path}: not UTF-8 text (byte {exc.start}); TOML files must be UTF-8"
-        ]) from None
+    text = _read(path)
     return parse_config(text, str(path), base_dir=path.absolute().parent)
 
 
 def parse_config(text: str, source: str, base_dir: Path | None = None) -> Config:
     """Validate TOML `text`; `source` names it in messages, `base_dir` (default: the
     current directory) is where relative paths resolve."""
-    text = text.removeprefix("\ufeff")  # a BOM some editors write; TOML has no use for it
-    try:
-        doc = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError([_syntax_problem(source, text, exc)]) from None
+    from mailgate.config.reader import _Reader
+    from mailgate.config.sections import _build
+
+    doc = _document(text, source)
     base = (base_dir if base_dir is not None else Path.cwd()).expanduser().absolute()
     return _build(doc, _Reader(source, base), source)
 
 
-def _syntax_problem(source: str, text: str, exc: tomllib.TOMLDecodeError) -> str:
+def load_queue_settings(path: Path | None) -> QueueSettings:
+    """Where the queue is, and no more: `data_dir` and [queue], read and checked as
+    `load_config` reads them, for the `queue` commands.
+
+    The file must still be TOML and name only known sections (a misspelt [queue] would
+    otherwise send the commands to the wrong queue), but the other sections are not
+    read: a mistake in [tls] does not stop anyone looking at the queue, and `mailgate
+    queue list` does not load the settings classes of the whole server."""
+    from mailgate.config.aliases import QueueSettings
+    from mailgate.config.queue_section import data_dir_setting, queue_section
+    from mailgate.config.reader import _ROOT_KEYS, _Reader
+
+    if path is None:
+        doc: dict[str, object] = {}
+        r = _Reader("(defaults)", Path.cwd())
+    else:
+        doc = _document(_read(path), str(path))
+        r = _Reader(str(path), path.absolute().parent)
+    r.check_keys(doc, (), _ROOT_KEYS)
+    settings = QueueSettings(data_dir_setting(doc, r), queue_section(doc, r))
+    if r.problems:
+        raise ConfigError(r.problems)
+    return settings
+
+
+def _read(path: Path) -> str:
+    """The text of the file at `path`, or ConfigError saying why it cannot be had."""
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise ConfigError([f"{path}: cannot read the configuration file: {reason}"]) from None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError([
+            f"{path}: not UTF-8 text (byte {exc.start}); TOML files must be UTF-8"
+        ]) from None
+
+
+def _document(text: str, source: str) -> dict[str, object]:
+    """TOML `text` as a table, or ConfigError naming the line that is not TOML."""
+    import tomllib
+
+    text = text.removeprefix("\ufeff")  # a BOM some editors write; TOML has no use for it
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([_syntax_problem(source, text, exc)]) from None
+
+
+def _syntax_problem(source: str, text: str, exc: Exception) -> str:
+    import re
+
     message = str(exc)
     lines = text.splitlines()
     at = re.search(r"\s*\(at line (\d+), column (\d+)\)\Z", message)

@@ -54,6 +54,15 @@ class QueueConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class QueueSettings:
+    """Where the queue is: what the `queue` commands read of the file
+    (`load_queue_settings`), and all that `open_queue` needs of a Config."""
+
+    data_dir: Path
+    queue: QueueConfig
+
+
+@dataclass(frozen=True, slots=True)
 class Aliases:
     """Key (`local` or `local@domain`, lower case, A-label domain) -> targets (`local` or
     `local@domain`). `source` names where each key was defined, for error sentences."""

@@ -11,12 +11,13 @@ A DSN may hold a password, so no sentence here ever quotes it.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 
 from mailgate.config.aliases import QueueConfig
 from mailgate.config.reader import _choice, _duration, _Reader, _string
 from mailgate.config.syntax import _Bad
 
-__all__ = ["BACKENDS", "queue_section"]
+__all__ = ["BACKENDS", "data_dir_setting", "queue_section"]
 
 BACKENDS = ("sqlite", "postgresql")
 
@@ -27,6 +28,12 @@ def _dsn(value: object) -> str:
         raise _Bad('must be a PostgreSQL URI, like "postgresql://mailgate@db.example.org/'
                    'mailgate", or key=value pairs')
     return text
+
+
+def data_dir_setting(doc: Mapping[str, object], r: _Reader) -> Path:
+    """`data_dir`: the queue's home when it is SQLite (data_dir/queue.db), and much else's;
+    by default mailgate-data beside the file."""
+    return r.get(doc, (), "data_dir", r.path, r.base / "mailgate-data")
 
 
 def queue_section(doc: Mapping[str, object], r: _Reader) -> QueueConfig:

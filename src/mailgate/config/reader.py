@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import date, datetime, time
 from ipaddress import ip_address, ip_network
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from mailgate.config.syntax import (
     _DURATION_HELP,
@@ -28,7 +28,9 @@ from mailgate.config.syntax import (
     parse_duration,
     parse_size,
 )
-from mailgate.config.values import Network, Relayhost
+
+if TYPE_CHECKING:  # values.py, with its dozens of classes, is loaded only when needed
+    from mailgate.config.values import Network, Relayhost
 
 _T = TypeVar("_T")
 
@@ -376,6 +378,8 @@ def _route(default_port: int) -> Callable[[object], RouteHop]:
 
 
 def _relayhost(default_port: int) -> Callable[[object], Relayhost | None]:
+    from mailgate.config.values import Relayhost
+
     def convert(value: object) -> Relayhost | None:
         rest, port, implicit = _scheme(_string(value), default_port)
         if not rest:

@@ -24,7 +24,7 @@ from mailgate.config.aliases import (
 )
 from mailgate.config.dkim import _dkim
 from mailgate.config.mailstore import _auth, _check_lmtp_routes, _maildir, _server_user
-from mailgate.config.queue_section import queue_section
+from mailgate.config.queue_section import data_dir_setting, queue_section
 from mailgate.config.reader import (
     _ROOT_KEYS,
     _SECTIONS,
@@ -47,7 +47,7 @@ from mailgate.config.reader import (
     _string,
     _web_address,
 )
-from mailgate.config.syntax import _Bad, _domain, _join_hostport, _nexthop
+from mailgate.config.syntax import ConfigError, _Bad, _domain, _join_hostport, _nexthop
 from mailgate.config.values import (
     BARE_NEWLINES,
     DEFAULT_LISTENERS,
@@ -60,7 +60,6 @@ from mailgate.config.values import (
     AuthChecks,
     BareNewlines,
     Config,
-    ConfigError,
     Delivery,
     DNSConfig,
     Domains,
@@ -99,7 +98,7 @@ def _workers(value: object) -> int:
 def _build(doc: Mapping[str, object], r: _Reader, source: str | None) -> Config:
     r.check_keys(doc, (), _ROOT_KEYS)
     hostname = r.get(doc, (), "hostname", _domain_value, "localhost")
-    data_dir = r.get(doc, (), "data_dir", r.path, r.base / "mailgate-data")
+    data_dir = data_dir_setting(doc, r)
     listeners = _listeners(doc, r)
     tls = _tls(r.section(doc, "tls"), r)
     domains = _domains(r.section(doc, "domains"), r)

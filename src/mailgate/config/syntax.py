@@ -10,9 +10,18 @@ from __future__ import annotations
 import functools
 import math
 import re
+from collections.abc import Sequence
 from ipaddress import ip_address
 
 from mailgate.idn import DomainError, canonical_domain
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; `problems` holds one sentence per problem."""
+
+    def __init__(self, problems: Sequence[str]) -> None:
+        self.problems = tuple(problems)
+        super().__init__("\n".join(self.problems))
 
 
 class _Bad(ValueError):

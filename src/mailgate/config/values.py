@@ -7,7 +7,7 @@ how it is checked, is in reader.py and sections.py.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
 from pathlib import Path
@@ -40,14 +40,6 @@ MiB = 1024 * KiB
 MIN_MESSAGE_SIZE = 64 * KiB
 # RFC 5321 4.5.3.1.8: a server must accept at least 100 recipients per message.
 MIN_RECIPIENTS = 100
-
-
-class ConfigError(Exception):
-    """The configuration cannot be used; `problems` holds one sentence per problem."""
-
-    def __init__(self, problems: Sequence[str]) -> None:
-        self.problems = tuple(problems)
-        super().__init__("\n".join(self.problems))
 
 
 # --- the settings -------------------------------------------------------------------

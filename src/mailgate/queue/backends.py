@@ -5,17 +5,21 @@ backends, and the backends import the interface: in one module that would be a c
 
 from __future__ import annotations
 
-import logging
+from typing import TYPE_CHECKING
 
-from mailgate.config import Config
 from mailgate.queue import NoQueue, Queue, QueueUnavailable
+
+if TYPE_CHECKING:
+    import logging
+
+    from mailgate.config import Config, QueueSettings
 
 __all__ = ["migrate_queue", "open_queue", "open_queue_patiently"]
 
 _BACKOFF_MAX = 30.0
 
 
-def open_queue(config: Config, *, create: bool = True) -> Queue:
+def open_queue(config: Config | QueueSettings, *, create: bool = True) -> Queue:
     """The queue the configuration names: the only way code outside `queue/` gets one.
 
     `[queue] backend` chooses: "sqlite" (the default) is `data_dir/queue.db`;
@@ -53,7 +57,7 @@ async def open_queue_patiently(config: Config, log: logging.Logger,
         delay = min(delay * 2, _BACKOFF_MAX)
 
 
-def migrate_queue(config: Config) -> tuple[int, int]:
+def migrate_queue(config: Config | QueueSettings) -> tuple[int, int]:
     """Create the queue's tables or bring them up to date (`mailgate queue migrate`);
     (schema version before, version after). QueueError for a newer schema."""
     if config.queue.backend == "postgresql":
