@@ -41,6 +41,7 @@ LAYERS: Mapping[str, int] = {
     # 1: pure protocol and settings, built on the leaves.
     "smtp": 1,  # sans-I/O SMTP sessions: replies (codes), addresses (idn)
     "config": 1,  # TOML -> settings: domains in canonical form (idn)
+    "logformat": 1,  # the server's log lines, made printable (textsafe)
     # 2: services with state or I/O that the faces above share.
     "dns": 2,  # where mail goes (codes for replies, metrics)
     "queue": 2,  # the durable queue (codes to explain, textsafe, config)

@@ -19,9 +19,10 @@ from pathlib import Path
 
 import pytest
 
+from mailgate.logformat import SafeFormatter
 from mailgate.queue import NewMessage, NewRecipient
 from mailgate.queue.sqlite import SQLiteQueue
-from mailgate.textsafe import SafeFormatter, json_printable, printable
+from mailgate.textsafe import json_printable, printable
 from tests.support.live import LiveServer, live_config
 from tests.support.smtpwire import Wire
 

@@ -47,6 +47,7 @@ from mailgate.delivery.helper import HelperClient, start_helper
 from mailgate.delivery.lmtp import LMTPDelivery, StoreRecipients
 from mailgate.delivery.local import LocalDelivery
 from mailgate.dns import Resolver
+from mailgate.logformat import JSONFormatter, SafeFormatter
 from mailgate.ports import Bound, bind_all, bind_socket, check_ports, connection_budget, hostport
 from mailgate.queue import NewMessage, Queue, QueueError, domain_of
 from mailgate.queue.backends import open_queue_patiently
@@ -58,7 +59,6 @@ from mailgate.server.listener import SMTPServer
 from mailgate.server.policy import Policy, SharedCounts
 from mailgate.server.tls import ensure_self_signed, server_context
 from mailgate.siblings import Board
-from mailgate.textsafe import JSONFormatter, SafeFormatter
 from mailgate.users import UserDB
 from mailgate.workers import Siblings, fork
 

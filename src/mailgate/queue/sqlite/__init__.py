@@ -16,7 +16,6 @@ import os
 import sqlite3
 import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import Future
 from dataclasses import replace
 from typing import TYPE_CHECKING, TypeVar
 
@@ -48,6 +47,7 @@ from mailgate.queue.sqlite.writer import GroupCommitWriter
 
 if TYPE_CHECKING:
     import asyncio
+    from concurrent.futures import Future
 
 __all__ = ["SCHEMA_VERSION", "ClaimOwner", "SQLiteQueue", "new_queue_id"]
 

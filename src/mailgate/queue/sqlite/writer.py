@@ -40,13 +40,15 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Generic, Self, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Generic, Self, TypeVar, cast
 
 from mailgate.queue import QueueError, QueueFull
+
+if TYPE_CHECKING:
+    from concurrent.futures import Future
 
 __all__ = ["GroupCommitWriter", "Joinable"]
 
@@ -65,6 +67,14 @@ _WAL_FALLBACK_PAGES = 16000
 # commit frame), 1 more per request, and the content's own pages.
 _PAGES_PER_COMMIT = 12
 _PAGES_PER_REQUEST = 1
+
+
+def _future() -> Future[Any]:
+    """A new concurrent.futures.Future. The module is loaded on the first write, not with
+    this one: it loads `logging`, which a `queue` command that only reads never needs."""
+    from concurrent.futures import Future
+
+    return Future()
 
 
 class Joinable(Generic[T]):
@@ -302,7 +312,7 @@ class GroupCommitWriter:
         self, op: Callable[[sqlite3.Connection], T], doing: str, weight: int = 0,
         durable: bool = True, shortcut: Callable[[sqlite3.Connection], T | None] | None = None,
     ) -> Future[T]:
-        future: Future[T] = Future()
+        future: Future[T] = _future()
         with self._lock:
             # Under the lock so no request can slip in behind the stop marker and wait
             # forever for a writer that has gone.
@@ -588,7 +598,7 @@ class GroupCommitWriter:
             self._closed = True
             final = self._final_op()
             if final is not None:  # before the stop marker: it runs with the last batch
-                self._requests.put(_Request(final, Future(), "finish", 0))
+                self._requests.put(_Request(final, _future(), "finish", 0))
             self._requests.put(_STOP)
             idle, self._idle = self._idle, []
         self._writer.join()
