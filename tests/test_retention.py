@@ -106,7 +106,8 @@ def test_queue_list_loads_no_server_part(tmp_path: Path) -> None:
              "except SystemExit:\n    pass\n"
              "print(sorted(m for m in ('asyncio', 'email.parser', 'socket', 'hashlib', "
              "'difflib', 'fractions', 'idna', 'mailgate.config.values', "
-             "'mailgate.config.sections', 'mailgate.codes.registry', 'logging') if m in sys.modules))\n")
+             "'mailgate.config.sections', 'mailgate.codes.registry', 'logging', 'json') "
+             "if m in sys.modules))\n")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                          check=True, timeout=60).stdout
     assert qid in out and out.splitlines()[-1] == "[]", out

@@ -9,7 +9,6 @@ one TOML value into a typed value or raise `_Bad` with the reason.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -73,16 +72,24 @@ def _key(*parts: str | int) -> str:
         if isinstance(part, int):
             out += f"[{part}]"
         else:
-            shown = part if _BARE_KEY_RE.match(part) else json.dumps(part, ensure_ascii=False)
+            shown = part if _BARE_KEY_RE.match(part) else _quoted(part)
             out += f".{shown}" if out else shown
     return out
+
+
+def _quoted(text: str) -> str:
+    """A TOML basic string (JSON's escapes are TOML's), for the sentences of problems:
+    json is loaded only when there is one to write."""
+    import json
+
+    return json.dumps(text, ensure_ascii=False)
 
 
 def _toml(value: object) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, str):
-        return json.dumps(value, ensure_ascii=False)
+        return _quoted(value)
     if isinstance(value, float) and not math.isfinite(value):
         return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
     if isinstance(value, int | float):

@@ -7,7 +7,6 @@ character in it is shown as an escape and never reaches the terminal as itself.
 
 from __future__ import annotations
 
-import json
 import re
 import time
 from collections.abc import Iterator
@@ -75,6 +74,8 @@ def message_json(m: QueuedMessage) -> dict[str, Any]:
 
 
 def list_json(msgs: list[QueuedMessage], counts: dict[str, int]) -> str:
+    import json  # here, not with the module: the text listing never needs it
+
     return json.dumps({"counts": counts, "messages": [message_json(m) for m in msgs]},
                       indent=2) + "\n"
 
@@ -132,6 +133,8 @@ def stream_list(queue: Queue, limit: int, fmt: str, *, state: RecipientState | N
     counts = queue.counts()
     found = False
     if fmt == "json":
+        import json
+
         yield '{\n  "counts": ' + json.dumps(counts) + ',\n  "messages": ['
         for batch in pages(queue, limit, state=state, live_only=live_only):
             for m in batch:
@@ -195,6 +198,8 @@ def _text(lines: list[str]) -> str:
 
 
 def show_json(m: QueuedMessage) -> str:
+    import json
+
     data = message_json(m)
     if m.content is not None:
         data["headers"] = _headers(m.content)
