@@ -274,6 +274,25 @@ def test_newaliases_checks_the_aliases(bin_dir: Path, tmp_path: Path) -> None:
     assert out.returncode == EX_CONFIG and b"loop" in out.stderr
 
 
+def test_mailq_and_flush_read_only_where_the_queue_is(bin_dir: Path, tmp_path: Path) -> None:
+    """-bp and -q read data_dir and [queue] as `mailgate queue` does: a mistake in
+    another section (an alias loop) stops sending and newaliases, not a look at the
+    queue; a mistake in [queue] stops them too."""
+    data = tmp_path / "data"
+    with SQLiteQueue(data / "queue.db"):
+        pass
+    loop = write_config(tmp_path / "c.toml", data, 1, '[aliases]\na = "b"\nb = "a"\n')
+    for args in (["mailq"], ["sendmail", "-bp"], ["sendmail", "-q"]):
+        out = run(bin_dir, *args, "-C", str(loop))
+        assert out.returncode == 0, (args, out.stderr)
+    assert b"Mail queue is empty" in run(bin_dir, "mailq", "-C", str(loop)).stdout
+    assert run(bin_dir, "sendmail", "-C", str(loop), "bob",
+               stdin=b"Subject: x\n\nx\n").returncode == EX_CONFIG
+    bad = write_config(tmp_path / "d.toml", data, 1, '[queue]\nbackend = "mysql"\n')
+    out = run(bin_dir, "mailq", "-C", str(bad))
+    assert out.returncode == EX_CONFIG and b"queue.backend" in out.stderr
+
+
 def test_root_queues_directly_as_the_owner_of_the_data_directory(
         bin_dir: Path, closed_port: int) -> None:
     """The server runs as its own user: files sendmail (run by root's cron) makes in the

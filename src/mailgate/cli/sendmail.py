@@ -24,12 +24,16 @@ import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, NoReturn, TypeVar
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from mailgate.cli.sendmail_queue import Submission
-    from mailgate.config import Config
+    from mailgate.config import Config, QueueSettings
     from mailgate.queue import Queue
+
+_T = TypeVar("_T")
 
 __all__ = ["Options", "UsageError", "main", "parse_args"]
 
@@ -182,16 +186,35 @@ def _exit(prog: str, status: int, message: str) -> NoReturn:
     sys.exit(status)
 
 
-def _config(opts: Options, prog: str) -> Config:
-    from mailgate.config import ConfigError, load_config
-
+def _config_path(opts: Options) -> Path | None:
+    """-C, else $MAILGATE_CONFIG, else the system file when there is one."""
     path = opts.config
     if path is None and os.environ.get("MAILGATE_CONFIG"):
         path = Path(os.environ["MAILGATE_CONFIG"])
     if path is None and SYSTEM_CONFIG.is_file():
         path = SYSTEM_CONFIG
+    return path
+
+
+def _config(opts: Options, prog: str) -> Config:
+    from mailgate.config import load_config
+
+    return _loaded(load_config, _config_path(opts), prog)
+
+
+def _queue_settings(opts: Options, prog: str) -> QueueSettings:
+    """Where the queue is, as the `queue` commands read it: -bp and -q only read or
+    touch the queue, and a mistake in another section does not stop them."""
+    from mailgate.config import load_queue_settings
+
+    return _loaded(load_queue_settings, _config_path(opts), prog)
+
+
+def _loaded(load: Callable[[Path | None], _T], path: Path | None, prog: str) -> _T:
+    from mailgate.config import ConfigError
+
     try:
-        return load_config(path)
+        return load(path)
     except ConfigError as exc:
         _exit(prog, EX_CONFIG, str(exc))
     except OSError as exc:
@@ -206,11 +229,11 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as exc:
         _exit(prog, EX_USAGE, str(exc))
     try:
-        config = _config(opts, prog)
         if opts.mode == "p":
-            return _mailq(config, prog)
+            return _mailq(_queue_settings(opts, prog), prog)
         if opts.mode == "q":
-            return _flush(config, opts, prog)
+            return _flush(_queue_settings(opts, prog), opts, prog)
+        config = _config(opts, prog)
         if opts.mode in ("i", "-"):
             return EX_OK  # the configuration (aliases included) loaded: nothing else to do
         return _send(config, opts, prog)
@@ -222,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
         _exit(prog, EX_SOFTWARE, f"internal error: {type(exc).__name__}: {exc}")
 
 
-def _open_queue(config: Config, prog: str) -> Queue | None:
+def _open_queue(config: Config | QueueSettings, prog: str) -> Queue | None:
     from mailgate.cli.sendmail_queue import become_queue_owner
     from mailgate.queue import NoQueue, QueueError
     from mailgate.queue.backends import open_queue
@@ -236,7 +259,7 @@ def _open_queue(config: Config, prog: str) -> Queue | None:
         _exit(prog, EX_UNAVAILABLE, f"cannot read the queue: {exc}")
 
 
-def _mailq(config: Config, prog: str) -> int:
+def _mailq(config: Config | QueueSettings, prog: str) -> int:
     from mailgate.queue import QueueError
     from mailgate.queue.report import mailq
 
@@ -254,7 +277,7 @@ def _mailq(config: Config, prog: str) -> int:
     return EX_OK
 
 
-def _flush(config: Config, opts: Options, prog: str) -> int:
+def _flush(config: Config | QueueSettings, opts: Options, prog: str) -> int:
     """-q: everything deferred is due now (-qI<id>: that message); the server's workers
     take it on their next round."""
     import time
