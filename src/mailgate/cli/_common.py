@@ -10,12 +10,16 @@ import os
 import re
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from mailgate.config import Config, QueueSettings
+
+_T = TypeVar("_T")
 
 EXIT_USAGE = 2
 
@@ -112,23 +116,24 @@ _config_option = click.option(
 
 
 def _load_config(path: Path | None) -> Config:
-    from mailgate.config import ConfigError, load_config
+    from mailgate.config import load_config
 
-    try:
-        return load_config(path)
-    except ConfigError as exc:
-        fail(str(exc))
-    except OSError as exc:
-        fail(f"cannot read the configuration file {path}: {exc.strerror}.")
+    return _loaded(load_config, path)
 
 
 def _load_queue_settings(path: Path | None) -> QueueSettings:
-    """`load_queue_settings` for the `queue` commands, its problems said as `_load_config`
-    says them."""
-    from mailgate.config import ConfigError, load_queue_settings
+    """`load_queue_settings`, for the `queue` commands."""
+    from mailgate.config import load_queue_settings
+
+    return _loaded(load_queue_settings, path)
+
+
+def _loaded(load: Callable[[Path | None], _T], path: Path | None) -> _T:
+    """What `load` reads from `path`, or one sentence naming the problem and exit 2."""
+    from mailgate.config import ConfigError
 
     try:
-        return load_queue_settings(path)
+        return load(path)
     except ConfigError as exc:
         fail(str(exc))
     except OSError as exc:
