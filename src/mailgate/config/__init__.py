@@ -33,41 +33,7 @@ if TYPE_CHECKING:
     from mailgate.config.reader import _SECTIONS as _SECTIONS
     from mailgate.config.reader import SMTPS_PORT as SMTPS_PORT
     from mailgate.config.syntax import parse_duration, parse_size
-    from mailgate.config.values import BARE_NEWLINES as BARE_NEWLINES
-    from mailgate.config.values import (
-        DEFAULT_LISTENERS,
-        TLS_LEVELS,
-        AuthChecks,
-        AuthConfig,
-        Config,
-        Delivery,
-        DNSConfig,
-        Domains,
-        Limits,
-        Listener,
-        LogConfig,
-        MaildirOwner,
-        Policy,
-        Relay,
-        Relayhost,
-        Route,
-        ServerConfig,
-        Submission,
-        Timeouts,
-        TLSConfig,
-        TLSLevel,
-        WebConfig,
-    )
-    from mailgate.config.values import LOG_LEVELS as LOG_LEVELS
-    from mailgate.config.values import MIN_MESSAGE_SIZE as MIN_MESSAGE_SIZE
-    from mailgate.config.values import MIN_RECIPIENTS as MIN_RECIPIENTS
-    from mailgate.config.values import ROLES as ROLES
-    from mailgate.config.values import BareNewlines as BareNewlines
-    from mailgate.config.values import KiB as KiB
-    from mailgate.config.values import LogLevel as LogLevel
-    from mailgate.config.values import MiB as MiB
-    from mailgate.config.values import Network as Network
-    from mailgate.config.values import Role as Role
+    from mailgate.config.values import *  # noqa: F403  (its __all__: the settings)
 
 __all__ = [
     "DEFAULT_LISTENERS",
@@ -107,31 +73,27 @@ __all__ = [
 # `mailgate.config` has always offered, each loaded from where it lives on first use
 # (PEP 562): importing one part of the package (the `queue` commands read only
 # queue_section.py) then costs only that part, not the dozens of settings classes.
+# Every name in values.py's `__all__` is offered too: the settings are listed there once.
 _WHERE: dict[str, str] = {
     **dict.fromkeys(("Aliases", "QueueConfig", "QueueSettings"), "aliases"),
     **dict.fromkeys(("_SECTIONS", "SMTPS_PORT"), "reader"),
     **dict.fromkeys(("parse_duration", "parse_size"), "syntax"),
-    **dict.fromkeys((
-        "BARE_NEWLINES", "DEFAULT_LISTENERS", "LOG_LEVELS", "MIN_MESSAGE_SIZE",
-        "MIN_RECIPIENTS", "ROLES", "TLS_LEVELS", "AuthChecks", "AuthConfig", "BareNewlines",
-        "Config", "DNSConfig", "Delivery", "Domains", "KiB", "Limits",
-        "Listener", "LogConfig", "LogLevel", "MaildirOwner", "MiB", "Network", "Policy",
-        "Relay", "Relayhost", "Role", "Route", "ServerConfig", "Submission", "TLSConfig",
-        "TLSLevel", "Timeouts", "WebConfig"), "values"),
 }
 
 
 def __getattr__(name: str) -> object:
-    part = _WHERE.get(name)
-    if part is None:
+    module = importlib.import_module(f"{__name__}.{_WHERE.get(name, 'values')}")
+    if name not in _WHERE and name not in module.__all__:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{part}"), name)
+    value = getattr(module, name)
     globals()[name] = value  # found once; later lookups do not come here
     return value
 
 
 def __dir__() -> list[str]:
-    return sorted({*globals(), *_WHERE})
+    from mailgate.config import values
+
+    return sorted({*globals(), *_WHERE, *values.__all__})
 
 
 # --- entry points -------------------------------------------------------------------

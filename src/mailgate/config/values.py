@@ -18,6 +18,16 @@ from mailgate.config.aliases import Aliases, QueueConfig
 from mailgate.config.dkimkey import DKIMKey
 from mailgate.config.syntax import _join_hostport, _lookup_domain
 
+# What `mailgate.config` offers of this module, loaded on first use (its __getattr__).
+__all__ = [
+    "AUTH_BACKENDS", "AUTO_WORKERS_MAX", "BARE_NEWLINES", "DEFAULT_LISTENERS", "LOG_FORMATS",
+    "LOG_LEVELS", "MIN_MESSAGE_SIZE", "MIN_RECIPIENTS", "ROLES", "TLS_LEVELS", "AuthBackend",
+    "AuthChecks", "AuthConfig", "BareNewlines", "Config", "DNSConfig", "Delivery", "Domains",
+    "KiB", "Limits", "Listener", "LogConfig", "LogFormat", "LogLevel", "MaildirOwner", "MiB",
+    "Network", "Policy", "Relay", "Relayhost", "Role", "Route", "ServerConfig", "Submission",
+    "TLSConfig", "TLSLevel", "Timeouts", "WebConfig", "auto_workers",
+]
+
 Role = Literal["mx", "submission", "smtps"]
 BareNewlines = Literal["normalize", "reject"]
 LogLevel = Literal["debug", "info", "warning", "error"]
