@@ -20,7 +20,6 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, TypeVar
 
 from mailgate.queue import (
-    FINAL_STATES,
     ActivityBucket,
     Attempt,
     NewMessage,
@@ -33,6 +32,7 @@ from mailgate.queue import (
     new_queue_id,
 )
 from mailgate.queue.sqlite.owners import ClaimOwner
+from mailgate.queue.sqlite.records import RecordOp
 from mailgate.queue.sqlite.rows import (
     ClaimOp,
     EnqueueOp,
@@ -207,14 +207,9 @@ class SQLiteQueue(GroupCommitWriter):
         attempt: Attempt,
         next_attempt: float | None,
         claim_token: str | None,
-    ) -> Callable[[sqlite3.Connection], None]:
-        """The write behind `record`.
-
-        A recipient already delivered or failed stays so (a late report from a worker
-        whose lease ran out must not send it back to the queue), and a held one stays
-        held after a deferral. A claim is cleared when `claim_token` is None or its own,
-        but not when another worker has since claimed the recipient and is still on it.
-        """
+    ) -> RecordOp:
+        """The write behind `record` (what it does: see `RecordOp`), once the attempt's
+        outcome is known to be one a report may have."""
         try:
             outcome = RecipientState(attempt.outcome)
         except ValueError:
@@ -226,75 +221,7 @@ class SQLiteQueue(GroupCommitWriter):
             )
         if outcome is RecipientState.DEFERRED and next_attempt is None:
             raise QueueError("could not record the attempt: a deferral needs next_attempt")
-
-        def op(conn: sqlite3.Connection) -> None:
-            now = time.time()
-            row = conn.execute(
-                "SELECT msg_seq, state, claim_token, claim_until FROM recipients WHERE id = ?",
-                (recipient_id,),
-            ).fetchone()
-            if row is None:
-                raise NotFound(f"recipient {recipient_id} is not in the queue")
-            conn.execute(
-                "INSERT INTO attempts (recipient_id, at, host, code, enhanced, text, outcome, "
-                "remote, tls) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    recipient_id,
-                    attempt.at,
-                    attempt.host,
-                    attempt.code,
-                    attempt.enhanced,
-                    attempt.text,
-                    outcome.value,
-                    attempt.remote,
-                    attempt.tls,
-                ),
-            )
-            state = RecipientState(row["state"])
-            new_next: float | None = None
-            if state in FINAL_STATES:
-                new_state = state
-            elif outcome is not RecipientState.DEFERRED:
-                new_state = outcome
-            elif state is RecipientState.HELD:
-                new_state = state
-            else:
-                new_state, new_next = RecipientState.DEFERRED, next_attempt
-            theirs = (
-                claim_token is not None
-                and row["claim_token"] not in (None, claim_token)
-                and row["claim_until"] is not None
-                and row["claim_until"] > now
-            )
-            if theirs:
-                token, until = row["claim_token"], row["claim_until"]
-                due = until if new_next is not None else None
-            else:
-                token, until, due = None, None, new_next
-            conn.execute(
-                "UPDATE recipients SET state = ?, attempts = attempts + 1, next_attempt = ?, "
-                "due_at = ?, last_code = ?, last_enhanced = ?, last_text = ?, "
-                "claim_token = ?, claim_until = ?, updated_at = ?, "
-                "claim_owner = CASE WHEN ? IS NULL THEN NULL ELSE claim_owner END "
-                "WHERE id = ?",
-                (
-                    new_state.value,
-                    new_next,
-                    due,
-                    attempt.code,
-                    attempt.enhanced,
-                    attempt.text,
-                    token,
-                    until,
-                    now,
-                    token,
-                    recipient_id,
-                ),
-            )
-            if new_state in FINAL_STATES and state not in FINAL_STATES:
-                _finish_if_done(conn, row["msg_seq"], now)
-
-        return op
+        return RecordOp(recipient_id, attempt, outcome, next_attempt, claim_token)
 
     def release(self, claim_token: str) -> None:
         """Give claimed work back unchanged: due again at its own next_attempt."""
@@ -661,15 +588,3 @@ class SQLiteQueue(GroupCommitWriter):
             lambda conn: [str(row[0]) for row in conn.execute("PRAGMA integrity_check")],
         )
 
-
-def _finish_if_done(conn: sqlite3.Connection, seq: int, now: float) -> None:
-    """Retention: once no recipient of the message is left to deliver, its content goes
-    (it is what takes the space) and the message is finished as of now; the record stays
-    for the listings until `purge`. One probe of the message's own recipients."""
-    left = conn.execute(
-        "SELECT 1 FROM recipients INDEXED BY recipients_message WHERE msg_seq = ? "
-        "AND state NOT IN ('delivered', 'failed') LIMIT 1", (seq,)).fetchone()
-    if left is None:
-        conn.execute("UPDATE messages SET finished_at = ? WHERE seq = ? AND finished_at IS NULL",
-                     (now, seq))
-        conn.execute("DELETE FROM contents WHERE seq = ?", (seq,))

@@ -40,6 +40,7 @@ __all__ = [
     "domain_filter",
     "due_messages",
     "first_due",
+    "insert_rows",
     "load_messages",
     "message_seq",
     "restore_message",
@@ -77,7 +78,7 @@ _RECIPIENT_INSERT = (
 _multi_sql: dict[tuple[str, int], str] = {}
 
 
-def _insert_rows(conn: sqlite3.Connection, insert: tuple[str, str, int],
+def insert_rows(conn: sqlite3.Connection, insert: tuple[str, str, int],
                  rows: Sequence[tuple[object, ...]]) -> None:
     """INSERT `rows` with as few statements as the variable limit allows."""
     head, one, width = insert
@@ -180,13 +181,13 @@ def _insert_many(conn: sqlite3.Connection, items: Sequence[EnqueueOp]) -> list[s
         if not item.spooled:
             contents.append((seq, item.content))
         recipients += [(seq, a, d, o, n, now, now, now) for a, d, o, n in item.recipients]
-    _insert_rows(conn, _MESSAGE_INSERT, messages)
-    _insert_rows(conn, _CONTENT_INSERT, contents)
+    insert_rows(conn, _MESSAGE_INSERT, messages)
+    insert_rows(conn, _CONTENT_INSERT, contents)
     first = seq - len(items) + 1
     for offset, item in enumerate(items):
         if item.spooled:
             item.store_content(conn, first + offset)
-    _insert_rows(conn, _RECIPIENT_INSERT, recipients)
+    insert_rows(conn, _RECIPIENT_INSERT, recipients)
     return ids
 
 def domain_filter(

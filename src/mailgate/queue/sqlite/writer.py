@@ -79,7 +79,8 @@ def _future() -> Future[Any]:
 
 class Joinable(Generic[T]):
     """A write that may run in one go with the writes of its own class queued right after
-    it (the queue's enqueues: a few multi-row INSERTs instead of five statements each).
+    it (the queue's enqueues, and its delivery reports: a few statements for the lot
+    instead of several each).
     Calling it runs it alone; `run_together` runs several and returns their values in
     order, or raises, and then each runs alone."""
 
