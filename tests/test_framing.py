@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mailgate.codes.reply import Reply, ReplyError, parse_reply
-from mailgate.smtp import replies
+from mailgate.smtp import framing, replies
 from mailgate.smtp.framing import (
     ChunkReader,
     DataReader,
@@ -222,6 +222,33 @@ def test_reply_reader_groups_lines_and_keeps_the_rest() -> None:
     r.feed(b" on\r\n")
     second = r.read()
     assert second is not None and second.code == 354
+
+
+def test_a_one_line_reply_read_before_is_read_the_same_and_the_memory_stays_bounded(
+        ) -> None:
+    """The reader keeps the one-line replies it has read (most of a server's replies
+    are the same few): the same bytes read the same again, wherever they come in a
+    stream, and as many different replies as a server likes take a bounded room."""
+    framing._ONE_LINE.clear()
+    r = ReplyReader(max_line=512, max_lines=5)
+    r.feed(b"250 2.1.0 Ok\r\n")
+    first = r.read()
+    assert first == Reply(250, "2.1.0", ("Ok",)) and b"250 2.1.0 Ok" in framing._ONE_LINE
+    # The same text as a continuation, then as the last line of a reply, then alone
+    # with a bare LF; and a line the reader refuses is never one it kept.
+    r.feed(b"250-2.1.0 Ok\r\n250 2.1.0 Ok\r\n250 2.1.0 Ok\n250 2.1.0 Ok\r\n")
+    assert r.read() == Reply(250, "2.1.0", ("Ok", "Ok"))
+    assert r.read() == first and r.read() == first
+    r.feed(b"250 a\rb\r\n")
+    with pytest.raises(ReplyStreamError):
+        r.read()
+    too_long = b"250 " + b"x" * 300
+    r.feed(too_long + b"\r\n")
+    assert r.read() == Reply(250, None, ("x" * 300,)) and too_long not in framing._ONE_LINE
+    for i in range(3 * framing._ONE_LINE_MAX):
+        r.feed(b"250 2.0.0 Ok: queued as %d\r\n" % i)
+        assert r.read() == Reply(250, "2.0.0", (f"Ok: queued as {i}",))
+    assert len(framing._ONE_LINE) <= framing._ONE_LINE_MAX
 
 
 @pytest.mark.parametrize(("data", "too_long"), [
