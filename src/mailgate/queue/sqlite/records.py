@@ -3,14 +3,15 @@ once no recipient of the message is left to deliver, the message finished.
 
 A deliverer reports its attempts one by one and the writer commits the reports that
 are waiting together. Alone (`RecordOp.__call__`), a report is four to six statements in
-a savepoint of its own; a batch of 20 was about 120 statements, and every one is a trip
-through the sqlite3 module, which gives up the GIL and must win it back from the busy
-event loop, all while holding the write lock that the listeners' enqueues wait for. With
-one connection at a time, the deliverer's commits held that lock 1.7 ms on average, most
-of it waiting for its own GIL. `RecordOp.run_together` writes the whole batch with a
-handful of statements, as `EnqueueOp.run_together` does for messages; anything unusual
-in it (two reports for one recipient, a recipient gone) makes it give up, and the writer
-runs the reports one by one, which finds the one at fault.
+a savepoint of its own, so a batch of 20 was about 120 statements, and every one is a
+trip through the sqlite3 module, which gives up the GIL and must win it back from the
+busy event loop while the write lock is held. `RecordOp.run_together` writes the whole
+batch with a handful of statements, as `EnqueueOp.run_together` does for messages: 8 %
+less CPU a message with 20 connections. (One connection at a time the deliverer's
+commits still hold the lock about 1.7 ms: their fsync, and the wake-ups of a thread on a
+machine whose two cores are busy, are most of it.) Anything unusual in a batch (two
+reports for one recipient, a recipient gone) makes it give up, and the writer runs the
+reports one by one, which finds the one at fault.
 """
 
 from __future__ import annotations
