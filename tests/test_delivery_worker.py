@@ -14,6 +14,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import pytest
+
 from mailgate.config import Config
 from mailgate.delivery.bounce import null_mx_attempt
 from mailgate.delivery.engine import DeliveryEngine
@@ -148,6 +150,50 @@ def test_work_whose_outcome_could_not_be_stored_is_given_back_when_the_queue_ret
         assert worker.failures == {"record": 0, "release": 0}
         assert [_state(queue, q) for q in ids] == [RecipientState.DELIVERED] * 3
         assert worker.rounds == [3, 2]  # the two left, claimed again at once
+    finally:
+        queue.close()
+
+
+class Counting(Stub):
+    """A stub that counts its looks at the queue."""
+
+    looks = 0
+
+    def claim(self, now: float) -> list[WorkItem]:
+        self.looks += 1
+        return super().claim(now)
+
+
+def test_wake_ups_close_together_share_one_look(tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every message queued rings every worker, its target's or not: fifty rings in a
+    burst make a look or two, not fifty, and what they rang for is still delivered."""
+    monkeypatch.setattr(Worker, "PACE", 0.5)
+    queue, _ = _queue(tmp_path)
+    try:
+        worker = Counting(queue, stop_after=1)
+
+        async def main() -> int:
+            task = asyncio.create_task(worker.run())
+            while worker.looks < 1:  # the first look, at once: nothing there
+                await asyncio.sleep(0.001)
+            start = time.monotonic()
+            for _ in range(50):
+                worker.wake()
+                await asyncio.sleep(0.002)
+            burst = worker.looks - 1
+            # One look a PACE at most, however long the burst took on this machine.
+            allowed = 2 + int((time.monotonic() - start) / Worker.PACE)
+            qid = queue.enqueue(NewMessage(sender="a@example.net", content=b"x",
+                                           recipients=[NewRecipient("late@example.org")],
+                                           received_at=time.time()))
+            worker.wake()
+            await asyncio.wait_for(task, 10)  # delivered: the last ring was not lost
+            assert _state(queue, qid) is RecipientState.DELIVERED
+            assert burst <= allowed, (burst, allowed)  # without pacing: 50
+            return burst
+
+        asyncio.run(main())
     finally:
         queue.close()
 
