@@ -116,6 +116,23 @@ def test_log_formatter_escapes_client_strings() -> None:
     assert ESC not in text and "ValueError: bad \\x1b[2J" in text
 
 
+def test_log_time_is_formatted_once_a_second_and_reads_the_same() -> None:
+    """The formatter keeps the last second's time text: a record in the same second reads
+    it, one in another second (or with another format) gets its own, and each reads as
+    logging's own formatter reads it."""
+    ours = SafeFormatter("%(asctime)s %(message)s", "%b %d %H:%M:%S")
+    plain = logging.Formatter("%(asctime)s %(message)s", "%b %d %H:%M:%S")
+    base = 1_765_000_000.0
+    for created, datefmt in [(base + 0.1, "%b %d %H:%M:%S"), (base + 0.9, "%b %d %H:%M:%S"),
+                             (base + 1.0, "%b %d %H:%M:%S"), (base + 1.5, "%H:%M:%S"),
+                             (base + 1.6, "%b %d %H:%M:%S"), (base - 3600, "%b %d %H:%M:%S"),
+                             (base + 2.0, None)]:
+        record = logging.LogRecord("t", logging.INFO, __file__, 1, "m", None, None)
+        record.created, record.msecs = created, (created - int(created)) * 1000
+        assert ours.formatTime(record, datefmt) == plain.formatTime(record, datefmt), created
+    assert ours.format(record) == plain.format(record)
+
+
 def test_live_server_log_carries_no_raw_escape(tmp_path: Path) -> None:
     """The AUTH user name reaches the log as the client sent it: escaped there."""
     from mailgate.serve import configure_logging
@@ -123,6 +140,7 @@ def test_live_server_log_carries_no_raw_escape(tmp_path: Path) -> None:
     stream = io.StringIO()
     root = logging.getLogger()
     saved, level = root.handlers[:], root.level
+    switches = logging._srcfile, logging.logThreads, logging.logMultiprocessing
     root.handlers.clear()
     token = base64.b64encode(f"\0ev{ESC}]0;owned{BEL}il\r\nforged\0secret".encode()).decode()
     try:
@@ -136,6 +154,8 @@ def test_live_server_log_carries_no_raw_escape(tmp_path: Path) -> None:
     finally:
         root.handlers[:] = saved
         root.setLevel(level)
+        logging._srcfile, logging.logThreads, logging.logMultiprocessing = switches
     log = stream.getvalue()
     assert "user=ev\\x1b]0;owned\\x07il\\r\\nforged" in log, log
+    assert f" mailgate[{os.getpid()}]: " in log, log  # the pid is still taken
     assert ESC not in log and BEL not in log and "\r" not in log
