@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import multiprocessing
 import os
 import re
@@ -440,6 +441,91 @@ def test_cancelled_async_enqueue_stores_nothing(q: SQLiteQueue) -> None:
 
     asyncio.run(main())
     assert [r.address for m in q.list() for r in m.recipients] == ["after@example.net"]
+
+
+def test_a_batch_of_async_writes_is_answered_with_one_call_into_the_loop(
+        q: SQLiteQueue) -> None:
+    """Twenty enqueues parked behind one batch commit together, and the writer hands
+    their answers to the event loop in one call, not twenty."""
+    async def main() -> list[str]:
+        loop = asyncio.get_running_loop()
+        calls = 0
+        threadsafe = loop.call_soon_threadsafe
+
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            nonlocal calls
+            calls += 1
+            return threadsafe(*args, **kwargs)
+
+        gate = blocked_writer(q)
+        loop.call_soon_threadsafe = counted  # type: ignore[method-assign,assignment]
+        tasks = [asyncio.create_task(q.enqueue_async(message(f"u{i}@example.net")))
+                 for i in range(20)]
+        await asyncio.sleep(0)  # every request is queued behind the parked batch
+        gate.set()
+        ids = await asyncio.gather(*tasks)
+        assert calls == 1, calls
+        return ids
+
+    ids = asyncio.run(main())
+    assert {m.id for m in q.list()} == set(ids) and len(ids) == 20
+
+
+def test_async_writes_of_one_batch_fail_alone(db: Path) -> None:
+    """A message too big for the space left fails its own caller; the others of the
+    batch get their ids, each on its own event loop (two threads share the queue)."""
+    with SQLiteQueue(db, max_page_count=60) as queue:
+        gate = blocked_writer(queue)
+        submitted = threading.Barrier(3)
+        answers: dict[str, object] = {}
+
+        def caller(name: str, content: bytes) -> None:
+            async def main() -> None:
+                task = asyncio.create_task(queue.enqueue_async(message(
+                    f"{name}@example.net", content=content)))
+                await asyncio.sleep(0)
+                submitted.wait(10)
+                try:
+                    answers[name] = await task
+                except QueueFull as exc:
+                    answers[name] = exc
+            asyncio.run(main())
+
+        threads = [threading.Thread(target=caller, args=("small", b"hi\r\n")),
+                   threading.Thread(target=caller, args=("huge", b"z" * 1_000_000))]
+        for t in threads:
+            t.start()
+        submitted.wait(10)
+        commits = queue.commit_count
+        gate.set()
+        for t in threads:
+            t.join(10)
+        assert isinstance(answers["huge"], QueueFull), answers
+        assert [m.id for m in queue.list()] == [answers["small"]]
+        assert queue.commit_count == commits + 2  # the parked batch, then both
+        assert queue.integrity_check() == ["ok"]
+
+
+def test_a_caller_whose_loop_closed_does_not_stop_the_writer(q: SQLiteQueue) -> None:
+    """The loop that asked is gone when the batch commits (a thread that ran asyncio and
+    ended): its answer has nowhere to go, and the next writes are served as before."""
+    gate = blocked_writer(q)
+    loop = asyncio.new_event_loop()
+
+    async def ask() -> asyncio.Task[str]:
+        task = asyncio.ensure_future(q.enqueue_async(message("orphan@example.net")))
+        await asyncio.sleep(0)  # the request is in the writer's queue
+        return task
+
+    loop.run_until_complete(ask())
+    with contextlib.suppress(Exception):  # it complains of the pending task: it was
+        loop.close()
+    gate.set()
+    # (The first may share the orphan's batch, answered before the hand-over.)
+    for name in ("next", "then"):
+        q._submit(q._enqueue_op(message(f"{name}@example.net")), "queue").result(10)
+    addresses = sorted(r.address for m in q.list() for r in m.recipients)
+    assert addresses == ["next@example.net", "orphan@example.net", "then@example.net"]
 
 
 # ---------------------------------------------------------------------- full storage

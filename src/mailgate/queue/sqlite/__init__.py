@@ -17,7 +17,6 @@ import sqlite3
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
-from typing import TYPE_CHECKING, TypeVar
 
 from mailgate.queue import (
     ActivityBucket,
@@ -45,28 +44,15 @@ from mailgate.queue.sqlite.rows import (
 from mailgate.queue.sqlite.schema import SCHEMA_VERSION, create_schema, whole_minutes
 from mailgate.queue.sqlite.writer import GroupCommitWriter
 
-if TYPE_CHECKING:
-    import asyncio
-    from concurrent.futures import Future
-
 __all__ = ["SCHEMA_VERSION", "ClaimOwner", "SQLiteQueue", "new_queue_id"]
 
 _ACTIVE = "('queued', 'deferred')"  # the states claim() may take
 # When work becomes due again after a change of schedule: at `now`, unless a live claim
 # still covers it (the claimant's record() or release() sets the real value).
 _DUE_NOW = "CASE WHEN claim_until > :now THEN claim_until ELSE :now END"
-_T = TypeVar("_T")
 _OUTCOMES = frozenset(
     {RecipientState.DELIVERED, RecipientState.DEFERRED, RecipientState.FAILED}
 )
-
-
-def _wrapped(future: Future[_T]) -> asyncio.Future[_T]:
-    """The writer's future as one the event loop can await. asyncio is imported here, by
-    the async callers, and not with the module: the `queue` commands never load it."""
-    import asyncio
-
-    return asyncio.wrap_future(future)
 
 
 class SQLiteQueue(GroupCommitWriter):
@@ -125,15 +111,14 @@ class SQLiteQueue(GroupCommitWriter):
 
     async def enqueue_async(self, message: NewMessage) -> str:
         """`enqueue` without blocking the event loop: the writer thread completes an
-        asyncio future (through call_soon_threadsafe) after the commit.
+        asyncio future (one call_soon_threadsafe for its batch) after the commit.
 
         If the awaiting task is cancelled before the writer takes the request, nothing is
         stored; once the writer has it, the message is stored even though this caller
         never learns its id (the client was not told 250, so at worst it sends again)."""
-        future = self._submit(
+        return await self._submit_async(
             self._enqueue_op(message), "queue the message", message.size
         )
-        return await _wrapped(future)
 
     def watch(self, wake: Callable[[], None]) -> None:
         """Nothing to watch: the server that queues a message wakes its own workers, and
@@ -159,8 +144,8 @@ class SQLiteQueue(GroupCommitWriter):
         op = self._claim_op(now, limit, lease, domains, exclude_domains, per_domain)
         if op is None:
             return []
-        return await _wrapped(
-            self._submit(op, "claim work", durable=False, shortcut=op.nothing_due))
+        return await self._submit_async(op, "claim work", durable=False,
+                                        shortcut=op.nothing_due)
 
     def _claim_op(self, now: float, limit: int, lease: float, domains: Sequence[str] | None,
                   exclude_domains: Sequence[str] | None, per_domain: int | None,
@@ -199,7 +184,7 @@ class SQLiteQueue(GroupCommitWriter):
     ) -> None:
         """`record` without blocking the event loop; concurrent calls share one commit."""
         op = self._record_op(recipient_id, attempt, next_attempt, claim_token)
-        await _wrapped(self._submit(op, "record the attempt"))
+        await self._submit_async(op, "record the attempt")
 
     def _record_op(
         self,
@@ -287,7 +272,7 @@ class SQLiteQueue(GroupCommitWriter):
         if not recipient_ids:
             return []
         op = self._mark_delay_notified_op(recipient_ids)
-        return await _wrapped(self._submit(op, "note the delay notice"))
+        return await self._submit_async(op, "note the delay notice")
 
     def _mark_delay_notified_op(
         self, recipient_ids: Sequence[int]
