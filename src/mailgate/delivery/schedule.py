@@ -249,8 +249,9 @@ class ByDestination(Worker, Generic[G]):
                     self._worked_at = time.monotonic()
                     tasks.update(self._start(items, tasks.discard))
                     continue  # more may be due, for other destinations
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self.POLL)
+                with contextlib.suppress(TimeoutError):  # not wait_for: no task a wait
+                    async with asyncio.timeout(self.POLL):
+                        await self._wake.wait()
                 if (self._wake.is_set() and not self._stopping
                         and time.monotonic() - self._worked_at < self.GATHER_AFTER):
                     await asyncio.sleep(self.GATHER)
