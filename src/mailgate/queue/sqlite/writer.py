@@ -59,8 +59,13 @@ _STORAGE_ERRORS = frozenset({sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR, sqlite3.
 _LOCK_ERRORS = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED})
 _IDLE_READERS = 8
 # WAL growth, in pages, after which the checkpoint thread copies the WAL into the database
-# file (SQLite's own default interval); the writer estimates it from what it commits.
-_CHECKPOINT_PAGES = 1000
+# file; the writer estimates it from what it commits. Four times SQLite's own default
+# interval (16 MiB of 4 KiB pages): a message delivered and deleted within one interval
+# frees its pages, the next messages' content reuses them, and the checkpoint copies each
+# page once, not every message that passed through it. Measured with 100 KiB messages,
+# 20 at a time, relayed: 207-212 KiB written to disk a message at 1,000 pages, 166-172 at
+# 4,000, no less at 10,000.
+_CHECKPOINT_PAGES = 4000
 # The writer checkpoints by itself, inside a COMMIT, only if the WAL grows this large
 # (the checkpoint thread fell behind or failed): the WAL stays bounded either way.
 _WAL_FALLBACK_PAGES = 16000
