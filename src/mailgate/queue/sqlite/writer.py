@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, Self, TypeVar, cast
 
 from mailgate.queue import QueueError, QueueFull
+from mailgate.queue.sqlite.handover import LoopSlot, settle
 
 if TYPE_CHECKING:
     import asyncio
@@ -58,13 +59,10 @@ T = TypeVar("T")
 _STORAGE_ERRORS = frozenset({sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR, sqlite3.SQLITE_NOMEM})
 _LOCK_ERRORS = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED})
 _IDLE_READERS = 8
-# WAL growth, in pages, after which the checkpoint thread copies the WAL into the database
-# file; the writer estimates it from what it commits. Four times SQLite's own default
-# interval (16 MiB of 4 KiB pages): a message delivered and deleted within one interval
-# frees its pages, the next messages' content reuses them, and the checkpoint copies each
-# page once, not every message that passed through it. Measured with 100 KiB messages,
-# 20 at a time, relayed: 207-212 KiB written to disk a message at 1,000 pages, 166-172 at
-# 4,000, no less at 10,000.
+# WAL growth (pages, estimated from the commits) after which the checkpoint thread copies
+# the WAL into the database: 4x SQLite's default, so pages freed by mail delivered within
+# one interval are reused and copied once (100 KiB messages relayed: 207-212 KiB written
+# a message at 1,000 pages, 166-172 at 4,000, no less at 10,000).
 _CHECKPOINT_PAGES = 4000
 # The writer checkpoints by itself, inside a COMMIT, only if the WAL grows this large
 # (the checkpoint thread fell behind or failed): the WAL stays bounded either way.
@@ -81,57 +79,6 @@ def _future() -> Future[Any]:
     from concurrent.futures import Future
 
     return Future()
-
-
-class _LoopSlot(Generic[T]):
-    """The writer's end of an asyncio future, in place of a concurrent.futures.Future
-    (the four methods the writer calls): its outcome is kept until the batch is done,
-    and then every slot of that batch is settled on its event loop by one call
-    (`GroupCommitWriter._hand_over`).
-
-    A concurrent Future wrapped for asyncio costs, per write, a Condition and its RLock,
-    two chained callbacks and a call_soon_threadsafe of its own: about a tenth of the
-    deliverer's time with the GIL, which records each message as its reply comes in.
-    """
-
-    __slots__ = ("_done", "_settled", "error", "loop", "value", "waiter")
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, waiter: asyncio.Future[T],
-                 settled: list[_LoopSlot[Any]]) -> None:
-        self.loop = loop
-        self.waiter = waiter
-        self.value: T | None = None
-        self.error: BaseException | None = None
-        self._done = False
-        self._settled = settled  # the writer's list of slots to hand over
-
-    def set_running_or_notify_cancel(self) -> bool:
-        # The waiter is the loop's; reading whether it was cancelled is one attribute
-        # read. A cancel after this moment finds the write under way, as with a Future.
-        return not self.waiter.cancelled()
-
-    def done(self) -> bool:
-        return self._done
-
-    def set_result(self, value: T) -> None:
-        self.value, self._done = value, True
-        self._settled.append(self)
-
-    def set_exception(self, error: BaseException) -> None:
-        self.error, self._done = error, True
-        self._settled.append(self)
-
-
-def _settle(slots: list[_LoopSlot[Any]]) -> None:
-    """On the event loop: give each waiter still waiting its slot's outcome."""
-    for slot in slots:
-        waiter = slot.waiter
-        if waiter.done():  # cancelled meanwhile: its caller has gone
-            continue
-        if slot.error is not None:
-            waiter.set_exception(slot.error)
-        else:
-            waiter.set_result(slot.value)
 
 
 class Joinable(Generic[T]):
@@ -156,7 +103,7 @@ class _Request(Generic[T]):
     """One unit of work for the writer thread; its effects commit together with the batch."""
 
     op: Callable[[sqlite3.Connection], T]
-    future: Future[T] | _LoopSlot[T]
+    future: Future[T] | LoopSlot[T]
     doing: str  # "queue the message": completes the error sentences
     weight: int  # bytes it writes, so one batch does not grow without bound
     durable: bool = True  # False: may commit without its own fsync (see `_execute`)
@@ -207,7 +154,7 @@ class GroupCommitWriter:
         self._closed = False
         self._idle: list[sqlite3.Connection] = []
         self._requests: stdqueue.SimpleQueue[_Request[Any] | object] = stdqueue.SimpleQueue()
-        self._settled: list[_LoopSlot[Any]] = []  # the writer thread's, between batches
+        self._settled: list[LoopSlot[Any]] = []  # the writer thread's, between batches
         self._commits = 0
         self._relaxed = False  # the write connection is at synchronous=NORMAL
         self._committed_requests = 0
@@ -385,13 +332,13 @@ class GroupCommitWriter:
         durable: bool = True, shortcut: Callable[[sqlite3.Connection], T | None] | None = None,
     ) -> asyncio.Future[T]:
         """`_submit` for a caller on an event loop: an asyncio future the writer settles
-        after the commit, together with the rest of its batch (see `_LoopSlot`). If the
+        after the commit, together with the rest of its batch (see `LoopSlot`). If the
         caller is cancelled before the writer takes the request, nothing is written."""
         import asyncio
 
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[T] = loop.create_future()
-        slot = _LoopSlot(loop, waiter, self._settled)
+        slot = LoopSlot(loop, waiter, self._settled)
         with self._lock:
             if self._closed:
                 raise QueueError(f"could not {doing}: the queue is closed")
@@ -400,15 +347,13 @@ class GroupCommitWriter:
 
     def _hand_over(self) -> None:
         """Settle the batch's asyncio waiters: one call into each event loop."""
-        if not self._settled:
-            return
-        settled, self._settled[:] = list(self._settled), []
-        by_loop: dict[asyncio.AbstractEventLoop, list[_LoopSlot[Any]]] = {}
-        for slot in settled:
+        by_loop: dict[asyncio.AbstractEventLoop, list[LoopSlot[Any]]] = {}
+        for slot in self._settled:
             by_loop.setdefault(slot.loop, []).append(slot)
+        self._settled.clear()
         for loop, slots in by_loop.items():
             with suppress(RuntimeError):  # the loop is closed: nobody is waiting
-                loop.call_soon_threadsafe(_settle, slots)
+                loop.call_soon_threadsafe(settle, slots)
 
     def _call(self, op: Callable[[sqlite3.Connection], T], doing: str, weight: int = 0,
               durable: bool = True,
