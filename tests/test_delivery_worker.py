@@ -21,7 +21,7 @@ from mailgate.delivery.bounce import null_mx_attempt
 from mailgate.delivery.engine import DeliveryEngine
 from mailgate.delivery.local import LocalDelivery
 from mailgate.delivery.worker import Worker
-from mailgate.dns import NULL_MX_REPLY, NullMX
+from mailgate.dns import NULL_MX_REPLY, NullMX, Resolver
 from mailgate.queue import (
     Attempt,
     NewMessage,
@@ -196,6 +196,57 @@ def test_wake_ups_close_together_share_one_look(tmp_path: Path,
         asyncio.run(main())
     finally:
         queue.close()
+
+
+class CostlyLooks(DeliveryEngine):
+    """An engine whose every look takes LOOK seconds and finds nothing: the look that
+    walks past thousands of due messages of a destination that is full."""
+
+    LOOK = 0.05
+    looks = 0
+
+    async def claim_async(self, now: float) -> list[WorkItem]:
+        self.looks += 1
+        await asyncio.sleep(self.LOOK)
+        return []
+
+
+def test_costly_looks_that_find_nothing_are_paced_by_their_cost(tmp_path: Path) -> None:
+    """With mail arriving (a ring for each message) and every look costly and empty,
+    the engine looks about once per LOOK_SHARE looks' time, not once per ring; a ring
+    after the burst is still answered by a look."""
+    queue, _ = _queue(tmp_path)
+    # Nothing is ever claimed, so nothing is resolved: the resolver's server is unused.
+    engine = CostlyLooks(Config(), queue, Resolver([("127.0.0.1", 53)], timeout=1))
+
+    async def main() -> tuple[int, int]:
+        task = asyncio.create_task(engine.run())
+        try:
+            while engine.looks < 1:  # the first look: at once
+                await asyncio.sleep(0.001)
+            start = time.monotonic()
+            for _ in range(50):
+                engine.wake()
+                await asyncio.sleep(0.01)
+            burst = engine.looks - 1
+            # A look costs at least LOOK, so the next waits LOOK_SHARE * LOOK at least:
+            # one look per such span, however slowly this machine ran the burst.
+            allowed = 2 + int((time.monotonic() - start)
+                              / (DeliveryEngine.LOOK_SHARE * CostlyLooks.LOOK))
+            seen = engine.looks
+            engine.wake()
+            async with asyncio.timeout(10):  # the last ring was not lost
+                while engine.looks == seen:
+                    await asyncio.sleep(0.01)
+            return burst, allowed
+        finally:
+            engine.stop()
+            engine.wake()
+            await asyncio.wait_for(task, 10)
+
+    burst, allowed = asyncio.run(main())
+    queue.close()
+    assert burst <= allowed, (burst, allowed)  # one look per ring: about 9
 
 
 def test_both_targets_run_the_one_loop() -> None:
