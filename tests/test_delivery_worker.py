@@ -13,6 +13,7 @@ import logging
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Protocol
 
 import pytest
 
@@ -154,6 +155,24 @@ def test_work_whose_outcome_could_not_be_stored_is_given_back_when_the_queue_ret
         queue.close()
 
 
+class _Looking(Protocol):
+    looks: int
+
+    def wake(self) -> None: ...
+
+
+async def _burst_of_rings(target: _Looking, gap: float) -> tuple[int, float]:
+    """Wait for the target's first look (at once: nothing there), then ring it 50 times
+    `gap` seconds apart: the looks the burst made, and how long it took."""
+    while target.looks < 1:
+        await asyncio.sleep(0.001)
+    start = time.monotonic()
+    for _ in range(50):
+        target.wake()
+        await asyncio.sleep(gap)
+    return target.looks - 1, time.monotonic() - start
+
+
 class Counting(Stub):
     """A stub that counts its looks at the queue."""
 
@@ -175,15 +194,9 @@ def test_wake_ups_close_together_share_one_look(tmp_path: Path,
 
         async def main() -> int:
             task = asyncio.create_task(worker.run())
-            while worker.looks < 1:  # the first look, at once: nothing there
-                await asyncio.sleep(0.001)
-            start = time.monotonic()
-            for _ in range(50):
-                worker.wake()
-                await asyncio.sleep(0.002)
-            burst = worker.looks - 1
+            burst, took = await _burst_of_rings(worker, 0.002)
             # One look a PACE at most, however long the burst took on this machine.
-            allowed = 2 + int((time.monotonic() - start) / Worker.PACE)
+            allowed = 2 + int(took / Worker.PACE)
             qid = queue.enqueue(NewMessage(sender="a@example.net", content=b"x",
                                            recipients=[NewRecipient("late@example.org")],
                                            received_at=time.time()))
@@ -222,17 +235,10 @@ def test_costly_looks_that_find_nothing_are_paced_by_their_cost(tmp_path: Path) 
     async def main() -> tuple[int, int]:
         task = asyncio.create_task(engine.run())
         try:
-            while engine.looks < 1:  # the first look: at once
-                await asyncio.sleep(0.001)
-            start = time.monotonic()
-            for _ in range(50):
-                engine.wake()
-                await asyncio.sleep(0.01)
-            burst = engine.looks - 1
+            burst, took = await _burst_of_rings(engine, 0.01)
             # A look costs at least LOOK, so the next waits LOOK_SHARE * LOOK at least:
             # one look per such span, however slowly this machine ran the burst.
-            allowed = 2 + int((time.monotonic() - start)
-                              / (DeliveryEngine.LOOK_SHARE * CostlyLooks.LOOK))
+            allowed = 2 + int(took / (DeliveryEngine.LOOK_SHARE * CostlyLooks.LOOK))
             seen = engine.looks
             engine.wake()
             async with asyncio.timeout(10):  # the last ring was not lost
