@@ -15,6 +15,7 @@ import asyncio
 import dataclasses
 import os
 import pwd
+import re
 import shutil
 import smtplib
 import socket
@@ -386,6 +387,59 @@ def test_twenty_messages_to_one_destination_go_over_few_connections(
     per_connection = [sum(1 for m in mx1.received if m.connection == n)
                       for n in range(1, mx1.connections + 1)]
     assert sum(per_connection) == 20 and min(per_connection) >= 1, per_connection
+
+
+def send_raw(port: int, rcpt: str, how: str, body: bytes) -> str:
+    """One message by DATA or BDAT over a plain socket (smtplib would fix its line
+    ends); its queue id."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        replies = s.makefile("rb")
+
+        def reply(send: bytes) -> bytes:
+            """The reply to `send`, its lines joined."""
+            if send:
+                s.sendall(send)
+            lines = [replies.readline()]
+            while lines[-1][3:4] == b"-":
+                lines.append(replies.readline())
+            return b"".join(lines)
+
+        reply(b"")
+        assert b"250-CHUNKING" in reply(b"EHLO c.test\r\n")
+        assert reply(f"MAIL FROM:<{SENDER}>\r\n".encode()).startswith(b"250")
+        assert reply(f"RCPT TO:<{rcpt}>\r\n".encode()).startswith(b"250")
+        if how == "DATA":
+            assert reply(b"DATA\r\n").startswith(b"354")
+            end = reply(body.replace(b"\n.", b"\n..") + b"\r\n.\r\n")
+        else:
+            end = reply(b"BDAT %d LAST\r\n" % len(body) + body)
+        assert end.startswith(b"250 2.0.0 Ok: queued as "), (how, end)
+        reply(b"QUIT\r\n")
+        return end.split()[-1].decode()
+
+
+def test_bare_line_ends_go_out_as_crlf_whether_data_or_bdat_brought_them(
+        mailgate: Callable[..., Mailgate], fake_mx: Callable[..., FakeMX]) -> None:
+    # DATA's reader makes every line end CRLF, and the queue stores that it did, so
+    # delivery skips its own check; BDAT's octets are stored as they came, unvouched for,
+    # and delivery's check makes their line ends CRLF before they go out by DATA. Either
+    # way the receiver never sees a bare CR or LF (the stuff of SMTP smuggling).
+    mx1 = fake_mx(MX1)
+    mg = mailgate()
+    body = b"Subject: bare\nX-Test: 1\r\n\r\nline one\nline two\rline three\r\n.dot\n"
+    ids = {how: send_raw(mg.live.port("mx"), f"{how.lower()}@one.test", how, body)
+           for how in ("DATA", "BDAT")}
+    assert mg.queue.show(ids["DATA"]).crlf is True
+    assert mg.queue.show(ids["BDAT"]).crlf is False
+    for how, qid in ids.items():
+        mg.wait(qid, f"{how.lower()}@one.test", DELIVERED)
+    got = {m.rcpt_tos[0]: m.content for m in mx1.received}
+    for content in got.values():
+        assert re.search(rb"\r(?!\n)|(?<!\r)\n", content) is None, content
+    crlf = b"Subject: bare\r\nX-Test: 1\r\n\r\nline one\r\nline two\r\nline three\r\n.dot\r\n"
+    # DATA's terminator needs a CRLF of its own after the last bare LF: an empty line.
+    assert got["data@one.test"].endswith(b"\r\n" + crlf + b"\r\n")
+    assert got["bdat@one.test"].endswith(b"\r\n" + crlf)
 
 
 # --- Postfix as the receiving MX -----------------------------------------------------

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -13,6 +15,7 @@ from mailgate.smtp.framing import (
     DataReader,
     ReplyReader,
     ReplyStreamError,
+    all_crlf,
     dot_stuff,
     dot_stuff_sized,
     stuffed_size,
@@ -141,6 +144,34 @@ def test_dot_stuff_sized_is_dot_stuff_and_the_size_the_server_reads(parts: list[
     assert size == stuffed_size(wire)
     read, rest = feed_all(DataReader(10**6), [wire])
     assert rest == b"" and len(read) == size
+
+
+@settings(max_examples=300)
+@given(st.lists(st.sampled_from([b"\r", b"\n", b"\r\n", b".", b"x", b"\n\r", b"\r\r\n",
+                                 b"\r\n.\r\n"]), max_size=40),
+       st.integers(1, 30))
+def test_what_data_reads_is_crlf_throughout_so_delivery_may_skip_its_check(
+        parts: list[bytes], chunk: int) -> None:
+    # The queue stores "CRLF throughout" for content read by DATA, and delivery then
+    # dot-stuffs it without looking at its line ends: that is only safe if the reader
+    # never lets a bare CR or LF through, however the line ends are spelled and cut.
+    body = b"".join(parts).replace(b"\n.", b"\n..")  # no terminator before the end
+    raw = (b"." if body.startswith(b".") else b"") + body + b"\r\n.\r\n" if body else b".\r\n"
+    chunks = [raw[i : i + chunk] for i in range(0, len(raw), chunk)]
+    content, rest = feed_all(DataReader(10**6), chunks)
+    assert rest == b""
+    assert all_crlf(content) == (re.search(rb"\r(?!\n)|(?<!\r)\n", content) is None)
+    assert all_crlf(content)
+    assert dot_stuff_sized(content, crlf=True) == dot_stuff_sized(content)
+
+
+def test_all_crlf_finds_every_stray_cr_and_lf() -> None:
+    assert all_crlf(b"") and all_crlf(b"a\r\nb\r\n") and all_crlf(b"no line end")
+    for bad in (b"a\nb", b"a\rb", b"a\n\rb", b"\r\r\n", b"\r\n\n", b"a\r", b"\nb"):
+        assert not all_crlf(bad), bad
+    # Skipping the check trusts the caller: content with a bare LF goes out as it is.
+    assert dot_stuff_sized(b"a\nb\r\n")[0] == b"a\r\nb\r\n.\r\n"
+    assert dot_stuff_sized(b"a\nb\r\n", crlf=True)[0] == b"a\nb\r\n.\r\n"
 
 
 @settings(max_examples=300)

@@ -44,6 +44,7 @@ from tests.test_queue_sqlite import (  # noqa: F401
     test_message_without_recipients_is_refused,
     test_record_checks_its_arguments,
     test_release_gives_work_back,
+    test_the_crlf_flag_is_stored_with_the_message,
 )
 from tests.test_retention import (  # noqa: F401
     test_content_goes_when_the_last_recipient_is_final,
@@ -121,6 +122,25 @@ def test_a_newer_schema_is_refused_and_an_older_one_asks_for_migrate(pg_dsn: str
         with pytest.raises(QueueError, match="newer"):
             conn.execute("UPDATE mailgate_schema SET version = %s", (SCHEMA_VERSION + 1,))
             migrate(conn, "here")
+
+
+def test_a_version_2_database_is_migrated_and_its_mail_is_checked_at_delivery(
+        pg_dsn: str) -> None:
+    with PostgresQueue(pg_dsn) as queue:
+        old = queue.enqueue(NewMessage("a@x.example", [NewRecipient("b@x.example")],
+                                       b"Subject: old\r\n\r\nhi\r\n", time.time(), crlf=True))
+    with psycopg.connect(pg_dsn) as conn:  # as a mailgate of version 2 left it
+        conn.execute("ALTER TABLE messages DROP COLUMN crlf")
+        conn.execute("UPDATE mailgate_schema SET version = 2")
+    with pytest.raises(QueueError, match=r"version 2 and this mailgate needs 3.*migrate"):
+        PostgresQueue(pg_dsn)
+    with psycopg.connect(pg_dsn) as conn:
+        assert migrate(conn, "here") == (2, SCHEMA_VERSION) == (2, 3)
+    with PostgresQueue(pg_dsn) as queue:
+        assert queue.show(old, content=True).crlf is False  # unknown: checked, as before
+        new = queue.enqueue(NewMessage("a@x.example", [NewRecipient("c@x.example")],
+                                       b"Subject: new\r\n\r\nhi\r\n", time.time(), crlf=True))
+        assert queue.show(new).crlf is True
 
 
 def test_nodes_starting_together_create_the_schema_once(pg_dsn: str) -> None:

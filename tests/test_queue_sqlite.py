@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ from mailgate.queue import (
     RecipientState,
     WorkItem,
 )
+from mailgate.queue.spool import SpoolFile
 from mailgate.queue.sqlite import SCHEMA_VERSION, SQLiteQueue, new_queue_id
 
 QUEUED = RecipientState.QUEUED
@@ -292,7 +294,21 @@ def test_a_version_1_queue_is_migrated_and_keeps_its_mail(db: Path) -> None:
             (DEFERRED, True), (DELIVERED, False)]
         assert queue.integrity_check() == ["ok"]
     with sqlite3.connect(db) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 6
+
+
+def test_a_version_5_file_gets_the_crlf_column_and_its_mail_is_checked(db: Path) -> None:
+    with SQLiteQueue(db) as queue:
+        old = queue.enqueue(replace(message(), crlf=True))
+    with sqlite3.connect(db) as conn:  # as a mailgate of version 5 left it
+        conn.execute("ALTER TABLE messages DROP COLUMN crlf")
+        conn.execute("PRAGMA user_version = 5")
+    with SQLiteQueue(db) as queue:
+        assert queue.show(old, content=True).crlf is False  # unknown: checked, as before
+        new = queue.enqueue(replace(message(), crlf=True))
+        assert queue.show(new).crlf is True
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 6
 
 
 def test_a_migrated_file_has_the_tables_of_a_new_one(tmp_path: Path) -> None:
@@ -396,6 +412,41 @@ def test_sigkill_mid_enqueue_loses_nothing_acknowledged(db: Path) -> None:
 
 
 # ---------------------------------------------------------------------- group commit
+
+
+def test_the_crlf_flag_is_stored_with_the_message(q: SQLiteQueue, tmp_path: Path) -> None:
+    """`NewMessage.crlf` (content known to be CRLF throughout, so delivery skips its
+    check) comes back as stored, by every way a message goes in: alone, in a batch of
+    several, and from a spool file past its memory buffer. False is the default: a
+    message nobody vouched for is checked at delivery, as before."""
+    alone = {q.enqueue(replace(message("a@example.net"), crlf=flag)): flag
+             for flag in (True, False)}
+
+    async def batch() -> dict[str, bool]:
+        flags = [i % 2 == 0 for i in range(8)]
+        ids = await asyncio.gather(*(q.enqueue_async(replace(message(f"b{i}@example.net"),
+                                                            crlf=f))
+                                     for i, f in enumerate(flags)))
+        return dict(zip(ids, flags, strict=True))
+
+    together = asyncio.run(batch())
+    spilled = {}
+    for flag in (True, False):
+        spool = SpoolFile(tmp_path, f"big{flag}")
+        spool.write(b"Subject: big\r\n\r\n" + b"x" * 78 + b"\r\n" * 4000)
+        spool.write(b"y" * 300_000 + b"\r\n")
+        spool.finish()
+        assert spool.spilled
+        spilled[q.enqueue(replace(message("c@example.net"), content=b"", spool=spool,
+                                  crlf=flag))] = flag
+        spool.discard()
+    default = q.enqueue(message("d@example.net"))
+    assert message("d@example.net").crlf is False
+    for qid, flag in {**alone, **together, **spilled, default: False}.items():
+        assert q.show(qid).crlf is flag, qid
+    claimed = {item.message.id: item.message.crlf
+               for item in q.claim(time.time() + 1, limit=100, lease=60)}
+    assert claimed == {**alone, **together, **spilled, default: False}
 
 
 def test_concurrent_async_enqueues_share_commits(q: SQLiteQueue) -> None:

@@ -169,6 +169,27 @@ def test_shutdown_finishes_the_message_in_flight() -> None:
     assert s.closed
 
 
+def test_data_vouches_for_crlf_line_ends_and_bdat_does_not() -> None:
+    # MessageComplete.crlf is what the queue stores, so that delivery skips its check of
+    # the line ends: only DATA's reader makes every line end CRLF; BDAT's octets are
+    # taken as they come, a bare LF included.
+    def completes(data: bytes) -> list[MessageComplete]:
+        s = ServerSession(CONFIG)
+        s.greet()
+        s.receive_data(b"EHLO c.test\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<c@d.test>\r\n" + data)
+        seen = []
+        while (ev := s.next_event()) is not NEED_DATA:
+            if isinstance(ev, MessageComplete):
+                seen.append(ev)
+            if ev.needs_decision:
+                s.respond(None)
+        return seen
+
+    [by_data] = completes(b"DATA\r\nSubject: x\n\nbare\rends\r\n.\r\n")
+    [by_bdat] = completes(b"BDAT 17 LAST\r\nSubject: x\n\nbare\n")
+    assert (by_data.crlf, by_bdat.crlf) == (True, False)
+
+
 def test_timeout_and_idle_shutdown() -> None:
     s = ServerSession(CONFIG)
     s.greet()

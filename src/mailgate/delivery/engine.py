@@ -294,7 +294,7 @@ class DeliveryEngine(ByDestination["_Destination"]):
             recipients=tuple(
                 ClientRecipient(_path(r.address), notify=r.notify, orcpt=_orcpt(r.orcpt))
                 for r in unit.recipients),
-            ret=_RET.get(msg.ret or ""), envid=envid, smtputf8=msg.smtputf8,
+            ret=_RET.get(msg.ret or ""), envid=envid, smtputf8=msg.smtputf8, crlf=msg.crlf,
         )
 
     async def _deliver_destination(self, dest: _Destination) -> None:

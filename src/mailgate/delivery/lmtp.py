@@ -106,7 +106,7 @@ class LMTPDelivery(LocalDelivery):
             env = Envelope(sender=_path(msg.sender, allow_null=True),
                            recipients=tuple(ClientRecipient(_path(r.address))
                                             for r in rcpts),
-                           smtputf8=msg.smtputf8)
+                           smtputf8=msg.smtputf8, crlf=msg.crlf)
             # No Return-Path: the store is the final delivery and adds it (RFC 5321
             # 4.4), from MAIL FROM; one here would make two.
             messages.append((env, msg.content))

@@ -100,6 +100,9 @@ class NewMessage:
     ret: str | None = None  # DSN RET: FULL | HDRS
     smtputf8: bool = False
     body_8bit: bool = False
+    # Every line end of `content` is CRLF (the server's DATA reader made it so): stored
+    # with the message, so that delivery need not check it again (`Envelope.crlf`).
+    crlf: bool = False
     id: str | None = None  # chosen by the caller (it is in the Received header), or by enqueue
     # The content written to a spool file as it arrived (the server's way: a big message
     # is never whole in memory); when set, `content` is unused and the backend reads the
@@ -222,6 +225,7 @@ class QueuedMessage:
     smtputf8: bool = False
     body_8bit: bool = False
     content: bytes | None = None
+    crlf: bool = False  # NewMessage.crlf, as stored
     attempts: tuple[tuple[int, Attempt], ...] = field(default=())  # (recipient id, attempt)
     # When the last recipient became final (delivered or failed): the content was
     # deleted then, and the record stays until `purge` (`[queue] keep_records`). None

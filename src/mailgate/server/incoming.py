@@ -21,6 +21,7 @@ from mailgate.queue import NewMessage, NewRecipient
 from mailgate.queue.spool import SpoolFile
 from mailgate.server.authcheck.results import ResultsFilter
 from mailgate.server.policy import ConnectionInfo
+from mailgate.smtp.framing import all_crlf
 from mailgate.smtp.server import MailFrom, RcptTo
 from mailgate.smtp.trace import HopCounter, missing_fields
 
@@ -115,9 +116,14 @@ def received_header(info: ConnectionInfo, hostname: str, qid: str,
 
 
 def new_message(qid: str, info: ConnectionInfo, sender: MailFrom, rcpts: Sequence[RcptTo],
-                spool: SpoolFile, *, trusted: bool) -> NewMessage:
+                spool: SpoolFile, trusted: bool, crlf: bool = False) -> NewMessage:
     """What the queue stores of an accepted message: the envelope as the session parsed
-    it (one canonical form, nothing re-parsed), its content in `spool`."""
+    it (one canonical form, nothing re-parsed), its content in `spool`.
+
+    `crlf`: the body's line ends are all CRLF (it came by DATA). The flag is stored only
+    if what mailgate put at the top (trace, Authentication-Results, DKIM-Signature, the
+    fields a submission lacked) is CRLF throughout as well: checked here, a few hundred
+    octets, so a field made with a bare LF can never reach a receiver unchecked."""
     return NewMessage(
         id=qid,
         sender=str(sender.sender),
@@ -131,6 +137,7 @@ def new_message(qid: str, info: ConnectionInfo, sender: MailFrom, rcpts: Sequenc
         ],
         content=b"",
         spool=spool,
+        crlf=crlf and all_crlf(spool.head),
         received_at=time.time(),
         client_address=info.ip,
         client_helo=info.helo,

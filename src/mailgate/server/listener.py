@@ -587,11 +587,11 @@ class SMTPConnection(asyncio.Protocol):
             failed = incoming is not None and incoming.error is not None
             return SPOOL_FAILED if failed else QUEUE_ERROR
         try:
-            return await self._store(spool, incoming)
+            return await self._store(spool, incoming, ev.crlf)
         finally:
             spool.discard()
 
-    async def _store(self, spool: SpoolFile, incoming: Incoming) -> Reply | None:
+    async def _store(self, spool: SpoolFile, incoming: Incoming, crlf: bool) -> Reply | None:
         sender = self._sender
         if sender is None or not self._rcpts:
             return QUEUE_ERROR
@@ -618,7 +618,7 @@ class SMTPConnection(asyncio.Protocol):
         trusted = srv.policy.trusted(self.info)
         if trusted and (dkim := srv.policy.config.dkim):  # as SIGHUP read them last
             await sign_spool(spool, dkim, incoming.qid)  # once: every retry sends these bytes
-        msg = new_message(incoming.qid, self.info, sender, self._rcpts, spool, trusted=trusted)
+        msg = new_message(incoming.qid, self.info, sender, self._rcpts, spool, trusted, crlf)
         try:
             qid = await srv.enqueue(msg)
         except QueueFull as exc:

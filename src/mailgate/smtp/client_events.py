@@ -267,6 +267,9 @@ class Envelope:
     ret: Literal["FULL", "HDRS"] | None = None
     envid: str | None = None
     smtputf8: bool = False  # the message needs SMTPUTF8 even if its addresses are ASCII
+    # Every line end of the content is CRLF already (the queue's flag for mail that came
+    # in by DATA): dot-stuffing skips its check. False makes the session check.
+    crlf: bool = False
 
     def __post_init__(self) -> None:
         if not self.recipients:

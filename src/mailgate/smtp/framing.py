@@ -19,7 +19,8 @@ from mailgate.codes.reply import Reply, ReplyError, parse_reply_line, reply_from
 from mailgate.smtp import replies
 
 __all__ = [
-    "ChunkReader", "DataReader", "ReplyReader", "ReplyStreamError", "dot_stuff", "stuffed_size",
+    "ChunkReader", "DataReader", "ReplyReader", "ReplyStreamError", "all_crlf", "dot_stuff",
+    "stuffed_size",
 ]
 
 _END = b"\r\n.\r\n"
@@ -309,15 +310,24 @@ def dot_stuff(content: bytes) -> bytes:
     return dot_stuff_sized(content)[0]
 
 
-def dot_stuff_sized(content: bytes) -> tuple[bytes, int]:
+def all_crlf(data: bytes) -> bool:
+    """Does every CR and LF in `data` belong to a CRLF pair?
+
+    Three C-level counts (the CRLF count is the slow one, a two-octet search: about
+    75 µs per 100 KiB against 24 for each one-octet count)."""
+    lf = data.count(b"\n")
+    return data.count(b"\r") == lf and data.count(b"\r\n") == lf
+
+
+def dot_stuff_sized(content: bytes, crlf: bool = False) -> tuple[bytes, int]:
     """`dot_stuff(content)`, and its size as the server counts it (`stuffed_size`), from
     the one pass: the content with its line ends made CRLF is what the server reads back.
 
-    Three C-level counts decide whether any line end must change (the CRLF count is the
-    slow one, a two-octet search); mail from the queue has CRLF throughout, so the regex
-    rarely runs."""
-    lf = content.count(b"\n")
-    if content.count(b"\r") != lf or content.count(b"\r\n") != lf:
+    `crlf`: the caller knows every line end is already CRLF (the queue's flag for
+    content that came in by DATA, whose reader made it so), and the check is skipped:
+    at 100 KiB it was half of this function's time. Otherwise `all_crlf` decides, and
+    the regex that rewrites line ends rarely runs."""
+    if not crlf and not all_crlf(content):
         content = _ANY_NEWLINE.sub(b"\r\n", content)
     if content and not content.endswith(b"\r\n"):
         content += b"\r\n"

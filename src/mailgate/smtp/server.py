@@ -595,7 +595,7 @@ class ServerSession:
             self._send(reader.error)
             self._end_transaction()
         else:
-            self._events.append(MessageComplete(reader.size))
+            self._events.append(MessageComplete(reader.size, crlf=True))
         return True
 
     def _step_bdat(self) -> bool:

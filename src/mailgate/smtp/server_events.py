@@ -138,6 +138,9 @@ class MessageComplete(Event):
 
     needs_decision: ClassVar[bool] = True
     size: int
+    # Every line end of the content is CRLF: true after DATA (the reader normalizes or
+    # refuses bare CR and LF), false after BDAT (chunks are taken as they are).
+    crlf: bool = False
 
 
 @dataclass(frozen=True, slots=True)

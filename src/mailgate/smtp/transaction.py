@@ -70,7 +70,7 @@ class Transaction:
             payload = content
             size = len(payload)
         else:
-            payload, size = dot_stuff_sized(content)
+            payload, size = dot_stuff_sized(content, env.crlf)
         refusal: Reply | None = None
         utf8 = env.needs_smtputf8
         eightbit = not content.isascii()

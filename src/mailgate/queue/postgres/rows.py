@@ -42,7 +42,7 @@ CLAIM_BYTES = 32 * 1024 * 1024  # content one claim may load (as the SQLite back
 
 _MESSAGE_COLUMNS = (
     "seq, id, sender, received_at, size, client_address, client_helo, protocol, "
-    "authenticated_as, envid, ret, smtputf8, body_8bit, finished_at"
+    "authenticated_as, envid, ret, smtputf8, body_8bit, finished_at, crlf"
 )
 _RECIPIENT_COLUMNS = (
     "id, msg_seq, address, state, attempts, next_attempt, orcpt, notify, "
@@ -69,13 +69,13 @@ def store_message(conn: Conn, message: NewMessage) -> tuple[str, NewMessage]:
         queue_id = message.id or new_queue_id(now)
         row = conn.execute(
             "INSERT INTO messages (id, sender, received_at, queued_at, size, client_address, "
-            "client_helo, protocol, authenticated_as, envid, ret, smtputf8, body_8bit) "
-            "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
+            "client_helo, protocol, authenticated_as, envid, ret, smtputf8, body_8bit, "
+            "crlf) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
             "ON CONFLICT (id) DO NOTHING RETURNING seq",
             (queue_id, message.sender, message.received_at, now, message.size,
              message.client_address, message.client_helo, message.protocol,
              message.authenticated_as, message.envid, message.ret, message.smtputf8,
-             message.body_8bit)).fetchone()
+             message.body_8bit, message.crlf)).fetchone()
         if row is not None:
             break
         if message.id:
@@ -116,13 +116,13 @@ _STORE_MANY = (
     "WITH x AS (SELECT * FROM unnest(%(id)s::text[], %(sender)s::text[], "
     "%(received)s::float8[], %(size)s::bigint[], %(addr)s::text[], %(helo)s::text[], "
     "%(proto)s::text[], %(auth)s::text[], %(envid)s::text[], %(ret)s::text[], "
-    "%(utf8)s::bool[], %(8bit)s::bool[]) WITH ORDINALITY AS x (id, sender, received_at, "
-    "size, client_address, client_helo, protocol, authenticated_as, envid, ret, smtputf8, "
-    "body_8bit, k)), "
+    "%(utf8)s::bool[], %(8bit)s::bool[], %(crlf)s::bool[]) WITH ORDINALITY AS x (id, "
+    "sender, received_at, size, client_address, client_helo, protocol, authenticated_as, "
+    "envid, ret, smtputf8, body_8bit, crlf, k)), "
     "m AS (INSERT INTO messages (id, sender, received_at, queued_at, size, client_address, "
-    "client_helo, protocol, authenticated_as, envid, ret, smtputf8, body_8bit) "
+    "client_helo, protocol, authenticated_as, envid, ret, smtputf8, body_8bit, crlf) "
     "SELECT id, sender, received_at, %(now)s, size, client_address, client_helo, protocol, "
-    "authenticated_as, envid, ret, smtputf8, body_8bit FROM x ORDER BY k "
+    "authenticated_as, envid, ret, smtputf8, body_8bit, crlf FROM x ORDER BY k "
     "ON CONFLICT (id) DO NOTHING RETURNING seq, id), "
     "c AS (INSERT INTO contents (seq, n, data) SELECT m.seq, p.n, p.data FROM m JOIN "
     "unnest(%(cid)s::text[], %(cn)s::int[], %(cdata)s::bytea[]) AS p (id, n, data) "
@@ -173,7 +173,8 @@ class EnqueueOp:
         now = time.time()
         cols: dict[str, list[Any]] = {k: [] for k in (
             "id", "sender", "received", "size", "addr", "helo", "proto", "auth", "envid",
-            "ret", "utf8", "8bit", "cid", "cn", "cdata", "rid", "ra", "rd", "ro", "rn")}
+            "ret", "utf8", "8bit", "crlf", "cid", "cn", "cdata", "rid", "ra", "rd", "ro",
+            "rn")}
         batch: list[EnqueueOp] = []
         seen: set[str] = set()
         for op in ops:
@@ -192,7 +193,7 @@ class EnqueueOp:
                                ("addr", m.client_address), ("helo", m.client_helo),
                                ("proto", m.protocol), ("auth", m.authenticated_as),
                                ("envid", m.envid), ("ret", m.ret), ("utf8", m.smtputf8),
-                               ("8bit", m.body_8bit)):
+                               ("8bit", m.body_8bit), ("crlf", m.crlf)):
                 cols[key].append(value)
             for n, piece in enumerate(pieces):
                 cols["cid"].append(queue_id)
@@ -281,7 +282,7 @@ def load_messages(conn: Conn, seqs: Sequence[int], *, content: bool) -> list[Que
             client_address=m["client_address"], client_helo=m["client_helo"],
             protocol=m["protocol"], authenticated_as=m["authenticated_as"],
             envid=m["envid"], ret=m["ret"], smtputf8=bool(m["smtputf8"]),
-            body_8bit=bool(m["body_8bit"]),
+            body_8bit=bool(m["body_8bit"]), crlf=bool(m["crlf"]),
             content=(bytes(body) if body is not None else None) if content else None,
             finished_at=m["finished_at"]))
     return out

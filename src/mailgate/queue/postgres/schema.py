@@ -20,7 +20,7 @@ from mailgate.queue import QueueError
 
 __all__ = ["FOLD", "FULL_COUNTS", "SCHEMA_VERSION", "check_schema", "fold_counts", "migrate"]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 _LOCK = 0x6D61696C67617465  # "mailgate": the advisory lock creating the tables
 
 # As in the SQLite schema: messages (small rows, listed) apart from their content;
@@ -45,7 +45,8 @@ _SCHEMA = (
         ret text,
         smtputf8 boolean NOT NULL,
         body_8bit boolean NOT NULL,
-        finished_at double precision
+        finished_at double precision,
+        crlf boolean NOT NULL DEFAULT false
     )""",
     "CREATE INDEX messages_sender ON messages (lower(sender), seq)",
     "CREATE INDEX messages_live ON messages (seq) WHERE finished_at IS NULL",
@@ -271,7 +272,13 @@ _ADD_COUNTS = (
     *_COUNT_TABLES, *FULL_COUNTS, *_COUNT_TRIGGERS,
 )
 # What takes a database from the version before to each version, oldest first.
-_MIGRATIONS: dict[int, tuple[str, ...]] = {2: _ADD_COUNTS}
+_MIGRATIONS: dict[int, tuple[str, ...]] = {
+    2: _ADD_COUNTS,
+    # 3: content whose line ends are all CRLF already (delivery skips that check). A
+    # column with a constant default: no table rewrite; nodes of version 2 still running
+    # store false, which only means "check it", as before.
+    3: ("ALTER TABLE messages ADD COLUMN crlf boolean NOT NULL DEFAULT false",),
+}
 
 
 def fold_counts(conn: psycopg.Connection[tuple[object, ...]]) -> bool:

@@ -50,7 +50,7 @@ __all__ = [
 
 _MESSAGE_COLUMNS = (
     "seq, id, sender, received_at, size, client_address, client_helo, protocol, "
-    "authenticated_as, envid, ret, smtputf8, body_8bit, finished_at"
+    "authenticated_as, envid, ret, smtputf8, body_8bit, finished_at, crlf"
 )
 _RECIPIENT_COLUMNS = (
     "id, msg_seq, address, state, attempts, next_attempt, orcpt, notify, "
@@ -64,9 +64,9 @@ _MAX_VARIABLES = 500  # per IN (...) list: far below SQLite's limit, and plans s
 
 _MESSAGE_INSERT = (
     "INSERT INTO messages (seq, id, sender, received_at, queued_at, size, client_address, "
-    "client_helo, protocol, authenticated_as, envid, ret, smtputf8, body_8bit) VALUES ",
-    "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-    14,
+    "client_helo, protocol, authenticated_as, envid, ret, smtputf8, body_8bit, crlf) VALUES ",
+    "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    15,
 )
 _CONTENT_INSERT = ("INSERT INTO contents (seq, content) VALUES ", "(?, ?)", 2)
 _RECIPIENT_INSERT = (
@@ -124,7 +124,7 @@ class EnqueueOp(Joinable[str]):
         m = self.message
         return (m.sender, m.received_at, now, m.size, m.client_address,
                 m.client_helo, m.protocol, m.authenticated_as, m.envid, m.ret, m.smtputf8,
-                m.body_8bit)
+                m.body_8bit, m.crlf)
 
     @classmethod
     def run_together(cls, conn: sqlite3.Connection, ops: Sequence[Self]) -> list[str]:
@@ -138,7 +138,7 @@ class EnqueueOp(Joinable[str]):
             row = conn.execute(
                 "INSERT INTO messages (id, sender, received_at, queued_at, size, "
                 "client_address, client_helo, protocol, authenticated_as, envid, ret, "
-                "smtputf8, body_8bit) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "smtputf8, body_8bit, crlf) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT (id) DO NOTHING RETURNING seq",
                 (queue_id, *self.columns(now)),
             ).fetchone()
@@ -301,6 +301,7 @@ def load_messages(
                 smtputf8=bool(m["smtputf8"]),
                 body_8bit=bool(m["body_8bit"]),
                 content=bodies.get(seq) if content else None,
+                crlf=bool(m["crlf"]),
                 finished_at=m["finished_at"],
             )
         )

@@ -15,7 +15,7 @@ from mailgate.queue import QueueError
 
 __all__ = ["FULL_COUNTS", "SCHEMA_VERSION", "create_schema"]
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 # Messages live in `messages` (envelope and metadata, small rows) and their bodies in
 # `contents`: list and show scan many message rows, and with bodies inline each row would
@@ -148,7 +148,8 @@ _SCHEMA = (
         ret TEXT,
         smtputf8 INTEGER NOT NULL,
         body_8bit INTEGER NOT NULL,
-        finished_at REAL
+        finished_at REAL,
+        crlf INTEGER NOT NULL DEFAULT 0
     )""",
     "CREATE INDEX messages_sender ON messages (sender COLLATE NOCASE, seq)",
     """CREATE TABLE contents (
@@ -226,6 +227,9 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
         *_RETENTION_INDEXES),
     # 5: counts kept by triggers, filled once from the rows (a few seconds at a million).
     5: (*_COUNT_TABLES, *FULL_COUNTS, *_COUNT_TRIGGERS),
+    # 6: content whose line ends are all CRLF already, so delivery skips that check.
+    # Messages queued before it are checked as they always were.
+    6: ("ALTER TABLE messages ADD COLUMN crlf INTEGER NOT NULL DEFAULT 0",),
 }
 # Indexes added after version 1 first shipped: made on every open when missing (a file
 # written by an older mailgate gets them then; older code ignores them). They cover the
