@@ -150,7 +150,10 @@ class ClientSession:
         self.authenticated = False
         self._phase = _Phase.GREETING
         self._replies = ReplyReader(self.config.max_reply_line, self.config.max_reply_lines)
-        self._out = bytearray()
+        # What to write, in pieces joined by data_to_send: a message's content is
+        # copied once on its way out (a lone piece not at all), not into a buffer and
+        # out again.
+        self._out: list[bytes] = []
         self._events: deque[Event] = deque()
         self._pending: deque[tuple[_Exp, int]] = deque([(_Exp.GREETING, 0)])
         self._queue: deque[Message] = deque()
@@ -240,7 +243,7 @@ class ClientSession:
         self._parse()
 
     def data_to_send(self) -> bytes:
-        out = bytes(self._out)
+        out = b"".join(self._out)
         self._out.clear()
         return out
 
@@ -280,7 +283,7 @@ class ClientSession:
 
     def _command(self, line: str, exp: _Exp, arg: int = 0, shown: str | None = None) -> None:
         """Write a command line awaiting `exp`; `shown` is what the observer sees instead."""
-        self._out += line.encode("utf-8") + b"\r\n"
+        self._out.append(line.encode("utf-8") + b"\r\n")
         self._pending.append((exp, arg))
         if self._observer is not None:
             self._observer.command(line if shown is None else shown, _STAGES[exp])
@@ -512,8 +515,8 @@ class ClientSession:
     def _send_chunks(self, txn: Transaction, all_of_them: bool) -> None:
         while True:
             head, data, last = txn.chunk(self.config.bdat_chunk_size)
-            self._out += head.encode("ascii") + b"\r\n"
-            self._out += data
+            self._out.append(head.encode("ascii") + b"\r\n")
+            self._out.append(data)
             self._pending.append((_Exp.BDAT, int(last)))
             if self._observer is not None:
                 self._observer.command(head, "bdat")
@@ -574,11 +577,11 @@ class ClientSession:
         if reply.code == 354:
             early = bool(txn.accepted) and not txn.data_decided
             if early:
-                self._out += txn.payload
+                self._out.append(txn.payload)
             else:
                 # A server that says 354 with nobody to deliver to: end the (empty)
                 # message at once, there is no other way out of DATA.
-                self._out += b".\r\n"
+                self._out.append(b".\r\n")
             # LMTP (RFC 2033 4.2): one reply per accepted recipient, in RCPT order.
             replies = len(txn.accepted) if self.config.lmtp and not txn.data_decided else 1
             self._pending.extend((_Exp.DATA_END, k) for k in range(max(1, replies)))
