@@ -302,6 +302,7 @@ def test_a_version_4_file_gets_its_counts(tmp_path: Path, states: list[str]) -> 
             conn.execute(f"DROP TRIGGER {trigger}")
         conn.execute("DROP TABLE state_counts")
         conn.execute("DROP TABLE activity_minutes")
+        conn.execute("ALTER TABLE messages DROP COLUMN crlf")  # (version 6)
         for i, state in enumerate(states):
             conn.execute("UPDATE recipients SET state = ? WHERE id % ? = ?",
                          (state, len(states), i))

@@ -241,6 +241,7 @@ def test_a_version_3_queue_gets_its_finished_messages_finished(tmp_path: Path) -
         conn.execute("DROP INDEX messages_live")
         conn.execute("DROP INDEX messages_finished")
         conn.execute("ALTER TABLE messages DROP COLUMN finished_at")
+        conn.execute("ALTER TABLE messages DROP COLUMN crlf")  # (version 6)
         conn.execute("UPDATE recipients SET state = 'delivered', updated_at = 1000.0 "
                      "WHERE address = 'a@x.example'")
         conn.execute("PRAGMA user_version = 3")
