@@ -34,6 +34,7 @@ from mailgate.queue import (
 )
 from mailgate.queue.spool import SpoolFile
 from mailgate.queue.sqlite import SCHEMA_VERSION, SQLiteQueue, new_queue_id
+from mailgate.queue.sqlite.rows import ClaimFloor
 
 QUEUED = RecipientState.QUEUED
 DEFERRED = RecipientState.DEFERRED
@@ -782,6 +783,44 @@ def test_claim_takes_oldest_due_messages_up_to_limit(q: SQLiteQueue) -> None:
     assert len({i.claim_token for i in items}) == 2
     assert [i.message.id for i in q.claim(now, limit=10, lease=60)] == ids[2:]
     assert q.claim(now, limit=0, lease=60) == []
+
+
+def backdate(db: Path, qid: str, seconds: float) -> None:
+    """Make a message's recipients due `seconds` ago, as another process's write could."""
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE recipients SET next_attempt = ?, due_at = CASE WHEN due_at "
+                     "IS NOT NULL THEN ? END WHERE msg_seq = (SELECT seq FROM messages "
+                     "WHERE id = ?)", (time.time() - seconds,) * 2 + (qid,))
+
+
+def test_claims_start_past_a_left_out_backlog_and_still_find_what_comes_before(
+        q: SQLiteQueue, db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ClaimFloor: a claim leaving out a full destination starts its walk of the due
+    index where the last look found the first row it could take (less a margin), not
+    past the destination's whole backlog again. What a walk from there would miss is
+    found all the same: a domain no longer left out, a claim given back, and (within
+    ClaimFloor.TTL) a row another process put further back in time."""
+    backlog = [q.enqueue(message(f"u{i}@full.example")) for i in range(20)]
+    for qid in backlog:
+        backdate(db, qid, 3600)
+    full = ["full.example"]
+    assert q.claim(time.time(), limit=10, lease=60, exclude_domains=full) == []
+    late = q.enqueue(message("a@other.example"))
+    backdate(db, late, 600)  # as if another process had put it back
+    assert q.claim(time.time(), limit=10, lease=60, exclude_domains=full) == []
+    monkeypatch.setattr(ClaimFloor, "TTL", 0.0)  # the last whole walk was too long ago
+    [item] = q.claim(time.time(), limit=10, lease=60, exclude_domains=full)
+    assert item.message.id == late
+    monkeypatch.undo()
+    # A claim given back is due at its own next_attempt, long past: found at once.
+    assert q.claim(time.time(), limit=10, lease=60, exclude_domains=full) == []
+    q.release(item.claim_token)
+    [again] = q.claim(time.time(), limit=10, lease=60, exclude_domains=full)
+    assert again.message.id == late
+    # The destination is no longer full: its backlog comes at once (a whole walk).
+    assert q.claim(time.time(), limit=10, lease=60, exclude_domains=full) == []
+    got = q.claim(time.time(), limit=5, lease=60)
+    assert [i.message.id for i in got] == backlog[:5]
 
 
 def test_claim_by_destination_takes_each_domain_s_due_messages_together(

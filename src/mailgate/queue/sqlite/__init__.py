@@ -33,6 +33,7 @@ from mailgate.queue import (
 from mailgate.queue.sqlite.owners import ClaimOwner
 from mailgate.queue.sqlite.records import RecordOp
 from mailgate.queue.sqlite.rows import (
+    ClaimFloor,
     ClaimOp,
     EnqueueOp,
     chunks,
@@ -75,6 +76,9 @@ class SQLiteQueue(GroupCommitWriter):
     ) -> None:
         self.owner = ClaimOwner.this_process()
         self._claimed_ever = False  # whether close() has claims to give back
+        # Where each kind of claim (by the domains it asks for) may start its due walk.
+        self._floors: dict[tuple[str, ...] | None, ClaimFloor] = {}
+        self._floors_forgotten = 0  # how many times release() cleared them
         super().__init__(path, max_page_count=max_page_count, busy_timeout=busy_timeout,
                          batch_limit=batch_limit, batch_bytes=batch_bytes)
 
@@ -160,9 +164,20 @@ class SQLiteQueue(GroupCommitWriter):
         # a few domains reads only theirs (and sorts just those when there are several),
         # instead of walking past every other domain's due work.
         index = "recipients_due" if domains is None else "recipients_domain_due"
+        key = None if domains is None else tuple(sorted({d.lower() for d in domains}))
+        excluded = frozenset(d.lower() for d in exclude_domains or ())
+        floor = self._floors.get(key)
+        start = floor.start_for(excluded, now) if floor is not None else None
+        walked = floor.walked if start is not None and floor is not None else None
+        forgotten = self._floors_forgotten
+
+        def learnt(found: float | None) -> None:  # in the writer thread, after the read
+            if self._floors_forgotten == forgotten:  # else a look from an old floor
+                self._floors[key] = ClaimFloor.after(excluded, now, found, start, walked)
 
         self._claimed_ever = True
-        return ClaimOp(self.owner, index, now, now + lease, where, tuple(params), limit, cap)
+        return ClaimOp(self.owner, index, now, now + lease, where, tuple(params), limit, cap,
+                       start=start, learnt=learnt)
 
     def record(
         self,
@@ -210,6 +225,8 @@ class SQLiteQueue(GroupCommitWriter):
 
     def release(self, claim_token: str) -> None:
         """Give claimed work back unchanged: due again at its own next_attempt."""
+        self._floors_forgotten += 1  # that may be in the past, before where walks start
+        self._floors.clear()
 
         def op(conn: sqlite3.Connection) -> None:
             conn.execute(
