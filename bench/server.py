@@ -27,7 +27,10 @@ durability costs what the disk's fsync costs) and is measured in the same run:
   measured is acceptance. (`[delivery] relayhost` points at a socket that never answers,
   so the outbound engine holds its first batch and sends nothing.) One more run delivers
   into local Maildirs while accepting, and one relays everything to a local smtp-sink, as
-  Postfix does (when mailgate has an outbound engine). `--src NAME=PATH` adds the same
+  Postfix does (when mailgate has an outbound engine). `mailgate-w2-stuck` relays as
+  well, with 20,000 messages held for a destination that never answers (`[routes]` to
+  a socket that never accepts), queued before the cells: what a full destination's
+  backlog costs the mail that flows. `--src NAME=PATH` adds the same
   rows for another mailgate tree (servers `mailgate-w1@NAME`): before/after figures;
 - Postfix (the Debian package) in a private config/queue/data directory, listening on a
   chosen port and relaying everything to a local `smtp-sink`: its real pipeline, queue
@@ -437,10 +440,12 @@ class MailgateServer(Server):
         """`message_size`: `[limits] message_size` (the default when None)."""
         self.workers = workers
         self.message_size = message_size
-        self.mode = mode  # queue | maildir | relay | dkim | dkim2
+        self.mode = mode  # queue | maildir | relay | stuck | dkim | dkim2
         self.name = f"mailgate-w{workers}" + ("" if mode == "queue" else f"-{mode}")
         what = {"queue": "queue only", "maildir": "+ Maildir delivery",
                 "relay": "+ relay to smtp-sink",
+                "stuck": f"+ relay to smtp-sink, {STUCK_BACKLOG:,} held for a dead "
+                         "destination",
                 "dkim": "queue only, DKIM-signed: RSA 2048",
                 "dkim2": "queue only, DKIM-signed twice: RSA 2048 + Ed25519"}[mode]
         self.label = f"mailgate workers={workers} ({what})"
@@ -463,13 +468,19 @@ class MailgateServer(Server):
 
     def start(self) -> None:
         self.port = free_port()
-        if self.mode == "relay":
+        if self.mode in ("relay", "stuck"):
             self.sink = SinkServer(self.runner, name=f"{self.name}-sink")
             self.sink.start()
             relay_port = self.sink.port
-        else:
+        if self.mode != "relay":
             self.hole = BlackHole()
+        if self.mode not in ("relay", "stuck"):
+            assert self.hole is not None
             relay_port = self.hole.port
+        # stuck: one destination routed to a socket that never answers, its backlog
+        # queued before the cells (_hold_backlog); the mail measured goes to smtp-sink.
+        stuck = (f'\n[routes]\n"{STUCK_DOMAIN}" = "smtp:[{HOST}]:{self.hole.port}"\n'
+                 if self.mode == "stuck" and self.hole is not None else "")
         config = self.dir / "mailgate.toml"
         config.write_text(f"""\
 hostname = "mailgate.bench.test"
@@ -498,7 +509,7 @@ recipient_null_mx_check = false
 
 [delivery]
 relayhost = "[{HOST}]:{relay_port}"
-
+{stuck}
 [web]
 address = ""
 
@@ -521,6 +532,14 @@ level = "{self.log_level}"
             while len(self.pids()) < self.workers + 1 and time.monotonic() < deadline:
                 time.sleep(0.1)
             time.sleep(0.5)
+        if self.mode == "stuck":
+            self._hold_backlog()
+
+    def _hold_backlog(self) -> None:
+        """Queue STUCK_BACKLOG messages for the dead destination; wait until its
+        connections are open and waiting (the destination full, the rest held)."""
+        smtp_source(self.port, 1024, 20, STUCK_BACKLOG, f"held@{STUCK_DOMAIN}", False, 600)
+        time.sleep(2.0)
 
     def _dkim(self) -> str:
         """The [dkim] tables of the dkim modes: keys for the sender's domain (smtp-source
@@ -567,8 +586,9 @@ level = "{self.log_level}"
     def pending(self) -> int | None:
         if self.mode == "queue":
             return None
-        rows = self._query(
-            "SELECT count(*) FROM recipients WHERE state IN ('queued', 'deferred')")
+        rows = self._query(  # the held backlog of `stuck` never drains: not counted
+            "SELECT count(*) FROM recipients WHERE state IN ('queued', 'deferred') "
+            f"AND domain != '{STUCK_DOMAIN}'")
         return int(rows[0][0]) if rows else 0  # type: ignore[call-overload]
 
     def settle(self, timeout: float) -> str | None:
@@ -1361,6 +1381,11 @@ def fs_type(path: Path) -> str:
 
 SERVERS = ("smtp-sink", "postfix", "aiosmtpd-fsync", "aiosmtpd-nofsync", "mailgate-w1-relay",
            "mailgate-w2-relay", "mailgate-w1", "mailgate-w2", "mailgate-w2-maildir")
+# mailgate-wN-stuck (not in the default set): as -relay, with STUCK_BACKLOG messages
+# held for STUCK_DOMAIN, routed to a socket that never answers (a full destination the
+# claims leave out), queued before the cells.
+STUCK_DOMAIN = "stuck.bench.test"
+STUCK_BACKLOG = 20_000
 IDLE_SERVERS = ("mailgate-w1", "mailgate-w2", "aiosmtpd-fsync", "postfix")
 
 
