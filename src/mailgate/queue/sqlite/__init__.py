@@ -76,9 +76,9 @@ class SQLiteQueue(GroupCommitWriter):
     ) -> None:
         self.owner = ClaimOwner.this_process()
         self._claimed_ever = False  # whether close() has claims to give back
-        # Where each kind of claim (by the domains it asks for) may start its due walk.
-        self._floors: dict[tuple[str, ...] | None, ClaimFloor] = {}
-        self._floors_forgotten = 0  # how many times release() cleared them
+        # Where the next claim for any domain may start its due walk (ClaimFloor).
+        self._floor: ClaimFloor | None = None
+        self._floors_forgotten = 0  # how many times release() cleared it
         super().__init__(path, max_page_count=max_page_count, busy_timeout=busy_timeout,
                          batch_limit=batch_limit, batch_bytes=batch_bytes)
 
@@ -164,18 +164,21 @@ class SQLiteQueue(GroupCommitWriter):
         # a few domains reads only theirs (and sorts just those when there are several),
         # instead of walking past every other domain's due work.
         index = "recipients_due" if domains is None else "recipients_domain_due"
-        key = None if domains is None else tuple(sorted({d.lower() for d in domains}))
+        self._claimed_ever = True
+        if domains is not None:  # a few domains' own index: no backlog of others to pass
+            return ClaimOp(self.owner, index, now, now + lease, where, tuple(params), limit,
+                           cap)
         excluded = frozenset(d.lower() for d in exclude_domains or ())
-        floor = self._floors.get(key)
+        floor = self._floor
         start = floor.start_for(excluded, now) if floor is not None else None
-        walked = floor.walked if start is not None and floor is not None else None
+        used = floor if start is not None else None
         forgotten = self._floors_forgotten
 
-        def learnt(found: float | None) -> None:  # in the writer thread, after the read
-            if self._floors_forgotten == forgotten:  # else a look from an old floor
-                self._floors[key] = ClaimFloor.after(excluded, now, found, start, walked)
+        def learnt(conn: sqlite3.Connection, found: float | None) -> None:
+            # In the writer thread, after the read; not from a floor release() forgot.
+            if self._floors_forgotten == forgotten:
+                self._floor = ClaimFloor.after(conn, used, now, found)
 
-        self._claimed_ever = True
         return ClaimOp(self.owner, index, now, now + lease, where, tuple(params), limit, cap,
                        start=start, learnt=learnt)
 
@@ -226,7 +229,7 @@ class SQLiteQueue(GroupCommitWriter):
     def release(self, claim_token: str) -> None:
         """Give claimed work back unchanged: due again at its own next_attempt."""
         self._floors_forgotten += 1  # that may be in the past, before where walks start
-        self._floors.clear()
+        self._floor = None
 
         def op(conn: sqlite3.Connection) -> None:
             conn.execute(

@@ -380,39 +380,52 @@ class ClaimFloor:
     one message at a time there is a look for nearly every message: the deliverer's CPU
     per message was four times what it is without such a backlog.
 
-    After a look, every due row before the first one it could take belonged to a domain
-    left out (or was not due). So the next look, leaving out at least the same domains,
-    may start a little before that row: `MARGIN` earlier, for a message whose due time
-    was taken before its commit made it visible. A row that gets a due time further in
-    the past (a claim given back, a message released from hold, a clock stepped back)
-    would be passed over: this process forgets its floors when it writes one
-    (`SQLiteQueue.release`), and for another process's, every look at least `TTL`
-    seconds after the last full walk walks the whole index again. So the worst case is a
-    message found a few seconds late, never one lost."""
+    After a look, every due row before the first one it could take belongs to a domain
+    left out (or is not due): the floor's `blockers`. The next look, as long as it leaves
+    out every blocker, may start a little before that row: `MARGIN` earlier, for a
+    message whose due time was taken before its commit made it visible. (Not "the same
+    domains left out": destinations are full and free again all the time, and a floor
+    that lasted only while none came free was walked from the start nearly every look.)
+    A row that gets a due time further in the past (a claim given back, a message
+    released from hold, a clock stepped back) would be passed over: this process forgets
+    its floors when it writes one (`SQLiteQueue.release`), and for another process's,
+    every look at least `TTL` seconds after the last whole walk walks the whole index
+    again. So the worst case is a message found a few seconds late, never one lost."""
 
-    MARGIN: ClassVar[float] = 5.0  # seconds, in due_at's clock
-    TTL: ClassVar[float] = 5.0  # seconds of time.monotonic() between full walks
+    MARGIN: ClassVar[float] = 1.0  # seconds, in due_at's clock
+    TTL: ClassVar[float] = 5.0  # seconds of time.monotonic() between whole walks
 
-    excluded: frozenset[str]  # the domains the look left out
+    blockers: frozenset[str]  # the domains of the due rows before `start`
     now: float  # the look's time (due_at's clock)
     start: float  # where the next look may start
-    walked: float  # time.monotonic() of the last full walk
+    walked: float  # time.monotonic() of the last whole walk
 
     def start_for(self, excluded: frozenset[str], now: float) -> float | None:
         """Where a look at `now` leaving out `excluded` starts; None: the whole index."""
-        if (self.excluded <= excluded and now >= self.now
+        if (self.blockers <= excluded and now >= self.now
                 and time.monotonic() - self.walked < self.TTL):
             return self.start
         return None
 
     @classmethod
-    def after(cls, excluded: frozenset[str], now: float, found: float | None,
-              start: float | None, walked: float | None) -> ClaimFloor:
-        """The floor a look makes: it started at `start` (None: the whole index, at
-        `walked`), and the first row it could take came due at `found`."""
+    def after(cls, conn: sqlite3.Connection, floor: ClaimFloor | None, now: float,
+              found: float | None) -> ClaimFloor:
+        """The floor a look at `now` makes: it started at `floor` (None: walked the whole
+        index), and the first row it could take came due at `found`. The blockers of the
+        rows the new floor passes over are read from the due index: all of them after a
+        whole walk (as long again as that walk, once per TTL), else only those between
+        the old start and the new."""
         at = (now if found is None else found) - cls.MARGIN
-        return cls(excluded, now, at if start is None else max(at, start),
-                   time.monotonic() if walked is None else walked)
+        if floor is not None and at <= floor.start:
+            return cls(floor.blockers, now, floor.start, floor.walked)
+        window, bounds = ("due_at < ?", (at,)) if floor is None else (
+            "due_at >= ? AND due_at < ?", (floor.start, at))
+        passed = frozenset(domain for (domain,) in conn.execute(
+            f"SELECT DISTINCT domain FROM recipients INDEXED BY recipients_due "
+            f"WHERE {window} AND state IN {_DUE_STATES}", bounds).fetchall())
+        if floor is None:
+            return cls(passed, now, at, time.monotonic())
+        return cls(floor.blockers | passed, now, at, floor.walked)
 
 
 def due_messages(conn: sqlite3.Connection, index: str, now: float, where: str,
@@ -494,14 +507,14 @@ class ClaimOp:
     # Where `nothing_due` starts (ClaimFloor.start_for), and what it tells of its look:
     # (when the first row it could take came due, or None).
     start: float | None = None
-    learnt: Callable[[float | None], None] | None = None
+    learnt: Callable[[sqlite3.Connection, float | None], None] | None = None
 
     def nothing_due(self, conn: sqlite3.Connection) -> list[WorkItem] | None:
         """[] when nothing is due (a read: no write lock, no transaction), else None."""
         self.since = first_due(conn, self.index, self.now, self.where, self.params,
                                self.start)
         if self.learnt is not None:
-            self.learnt(self.since)
+            self.learnt(conn, self.since)
         return [] if self.since is None else None
 
     def __call__(self, conn: sqlite3.Connection) -> list[WorkItem]:
