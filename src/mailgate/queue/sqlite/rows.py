@@ -386,11 +386,12 @@ class ClaimFloor:
     message whose due time was taken before its commit made it visible. (Not "the same
     domains left out": destinations are full and free again all the time, and a floor
     that lasted only while none came free was walked from the start nearly every look.)
-    A row that gets a due time further in the past (a claim given back, a message
-    released from hold, a clock stepped back) would be passed over: this process forgets
-    its floors when it writes one (`SQLiteQueue.release`), and for another process's,
-    every look at least `TTL` seconds after the last whole walk walks the whole index
-    again. So the worst case is a message found a few seconds late, never one lost."""
+    A row that gets a due time further in the past (a claim given back at its old
+    next_attempt, a dead process's claims taken back, a clock stepped back) would be
+    passed over: this process forgets its floor when it writes one
+    (`SQLiteQueue.release`), and for another process's, every look at least `TTL`
+    seconds after the last whole walk walks the whole index again. So the worst case is
+    a message found a few seconds late, never one lost."""
 
     MARGIN: ClassVar[float] = 1.0  # seconds, in due_at's clock
     TTL: ClassVar[float] = 5.0  # seconds of time.monotonic() between whole walks
