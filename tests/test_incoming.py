@@ -7,18 +7,14 @@ from pathlib import Path
 from mailgate.queue.spool import SpoolFile
 from mailgate.server.incoming import new_message
 from mailgate.server.policy import ConnectionInfo
-from mailgate.smtp.server import NEED_DATA, MailFrom, RcptTo, ServerSession, SessionConfig
+from mailgate.smtp.server import MailFrom, RcptTo, ServerSession
+from tests.test_server_session import CONFIG, ENVELOPE, events
 
 
 def envelope() -> tuple[MailFrom, RcptTo]:
-    s = ServerSession(SessionConfig(hostname="mx.test"))
+    s = ServerSession(CONFIG)
     s.greet()
-    s.receive_data(b"EHLO c.test\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<c@d.test>\r\n")
-    seen = []
-    while (ev := s.next_event()) is not NEED_DATA:
-        seen.append(ev)
-        if ev.needs_decision:
-            s.respond(None)
+    seen = events(s, ENVELOPE)
     [mail] = [e for e in seen if isinstance(e, MailFrom)]
     [rcpt] = [e for e in seen if isinstance(e, RcptTo)]
     return mail, rcpt

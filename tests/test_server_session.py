@@ -13,24 +13,35 @@ from hypothesis import strategies as st
 
 from mailgate.smtp.server import (
     NEED_DATA,
+    Event,
     MessageComplete,
     ServerSession,
     SessionConfig,
     StartTLS,
 )
 
+ENVELOPE = b"EHLO c.test\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<c@d.test>\r\n"
 REPLY_LINE = re.compile(rb"[2-5][0-9][0-9][ -][^\r\n]*\Z|[2-5][0-9][0-9]\Z")
 CONFIG = SessionConfig(hostname="mx.test", starttls=True, auth=True, auth_requires_tls=False,
                        max_message_size=2000, max_errors=1000)
 
 
-def drive(s: ServerSession, data: bytes) -> bytes:
+def events(s: ServerSession, data: bytes) -> list[Event]:
+    """Feed `data`; the events it makes, every decision answered with the default and
+    every STARTTLS handshake taken as done."""
     s.receive_data(data)
+    seen = []
     while (ev := s.next_event()) is not NEED_DATA:
+        seen.append(ev)
         if ev.needs_decision:
             s.respond(None)
         elif isinstance(ev, StartTLS):
             s.tls_established()
+    return seen
+
+
+def drive(s: ServerSession, data: bytes) -> bytes:
+    events(s, data)
     return s.data_to_send()
 
 
@@ -127,7 +138,7 @@ def test_pipelined_transaction_replies_in_order() -> None:
     s = ServerSession(CONFIG)
     s.greet()
     s.data_to_send()
-    out = drive(s, b"EHLO c.test\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<c@d.test>\r\nDATA\r\n"
+    out = drive(s, ENVELOPE + b"DATA\r\n"
                    b"Subject: t\r\n\r\nbody\r\n.\r\nQUIT\r\n")
     codes = [ln[:3] for ln in out.split(b"\r\n")[:-1] if ln[3:4] != b"-"]
     assert codes == [b"250", b"250", b"250", b"354", b"250", b"221"]
@@ -153,17 +164,11 @@ def test_decision_events_block_until_answered() -> None:
 def test_shutdown_finishes_the_message_in_flight() -> None:
     s = ServerSession(CONFIG)
     s.greet()
-    drive(s, b"EHLO c.test\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<c@d.test>\r\nDATA\r\npart")
+    drive(s, ENVELOPE + b"DATA\r\npart")
     s.data_to_send()
     s.shutdown()
     assert not s.closed
-    s.receive_data(b"ial\r\n.\r\n")
-    events = []
-    while (ev := s.next_event()) is not NEED_DATA:
-        events.append(ev)
-        if ev.needs_decision:
-            s.respond(None)
-    assert any(isinstance(e, MessageComplete) for e in events)
+    assert any(isinstance(e, MessageComplete) for e in events(s, b"ial\r\n.\r\n"))
     out = s.data_to_send()
     assert out.startswith(b"250 2.0.0") and b"421 4.3.2" in out
     assert s.closed
@@ -176,14 +181,7 @@ def test_data_vouches_for_crlf_line_ends_and_bdat_does_not() -> None:
     def completes(data: bytes) -> list[MessageComplete]:
         s = ServerSession(CONFIG)
         s.greet()
-        s.receive_data(b"EHLO c.test\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<c@d.test>\r\n" + data)
-        seen = []
-        while (ev := s.next_event()) is not NEED_DATA:
-            if isinstance(ev, MessageComplete):
-                seen.append(ev)
-            if ev.needs_decision:
-                s.respond(None)
-        return seen
+        return [e for e in events(s, ENVELOPE + data) if isinstance(e, MessageComplete)]
 
     [by_data] = completes(b"DATA\r\nSubject: x\n\nbare\rends\r\n.\r\n")
     [by_bdat] = completes(b"BDAT 17 LAST\r\nSubject: x\n\nbare\n")
