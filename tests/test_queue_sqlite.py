@@ -669,76 +669,37 @@ def test_a_delivered_message_s_content_is_not_written_again_as_zeros(
     assert 0 < frames < 30, frames
 
 
-def test_promises_are_synced_after_the_commit_with_the_lock_free_and_claims_are_not(
-        q: SQLiteQueue, db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """An enqueue or a record is answered only once the WAL holding it is synced; the
-    sync comes after the COMMIT, so another process's writer can take the write lock
-    meanwhile instead of waiting for the fsync. A claim is a lease, not a promise: lost
-    in a power failure, its work is simply due again, so a batch of claims alone is not
-    synced (the next sync covers its frames too)."""
-    wal = Path(f"{db}-wal")
-    syncs: list[tuple[bool, bool, bool]] = []  # (the WAL, lock free, caller still waiting)
-    waiting: list[Future[Any]] = []
-    real = os.fdatasync
+def test_claims_commit_without_their_own_fsync_and_promises_with_one(q: SQLiteQueue) -> None:
+    """A claim is a lease, not a promise: lost in a power failure, its work is simply due
+    again. So a batch of claims alone commits at synchronous=NORMAL (no fsync of its own;
+    the next durable commit syncs its frames too), and any batch holding an enqueue or a
+    record commits at FULL."""
+    statements: list[str] = []
+    q._call(lambda conn: conn.set_trace_callback(statements.append), "trace")
 
-    def fdatasync(fd: int) -> None:
-        other = sqlite3.connect(db, timeout=0, isolation_level=None)
-        try:
-            other.execute("BEGIN IMMEDIATE")  # SQLITE_BUSY if the writer still held it
-            other.execute("ROLLBACK")
-            free = True
-        except sqlite3.OperationalError:
-            free = False
-        finally:
-            other.close()
-        syncs.append((os.path.samestat(os.fstat(fd), wal.stat()), free,
-                      all(not f.done() for f in waiting)))
-        real(fd)
-
-    monkeypatch.setattr(os, "fdatasync", fdatasync)
+    def before_last_begin() -> str:
+        begin = len(statements) - 1 - statements[::-1].index("BEGIN IMMEDIATE")
+        return statements[begin - 1]
 
     def level(durable: bool) -> Future[int]:
         return q._submit(lambda conn: int(conn.execute("PRAGMA synchronous").fetchone()[0]),
                          "look", durable=durable)
 
-    waiting.append(q._submit(lambda conn: conn.execute(
-        "INSERT INTO owners VALUES ('x', 'h', 1, 's', 'b', 0)"), "write"))
-    waiting[-1].result()
-    assert syncs == [(True, True, True)]
     qid = q.enqueue(message("a@example.net"))
-    assert len(syncs) == 2
+    assert "PRAGMA synchronous = NORMAL" not in statements
     (item,) = q.claim(time.time(), limit=10, lease=60)
-    assert level(durable=False).result() == 1  # NORMAL: COMMIT itself never syncs
-    assert len(syncs) == 2
+    assert before_last_begin() == "PRAGMA synchronous = NORMAL"
+    assert level(durable=False).result() == 1  # NORMAL
     q.record(item.recipients[0].id, attempt("delivered"), claim_token=item.claim_token)
-    assert len(syncs) == 3
-    # Mixed in one batch with a durable write, claims wait for the one sync as well.
+    assert before_last_begin() == "PRAGMA synchronous = FULL"
+    assert level(durable=True).result() == 2  # FULL
+    # Mixed in one batch with a durable write, a claim commits at FULL as well.
     gate = blocked_writer(q)
     mixed = [level(durable=False), level(durable=True), level(durable=False)]
     gate.set()
-    assert [f.result() for f in mixed] == [1, 1, 1]
-    assert len(syncs) == 5  # the blocking op was durable (the default), then the mix
-    assert all(syncs)
+    assert [f.result() for f in mixed] == [2, 2, 2]
     assert q.show(qid).recipients[0].state == DELIVERED
-
-
-def test_a_failed_sync_fails_the_batch_and_the_writer_goes_on(
-        q: SQLiteQueue, monkeypatch: pytest.MonkeyPatch) -> None:
-    """An fsync that fails leaves the commit visible but maybe not on disk: its callers
-    are told it failed (a client gets a 4xx, never a 250 for a message that could be
-    lost), and the writer keeps working for the next batch."""
-    real = os.fdatasync
-
-    def broken(fd: int) -> None:
-        raise OSError(5, "Input/output error")
-
-    monkeypatch.setattr(os, "fdatasync", broken)
-    with pytest.raises(QueueFull, match="could not queue the message: the disk could not "
-                       "sync the queue's log \\(Input/output error\\)"):
-        q.enqueue(message("a@example.net"))
-    monkeypatch.setattr(os, "fdatasync", real)
-    qid = q.enqueue(message("b@example.net"))
-    assert q.show(qid).recipients[0].address == "b@example.net"
+    q._call(lambda conn: conn.set_trace_callback(None), "stop tracing")
 
 
 def test_a_claim_that_finds_nothing_due_takes_no_write_lock(q: SQLiteQueue) -> None:

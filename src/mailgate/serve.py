@@ -187,7 +187,7 @@ def banner(config: Config, listening: Sequence[tuple[str, str, int]], cert: Path
     d = config.data_dir
     lines += [
         f"  data       {d}",
-        f"  queue      {d / 'queue.db'} (SQLite, WAL, fsync per group commit)",
+        f"  queue      {d / 'queue.db'} (SQLite, WAL, synchronous=FULL)",
         f"  maildirs   {d / 'maildir'}/<domain>/<user>/",
         f"  TLS        {cert}" + (" (self-signed)" if config.tls.cert is None else ""),
         f"  local      {', '.join(config.domains.local)}" + _catch_all_note(config),

@@ -1,9 +1,8 @@
 """The durable queue: messages and per-recipient state.
 
 The interface is backend-neutral; `queue/sqlite/` is the default backend (one file,
-WAL, an fsync after every commit that promises something, group commit) and a
-PostgreSQL backend for clusters implements the same `Queue` protocol. Nothing outside
-`queue/` knows which one it has.
+WAL, `synchronous=FULL`, group commit) and a PostgreSQL backend for clusters will
+implement the same `Queue` protocol. Nothing outside `queue/` knows which one it has.
 
 A message is accepted (`250`) only after `enqueue()` has returned: by then the message
 and its envelope are on stable storage. Delivery is at-least-once: a crash may repeat a

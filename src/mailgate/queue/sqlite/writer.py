@@ -3,27 +3,17 @@ read connections, and a checkpoint thread, on one SQLite file in WAL mode. It ru
 whatever writes it is given (callables on a connection) and knows nothing of messages;
 `SQLiteQueue` (this package's __init__) is built on it.
 
-Durability comes from WAL mode and an fdatasync of the WAL file: a transaction is on
-stable storage once its frames are in the WAL and the WAL is synced. An fsync costs
-milliseconds, so paying one per message would cap a server at a few hundred messages a
-second whatever its CPU. Instead one writer thread owns the write connection, takes
-every request that is waiting (up to a cap), runs them in ONE transaction, commits once,
-syncs once, and only then answers each caller. The more sessions finish DATA at the same
-moment, the more messages share each fsync.
-
-The connection commits at `synchronous=NORMAL` (the COMMIT appends the frames and makes
-them visible, without an fsync) and the writer syncs the WAL itself right after
-(`_sync_wal`). With `synchronous=FULL` SQLite would sync inside the COMMIT, holding the
-write lock: another process's writer (the listener's enqueue, the deliverer's reports)
-waited for that fsync as well as for the transaction. Other connections may now see a
-transaction a fraction of a millisecond before it is durable; a power cut in that window
-loses only work nobody was told was done (a message whose client has no 250 yet may be
-delivered and then sent again). The frames stay where they are until synced: SQLite
-rewrites the start of the WAL only after a checkpoint, which syncs the WAL first.
+Durability comes from WAL mode with `synchronous=FULL`: a transaction is on stable
+storage when COMMIT returns. An fsync costs milliseconds, so paying one per message would
+cap a server at a few hundred messages a second whatever its CPU. Instead one writer
+thread owns the write connection, takes every request that is waiting (up to a cap),
+runs them in ONE transaction, commits once, and only then answers each caller. The more
+sessions finish DATA at the same moment, the more messages share each fsync.
 
 A batch of requests that promise nothing (claims: leases that a crash only makes due
-again) skips the sync. Its WAL frames come before those of any later commit, and the
-next sync covers the whole WAL file, so they become durable with it.
+again) commits at `synchronous=NORMAL`, without an fsync of its own. Its WAL frames come
+before those of any later commit, and the next durable commit syncs the whole WAL file,
+so they become durable with it.
 
 Several processes may open the same file (workers behind SO_REUSEPORT): each has its own
 writer thread, and every transaction starts with BEGIN IMMEDIATE, so SQLite's file lock
@@ -166,7 +156,7 @@ class GroupCommitWriter:
         self._requests: stdqueue.SimpleQueue[_Request[Any] | object] = stdqueue.SimpleQueue()
         self._settled: list[LoopSlot[Any]] = []  # the writer thread's, between batches
         self._commits = 0
-        self._wal_fd: int | None = None  # the WAL, opened for fdatasync (`_sync_wal`)
+        self._relaxed = False  # the write connection is at synchronous=NORMAL
         self._committed_requests = 0
         self._checkpoints = 0
         self._wal_growth = 0  # pages committed since the checkpoint thread was last asked
@@ -247,10 +237,6 @@ class GroupCommitWriter:
             self._retry_busy(lambda: self._prepare(conn))
             # Lock waits of the writer are _begin_write's (see there).
             conn.execute("PRAGMA busy_timeout = 0")
-            # COMMIT makes a transaction visible without an fsync of its own: `_sync_wal`
-            # makes it durable just after, with the write lock already free for the
-            # other processes (see the module docstring).
-            conn.execute("PRAGMA synchronous = NORMAL")
         except sqlite3.Error as exc:
             conn.close()
             raise self._translate(exc, "open the queue") from exc
@@ -402,8 +388,6 @@ class GroupCommitWriter:
                 self._hand_over()
         with suppress(sqlite3.Error):
             self._wconn.close()
-        if self._wal_fd is not None:
-            os.close(self._wal_fd)
 
     def _execute_guarded(self, batch: list[_Request[Any]]) -> None:
         try:
@@ -442,8 +426,12 @@ class GroupCommitWriter:
         pending = batch
         together = True
         # No fsync for a batch that promises nothing (see the module's docstring): one
-        # fewer per message delivered.
-        durable = any(r.durable for r in batch)
+        # fewer per message delivered, and the write lock, which a sibling process's
+        # enqueue may be waiting for, is held for less.
+        relaxed = not any(r.durable for r in batch)
+        if relaxed != self._relaxed:
+            conn.execute(f"PRAGMA synchronous = {'NORMAL' if relaxed else 'FULL'}")
+            self._relaxed = relaxed
         while pending:
             done: list[tuple[_Request[Any], Any, BaseException | None]] = []
             lost: tuple[_Request[Any], BaseException] | None = None
@@ -479,20 +467,6 @@ class GroupCommitWriter:
                 for request in pending:
                     self._fail(request, exc)
                 return
-            if durable and lost is None and not again:
-                try:
-                    self._sync_wal()
-                except OSError as exc:
-                    # Committed, so visible, but perhaps not on disk: nobody may be told
-                    # it is. A message refused here and sent again may arrive twice;
-                    # one answered here could be lost.
-                    sync_error = QueueFull(
-                        f"could not {pending[0].doing}: the disk could not sync the "
-                        f"queue's log ({exc.strerror or exc}); repair the disk holding "
-                        f"{self.path}")
-                    for request in pending:
-                        request.future.set_exception(sync_error)
-                    return
             if again:
                 self._rollback()
                 together = False
@@ -519,16 +493,6 @@ class GroupCommitWriter:
                 else:
                     self._fail(request, error)
             return
-
-    def _sync_wal(self) -> None:
-        """fdatasync the WAL: every transaction committed so far is on stable storage.
-
-        As long as the writer connection is open the WAL file stays the same file (SQLite
-        deletes it when its last connection closes; a restart or a truncation rewrites it
-        in place), so one descriptor serves."""
-        if self._wal_fd is None:
-            self._wal_fd = os.open(f"{self.path}-wal", os.O_RDONLY | os.O_CLOEXEC)
-        os.fdatasync(self._wal_fd)
 
     @staticmethod
     def _without_shortcuts(conn: sqlite3.Connection, batch: list[_Request[Any]]
