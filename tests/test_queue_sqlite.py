@@ -34,7 +34,7 @@ from mailgate.queue import (
 )
 from mailgate.queue.spool import SpoolFile
 from mailgate.queue.sqlite import SCHEMA_VERSION, SQLiteQueue, new_queue_id
-from mailgate.queue.sqlite.rows import ClaimFloor
+from mailgate.queue.sqlite.rows import ClaimFloor, ClaimOp
 
 QUEUED = RecipientState.QUEUED
 DEFERRED = RecipientState.DEFERRED
@@ -700,6 +700,31 @@ def test_claims_commit_without_their_own_fsync_and_promises_with_one(q: SQLiteQu
     assert [f.result() for f in mixed] == [2, 2, 2]
     assert q.show(qid).recipients[0].state == DELIVERED
     q._call(lambda conn: conn.set_trace_callback(None), "stop tracing")
+
+
+def test_a_claim_reads_its_messages_after_its_commit(q: SQLiteQueue, db: Path) -> None:
+    """The claim's write (the UPDATEs that take the recipients) holds the write lock; the
+    messages it took are read afterwards, in a read transaction of their own, so another
+    process's enqueue is not kept waiting while their rows and contents are read."""
+    statements: list[str] = []
+    q._call(lambda conn: conn.set_trace_callback(statements.append), "trace")
+    qid = q.enqueue(message("a@example.net", content=b"Subject: x\r\n\r\nbody\r\n"))
+    statements.clear()
+    (item,) = q.claim(time.time(), limit=10, lease=60)
+    q._call(lambda conn: conn.set_trace_callback(None), "stop tracing")
+    assert item.message.id == qid and item.message.content is not None
+    assert [r.address for r in item.recipients] == ["a@example.net"]
+    commit = statements.index("COMMIT")
+    update = next(i for i, st in enumerate(statements) if st.startswith("UPDATE recipients"))
+    content = next(i for i, st in enumerate(statements) if "FROM contents" in st)
+    assert update < commit < content
+    assert statements[content + 1:].count("ROLLBACK") == 1  # the read transaction, ended
+    # A message deleted between the claim's commit and that read is left out.
+    seq = q._read("seq", lambda conn: conn.execute(
+        "SELECT seq FROM messages WHERE id = ?", (qid,)).fetchone()[0])
+    claimed = {seq: (item.claim_token, {item.recipients[0].id}), seq + 1000: ("t", {1})}
+    items = q._read("load", lambda conn: ClaimOp.after_commit(conn, claimed))
+    assert [i.message.id for i in items] == [qid]
 
 
 def test_a_claim_that_finds_nothing_due_takes_no_write_lock(q: SQLiteQueue) -> None:

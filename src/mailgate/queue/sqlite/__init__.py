@@ -138,7 +138,8 @@ class SQLiteQueue(GroupCommitWriter):
         op = self._claim_op(now, limit, lease, domains, exclude_domains, per_domain)
         if op is None:
             return []
-        return self._call(op, "claim work", durable=False, shortcut=op.nothing_due)
+        return self._call(op.as_claim(), "claim work", durable=False,
+                          shortcut=op.nothing_due)
 
     async def claim_async(self, now: float, limit: int, lease: float,
                           domains: Sequence[str] | None = None,
@@ -148,7 +149,7 @@ class SQLiteQueue(GroupCommitWriter):
         op = self._claim_op(now, limit, lease, domains, exclude_domains, per_domain)
         if op is None:
             return []
-        return await self._submit_async(op, "claim work", durable=False,
+        return await self._submit_async(op.as_claim(), "claim work", durable=False,
                                         shortcut=op.nothing_due)
 
     def _claim_op(self, now: float, limit: int, lease: float, domains: Sequence[str] | None,

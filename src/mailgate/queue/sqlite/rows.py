@@ -16,7 +16,7 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import ClassVar, Self
+from typing import ClassVar, Self, cast
 
 from mailgate.queue import (
     FINAL_STATES,
@@ -263,6 +263,14 @@ def load_messages(
     conn: sqlite3.Connection, seqs: Sequence[int], *, content: bool
 ) -> list[QueuedMessage]:
     """The messages with these seqs, in the order given, with all their recipients."""
+    found = load_by_seq(conn, seqs, content=content)
+    return [found[seq] for seq in seqs]
+
+
+def load_by_seq(
+    conn: sqlite3.Connection, seqs: Sequence[int], *, content: bool
+) -> dict[int, QueuedMessage]:
+    """The messages with these seqs that exist, with all their recipients, by seq."""
     rows: dict[int, sqlite3.Row] = {}
     recipients: dict[int, list[sqlite3.Row]] = {seq: [] for seq in seqs}
     bodies: dict[int, bytes] = {}
@@ -283,10 +291,9 @@ def load_messages(
                 f"SELECT seq, content FROM contents WHERE seq IN ({marks})", chunk
             ):
                 bodies[seq] = body
-    result = []
-    for seq in seqs:
-        m = rows[seq]
-        result.append(
+    result: dict[int, QueuedMessage] = {}
+    for seq, m in rows.items():
+        result[seq] = (
             QueuedMessage(
                 id=m["id"],
                 sender=m["sender"],
@@ -491,6 +498,10 @@ def due_messages(conn: sqlite3.Connection, index: str, now: float, where: str,
     return seqs
 
 
+# What a claim took, by message seq: its claim token and the recipient ids it holds.
+_Claimed = dict[int, tuple[str, set[int]]]
+
+
 @dataclass
 class ClaimOp:
     """The write behind `SQLiteQueue.claim`, and the read before it (`nothing_due`) that
@@ -518,13 +529,13 @@ class ClaimOp:
             self.learnt(conn, self.since)
         return [] if self.since is None else None
 
-    def __call__(self, conn: sqlite3.Connection) -> list[WorkItem]:
+    def __call__(self, conn: sqlite3.Connection) -> _Claimed:
         owner, where, params, now, until = self.owner, self.where, self.params, self.now, self.until
         owner.register(conn)
         seqs = due_messages(conn, self.index, now, where, params, self.limit, self.cap,
                             self.since)
         seqs = within_budget(conn, seqs)
-        claimed: dict[int, tuple[str, set[int]]] = {}
+        claimed: _Claimed = {}
         for seq in seqs:
             token = os.urandom(8).hex()  # secrets.token_hex, without its imports
             # INDEXED BY: a message has a few recipients, but a domain may have
@@ -537,13 +548,28 @@ class ClaimOp:
                 (token, until, until, owner.id, seq, now, *params),
             ).fetchall()
             claimed[seq] = (token, {r[0] for r in rows})
-        messages = load_messages(conn, list(seqs), content=True)
+        return claimed
+
+    def as_claim(self) -> Callable[[sqlite3.Connection], list[WorkItem]]:
+        """This op as the writer sees it: its caller gets what `after_commit` makes of
+        the op's own value (the writer calls it after the COMMIT)."""
+        return cast("Callable[[sqlite3.Connection], list[WorkItem]]", self)
+
+    @staticmethod
+    def after_commit(conn: sqlite3.Connection, claimed: _Claimed) -> list[WorkItem]:
+        """The claimed messages, read after the COMMIT (`GroupCommitWriter`): the write
+        lock, which a sibling process's enqueue may be waiting for, is not held while
+        their rows and contents are read, a step (and a handover of the GIL) each. What
+        this process has claimed nobody else changes but a deletion, and a message
+        deleted meanwhile is left out."""
+        found = load_by_seq(conn, list(claimed), content=True)
         return [
             WorkItem(
                 message=m,
                 recipients=tuple(r for r in m.recipients if r.id in claimed[seq][1]),
-                claim_token=claimed[seq][0],
+                claim_token=token,
             )
-            for seq, m in zip(seqs, messages, strict=True)
+            for seq, (token, _) in claimed.items()
+            if (m := found.get(seq)) is not None
         ]
 
