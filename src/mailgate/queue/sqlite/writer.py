@@ -454,7 +454,7 @@ class GroupCommitWriter:
                             end += 1
                     if end - i > 1:
                         run = pending[i:end]
-                        values = self._run_together(conn, run)
+                        values = self._run_together(conn, run, alone=len(run) == len(pending))
                         if values is not None:
                             done += [(r, v, None) for r, v in zip(run, values, strict=True)]
                             i = end
@@ -463,11 +463,12 @@ class GroupCommitWriter:
                             again = True
                             break
                     for request in pending[i:end]:
-                        lost = self._execute_one(conn, request, done)
+                        lost = self._execute_one(conn, request, done, alone=len(pending) == 1)
                         if lost is not None:
                             break
                     i = end
-                if lost is None and not again:
+                committed = lost is None and not again and conn.in_transaction
+                if committed:  # not after a lone request's failure, rolled back
                     conn.execute("COMMIT")
             except sqlite3.Error as exc:
                 self._rollback()
@@ -483,7 +484,7 @@ class GroupCommitWriter:
                 self._fail(*lost)
                 pending = [r for r in pending if r is not lost[0]]
                 continue
-            self._commits += 1
+            self._commits += committed
             self._wal_growth += _PAGES_PER_COMMIT + sum(
                 _PAGES_PER_REQUEST + request.weight // self._page_size for request, _, _ in done
             )
@@ -541,9 +542,20 @@ class GroupCommitWriter:
         conn: sqlite3.Connection,
         request: _Request[Any],
         done: list[tuple[_Request[Any], Any, BaseException | None]],
+        alone: bool = False,
     ) -> tuple[_Request[Any], BaseException] | None:
         """Run one request in its own savepoint; the request and its error when the error
-        took the whole transaction with it."""
+        took the whole transaction with it. `alone`: the request is the whole
+        transaction, which is its savepoint (see `_run_together`)."""
+        if alone:
+            try:
+                value = request.op(conn)
+            except Exception as exc:
+                self._rollback()
+                done.append((request, None, exc))
+            else:
+                done.append((request, value, None))
+            return None
         conn.execute("SAVEPOINT request")
         try:
             value = request.op(conn)
@@ -561,10 +573,24 @@ class GroupCommitWriter:
         return None
 
     def _run_together(
-        self, conn: sqlite3.Connection, run: list[_Request[Any]]
+        self, conn: sqlite3.Connection, run: list[_Request[Any]], alone: bool = False
     ) -> list[Any] | None:
         """Several Joinable requests of one class in one go; None (and nothing written)
-        if that failed."""
+        if that failed.
+
+        `alone`: the run is the whole transaction, and the transaction is its savepoint:
+        a failure rolls it all back (and the batch is run again one by one). Each
+        statement is a step that gives up the GIL, and in a process whose event loop is
+        busy, taking it back is what a statement costs (`after_commit`, module
+        docstring): the savepoint's two statements were two more, for the listener's
+        lone enqueue at one connection at a time and for the deliverer's reports."""
+        if alone:
+            kind = cast(type[Joinable[Any]], type(run[0].op))
+            try:
+                return kind.run_together(conn, [cast(Joinable[Any], r.op) for r in run])
+            except Exception:
+                self._rollback()
+                return None
         conn.execute("SAVEPOINT together")
         try:
             kind = cast(type[Joinable[Any]], type(run[0].op))
