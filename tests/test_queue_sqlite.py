@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -725,6 +725,37 @@ def test_a_claim_reads_its_messages_after_its_commit(q: SQLiteQueue, db: Path) -
     claimed = {seq: (item.claim_token, {item.recipients[0].id}), seq + 1000: ("t", {1})}
     items = q._read("load", lambda conn: ClaimOp.after_commit(conn, claimed))
     assert [i.message.id for i in items] == [qid]
+
+
+def test_after_commit_reads_in_its_own_snapshot_and_its_failure_is_the_callers(
+        q: SQLiteQueue) -> None:
+    """An op's `after_commit` runs once the write is committed (the lock free), in a read
+    transaction; if it fails, its caller gets the error (the write stays done) and the
+    writer goes on."""
+
+    class Write:
+        def __init__(self, value: int, fail: bool = False) -> None:
+            self.value, self.fail = value, fail
+
+        def __call__(self, conn: sqlite3.Connection) -> int:
+            conn.execute("CREATE TABLE IF NOT EXISTS t (x)")
+            conn.execute("INSERT INTO t VALUES (?)", (self.value,))
+            return self.value
+
+        def after_commit(self, conn: sqlite3.Connection, value: int) -> tuple[bool, int]:
+            if self.fail:
+                raise ValueError("the read failed")
+            return conn.in_transaction, conn.execute("SELECT sum(x) FROM t").fetchone()[0]
+
+    def call(op: Write) -> object:  # the caller gets after_commit's value, not the op's
+        return q._call(cast(Any, op), "write")
+
+    assert call(Write(2)) == (True, 2)
+    with pytest.raises(ValueError, match="the read failed"):
+        call(Write(3, fail=True))
+    # 3 was written all the same; and the failed read's transaction was ended, or this
+    # write's BEGIN would have failed inside it.
+    assert call(Write(4)) == (True, 9)
 
 
 def test_a_claim_that_finds_nothing_due_takes_no_write_lock(q: SQLiteQueue) -> None:
