@@ -25,12 +25,8 @@ Requests of one `Joinable` class that wait next to each other in a batch run in 
 (`run_together`), each in its own savepoint otherwise; a failure of the joint run falls
 back to the one-by-one path, which finds the request at fault.
 
-A request whose op has an `after_commit(conn, value)` gets, instead of the op's value,
-what `after_commit` makes of it, read after the COMMIT in a read transaction of its own:
-a claim reads the messages it took there (rows and contents), not while holding the
-write lock that another process's writer may be waiting for. Every SQLite step gives up
-the GIL, and while this process's event loop is busy each one waited for it to come
-back: measured at one connection at a time, a claim held the lock about 1 ms.
+An op may have an `after_commit(conn, value)`: its caller gets what that reads after the
+COMMIT (`_after_commit`), such as the messages a claim took, with the write lock free.
 
 Checkpoints (copying committed pages from the WAL into the database file, then syncing
 that) run in a thread of their own with their own connection. Left to SQLite, one would
@@ -512,9 +508,10 @@ class GroupCommitWriter:
     @staticmethod
     def _after_commit(conn: sqlite3.Connection,
                       after: Callable[[sqlite3.Connection, Any], Any], value: Any) -> Any:
-        """A request's reads that need no write lock (see the module docstring), run
-        once its transaction has committed, in one read transaction of their own: one
-        snapshot, and the lock already free."""
+        """A request's reads that need no write lock, once its transaction has committed,
+        in one read transaction (one snapshot). Every SQLite step gives the GIL up, and
+        while this process's event loop is busy each waits to get it back: at one
+        connection at a time a claim held the write lock about 1 ms with its reads."""
         conn.execute("BEGIN")
         try:
             return after(conn, value)
@@ -544,9 +541,8 @@ class GroupCommitWriter:
         done: list[tuple[_Request[Any], Any, BaseException | None]],
         alone: bool = False,
     ) -> tuple[_Request[Any], BaseException] | None:
-        """Run one request in its own savepoint; the request and its error when the error
-        took the whole transaction with it. `alone`: the request is the whole
-        transaction, which is its savepoint (see `_run_together`)."""
+        """Run one request in its own savepoint (`alone`: the transaction is, as in
+        `_run_together`); the request and its error when that took the transaction."""
         if alone:
             try:
                 value = request.op(conn)
@@ -578,12 +574,9 @@ class GroupCommitWriter:
         """Several Joinable requests of one class in one go; None (and nothing written)
         if that failed.
 
-        `alone`: the run is the whole transaction, and the transaction is its savepoint:
-        a failure rolls it all back (and the batch is run again one by one). Each
-        statement is a step that gives up the GIL, and in a process whose event loop is
-        busy, taking it back is what a statement costs (`after_commit`, module
-        docstring): the savepoint's two statements were two more, for the listener's
-        lone enqueue at one connection at a time and for the deliverer's reports."""
+        `alone`: the run is the whole transaction, and that is its savepoint: a failure
+        rolls it all back (the batch then runs one by one). Two statements fewer, each a
+        wait for the GIL (`_after_commit`), in the commonest transactions."""
         if alone:
             kind = cast(type[Joinable[Any]], type(run[0].op))
             try:
