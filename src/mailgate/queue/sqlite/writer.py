@@ -505,8 +505,7 @@ class GroupCommitWriter:
                     self._fail(request, error)
             return
 
-    @staticmethod
-    def _after_commit(conn: sqlite3.Connection,
+    def _after_commit(self, conn: sqlite3.Connection,
                       after: Callable[[sqlite3.Connection, Any], Any], value: Any) -> Any:
         """A request's reads that need no write lock, once its transaction has committed,
         in one read transaction (one snapshot). Every SQLite step gives the GIL up, and
@@ -516,7 +515,7 @@ class GroupCommitWriter:
         try:
             return after(conn, value)
         finally:
-            conn.execute("ROLLBACK")
+            self._rollback()
 
     @staticmethod
     def _without_shortcuts(conn: sqlite3.Connection, batch: list[_Request[Any]]
