@@ -1062,6 +1062,14 @@ def test_queue_backend_problems_never_quote_the_dsn(tmp_path: Path) -> None:
         parse_config('[queue]\nbackend = "mysql"\n', "t.toml")
 
 
+def test_queue_secure_delete_is_fast_or_on() -> None:
+    assert parse_config("", "t.toml").queue.secure_delete == "fast"
+    assert parse_config('[queue]\nsecure_delete = "on"\n', "t.toml").queue.secure_delete == "on"
+    with pytest.raises(ConfigError, match=r"queue\.secure_delete") as info:
+        parse_config('[queue]\nsecure_delete = "off"\n', "t.toml")
+    assert "fast" in str(info.value) and "on" in str(info.value)
+
+
 def test_queue_settings_read_as_the_whole_file_reads_them(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The `queue` commands read only data_dir and [queue] (load_queue_settings): the

@@ -669,6 +669,28 @@ def test_a_delivered_message_s_content_is_not_written_again_as_zeros(
     assert 0 < frames < 30, frames
 
 
+@pytest.mark.parametrize("mode", ["fast", "on"])
+def test_secure_delete_on_leaves_no_delivered_content_in_the_file(
+        tmp_path: Path, mode: str) -> None:
+    """`[queue] secure_delete = "on"`: once delivered, a message's content is nowhere in
+    queue.db, the free pages it leaves included. With "fast" (the default) those pages
+    keep it until the next messages reuse them (docs/security.md)."""
+    db = tmp_path / "queue.db"
+    marker = b"MARKER-7f3a9c-"
+    body = b"Subject: secret\r\n\r\n" + (marker + b"x" * 60 + b"\r\n") * 3000
+    q = SQLiteQueue(db, secure_delete=mode)
+    try:
+        assert q._call(lambda conn: int(conn.execute("PRAGMA secure_delete").fetchone()[0]),
+                       "look") == {"fast": 2, "on": 1}[mode]
+        q.enqueue(message("a@example.net", content=body))
+        (item,) = q.claim(time.time(), limit=10, lease=60)
+        q.record(item.recipients[0].id, attempt("delivered"), claim_token=item.claim_token)
+    finally:
+        q.close()  # the last connection: its checkpoint copies everything into queue.db
+    assert not Path(f"{db}-wal").exists()
+    assert (marker in db.read_bytes()) is (mode == "fast")
+
+
 def test_claims_commit_without_their_own_fsync_and_promises_with_one(q: SQLiteQueue) -> None:
     """A claim is a lease, not a promise: lost in a power failure, its work is simply due
     again. So a batch of claims alone commits at synchronous=NORMAL (no fsync of its own;

@@ -45,12 +45,17 @@ class QueueConfig:
     stays for the listings after its content was deleted; and which backend holds the
     queue: "sqlite" (data_dir/queue.db, the default) or "postgresql" (a cluster of nodes
     sharing one database: `dsn`, read from `dsn_file` when the password is a secret,
-    and `node`, this node's name, by default the host name)."""
+    and `node`, this node's name, by default the host name); and `secure_delete`, how
+    SQLite deletes a delivered message's content ("fast" or "on")."""
 
     keep_records: float = 7 * 86400.0  # seconds
     backend: str = "sqlite"
     dsn: str = field(default="", repr=False)  # may hold a password: never shown
     node: str = ""  # "": the host name
+    # SQLite's secure_delete for queue.db: "fast" (what a delete writes anyway is zeroed)
+    # or "on" (every page a delete frees is overwritten with zeros, at the cost of
+    # writing a delivered message's content a second time). PostgreSQL: not used.
+    secure_delete: str = "fast"
 
 
 @dataclass(frozen=True, slots=True)

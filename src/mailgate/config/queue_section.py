@@ -17,9 +17,10 @@ from mailgate.config.aliases import QueueConfig
 from mailgate.config.reader import _choice, _duration, _Reader, _string
 from mailgate.config.syntax import _Bad
 
-__all__ = ["BACKENDS", "data_dir_setting", "queue_section"]
+__all__ = ["BACKENDS", "SECURE_DELETE", "data_dir_setting", "queue_section"]
 
 BACKENDS = ("sqlite", "postgresql")
+SECURE_DELETE = ("fast", "on")
 
 
 def _dsn(value: object) -> str:
@@ -41,6 +42,7 @@ def queue_section(doc: Mapping[str, object], r: _Reader) -> QueueConfig:
     path = ("queue",)
     keep = r.get(qt, path, "keep_records", _duration(True), QueueConfig().keep_records)
     backend = r.get(qt, path, "backend", _choice(BACKENDS), "sqlite")
+    secure_delete = r.get(qt, path, "secure_delete", _choice(SECURE_DELETE), "fast")
     node = r.get(qt, path, "node", _string, "").strip()
     dsn = ""
     if backend != "postgresql":
@@ -65,4 +67,5 @@ def queue_section(doc: Mapping[str, object], r: _Reader) -> QueueConfig:
     if backend == "postgresql" and not dsn and r.ok("queue.dsn", "queue.dsn_file"):
         r.report_key("queue.dsn", 'missing: backend = "postgresql" needs dsn (or dsn_file) '
                      'naming the database, like "postgresql://mailgate@db.example.org/mailgate"')
-    return QueueConfig(keep_records=keep, backend=backend, dsn=dsn, node=node)
+    return QueueConfig(keep_records=keep, backend=backend, dsn=dsn, node=node,
+                       secure_delete=secure_delete)

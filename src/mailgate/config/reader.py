@@ -56,7 +56,7 @@ _SECTIONS: dict[str, tuple[str, ...]] = {
     "server": ("workers", "user"),
     "log": ("level", "format"),
     "aliases": (),  # keys are local parts or addresses
-    "queue": ("keep_records", "backend", "dsn", "dsn_file", "node"),
+    "queue": ("keep_records", "backend", "dsn", "dsn_file", "node", "secure_delete"),
     "maildir": (),  # keys are domains or addresses
     "auth": ("backend", "dovecot_socket", "timeout"),
     "dkim": (),  # keys are signing domains (config/dkim.py)

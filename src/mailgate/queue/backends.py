@@ -36,7 +36,7 @@ def open_queue(config: Config | QueueSettings, *, create: bool = True) -> Queue:
     path = config.data_dir / "queue.db"
     if not create and not path.exists():
         raise NoQueue(f"there is no queue at {path}")
-    return SQLiteQueue(path)
+    return SQLiteQueue(path, secure_delete=config.queue.secure_delete)
 
 
 async def open_queue_patiently(config: Config, log: logging.Logger,

@@ -73,6 +73,7 @@ class SQLiteQueue(GroupCommitWriter):
         busy_timeout: float = 30.0,
         batch_limit: int = 512,
         batch_bytes: int = 64 * 1024 * 1024,
+        secure_delete: str = "fast",
     ) -> None:
         self.owner = ClaimOwner.this_process()
         self._claimed_ever = False  # whether close() has claims to give back
@@ -80,7 +81,8 @@ class SQLiteQueue(GroupCommitWriter):
         self._floor: ClaimFloor | None = None
         self._floors_forgotten = 0  # how many times release() cleared it
         super().__init__(path, max_page_count=max_page_count, busy_timeout=busy_timeout,
-                         batch_limit=batch_limit, batch_bytes=batch_bytes)
+                         batch_limit=batch_limit, batch_bytes=batch_bytes,
+                         secure_delete=secure_delete)
 
     def _prepare(self, conn: sqlite3.Connection) -> None:
         create_schema(conn, self.path)

@@ -148,8 +148,10 @@ class GroupCommitWriter:
         busy_timeout: float = 30.0,
         batch_limit: int = 512,
         batch_bytes: int = 64 * 1024 * 1024,
+        secure_delete: str = "fast",
     ) -> None:
         self.path = Path(path)
+        self._secure_delete = "ON" if secure_delete == "on" else "FAST"
         self._busy_timeout = busy_timeout
         self._batch_limit = max(1, batch_limit)
         self._batch_bytes = batch_bytes
@@ -202,13 +204,12 @@ class GroupCommitWriter:
         conn.row_factory = sqlite3.Row
         conn.execute("PRAGMA foreign_keys = ON")
         conn.execute("PRAGMA synchronous = FULL")
-        # Said here, not left to how SQLite was built: Debian's builds zero every deleted
-        # byte (ON), others none (OFF). ON wrote a delivered message's content a second
-        # time, as zeros, into the WAL and then the database: 100 KiB of zeros per 100 KiB
-        # message, in the deliverer's commit. FAST zeroes what is deleted in the pages a
-        # delete writes anyway (a small message's row, its index entries), not the pages
-        # it frees; those are reused by the next messages. docs/security.md says so.
-        conn.execute("PRAGMA secure_delete = FAST")
+        # Said here, not left to how SQLite was built (Debian: ON, others: OFF). FAST, the
+        # default, zeroes what is deleted in the pages a delete writes anyway (a small
+        # message's row, its index entries), not the pages it frees, which the next
+        # messages reuse; ON (`[queue] secure_delete = "on"`) zeroes those too, writing a
+        # delivered message's content a second time. docs/security.md says so.
+        conn.execute(f"PRAGMA secure_delete = {self._secure_delete}")
         return conn
 
     def _open_writer(self, max_page_count: int | None) -> sqlite3.Connection:
