@@ -24,7 +24,7 @@ from click.testing import CliRunner
 
 from mailgate.cli import main
 from mailgate.codes.bounce import read_bounce
-from mailgate.codes.bounce.mime import read_mail
+from mailgate.codes.bounce.mime import _to_text, read_mail
 
 DATA = Path(__file__).parent / "data" / "bounces"
 DOMINO = (DATA / "domino-iso2022jp-userunknown.eml").read_bytes()
@@ -89,13 +89,28 @@ def test_undeclared_escapes_and_lines_wrapped_inside_them() -> None:
     assert r.reply == MFILTER_REPLY
 
 
-@pytest.mark.parametrize("charset", ["utf-8", "euc-jp"])
+@pytest.mark.parametrize("charset", ["utf-8", "euc-jp", "cp932"])
 def test_a_saved_copy_still_labelled_iso_2022_jp(charset: str) -> None:
-    # A raw Subject is read as UTF-8 (no label says otherwise); EUC-JP's stays encoded.
-    # So is the delivery-status part, which has no label (RFC 3464: 7-bit ASCII): its
-    # Diagnostic-Code is read in Japanese only when it is UTF-8.
-    utf8 = charset == "utf-8"
-    _check_domino(_saved_as(charset, raw_subject=utf8), reply=utf8)
+    # A raw Subject is read as UTF-8 (no label says otherwise): only the UTF-8 copy
+    # writes it out raw here. The delivery-status part has no label at all (RFC 3464:
+    # 7-bit ASCII), and its Diagnostic-Code is read in Japanese in each of the three.
+    _check_domino(_saved_as(charset, raw_subject=charset == "utf-8"))
+
+
+@pytest.mark.parametrize("text", [
+    "RÉSUMÉ: DESTINATAIRE INCONNU, BOÎTE PLEINE",
+    "ÄRGER MIT DER ZUSTELLUNG: EMPFÄNGER UNBEKANNT",
+    "Le candidat réélu: adresse inconnue",
+])
+@pytest.mark.parametrize("charset", ["latin-1", "cp1252"])
+def test_unlabelled_latin_1_is_not_taken_for_japanese(text: str, charset: str) -> None:
+    # Each of these decodes as Shift_JIS (half-width katakana, a kanji), one as EUC-JP
+    # too; without kana the guess is refused, and the text stays what it was, its
+    # accents replaced as before.
+    raw = text.encode(charset)
+    assert raw.decode("cp932")  # a guess that would have read it, as nonsense
+    got = _to_text(raw, None)
+    assert got.replace("\ufffd", "") == "".join(c for c in text if c.isascii())
 
 
 def test_a_base64_body_wrapped_or_encoded_line_by_line() -> None:

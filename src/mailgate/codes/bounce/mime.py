@@ -190,7 +190,18 @@ def _to_text(raw: bytes, charset: str | None) -> str:
     (written without a charset, in a header field too: `_jis`). A text labelled
     ISO-2022-JP, a 7-bit charset, whose bytes are 8-bit was converted and kept its
     label (a bounce saved or pasted from a mail program): it is read as what it is,
-    UTF-8, else EUC-JP, else Shift_JIS; decoded as ISO-2022-JP every byte would be lost."""
+    UTF-8, else EUC-JP, else Shift_JIS; decoded as ISO-2022-JP every byte would be lost.
+    The same three are tried for 8-bit text with no label at all (a delivery-status part
+    of such a copy: RFC 3464 says 7-bit, the copy is not), keeping EUC-JP or Shift_JIS
+    only when the result reads as Japanese (`_reads_japanese`)."""
+    if charset is None and not raw.isascii() and b"\x1b$" not in raw[:MAX_PART_TEXT]:
+        with contextlib.suppress(UnicodeDecodeError):
+            return raw.decode("utf-8")
+        for guess in ("euc-jp", "cp932"):
+            with contextlib.suppress(UnicodeDecodeError):
+                text = raw.decode(guess)
+                if _reads_japanese(text):
+                    return text
     charset = charset or "utf-8"
     japanese = _ISO2022JP.match(charset) is not None
     if b"\x1b$" in raw[:MAX_PART_TEXT] or (japanese and raw.isascii()):
@@ -203,6 +214,16 @@ def _to_text(raw: bytes, charset: str | None) -> str:
         return raw.decode(charset, errors="replace")
     except (LookupError, ValueError):
         return raw.decode("utf-8", errors="replace")
+
+
+def _reads_japanese(text: str) -> bool:
+    """Japanese prose writes kana: at least a fifth of the text's non-ASCII characters
+    are hiragana or katakana. Latin-1 or Windows-1252 bytes that happen to decode as
+    EUC-JP or Shift_JIS come out as kanji and half-width katakana, almost never as
+    these (their bytes would be C1 controls, or rare signs such as ¤ and ¥)."""
+    wide = [c for c in text if ord(c) > 0x7F]
+    kana = sum(1 for c in wide if "\u3040" <= c <= "\u30ff")
+    return bool(wide) and kana * 5 >= len(wide)
 
 
 def _jis(raw: bytes) -> str:
