@@ -73,7 +73,8 @@ def test_the_writer_engine_knows_nothing_of_the_queue_s_tables() -> None:
     its own hand-over to event loops, which imports nothing of mailgate at all."""
     import ast
 
-    from mailgate.queue.sqlite import handover, writer
+    from mailgate.queue import handover
+    from mailgate.queue.sqlite import writer
 
     def imported(module: object) -> set[tuple[str | None, str]]:
         tree = ast.parse(Path(module.__file__).read_text(encoding="utf-8"))  # type: ignore[attr-defined]
@@ -83,6 +84,6 @@ def test_the_writer_engine_knows_nothing_of_the_queue_s_tables() -> None:
 
     assert imported(writer) == {("mailgate.queue", "QueueError"),
                                 ("mailgate.queue", "QueueFull"),
-                                ("mailgate.queue.sqlite.handover", "LoopSlot"),
-                                ("mailgate.queue.sqlite.handover", "settle")}
+                                ("mailgate.queue.handover", "LoopSlot"),
+                                ("mailgate.queue.handover", "hand_over")}
     assert imported(handover) == set()

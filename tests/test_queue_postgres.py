@@ -91,6 +91,53 @@ def test_clashes_within_one_group_commit_all_succeed(q: PostgresQueue) -> None:
         assert q.show(qid, content=True).content == trace(qid) + b"\r\nhi\r\n"
 
 
+def _parked(q: PostgresQueue) -> threading.Event:
+    """Park the writer inside a batch until the event is set: what is submitted
+    meanwhile lands together in the next batch."""
+    gate, entered = threading.Event(), threading.Event()
+
+    def op(conn: object) -> None:
+        entered.set()
+        gate.wait(10)
+
+    q._engine.submit(op, "wait")
+    assert entered.wait(10)
+    return gate
+
+
+def test_a_batch_of_async_writes_is_answered_with_one_call_into_the_loop(
+        q: PostgresQueue) -> None:
+    """As on SQLite: twenty enqueues behind one batch commit together, and the writer
+    hands their answers to the event loop in one call, not one wrapped Future each. One
+    cancelled before the writer took it is not written at all."""
+    async def main() -> list[str]:
+        loop = asyncio.get_running_loop()
+        calls = 0
+        threadsafe = loop.call_soon_threadsafe
+
+        def counted(*args: object, **kwargs: object) -> object:
+            nonlocal calls
+            calls += 1
+            return threadsafe(*args, **kwargs)  # type: ignore[arg-type]
+
+        gate = _parked(q)
+        loop.call_soon_threadsafe = counted  # type: ignore[method-assign,assignment]
+        tasks = [asyncio.create_task(q.enqueue_async(_msg(f"u{i}@example.net")))
+                 for i in range(20)]
+        gone = asyncio.create_task(q.enqueue_async(_msg("gone@example.net")))
+        await asyncio.sleep(0)  # every request is queued behind the parked batch
+        gone.cancel()
+        gate.set()
+        ids = await asyncio.gather(*tasks)
+        assert calls == 1, calls
+        return ids
+
+    ids = asyncio.run(main())
+    listed = q.list()
+    assert {m.id for m in listed} == set(ids) and len(ids) == 20
+    assert "gone@example.net" not in {r.address for m in listed for r in m.recipients}
+
+
 def test_a_spooled_message_is_stored_in_pieces(q: PostgresQueue, pg_dsn: str,
                                                tmp_path: Path) -> None:
     spool = SpoolFile(tmp_path, "big", head=trace(TAKEN))

@@ -106,8 +106,7 @@ class PostgresQueue:
         return self._engine.call(self._enqueue_op(message), "queue the message")
 
     async def enqueue_async(self, message: NewMessage) -> str:
-        future = self._engine.submit(self._enqueue_op(message), "queue the message")
-        return await asyncio.wrap_future(future)
+        return await self._engine.submit_async(self._enqueue_op(message), "queue the message")
 
     def watch(self, wake: Callable[[], None]) -> None:
         self._engine.watch(wake)
@@ -213,7 +212,7 @@ class PostgresQueue:
                            next_attempt: float | None = None,
                            claim_token: str | None = None) -> None:
         op = self._record_op(recipient_id, attempt, next_attempt, claim_token)
-        await asyncio.wrap_future(self._engine.submit(op, "record the attempt"))
+        await self._engine.submit_async(op, "record the attempt")
 
     @staticmethod
     def _record_op(recipient_id: int, attempt: Attempt, next_attempt: float | None,
@@ -250,8 +249,8 @@ class PostgresQueue:
                                         ) -> builtins.list[int]:
         if not recipient_ids:
             return []
-        future = self._engine.submit(self._mark_op(recipient_ids), "note the delay notice")
-        return await asyncio.wrap_future(future)
+        return await self._engine.submit_async(self._mark_op(recipient_ids),
+                                               "note the delay notice")
 
     @staticmethod
     def _mark_op(recipient_ids: Sequence[int]) -> Callable[[Conn], builtins.list[int]]:

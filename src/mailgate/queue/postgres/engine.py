@@ -39,7 +39,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import psycopg
 import psycopg.conninfo
@@ -47,6 +47,10 @@ import psycopg.errors
 import psycopg_pool
 
 from mailgate.queue import NotFound, QueueError, QueueFull, QueueUnavailable
+from mailgate.queue.handover import LoopSlot, hand_over
+
+if TYPE_CHECKING:
+    import asyncio
 
 __all__ = ["CHANNEL", "Engine", "describe"]
 
@@ -84,7 +88,7 @@ def _reason(exc: BaseException, dsn: str) -> str:
 @dataclass(slots=True, eq=False)
 class _Request:
     op: Callable[[Conn], Any]
-    future: Future[Any]
+    future: Future[Any] | LoopSlot[Any]
     doing: str
 
 
@@ -109,6 +113,7 @@ class Engine:
         self._closed = False
         self._watchers: list[Callable[[], None]] = []
         self._requests: stdqueue.SimpleQueue[_Request | object] = stdqueue.SimpleQueue()
+        self._settled: list[LoopSlot[Any]] = []  # the writer thread's, between batches
         self._wconn: Conn | None = None
         self.commits = 0
         self.committed_requests = 0
@@ -217,6 +222,20 @@ class Engine:
             self._requests.put(_Request(op, future, doing))
         return future
 
+    def submit_async(self, op: Callable[[Conn], T], doing: str) -> asyncio.Future[T]:
+        """`submit` for a caller on an event loop: an asyncio future the writer settles
+        with the rest of its batch, one call into the loop for all (`hand_over`), not a
+        concurrent Future wrapped for asyncio each."""
+        import asyncio
+
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[T] = loop.create_future()
+        with self._lock:
+            if self._closed:
+                raise QueueError(f"could not {doing}: the queue is closed")
+            self._requests.put(_Request(op, LoopSlot(loop, waiter, self._settled), doing))
+        return waiter
+
     def call(self, op: Callable[[Conn], T], doing: str) -> T:
         return self.submit(op, doing).result()
 
@@ -247,6 +266,7 @@ class Engine:
                     for r in batch:
                         if not r.future.done():
                             r.future.set_exception(self.translate(exc, r.doing))
+                hand_over(self._settled)
         self._drop_writer()
 
     def _drop_writer(self) -> None:

@@ -49,7 +49,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, Self, TypeVar, cast
 
 from mailgate.queue import QueueError, QueueFull
-from mailgate.queue.sqlite.handover import LoopSlot, settle
+from mailgate.queue.handover import LoopSlot, hand_over
 
 if TYPE_CHECKING:
     import asyncio
@@ -349,16 +349,6 @@ class GroupCommitWriter:
             self._requests.put(_Request(op, slot, doing, weight, durable, shortcut))
         return waiter
 
-    def _hand_over(self) -> None:
-        """Settle the batch's asyncio waiters: one call into each event loop."""
-        by_loop: dict[asyncio.AbstractEventLoop, list[LoopSlot[Any]]] = {}
-        for slot in self._settled:
-            by_loop.setdefault(slot.loop, []).append(slot)
-        self._settled.clear()
-        for loop, slots in by_loop.items():
-            with suppress(RuntimeError):  # the loop is closed: nobody is waiting
-                loop.call_soon_threadsafe(settle, slots)
-
     def _call(self, op: Callable[[sqlite3.Connection], T], doing: str, weight: int = 0,
               durable: bool = True,
               shortcut: Callable[[sqlite3.Connection], T | None] | None = None) -> T:
@@ -389,7 +379,7 @@ class GroupCommitWriter:
             batch = [r for r in batch if r.future.set_running_or_notify_cancel()]
             if batch:
                 self._execute_guarded(batch)
-                self._hand_over()
+                hand_over(self._settled)
         with suppress(sqlite3.Error):
             self._wconn.close()
 

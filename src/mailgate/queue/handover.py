@@ -1,16 +1,17 @@
-"""How the writer thread answers callers on an event loop: a slot per request, settled
-on the loop together with the rest of its batch (one call_soon_threadsafe per loop and
-batch, made by `GroupCommitWriter._hand_over`), instead of a concurrent Future wrapped
-for asyncio for each write."""
+"""How a queue's writer thread answers callers on an event loop (the SQLite backend's
+`GroupCommitWriter`, the PostgreSQL backend's `Engine`): a slot per request, settled on
+the loop together with the rest of its batch (one call_soon_threadsafe per loop and
+batch: `hand_over`), instead of a concurrent Future wrapped for asyncio for each write."""
 
 from __future__ import annotations
 
+from contextlib import suppress
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 if TYPE_CHECKING:
     import asyncio
 
-__all__ = ["LoopSlot", "settle"]
+__all__ = ["LoopSlot", "hand_over", "settle"]
 
 T = TypeVar("T")
 
@@ -59,3 +60,15 @@ def settle(slots: list[LoopSlot[Any]]) -> None:
             waiter.set_exception(slot.error)
         else:
             waiter.set_result(slot.value)
+
+
+def hand_over(settled: list[LoopSlot[Any]]) -> None:
+    """In the writer thread, after a batch: settle its slots (`settled`, emptied), one
+    call into each event loop."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[LoopSlot[Any]]] = {}
+    for slot in settled:
+        by_loop.setdefault(slot.loop, []).append(slot)
+    settled.clear()
+    for loop, slots in by_loop.items():
+        with suppress(RuntimeError):  # the loop is closed: nobody is waiting
+            loop.call_soon_threadsafe(settle, slots)
