@@ -239,3 +239,36 @@ def test_keygen_writes_a_private_key_and_prints_its_record(tmp_path: Path,
     assert "already exists" in again.output
     bad = CliRunner().invoke(main, ["dkim", "keygen", "exa mple", "--selector", "s1"])
     assert bad.exit_code == 2 and "is not a domain name" in bad.output
+
+
+def test_renewed_keys_follow_the_file_and_keep_what_cannot_be_read(tmp_path: Path) -> None:
+    """SIGHUP's [dkim] (`renew_keys`): the table the configuration names now, each key as
+    read now. A key file this process may not read keeps the key in service under the
+    same domain and selector; a new selector whose file cannot be read is left out, and
+    a domain with nothing left is not signed for. Each file not read is named."""
+    from mailgate.config.dkim import DKIMKey, generate_key, load_key, renew_keys
+
+    def key(name: str, domain: str, selector: str) -> DKIMKey:
+        path = tmp_path / name
+        path.write_bytes(generate_key("ed25519-sha256"))
+        return load_key(path, "ed25519-sha256", domain, selector)
+
+    def unreadable(domain: str, selector: str) -> DKIMKey:
+        return DKIMKey(domain, selector, "ed25519-sha256", tmp_path / f"{selector}.key",
+                       b"", "", 0, unreadable="Permission denied")
+
+    old_s1, gone = key("s1.key", "example.org", "s1"), key("g.key", "example.com", "g")
+    new_s3 = key("s3.key", "example.org", "s3")
+    table, problems = renew_keys(
+        {"example.org": (old_s1,), "example.com": (gone,)},
+        {"example.org": (unreadable("example.org", "s1"), new_s3,
+                         unreadable("example.org", "s2")),
+         "example.net": (unreadable("example.net", "n1"),)})
+    assert dict(table) == {"example.org": (old_s1, new_s3)}
+    assert problems == [
+        f"kept the DKIM key in service: dkim.example.org: cannot read the key file "
+        f"{tmp_path / 's1.key'}: Permission denied",
+        f"left out the new DKIM selector 's2': dkim.example.org: cannot read the key "
+        f"file {tmp_path / 's2.key'}: Permission denied",
+        f"left out the new DKIM selector 'n1': dkim.example.net: cannot read the key "
+        f"file {tmp_path / 'n1.key'}: Permission denied"]

@@ -325,6 +325,64 @@ def test_sighup_reloads_the_dkim_keys_and_keeps_one_that_does_not_load(
         assert verifies(msg, new) and not verifies(msg, old)
 
 
+def test_sighup_takes_a_new_dkim_selector_and_drops_a_domain_taken_out(
+        tmp_path: Path) -> None:
+    """[dkim] is read again from the configuration file on SIGHUP: switched to a new
+    selector with a new key file, the server signs with it from then on (dkimpy checks
+    it against that selector's record, and the old one no longer verifies it); with the
+    domain's [dkim] taken out, it signs nothing."""
+    import smtplib
+
+    import dkim
+
+    from mailgate.config.dkim import generate_key, load_key, public_record
+    from tests.test_dkim_live import Receiver, message
+
+    s1 = _write(tmp_path / "s1.key", generate_key("rsa-sha256"))
+    s2 = _write(tmp_path / "s2.key", generate_key("ed25519-sha256"))
+    port = free_port()
+    with Receiver() as rx:
+        def configure(table: dict[str, str] | None) -> Path:
+            dkim_section = {} if table is None else {'dkim."example.org"': table}
+            return write_config(tmp_path, port, relayhost=f"[127.0.0.1]:{rx.port}",
+                                **dkim_section)
+
+        config = configure({"selector": "s1", "key_file": str(s1)})
+        with Serve(config, port, tmp_path / "serve.log") as srv:
+            def send(n: int) -> bytes:
+                with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
+                    client.sendmail("alice@example.org", ["bob@example.net"], message(
+                        "alice@example.org", "bob@example.net", b"message %d\r\n" % n))
+                wait_until(f"message {n} at the receiver", lambda: len(rx.accepted) >= n, 30)
+                return rx.accepted[n - 1]
+
+            def hup(n: int) -> None:
+                os.kill(srv.proc.pid, signal.SIGHUP)
+                wait_until("the reload in the log",
+                           lambda: srv.logs().count("reloaded the DKIM keys") >= n)
+
+            first = send(1)
+            configure({"selector": "s2", "key_file": str(s2), "algorithm": "ed25519-sha256"})
+            hup(1)
+            second = send(2)
+            configure(None)  # no [dkim] left
+            hup(2)
+            third = send(3)
+            assert srv.proc.poll() is None, srv.logs()
+            logs = srv.logs()
+    assert "example.org: s2" in logs
+    keys = {"s1": load_key(s1, "rsa-sha256", "example.org", "s1"),
+            "s2": load_key(s2, "ed25519-sha256", "example.org", "s2")}
+
+    def verifies(msg: bytes, selector: str) -> bool:
+        record = public_record(keys[selector]).encode()
+        return bool(dkim.verify(msg, dnsfunc=lambda name, timeout=5: record))
+
+    assert b"s=s1;" in first and verifies(first, "s1")
+    assert b"s=s2;" in second and verifies(second, "s2") and not verifies(second, "s1")
+    assert b"DKIM-Signature:" not in third
+
+
 def _write(path: Path, data: bytes) -> Path:
     path.write_bytes(data)
     return path

@@ -40,7 +40,7 @@ from typing import Any, Protocol, TextIO
 
 from mailgate import metrics, privileges
 from mailgate.config import Config, ConfigError, load_config
-from mailgate.config.dkim import reload_keys
+from mailgate.config.dkim import reload_keys, renew_keys
 from mailgate.datadir import StartupError, prepare_data_dir
 from mailgate.delivery.engine import DeliveryEngine
 from mailgate.delivery.helper import HelperClient, start_helper
@@ -112,9 +112,11 @@ def reload(tls_ctx: ssl.SSLContext, cert: Path, key: Path, users: UserDB,
     Connections already in TLS keep their session; new handshakes get the new pair.
     Aliases (`[aliases]` and `[domains] aliases_file`) come from the configuration file
     read again whole: when it has a problem (a loop, say) the aliases in service stay.
-    The DKIM key files named in [dkim] are read again (a key rotated in place): one that
-    does not load keeps the key in service (and says so). Mail queued from then on is
-    signed with the new keys. Other settings take effect at the next start.
+    [dkim] comes from that file too: a new selector or signing domain signs from then on,
+    one taken out no longer does, and a key rotated in place gives its new key. A key file
+    that cannot be read keeps the key in service (and says so); when the file has a
+    problem, the key files in service are read again (`reload_keys`). Mail queued from
+    then on is signed with the new keys. Other settings take effect at the next start.
     """
     try:
         server_context(cert, key)
@@ -130,32 +132,40 @@ def reload(tls_ctx: ssl.SSLContext, cert: Path, key: Path, users: UserDB,
     else:
         log.info("SIGHUP: reloaded the user file (%d users)", len(users.names()))
     if policy is not None:
-        _reload_aliases(policy)
-        if policy.config.dkim:
-            _reload_dkim(policy)
+        fresh = _reload_aliases(policy)
+        if policy.config.dkim or (fresh is not None and fresh.dkim):
+            _reload_dkim(policy, fresh)
 
 
-def _reload_dkim(policy: Policy) -> None:
-    keys, problems = reload_keys(policy.config.dkim)
+def _reload_dkim(policy: Policy, fresh: Config | None) -> None:
+    if fresh is None:
+        keys, problems = reload_keys(policy.config.dkim)
+        problems = [f"kept the DKIM key in service: {problem}" for problem in problems]
+    else:
+        keys, problems = renew_keys(policy.config.dkim, fresh.dkim)
     for problem in problems:
-        log.error("SIGHUP: kept the DKIM key in service: %s", problem)
+        log.error("SIGHUP: %s", problem)
     policy.config = dataclasses.replace(policy.config, dkim=keys)
-    log.info("SIGHUP: reloaded the DKIM keys (%d of %d files)",
-             sum(len(k) for k in keys.values()) - len(problems),
-             sum(len(k) for k in keys.values()))
+    log.info("SIGHUP: reloaded the DKIM keys (%d key(s) for %s; %d file(s) not read)",
+             sum(len(k) for k in keys.values()),
+             ", ".join(f"{d}: {', '.join(k.selector for k in ks)}" for d, ks in keys.items())
+             or "no domain", len(problems))
 
 
-def _reload_aliases(policy: Policy) -> None:
+def _reload_aliases(policy: Policy) -> Config | None:
+    """The aliases of the configuration file read again; that configuration, or None
+    (zero-config, or a file with a problem: then nothing of it is taken)."""
     source = policy.config.source
     if source is None:  # zero-config: the default aliases, nothing to read
-        return
+        return None
     try:
         fresh = load_config(Path(source))
     except ConfigError as exc:
         log.error("SIGHUP: kept the aliases in service: %s", "; ".join(exc.problems))
-        return
+        return None
     policy.config = dataclasses.replace(policy.config, aliases=fresh.aliases)
     log.info("SIGHUP: reloaded the aliases (%d entries)", len(fresh.aliases.table))
+    return fresh
 
 
 async def _siblings_listening(siblings: Siblings, stop: asyncio.Event

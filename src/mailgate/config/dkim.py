@@ -59,7 +59,8 @@ from mailgate.config.reader import _choice, _key, _Reader, _string
 from mailgate.config.syntax import _Bad, _domain
 
 __all__ = ["ALGORITHMS", "DKIM_KEYS", "DKIMAlgorithm", "DKIMKey", "generate_key", "keys_for",
-           "load_key", "public_record", "reload_keys", "unreadable_keys", "zone_line"]
+           "load_key", "public_record", "reload_keys", "renew_keys", "unreadable_keys",
+           "zone_line"]
 
 DKIM_KEYS = ("selector", "key_file", "algorithm")
 _SELECTOR_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
@@ -117,6 +118,34 @@ def reload_keys(table: Mapping[str, tuple[DKIMKey, ...]]
                 new = key
             fresh.append(new)
         out[domain] = tuple(fresh)
+    return MappingProxyType(out), problems
+
+
+def renew_keys(old: Mapping[str, tuple[DKIMKey, ...]], new: Mapping[str, tuple[DKIMKey, ...]]
+               ) -> tuple[Mapping[str, tuple[DKIMKey, ...]], list[str]]:
+    """The [dkim] table of the configuration read again (SIGHUP): its domains, selectors
+    and key files as it names them now, so a new selector or signing domain is used and
+    one taken out is not. A key file this process may not read keeps the key in service
+    under the same domain and selector; with none in service, that selector is left
+    out. Returns the table and one sentence per key file not read, naming it."""
+    before = {(key.domain, key.selector): key for keys in old.values() for key in keys}
+    out: dict[str, tuple[DKIMKey, ...]] = {}
+    problems: list[str] = []
+    for domain, keys in new.items():
+        fresh: list[DKIMKey] = []
+        for key in keys:
+            previous = before.get((key.domain, key.selector))
+            if key.unreadable is None:
+                fresh.append(key)
+                continue
+            cannot = f"dkim.{domain}: cannot read the key file {key.key_file}: {key.unreadable}"
+            if previous is not None:
+                problems.append(f"kept the DKIM key in service: {cannot}")
+                fresh.append(previous)
+            else:
+                problems.append(f"left out the new DKIM selector {key.selector!r}: {cannot}")
+        if fresh:
+            out[domain] = tuple(fresh)
     return MappingProxyType(out), problems
 
 
