@@ -274,12 +274,11 @@ def test_sighup_reloads_the_dkim_keys_and_keeps_one_that_does_not_load(
     mail queued after `kill -HUP`, not before; a key file that no longer loads leaves
     the key in service, and the log names the file. Each message is checked by dkimpy
     against the record of the key it must be signed with, and not the other."""
-    import smtplib
 
     import dkim
 
     from mailgate.config.dkim import generate_key, load_key, public_record
-    from tests.test_dkim_live import Receiver, message
+    from tests.test_dkim_live import Receiver
 
     key_file = tmp_path / "s1.key"
     key_file.write_bytes(generate_key("rsa-sha256"))
@@ -291,11 +290,7 @@ def test_sighup_reloads_the_dkim_keys_and_keeps_one_that_does_not_load(
             'dkim."example.org"': {"selector": "s1", "key_file": str(key_file)}})
         with Serve(config, port, tmp_path / "serve.log") as srv:
             def send(n: int) -> bytes:
-                with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
-                    client.sendmail("alice@example.org", ["bob@example.net"], message(
-                        "alice@example.org", "bob@example.net", b"message %d\r\n" % n))
-                wait_until(f"message {n} at the receiver", lambda: len(rx.accepted) >= n, 30)
-                return rx.accepted[n - 1]
+                return _send_signed(port, rx, n)
 
             before = send(1)
             key_file.write_bytes(new_pem)  # rotated on disk: no signal yet
@@ -331,12 +326,11 @@ def test_sighup_takes_a_new_dkim_selector_and_drops_a_domain_taken_out(
     selector with a new key file, the server signs with it from then on (dkimpy checks
     it against that selector's record, and the old one no longer verifies it); with the
     domain's [dkim] taken out, it signs nothing."""
-    import smtplib
 
     import dkim
 
     from mailgate.config.dkim import generate_key, load_key, public_record
-    from tests.test_dkim_live import Receiver, message
+    from tests.test_dkim_live import Receiver
 
     s1 = _write(tmp_path / "s1.key", generate_key("rsa-sha256"))
     s2 = _write(tmp_path / "s2.key", generate_key("ed25519-sha256"))
@@ -350,11 +344,7 @@ def test_sighup_takes_a_new_dkim_selector_and_drops_a_domain_taken_out(
         config = configure({"selector": "s1", "key_file": str(s1)})
         with Serve(config, port, tmp_path / "serve.log") as srv:
             def send(n: int) -> bytes:
-                with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
-                    client.sendmail("alice@example.org", ["bob@example.net"], message(
-                        "alice@example.org", "bob@example.net", b"message %d\r\n" % n))
-                wait_until(f"message {n} at the receiver", lambda: len(rx.accepted) >= n, 30)
-                return rx.accepted[n - 1]
+                return _send_signed(port, rx, n)
 
             def hup(n: int) -> None:
                 os.kill(srv.proc.pid, signal.SIGHUP)
@@ -381,6 +371,20 @@ def test_sighup_takes_a_new_dkim_selector_and_drops_a_domain_taken_out(
     assert b"s=s1;" in first and verifies(first, "s1")
     assert b"s=s2;" in second and verifies(second, "s2") and not verifies(second, "s1")
     assert b"DKIM-Signature:" not in third
+
+
+def _send_signed(port: int, rx: Any, n: int) -> bytes:
+    """Message `n` from alice@example.org (a signing domain) through the server on
+    `port`, as the receiver `rx` got it."""
+    import smtplib
+
+    from tests.test_dkim_live import message
+
+    with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
+        client.sendmail("alice@example.org", ["bob@example.net"], message(
+            "alice@example.org", "bob@example.net", b"message %d\r\n" % n))
+    wait_until(f"message {n} at the receiver", lambda: len(rx.accepted) >= n, 30)
+    return bytes(rx.accepted[n - 1])
 
 
 def _write(path: Path, data: bytes) -> Path:

@@ -27,6 +27,7 @@ from tests.test_queue_ids import TAKEN, trace
 # imported test here again, with this module's `q` (a PostgresQueue).
 from tests.test_queue_sqlite import (  # noqa: F401
     attempt,
+    count_calls_into,
     message,
     test_claim_by_destination_looks_past_a_domain_holding_most_of_the_work,
     test_claim_by_destination_takes_each_domain_s_due_messages_together,
@@ -111,17 +112,8 @@ def test_a_batch_of_async_writes_is_answered_with_one_call_into_the_loop(
     hands their answers to the event loop in one call, not one wrapped Future each. One
     cancelled before the writer took it is not written at all."""
     async def main() -> list[str]:
-        loop = asyncio.get_running_loop()
-        calls = 0
-        threadsafe = loop.call_soon_threadsafe
-
-        def counted(*args: object, **kwargs: object) -> object:
-            nonlocal calls
-            calls += 1
-            return threadsafe(*args, **kwargs)  # type: ignore[arg-type]
-
         gate = _parked(q)
-        loop.call_soon_threadsafe = counted  # type: ignore[method-assign,assignment]
+        calls = count_calls_into(asyncio.get_running_loop())
         tasks = [asyncio.create_task(q.enqueue_async(_msg(f"u{i}@example.net")))
                  for i in range(20)]
         gone = asyncio.create_task(q.enqueue_async(_msg("gone@example.net")))
@@ -129,7 +121,7 @@ def test_a_batch_of_async_writes_is_answered_with_one_call_into_the_loop(
         gone.cancel()
         gate.set()
         ids = await asyncio.gather(*tasks)
-        assert calls == 1, calls
+        assert calls() == 1, calls()
         return ids
 
     ids = asyncio.run(main())

@@ -14,7 +14,7 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
@@ -80,6 +80,21 @@ def q(db: Path) -> Iterator[SQLiteQueue]:
 def raw_count(db: Path, table: str) -> int:
     with sqlite3.connect(db) as conn:
         return int(conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
+
+
+def count_calls_into(loop: asyncio.AbstractEventLoop) -> Callable[[], int]:
+    """Count the loop's call_soon_threadsafe from now on: how many times a writer thread
+    called into it. Returns the count, read when called."""
+    calls = 0
+    threadsafe = loop.call_soon_threadsafe
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        return threadsafe(*args, **kwargs)
+
+    loop.call_soon_threadsafe = counted  # type: ignore[method-assign,assignment]
+    return lambda: calls
 
 
 def blocked_writer(queue: SQLiteQueue) -> threading.Event:
@@ -500,23 +515,14 @@ def test_a_batch_of_async_writes_is_answered_with_one_call_into_the_loop(
     """Twenty enqueues parked behind one batch commit together, and the writer hands
     their answers to the event loop in one call, not twenty."""
     async def main() -> list[str]:
-        loop = asyncio.get_running_loop()
-        calls = 0
-        threadsafe = loop.call_soon_threadsafe
-
-        def counted(*args: Any, **kwargs: Any) -> Any:
-            nonlocal calls
-            calls += 1
-            return threadsafe(*args, **kwargs)
-
         gate = blocked_writer(q)
-        loop.call_soon_threadsafe = counted  # type: ignore[method-assign,assignment]
+        calls = count_calls_into(asyncio.get_running_loop())
         tasks = [asyncio.create_task(q.enqueue_async(message(f"u{i}@example.net")))
                  for i in range(20)]
         await asyncio.sleep(0)  # every request is queued behind the parked batch
         gate.set()
         ids = await asyncio.gather(*tasks)
-        assert calls == 1, calls
+        assert calls() == 1, calls()
         return ids
 
     ids = asyncio.run(main())
