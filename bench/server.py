@@ -44,7 +44,8 @@ keeps connections open, `-d`), for 2 KiB and 100 KiB messages at 1, 20 and 100
 concurrent sessions. All servers run at once and each cell is measured for every server
 in turn, so the figures of a cell are taken close together; a short probe run (also the
 warm-up) sizes the measured run to last about `--seconds`, and the whole smtp-source run
-is timed. With `--rounds N` every cell is measured N times and the best run counts.
+is timed. With `--rounds N` every cell is measured N times and the best run counts; the
+report also gives each round's ratio to Postfix in that round, side by side.
 
 Shared machines: before each run the harness waits (a while) until other programs are
 quiet, and it records the CPU they used during the run; runs they disturbed are marked.
@@ -1218,6 +1219,28 @@ def rounds_table(rows: Sequence[Row]) -> list[str]:
     return lines
 
 
+def round_ratio_table(rows: Sequence[Row], base: Row | None) -> list[str]:
+    """Each run's figure (end to end for the relaying servers) over Postfix's in the same
+    round, round by round. On a machine whose speed drifts, the rounds side by side say
+    more than the best of each, which may come from different rounds."""
+    if base is None:
+        return ["(no Postfix row: ratios unavailable)"]
+    cols = cell_columns()
+    lines = ["| server | " + " | ".join(f"{size_label(s)} ×{c}" for s, c in cols) + " |",
+             "|---|" + "---:|" * len(cols)]
+    for row in rows:
+        if row is base:
+            continue
+        vals = []
+        for key in cols:
+            pairs = zip(row.runs.get(key, []), base.runs.get(key, []), strict=False)
+            vals.append(", ".join(
+                f"{(c.e2e or c.rate) / (b.e2e or b.rate):.2f}x" if c.rate and b.rate else "–"
+                for c, b in pairs) or "–")
+        lines.append(f"| {row.label} | " + " | ".join(vals) + " |")
+    return lines
+
+
 def ratio_table(rows: Sequence[Row], base: Row | None) -> list[str]:
     cols = cell_columns()
     lines = ["| server | " + " | ".join(f"{size_label(s)} ×{c}" for s, c in cols) + " |",
@@ -1561,6 +1584,10 @@ def report(rows: Sequence[Row], idle: Sequence[Idle], args: argparse.Namespace,
         " counts above), with the CPUs other programs used meanwhile",
         "",
         *rounds_table(rows),
+        "",
+        "Round by round, over Postfix in the same round:",
+        "",
+        *round_ratio_table(rows, base),
         "",
     ]
     if idle:
