@@ -267,3 +267,46 @@ def test_the_doorbell_never_blocks_the_ringer_and_drains_to_silence() -> None:
     finally:
         os.close(bell.read_fd)
         os.close(bell.write_fd)
+
+
+def test_the_doorbell_wakes_at_once_then_rests_and_keeps_the_rings_of_its_rest(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The first ring wakes the deliverer at once; rings in the rest after it wake it
+    once, when the rest ends; a quiet bell wakes nobody. (A long rest here, so that a
+    slow machine cannot end it before the test looks.)"""
+    monkeypatch.setattr(Doorbell, "REST", 0.5)
+    bell = Doorbell()
+    wakes: list[float] = []
+
+    async def until(n: int) -> None:
+        for _ in range(500):
+            if len(wakes) >= n:
+                return
+            await asyncio.sleep(0.01)
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        bell.answer(loop, lambda: wakes.append(loop.time()))
+        await asyncio.sleep(0.05)
+        assert wakes == []
+        bell.ring()
+        await until(1)
+        assert len(wakes) == 1
+        for _ in range(3):
+            bell.ring()  # in the rest: one wake for the three, when it ends
+        await asyncio.sleep(0.05)
+        assert len(wakes) == 1
+        await until(2)
+        assert len(wakes) == 2 and wakes[1] - wakes[0] >= Doorbell.REST * 0.9
+        await asyncio.sleep(Doorbell.REST * 1.5)
+        assert len(wakes) == 2  # drained: nothing left to wake for
+        bell.ring()  # the rest is over: at once again
+        await until(3)
+        assert len(wakes) == 3
+
+    try:
+        asyncio.run(run())
+    finally:
+        os.close(bell.read_fd)
+        os.close(bell.write_fd)

@@ -420,11 +420,7 @@ async def serve(config: Config, *, reuse_port: bool = False, workers: int = 1,
             log.info("took back %d recipient(s) claimed by processes that ended (a crash "
                      "or kill); due now", recovered)
     if siblings is not None and delivers:
-        def ringing() -> None:
-            siblings.doorbell.drain()
-            wake_all()
-
-        loop.add_reader(siblings.doorbell.read_fd, ringing)
+        siblings.doorbell.answer(loop, wake_all)
     purge_task = loop.create_task(purge_finished(queue, config, stop)) if delivers else None
     share_task = loop.create_task(share_auth_failures(
         siblings.board.share_counts if siblings and siblings.shares_queue
