@@ -182,3 +182,51 @@ def test_a_batch_it_cannot_take_whole_is_written_report_by_report(
         assert got == rows(alone)[table], table
     recipient = rows(together)["recipients"][2]
     assert recipient[1] == RecipientState.DELIVERED.value and recipient[2] == 2
+
+
+def test_a_report_waits_for_company_but_a_message_to_queue_ends_the_wait(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Reports linger (RecordOp.LINGER) so that those of a conversation share a commit;
+    an enqueue, whose client is waiting for its 250, cuts the lingering short. The
+    linger is made long here, so that only a wait that was ended can finish in time."""
+    from mailgate.queue.sqlite.records import RecordOp
+
+    q = SQLiteQueue(tmp_path / "q.db")
+    try:
+        for i in range(3):
+            q.enqueue(message(f"b{i}@example.org"))
+        items = q.claim(time.time() + 5, limit=10, lease=600)
+        ids = [(rc.id, item.claim_token) for item in items for rc in item.recipients]
+        monkeypatch.setattr(RecordOp, "LINGER", 0.4)
+        before = q.commit_count
+
+        async def two_reports() -> None:
+            first = asyncio.ensure_future(q.record_async(
+                ids[0][0], attempt("delivered"), None, ids[0][1]))
+            await asyncio.sleep(0.05)  # well inside the linger
+            await q.record_async(ids[1][0], attempt("delivered"), None, ids[1][1])
+            await first
+
+        asyncio.run(two_reports())
+        assert q.commit_count - before == 1  # both in one commit
+
+        monkeypatch.setattr(RecordOp, "LINGER", 600.0)
+        before = q.commit_count
+
+        async def report_then_message() -> str:
+            report = asyncio.ensure_future(q.record_async(
+                ids[2][0], attempt("delivered"), None, ids[2][1]))
+            await asyncio.sleep(0.05)
+            qid = await asyncio.wait_for(q.enqueue_async(message("c@example.org")), 60)
+            await asyncio.wait_for(report, 60)
+            return qid
+
+        assert asyncio.run(report_then_message())
+        assert q.commit_count - before == 1
+        with sqlite3.connect(q.path) as conn:
+            states = conn.execute("SELECT state FROM recipients WHERE id IN (?, ?, ?)",
+                                  [i for i, _ in ids]).fetchall()
+        assert states == [("delivered",)] * 3
+    finally:
+        q.close()

@@ -21,7 +21,7 @@ import sqlite3
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Self
+from typing import ClassVar, Self
 
 from mailgate.queue import FINAL_STATES, Attempt, NotFound, RecipientState
 from mailgate.queue.sqlite.rows import chunks, insert_rows
@@ -86,6 +86,12 @@ class RecordOp(Joinable[None]):
     held one stays held after a deferral. A claim is cleared when `claim_token` is None or
     its own, but not when another worker has since claimed the recipient and is still
     on it."""
+
+    # A report waits up to 3 ms for others to share its commit (the writer's `LINGER`):
+    # a conversation reports its messages one by one, a few tenths of a millisecond
+    # apart, and nobody waits on the write (the deliverer goes on sending). One
+    # connection at a time, the deliverer wrote 17 % fewer WAL bytes per message.
+    LINGER: ClassVar[float] = 0.003
 
     recipient_id: int
     attempt: Attempt

@@ -10,6 +10,9 @@ thread owns the write connection, takes every request that is waiting (up to a c
 runs them in ONE transaction, commits once, and only then answers each caller. The more
 sessions finish DATA at the same moment, the more messages share each fsync.
 
+A batch of ops with a `LINGER` (seconds; delivery reports) waits that long for more, and
+stops waiting when an op without one comes (an enqueue's client waits for its 250).
+
 A batch of requests that promise nothing (claims: leases that a crash only makes due
 again) commits at `synchronous=NORMAL`, without an fsync of its own. Its WAL frames come
 before those of any later commit, and the next durable commit syncs the whole WAL file,
@@ -77,19 +80,17 @@ _PAGES_PER_REQUEST = 1
 
 
 def _future() -> Future[Any]:
-    """A new concurrent.futures.Future. The module is loaded on the first write, not with
-    this one: it loads `logging`, which a `queue` command that only reads never needs."""
+    """A concurrent.futures.Future, its module (it loads `logging`) loaded on the first
+    write: a `queue` command that only reads never needs it."""
     from concurrent.futures import Future
 
     return Future()
 
 
 class Joinable(Generic[T]):
-    """A write that may run in one go with the writes of its own class queued right after
-    it (the queue's enqueues, and its delivery reports: a few statements for the lot
-    instead of several each).
-    Calling it runs it alone; `run_together` runs several and returns their values in
-    order, or raises, and then each runs alone."""
+    """A write that may run in one go with the writes of its class queued right after it
+    (enqueues, delivery reports). Calling it runs it alone; `run_together` runs several
+    and returns their values in order, or raises, and then each runs alone."""
 
     __slots__ = ()
 
@@ -361,19 +362,7 @@ class GroupCommitWriter:
             if first is _STOP:
                 break
             assert isinstance(first, _Request)
-            batch: list[_Request[Any]] = [first]
-            size = first.weight
-            while len(batch) < self._batch_limit and size < self._batch_bytes:
-                try:
-                    more = self._requests.get_nowait()
-                except stdqueue.Empty:
-                    break
-                if more is _STOP:
-                    stop = True
-                    break
-                assert isinstance(more, _Request)
-                batch.append(more)
-                size += more.weight
+            batch, stop = self._gather(first)
             # A caller cancelled before we started (an asyncio task that went away) gets
             # nothing written: it never told its client the message was queued.
             batch = [r for r in batch if r.future.set_running_or_notify_cancel()]
@@ -382,6 +371,27 @@ class GroupCommitWriter:
                 hand_over(self._settled)
         with suppress(sqlite3.Error):
             self._wconn.close()
+
+    def _gather(self, first: _Request[Any]) -> tuple[list[_Request[Any]], bool]:
+        """`first` and what joins its batch (up to the caps): all that waits, and while all
+        of it lingers, what comes within the linger; and whether to stop."""
+        batch: list[_Request[Any]] = [first]
+        size = first.weight
+        linger = getattr(first.op, "LINGER", 0.0)
+        until = time.monotonic() + linger
+        while len(batch) < self._batch_limit and size < self._batch_bytes:
+            try:
+                left = until - time.monotonic() if linger else 0.0
+                more = self._requests.get(left > 0, left)  # no wait when not lingering
+            except stdqueue.Empty:
+                break
+            if more is _STOP:
+                return batch, True
+            assert isinstance(more, _Request)
+            batch.append(more)
+            size += more.weight
+            linger = linger and getattr(more.op, "LINGER", 0.0)
+        return batch, False
 
     def _execute_guarded(self, batch: list[_Request[Any]]) -> None:
         try:
