@@ -184,10 +184,10 @@ def test_a_batch_it_cannot_take_whole_is_written_report_by_report(
     assert recipient[1] == RecipientState.DELIVERED.value and recipient[2] == 2
 
 
-def test_a_report_waits_for_company_but_a_message_to_queue_ends_the_wait(
+def test_an_async_report_waits_for_company_but_a_message_to_queue_ends_the_wait(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Reports linger (RecordOp.LINGER) so that those of a conversation share a commit;
+    """Async reports linger (RecordOp.LINGER) so that a conversation's share a commit;
     an enqueue, whose client is waiting for its 250, cuts the lingering short. The
     linger is made long here, so that only a wait that was ended can finish in time."""
     from mailgate.queue.sqlite.records import RecordOp
@@ -224,6 +224,18 @@ def test_a_report_waits_for_company_but_a_message_to_queue_ends_the_wait(
 
         assert asyncio.run(report_then_message())
         assert q.commit_count - before == 1
+
+        # A blocking caller (local delivery records message after message in a thread)
+        # has nobody to wait for: its report does not linger.
+        q.enqueue(message("d@example.org"))
+        item = next(i for i in q.claim(time.time() + 5, limit=10, lease=600)
+                    if i.recipients[0].address == "d@example.org")
+        submitted: list[Any] = []
+        submit = q._submit
+        monkeypatch.setattr(q, "_submit", lambda op, *a, **k: (submitted.append(op),
+                                                               submit(op, *a, **k))[1])
+        q.record(item.recipients[0].id, attempt("delivered"), claim_token=item.claim_token)
+        assert [(type(op), op.linger) for op in submitted] == [(RecordOp, 0.0)]
         with sqlite3.connect(q.path) as conn:
             states = conn.execute("SELECT state FROM recipients WHERE id IN (?, ?, ?)",
                                   [i for i, _ in ids]).fetchall()

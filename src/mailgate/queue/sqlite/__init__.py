@@ -205,6 +205,7 @@ class SQLiteQueue(GroupCommitWriter):
     ) -> None:
         """`record` without blocking the event loop; concurrent calls share one commit."""
         op = self._record_op(recipient_id, attempt, next_attempt, claim_token)
+        op.linger = RecordOp.LINGER
         await self._submit_async(op, "record the attempt")
 
     def _record_op(

@@ -87,10 +87,12 @@ class RecordOp(Joinable[None]):
     its own, but not when another worker has since claimed the recipient and is still
     on it."""
 
-    # A report waits up to 3 ms for others to share its commit (the writer's `LINGER`):
-    # a conversation reports its messages one by one, a few tenths of a millisecond
-    # apart, and nobody waits on the write (the deliverer goes on sending). One
-    # connection at a time, the deliverer wrote 17 % fewer WAL bytes per message.
+    # An async report waits up to 3 ms for others to share its commit (the writer's
+    # `linger`): a conversation reports its messages one by one, a few tenths of a
+    # millisecond apart, and nobody waits on the write (the deliverer goes on sending).
+    # One connection at a time, the deliverer wrote 17 % fewer WAL bytes per message. A
+    # blocking caller (local delivery, a thread that records message after message)
+    # would only wait: its reports do not linger.
     LINGER: ClassVar[float] = 0.003
 
     recipient_id: int
@@ -98,6 +100,7 @@ class RecordOp(Joinable[None]):
     outcome: RecipientState  # delivered, deferred or failed (checked by the caller)
     next_attempt: float | None  # set for a deferral
     claim_token: str | None
+    linger: float = 0.0
 
     def _values(self, row: sqlite3.Row, now: float) -> tuple[RecipientState, tuple[object, ...]]:
         """The recipient's new state, and its values in `_UPDATE_ROW`'s order."""

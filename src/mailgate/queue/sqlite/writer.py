@@ -10,8 +10,8 @@ thread owns the write connection, takes every request that is waiting (up to a c
 runs them in ONE transaction, commits once, and only then answers each caller. The more
 sessions finish DATA at the same moment, the more messages share each fsync.
 
-A batch of ops with a `LINGER` (seconds; delivery reports) waits that long for more, and
-stops waiting when an op without one comes (an enqueue's client waits for its 250).
+A batch of ops with a `linger` (seconds; async delivery reports) waits that long for
+more, and stops when an op without one comes (an enqueue's client waits for its 250).
 
 A batch of requests that promise nothing (claims: leases that a crash only makes due
 again) commits at `synchronous=NORMAL`, without an fsync of its own. Its WAL frames come
@@ -377,7 +377,7 @@ class GroupCommitWriter:
         of it lingers, what comes within the linger; and whether to stop."""
         batch: list[_Request[Any]] = [first]
         size = first.weight
-        linger = getattr(first.op, "LINGER", 0.0)
+        linger = getattr(first.op, "linger", 0.0)
         until = time.monotonic() + linger
         while len(batch) < self._batch_limit and size < self._batch_bytes:
             try:
@@ -390,7 +390,7 @@ class GroupCommitWriter:
             assert isinstance(more, _Request)
             batch.append(more)
             size += more.weight
-            linger = linger and getattr(more.op, "LINGER", 0.0)
+            linger = linger and getattr(more.op, "linger", 0.0)
         return batch, False
 
     def _execute_guarded(self, batch: list[_Request[Any]]) -> None:
