@@ -287,3 +287,40 @@ def test_domain_of_a_stored_address() -> None:
     assert domain_of('"a@b"@xn--bcher-kva.example') == "xn--bcher-kva.example"
     assert domain_of("") == ""
     assert domain_of("postmaster") == ""
+
+
+def test_local_delivery_writes_several_messages_at_once(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Local delivery writes CONCURRENCY messages at once: every one of their writes is
+    under way at the same moment (a barrier they must all reach), and all are
+    delivered. One after the other, the first write would wait at the barrier alone
+    until it broke, and its message would be held."""
+    import threading
+
+    from tests.support.smtpwire import loopback_config
+
+    config = loopback_config(tmp_path / "data")
+    queue = SQLiteQueue(config.data_dir / "queue.db")
+    try:
+        ids = [queue.enqueue(NewMessage(sender="a@example.net",
+                                        content=b"Subject: x\r\n\r\nx\r\n",
+                                        recipients=[NewRecipient(f"u{i}@localhost")],
+                                        received_at=time.time()))
+               for i in range(LocalDelivery.CONCURRENCY * 2)]
+        local = LocalDelivery(config, queue)
+        together = threading.Barrier(LocalDelivery.CONCURRENCY, timeout=20)
+        write = local._write
+
+        def at_once(address: str, content: bytes) -> Path:
+            together.wait()
+            return write(address, content)
+
+        monkeypatch.setattr(local, "_write", at_once)
+        assert asyncio.run(local.run_once()) == len(ids)
+        assert [_state(queue, q) for q in ids] == [RecipientState.DELIVERED] * len(ids)
+        assert local.delivered == len(ids)
+        boxes = config.data_dir / "maildir" / "localhost"
+        assert sorted(len(list((boxes / f"u{i}" / "new").iterdir()))
+                      for i in range(len(ids))) == [1] * len(ids)
+    finally:
+        queue.close()
