@@ -67,8 +67,9 @@ class LocalDelivery(Worker):
     BATCH = 64
     # Messages written at once, each in a thread of its own: their Maildir fsyncs overlap,
     # and the records of one round share the queue's commits (one thread recording
-    # message after message paid a commit, and its fsync, for each).
-    CONCURRENCY = 4
+    # message after message paid a commit, and its fsync, for each). 2 KiB x20 into
+    # Maildirs, end to end: about 300 msgs/s with one, 400 with four, 450 with eight.
+    CONCURRENCY = 8
 
     def __init__(self, config: Config, queue: Queue, enqueue: Enqueue | None = None,
                  helper: HelperClient | None = None) -> None:
