@@ -35,6 +35,7 @@ import logging
 import os
 import threading
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from mailgate import metrics
@@ -68,7 +69,8 @@ class LocalDelivery(Worker):
     # Messages written at once, each in a thread of its own: their Maildir fsyncs overlap,
     # and the records of one round share the queue's commits (one thread recording
     # message after message paid a commit, and its fsync, for each). 2 KiB x20 into
-    # Maildirs, end to end: about 300 msgs/s with one, 400 with four, 450 with eight.
+    # Maildirs, end to end: about 300 msgs/s with one, 470 with eight. One connection
+    # at a time it is as fast as before, for 5-9 % more CPU (the threads share the GIL).
     CONCURRENCY = 8
 
     def __init__(self, config: Config, queue: Queue, enqueue: Enqueue | None = None,
@@ -80,6 +82,8 @@ class LocalDelivery(Worker):
         self.helper = helper
         self.delivered = 0
         self._counting = threading.Lock()  # `delivered` is counted in the delivering threads
+        # Threads of its own: the loop's default pool may have fewer than CONCURRENCY.
+        self._pool: ThreadPoolExecutor | None = None
         # Outcomes the queue could not store (its disk was full): stored first when the
         # worker comes round again, so a Maildir already written is not written twice.
         self._unrecorded: list[tuple[int, Attempt, float | None, str]] = []
@@ -120,7 +124,10 @@ class LocalDelivery(Worker):
 
     async def _deliver(self, item: WorkItem) -> None:
         """Deliver the claimed message, then send the notices it may now owe."""
-        failed = await asyncio.to_thread(self._deliver_item, item)
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.CONCURRENCY, thread_name_prefix="maildir")
+        failed = await asyncio.get_running_loop().run_in_executor(
+            self._pool, self._deliver_item, item)
         await self.after(item, failed)
 
     async def after(self, item: WorkItem, failed: set[int]) -> None:
