@@ -232,8 +232,12 @@ def test_an_async_report_waits_for_company_but_a_message_to_queue_ends_the_wait(
                     if i.recipients[0].address == "d@example.org")
         submitted: list[Any] = []
         submit = q._submit
-        monkeypatch.setattr(q, "_submit", lambda op, *a, **k: (submitted.append(op),
-                                                               submit(op, *a, **k))[1])
+
+        def watched(op: Any, *args: Any, **kwargs: Any) -> Any:
+            submitted.append(op)
+            return submit(op, *args, **kwargs)
+
+        monkeypatch.setattr(q, "_submit", watched)
         q.record(item.recipients[0].id, attempt("delivered"), claim_token=item.claim_token)
         assert [(type(op), op.linger) for op in submitted] == [(RecordOp, 0.0)]
         with sqlite3.connect(q.path) as conn:
