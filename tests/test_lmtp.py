@@ -238,3 +238,40 @@ def test_one_message_three_outcomes_recorded_per_recipient(
     # No Return-Path from mailgate: the store is the final delivery and adds its own.
     assert body.startswith(b"Received: ") and b"Return-Path" not in body
     assert not (config.data_dir / "maildir").exists()  # nothing went to a Maildir
+
+
+def test_the_outcomes_of_one_connection_are_recorded_side_by_side(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """After the LMTP session, its messages' outcomes are recorded in the Maildir
+    target's threads, CONCURRENCY at once (so their records share commits; one after
+    the other each paid a commit and its fsync): every decision of the first
+    CONCURRENCY is under way at the same moment, at a barrier they must all reach."""
+    import time
+
+    from mailgate.delivery.lmtp import LMTPDelivery
+    from mailgate.queue import NewMessage, NewRecipient, RecipientState
+
+    with ScriptedLMTP(None) as store:
+        route = Route("localhost", "127.0.0.1", store.port, False, lmtp=True)
+        config = dataclasses.replace(live_config(tmp_path / "data"),
+                                     routes=MappingProxyType({"localhost": route}))
+        config.data_dir.mkdir(parents=True)
+        with SQLiteQueue(config.data_dir / "queue.db") as queue:
+            ids = [queue.enqueue(NewMessage(sender="a@example.net",
+                                            content=b"Subject: x\r\n\r\nx\r\n",
+                                            recipients=[NewRecipient(f"u{i}@localhost")],
+                                            received_at=time.time()))
+                   for i in range(LMTPDelivery.CONCURRENCY * 2)]
+            lmtp = LMTPDelivery(config, queue)
+            together = threading.Barrier(LMTPDelivery.CONCURRENCY, timeout=20)
+            decide_each = lmtp._decide_each
+
+            def side_by_side(*args: object) -> set[int]:
+                together.wait()
+                return decide_each(*args)  # type: ignore[arg-type]
+
+            monkeypatch.setattr(lmtp, "_decide_each", side_by_side)
+            assert asyncio.run(lmtp.run_once()) == len(ids)
+            states = [queue.show(q).recipients[0].state for q in ids]
+        assert states == [RecipientState.DELIVERED] * len(ids)
+        assert len(store.received) == len(ids)

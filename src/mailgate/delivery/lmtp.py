@@ -4,7 +4,8 @@ Cyrus) that files it itself.
 A local domain with an "lmtp:" entry in [routes] (`lmtp:unix:/run/dovecot/lmtp`,
 `lmtp:[127.0.0.1]:24`) is this target's: the Maildir target leaves it alone. It is the
 Maildir target's subclass, so what happens after a reply is the same (outcomes recorded
-as they come, notices, holding a message that breaks delivery); only the writing
+in its threads, several messages' at once so that they share commits; notices; holding
+a message that breaks delivery); only the writing
 differs: one LMTP connection per next hop and batch, the messages one after the other
 on it, through the same client session and shell as outbound SMTP
 (`smtp/client.py` with `lmtp=True`: LHLO, no HELO fallback, and after the message one
@@ -121,23 +122,36 @@ class LMTPDelivery(LocalDelivery):
         except ConnectError as exc:
             log.info("connect to %s: %s", where, exc)
             reply = Reply.make(451, "4.4.1", f"No answer from {where}: {exc}")
-            for item, rcpts in units:
-                failed = await asyncio.to_thread(self._decide_all, item, rcpts, reply,
-                                                 where, False)
-                await self.after(item, failed)
+            await self._settle_units(units, [
+                self.in_thread(self._decide_all, item, rcpts, reply, where, False)
+                for item, rcpts in units])
             return
         results = {res.handle: res for res in run.results}
+        decisions: list[asyncio.Future[set[int]]] = []
         for handle, (item, rcpts) in enumerate(units, 1):
             res = results.get(handle)
             if res is None:  # never: the session ends every message in one result
                 reply = Reply.make(451, "4.4.2", f"No reply from {where} for this message")
-                failed = await asyncio.to_thread(self._decide_all, item, rcpts, reply,
-                                                 where, False)
+                decisions.append(self.in_thread(self._decide_all, item, rcpts, reply,
+                                                where, False))
             else:
                 outcomes = [(r, rr.outcome.reply, rr.outcome.remote)
                             for r, rr in zip(rcpts, res.results, strict=True)]
-                failed = await asyncio.to_thread(self._decide_each, item, outcomes, where)
-            await self.after(item, failed)
+                decisions.append(self.in_thread(self._decide_each, item, outcomes, where))
+        await self._settle_units(units, decisions)
+
+    async def _settle_units(self, units: list[tuple[WorkItem, list[Recipient]]],
+                            decisions: list[asyncio.Future[set[int]]]) -> None:
+        """The messages' outcomes are recorded CONCURRENCY at a time (threads of the
+        Maildir target's), so their records share the queue's commits; then each sends
+        the notices it owes. A decision that failed is raised once the rest are done."""
+        failures = await asyncio.gather(*decisions, return_exceptions=True)
+        for (item, _), failed in zip(units, failures, strict=True):
+            if not isinstance(failed, BaseException):
+                await self.after(item, failed)
+        for failed in failures:
+            if isinstance(failed, BaseException):
+                raise failed
 
     def _decide_all(self, item: WorkItem, rcpts: list[Recipient], reply: Reply, host: str,
                     remote: bool) -> set[int]:

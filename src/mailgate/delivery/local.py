@@ -34,9 +34,10 @@ import errno
 import logging
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any, TypeVar
 
 from mailgate import metrics
 from mailgate.codes.reply import Reply
@@ -58,6 +59,7 @@ from mailgate.queue import (
 __all__ = ["LocalDelivery"]
 
 log = logging.getLogger("mailgate.local")
+T = TypeVar("T")
 
 
 class LocalDelivery(Worker):
@@ -124,11 +126,14 @@ class LocalDelivery(Worker):
 
     async def _deliver(self, item: WorkItem) -> None:
         """Deliver the claimed message, then send the notices it may now owe."""
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(self.CONCURRENCY, thread_name_prefix="maildir")
-        failed = await asyncio.get_running_loop().run_in_executor(
-            self._pool, self._deliver_item, item)
+        failed = await self.in_thread(self._deliver_item, item)
         await self.after(item, failed)
+
+    def in_thread(self, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
+        """`fn(*args)` in one of this target's CONCURRENCY threads."""
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.CONCURRENCY, thread_name_prefix="local")
+        return asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
 
     async def after(self, item: WorkItem, failed: set[int]) -> None:
         """The notices a delivered message may now owe: success (`Action: delivered`,
