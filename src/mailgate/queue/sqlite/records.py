@@ -5,14 +5,15 @@ A deliverer reports its attempts one by one and the writer commits the reports t
 are waiting together. Alone (`RecordOp.__call__`), a report reads its recipient's row,
 applies the rules in Python and writes it back: four to six statements. A batch
 (`RecordOp.run_together`) of up to 50 is two statements, four when a message may
-finish, and reads nothing back: the rules are written out in SQL in its UPDATE. That matters more than the
-statements' own cost: each SQLite step gives the GIL up and, while the write lock is
-held, waits to win it back from the deliverer's busy event loop, and a SELECT is a step
-per row. Reading the rows first made a batch of five 0.41 ms on a quiet connection
-against 0.34 now, and one connection at a time the server went 4-6 % faster in three
-alternating rounds, its deliverer using 5 % less CPU. Anything unusual in a batch (two
-reports for one recipient, a recipient gone) makes it give up, and the writer runs the
-reports one by one, which finds the one at fault.
+finish, and reads nothing back: the rules are written out in SQL in its UPDATE. That
+matters more than the statements' own cost: each SQLite step gives the GIL up and,
+while the write lock is held, waits to win it back from the deliverer's busy event
+loop, and a SELECT is a step per row. Reading the rows first made a batch of five
+0.41 ms on a quiet connection against 0.34 now, and one connection at a time the
+server went 4-6 % faster in three alternating rounds, its deliverer using 5 % less
+CPU. Anything unusual in a batch (two reports for one recipient, a recipient gone)
+makes it give up, and the writer runs the reports one by one, which finds the one at
+fault.
 """
 
 from __future__ import annotations
