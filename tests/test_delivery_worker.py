@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol, TypeVar
 
 import pytest
 
@@ -34,6 +35,8 @@ from mailgate.queue import (
 )
 from mailgate.queue.sqlite import SQLiteQueue
 from mailgate.server.policy import RECIPIENT_NULL_MX
+
+T = TypeVar("T")
 
 
 class Stub(Worker):
@@ -289,33 +292,39 @@ def test_domain_of_a_stored_address() -> None:
     assert domain_of("postmaster") == ""
 
 
+def queue_for_mailboxes(queue: SQLiteQueue, n: int) -> list[str]:
+    """`n` messages queued, one for each of u0@localhost, u1@localhost, ..."""
+    return [queue.enqueue(NewMessage(sender="a@example.net", content=b"Subject: x\r\n\r\nx\r\n",
+                                     recipients=[NewRecipient(f"u{i}@localhost")],
+                                     received_at=time.time()))
+            for i in range(n)]
+
+
+def all_at_once(fn: Callable[..., T], parties: int) -> Callable[..., T]:
+    """`fn`, called only once `parties` threads are in it at the same moment: one after
+    the other, the first would wait alone until the barrier broke (20 s), and raise."""
+    together = threading.Barrier(parties, timeout=20)
+
+    def wrapped(*args: Any) -> T:
+        together.wait()
+        return fn(*args)
+
+    return wrapped
+
+
 def test_local_delivery_writes_several_messages_at_once(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Local delivery writes CONCURRENCY messages at once: every one of their writes is
-    under way at the same moment (a barrier they must all reach), and all are
-    delivered. One after the other, the first write would wait at the barrier alone
-    until it broke, and its message would be held."""
-    import threading
-
+    under way at the same moment, and all are delivered (one after the other, the first
+    message would be held with the broken barrier as its reason)."""
     from tests.support.smtpwire import loopback_config
 
     config = loopback_config(tmp_path / "data")
     queue = SQLiteQueue(config.data_dir / "queue.db")
     try:
-        ids = [queue.enqueue(NewMessage(sender="a@example.net",
-                                        content=b"Subject: x\r\n\r\nx\r\n",
-                                        recipients=[NewRecipient(f"u{i}@localhost")],
-                                        received_at=time.time()))
-               for i in range(LocalDelivery.CONCURRENCY * 2)]
+        ids = queue_for_mailboxes(queue, LocalDelivery.CONCURRENCY * 2)
         local = LocalDelivery(config, queue)
-        together = threading.Barrier(LocalDelivery.CONCURRENCY, timeout=20)
-        write = local._write
-
-        def at_once(address: str, content: bytes) -> Path:
-            together.wait()
-            return write(address, content)
-
-        monkeypatch.setattr(local, "_write", at_once)
+        monkeypatch.setattr(local, "_write", all_at_once(local._write, local.CONCURRENCY))
         assert asyncio.run(local.run_once()) == len(ids)
         assert [_state(queue, q) for q in ids] == [RecipientState.DELIVERED] * len(ids)
         assert local.delivered == len(ids)

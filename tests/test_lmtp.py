@@ -245,11 +245,10 @@ def test_the_outcomes_of_one_connection_are_recorded_side_by_side(
     """After the LMTP session, its messages' outcomes are recorded in the Maildir
     target's threads, CONCURRENCY at once (so their records share commits; one after
     the other each paid a commit and its fsync): every decision of the first
-    CONCURRENCY is under way at the same moment, at a barrier they must all reach."""
-    import time
-
+    CONCURRENCY is under way at the same moment."""
     from mailgate.delivery.lmtp import LMTPDelivery
-    from mailgate.queue import NewMessage, NewRecipient, RecipientState
+    from mailgate.queue import RecipientState
+    from tests.test_delivery_worker import all_at_once, queue_for_mailboxes
 
     with ScriptedLMTP(None) as store:
         route = Route("localhost", "127.0.0.1", store.port, False, lmtp=True)
@@ -257,20 +256,10 @@ def test_the_outcomes_of_one_connection_are_recorded_side_by_side(
                                      routes=MappingProxyType({"localhost": route}))
         config.data_dir.mkdir(parents=True)
         with SQLiteQueue(config.data_dir / "queue.db") as queue:
-            ids = [queue.enqueue(NewMessage(sender="a@example.net",
-                                            content=b"Subject: x\r\n\r\nx\r\n",
-                                            recipients=[NewRecipient(f"u{i}@localhost")],
-                                            received_at=time.time()))
-                   for i in range(LMTPDelivery.CONCURRENCY * 2)]
+            ids = queue_for_mailboxes(queue, LMTPDelivery.CONCURRENCY * 2)
             lmtp = LMTPDelivery(config, queue)
-            together = threading.Barrier(LMTPDelivery.CONCURRENCY, timeout=20)
-            decide_each = lmtp._decide_each
-
-            def side_by_side(*args: object) -> set[int]:
-                together.wait()
-                return decide_each(*args)  # type: ignore[arg-type]
-
-            monkeypatch.setattr(lmtp, "_decide_each", side_by_side)
+            monkeypatch.setattr(lmtp, "_decide_each",
+                                all_at_once(lmtp._decide_each, lmtp.CONCURRENCY))
             assert asyncio.run(lmtp.run_once()) == len(ids)
             states = [queue.show(q).recipients[0].state for q in ids]
         assert states == [RecipientState.DELIVERED] * len(ids)
