@@ -30,7 +30,10 @@ durability costs what the disk's fsync costs) and is measured in the same run:
   Postfix does (when mailgate has an outbound engine). `mailgate-w2-stuck` relays as
   well, with 20,000 messages held for a destination that never answers (`[routes]` to
   a socket that never accepts), queued before the cells: what a full destination's
-  backlog costs the mail that flows. `--src NAME=PATH` adds the same
+  backlog costs the mail that flows. `mailgate-w2-lmtp` takes mail for a local domain
+  and hands it by LMTP to an `smtp-sink -L`, as to Dovecot; `postfix-lmtp` does the
+  same with Postfix's lmtp client (the ratios of a run without `postfix` are to it).
+  `--src NAME=PATH` adds the same
   rows for another mailgate tree (servers `mailgate-w1@NAME`): before/after figures;
 - Postfix (the Debian package) in a private config/queue/data directory, listening on a
   chosen port and relaying everything to a local `smtp-sink`: its real pipeline, queue
@@ -376,10 +379,12 @@ class Server(abc.ABC):
 
 
 class SinkServer(Server):
-    """`smtp-sink -c 127.0.0.1:PORT 1000`: accepts and discards."""
+    """`smtp-sink -c 127.0.0.1:PORT 1000`: accepts and discards (`lmtp`: speaks LMTP,
+    `-L`, as a mail store such as Dovecot would)."""
 
-    def __init__(self, runner: Runner, name: str = "smtp-sink") -> None:
+    def __init__(self, runner: Runner, name: str = "smtp-sink", lmtp: bool = False) -> None:
         self.name = name
+        self.lmtp = lmtp
         self.label = "smtp-sink (load ceiling)"
         self.durable = "no"
         super().__init__(runner)
@@ -391,6 +396,7 @@ class SinkServer(Server):
         cmd = [SMTP_SINK]
         if os.geteuid() == 0:
             cmd += ["-u", "nobody"]  # it refuses to run as root
+        cmd += ["-L"] if self.lmtp else []
         cmd += ["-c", f"{HOST}:{self.port}", "1000"]
         self.proc = self.runner.spawn(cmd, self.log)
         wait_greeting(self.port, 10, self.proc, self.log)
@@ -441,9 +447,10 @@ class MailgateServer(Server):
         """`message_size`: `[limits] message_size` (the default when None)."""
         self.workers = workers
         self.message_size = message_size
-        self.mode = mode  # queue | maildir | relay | stuck | dkim | dkim2
+        self.mode = mode  # queue | maildir | lmtp | relay | stuck | dkim | dkim2
         self.name = f"mailgate-w{workers}" + ("" if mode == "queue" else f"-{mode}")
         what = {"queue": "queue only", "maildir": "+ Maildir delivery",
+                "lmtp": "+ LMTP to smtp-sink -L",
                 "relay": "+ relay to smtp-sink",
                 "stuck": f"+ relay to smtp-sink, {STUCK_BACKLOG:,} held for a dead "
                          "destination",
@@ -465,12 +472,13 @@ class MailgateServer(Server):
         self.sink: SinkServer | None = None
 
     def rcpt(self) -> str:
-        return LOCAL_RCPT if self.mode == "maildir" else REMOTE_RCPT
+        return LOCAL_RCPT if self.mode in ("maildir", "lmtp") else REMOTE_RCPT
 
     def start(self) -> None:
         self.port = free_port()
-        if self.mode in ("relay", "stuck"):
-            self.sink = SinkServer(self.runner, name=f"{self.name}-sink")
+        if self.mode in ("relay", "stuck", "lmtp"):
+            self.sink = SinkServer(self.runner, name=f"{self.name}-sink",
+                                   lmtp=self.mode == "lmtp")
             self.sink.start()
             relay_port = self.sink.port
         if self.mode != "relay":
@@ -480,8 +488,10 @@ class MailgateServer(Server):
             relay_port = self.hole.port
         # stuck: one destination routed to a socket that never answers, its backlog
         # queued before the cells (_hold_backlog); the mail measured goes to smtp-sink.
-        stuck = (f'\n[routes]\n"{STUCK_DOMAIN}" = "smtp:[{HOST}]:{self.hole.port}"\n'
-                 if self.mode == "stuck" and self.hole is not None else "")
+        routes = (f'\n[routes]\n"{STUCK_DOMAIN}" = "smtp:[{HOST}]:{self.hole.port}"\n'
+                  if self.mode == "stuck" and self.hole is not None else "")
+        if self.mode == "lmtp" and self.sink is not None:  # the local domain, to the store
+            routes = f'\n[routes]\n"local.bench.test" = "lmtp:[{HOST}]:{self.sink.port}"\n'
         config = self.dir / "mailgate.toml"
         config.write_text(f"""\
 hostname = "mailgate.bench.test"
@@ -510,7 +520,7 @@ recipient_null_mx_check = false
 
 [delivery]
 relayhost = "[{HOST}]:{relay_port}"
-{stuck}
+{routes}
 [web]
 address = ""
 
@@ -618,12 +628,19 @@ class PostfixServer(Server):
     durable = "yes (queue files fsync'd)"
 
     def __init__(self, runner: Runner, sink: SinkServer | None = None,
-                 main_cf: str = "", master_cf: str = "") -> None:
+                 main_cf: str = "", master_cf: str = "", lmtp: bool = False) -> None:
         """`sink`: relay to this running smtp-sink (left running at stop) instead of one
         of its own; `main_cf`: more main.cf lines (settings not written below);
-        `master_cf`: more master.cf lines (services not listed below)."""
+        `master_cf`: more master.cf lines (services not listed below); `lmtp`: hand
+        everything by LMTP (its lmtp client) to an smtp-sink -L of its own."""
         super().__init__(runner)
-        self.label = f"Postfix {postfix_version()} (relays to smtp-sink)"
+        self.lmtp = lmtp
+        if lmtp:
+            self.name = "postfix-lmtp"
+            main_cf = "default_transport = lmtp\n" + main_cf
+            master_cf = "lmtp      unix  -       -       n       -       -       lmtp\n" + master_cf
+        self.label = f"Postfix {postfix_version()} " + (
+            "(LMTP to smtp-sink -L)" if lmtp else "(relays to smtp-sink)")
         self.etc = self.dir / "etc"
         self.spool = self.dir / "spool"
         self.data = self.dir / "data"
@@ -646,7 +663,7 @@ class PostfixServer(Server):
 
     def start(self) -> None:
         if self.own_sink:
-            self.sink = SinkServer(self.runner, name="postfix-sink")
+            self.sink = SinkServer(self.runner, name=f"{self.name}-sink", lmtp=self.lmtp)
             self.sink.start()
         assert self.sink is not None
         self.port = free_port()
@@ -1407,6 +1424,8 @@ def fs_type(path: Path) -> str:
 
 SERVERS = ("smtp-sink", "postfix", "aiosmtpd-fsync", "aiosmtpd-nofsync", "mailgate-w1-relay",
            "mailgate-w2-relay", "mailgate-w1", "mailgate-w2", "mailgate-w2-maildir")
+# mailgate-wN-lmtp and postfix-lmtp (not in the default set): mail for a local domain
+# handed by LMTP to an smtp-sink -L, as to a mail store (Dovecot).
 # mailgate-wN-stuck (not in the default set): as -relay, with STUCK_BACKLOG messages
 # held for STUCK_DOMAIN, routed to a socket that never answers (a full destination the
 # claims leave out), queued before the cells.
@@ -1419,8 +1438,8 @@ def make_server(runner: Runner, name: str, log_level: str,
                 sources: dict[str, Path] | None = None) -> Server:
     if name == "smtp-sink":
         return SinkServer(runner)
-    if name == "postfix":
-        return PostfixServer(runner)
+    if name in ("postfix", "postfix-lmtp"):
+        return PostfixServer(runner, lmtp=name == "postfix-lmtp")
     if name.startswith("aiosmtpd-"):
         return AiosmtpdServer(runner, fsync=name == "aiosmtpd-fsync")
     if name.startswith("mailgate-w"):
@@ -1538,7 +1557,9 @@ def bench_idle(runner: Runner, names: Sequence[str], args: argparse.Namespace) -
 
 def report(rows: Sequence[Row], idle: Sequence[Idle], args: argparse.Namespace,
            started: datetime.datetime, elapsed: float, root: Path) -> str:
-    base = next((r for r in rows if r.server == "postfix"), None)
+    # Ratios are to Postfix relaying; in a run without it, to Postfix handing by LMTP.
+    base = next((r for r in rows if r.server == "postfix"), None) or next(
+        (r for r in rows if r.server == "postfix-lmtp"), None)
     mode = ("persistent connections (smtp-source -d)" if args.reuse else
             "one new connection per message (smtp-source default)")
     lines = [
@@ -1665,10 +1686,10 @@ def main() -> int:
 
     names = [n for n in args.servers.split(",") if n]
     idle_names = [n for n in args.idle_servers.split(",") if n]
-    if os.geteuid() != 0 and "postfix" in names + idle_names:
+    if os.geteuid() != 0 and any(n.startswith("postfix") for n in names + idle_names):
         print("not root: Postfix cannot run, skipping it (ratios need it)", file=sys.stderr)
-        names = [n for n in names if n != "postfix"]
-        idle_names = [n for n in idle_names if n != "postfix"]
+        names = [n for n in names if not n.startswith("postfix")]
+        idle_names = [n for n in idle_names if not n.startswith("postfix")]
     for tool in (SMTP_SOURCE, SMTP_SINK):
         if not Path(tool).exists():
             print(f"{tool} is missing: install the postfix package", file=sys.stderr)
