@@ -40,7 +40,9 @@ durability costs what the disk's fsync costs) and is measured in the same run:
   files fsync'd before the 250;
 - aiosmtpd with a handler that writes each message to a file and fsyncs it (in a thread)
   before answering 250, and the same without fsync;
-- `smtp-sink` itself: the ceiling of the load generator.
+- `smtp-sink` itself: the ceiling of the load generator;
+- `python-floor` (not in the default set): uvloop and a protocol that answers each
+  command and drops the message, the ceiling of any server written in Python here.
 
 Load: Postfix's `smtp-source`, one new connection per message (its default; `--reuse`
 keeps connections open, `-d`), for 2 KiB and 100 KiB messages at 1, 20 and 100
@@ -88,6 +90,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 REPO = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
@@ -813,6 +816,45 @@ class AiosmtpdServer(Server):
         return sum(1 for _ in os.scandir(self.spool))
 
 
+class FloorServer(Server):
+    """The least a Python SMTP server can do here: uvloop, a protocol that answers every
+    command, reads DATA to its end and stores nothing. Its rate is the ceiling of any
+    server written in Python on this machine with this load generator; its CPU a message
+    is what the dialogue alone costs."""
+
+    name = "python-floor"
+    label = "Python floor (uvloop, answers, stores nothing)"
+    durable = "no (nothing stored)"
+
+    def __init__(self, runner: Runner) -> None:
+        super().__init__(runner)
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = self.dir / "floor.log"
+        self.count = self.dir / "count"
+
+    def start(self) -> None:
+        self.port = free_port()
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--serve-floor",
+               str(self.port), str(self.count)]
+        self.proc = self.runner.spawn(cmd, self.log)
+        wait_greeting(self.port, 30, self.proc, self.log)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.runner.stop_proc(self.proc)
+            self.proc = None
+
+    def pids(self) -> list[int]:
+        return [self.proc.pid] if self.proc and self.proc.poll() is None else []
+
+    def stored(self) -> int | None:
+        time.sleep(0.3)  # the count is written every 0.2 s
+        try:
+            return int(self.count.read_text() or 0)
+        except (OSError, ValueError):
+            return None
+
+
 def _postconf_default(name: str) -> str | None:
     with contextlib.suppress(OSError, subprocess.SubprocessError):
         out = subprocess.run(["postconf", "-dh", name], capture_output=True, text=True,
@@ -877,6 +919,76 @@ def serve_aiosmtpd(port: int, spool: Path, fsync: bool) -> None:
         loop.run_forever()
     finally:
         server.close()
+        loop.close()
+
+
+def serve_floor(port: int, count_file: Path) -> None:
+    """The python-floor peer (its own process): replies by the command's first four
+    letters, DATA read up to "<CRLF>.<CRLF>" and dropped; the count of messages is
+    written to `count_file` at most every 0.2 s, for the report's check."""
+    try:
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    except ImportError:
+        pass
+    messages = [0]
+    replies = {b"EHLO": b"250-floor.bench.test\r\n250-PIPELINING\r\n250-8BITMIME\r\n"
+                        b"250 SIZE 104857600\r\n",
+               b"HELO": b"250 floor.bench.test\r\n", b"DATA": b"354 End with .\r\n",
+               b"QUIT": b"221 2.0.0 Bye\r\n"}
+
+    class Floor(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            self.transport = cast(asyncio.Transport, transport)  # uvloop's is not one
+            self.buf = b""
+            self.in_data = False
+            self.transport.write(b"220 floor.bench.test ESMTP\r\n")
+
+        def data_received(self, data: bytes) -> None:
+            buf, out = self.buf + data, []
+            while True:
+                if self.in_data:
+                    end = buf.find(b"\r\n.\r\n")
+                    if end < 0:
+                        buf = buf[-4:]
+                        break
+                    buf, self.in_data = buf[end + 5:], False
+                    messages[0] += 1
+                    out.append(b"250 2.0.0 Ok: dropped\r\n")
+                    continue
+                end = buf.find(b"\r\n")
+                if end < 0:
+                    break
+                verb, buf = buf[:4].upper(), buf[end + 2:]
+                out.append(replies.get(verb, b"250 2.0.0 Ok\r\n"))
+                if verb == b"DATA":
+                    buf, self.in_data = b"\r\n" + buf, True
+                elif verb == b"QUIT":
+                    self.transport.write(b"".join(out))
+                    self.transport.close()
+                    return
+            self.buf = buf
+            if out:
+                self.transport.write(b"".join(out))
+
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    server = loop.run_until_complete(loop.create_server(Floor, HOST, port, backlog=1024,
+                                                        reuse_address=True))
+
+    def write_count() -> None:
+        count_file.write_text(str(messages[0]))
+        loop.call_later(0.2, write_count)
+
+    write_count()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, loop.stop)
+    try:
+        loop.run_forever()
+    finally:
+        server.close()
+        count_file.write_text(str(messages[0]))
         loop.close()
 
 
@@ -1424,6 +1536,7 @@ def fs_type(path: Path) -> str:
 
 SERVERS = ("smtp-sink", "postfix", "aiosmtpd-fsync", "aiosmtpd-nofsync", "mailgate-w1-relay",
            "mailgate-w2-relay", "mailgate-w1", "mailgate-w2", "mailgate-w2-maildir")
+# python-floor (not in the default set): the ceiling of a Python server here.
 # mailgate-wN-lmtp and postfix-lmtp (not in the default set): mail for a local domain
 # handed by LMTP to an smtp-sink -L, as to a mail store (Dovecot).
 # mailgate-wN-stuck (not in the default set): as -relay, with STUCK_BACKLOG messages
@@ -1442,6 +1555,8 @@ def make_server(runner: Runner, name: str, log_level: str,
         return PostfixServer(runner, lmtp=name == "postfix-lmtp")
     if name.startswith("aiosmtpd-"):
         return AiosmtpdServer(runner, fsync=name == "aiosmtpd-fsync")
+    if name == "python-floor":
+        return FloorServer(runner)
     if name.startswith("mailgate-w"):
         rest, _, tree = name.removeprefix("mailgate-w").partition("@")
         workers, _, mode = rest.partition("-")
@@ -1634,7 +1749,8 @@ def report(rows: Sequence[Row], idle: Sequence[Idle], args: argparse.Namespace,
         " Postfix: private instance (no chroot), default process limit 100, relayhost ="
         " a local smtp-sink; a cell's relaying finishes before the next cell starts."
         " aiosmtpd: stock asyncio loop; the fsync variant writes and fsyncs each message in"
-        " a worker thread before the 250.",
+        " a worker thread before the 250. Python floor: uvloop and a protocol that answers"
+        " each command and drops the message (nothing parsed, checked, stored or logged).",
     ]
     return "\n".join(lines) + "\n"
 
@@ -1670,10 +1786,14 @@ def main() -> int:
                              "as servers named like mailgate-w1@NAME")
     add_run_arguments(parser, "server")
     parser.add_argument("--serve-aiosmtpd", nargs=3, help=argparse.SUPPRESS)
+    parser.add_argument("--serve-floor", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_aiosmtpd:
         port, spool, fsync = args.serve_aiosmtpd
         serve_aiosmtpd(int(port), Path(spool), fsync == "fsync")
+        return 0
+    if args.serve_floor:
+        serve_floor(int(args.serve_floor[0]), Path(args.serve_floor[1]))
         return 0
     args.argv = sys.argv[1:]
     _COLUMNS[:] = [(s, c) for s in args.sizes for c in args.concurrency]
