@@ -782,25 +782,22 @@ postlog   unix-dgram n  -       n       -       1       postlogd
         return f"still queued {self.queued()}"
 
 
-class AiosmtpdServer(Server):
-    """aiosmtpd with a handler that writes each message to a file (fsync or not)."""
+class ScriptServer(Server):
+    """A peer this script runs in a process of its own (`serve_args`: its hidden
+    command-line option and arguments), logging to `self.log`."""
 
-    def __init__(self, runner: Runner, fsync: bool) -> None:
-        self.fsync = fsync
-        self.name = "aiosmtpd-fsync" if fsync else "aiosmtpd-nofsync"
-        self.label = f"aiosmtpd {aiosmtpd_version()} " + (
-            "(file + fsync before 250)" if fsync else "(file, no fsync)")
-        self.durable = "yes (fsync per message)" if fsync else "no"
+    log: Path
+
+    def __init__(self, runner: Runner) -> None:
         super().__init__(runner)
         self.proc: subprocess.Popen[bytes] | None = None
-        self.log = self.dir / "aiosmtpd.log"
-        self.spool = self.dir / "messages"
-        self.spool.mkdir()
+
+    @abc.abstractmethod
+    def serve_args(self) -> list[str]: ...
 
     def start(self) -> None:
         self.port = free_port()
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--serve-aiosmtpd",
-               str(self.port), str(self.spool), "fsync" if self.fsync else "nofsync"]
+        cmd = [sys.executable, str(Path(__file__).resolve()), *self.serve_args()]
         self.proc = self.runner.spawn(cmd, self.log)
         wait_greeting(self.port, 30, self.proc, self.log)
 
@@ -812,11 +809,30 @@ class AiosmtpdServer(Server):
     def pids(self) -> list[int]:
         return [self.proc.pid] if self.proc and self.proc.poll() is None else []
 
+
+class AiosmtpdServer(ScriptServer):
+    """aiosmtpd with a handler that writes each message to a file (fsync or not)."""
+
+    def __init__(self, runner: Runner, fsync: bool) -> None:
+        self.fsync = fsync
+        self.name = "aiosmtpd-fsync" if fsync else "aiosmtpd-nofsync"
+        self.label = f"aiosmtpd {aiosmtpd_version()} " + (
+            "(file + fsync before 250)" if fsync else "(file, no fsync)")
+        self.durable = "yes (fsync per message)" if fsync else "no"
+        super().__init__(runner)
+        self.log = self.dir / "aiosmtpd.log"
+        self.spool = self.dir / "messages"
+        self.spool.mkdir()
+
+    def serve_args(self) -> list[str]:
+        return ["--serve-aiosmtpd", str(self.port), str(self.spool),
+                "fsync" if self.fsync else "nofsync"]
+
     def stored(self) -> int | None:
         return sum(1 for _ in os.scandir(self.spool))
 
 
-class FloorServer(Server):
+class FloorServer(ScriptServer):
     """The least a Python SMTP server can do here: uvloop, a protocol that answers every
     command, reads DATA to its end and stores nothing. Its rate is the ceiling of any
     server written in Python on this machine with this load generator; its CPU a message
@@ -828,24 +844,11 @@ class FloorServer(Server):
 
     def __init__(self, runner: Runner) -> None:
         super().__init__(runner)
-        self.proc: subprocess.Popen[bytes] | None = None
         self.log = self.dir / "floor.log"
         self.count = self.dir / "count"
 
-    def start(self) -> None:
-        self.port = free_port()
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--serve-floor",
-               str(self.port), str(self.count)]
-        self.proc = self.runner.spawn(cmd, self.log)
-        wait_greeting(self.port, 30, self.proc, self.log)
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.runner.stop_proc(self.proc)
-            self.proc = None
-
-    def pids(self) -> list[int]:
-        return [self.proc.pid] if self.proc and self.proc.poll() is None else []
+    def serve_args(self) -> list[str]:
+        return ["--serve-floor", str(self.port), str(self.count)]
 
     def stored(self) -> int | None:
         time.sleep(0.3)  # the count is written every 0.2 s
@@ -913,12 +916,21 @@ def serve_aiosmtpd(port: int, spool: Path, fsync: bool) -> None:
     server = loop.run_until_complete(loop.create_server(
         lambda: SMTP(handler, hostname="aiosmtpd.bench.test"), HOST, port, backlog=1024,
         reuse_address=True))
+    serve_until_signal(loop, server)
+
+
+def serve_until_signal(loop: asyncio.AbstractEventLoop, server: asyncio.Server,
+                       at_end: Callable[[], object] | None = None) -> None:
+    """A peer's process: run `loop` until SIGTERM or SIGINT, then close `server`, call
+    `at_end` and close the loop."""
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, loop.stop)
     try:
         loop.run_forever()
     finally:
         server.close()
+        if at_end is not None:
+            at_end()
         loop.close()
 
 
@@ -982,14 +994,7 @@ def serve_floor(port: int, count_file: Path) -> None:
         loop.call_later(0.2, write_count)
 
     write_count()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, loop.stop)
-    try:
-        loop.run_forever()
-    finally:
-        server.close()
-        count_file.write_text(str(messages[0]))
-        loop.close()
+    serve_until_signal(loop, server, lambda: count_file.write_text(str(messages[0])))
 
 
 # --------------------------------------------------------------------------- other load
